@@ -1,0 +1,4 @@
+namespace Lora.Dsl
+
+module Version =
+    let value = "0.1.0"

@@ -1,0 +1,5 @@
+module Lora.Tests.DataTests
+
+open Expecto
+
+let tests = testList "Data" [ ]

@@ -1,0 +1,5 @@
+module Lora.Tests.DslTests
+
+open Expecto
+
+let tests = testList "Dsl" [ ]

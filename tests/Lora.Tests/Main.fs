@@ -1,0 +1,43 @@
+module Lora.Tests.Main
+
+open Expecto
+open Expecto.Impl
+open TorchSharp
+
+let smoke =
+    testList "smoke" [
+        test "torch loads and autograd runs" {
+            let a = torch.randn(3L, 4L, requires_grad = true)
+            let l = (a * a).sum()
+            l.backward()
+            Expect.isTrue (a.grad.allclose(a * 2.0)) "d(a²)/da = 2a"
+        }
+    ]
+
+let all =
+    testList "Lora" [
+        smoke
+        SafetensorsTests.tests
+        TuningTests.tests
+        ZooTests.tests
+        DataTests.tests
+        TrainingTests.tests
+        DslTests.tests
+        RunnerTests.tests
+    ]
+
+[<EntryPoint>]
+let main argv =
+    // CI reads the plain closing line 'N passed, N failed' alone on a line.
+    let mutable counts = None
+    let printer =
+        { TestPrinters.defaultPrinter with
+            summary = fun cfg s ->
+                async {
+                    do! TestPrinters.defaultPrinter.summary cfg s
+                    counts <- Some(s.passed.Length, s.failed.Length + s.errored.Length, s.ignored.Length) } }
+    let code = runTestsWithCLIArgs [ CLIArguments.Printer printer ] argv all
+    match counts with
+    | Some(p, f, i) -> printfn "\n%d passed, %d failed, %d skipped" p f i
+    | None -> ()
+    code

@@ -1,0 +1,5 @@
+module Lora.Tests.RunnerTests
+
+open Expecto
+
+let tests = testList "Runner" [ ]

@@ -1,0 +1,5 @@
+module Lora.Tests.SafetensorsTests
+
+open Expecto
+
+let tests = testList "Safetensors" [ ]

@@ -1,0 +1,5 @@
+module Lora.Tests.TrainingTests
+
+open Expecto
+
+let tests = testList "Training" [ ]

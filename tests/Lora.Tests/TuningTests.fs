@@ -1,0 +1,5 @@
+module Lora.Tests.TuningTests
+
+open Expecto
+
+let tests = testList "Tuning" [ ]

@@ -1,0 +1,5 @@
+module Lora.Tests.ZooTests
+
+open Expecto
+
+let tests = testList "Zoo" [ ]
