@@ -7,3 +7,23 @@ open Expecto
 let config = { FsCheckConfig.defaultConfig with maxTest = 40 }
 
 let testProp name = testPropertyWithConfig config name
+
+/// The repository root, found by walking up from the test binary (tests must not depend on the cwd).
+let repoRoot =
+    let rec up (d: System.IO.DirectoryInfo) =
+        if isNull d then failwith "could not find Lora.sln above the test binary"
+        elif System.IO.File.Exists(System.IO.Path.Combine(d.FullName, "Lora.sln")) then d.FullName
+        else up d.Parent
+    up (System.IO.DirectoryInfo System.AppContext.BaseDirectory)
+
+/// A file under tests/fixtures (copies of the timm/PEFT reference outputs).
+let fixture (name: string) = System.IO.Path.Combine(repoRoot, "tests", "fixtures", name)
+
+/// A fresh temporary folder, deleted when disposed.
+type TempDir() =
+    let path = System.IO.Path.Combine(System.IO.Path.GetTempPath(), "lora-test-" + System.Guid.NewGuid().ToString("N"))
+    do System.IO.Directory.CreateDirectory path |> ignore
+    member _.Path = path
+    member _.File(name: string) = System.IO.Path.Combine(path, name)
+    interface System.IDisposable with
+        member _.Dispose() = try System.IO.Directory.Delete(path, true) with _ -> ()
