@@ -6,12 +6,12 @@ open Argu
 /// The `lora` command line (Argu): one union per subcommand, Usage on every case.
 module Cli =
     type ValidateArgs =
-        | [<MainCommand; ExactlyOnce; Last>] Spec of spec: string
+        | [<MainCommand; ExactlyOnce>] Spec of spec: string
         interface IArgParserTemplate with
             member a.Usage = match a with Spec _ -> "the experiment spec (.yaml, .yml or .fsx)"
 
     type PlanArgs =
-        | [<MainCommand; ExactlyOnce; Last>] Spec of spec: string
+        | [<MainCommand; ExactlyOnce>] Spec of spec: string
         | Results of dir: string
         | Json
         interface IArgParserTemplate with
@@ -22,7 +22,7 @@ module Cli =
                 | Json -> "print a JSON array (hash, name, dependsOn, status per run) instead of a table"
 
     type RunArgs =
-        | [<MainCommand; ExactlyOnce; Last>] Spec of spec: string
+        | [<MainCommand; ExactlyOnce>] Spec of spec: string
         | Results of dir: string
         | Device of device: string
         | Only of pattern: string
@@ -48,7 +48,7 @@ module Cli =
                 | Out _ -> "where the tables and plots go (default: paper-tables)"
 
     type SummaryArgs =
-        | [<MainCommand; ExactlyOnce; Last>] Model of model: string
+        | [<MainCommand; ExactlyOnce>] Model of model: string
         | Method of method: string
         | Rank of rank: int
         | Alpha of alpha: float
@@ -88,7 +88,7 @@ module Cli =
                 | Out _ -> "the merged safetensors file to write"
 
     type PredictArgs =
-        | [<MainCommand; Last>] Images of images: string list
+        | [<MainCommand>] Images of images: string list
         | [<Mandatory>] Model of model: string
         | Model_Config of path: string
         | Weights of path: string
@@ -134,7 +134,7 @@ module Cli =
                 | Json -> "print JSON instead of a table"
 
     type SubmitArgs =
-        | [<MainCommand; ExactlyOnce; Last>] Spec of spec: string
+        | [<MainCommand; ExactlyOnce>] Spec of spec: string
         | Results of dir: string
         | Partition of partition: string
         | Gpus_Per_Task of count: int
@@ -153,7 +153,7 @@ module Cli =
                 | Dry_Run -> "print the sbatch scripts; submit nothing"
 
     type StatusArgs =
-        | [<MainCommand; ExactlyOnce; Last>] Spec of spec: string
+        | [<MainCommand; ExactlyOnce>] Spec of spec: string
         | Results of dir: string
         interface IArgParserTemplate with
             member a.Usage =
@@ -253,7 +253,7 @@ type ParseOutcome =
 
 /// The C# entry point to the grammar.
 type CommandLine private () =
-    static let parser = ArgumentParser.Create<Cli.LoraArgs>(programName = "lora", errorHandler = null, checkStructure = true)
+    static let parser = ArgumentParser.Create<Cli.LoraArgs>(programName = "lora")
     static let defaultResults = "results"
     static let orNull (x: string option) = Option.toObj x
     static let nullable (x: 'a option) = match x with Some v -> Nullable v | None -> Nullable()

@@ -50,7 +50,10 @@ module FsxSpec =
         | Choice2Of2 ex, diags -> fail (Some ex) diags
         | Choice1Of2 (), diags when diags |> Array.exists (fun d -> d.Severity = FSharp.Compiler.Diagnostics.FSharpDiagnosticSeverity.Error) -> fail None diags
         | Choice1Of2 (), _ ->
-            match session.EvalExpressionNonThrowing "experiments" with
+            // a script's bindings live in a module named after its file (quickstart.fsx -> Quickstart)
+            let name = Path.GetFileNameWithoutExtension full
+            let moduleName = string (Char.ToUpperInvariant name.[0]) + name.Substring 1
+            match session.EvalExpressionNonThrowing(sprintf "``%s``.experiments" moduleName) with
             | Choice1Of2(Some v), _ -> toExperiments path v.ReflectionValue
             | _ -> Error [ err path "the script must bind `experiments` (e.g. let experiments = [ experiment { ... } ])" ]
 
