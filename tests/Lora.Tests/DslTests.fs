@@ -384,4 +384,35 @@ let cliTests =
         }
     ]
 
-let tests = testList "Dsl" [ unitTests; propertyTests; validationTests; specTests; cliTests ]
+/// Hand-edited specs: random cuts, duplications and junk in a real spec never crash the reader; every
+/// problem comes back as an error with a position.
+let hostileTests =
+    let text = File.ReadAllText(quickstart ".yaml")
+    let junk = [| "{"; "}"; "["; "]"; ":"; "- "; "&a "; "*a"; "!!int "; "\n"; "\t  "; "'"; "\""; "#"; "? "; "|"; ">"; "~"; "null"; "-1"; "1e999"; "\u0000" |]
+    testList "hostile YAML" [
+        testProp "mutated specs give errors, not exceptions" (fun (edits: (int * int * byte) list) ->
+            let mutable t = text
+            for pos, len, pick in edits |> List.truncate 6 do
+                let p = abs pos % (t.Length + 1)
+                let l = abs len % 20
+                t <- (match pick % 3uy with
+                      | 0uy -> t.Remove(p, min l (t.Length - p))
+                      | 1uy -> t.Insert(p, junk.[int pick % junk.Length])
+                      | _ -> t.Insert(p, t.Substring(p, min l (t.Length - p))))
+            let es, errs, _ = YamlSpec.parse "m.yaml" t
+            for e in errs do
+                Expect.isGreaterThanOrEqual e.Line 0 "a line"
+                Expect.isNonEmpty e.Message "a message"
+            if List.isEmpty errs then Validation.suite (fun _ -> true) es |> ignore)
+        test "aliases, anchors, tags and deep nesting" {
+            for t in [ "- {" + text  // YamlDotNet's scanner threw InvalidOperationException here (found by the property above)
+                       "a: " + String.replicate 50000 "[" + String.replicate 50000 "]"  // overflowed the stack
+                       "a: " + String.replicate 50000 "- "
+                       "experiments: *nope"; "a: &x [*x]"; "experiments: [" + String.replicate 2000 "[" ; "experiments:\n  - !!binary AAAA"
+                       "experiments:\n  - name: 1\n    ranks: [1e999]\n    epochs: 99999999999999999999" ] do
+                let _, errs, _ = YamlSpec.parse "h.yaml" t
+                Expect.isNonEmpty errs (sprintf "errors for %s" (t.Substring(0, min 30 t.Length)))
+        }
+    ]
+
+let tests = testList "Dsl" [ unitTests; propertyTests; validationTests; specTests; cliTests; hostileTests ]
