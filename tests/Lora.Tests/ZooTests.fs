@@ -5,6 +5,7 @@ open System.IO
 open Expecto
 open TorchSharp
 open Lora.Core.Models
+open Lora.Core.IO
 
 /// The tensor names in a safetensors file, read from its JSON header (independent of the loader under test).
 let headerKeys (path: string) =
@@ -84,4 +85,66 @@ let registryTests =
         }
     ]
 
-let tests = testList "Zoo" [ countTests; keyTests; registryTests ]
+/// Max |a - b| as a float.
+let maxAbs (a: torch.Tensor) (b: torch.Tensor) =
+    use d = (a - b).abs().max()
+    d.item<float32>() |> float
+
+let parityTests =
+    testList "timm parity" [
+        for fx, family in [ "vit_tiny_p4_32", "vit"; "convnext_t_64", "convnext" ] do
+            test $"{family} reproduces timm's logits for {fx}" {
+                use m = Zoo.Create(family, configOf fx)
+                StateDict.Load(m, Generators.fixture (fx + ".safetensors")) |> ignore
+                m.eval()
+                let io = Safetensors.Load(Generators.fixture (fx + ".io.safetensors"))
+                use _g = torch.no_grad()
+                use y = m.call io["input"]
+                let err = maxAbs y io["logits"]
+                for t in io.Values do t.Dispose()
+                Expect.isLessThanOrEqual err 1e-4 $"max abs error {err}"
+            }
+    ]
+
+let weightTests =
+    testList "weights" [
+        test "save then load is the identity, with exactly timm's keys" {
+            use dir = new Generators.TempDir()
+            use a = Zoo.Create("vit", configOf "vit_tiny_p4_32")
+            StateDict.Save(a, dir.File "a.safetensors")
+            Expect.sequenceEqual (headerKeys (dir.File "a.safetensors")) (headerKeys (Generators.fixture "vit_tiny_p4_32.safetensors")) "timm's keys"
+            use b = Zoo.Create("vit", configOf "vit_tiny_p4_32")
+            StateDict.Load(b, dir.File "a.safetensors") |> ignore
+            let sa = a.state_dict()
+            for kv in b.state_dict() do
+                Expect.isTrue (kv.Value.allclose(sa[kv.Key], 0.0, 0.0)) kv.Key
+        }
+        test "strict load lists every missing, unexpected and wrong-shape key at once" {
+            use dir = new Generators.TempDir()
+            let src = Safetensors.Load(Generators.fixture "vit_tiny_p4_32.safetensors")
+            src.Remove "norm.weight" |> ignore
+            src.Remove "blocks.1.mlp.fc2.bias" |> ignore
+            src["blocks.0.extra.weight"] <- torch.zeros(3L)
+            src["head.weight"] <- torch.zeros(5L, 64L)
+            Safetensors.Save(dir.File "bad.safetensors", src)
+            use m = Zoo.Create("vit", configOf "vit_tiny_p4_32")
+            let msg =
+                try StateDict.Load(m, dir.File "bad.safetensors") |> ignore; "" with :? InvalidDataException as e -> e.Message
+            for part in [ "2 missing"; "norm.weight"; "blocks.1.mlp.fc2.bias"; "1 unexpected"; "blocks.0.extra.weight"
+                          "wrong shape"; "head.weight (file [5, 64], model [10, 64])" ] do
+                Expect.stringContains msg part "error lists it"
+        }
+        test "non-strict load reports missing and unexpected keys" {
+            use dir = new Generators.TempDir()
+            let src = Safetensors.Load(Generators.fixture "vit_tiny_p4_32.safetensors")
+            src.Remove "norm.weight" |> ignore
+            src["extra"] <- torch.zeros(3L)
+            Safetensors.Save(dir.File "partial.safetensors", src)
+            use m = Zoo.Create("vit", configOf "vit_tiny_p4_32")
+            let r = StateDict.Load(m, dir.File "partial.safetensors", strict = false)
+            Expect.sequenceEqual r.Missing [ "norm.weight" ] "missing"
+            Expect.sequenceEqual r.Unexpected [ "extra" ] "unexpected"
+        }
+    ]
+
+let tests = testList "Zoo" [ countTests; keyTests; registryTests; parityTests; weightTests ]
