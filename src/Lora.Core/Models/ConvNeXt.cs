@@ -111,6 +111,7 @@ public sealed class ConvNeXt : nn.Module<Tensor, Tensor>
         }
         head = new NormClassifierHead(prev, config.num_classes, 1e-6, device);
         RegisterComponents();
+        Init.ConvAndLinear(this, device);
     }
 
     public Tensor ForwardFeatures(Tensor x)

@@ -10,20 +10,35 @@ internal static class Init
     /// Meta-device tensors have no storage: initialisers that read values are skipped for them.
     public static bool IsMeta(Device? device) => device is not null && device.type == DeviceType.META;
 
-    /// timm's trunc_normal_(std) with cutoffs at ±2 (absolute, as timm does).
+    /// timm's trunc_normal_(std) with cutoffs at ±2 (absolute, as timm does). TorchSharp 0.107's
+    /// nn.init.trunc_normal_ fills a constant (observed), so: normal, then clamp.
     public static void TruncNormal(Tensor t, double std, Device? device)
     {
         if (IsMeta(device)) return;
         using var _ = no_grad();
-        nn.init.trunc_normal_(t, 0.0, std, -2.0, 2.0);
+        t.normal_(0.0, std).clamp_(-2.0, 2.0);
+    }
+
+    /// timm's ConvNeXt init: trunc_normal(0.02) weights and zero bias for every Conv2d and Linear.
+    public static void ConvAndLinear(nn.Module root, Device? device)
+    {
+        if (IsMeta(device)) return;
+        using var _ = no_grad();
+        foreach (var (_, m) in root.named_modules())
+        {
+            var (w, b) = m switch { Conv2d c => (c.weight, c.bias), Linear l => (l.weight, l.bias), _ => (null, null) };
+            if (w is null) continue;
+            TruncNormal(w, 0.02, device);
+            b?.zero_();
+        }
     }
 
     /// timm's ViT init for Linear layers: trunc_normal(0.02) weights, zero bias.
     public static void Linear(nn.Module<Tensor, Tensor> m, Device? device)
     {
         if (IsMeta(device) || m is not Linear lin) return;
+        TruncNormal(lin.weight, 0.02, device);
         using var _ = no_grad();
-        nn.init.trunc_normal_(lin.weight, 0.0, 0.02, -2.0, 2.0);
         if (lin.bias is not null) lin.bias.zero_();
     }
 }

@@ -19,6 +19,13 @@ public static class Zoo
         ["convnext_tiny"] = (a, d) => new ConvNeXt(ConvNeXtArgs(a, ConvNeXtModels.convnext_tiny), d),
         ["convnext_small"] = (a, d) => new ConvNeXt(ConvNeXtArgs(a, ConvNeXtModels.convnext_small), d),
         ["convnext_base"] = (a, d) => new ConvNeXt(ConvNeXtArgs(a, ConvNeXtModels.convnext_base), d),
+        ["tiny_vit"] = (a, d) => new TinyVit(TinyVitArgs(a, new TinyVitConfig()), d),
+        ["tiny_vit_5m_224"] = (a, d) => new TinyVit(TinyVitArgs(a, TinyVitModels.tiny_vit_5m_224), d),
+        ["tiny_vit_11m_224"] = (a, d) => new TinyVit(TinyVitArgs(a, TinyVitModels.tiny_vit_11m_224), d),
+        ["tiny_vit_21m_224"] = (a, d) => new TinyVit(TinyVitArgs(a, TinyVitModels.tiny_vit_21m_224), d),
+        ["unet"] = (a, d) => new UNet(new UNetConfig(
+            in_chans: a.Long("in_chans", 3), num_classes: a.Long("num_classes", 1),
+            base_width: a.Long("base_width", 32), depth: a.Long("depth", 4)), d),
     };
 
     /// Every name Create accepts, sorted.
@@ -84,4 +91,11 @@ public static class Zoo
     private static ConvNeXtConfig ConvNeXtArgs(ModelArgs a, ConvNeXtConfig d) => new(
         in_chans: a.Long("in_chans", d.in_chans), num_classes: a.Long("num_classes", d.num_classes),
         depths: a.Longs("depths", d.Depths), dims: a.Longs("dims", d.Dims));
+
+    private static TinyVitConfig TinyVitArgs(ModelArgs a, TinyVitConfig d) => new(
+        in_chans: a.Long("in_chans", d.in_chans), num_classes: a.Long("num_classes", d.num_classes),
+        embed_dims: a.Longs("embed_dims", d.EmbedDims), depths: a.Longs("depths", d.Depths),
+        num_heads: a.Longs("num_heads", d.NumHeads), window_sizes: a.Longs("window_sizes", d.WindowSizes),
+        mlp_ratio: a.Double("mlp_ratio", d.mlp_ratio), mbconv_expand_ratio: a.Double("mbconv_expand_ratio", d.mbconv_expand_ratio),
+        local_conv_size: a.Long("local_conv_size", d.local_conv_size));
 }
