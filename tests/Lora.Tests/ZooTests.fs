@@ -175,6 +175,53 @@ let smallModelTests =
                 Expect.contains keys k "timm TinyViT key"
             Expect.isFalse (keys |> List.exists (fun k -> k.Contains "attention_bias_idxs")) "index table is not persistent"
         }
+        test "SAM (ViT encoder) segments with and without prompts, with segment-anything's keys" {
+            let cfg = """{"img_size": 64, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 4, "window_size": 4,
+                          "global_attn_indexes": [1], "out_chans": 32, "decoder_num_heads": 4, "decoder_mlp_dim": 64, "iou_head_hidden_dim": 32}"""
+            use m = Zoo.Create("sam_vit", cfg)
+            m.eval()
+            let seg = box m :?> IPromptableSegmenter
+            use _g = torch.no_grad()
+            use x = torch.randn(2L, 3L, 64L, 64L)
+            use y0 = m.call x
+            Expect.equal y0.shape [| 2L; 1L; 64L; 64L |] "no-prompt mask logits"
+            use boxes = torch.tensor([| 4.f; 4.f; 40.f; 30.f; 10.f; 20.f; 60.f; 60.f |]).view(2L, 4L)
+            use pts = torch.tensor([| 20.f; 20.f; 50.f; 50.f; 5.f; 5.f; 30.f; 40.f |]).view(2L, 2L, 2L)
+            use lbl = torch.tensor([| 1L; 0L; 1L; 1L |]).view(2L, 2L)
+            use yb = seg.Segment(x, boxes, null, null)
+            use yp = seg.Segment(x, null, pts, lbl)
+            use ybp = seg.Segment(x, boxes, pts, lbl)
+            for y in [ yb; yp; ybp ] do Expect.equal y.shape [| 2L; 1L; 64L; 64L |] "prompted mask logits"
+            Expect.isGreaterThan (maxAbs y0 yb) 1e-6 "a box changes the mask"
+            Expect.isGreaterThan (maxAbs yb ybp) 1e-6 "points change the mask"
+            use x96 = torch.randn(1L, 3L, 96L, 80L)
+            use y96 = m.call x96
+            Expect.equal y96.shape [| 1L; 1L; 96L; 80L |] "other input sizes are resized in and out"
+            let keys = stateKeys m
+            for k in [ "image_encoder.patch_embed.proj.weight"; "image_encoder.pos_embed"; "image_encoder.blocks.1.attn.qkv.weight"
+                       "image_encoder.blocks.0.mlp.lin1.weight"; "image_encoder.neck.0.weight"; "image_encoder.neck.3.bias"
+                       "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"; "prompt_encoder.point_embeddings.3.weight"
+                       "prompt_encoder.not_a_point_embed.weight"; "prompt_encoder.no_mask_embed.weight"; "prompt_encoder.mask_downscaling.6.weight"
+                       "mask_decoder.transformer.layers.1.cross_attn_image_to_token.out_proj.weight"; "mask_decoder.transformer.layers.0.mlp.lin2.bias"
+                       "mask_decoder.transformer.layers.0.norm4.weight"; "mask_decoder.transformer.final_attn_token_to_image.q_proj.weight"
+                       "mask_decoder.transformer.norm_final_attn.weight"; "mask_decoder.iou_token.weight"; "mask_decoder.mask_tokens.weight"
+                       "mask_decoder.output_upscaling.0.weight"; "mask_decoder.output_upscaling.1.weight"; "mask_decoder.output_upscaling.3.weight"
+                       "mask_decoder.output_hypernetworks_mlps.3.layers.2.weight"; "mask_decoder.iou_prediction_head.layers.2.bias" ] do
+                Expect.contains keys k "segment-anything key"
+        }
+        test "SAM with a TinyViT encoder (MobileSAM-like) segments at small size" {
+            let cfg = """{"img_size": 64, "embed_dims": [16, 32, 48, 64], "depths": [1, 1, 1, 1], "num_heads": [1, 2, 3, 4],
+                          "window_sizes": [4, 4, 4, 2], "out_chans": 32, "decoder_num_heads": 4, "decoder_mlp_dim": 64, "iou_head_hidden_dim": 32}"""
+            use m = Zoo.Create("sam_tiny_vit", cfg)
+            m.eval()
+            use _g = torch.no_grad()
+            use x = torch.randn(2L, 3L, 64L, 64L)
+            use boxes = torch.tensor([| 4.f; 4.f; 40.f; 30.f; 10.f; 20.f; 60.f; 60.f |]).view(2L, 4L)
+            use y = (box m :?> IPromptableSegmenter).Segment(x, boxes, null, null)
+            Expect.equal y.shape [| 2L; 1L; 64L; 64L |] "mask logits"
+            Expect.contains (stateKeys m) "image_encoder.stages.2.blocks.0.attn.attention_biases" "TinyViT trunk keys"
+            Expect.equal (Seq.length (m :?> Sam).EncoderBlocks) 3 "adapter hosts in the encoder"
+        }
         test "adapters register under adapter_attn / adapter_mlp and change the output; removing restores it" {
             use m = Zoo.Create("vit", configOf "vit_tiny_p4_32") :?> VisionTransformer
             m.eval()

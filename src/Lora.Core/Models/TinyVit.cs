@@ -296,19 +296,26 @@ public sealed class TinyVit : nn.Module<Tensor, Tensor>
 
     public TinyVit(TinyVitConfig config, Device? device = null) : base(nameof(TinyVit))
     {
+        Config = config;
+        (patch_embed, stages) = Trunk(config, device);
+        head = new NormClassifierHead(config.EmbedDims[^1], config.num_classes, 1e-5, device);
+        RegisterComponents();
+    }
+
+    /// The patch embedding and stages (shared with the SAM-style TinyViT image encoder).
+    internal static (TinyVitPatchEmbed, ModuleList<nn.Module<Tensor, Tensor>>) Trunk(TinyVitConfig config, Device? device)
+    {
         var dims = config.EmbedDims;
         var depths = config.Depths;
-        if (new[] { depths.Length, config.NumHeads.Length, config.WindowSizes.Length }.Any(n => n != dims.Length))
-            throw new ArgumentException($"TinyViT needs embed_dims, depths, num_heads and window_sizes of equal length (got {dims.Length}, {depths.Length}, {config.NumHeads.Length}, {config.WindowSizes.Length}).");
-        Config = config;
-        patch_embed = new TinyVitPatchEmbed(config.in_chans, dims[0], device);
-        stages = new ModuleList<nn.Module<Tensor, Tensor>>();
+        if (new[] { depths.Length, config.NumHeads.Length, config.WindowSizes.Length }.Any(n => n != dims.Length) || dims.Length < 2)
+            throw new ArgumentException($"TinyViT needs at least two stages and embed_dims, depths, num_heads, window_sizes of equal length (got {dims.Length}, {depths.Length}, {config.NumHeads.Length}, {config.WindowSizes.Length}).");
+        var patchEmbed = new TinyVitPatchEmbed(config.in_chans, dims[0], device);
+        var stages = new ModuleList<nn.Module<Tensor, Tensor>>();
         for (var i = 0; i < dims.Length; i++)
             stages.Add(i == 0
                 ? new ConvLayer(dims[0], depths[0], config.mbconv_expand_ratio, device)
                 : new TinyVitStage(dims[i - 1], dims[i], depths[i], config.NumHeads[i], config.WindowSizes[i], config.mlp_ratio, config.local_conv_size, device));
-        head = new NormClassifierHead(dims[^1], config.num_classes, 1e-5, device);
-        RegisterComponents();
+        return (patchEmbed, stages);
     }
 
     /// The transformer blocks of all attention stages (for adapters).

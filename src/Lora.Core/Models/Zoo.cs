@@ -23,6 +23,9 @@ public static class Zoo
         ["tiny_vit_5m_224"] = (a, d) => new TinyVit(TinyVitArgs(a, TinyVitModels.tiny_vit_5m_224), d),
         ["tiny_vit_11m_224"] = (a, d) => new TinyVit(TinyVitArgs(a, TinyVitModels.tiny_vit_11m_224), d),
         ["tiny_vit_21m_224"] = (a, d) => new TinyVit(TinyVitArgs(a, TinyVitModels.tiny_vit_21m_224), d),
+        ["sam_vit"] = (a, d) => new Sam(SamArgs(a, SamModels.sam_vit_b), d),
+        ["sam_vit_b"] = (a, d) => new Sam(SamArgs(a, SamModels.sam_vit_b), d),
+        ["sam_tiny_vit"] = (a, d) => new Sam(SamArgs(a, SamModels.sam_tiny_vit), d),
         ["unet"] = (a, d) => new UNet(new UNetConfig(
             in_chans: a.Long("in_chans", 3), num_classes: a.Long("num_classes", 1),
             base_width: a.Long("base_width", 32), depth: a.Long("depth", 4)), d),
@@ -98,4 +101,17 @@ public static class Zoo
         num_heads: a.Longs("num_heads", d.NumHeads), window_sizes: a.Longs("window_sizes", d.WindowSizes),
         mlp_ratio: a.Double("mlp_ratio", d.mlp_ratio), mbconv_expand_ratio: a.Double("mbconv_expand_ratio", d.mbconv_expand_ratio),
         local_conv_size: a.Long("local_conv_size", d.local_conv_size));
+
+    private static SamConfig SamArgs(ModelArgs a, SamConfig d) => new(
+        encoder: d.encoder, img_size: a.Long("img_size", d.img_size), in_chans: a.Long("in_chans", d.in_chans),
+        patch_size: a.Long("patch_size", d.patch_size), embed_dim: a.Long("embed_dim", d.embed_dim),
+        depth: a.Long("depth", d.depth), num_heads: d.encoder == "vit" ? a.Long("num_heads", d.num_heads) : d.num_heads, mlp_ratio: a.Double("mlp_ratio", d.mlp_ratio),
+        qkv_bias: a.Bool("qkv_bias", d.qkv_bias), window_size: a.Long("window_size", d.window_size),
+        global_attn_indexes: a.Longs("global_attn_indexes", d.GlobalAttnIndexes),
+        embed_dims: a.Longs("embed_dims", d.EmbedDims), depths: a.Longs("depths", d.Depths),
+        stage_num_heads: d.encoder == "tiny_vit" ? a.Longs("num_heads", d.NumHeadsPerStage) : d.NumHeadsPerStage,
+        window_sizes: a.Longs("window_sizes", d.WindowSizes),
+        out_chans: a.Long("out_chans", d.out_chans), decoder_depth: a.Long("decoder_depth", d.decoder_depth),
+        decoder_num_heads: a.Long("decoder_num_heads", d.decoder_num_heads), decoder_mlp_dim: a.Long("decoder_mlp_dim", d.decoder_mlp_dim),
+        iou_head_hidden_dim: a.Long("iou_head_hidden_dim", d.iou_head_hidden_dim), mask_in_chans: a.Long("mask_in_chans", d.mask_in_chans));
 }
