@@ -46,7 +46,8 @@ let countTests =
               "convnext_small", ModelArgs.Empty, 50_223_688L
               "convnext_base", ModelArgs.Empty, 88_591_464L
               // counted by hand from timm 1.0's tiny_vit.py (the issue's 5,391,464 is 1,300 lower; unverified without timm)
-              "tiny_vit_5m_224", ModelArgs.Empty, 5_392_764L ] do
+              "tiny_vit_5m_224", ModelArgs.Empty, 5_392_764L
+              "sam_vit_b", ModelArgs.Empty, 93_735_472L ] do
             test $"{name} {String.Join(',', args.Keys)}" {
                 Expect.equal (Zoo.ParameterCount(name, args)) expected "timm's parameter count"
             }
@@ -208,6 +209,11 @@ let smallModelTests =
                        "mask_decoder.output_upscaling.0.weight"; "mask_decoder.output_upscaling.1.weight"; "mask_decoder.output_upscaling.3.weight"
                        "mask_decoder.output_hypernetworks_mlps.3.layers.2.weight"; "mask_decoder.iou_prediction_head.layers.2.bias" ] do
                 Expect.contains keys k "segment-anything key"
+            Expect.contains keys "image_encoder.blocks.0.attn.rel_pos_h" "rel-pos table (windowed block)"
+            let sd = m.state_dict()
+            let shapeOf (k: string) = sd[k].shape
+            Expect.equal (shapeOf "image_encoder.blocks.0.attn.rel_pos_w") [| 7L; 16L |] "window 4 → 2·4−1 rows, head_dim 16"
+            Expect.equal (shapeOf "image_encoder.blocks.1.attn.rel_pos_h") [| 15L; 16L |] "global block: grid 8 → 15 rows"
         }
         test "SAM with a TinyViT encoder (MobileSAM-like) segments at small size" {
             let cfg = """{"img_size": 64, "embed_dims": [16, 32, 48, 64], "depths": [1, 1, 1, 1], "num_heads": [1, 2, 3, 4],

@@ -7,9 +7,9 @@ namespace Lora.Core.Models;
 
 // A SAM-style promptable segmenter with segment-anything's parameter names: image_encoder (ViT with
 // SAM's neck, or timm's TinyViT trunk with the same neck, as in MobileSAM), prompt_encoder (points
-// and boxes) and mask_decoder (two-way transformer). Not implemented: relative position embeddings
-// in the encoder (SAM's use_rel_pos) and mask prompts (the mask_downscaling weights exist so that
-// checkpoints load, but Segment takes no mask input).
+// and boxes) and mask_decoder (two-way transformer). Not implemented: mask prompts (the
+// mask_downscaling weights exist so that checkpoints load, but Segment takes no mask input) and
+// resizing of rel-pos tables to other input sizes.
 
 /// segment-anything's MLPBlock: lin1 → activation → lin2.
 public sealed class MLPBlock : nn.Module<Tensor, Tensor>
@@ -34,29 +34,58 @@ public sealed class MLPBlock : nn.Module<Tensor, Tensor>
     }
 }
 
-/// segment-anything's image-encoder Attention on BHWC tokens: fused qkv, proj.
+/// segment-anything's image-encoder Attention on BHWC tokens: fused qkv, optional decomposed
+/// relative position biases (rel_pos_h, rel_pos_w: [2·size − 1, head_dim]), proj.
 public sealed class SamEncoderAttention : nn.Module<Tensor, Tensor>
 {
     private nn.Module<Tensor, Tensor> qkv;
     private nn.Module<Tensor, Tensor> proj;
+    private Parameter? rel_pos_h;
+    private Parameter? rel_pos_w;
     private readonly long numHeads;
 
-    public SamEncoderAttention(long dim, long numHeads, bool qkvBias, Device? device = null) : base(nameof(SamEncoderAttention))
+    /// inputSize: the token grid side this attention sees (the window, or the whole grid), for rel-pos.
+    public SamEncoderAttention(long dim, long numHeads, bool qkvBias, bool useRelPos, long inputSize, Device? device = null) : base(nameof(SamEncoderAttention))
     {
         if (dim % numHeads != 0) throw new ArgumentException($"embed_dim {dim} must be divisible by num_heads {numHeads}.");
         this.numHeads = numHeads;
         qkv = nn.Linear(dim, 3 * dim, hasBias: qkvBias, device: device);
         proj = nn.Linear(dim, dim, device: device);
+        if (useRelPos)
+        {
+            rel_pos_h = nn.Parameter(zeros(2 * inputSize - 1, dim / numHeads, device: device));
+            rel_pos_w = nn.Parameter(zeros(2 * inputSize - 1, dim / numHeads, device: device));
+        }
         RegisterComponents();
+    }
+
+    /// segment-anything's get_rel_pos for equal query and key sizes: rel[q - k + size - 1].
+    private static Tensor RelPos(long size, Tensor table)
+    {
+        if (table.shape[0] != 2 * size - 1)
+            throw new InvalidOperationException($"relative position table has {table.shape[0]} rows but the attention sees {size} tokens per side (needs {2 * size - 1}); the input size does not match the model's img_size/window_size.");
+        using var q = arange(size, device: table.device).unsqueeze(1);
+        using var k = arange(size, device: table.device).unsqueeze(0);
+        using var idx = q - k + (size - 1);
+        return table.index(idx);
     }
 
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
-        long b = x.shape[0], h = x.shape[1], w = x.shape[2], c = x.shape[3];
-        var t = qkv.forward(x).reshape(b, h * w, 3, numHeads, c / numHeads).permute(2, 0, 3, 1, 4);
-        var parts = t.unbind(0);
-        var o = nn.functional.scaled_dot_product_attention(parts[0], parts[1], parts[2]);
+        long b = x.shape[0], h = x.shape[1], w = x.shape[2], c = x.shape[3], hd = c / numHeads;
+        var t = qkv.forward(x).reshape(b, h * w, 3, numHeads, hd).permute(2, 0, 3, 1, 4);
+        var parts = t.unbind(0); // each [B, heads, HW, hd]
+        Tensor? bias = null;
+        if (rel_pos_h is not null && rel_pos_w is not null)
+        {
+            // decomposed rel-pos (unscaled q against per-axis tables), added to the scaled logits
+            var rq = parts[0].reshape(b * numHeads, h, w, hd);
+            var relH = einsum("bhwc,hkc->bhwk", rq, RelPos(h, rel_pos_h));
+            var relW = einsum("bhwc,wkc->bhwk", rq, RelPos(w, rel_pos_w));
+            bias = (relH.unsqueeze(-1) + relW.unsqueeze(-2)).reshape(b, numHeads, h * w, h * w);
+        }
+        var o = nn.functional.scaled_dot_product_attention(parts[0], parts[1], parts[2], bias);
         return proj.forward(o.transpose(1, 2).reshape(b, h, w, c)).MoveToOuterDisposeScope();
     }
 }
@@ -74,10 +103,10 @@ public sealed class SamEncoderBlock : nn.Module<Tensor, Tensor>, IAdapterHost
     private double mlpScale = 1.0;
     private readonly long windowSize;
 
-    public SamEncoderBlock(long dim, long numHeads, double mlpRatio, bool qkvBias, long windowSize, Device? device = null) : base(nameof(SamEncoderBlock))
+    public SamEncoderBlock(long dim, long numHeads, double mlpRatio, bool qkvBias, bool useRelPos, long windowSize, long gridSize, Device? device = null) : base(nameof(SamEncoderBlock))
     {
         norm1 = nn.LayerNorm(dim, 1e-6, device: device);
-        attn = new SamEncoderAttention(dim, numHeads, qkvBias, device);
+        attn = new SamEncoderAttention(dim, numHeads, qkvBias, useRelPos, windowSize > 0 ? windowSize : gridSize, device);
         norm2 = nn.LayerNorm(dim, 1e-6, device: device);
         mlp = new MLPBlock(dim, (long)(dim * mlpRatio), relu: false, device);
         this.windowSize = windowSize;
@@ -143,7 +172,7 @@ public sealed class ImageEncoderViT : nn.Module<Tensor, Tensor>
         blocks = new ModuleList<SamEncoderBlock>();
         var global = c.GlobalAttnIndexes.ToHashSet();
         for (var i = 0; i < c.depth; i++)
-            blocks.Add(new SamEncoderBlock(c.embed_dim, c.num_heads, c.mlp_ratio, c.qkv_bias, global.Contains(i) ? 0 : c.window_size, device));
+            blocks.Add(new SamEncoderBlock(c.embed_dim, c.num_heads, c.mlp_ratio, c.qkv_bias, c.use_rel_pos, global.Contains(i) ? 0 : c.window_size, g, device));
         neck = SamNeck.Create(c.embed_dim, c.out_chans, device);
         RegisterComponents();
         Init.TruncNormal(pos_embed, 0.02, device);
@@ -479,7 +508,7 @@ public sealed class MaskDecoder : nn.Module
 public sealed record SamConfig(
     string encoder = "vit", long img_size = 1024, long in_chans = 3,
     long patch_size = 16, long embed_dim = 768, long depth = 12, long num_heads = 12, double mlp_ratio = 4.0,
-    bool qkv_bias = true, long window_size = 14, long[]? global_attn_indexes = null,
+    bool qkv_bias = true, bool use_rel_pos = true, long window_size = 14, long[]? global_attn_indexes = null,
     long[]? embed_dims = null, long[]? depths = null, long[]? stage_num_heads = null, long[]? window_sizes = null,
     long out_chans = 256, long decoder_depth = 2, long decoder_num_heads = 8, long decoder_mlp_dim = 2048,
     long iou_head_hidden_dim = 256, long mask_in_chans = 16)

@@ -106,7 +106,7 @@ public static class Zoo
         encoder: d.encoder, img_size: a.Long("img_size", d.img_size), in_chans: a.Long("in_chans", d.in_chans),
         patch_size: a.Long("patch_size", d.patch_size), embed_dim: a.Long("embed_dim", d.embed_dim),
         depth: a.Long("depth", d.depth), num_heads: d.encoder == "vit" ? a.Long("num_heads", d.num_heads) : d.num_heads, mlp_ratio: a.Double("mlp_ratio", d.mlp_ratio),
-        qkv_bias: a.Bool("qkv_bias", d.qkv_bias), window_size: a.Long("window_size", d.window_size),
+        qkv_bias: a.Bool("qkv_bias", d.qkv_bias), use_rel_pos: a.Bool("use_rel_pos", d.use_rel_pos), window_size: a.Long("window_size", d.window_size),
         global_attn_indexes: a.Longs("global_attn_indexes", d.GlobalAttnIndexes),
         embed_dims: a.Longs("embed_dims", d.EmbedDims), depths: a.Longs("depths", d.Depths),
         stage_num_heads: d.encoder == "tiny_vit" ? a.Longs("num_heads", d.NumHeadsPerStage) : d.NumHeadsPerStage,
