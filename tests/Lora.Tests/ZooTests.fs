@@ -137,6 +137,31 @@ let weightTests =
                           "wrong shape"; "head.weight (file [5, 64], model [10, 64])" ] do
                 Expect.stringContains msg part "error lists it"
         }
+        testPropertyWithConfig { Generators.config with maxTest = 12 } "save → load reproduces outputs for random small ViT and ConvNeXt configs"
+          <| fun (useVit: bool) (depthSeed: FsCheck.PositiveInt) (widthSeed: FsCheck.PositiveInt) ->
+            use dir = new Generators.TempDir()
+            let depth = 1 + depthSeed.Get % 2
+            let heads = 1 + widthSeed.Get % 3
+            let name, json, size =
+                if useVit then "vit", $"""{{"img_size": 16, "patch_size": 4, "embed_dim": {8 * heads}, "depth": {depth}, "num_heads": {heads}, "num_classes": 3}}""", 16L
+                else "convnext", $"""{{"depths": [{depth}, 1], "dims": [{8 * heads}, 16], "num_classes": 3}}""", 32L
+            use a = Zoo.Create(name, json)
+            use b = Zoo.Create(name, json)
+            a.eval(); b.eval()
+            StateDict.Save(a, dir.File "m.safetensors")
+            StateDict.Load(b, dir.File "m.safetensors") |> ignore
+            use _g = torch.no_grad()
+            use x = torch.randn(2L, 3L, size, size)
+            use ya = a.call x
+            use yb = b.call x
+            maxAbs ya yb = 0.0
+        test "ViT names a wrong input size" {
+            use m = Zoo.Create("vit", configOf "vit_tiny_p4_32")
+            use x = torch.randn(1L, 3L, 28L, 28L)
+            let msg = argError (fun () -> m.call x |> ignore)
+            Expect.stringContains msg "[N, 3, 32, 32]" "says what it takes"
+            Expect.stringContains msg "[1, 3, 28, 28]" "says what it got"
+        }
         test "non-strict load reports missing and unexpected keys" {
             use dir = new Generators.TempDir()
             let src = Safetensors.Load(Generators.fixture "vit_tiny_p4_32.safetensors")

@@ -138,6 +138,8 @@ public sealed class VisionTransformer : nn.Module<Tensor, Tensor>
     /// Normalised tokens [B, 1 + N, C] before pooling.
     public Tensor ForwardFeatures(Tensor x)
     {
+        if (x.dim() != 4 || x.shape[1] != Config.in_chans || x.shape[2] != Config.img_size || x.shape[3] != Config.img_size)
+            throw new ArgumentException($"This ViT takes images [N, {Config.in_chans}, {Config.img_size}, {Config.img_size}] (its in_chans and img_size); got [{string.Join(", ", x.shape)}]. Resize the input or build the model with a matching img_size.");
         using var scope = NewDisposeScope();
         var t = patch_embed.forward(x);
         var cls = cls_token.expand(t.shape[0], -1, -1);
