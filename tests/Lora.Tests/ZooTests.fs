@@ -253,6 +253,26 @@ let smallModelTests =
             Expect.contains (stateKeys m) "image_encoder.stages.2.blocks.0.attn.attention_biases" "TinyViT trunk keys"
             Expect.equal (Seq.length (m :?> Sam).EncoderBlocks) 3 "adapter hosts in the encoder"
         }
+        test "a targetable Linear can be replaced the way LoRA injection does (register_module + same-named field)" {
+            use m = Zoo.Create("vit", configOf "vit_tiny_p4_32") :?> VisionTransformer
+            m.eval()
+            use _g = torch.no_grad()
+            use x = torch.randn(1L, 3L, 32L, 32L)
+            use y0 = m.call x
+            let attn = m.Blocks[0].named_children() |> Seq.find (fun struct (n, _) -> n = "attn") |> fun struct (_, a) -> a
+            let field = attn.GetType().GetField("qkv", Reflection.BindingFlags.NonPublic ||| Reflection.BindingFlags.Instance)
+            Expect.equal field.FieldType typeof<torch.nn.Module<torch.Tensor, torch.Tensor>> "field typed Module<Tensor,Tensor>"
+            let zeroQkv = torch.nn.Linear(64L, 192L)
+            zeroQkv.weight.zero_() |> ignore
+            zeroQkv.bias.zero_() |> ignore
+            attn.register_module("qkv", null)
+            attn.register_module("qkv", zeroQkv)
+            field.SetValue(attn, zeroQkv)
+            use y1 = m.call x
+            Expect.isGreaterThan (maxAbs y0 y1) 1e-5 "forward uses the replaced child"
+            let p = m.state_dict()["blocks.0.attn.qkv.weight"]
+            Expect.equal (p.abs().sum().item<float32>()) 0.0f "state_dict sees the replaced child"
+        }
         test "adapters register under adapter_attn / adapter_mlp and change the output; removing restores it" {
             use m = Zoo.Create("vit", configOf "vit_tiny_p4_32") :?> VisionTransformer
             m.eval()
