@@ -47,7 +47,9 @@ let countTests =
               "convnext_base", ModelArgs.Empty, 88_591_464L
               // counted by hand from timm 1.0's tiny_vit.py (the issue's 5,391,464 is 1,300 lower; unverified without timm)
               "tiny_vit_5m_224", ModelArgs.Empty, 5_392_764L
-              "sam_vit_b", ModelArgs.Empty, 93_735_472L ] do
+              "sam_vit_b", ModelArgs.Empty, 93_735_472L
+              "sam_vit_l", ModelArgs.Empty, 312_342_832L
+              "sam_vit_h", ModelArgs.Empty, 641_090_608L ] do
             test $"{name} {String.Join(',', args.Keys)}" {
                 Expect.equal (Zoo.ParameterCount(name, args)) expected "timm's parameter count"
             }

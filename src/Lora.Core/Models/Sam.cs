@@ -578,6 +578,10 @@ public static class SamModels
 {
     /// segment-anything's vit_b image encoder with the standard prompt encoder and mask decoder.
     public static SamConfig sam_vit_b => new();
+    public static SamConfig sam_vit_l => new(embed_dim: 1024, depth: 24, num_heads: 16, global_attn_indexes: new long[] { 5, 11, 17, 23 });
+    public static SamConfig sam_vit_h => new(embed_dim: 1280, depth: 32, num_heads: 16, global_attn_indexes: new long[] { 7, 15, 23, 31 });
+    /// EfficientSAM-like ViT-Small encoder (SAM's layout and keys, not EfficientSAM's).
+    public static SamConfig sam_vit_s => new(embed_dim: 384, depth: 12, num_heads: 6);
     /// MobileSAM-like: timm's tiny_vit_5m trunk with SAM's neck (stride 32, not MobileSAM's 16).
     public static SamConfig sam_tiny_vit => new(encoder: "tiny_vit");
 }

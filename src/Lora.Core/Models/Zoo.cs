@@ -25,6 +25,9 @@ public static class Zoo
         ["tiny_vit_21m_224"] = (a, d) => new TinyVit(TinyVitArgs(a, TinyVitModels.tiny_vit_21m_224), d),
         ["sam_vit"] = (a, d) => new Sam(SamArgs(a, SamModels.sam_vit_b), d),
         ["sam_vit_b"] = (a, d) => new Sam(SamArgs(a, SamModels.sam_vit_b), d),
+        ["sam_vit_l"] = (a, d) => new Sam(SamArgs(a, SamModels.sam_vit_l), d),
+        ["sam_vit_h"] = (a, d) => new Sam(SamArgs(a, SamModels.sam_vit_h), d),
+        ["sam_vit_s"] = (a, d) => new Sam(SamArgs(a, SamModels.sam_vit_s), d),
         ["sam_tiny_vit"] = (a, d) => new Sam(SamArgs(a, SamModels.sam_tiny_vit), d),
         ["unet"] = (a, d) => new UNet(new UNetConfig(
             in_chans: a.Long("in_chans", 3), num_classes: a.Long("num_classes", 1),
