@@ -275,6 +275,25 @@ let smallModelTests =
             let p = m.state_dict()["blocks.0.attn.qkv.weight"]
             Expect.equal (p.abs().sum().item<float32>()) 0.0f "state_dict sees the replaced child"
         }
+        test "MobileSAM (original TinyViT names, stride 16) segments at small size" {
+            let cfg = """{"img_size": 64, "embed_dims": [16, 32, 48, 64], "depths": [1, 1, 1, 1], "num_heads": [1, 2, 3, 4],
+                          "window_sizes": [4, 4, 4, 2], "out_chans": 32, "decoder_num_heads": 4, "decoder_mlp_dim": 64, "iou_head_hidden_dim": 32}"""
+            use m = Zoo.Create("mobile_sam", cfg)
+            m.eval()
+            use _g = torch.no_grad()
+            use x = torch.randn(2L, 3L, 64L, 64L)
+            use boxes = torch.tensor([| 4.f; 4.f; 40.f; 30.f; 10.f; 20.f; 60.f; 60.f |]).view(2L, 4L)
+            use y = (box m :?> IPromptableSegmenter).Segment(x, boxes, null, null)
+            Expect.equal y.shape [| 2L; 1L; 64L; 64L |] "mask logits"
+            let keys = stateKeys m
+            for k in [ "image_encoder.patch_embed.seq.0.c.weight"; "image_encoder.patch_embed.seq.2.bn.running_mean"
+                       "image_encoder.layers.0.blocks.0.conv3.c.weight"; "image_encoder.layers.0.downsample.conv2.c.weight"
+                       "image_encoder.layers.2.blocks.0.attn.attention_biases"; "image_encoder.layers.3.blocks.0.local_conv.c.weight"
+                       "image_encoder.layers.3.blocks.0.mlp.fc1.weight"; "image_encoder.norm_head.weight"; "image_encoder.head.weight"
+                       "image_encoder.neck.2.weight" ] do
+                Expect.contains keys k "MobileSAM key"
+            Expect.isFalse (keys |> List.exists (fun k -> k.StartsWith "image_encoder.layers.3.downsample")) "no downsample after the last layer"
+        }
         test "adapters register under adapter_attn / adapter_mlp and change the output; removing restores it" {
             use m = Zoo.Create("vit", configOf "vit_tiny_p4_32") :?> VisionTransformer
             m.eval()

@@ -519,7 +519,16 @@ public sealed record SamConfig(
     public long[] NumHeadsPerStage => stage_num_heads ?? new long[] { 2, 4, 5, 10 };
     public long[] WindowSizes => window_sizes ?? new long[] { 7, 7, 14, 7 };
     /// The image embedding's grid size (encoder stride: the patch size for ViT, 32 for timm's TinyViT).
-    public long GridSize => encoder == "tiny_vit" ? (img_size + 31) / 32 : img_size / patch_size;
+    public long GridSize => encoder switch
+    {
+        "tiny_vit" => Strided(img_size, 5),
+        // stem /4, then halved into every stage but the last
+        "mobile_sam" => Strided(img_size, 2 + Math.Max(0, EmbedDims.Length - 2)),
+        _ => img_size / patch_size,
+    };
+
+    // output side of `halvings` stride-2 convs with kernel 3, padding 1 (each ceil(n / 2))
+    private static long Strided(long n, int halvings) { for (var i = 0; i < halvings; i++) n = (n + 1) / 2; return n; }
 }
 
 /// A SAM-style promptable segmenter: image_encoder, prompt_encoder, mask_decoder with
@@ -538,7 +547,8 @@ public sealed class Sam : nn.Module<Tensor, Tensor>, IPromptableSegmenter
         {
             "vit" => new ImageEncoderViT(c, device),
             "tiny_vit" => new ImageEncoderTinyViT(c, device),
-            _ => throw new ArgumentException($"Unknown SAM image encoder '{c.encoder}': use \"vit\" or \"tiny_vit\"."),
+            "mobile_sam" => new ImageEncoderMobileSam(c, device),
+            _ => throw new ArgumentException($"Unknown SAM image encoder '{c.encoder}': use \"vit\", \"tiny_vit\" or \"mobile_sam\"."),
         };
         prompt_encoder = new PromptEncoder(c.out_chans, c.GridSize, c.img_size, c.mask_in_chans, device);
         mask_decoder = new MaskDecoder(c.out_chans, c.decoder_depth, c.decoder_num_heads, c.decoder_mlp_dim, 3, 3, c.iou_head_hidden_dim, device);
@@ -584,4 +594,6 @@ public static class SamModels
     public static SamConfig sam_vit_s => new(embed_dim: 384, depth: 12, num_heads: 6);
     /// MobileSAM-like: timm's tiny_vit_5m trunk with SAM's neck (stride 32, not MobileSAM's 16).
     public static SamConfig sam_tiny_vit => new(encoder: "tiny_vit");
+    /// MobileSAM: its TinyViT-5M encoder with MobileSAM's key names, stride 16.
+    public static SamConfig mobile_sam => new(encoder: "mobile_sam");
 }

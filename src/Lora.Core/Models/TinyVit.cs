@@ -26,6 +26,33 @@ public sealed class ConvNorm : nn.Module<Tensor, Tensor>
     }
 }
 
+/// MobileSAM's Conv2d_BN: the same layer as ConvNorm with the original TinyViT's names (c.*, bn.*).
+public sealed class Conv2dBN : nn.Module<Tensor, Tensor>
+{
+    private nn.Module<Tensor, Tensor> c;
+    private BatchNorm2d bn;
+
+    public Conv2dBN(long inChs, long outChs, long ks = 1, long stride = 1, long pad = 0, long groups = 1, double bnWeightInit = 1.0, Device? device = null) : base(nameof(Conv2dBN))
+    {
+        c = nn.Conv2d(inChs, outChs, ks, stride: stride, padding: pad, groups: groups, bias: false, device: device);
+        bn = nn.BatchNorm2d(outChs, device: device);
+        if (!Init.IsMeta(device) && bnWeightInit != 1.0) { using var _ = no_grad(); bn.weight!.fill_(bnWeightInit); }
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x)
+    {
+        using var y = c.forward(x);
+        return bn.forward(y);
+    }
+
+    /// ConvNorm (timm's names) or Conv2dBN (MobileSAM's names).
+    internal static nn.Module<Tensor, Tensor> Make(bool mobileSamNames, long inChs, long outChs, long ks = 1, long stride = 1, long pad = 0, long groups = 1, double bnWeightInit = 1.0, Device? device = null) =>
+        mobileSamNames
+            ? new Conv2dBN(inChs, outChs, ks, stride, pad, groups, bnWeightInit, device)
+            : new ConvNorm(inChs, outChs, ks, stride, pad, groups, bnWeightInit, device);
+}
+
 /// timm's TinyViT PatchEmbed: two stride-2 ConvNorms with GELU between (overall stride 4).
 public sealed class TinyVitPatchEmbed : nn.Module<Tensor, Tensor>
 {
@@ -49,16 +76,16 @@ public sealed class TinyVitPatchEmbed : nn.Module<Tensor, Tensor>
 /// timm's MBConv: 1×1 expand, 3×3 depthwise, 1×1 project (BN weight 0), residual, GELU.
 public sealed class MBConv : nn.Module<Tensor, Tensor>
 {
-    private ConvNorm conv1;
-    private ConvNorm conv2;
-    private ConvNorm conv3;
+    private nn.Module<Tensor, Tensor> conv1;
+    private nn.Module<Tensor, Tensor> conv2;
+    private nn.Module<Tensor, Tensor> conv3;
 
-    public MBConv(long inChs, long outChs, double expandRatio, Device? device = null) : base(nameof(MBConv))
+    public MBConv(long inChs, long outChs, double expandRatio, Device? device = null, bool mobileSamNames = false) : base(nameof(MBConv))
     {
         var mid = (long)(inChs * expandRatio);
-        conv1 = new ConvNorm(inChs, mid, 1, device: device);
-        conv2 = new ConvNorm(mid, mid, 3, 1, 1, groups: mid, device: device);
-        conv3 = new ConvNorm(mid, outChs, 1, bnWeightInit: 0.0, device: device);
+        conv1 = Conv2dBN.Make(mobileSamNames, inChs, mid, 1, device: device);
+        conv2 = Conv2dBN.Make(mobileSamNames, mid, mid, 3, 1, 1, groups: mid, device: device);
+        conv3 = Conv2dBN.Make(mobileSamNames, mid, outChs, 1, bnWeightInit: 0.0, device: device);
         RegisterComponents();
     }
 
@@ -75,15 +102,15 @@ public sealed class MBConv : nn.Module<Tensor, Tensor>
 /// timm's TinyViT PatchMerging: 1×1, stride-2 depthwise 3×3, 1×1 ConvNorms (NCHW in and out).
 public sealed class PatchMerging : nn.Module<Tensor, Tensor>
 {
-    private ConvNorm conv1;
-    private ConvNorm conv2;
-    private ConvNorm conv3;
+    private nn.Module<Tensor, Tensor> conv1;
+    private nn.Module<Tensor, Tensor> conv2;
+    private nn.Module<Tensor, Tensor> conv3;
 
-    public PatchMerging(long dim, long outDim, Device? device = null) : base(nameof(PatchMerging))
+    public PatchMerging(long dim, long outDim, Device? device = null, bool mobileSamNames = false, long stride = 2) : base(nameof(PatchMerging))
     {
-        conv1 = new ConvNorm(dim, outDim, 1, 1, 0, device: device);
-        conv2 = new ConvNorm(outDim, outDim, 3, 2, 1, groups: outDim, device: device);
-        conv3 = new ConvNorm(outDim, outDim, 1, 1, 0, device: device);
+        conv1 = Conv2dBN.Make(mobileSamNames, dim, outDim, 1, 1, 0, device: device);
+        conv2 = Conv2dBN.Make(mobileSamNames, outDim, outDim, 3, stride, 1, groups: outDim, device: device);
+        conv3 = Conv2dBN.Make(mobileSamNames, outDim, outDim, 1, 1, 0, device: device);
         RegisterComponents();
     }
 
@@ -198,19 +225,19 @@ public sealed class TinyVitBlock : nn.Module<Tensor, Tensor>, IAdapterHost
 {
     private TinyVitAttention attn;
     private NormMlp mlp;
-    private ConvNorm local_conv;
+    private nn.Module<Tensor, Tensor> local_conv;
     private nn.Module<Tensor, Tensor>? adapter_attn;
     private nn.Module<Tensor, Tensor>? adapter_mlp;
     private double mlpScale = 1.0;
     private readonly long windowSize;
 
-    public TinyVitBlock(long dim, long numHeads, long windowSize, double mlpRatio, long localConvSize, Device? device = null) : base(nameof(TinyVitBlock))
+    public TinyVitBlock(long dim, long numHeads, long windowSize, double mlpRatio, long localConvSize, Device? device = null, bool mobileSamNames = false) : base(nameof(TinyVitBlock))
     {
         if (dim % numHeads != 0) throw new ArgumentException($"TinyViT dim {dim} must be divisible by num_heads {numHeads}.");
         this.windowSize = windowSize;
         attn = new TinyVitAttention(dim, dim / numHeads, numHeads, 1, windowSize, device);
         mlp = new NormMlp(dim, (long)(dim * mlpRatio), device);
-        local_conv = new ConvNorm(dim, dim, localConvSize, 1, localConvSize / 2, groups: dim, device: device);
+        local_conv = Conv2dBN.Make(mobileSamNames, dim, dim, localConvSize, 1, localConvSize / 2, groups: dim, device: device);
         RegisterComponents();
     }
 

@@ -28,6 +28,7 @@ public static class Zoo
         ["sam_vit_l"] = (a, d) => new Sam(SamArgs(a, SamModels.sam_vit_l), d),
         ["sam_vit_h"] = (a, d) => new Sam(SamArgs(a, SamModels.sam_vit_h), d),
         ["sam_vit_s"] = (a, d) => new Sam(SamArgs(a, SamModels.sam_vit_s), d),
+        ["mobile_sam"] = (a, d) => new Sam(SamArgs(a, SamModels.mobile_sam), d),
         ["sam_tiny_vit"] = (a, d) => new Sam(SamArgs(a, SamModels.sam_tiny_vit), d),
         ["unet"] = (a, d) => new UNet(new UNetConfig(
             in_chans: a.Long("in_chans", 3), num_classes: a.Long("num_classes", 1),
@@ -112,7 +113,7 @@ public static class Zoo
         qkv_bias: a.Bool("qkv_bias", d.qkv_bias), use_rel_pos: a.Bool("use_rel_pos", d.use_rel_pos), window_size: a.Long("window_size", d.window_size),
         global_attn_indexes: a.Longs("global_attn_indexes", d.GlobalAttnIndexes),
         embed_dims: a.Longs("embed_dims", d.EmbedDims), depths: a.Longs("depths", d.Depths),
-        stage_num_heads: d.encoder == "tiny_vit" ? a.Longs("num_heads", d.NumHeadsPerStage) : d.NumHeadsPerStage,
+        stage_num_heads: d.encoder != "vit" ? a.Longs("num_heads", d.NumHeadsPerStage) : d.NumHeadsPerStage,
         window_sizes: a.Longs("window_sizes", d.WindowSizes),
         out_chans: a.Long("out_chans", d.out_chans), decoder_depth: a.Long("decoder_depth", d.decoder_depth),
         decoder_num_heads: a.Long("decoder_num_heads", d.decoder_num_heads), decoder_mlp_dim: a.Long("decoder_mlp_dim", d.decoder_mlp_dim),
