@@ -294,6 +294,30 @@ let smallModelTests =
                 Expect.contains keys k "MobileSAM key"
             Expect.isFalse (keys |> List.exists (fun k -> k.StartsWith "image_encoder.layers.3.downsample")) "no downsample after the last layer"
         }
+        test "SAM encoder blocks (ViT and TinyViT) take adapters that change the mask and come off cleanly" {
+            for name in [ "sam_vit"; "sam_tiny_vit" ] do
+                let cfg = """{"img_size": 64, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 4, "window_size": 4, "global_attn_indexes": [1],
+                              "embed_dims": [16, 32, 48, 64], "depths": [1, 1, 1, 1], "window_sizes": [4, 4, 4, 2],
+                              "out_chans": 32, "decoder_num_heads": 4, "decoder_mlp_dim": 64, "iou_head_hidden_dim": 32}"""
+                let args = ModelArgs.FromJson(cfg)
+                let args = if name = "sam_tiny_vit" then args.With("num_heads", [| box 1.0; box 2.0; box 3.0; box 4.0 |]) else args
+                use m = Zoo.Create(name, args) :?> Sam
+                m.eval()
+                use _g = torch.no_grad()
+                use x = torch.randn(1L, 3L, 64L, 64L)
+                use y0 = m.call x
+                let blocks = m.EncoderBlocks |> Seq.toList
+                // block widths: 64 throughout the ViT; the TinyViT's attention stages are 32, 48, 64 wide
+                let dimsOfBlocks = if name = "sam_vit" then List.replicate blocks.Length 64L else [ 32L; 48L; 64L ]
+                for b, d in List.zip blocks dimsOfBlocks do
+                    b.SetAdapters(torch.nn.Linear(d, d), torch.nn.Linear(d, d), 0.5)
+                Expect.isTrue (stateKeys m |> List.exists (fun k -> k.EndsWith "adapter_mlp.weight")) $"{name}: adapter keys"
+                use y1 = m.call x
+                Expect.isGreaterThan (maxAbs y0 y1) 1e-6 $"{name}: adapters change the mask"
+                for b in blocks do b.SetAdapters(null, null, 1.0)
+                use y2 = m.call x
+                Expect.equal (maxAbs y0 y2) 0.0 $"{name}: removing adapters restores the mask"
+        }
         test "adapters register under adapter_attn / adapter_mlp and change the output; removing restores it" {
             use m = Zoo.Create("vit", configOf "vit_tiny_p4_32") :?> VisionTransformer
             m.eval()

@@ -162,8 +162,18 @@ public sealed class NormMlp : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor x)
     {
+        using var n = norm.forward(x);
+        return ForwardNormed(n);
+    }
+
+    /// The LayerNorm alone (blocks feed its output to an MLP adapter too).
+    internal Tensor Norm(Tensor x) => norm.forward(x);
+
+    /// fc1 → GELU → fc2 on an already normalised input.
+    internal Tensor ForwardNormed(Tensor n)
+    {
         using var scope = NewDisposeScope();
-        return fc2.forward(nn.functional.gelu(fc1.forward(norm.forward(x)))).MoveToOuterDisposeScope();
+        return fc2.forward(nn.functional.gelu(fc1.forward(n))).MoveToOuterDisposeScope();
     }
 }
 
@@ -220,7 +230,8 @@ public sealed class TinyVitAttention : nn.Module<Tensor, Tensor>
 }
 
 /// timm's TinyVitBlock (BHWC in and out): windowed attention with residual, depthwise local conv,
-/// NormMlp with residual; optional bottleneck adapters (IAdapterHost, applied to the MLP's input).
+/// NormMlp with residual; optional bottleneck adapters (IAdapterHost; the MLP adapter sees the
+/// NormMlp's normalised input, like norm2's output in a ViT block).
 public sealed class TinyVitBlock : nn.Module<Tensor, Tensor>, IAdapterHost
 {
     private TinyVitAttention attn;
@@ -270,8 +281,9 @@ public sealed class TinyVitBlock : nn.Module<Tensor, Tensor>, IAdapterHost
         x = x + a;
         if (adapter_attn is not null) x = x + adapter_attn.forward(x);
         var t = local_conv.forward(x.permute(0, 3, 1, 2)).reshape(b, c, l).transpose(1, 2);
-        var o = t + mlp.forward(t);
-        if (adapter_mlp is not null) o = o + adapter_mlp.forward(t) * mlpScale;
+        var n = mlp.Norm(t);
+        var o = t + mlp.ForwardNormed(n);
+        if (adapter_mlp is not null) o = o + adapter_mlp.forward(n) * mlpScale;
         return o.view(b, h, w, c).MoveToOuterDisposeScope();
     }
 }
