@@ -125,6 +125,19 @@ public abstract class TunerLayer : nn.Module<Tensor, Tensor>
         return result;
     }
 
+    bool registered;
+
+    /// Registers `base_layer` first, then the adapter containers in the derived class's field
+    /// order, so state_dict keys come in PEFT's order (base_layer.*, lora_A.*, lora_B.*, ...).
+    protected override void RegisterComponents()
+    {
+        if (registered) return;
+        registered = true;
+        register_module("base_layer", base_layer);
+        foreach (var f in GetType().GetFields(System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.Public | System.Reflection.BindingFlags.DeclaredOnly))
+            if (f.GetValue(this) is AdapterSlots slots) register_module(f.Name, slots);
+    }
+
     protected Tensor Dropout(Tensor x, double p) => p > 0 && training ? nn.functional.dropout(x, p, true) : x;
 
     protected override void Dispose(bool disposing)
