@@ -18,9 +18,12 @@ let private relErr (a: torch.Tensor) (b: torch.Tensor) =
     d.ToDouble() / (1.0 + m.ToDouble())
 
 let private randomise (ps: Parameter seq) (seed: int) =
-    torch.manual_seed (int64 seed) |> ignore
+    // a local generator: Expecto runs tests in parallel, so the global seed is shared
+    use g = new torch.Generator(uint64 (abs seed))
     use _ = torch.no_grad ()
-    for p in ps do p.copy_(torch.randn_like(p) * 0.3) |> ignore
+    for p in ps do
+        use r = torch.randn(p.shape, dtype = p.dtype, generator = g)
+        p.copy_(r * 0.3) |> ignore
 
 /// Identical tensors (same shape, every element equal).
 let private same (a: torch.Tensor) (b: torch.Tensor) =

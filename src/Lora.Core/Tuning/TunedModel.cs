@@ -45,8 +45,35 @@ public sealed class TunedModel
     /// AdaLoRA's allocator for an adapter (attached to <see cref="Model"/> as its step hook).
     public RankAllocator? Allocator(string adapter = "default") => allocators.GetValueOrDefault(adapter);
 
-    /// The current AdaLoRA rank pattern (layer path → kept ranks), or null before any allocation.
-    public IReadOnlyDictionary<string, bool[]>? RankPattern(string adapter = "default") => Allocator(adapter)?.RankPattern;
+    readonly Dictionary<string, IReadOnlyDictionary<string, bool[]>> loadedPatterns = new();
+
+    /// The current AdaLoRA rank pattern (layer path → kept ranks): the allocator's latest, else the
+    /// one a loaded checkpoint came with; null before any allocation.
+    public IReadOnlyDictionary<string, bool[]>? RankPattern(string adapter = "default") =>
+        Allocator(adapter)?.RankPattern ?? loadedPatterns.GetValueOrDefault(adapter);
+
+    /// Shrinks AdaLoRA layers to the kept ranks of a saved rank pattern (ranknum keeps the initial
+    /// rank, so outputs are those of the masked full-rank adapter), as PEFT's resize_modules_by_rank_pattern.
+    internal void ApplyLoadedRankPattern(string adapter, IReadOnlyDictionary<string, bool[]> pattern)
+    {
+        var layers = Layers.Where(l => l.Layer is AdaLoraLinear a && a.AdapterNames.Contains(adapter)).ToList();
+        foreach (var key in pattern.Keys)
+            if (!layers.Any(l => l.Path == key)) throw new InvalidDataException($"rank_pattern names '{key}', which is not an AdaLoRA layer of this model");
+        foreach (var (path, layer) in layers)
+        {
+            if (!pattern.TryGetValue(path, out var keep)) continue;
+            var a = (AdaLoraLinear)layer;
+            if (keep.Length != a.A(adapter).shape[0])
+                throw new InvalidDataException($"rank_pattern for '{path}' has {keep.Length} entries but init_r is {a.A(adapter).shape[0]}");
+            var r = keep.Count(k => k);
+            var w = a.BaseWeight;
+            a.SetTriplets(adapter, torch.zeros(r, a.Base.in_features, dtype: w.dtype, device: w.device),
+                torch.zeros(r, 1, dtype: w.dtype, device: w.device), torch.zeros(a.Base.out_features, r, dtype: w.dtype, device: w.device));
+        }
+        loadedPatterns[adapter] = pattern;
+        if (allocators.Remove(adapter, out var old)) StepHooks.Detach(Model, old); // a loaded adapter is for use, not for further allocation
+        MarkTrainable();
+    }
 
     public void AddAdapter(string name, TuningConfig config)
     {
