@@ -101,6 +101,22 @@ type CnBlock(dim: int64, dev: torch.Device) as this =
     do this.RegisterComponents()
     override _.forward x = ignore (conv_dw, norm, mlp, gamma); x
 
+/// Two Linears in a ModuleList<Module<Tensor, Tensor>>.
+type ListHolder() as this =
+    inherit M("ListHolder")
+    let layers = new ModuleList<M>(torch.nn.Linear(4L, 4L), torch.nn.Linear(4L, 3L))
+    do this.RegisterComponents()
+    override _.forward x =
+        use h = layers.[0].forward x
+        layers.[1].forward h
+
+/// A ModuleList typed ModuleList<Linear>: no tuning layer fits in it.
+type NarrowListHolder() as this =
+    inherit M("NarrowListHolder")
+    let layers = new ModuleList<Linear>(torch.nn.Linear(4L, 4L))
+    do this.RegisterComponents()
+    override _.forward x = layers.[0].forward x
+
 let vitB (dev: torch.Device) = new ViT(768L, 12, 16L, 224L, 100L, dev)
 
 let vitTiny () = new ViT(16L, 2, 4L, 8L, 5L, torch.CPU)

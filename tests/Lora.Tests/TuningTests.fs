@@ -114,7 +114,7 @@ let private layerTests =
             use y = l.forward x
             close "masked" dt y ref)
 
-        testProp "LoRA Conv2d: merged = unmerged over stride, padding, dilation, groups, padding mode" (fun (seed: int) (a: byte) (b: byte) (c: byte) (f64: bool) ->
+        testProp "LoRA/DoRA Conv2d: merged = unmerged over stride, padding, dilation, groups, padding mode" (fun (seed: int) (a: byte) (b: byte) (c: byte) (f64: bool) (dora: bool) ->
             let dt = dtypeOf f64
             let g = int64 (a % 3uy + 1uy)
             let inC, outC = g * int64 (b % 3uy + 1uy), g * int64 (c % 3uy + 1uy)
@@ -128,11 +128,11 @@ let private layerTests =
             let x = torch.randn([| 2L; inC; 7L; 6L |], dtype = dt)
             use yBase = conv.forward x
             let l = new LoraConv2d(conv)
-            l.AddAdapter("default", LoraOptions(int r, 4.0))
+            l.AddAdapter("default", LoraOptions(int r, 4.0, UseDora = dora))
             l.SetActiveAdapters [ "default" ]
             l.eval ()
             use y0 = l.forward x
-            Expect.isTrue (same y0 yBase) "fresh LoRA is the base"
+            close "fresh LoRA/DoRA is the base" dt y0 yBase
             randomise (l.AdapterParameters "default") seed
             use d = l.DeltaWeight "default"
             Expect.sequenceEqual d.shape conv.weight.shape "ΔW has W's shape"
@@ -272,13 +272,27 @@ let private injectionTests =
             Expect.contains ks "blocks.0.mlp.fc2.weight" "block 0 untouched"
             Expect.equal (Tuner.Match(m, TuningConfig(Targets = [| "mlp.fc1" |])).Targets |> Seq.length) 2 "Match lists without changing"
         }
+        test "ModuleList elements are replaced in place; a list typed too narrowly is a clear error" {
+            let holder = new ListHolder()
+            let x = torch.randn(2L, 4L)
+            use y0 = holder.forward x
+            let t = Tuner.Apply(holder, TuningConfig(Targets = [| "layers.1" |], Rank = 2))
+            Expect.equal (keys holder) [ "layers.0.weight"; "layers.0.bias"; "layers.1.base_layer.weight"; "layers.1.base_layer.bias"
+                                         "layers.1.lora_A.default.weight"; "layers.1.lora_B.default.weight" ] "keys"
+            for struct (_, l) in t.Layers do randomise (l.AdapterParameters "default") 4
+            use y1 = holder.forward x
+            Expect.isGreaterThan (relErr y1 y0) 1e-3 "forward goes through the LoRA layer"
+            let narrow = new NarrowListHolder()
+            let e = throwsMsg<ArgumentException> (fun () -> Tuner.Apply(narrow, TuningConfig(Targets = [| "layers.0" |], Rank = 2)) |> ignore)
+            Expect.stringContains e "declare it as Module<Tensor, Tensor>" "says what to change"
+        }
         test "bad configurations are rejected with the pattern or module named" {
             let m = vitTiny ()
             let err cfg = throwsMsg<ArgumentException> (fun () -> Tuner.Apply(m, cfg) |> ignore)
             Expect.stringContains (err (TuningConfig(Targets = [| "nope" |]))) "'nope' matches no module" "no match"
             Expect.stringContains (err (TuningConfig(Targets = [| "qkv" |], Rank = 20))) "rank 20 for 'blocks.0.attn.qkv' exceeds" "rank too large"
             Expect.stringContains (err (TuningConfig(Targets = [| "norm1" |]))) "'blocks.0.norm1' is a LayerNorm" "unsupported type"
-            Expect.stringContains (err (TuningConfig(Method = TuningMethod.Dora, Targets = [| "proj" |]))) "patch_embed.proj' is a Conv2d" "DoRA on conv"
+            Expect.stringContains (err (TuningConfig(Method = TuningMethod.AdaLora, Targets = [| "proj" |]))) "patch_embed.proj' is a Conv2d, which AdaLora cannot tune" "AdaLoRA on conv"
             Expect.stringContains (err (TuningConfig(Targets = [| "qkv" |], RankPattern = readOnlyDict [ "fc9", 2 ]))) "'fc9'" "rank pattern matching nothing"
             Expect.isFalse (keys m |> List.exists (fun k -> k.Contains "lora")) "nothing changed"
         }

@@ -171,6 +171,7 @@ public static class AdapterCheckpoint
                 case LoraConv2d c:
                     result[p + "lora_A.weight"] = c.A(adapter).weight!;
                     result[p + "lora_B.weight"] = c.B(adapter).weight!;
+                    if (c.Options(adapter).UseDora) result[p + "lora_magnitude_vector"] = c.lora_magnitude_vector.Module<DoraMagnitude>(adapter).weight;
                     break;
                 case AdaLoraLinear a:
                     Tensor A = a.A(adapter), E = a.E(adapter), B = a.B(adapter);

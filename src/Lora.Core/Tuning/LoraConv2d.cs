@@ -14,6 +14,7 @@ public sealed class LoraConv2d : TunerLayer
 #pragma warning disable IDE1006
     public AdapterSlots lora_A = new();
     public AdapterSlots lora_B = new();
+    public AdapterSlots lora_magnitude_vector = new();
 #pragma warning restore IDE1006
     readonly Dictionary<string, LoraOptions> options = new();
 
@@ -21,7 +22,7 @@ public sealed class LoraConv2d : TunerLayer
 
     public Conv2d Base => (Conv2d)base_layer;
     public override Parameter BaseWeight => Base.weight!;
-    public override string Method => "LoRA";
+    public override string Method => options.Values.Any(o => o.UseDora) ? "DoRA" : "LoRA";
     public override IReadOnlyList<string> AdapterNames => options.Keys.ToList();
     public LoraOptions Options(string adapter) => options[adapter];
     public Conv2d A(string adapter) => lora_A.Module<Conv2d>(adapter);
@@ -31,7 +32,6 @@ public sealed class LoraConv2d : TunerLayer
     public void AddAdapter(string adapter, LoraOptions o)
     {
         if (options.ContainsKey(adapter)) throw new ArgumentException($"adapter '{adapter}' already exists on this layer");
-        if (o.UseDora) throw new ArgumentException("DoRA is implemented for Linear layers only; target Linear layers or use LoRA for Conv2d");
         var c = Base;
         var g = c.groups;
         if (o.Rank <= 0 || o.Rank % g != 0)
@@ -53,17 +53,41 @@ public sealed class LoraConv2d : TunerLayer
         lora_A.AddModule(adapter, a);
         lora_B.AddModule(adapter, b);
         options[adapter] = o;
+        if (o.UseDora)
+        {
+            using var _ = torch.no_grad();
+            lora_magnitude_vector.AddModule(adapter, new DoraMagnitude(WeightNorm(w.detach(), adapter)));
+        }
+    }
+
+    /// Norms of W + ΔW over everything but the output channel, shaped (1, out, 1, 1) as PEFT's
+    /// conv DoRA magnitude; detached.
+    Tensor WeightNorm(Tensor weight, string adapter)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var _ = torch.no_grad();
+        var w = weight + DeltaWeight(adapter).detach();
+        return w.square().sum(new long[] { 1, 2, 3 }, keepdim: true).sqrt().transpose(1, 0).MoveToOuterDisposeScope();
+    }
+
+    protected override Tensor MergedWeight(Tensor weight, string adapter)
+    {
+        var delta = DeltaWeight(adapter);
+        if (!options[adapter].UseDora) return weight + delta;
+        var m = lora_magnitude_vector.Module<DoraMagnitude>(adapter).weight.detach();
+        return (m / WeightNorm(weight, adapter)).view(-1, 1, 1, 1) * (weight + delta);
     }
 
     public override IEnumerable<Parameter> AdapterParameters(string adapter)
     {
         yield return A(adapter).weight!;
         yield return B(adapter).weight!;
+        if (options[adapter].UseDora) yield return lora_magnitude_vector.Module<DoraMagnitude>(adapter).weight;
     }
 
     protected override void RemoveAdapterCore(string adapter)
     {
-        lora_A.Remove(adapter); lora_B.Remove(adapter);
+        lora_A.Remove(adapter); lora_B.Remove(adapter); lora_magnitude_vector.Remove(adapter);
         options.Remove(adapter);
     }
 
@@ -83,6 +107,14 @@ public sealed class LoraConv2d : TunerLayer
     {
         using var scope = torch.NewDisposeScope();
         var o = options[adapter];
-        return B(adapter).forward(A(adapter).forward(Dropout(x, o.Dropout))).mul(o.Scaling).MoveToOuterDisposeScope();
+        var xd = Dropout(x, o.Dropout);
+        var lora = B(adapter).forward(A(adapter).forward(xd)).mul(o.Scaling);
+        if (!o.UseDora) return lora.MoveToOuterDisposeScope();
+        // PEFT's conv DoRA: (m/‖W+ΔW‖ − 1)·conv(x, W) + m/‖W+ΔW‖ · lora(x) · scaling.
+        var m = lora_magnitude_vector.Module<DoraMagnitude>(adapter).weight;
+        var scale = m / WeightNorm(BaseWeight.detach(), adapter);          // (1, out, 1, 1)
+        var plain = ReferenceEquals(xd, x) ? baseOutput : base_layer.forward(xd);
+        if (Base.bias is not null) plain = plain - Base.bias.view(1, -1, 1, 1);
+        return ((scale - 1) * plain + scale * lora).MoveToOuterDisposeScope();
     }
 }

@@ -97,7 +97,7 @@ public sealed class TunedModel
             {
                 case AdaLoraLinear a: a.AddAdapter(name, config.InitRank, alpha, config.Dropout); break;
                 case LoraLinear l: l.AddAdapter(name, new LoraOptions(r, alpha, config.Dropout, config.UseRsLora, config.InitGaussian, config.Method == TuningMethod.Dora)); break;
-                case LoraConv2d c: c.AddAdapter(name, new LoraOptions(r, alpha, config.Dropout, config.UseRsLora, config.InitGaussian)); break;
+                case LoraConv2d c: c.AddAdapter(name, new LoraOptions(r, alpha, config.Dropout, config.UseRsLora, config.InitGaussian, config.Method == TuningMethod.Dora)); break;
             }
             if (!ReferenceEquals(layer, current)) ModuleTree.Replace(Model, m.Path, layer);
         }
@@ -141,7 +141,7 @@ public sealed class TunedModel
     {
         (Linear l, TuningMethod.AdaLora) => new AdaLoraLinear(l),
         (Linear l, _) => new LoraLinear(l),
-        (Conv2d c, TuningMethod.Lora) => new LoraConv2d(c),
+        (Conv2d c, TuningMethod.Lora or TuningMethod.Dora) => new LoraConv2d(c),
         _ => throw new ArgumentException($"'{path}' ({m.GetType().Name}) cannot be tuned with {method}"),
     };
 

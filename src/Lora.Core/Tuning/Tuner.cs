@@ -91,7 +91,7 @@ public static class Tuner
     {
         (AdaLoraLinear, TuningMethod.AdaLora) => true,
         (LoraLinear, TuningMethod.Lora or TuningMethod.Dora) => true,
-        (LoraConv2d, TuningMethod.Lora) => true,
+        (LoraConv2d, TuningMethod.Lora or TuningMethod.Dora) => true,
         _ => false,
     };
 
@@ -110,7 +110,7 @@ public static class Tuner
             case (TuningMethod.Lora or TuningMethod.Dora or TuningMethod.AdaLora, Linear l):
                 var max = Math.Min(l.in_features, l.out_features);
                 return r > max ? $"rank {r} for '{path}' exceeds min(in_features, out_features) = {max} of Linear({l.in_features}, {l.out_features})" : null;
-            case (TuningMethod.Lora, Conv2d conv):
+            case (TuningMethod.Lora or TuningMethod.Dora, Conv2d conv):
                 var maxc = Math.Min(conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1] / conv.groups, conv.out_channels);
                 if (conv.transposed) return $"'{path}' is a transposed convolution, which LoRA does not support";
                 if (r % conv.groups != 0) return $"rank {r} for '{path}' must be a multiple of the Conv2d's groups ({conv.groups})";
@@ -118,7 +118,7 @@ public static class Tuner
             default:
                 var supported = c.Method switch
                 {
-                    TuningMethod.Lora => "Linear and Conv2d",
+                    TuningMethod.Lora or TuningMethod.Dora => "Linear and Conv2d",
                     _ => "Linear",
                 };
                 return $"'{path}' is a {m.GetType().Name}, which {c.Method} cannot tune (supported: {supported}); narrow the pattern";
