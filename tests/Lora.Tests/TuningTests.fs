@@ -205,6 +205,8 @@ let private injectionTests =
             Expect.equal s.Total 86_247_368L "total (head counted twice)"
             Expect.stringContains (string s) "Trainable params: 371,812" "rendering"
             Expect.stringContains (string s) "LoRA: blocks.*.attn.qkv ×12" "tuned modules grouped"
+            Expect.equal (s.ByGroup.["LoRA"].ToTuple()) (294_912L, 294_912L) "LoRA group: 12 × (8·768 + 2304·8)"
+            Expect.equal (s.ByGroup.["modules_to_save"].ToTuple()) (76_900L, 76_900L) "head copy"
         }
         test "ViT-B/16 DoRA trainable 399,460; AdaLoRA init 12 trainable 519,412" {
             let m = vitB meta

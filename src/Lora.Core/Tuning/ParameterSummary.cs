@@ -61,7 +61,7 @@ public sealed record ParameterSummary(
         sb.AppendLine($"Total params: {N(Total)}");
         sb.AppendLine($"Trainable params: {N(Trainable)}");
         sb.AppendLine($"Non-trainable params: {N(NonTrainable)}");
-        if (Total > 0) sb.AppendLine($"Trainable: {100.0 * Trainable / Total:0.####}%".Replace(",", "."));
+        if (Total > 0) sb.AppendLine(string.Create(CultureInfo.InvariantCulture, $"Trainable share: {100.0 * Trainable / Total:0.####}%"));
         foreach (var (g, (t, tr)) in ByGroup) sb.AppendLine($"  {g}: {N(t)} ({N(tr)} trainable)");
         if (TunedModules.Count > 0)
         {
