@@ -60,6 +60,20 @@ let tests =
             for f in [ "\"peft_type\": \"LORA\""; "\"r\": 2"; "\"lora_alpha\": 4"; "\"target_modules\""; "\"use_dora\": false"; "\"bias\": \"none\"" ] do
                 Expect.stringContains json f "config field"
         }
+        test "bias modes save the biases PEFT saves" {
+            let keys, json = roundTrip (TuningConfig(Targets = [| "qkv" |], Rank = 2, Bias = BiasMode.LoraOnly)) ignore
+            Expect.contains keys "base_model.model.blocks.0.attn.qkv.base_layer.bias" "lora_only: the tuned layer's bias"
+            Expect.equal keys.Length 6 "2 × (A, B, bias)"
+            Expect.stringContains json "\"bias\": \"lora_only\"" "bias field"
+            let keysAll, _ = roundTrip (TuningConfig(Targets = [| "qkv" |], Rank = 2, Bias = BiasMode.All)) ignore
+            Expect.contains keysAll "base_model.model.blocks.1.mlp.fc2.bias" "all: every bias"
+        }
+        test "Adapter (bottleneck) save → load is the identity" {
+            let keys, json = roundTrip (TuningConfig(Method = TuningMethod.Adapter)) ignore
+            Expect.contains keys "base_model.model.blocks.0.adapter_attn.fc1.weight" "adapter key"
+            Expect.equal keys.Length (2 * 2 * 4) "2 blocks × 2 adapters × 4 tensors"
+            Expect.stringContains json "BOTTLENECK_ADAPTER" "type"
+        }
         test "DoRA save → load is the identity (magnitude saved without .weight)" {
             let keys, json = roundTrip (TuningConfig(Method = TuningMethod.Dora, Targets = [| "qkv" |], Rank = 2)) ignore
             Expect.contains keys "base_model.model.blocks.0.attn.qkv.lora_magnitude_vector" "magnitude key"

@@ -366,6 +366,39 @@ let private modelTests =
             use yA2 = m.forward x
             Expect.isTrue (same yA2 yA) "default adapter unchanged by the others"
         }
+        test "gradients reach only the adapter; Unload restores the original layers and outputs" {
+            let m = vitTiny ()
+            m.eval ()
+            let x = torch.randn(2L, 3L, 8L, 8L)
+            use y0 = m.forward x
+            let plain = keys m
+            let t = Tuner.Apply(m, TuningConfig(Targets = [| "qkv" |], Rank = 2, Dropout = 0.1))
+            m.train ()
+            for struct (_, l) in t.Layers do randomise (l.AdapterParameters "default") 12
+            use y = m.forward x
+            use loss = y.square().mean()
+            loss.backward ()
+            for struct (n, p) in m.named_parameters() do
+                if n.Contains "lora_" then Expect.isNotNull p.grad (n + " has a gradient")
+                else Expect.isNull p.grad (n + " is frozen")
+            m.eval ()
+            let back = t.Unload() :?> M
+            Expect.equal (keys back) plain "original keys"
+            use y1 = back.forward x
+            Expect.isTrue (same y1 y0) "original outputs"
+            Expect.isTrue (back.parameters() |> Seq.forall (fun p -> p.requires_grad)) "unfrozen again"
+        }
+        test "deleting the last adapter of a layer puts the base layer back" {
+            let m = vitTiny ()
+            let t = Tuner.Apply(m, TuningConfig(Targets = [| "qkv" |], Rank = 2, ModulesToSave = [| "head" |]))
+            Tuner.Apply(m, TuningConfig(Targets = [| "fc1" |], Rank = 2), "b") |> ignore
+            t.DeleteAdapter "default"
+            let ks = keys m
+            Expect.contains ks "blocks.0.attn.qkv.weight" "qkv back to a Linear"
+            Expect.contains ks "head.weight" "head unwrapped"
+            Expect.contains ks "blocks.0.mlp.fc1.lora_A.b.weight" "the other adapter stays"
+            Expect.equal t.ActiveAdapter "b" "active moves to the remaining adapter"
+        }
         test "Adapter method: hosts get adapters, identity init keeps the output, merge is a clear error" {
             torch.manual_seed 5L |> ignore
             let m = vitTiny ()
@@ -432,6 +465,11 @@ let private adaloraTests =
                 hook.AfterOptimizerStep step
             let pattern = t.RankPattern()
             Expect.equal (pattern.Count) 4 "one entry per layer"
+            // after the final step the pattern is enforced again, whatever the optimiser did to E
+            for struct (_, l) in t.Layers do
+                use _ = torch.no_grad ()
+                (l :?> AdaLoraLinear).E("default").fill_(1.0) |> ignore
+            hook.AfterOptimizerStep 7L
             let kept = pattern.Values |> Seq.sumBy (fun k -> k |> Array.filter id |> Array.length)
             Expect.equal kept 8 "budget target_r · layers"
             for struct (_, l) in t.Layers do
