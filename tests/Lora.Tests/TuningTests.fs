@@ -285,8 +285,10 @@ let private injectionTests =
             use y1 = holder.forward x
             Expect.isGreaterThan (relErr y1 y0) 1e-3 "forward goes through the LoRA layer"
             let narrow = new NarrowListHolder()
+            let before = keys narrow
             let e = throwsMsg<ArgumentException> (fun () -> Tuner.Apply(narrow, TuningConfig(Targets = [| "layers.0" |], Rank = 2)) |> ignore)
             Expect.stringContains e "declare it as Module<Tensor, Tensor>" "says what to change"
+            Expect.equal (keys narrow) before "checked before anything changed"
         }
         test "bad configurations are rejected with the pattern or module named" {
             let m = vitTiny ()

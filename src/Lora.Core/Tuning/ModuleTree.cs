@@ -38,11 +38,26 @@ public static class ModuleTree
     {
         var dot = path.LastIndexOf('.');
         var parent = dot < 0 ? root : Get(root, path[..dot]);
-        ReplaceChild(parent, dot < 0 ? path : path[(dot + 1)..], replacement, path);
+        ReplaceChild(parent, dot < 0 ? path : path[(dot + 1)..], replacement, path, dryRun: false);
     }
 
-    static void ReplaceChild(nn.Module parent, string name, nn.Module<Tensor, Tensor> replacement, string path)
+    /// Why the module at <paramref name="path"/> could not be replaced by a module of type
+    /// <paramref name="replacementType"/>, or null when it can (checked before anything changes).
+    public static string? CannotReplace(nn.Module root, string path, Type replacementType)
     {
+        var dot = path.LastIndexOf('.');
+        try
+        {
+            var parent = dot < 0 ? root : Get(root, path[..dot]);
+            ReplaceChild(parent, dot < 0 ? path : path[(dot + 1)..], null, path, dryRun: true, replacementType);
+            return null;
+        }
+        catch (ArgumentException e) { return e.Message; }
+    }
+
+    static void ReplaceChild(nn.Module parent, string name, nn.Module<Tensor, Tensor>? replacement, string path, bool dryRun, Type? replacementType = null)
+    {
+        var rtype = replacementType ?? replacement!.GetType();
         var old = parent.named_children().FirstOrDefault(c => c.name == name).module
             ?? throw new ArgumentException($"the model has no module '{path}'");
 
@@ -50,13 +65,13 @@ public static class ModuleTree
         {
             var names = (List<string>)Field(typeof(Sequential), "_names").GetValue(seq)!;
             var modules = (List<nn.IModule<Tensor, Tensor>>)Field(typeof(Sequential), "_modules").GetValue(seq)!;
-            modules[names.IndexOf(name)] = replacement;
+            if (!dryRun) modules[names.IndexOf(name)] = replacement!;
         }
         else if (IsGeneric(parent.GetType(), typeof(ModuleList<>)))
         {
             var list = (System.Collections.IList)Field(parent.GetType(), "_list").GetValue(parent)!;
-            CheckAssignable(list.GetType().GetGenericArguments()[0], replacement, path);
-            list[int.Parse(name)] = replacement;
+            CheckAssignable(list.GetType().GetGenericArguments()[0], rtype, path);
+            if (!dryRun) list[int.Parse(name)] = replacement;
         }
         else if (IsGeneric(parent.GetType(), typeof(ModuleDict<>)))
             throw new ArgumentException($"'{path}' sits in a ModuleDict, whose entries cannot be replaced in place; use a custom module or ModuleList");
@@ -69,14 +84,16 @@ public static class ModuleTree
                 foreach (var f in t.GetFields(Instance | BindingFlags.DeclaredOnly))
                 {
                     if (!ReferenceEquals(f.GetValue(parent), old)) continue;
-                    CheckAssignable(f.FieldType, replacement, path, $"field {t.Name}.{f.Name}");
-                    f.SetValue(parent, replacement);
+                    CheckAssignable(f.FieldType, rtype, path, $"field {t.Name}.{f.Name}");
+                    if (!dryRun) f.SetValue(parent, replacement);
                     found = true;
                 }
             }
             if (!found)
                 throw new ArgumentException($"cannot replace '{path}': its parent {parent.GetType().Name} holds it in no field (keep children in fields of type Module<Tensor, Tensor>, a Sequential or a ModuleList)");
         }
+
+        if (dryRun) return;
 
         // The registry, in place so that the key order of state_dict() stays the same.
         var registry = Field(typeof(nn.Module), "_internal_submodules").GetValue(parent)!;
@@ -88,16 +105,16 @@ public static class ModuleTree
             {
                 var item = list2[i]!;
                 if ((string)item.GetType().GetField("Item1")!.GetValue(item)! == name)
-                    list2[i] = Activator.CreateInstance(item.GetType(), name, (nn.Module)replacement);
+                    list2[i] = Activator.CreateInstance(item.GetType(), name, (nn.Module)replacement!);
             }
-            dict[name] = replacement;
+            dict[name] = replacement!;
         }
     }
 
-    static void CheckAssignable(Type slot, nn.Module replacement, string path, string? where = null)
+    static void CheckAssignable(Type slot, Type replacement, string path, string? where = null)
     {
-        if (!slot.IsInstanceOfType(replacement))
-            throw new ArgumentException($"cannot replace '{path}' by a {replacement.GetType().Name}: {where ?? "its container"} is typed {slot.Name}; declare it as Module<Tensor, Tensor> so that tuning layers can take its place");
+        if (!slot.IsAssignableFrom(replacement))
+            throw new ArgumentException($"cannot replace '{path}' by a {replacement.Name}: {where ?? "its container"} is typed {slot.Name}; declare it as Module<Tensor, Tensor> so that tuning layers can take its place");
     }
 
     static bool IsGeneric(Type? t, Type generic)

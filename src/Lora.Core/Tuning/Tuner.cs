@@ -66,6 +66,7 @@ public static class Tuner
                     matches.Add(new(path, "target", inner.GetType().Name, pattern));
                     var check = CheckTarget(path, inner, config);
                     if (check is not null) errors.Add(check);
+                    else if (m is not TunerLayer && ModuleTree.CannotReplace(model, path, typeof(TunerLayer)) is { } why) errors.Add(why);
                     if (m is TunerLayer existing && !Compatible(existing, config.Method))
                         errors.Add($"'{path}' already carries a {existing.Method} layer; a {config.Method} adapter cannot be added beside it");
                 }
@@ -78,6 +79,7 @@ public static class Tuner
             foreach (var (path, m) in hit)
             {
                 if (matches.Any(x => x.Path == path && x.Role == "target")) errors.Add($"'{path}' is both a target and a module to save");
+                if (m is not ModulesToSaveWrapper && ModuleTree.CannotReplace(model, path, typeof(ModulesToSaveWrapper)) is { } why) errors.Add(why);
                 matches.Add(new(path, "modules_to_save", m.GetType().Name, pattern));
             }
         }
