@@ -272,7 +272,11 @@ let private injectionTests =
             let ks = keys m
             Expect.contains ks "blocks.1.mlp.fc2.lora_A.default.weight" "ModuleList child replaced (regex target)"
             Expect.contains ks "blocks.0.mlp.fc2.weight" "block 0 untouched"
-            Expect.equal (Tuner.Match(m, TuningConfig(Targets = [| "mlp.fc1" |])).Targets |> Seq.length) 2 "Match lists without changing"
+            let report = Tuner.Match(m, TuningConfig(Targets = [| "mlp.fc1" |]))
+            Expect.equal (report.Targets |> Seq.map (fun x -> x.Path) |> List.ofSeq) [ "blocks.0.mlp.fc1"; "blocks.1.mlp.fc1" ] "Match lists the targets"
+            Expect.contains report.Unmatched "blocks.0.attn.qkv" "and the Linear layers it leaves out"
+            Expect.isFalse (report.Unmatched |> Seq.contains "blocks.1.mlp.fc2") "a tuned layer is not listed as unmatched"
+            Expect.isFalse (keys m |> List.exists (fun k -> k.StartsWith "blocks.0.mlp.fc1.lora")) "Match changes nothing"
         }
         test "ModuleList elements are replaced in place; a list typed too narrowly is a clear error" {
             let holder = new ListHolder()

@@ -9,7 +9,8 @@ namespace Lora.Core.Tuning;
 public sealed record ModuleMatch(string Path, string Role, string ModuleType, string Pattern);
 
 /// What a configuration would do to a model, and every problem found, without changing it.
-public sealed record MatchReport(IReadOnlyList<ModuleMatch> Matches, IReadOnlyList<string> Errors)
+/// <see cref="Unmatched"/> lists the Linear and Conv2d layers no pattern reached (to help write patterns).
+public sealed record MatchReport(IReadOnlyList<ModuleMatch> Matches, IReadOnlyList<string> Errors, IReadOnlyList<string> Unmatched)
 {
     public IEnumerable<ModuleMatch> Targets => Matches.Where(m => m.Role == "target");
     public IEnumerable<ModuleMatch> ModulesToSave => Matches.Where(m => m.Role == "modules_to_save");
@@ -86,7 +87,8 @@ public static class Tuner
         foreach (var p in config.RankPattern.Keys.Concat(config.AlphaPattern.Keys))
             if (!matches.Any(m => m.Role == "target" && ModulePattern.Matches(p, m.Path)))
                 errors.Add($"rank/alpha pattern '{p}' matches no target module");
-        return new MatchReport(matches, errors);
+        var unmatched = modules.Where(m => m.Module is Linear or Conv2d && !matches.Any(x => x.Path == m.Path)).Select(m => m.Path).ToList();
+        return new MatchReport(matches, errors, unmatched);
     }
 
     static bool Compatible(TunerLayer layer, TuningMethod method) => (layer, method) switch
