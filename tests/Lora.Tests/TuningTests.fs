@@ -452,6 +452,39 @@ let private adaloraTests =
             use r1 = alloc.ExtraLoss()
             Expect.floatClose Accuracy.high (r1.ToDouble()) (0.5 * (3.0 * sqrt 2.0 + 0.0) / 2.0) "0.5 · mean(3√2, 0)"
         }
+        test "triplet scores are PEFT's (E + mean A-row + mean B-column of EMA importance × uncertainty), lowest masked" {
+            let mk seed =
+                let l = new AdaLoraLinear(torch.nn.Linear(4L, 5L, dtype = torch.float64))
+                l.AddAdapter("default", 3, 8.0, 0.0)
+                randomise (l.AdapterParameters "default") seed
+                for p in l.AdapterParameters "default" do
+                    use g = new torch.Generator(uint64 (seed + 100))
+                    p.grad <- torch.randn(p.shape, dtype = p.dtype, generator = g)
+                l
+            let l1, l2 = mk 1, mk 2
+            let cfg = TuningConfig(Method = TuningMethod.AdaLora, InitRank = 3, TargetRank = 2, TotalStep = 4L)
+            let alloc = RankAllocator([| struct ("a", l1); struct ("b", l2) |], "default", cfg)
+            // one update from zero: avg = 0.15·ipt, unc = 0.15·|ipt − 0.15·ipt| → score = 0.15·0.15·0.85·ipt²
+            let score (p: torch.Tensor) = use ipt = (p * p.grad).abs() in (ipt * ipt * (0.15 * 0.15 * 0.85)).detach().clone()
+            let expected (l: AdaLoraLinear) =
+                use e = score (l.E "default")
+                use a = score (l.A "default")
+                use b = score (l.B "default")
+                (e.view(-1L) + a.mean([| 1L |]) + b.mean([| 0L |])).data<float>().ToArray()
+            let want = [ "a", expected l1; "b", expected l2 ]   // before the step masks E
+            alloc.AfterOptimizerStep 1L
+            for (l, (_, w)) in List.zip [ l1; l2 ] want do
+                use got = alloc.TripletScores l
+                let g = got.data<float>().ToArray()
+                for i in 0 .. 2 do Expect.floatClose Accuracy.veryHigh g.[i] w.[i] "triplet score"
+            // step 1 of 4: budget int((6 − 4)·(1 − 1/4)³ + 4) = 4 → the 2 lowest of 6 scores are masked
+            let threshold = (want |> List.collect (fun (_, w) -> List.ofArray w) |> List.sort).[1]
+            for ((name, w), l) in List.zip want [ l1; l2 ] do
+                let keep = alloc.RankPattern.[name]
+                for i in 0 .. 2 do
+                    Expect.equal keep.[i] (w.[i] > threshold) (sprintf "%s[%d] kept iff above the 2nd lowest score" name i)
+                    if not keep.[i] then Expect.equal ((l.E "default").[int64 i, 0L].ToDouble()) 0.0 "masked E is zero"
+        }
         test "a few training steps mask E down to the target budget and give a rank pattern" {
             torch.manual_seed 11L |> ignore
             let m = vitTiny ()

@@ -67,6 +67,9 @@ public static class AdapterCheckpoint
             "all" => BiasMode.All,
             var b => throw new InvalidDataException($"'{path}': bias '{b}' is not one of none, lora_only, all"),
         };
+        foreach (var unsupported in new[] { "layers_to_transform", "layers_pattern", "exclude_modules", "layer_replication", "target_parameters" })
+            if (root[unsupported] is JsonNode n && !(n is JsonArray { Count: 0 }))
+                throw new InvalidDataException($"'{path}': {unsupported} is set ({n.ToJsonString()}), which this loader does not support; save the adapter without it");
         if (root["fan_in_fan_out"] is JsonValue f && f.TryGetValue<bool>(out var fifo) && fifo)
             throw new InvalidDataException($"'{path}': fan_in_fan_out = true (GPT-2 Conv1D layers) is not supported");
         var config = new TuningConfig
