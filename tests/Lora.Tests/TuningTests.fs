@@ -304,6 +304,14 @@ let private injectionTests =
             Expect.stringContains (err (TuningConfig(Targets = [| "qkv" |], RankPattern = readOnlyDict [ "fc9", 2 ]))) "'fc9'" "rank pattern matching nothing"
             Expect.isFalse (keys m |> List.exists (fun k -> k.Contains "lora")) "nothing changed"
         }
+        test "configuration errors are reported together, naming the fields" {
+            let e = throwsMsg<ArgumentException> (fun () ->
+                TuningConfig(Method = TuningMethod.AdaLora, Targets = [| "qkv"; "re:(" |], Dropout = 1.0, InitRank = 4, TargetRank = 6).Validate())
+            for part in [ "Dropout must be in [0, 1)"; "TargetRank must be in 1..InitRank (4), got 6"; "'re:(' is not a valid regular expression" ] do
+                Expect.stringContains e part "each problem listed"
+            let e2 = throwsMsg<ArgumentException> (fun () -> TuningConfig(Method = TuningMethod.Adapter, Targets = [| "qkv" |]).Validate())
+            Expect.stringContains e2 "Targets does not apply to the Adapter method" "bad combination"
+        }
         test "per-module rank and alpha patterns" {
             let m = vitTiny ()
             let t = Tuner.Apply(m, TuningConfig(Targets = [| "qkv" |], Rank = 2, Alpha = 4.0, RankPattern = readOnlyDict [ "blocks.1.attn.qkv", 4 ], AlphaPattern = readOnlyDict [ "blocks.1.attn.qkv", 2.0 ]))
