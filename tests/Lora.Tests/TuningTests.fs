@@ -58,9 +58,10 @@ let private linearCase (seed: int) (a: int) (b: int) (c: int) (f64: bool) =
     let dt = dtypeOf f64
     let inF, outF = int64 (abs a % 9 + 2), int64 (abs b % 9 + 2)
     let r = abs c % int (min inF outF) + 1
-    torch.manual_seed (int64 seed) |> ignore
     let lin = torch.nn.Linear(inF, outF, dtype = dt)
-    let x = torch.randn([| 3L; 2L; inF |], dtype = dt)
+    randomise (lin.parameters()) (seed + 1)   // local generator: replayable under parallel tests
+    use g = new torch.Generator(uint64 (abs seed))
+    let x = torch.randn([| 3L; 2L; inF |], dtype = dt, generator = g)
     lin, x, r, dt
 
 let private layerTests =
@@ -123,9 +124,10 @@ let private layerTests =
             let mode = match (b / 9uy) % 3uy with 0uy -> PaddingModes.Zeros | 1uy -> PaddingModes.Reflect | _ -> PaddingModes.Circular
             let mode = if pad = 0L then PaddingModes.Zeros else mode
             let r = g * int64 (c / 9uy % 2uy + 1uy)
-            torch.manual_seed (int64 seed) |> ignore
             let conv = torch.nn.Conv2d(inC, outC, k, stride, pad, dil, mode, g, true, torch.CPU, dt)
-            let x = torch.randn([| 2L; inC; 7L; 6L |], dtype = dt)
+            randomise (conv.parameters()) (seed + 1)
+            use gen = new torch.Generator(uint64 (abs seed))
+            let x = torch.randn([| 2L; inC; 7L; 6L |], dtype = dt, generator = gen)
             use yBase = conv.forward x
             let l = new LoraConv2d(conv)
             l.AddAdapter("default", LoraOptions(int r, 4.0, UseDora = dora))
