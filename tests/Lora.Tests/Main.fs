@@ -19,6 +19,7 @@ let all =
         smoke
         SafetensorsTests.tests
         TuningTests.tests
+        TuningCheckpointTests.tests
         ZooTests.tests
         DataTests.tests
         TrainingTests.tests
