@@ -25,6 +25,7 @@ let all =
         TrainingTests.tests
         DslTests.tests
         RunnerTests.tests
+        ParityTests.tests
     ]
 
 [<EntryPoint>]
