@@ -24,6 +24,7 @@ let all =
         TrainingTests.tests
         DslTests.tests
         RunnerTests.tests
+        SlurmTests.tests
     ]
 
 [<EntryPoint>]
