@@ -301,7 +301,7 @@ let status =
             Expect.contains squeueCall "--jobs=102" "asks only about the tunes' job (p0 is done)"
             let text = report.ToText()
             Expect.stringContains text "2 pending, 1 running, 1 done, 1 failed" "summary line"
-            Expect.stringContains text "failed  lora r8" "table row" 
+            Expect.stringContains text "\nfailed   lora r8              t2    102_1  OUT_OF_MEMORY; log: " "table row"
         }
         test "without accounting storage a task that left the queue without results is failed; without squeue it is unknown" {
             use dir = new TempDir()
