@@ -334,4 +334,58 @@ let status =
         }
     ]
 
-let tests = testList "Slurm" [ levels; scripts; submitting; status ]
+/// Against a real Slurm (scripts/slurm-local-test.sh -- env LORA_SLURM_LIVE=1 dotnet run ...):
+/// a stand-in for `lora run` that writes results/<hash>/metrics.json, refuses to start a tune whose
+/// pretraining has no results (so a wrong order fails), and fails the run "bad" until told not to.
+let live =
+    let fakeLora = """#!/bin/bash
+set -eu
+spec=$2; results=$4; hash=$6
+if [ "$hash" = bad ] && [ ! -e "$results/fixed" ]; then echo "bad run: diverged" >&2; exit 1; fi
+case "$hash" in t*|bad) [ -e "$results/p0/metrics.json" ] || { echo "pretraining missing" >&2; exit 3; } ;; esac
+case "$hash" in x1) [ -e "$results/bad/metrics.json" ] || { echo "bad missing" >&2; exit 3; } ;; esac
+mkdir -p "$results/$hash"
+echo "{\"run\": \"$hash\", \"spec\": \"$spec\"}" > "$results/$hash/metrics.json"
+"""
+    let waitEmpty () =
+        let runner = ProcessCommandRunner() :> ICommandRunner
+        let deadline = DateTime.UtcNow.AddSeconds 180.0
+        let rec loop () =
+            let q = runner.Run("squeue", [ "--noheader"; "--format=%i" ])
+            if q.ExitCode <> 0 then failtestf "squeue failed: %s" q.Stderr
+            elif q.Stdout.Trim() = "" then ()
+            elif DateTime.UtcNow > deadline then failtestf "jobs still queued after 180 s:\n%s" q.Stdout
+            else Threading.Thread.Sleep 1000; loop ()
+        loop ()
+    testList "SlurmLive" [
+        test "a plan runs on a real cluster in dependency order; a failure shows its log; resubmitting runs only what is missing" {
+            if Environment.GetEnvironmentVariable "LORA_SLURM_LIVE" <> "1" then
+                skiptest "needs a Slurm cluster: run under scripts/slurm-local-test.sh with LORA_SLURM_LIVE=1"
+            use dir = new TempDir()
+            let stub = dir.File "fake-lora.sh"
+            File.WriteAllText(stub, fakeLora)
+            let results = Path.Combine(dir.Path, "results")
+            let lora = LoraInvocation(LoraCommand [ "bash"; stub ], dir.File "spec.yaml", results, dir.Path, [])
+            let runs = plan @ [ run "bad" "diverging tune" [ "p0" ]; run "x1" "tune of bad" [ "bad" ] ]
+            let slurm = ProcessCommandRunner()
+            let first = SlurmSubmitter(slurm).Submit(levelsOf runs, lora, SlurmOptions(MaxParallel = 2, Time = "5"), false)
+            Expect.equal first.Arrays.Count 3 "three levels"
+            waitEmpty ()
+            let report = SlurmStatus(slurm).Read(runs, results)
+            let states = report.Runs |> Seq.map (fun s -> s.Run.Hash, s.State) |> List.ofSeq
+            Expect.equal states [ "p0", RunState.Done; "t1", RunState.Done; "t2", RunState.Done; "bad", RunState.Failed; "x1", RunState.Failed ]
+                (report.ToText())
+            let bad = report.Runs[3]
+            Expect.stringContains (File.ReadAllText bad.LogPath) "bad run: diverged" "the failed task's log holds its error"
+            Expect.stringContains bad.Detail bad.LogPath "status points at the log"
+            Expect.stringContains report.Runs[4].Detail "never started" "the dependant was cancelled"
+            File.WriteAllText(Path.Combine(results, "fixed"), "")
+            let second = SlurmSubmitter(slurm).Submit(levelsOf runs, lora, SlurmOptions(), false)
+            Expect.equal (second.Arrays |> Seq.map (fun a -> a.Script.RunListText) |> List.ofSeq) [ "bad\n"; "x1\n" ] "only what is missing"
+            waitEmpty ()
+            let final = SlurmStatus(slurm).Read(runs, results)
+            Expect.isTrue (final.Runs |> Seq.forall (fun s -> s.State = RunState.Done)) (final.ToText())
+        }
+    ]
+
+let tests = testList "Slurm" [ levels; scripts; submitting; status; live ]
