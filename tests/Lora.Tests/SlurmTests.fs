@@ -337,6 +337,37 @@ let status =
 /// Against a real Slurm (scripts/slurm-local-test.sh -- env LORA_SLURM_LIVE=1 dotnet run ...):
 /// a stand-in for `lora run` that writes results/<hash>/metrics.json, refuses to start a tune whose
 /// pretraining has no results (so a wrong order fails), and fails the run "bad" until told not to.
+let commands =
+    testList "commands" [
+        test "lora submit --dry-run prints the scripts; lora status prints the table" {
+            use dir = new TempDir()
+            let spec = dir.File "spec.yaml"
+            File.WriteAllText(spec, "experiments: []")
+            let out, err = new StringWriter(), new StringWriter()
+            let fake = FakeSlurm()
+            let code = SlurmCommands.Submit(plan, spec, dir.File "results", SlurmOptions(GpusPerTask = 1), true, out, err, fake, lora = LoraCommand [ "/opt/lora" ])
+            Expect.equal code 0 (err.ToString())
+            Expect.stringContains (out.ToString()) (sprintf "exec /opt/lora run %s --results %s --only \"$hash\"" spec (dir.File "results")) "the task command"
+            Expect.stringContains (out.ToString()) "#SBATCH --gres=gpu:1" "the GPU request"
+            Expect.isEmpty fake.SbatchCalls "dry run"
+            let status = new StringWriter()
+            Expect.equal (SlurmCommands.Status(plan, dir.File "results", status, err, fake)) 0 "status"
+            Expect.stringContains (status.ToString()) "3 pending, 0 running, 0 done, 0 failed" "nothing submitted yet"
+        }
+        test "bad options and a missing spec exit 2 with the reason on stderr" {
+            use dir = new TempDir()
+            let out, err = new StringWriter(), new StringWriter()
+            let code = SlurmCommands.Submit(plan, dir.File "nope.yaml", dir.Path, SlurmOptions(), true, out, err, FakeSlurm(), lora = LoraCommand [ "/opt/lora" ])
+            Expect.equal code 2 "missing spec"
+            Expect.stringContains (err.ToString()) "nope.yaml does not exist" "says which file"
+            File.WriteAllText(dir.File "s.yaml", "")
+            let err2 = new StringWriter()
+            let code2 = SlurmCommands.Submit(plan, dir.File "s.yaml", dir.Path, SlurmOptions(Time = "soon"), true, out, err2, FakeSlurm(), lora = LoraCommand [ "/opt/lora" ])
+            Expect.equal code2 2 "bad time"
+            Expect.stringContains (err2.ToString()) "--time 'soon'" "says which option"
+        }
+    ]
+
 let live =
     let fakeLora = """#!/bin/bash
 set -eu
@@ -388,4 +419,4 @@ echo "{\"run\": \"$hash\", \"spec\": \"$spec\"}" > "$results/$hash/metrics.json"
         }
     ]
 
-let tests = testList "Slurm" [ levels; scripts; submitting; status; live ]
+let tests = testList "Slurm" [ levels; scripts; submitting; status; commands; live ]
