@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Runs a spec twice, locally and through Slurm, and checks that both give the same runs and tables.
+# Meant to run inside the local cluster (it needs SLURM_CONF and wait_queue_empty):
+#   scripts/slurm-local-test.sh -- scripts/slurm-plan-test.sh scripts/slurm-tiny.yaml
+# LORA overrides the lora command (default: dotnet src/Lora.Runner/bin/Release/net10.0/lora.dll).
+set -euo pipefail
+spec=$(realpath "${1:?usage: slurm-plan-test.sh SPEC}")
+cd "$(dirname "$0")/.."
+read -r -a lora <<< "${LORA:-dotnet $(pwd)/src/Lora.Runner/bin/Release/net10.0/lora.dll}"
+work=$(mktemp -d "${SLURM_LOCAL_TEST_DIR:-${TMPDIR:-/tmp}}/plan.XXXXXX")
+say() { echo "slurm-plan-test: $*"; }
+
+say "local run"
+"${lora[@]}" run "$spec" --results "$work/local"
+"${lora[@]}" tables --results "$work/local" --out "$work/local-tables"
+
+say "submit to Slurm"
+"${lora[@]}" submit "$spec" --results "$work/slurm"
+wait_queue_empty 1200
+"${lora[@]}" status "$spec" --results "$work/slurm" | tee "$work/status.txt"
+"${lora[@]}" tables --results "$work/slurm" --out "$work/slurm-tables"
+
+# same set of finished runs
+runs() { (cd "$1" && find . -name metrics.json -not -path './slurm/*' | sort); }
+if ! diff <(runs "$work/local") <(runs "$work/slurm"); then
+    say "FAILED: the runs finished through Slurm differ from the local ones (above)"; exit 1
+fi
+[ -n "$(runs "$work/local")" ] || { say "FAILED: the local run produced no results"; exit 1; }
+# and the same tables (markdown; plots are pictures of the same numbers)
+if ! diff -r --exclude='*.png' --exclude='*.svg' "$work/local-tables" "$work/slurm-tables"; then
+    say "FAILED: tables differ between the local run and the Slurm run (above)"; exit 1
+fi
+resubmit=$("${lora[@]}" submit "$spec" --results "$work/slurm")
+echo "$resubmit"
+grep -q "nothing to submit" <<< "$resubmit" || { say "FAILED: resubmitting a finished plan submitted something"; exit 1; }
+say "PASSED: $(runs "$work/local" | wc -l) runs, same tables, resubmission submits nothing"
