@@ -24,6 +24,8 @@ public static class Commands
                 CommandKind.Plan => PlanCommand(c.Plan, stdout, stderr),
                 CommandKind.Run => RunCommand(c.Run, executorFactory(), c.CommandLine, stdout, stderr, ct),
                 CommandKind.Tables => TablesCommand(c.Tables, stdout),
+                CommandKind.Submit => Slurm.PlanToSlurm.Submit(c.Submit, stdout, stderr),
+                CommandKind.Status => Slurm.PlanToSlurm.Status(c.Status, stdout, stderr),
                 CommandKind.Version => Print(stdout, $"lora {Lora.Dsl.Version.value}"),
                 _ => NotYet(c.Kind, stderr),
             };

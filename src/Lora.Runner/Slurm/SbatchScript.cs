@@ -36,7 +36,7 @@ public sealed record SbatchScript(
         var listPath = Path.Combine(directory, name + ".runs");
         var logDir = Path.Combine(directory, "logs");
 
-        var array = $"0-{runs.Count - 1}" + (options.MaxParallel is int p ? $"%{p}" : "");
+        var array = $"0-{runs.Count - 1}" + (options.MaxParallel is int p && p < runs.Count ? $"%{p}" : "");
         var s = new StringBuilder();
         s.Append("#!/bin/bash\n");
         s.Append($"# lora plan, dependency level {level}: {runs.Count} run(s), one per array task;\n");

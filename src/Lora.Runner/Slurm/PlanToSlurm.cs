@@ -1,0 +1,43 @@
+using Lora.Dsl;
+
+namespace Lora.Runner.Slurm;
+
+/// `lora submit` and `lora status`: compile the spec into a plan, map its runs onto SlurmRun and
+/// hand them to SlurmCommands. Results are "done" exactly when the plan's ResultsStore says so.
+public static class PlanToSlurm
+{
+    /// The plan's runs for Slurm; a dependency outside the plan (a base the results already hold)
+    /// is no edge.
+    public static IReadOnlyList<SlurmRun> Runs(Plan plan)
+    {
+        var hashes = plan.Runs.Select(r => r.Hash).ToHashSet(StringComparer.Ordinal);
+        return plan.Runs
+            .Select(r => new SlurmRun(r.Hash, r.Id, r.Run.DependsOn is { } d && hashes.Contains(d) ? [d] : []))
+            .ToList();
+    }
+
+    public static int Submit(SubmitOptions o, TextWriter stdout, TextWriter stderr, ICommandRunner? commands = null, LoraCommand? lora = null)
+    {
+        var experiments = Commands.LoadSpec(o.Spec, stderr);
+        if (experiments is null) return 2;
+        var store = new ResultsStore(o.Results);
+        var plan = Plan.Compile(experiments, store);
+        var options = new SlurmOptions
+        {
+            Partition = o.Partition,
+            GpusPerTask = o.GpusPerTask ?? 0,
+            Time = o.Time,
+            MaxParallel = o.MaxParallel,
+        };
+        return SlurmCommands.Submit(Runs(plan), o.Spec, store.Root, options, o.DryRun, stdout, stderr, commands, store.IsDone, lora);
+    }
+
+    public static int Status(StatusOptions o, TextWriter stdout, TextWriter stderr, ICommandRunner? commands = null)
+    {
+        var experiments = Commands.LoadSpec(o.Spec, stderr);
+        if (experiments is null) return 2;
+        var store = new ResultsStore(o.Results);
+        var plan = Plan.Compile(experiments, store);
+        return SlurmCommands.Status(Runs(plan), store.Root, stdout, stderr, commands, store.IsDone);
+    }
+}
