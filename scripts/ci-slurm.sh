@@ -43,11 +43,12 @@ spec=scripts/slurm-tiny.yaml
 probe=$(mktemp -d)
 if "${lora[@]}" submit "$spec" --results "$probe/r" --dry-run > "$probe/out" 2>&1 && grep -q '^#SBATCH --array=' "$probe/out"; then
     rm -rf "$probe"
-    if scripts/slurm-local-test.sh -- scripts/slurm-plan-test.sh "$spec"; then
-        echo "slurm: plan on Slurm equals the local run"
-    else
-        echo "slurm: FAILED plan on Slurm vs local run"; failed=1
-    fi
+    scripts/slurm-local-test.sh -- scripts/slurm-plan-test.sh "$spec"
+    case $? in
+        0) echo "slurm: plan on Slurm equals the local run" ;;
+        77) echo "slurm: SKIPPED the plan test: lora run cannot train yet" ;;
+        *) echo "slurm: FAILED plan on Slurm vs local run"; failed=1 ;;
+    esac
 else
     echo "slurm: SKIPPED the plan test: \`lora submit --dry-run\` does not work yet: $(head -c 300 "$probe/out")"
     rm -rf "$probe"

@@ -354,6 +354,27 @@ let commands =
             Expect.equal (SlurmCommands.Status(plan, dir.File "results", status, err, fake)) 0 "status"
             Expect.stringContains (status.ToString()) "3 pending, 0 running, 0 done, 0 failed" "nothing submitted yet"
         }
+        test "lora submit on a real spec: pretraining array first, the tunes after it, hashes from the plan" {
+            use dir = new TempDir()
+            let spec = Path.Combine(repoRoot, "scripts", "slurm-tiny.yaml")
+            let results = dir.File "results"
+            let fake = FakeSlurm()
+            let o : Lora.Dsl.SubmitOptions =
+                { Spec = spec; Results = results; Partition = "debug"; GpusPerTask = Nullable 1; Time = "10"
+                  MaxParallel = Nullable 2; DryRun = false }
+            let out, err = new StringWriter(), new StringWriter()
+            Expect.equal (PlanToSlurm.Submit(o, out, err, fake, LoraCommand [ "/opt/lora" ])) 0 (err.ToString())
+            let plan = Lora.Runner.Plan.Compile(Lora.Runner.Commands.LoadSpec(spec, err), Lora.Runner.ResultsStore results)
+            let runs = PlanToSlurm.Runs plan
+            let pre = runs |> Seq.filter (fun r -> r.DependsOn.Count = 0) |> Seq.map (fun r -> r.Hash) |> List.ofSeq
+            let tunes = runs |> Seq.filter (fun r -> r.DependsOn.Count = 1) |> Seq.map (fun r -> r.Hash) |> List.ofSeq
+            Expect.equal (pre.Length, tunes.Length) (1, 3) "one pretraining, three tunes"
+            let folder = Directory.GetDirectories(Path.Combine(results, "slurm")) |> Array.exactlyOne
+            Expect.equal (File.ReadAllLines(Path.Combine(folder, "level-0.runs")) |> List.ofArray) pre "level 0"
+            Expect.equal (File.ReadAllLines(Path.Combine(folder, "level-1.runs")) |> List.ofArray) tunes "level 1"
+            Expect.equal (fake.SbatchCalls[1][1]) "--dependency=afterok:101" "tunes after the pretraining"
+            Expect.stringContains (File.ReadAllText(Path.Combine(folder, "level-1.sbatch"))) (sprintf "exec /opt/lora run %s --results %s --only" spec results) "task command"
+        }
         test "bad options and a missing spec exit 2 with the reason on stderr" {
             use dir = new TempDir()
             let out, err = new StringWriter(), new StringWriter()
