@@ -51,7 +51,7 @@ stop_all() {
             kill -9 "$pid" 2> /dev/null
         fi
     done
-    if [ "$status" != 0 ] && [ -z "${SLURM_LOCAL_TEST_QUIET:-}" ]; then
+    if [ "$status" != 0 ] && [ "$status" != 77 ] && [ -z "${SLURM_LOCAL_TEST_QUIET:-}" ]; then
         for f in slurmctld.log slurmd.log munged.log; do
             [ -s "$dir/$f" ] && { log "---- last lines of $f"; tail -n 20 "$dir/$f" >&2; }
         done
