@@ -374,6 +374,13 @@ let commands =
             Expect.equal (File.ReadAllLines(Path.Combine(folder, "level-1.runs")) |> List.ofArray) tunes "level 1"
             Expect.equal (fake.SbatchCalls[1][1]) "--dependency=afterok:101" "tunes after the pretraining"
             Expect.stringContains (File.ReadAllText(Path.Combine(folder, "level-1.sbatch"))) (sprintf "exec /opt/lora run %s --results %s --only" spec results) "task command"
+            // what `lora plan` can overlay: the pretraining task failed, its tunes were cancelled
+            let store = Lora.Runner.ResultsStore results
+            let noSlurm = PlanToSlurm.SlurmView(Lora.Runner.Plan.Compile(Lora.Runner.Commands.LoadSpec(spec, err), Lora.Runner.ResultsStore(dir.File "elsewhere")), Lora.Runner.ResultsStore(dir.File "elsewhere"), fake)
+            Expect.isNull noSlurm "no jobs.json: no Slurm view"
+            let view = PlanToSlurm.SlurmView(plan, store, FakeSlurm(Sacct = CommandResult(0, "101_0|TIMEOUT\n102_[0-2]|CANCELLED by 0\n", "")))
+            Expect.isTrue (view.Runs |> Seq.forall (fun s -> s.State = RunState.Failed)) (view.ToText())
+            Expect.stringContains view.Runs[0].Detail "TIMEOUT" "the pretraining hit its time limit"
         }
         test "bad options and a missing spec exit 2 with the reason on stderr" {
             use dir = new TempDir()

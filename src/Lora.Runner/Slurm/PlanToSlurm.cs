@@ -32,6 +32,14 @@ public static class PlanToSlurm
         return SlurmCommands.Submit(Runs(plan), o.Spec, store.Root, options, o.DryRun, stdout, stderr, commands, store.IsDone, lora);
     }
 
+    /// Slurm's view of a plan's runs, for `lora plan` to show a run whose task failed or was killed
+    /// (TIMEOUT, OUT_OF_MEMORY, cancelled) as failed with its Slurm log. Null when nothing was ever
+    /// submitted into this results folder (no jobs.json), so local use never calls squeue.
+    public static SlurmStatusReport? SlurmView(Plan plan, ResultsStore store, ICommandRunner? commands = null) =>
+        File.Exists(JobLedger.PathIn(store.Root))
+            ? new SlurmStatus(commands ?? new ProcessCommandRunner()).Read(Runs(plan), store.Root, store.IsDone)
+            : null;
+
     public static int Status(StatusOptions o, TextWriter stdout, TextWriter stderr, ICommandRunner? commands = null)
     {
         var experiments = Commands.LoadSpec(o.Spec, stderr);
