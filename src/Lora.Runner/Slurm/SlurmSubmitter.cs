@@ -163,7 +163,8 @@ public sealed class SlurmSubmitter(ICommandRunner commands)
     static string SubmissionDirectory(string resultsDir, string? submissionId)
     {
         var id = submissionId ?? DateTime.UtcNow.ToString("yyyyMMdd-HHmmss", CultureInfo.InvariantCulture);
-        SlurmRun.CheckHash(id, "the submission");
+        if (id.Length == 0 || id is "." or ".." || !id.All(c => char.IsAsciiLetterOrDigit(c) || c is '.' or '_' or '-'))
+            throw new ArgumentException($"the submission id '{id}' cannot name a folder: use letters, digits, '.', '_' and '-'.");
         var root = Path.Combine(resultsDir, "slurm");
         var dir = Path.Combine(root, id);
         for (var n = 2; Directory.Exists(dir); n++) dir = Path.Combine(root, $"{id}-{n}");
