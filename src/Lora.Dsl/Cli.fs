@@ -284,6 +284,7 @@ type CommandLine private () =
                 match d with
                 | None | Some "cpu" | Some "cuda" -> Ok(orNull d)
                 | Some other -> Error(sprintf "--device must be cpu or cuda, got '%s'" other)
+            if r.Contains Cli.LoraArgs.Version then ok (ParsedCommand(CommandKind.Version, line)) else
             match r.GetSubCommand() with
             | Cli.Validate a -> ok (ParsedCommand(CommandKind.Validate, line, Validate = { Spec = a.GetResult Cli.ValidateArgs.Spec }))
             | Cli.Plan a ->

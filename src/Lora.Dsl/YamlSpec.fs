@@ -40,6 +40,8 @@ module YamlSpec =
         | :? YamlMappingNode -> "a mapping"
         | _ -> "something else"
 
+    let private join (path: string) (key: string) = if path = "" then key else path + "." + key
+
     /// The keys of a mapping; unknown keys are errors (with suggestions), `notHere` explains keys
     /// that exist elsewhere (e.g. an adapter option under lora).
     let private fields (r: Reader) (path: string) (node: YamlNode) (allowed: string list) (notHere: string -> string option) =
@@ -49,7 +51,7 @@ module YamlSpec =
             [ for KeyValue(k, v) in m.Children do
                   match k with
                   | :? YamlScalarNode as ks when List.contains ks.Value allowed ->
-                      r.Mark(path + "." + ks.Value, v)
+                      r.Mark(join path ks.Value, v)
                       yield ks.Value, v
                   | :? YamlScalarNode as ks ->
                       let why =
@@ -58,7 +60,7 @@ module YamlSpec =
                           | None ->
                               sprintf "unknown field '%s'%s; allowed here: %s" ks.Value (ZooNames.didYouMean allowed ks.Value)
                                   (String.concat ", " allowed)
-                      r.Error(k, path + "." + ks.Value, why)
+                      r.Error(k, join path ks.Value, why)
                   | _ -> r.Error(k, path, "a field name must be a plain word") ]
             |> Map.ofList
         | _ ->

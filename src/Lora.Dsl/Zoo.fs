@@ -27,12 +27,19 @@ module ZooNames =
     /// Close matches from `candidates`, best first: small edit distance, or a shared prefix/substring.
     let suggest (candidates: string list) (name: string) =
         let n = name.ToLowerInvariant()
-        candidates
-        |> List.map (fun c -> c, distance n c)
-        |> List.filter (fun (c, d) -> d <= max 2 (n.Length / 3) || (n.Length >= 3 && (c.Contains n || n.Contains c)))
-        |> List.sortBy (fun (c, d) -> d, c)
-        |> List.truncate 3
-        |> List.map fst
+        let scored = candidates |> List.map (fun c -> c, distance n c)
+        let close = scored |> List.filter (fun (_, d) -> d <= max 2 (n.Length / 3))
+        match close with
+        | [] ->
+            // no near spelling: fall back to names that contain it (or that it contains)
+            scored
+            |> List.filter (fun (c, _) -> n.Length >= 3 && (c.Contains n || n.Contains c))
+            |> List.sortBy (fun (c, d) -> d, c)
+            |> List.truncate 3
+            |> List.map fst
+        | _ ->
+            let best = close |> List.map snd |> List.min
+            close |> List.filter (fun (_, d) -> d = best) |> List.map fst |> List.sort |> List.truncate 3
 
     /// " (did you mean a, b?)" or "".
     let didYouMean candidates name =

@@ -95,13 +95,16 @@ public static class Commands
         if (experiments is null) return 2;
         var store = new ResultsStore(o.Results);
         var plan = Plan.Compile(experiments, store);
-        var selected = plan.Select(o.Only, o.ShardIndex, o.ShardCount, o.Force);
+        var selected = plan.Select(o.Only, o.ShardIndex, o.ShardCount);
         if (o.Only is not null && !plan.Runs.Any(r => Plan.Matches(o.Only, r)))
         {
             stderr.WriteLine($"--only '{o.Only}' matches no run; `lora plan {o.Spec}` lists them");
             return 2;
         }
-        var summary = new PlanRunner(store, executor, stdout).Execute(selected, o.Device, o.Force, commandLine, ct);
+        var forced = o.Force
+            ? selected.Where(r => o.Only is null || Plan.Matches(o.Only, r)).Select(r => r.Hash).ToHashSet()
+            : [];
+        var summary = new PlanRunner(store, executor, stdout).Execute(selected, o.Device, forced, commandLine, ct);
         return summary.Ok ? 0 : 1;
     }
 

@@ -58,22 +58,22 @@ public sealed class Plan
     }
 
     /// <summary>
-    /// What `lora run` executes: runs matching --only (all if null) plus any dependency they need that is
-    /// not done; without --force only runs that are not done; then every N-th run for --shard I/N.
+    /// What `lora run` considers: runs matching --only (all if null) plus the runs they depend on, in plan
+    /// order; then every N-th of those for --shard I/N. Done runs stay in the list (the runner skips them
+    /// unless --force) so that shards are the same whatever has finished meanwhile.
     /// </summary>
-    public IReadOnlyList<PlannedRun> Select(string? only, int shardIndex, int shardCount, bool force)
+    public IReadOnlyList<PlannedRun> Select(string? only, int shardIndex, int shardCount)
     {
         var chosen = new HashSet<string>();
         var byHash = Runs.ToDictionary(r => r.Hash);
         void Add(PlannedRun r)
         {
             if (!chosen.Add(r.Hash)) return;
-            if (r.Run.DependsOn is { } d && byHash.TryGetValue(d, out var dep) && dep.Status != RunStatus.Done) Add(dep);
+            if (r.Run.DependsOn is { } d && byHash.TryGetValue(d, out var dep)) Add(dep);
         }
         foreach (var r in Runs)
             if (only is null || Matches(only, r)) Add(r);
-        var selected = Runs.Where(r => chosen.Contains(r.Hash) && (force || r.Status != RunStatus.Done)).ToList();
-        return selected.Where((_, i) => i % shardCount == shardIndex).ToList();
+        return Runs.Where(r => chosen.Contains(r.Hash)).Where((_, i) => i % shardCount == shardIndex).ToList();
     }
 
     public JsonArray ToJson() =>

@@ -15,13 +15,20 @@ public sealed class PlanRunner(ResultsStore store, IRunExecutor executor, TextWr
 {
     static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
 
-    public RunSummary Execute(IReadOnlyList<PlannedRun> selected, string? deviceOverride, bool force, string commandLine, CancellationToken ct = default)
+    /// <param name="forced">hashes to run again even if done (--force applies to the runs --only matched, not to their bases)</param>
+    public RunSummary Execute(IReadOnlyList<PlannedRun> selected, string? deviceOverride, IReadOnlySet<string> forced, string commandLine, CancellationToken ct = default)
     {
         int ran = 0, skipped = 0, failed = 0, blocked = 0;
         foreach (var p in selected)
         {
             ct.ThrowIfCancellationRequested();
             var run = p.Run;
+            var force = forced.Contains(run.Hash);
+            if (!force && store.IsDone(run.Hash))
+            {
+                skipped++;
+                continue;
+            }
             if (run.DependsOn is { } dep && !store.IsDone(dep))
             {
                 log.WriteLine($"blocked  {run.Hash} {run.Id}: its base run {dep} has no result yet");
