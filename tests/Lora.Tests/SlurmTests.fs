@@ -381,6 +381,13 @@ let commands =
             let view = PlanToSlurm.SlurmView(plan, store, FakeSlurm(Sacct = CommandResult(0, "101_0|TIMEOUT\n102_[0-2]|CANCELLED by 0\n", "")))
             Expect.isTrue (view.Runs |> Seq.forall (fun s -> s.State = RunState.Failed)) (view.ToText())
             Expect.stringContains view.Runs[0].Detail "TIMEOUT" "the pretraining hit its time limit"
+            let failed = PlanToSlurm.FailedTasks(plan, store, err, FakeSlurm(Squeue = CommandResult(0, "102_0|PENDING\n102_2|RUNNING\n", ""), Sacct = CommandResult(0, "101_0|TIMEOUT\n102_1|FAILED\n", "")))
+            Expect.equal (failed.Keys |> Seq.sort |> List.ofSeq) (List.sort [ pre[0]; tunes[1] ]) "lora plan shows these two as failed"
+            Expect.equal failed[pre[0]] (Path.Combine(folder, "logs", "101_0.log")) "with the Slurm log"
+            File.WriteAllText(JobLedger.PathIn results, "{ broken")
+            let err2 = new StringWriter()
+            Expect.isEmpty (PlanToSlurm.FailedTasks(plan, store, err2, FakeSlurm())) "a broken jobs.json does not break lora plan"
+            Expect.stringContains (err2.ToString()) "jobs.json" "but is noted"
         }
         test "bad options and a missing spec exit 2 with the reason on stderr" {
             use dir = new TempDir()

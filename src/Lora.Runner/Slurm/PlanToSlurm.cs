@@ -40,6 +40,26 @@ public static class PlanToSlurm
             ? new SlurmStatus(commands ?? new ProcessCommandRunner()).Read(Runs(plan), store.Root, store.IsDone)
             : null;
 
+    /// For `lora plan`: hash → Slurm log of each run that is not done and whose latest Slurm task
+    /// failed, was killed or was cancelled (a run killed by Slurm cannot write its own failure note).
+    /// Empty when nothing was submitted; a jobs.json that cannot be read is noted on stderr, not fatal.
+    public static IReadOnlyDictionary<string, string> FailedTasks(Plan plan, ResultsStore store, TextWriter stderr, ICommandRunner? commands = null)
+    {
+        try
+        {
+            var view = SlurmView(plan, store, commands);
+            return view is null
+                ? new Dictionary<string, string>()
+                : view.Runs.Where(s => s.State == RunState.Failed && s.LogPath is not null)
+                    .ToDictionary(s => s.Run.Hash, s => s.LogPath!, StringComparer.Ordinal);
+        }
+        catch (InvalidDataException e)
+        {
+            stderr.WriteLine($"note: Slurm states not shown: {e.Message}");
+            return new Dictionary<string, string>();
+        }
+    }
+
     public static int Status(StatusOptions o, TextWriter stdout, TextWriter stderr, ICommandRunner? commands = null)
     {
         var experiments = Commands.LoadSpec(o.Spec, stderr);
