@@ -249,6 +249,15 @@ let submitting =
                 [ "invalid partition"; "level-0 as job 7" ]
             Expect.equal ((JobLedger.Load dir.Path).["p0"].JobId) "7_0" "what went through is recorded"
         }
+        test "LORA_SLURM_COMMAND replaces the command the compute nodes run" {
+            // no other test reads this variable: every other test passes its LoraCommand explicitly
+            Environment.SetEnvironmentVariable(LoraCommand.OverrideVariable, "  apptainer exec /shared/lora.sif   lora ")
+            try
+                Expect.equal (LoraCommand.FromEnvironmentOrProcess().Prefix |> List.ofSeq) [ "apptainer"; "exec"; "/shared/lora.sif"; "lora" ] "split on spaces"
+            finally
+                Environment.SetEnvironmentVariable(LoraCommand.OverrideVariable, null)
+            Expect.equal (LoraCommand.FromEnvironmentOrProcess().Prefix |> List.ofSeq) (LoraCommand.FromCurrentProcess().Prefix |> List.ofSeq) "unset: this process"
+        }
         test "bad options are all reported at once" {
             let bad = SlurmOptions(Time = "two hours", GpusPerTask = -1, MaxParallel = 0, Partition = "a b")
             throwsWith<ArgumentException> (fun () -> bad.Validate()) [ "--time 'two hours'"; "--gpus-per-task -1"; "--max-parallel 0"; "--partition 'a b'" ]

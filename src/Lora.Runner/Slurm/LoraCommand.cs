@@ -22,6 +22,18 @@ public sealed record LoraCommand(IReadOnlyList<string> Prefix)
         return new([process]);
     }
 
+    /// The environment variable that replaces the command on the compute nodes, e.g. where lora lives
+    /// at another path there or runs in a container: `apptainer exec /shared/lora.sif lora`.
+    public const string OverrideVariable = "LORA_SLURM_COMMAND";
+
+    /// $LORA_SLURM_COMMAND (words separated by spaces) when set, else how this process was started.
+    public static LoraCommand FromEnvironmentOrProcess()
+    {
+        var words = Environment.GetEnvironmentVariable(OverrideVariable)?
+            .Split([' ', '\t'], StringSplitOptions.RemoveEmptyEntries);
+        return words is { Length: > 0 } ? new(words) : FromCurrentProcess();
+    }
+
     /// This command followed by arguments, quoted for bash.
     public string ToShell(IEnumerable<string> args) => string.Join(' ', Prefix.Concat(args).Select(Shell.Quote));
 }

@@ -6,7 +6,7 @@ namespace Lora.Runner.Slurm;
 public static class SlurmCommands
 {
     /// specPath is handed to `lora run` on the compute nodes as an absolute path; isDone defaults to
-    /// results/&lt;hash&gt;/metrics.json; lora defaults to the command that runs this process.
+    /// results/&lt;hash&gt;/metrics.json; lora defaults to $LORA_SLURM_COMMAND or else the command that runs this process.
     public static int Submit(
         IReadOnlyList<SlurmRun> runs, string specPath, string resultsDir, SlurmOptions options, bool dryRun,
         TextWriter stdout, TextWriter stderr,
@@ -15,7 +15,7 @@ public static class SlurmCommands
         try
         {
             var levels = SlurmLevels.FromRuns(runs);
-            var invocation = new LoraInvocation(lora ?? LoraCommand.FromCurrentProcess(), specPath, resultsDir);
+            var invocation = new LoraInvocation(lora ?? LoraCommand.FromEnvironmentOrProcess(), specPath, resultsDir);
             if (!File.Exists(invocation.SpecPath))
                 throw new ArgumentException($"the spec {invocation.SpecPath} does not exist: the compute nodes read it from there.");
             var result = new SlurmSubmitter(commands ?? new ProcessCommandRunner())
