@@ -372,6 +372,24 @@ module YamlSpec =
             | None, None -> [ 0 ]
           Training = training r path fs }
 
+    /// Nesting deeper than this is refused before building the node tree: YamlDotNet builds it
+    /// recursively, and a file of 50,000 '[' would overflow the stack (an uncatchable crash).
+    let maxDepth = 64
+
+    /// The position where nesting first exceeds maxDepth, read from the (non-recursive) event stream.
+    let private tooDeep (text: string) =
+        let parser = Parser(new StringReader(text))
+        let mutable depth = 0
+        let mutable found = None
+        while found.IsNone && parser.MoveNext() do
+            match parser.Current with
+            | :? Events.MappingStart | :? Events.SequenceStart ->
+                depth <- depth + 1
+                if depth > maxDepth then found <- Some parser.Current.Start
+            | :? Events.MappingEnd | :? Events.SequenceEnd -> depth <- depth - 1
+            | _ -> ()
+        found
+
     /// Parse YAML text into experiments, structural errors (with line and column) and the marks of
     /// every value read. `file` only labels errors.
     let parse (file: string) (text: string) : Experiment list * SpecError list * Marks =
@@ -379,6 +397,13 @@ module YamlSpec =
         let stream = YamlStream()
         let experiments =
             try
+                match tooDeep text with
+                | Some mark ->
+                    r.Errors.Add
+                        { File = file; Line = int mark.Line; Column = int mark.Column; Field = "yaml"
+                          Message = sprintf "nested more than %d levels deep: a spec never needs that" maxDepth }
+                    []
+                | None ->
                 stream.Load(new StringReader(text))
                 if stream.Documents.Count = 0 then
                     r.Errors.Add { File = file; Line = 1; Column = 1; Field = "experiments"; Message = "the spec is empty: it needs experiments: [...]" }
@@ -409,10 +434,15 @@ module YamlSpec =
                                   yield experimentOf r named at c ]
                         | _ -> r.Error(en, "experiments", sprintf "expected a list of experiments, got %s" (kindOf en)); []
                     | None -> r.Error(root, "experiments", "the spec needs experiments: [...]"); []
-            with :? YamlException as e ->
+            with
+            | :? YamlException as e ->
                 r.Errors.Add
                     { File = file; Line = int e.Start.Line; Column = int e.Start.Column; Field = "yaml"
                       Message = sprintf "not valid YAML: %s" (if isNull e.InnerException then e.Message else e.InnerException.Message) }
+                []
+            // YamlDotNet's scanner throws InvalidOperationException on some malformed input ("- {" + text)
+            | e when not (e :? OutOfMemoryException) ->
+                r.Errors.Add { File = file; Line = 0; Column = 0; Field = "yaml"; Message = sprintf "not valid YAML: the parser failed (%s)" e.Message }
                 []
         experiments, List.ofSeq r.Errors, r.Marks :> Marks
 

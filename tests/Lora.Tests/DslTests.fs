@@ -244,7 +244,80 @@ let errorCases =
       "lr not a number", baseSpec + "    lr: fast\n", "experiments[0].lr", "fast", 0, "expected a number, got 'fast'"
       "a pretrain step with weights", "pretrain:\n  - name: p\n    model: { zoo: vit, weights: w.safetensors }\n    dataset: { source: fashion_mnist }\n"
                                       + baseSpec.Replace("model: vit_tiny_patch16_224", "model: { pretrain: p }"),
-      "pretrain[0].model.weights", "weights", 0, "a pretrain step trains a zoo model from scratch: 'weights' does not apply" ]
+      "pretrain[0].model.weights", "weights", 0, "a pretrain step trains a zoo model from scratch: 'weights' does not apply"
+      "empty name", r "name: t" "name: \"\"", "experiments[0].name", "\"\"", 0, "an experiment needs a name"
+      "name with a slash", r "name: t" "name: a/b", "experiments[0].name", "a/b", 0, "name 'a/b' must not contain"
+      "two experiments with one name", baseSpec + baseSpec.Substring(baseSpec.IndexOf "  - name"), "experiments", "  - name", 2,
+      "two experiments are named 't'"
+      "shots zero", r "{ source: fashion_mnist }" "{ source: fashion_mnist, shots: 0 }", "experiments[0].datasets[0].shots", "0 }", 0, "shots must be positive, got 0"
+      "limit_train zero", r "{ source: fashion_mnist }" "{ source: fashion_mnist, limit_train: 0 }", "experiments[0].datasets[0].limit_train", "0 }", 0,
+      "limit_train must be positive, got 0"
+      "limit_val negative", r "{ source: fashion_mnist }" "{ source: fashion_mnist, limit_val: -1 }", "experiments[0].datasets[0].limit_val", "-1", 0,
+      "limit_val must be positive, got -1"
+      "val_fraction out of range", r "{ source: fashion_mnist }" "{ source: fashion_mnist, val_fraction: 1.5 }", "experiments[0].datasets[0].val_fraction",
+      "1.5", 0, "val_fraction must be in [0, 1), got 1.5"
+      "duplicate classes", r "{ source: fashion_mnist }" "{ source: fashion_mnist, classes: [1, 1] }", "experiments[0].datasets[0].classes", "[1, 1]", 0,
+      "classes has duplicates"
+      "negative class", r "{ source: fashion_mnist }" "{ source: fashion_mnist, classes: [-1, 2] }", "experiments[0].datasets[0].classes", "[-1", 0,
+      "class -1 is negative"
+      "classification on masks", r "{ source: fashion_mnist }" "{ source: segmentation_pairs, path: data }", "experiments[0].datasets[0].source",
+      "segmentation_pairs", 0, "a classification task needs labelled images"
+      "composed canvas too small", r "{ source: fashion_mnist }" "{ source: composed_segmentation, canvas: 10, objects: 1 }" + "    task: segmentation\n",
+      "experiments[0].datasets[0].canvas", "10", 0, "canvas must be at least 28 pixels"
+      "composed without objects", r "{ source: fashion_mnist }" "{ source: composed_segmentation, canvas: 64, objects: 0 }" + "    task: segmentation\n",
+      "experiments[0].datasets[0].objects", "0 }", 0, "objects must be at least 1, got 0"
+      "composed canvas missing", r "{ source: fashion_mnist }" "{ source: composed_segmentation, objects: 1 }", "experiments[0].datasets[0].canvas",
+      "{ source", 0, "composed_segmentation needs canvas"
+      "image folder without a path", r "{ source: fashion_mnist }" "{ source: image_folder }", "experiments[0].datasets[0].path", "{ source", 0,
+      "image_folder needs a path"
+      "segmentation pairs not found", r "{ source: fashion_mnist }" "{ source: segmentation_pairs, path: missing/pairs }" + "    task: segmentation\n",
+      "experiments[0].datasets[0].path", "missing/pairs", 0, "segmentation pairs data set not found at 'missing/pairs'"
+      "batch zero", baseSpec + "    batch: 0\n", "experiments[0].batch", "batch: 0", 7, "batch must be at least 1, got 0"
+      "lr negative", baseSpec + "    lr: -0.1\n", "experiments[0].lr", "-0.1", 0, "lr must be positive, got -0.1"
+      "warmup negative", baseSpec + "    warmup: -1\n", "experiments[0].warmup", "-1", 0, "warmup must not be negative, got -1"
+      "weight decay negative", baseSpec + "    weight_decay: -1.0\n", "experiments[0].weight_decay", "-1.0", 0, "weight_decay must not be negative"
+      "image size zero", baseSpec + "    image_size: 0\n", "experiments[0].image_size", "image_size: 0", 12, "image_size must be positive, got 0"
+      "pretrain without a name", r "model: vit_tiny_patch16_224" "model: { pretrain: { model: vit, dataset: { source: fashion_mnist } } }",
+      "experiments[0].models[0].pretrain.name", "{ model", 0, "a pretrain step needs a name"
+      "pretrain without a model", r "model: vit_tiny_patch16_224" "model: { pretrain: { name: p, dataset: { source: fashion_mnist } } }",
+      "experiments[0].models[0].pretrain.model", "{ name: p", 0, "a pretrain step needs a model"
+      "weights that are not safetensors", r "model: vit_tiny_patch16_224" "model: { zoo: vit, weights: w.bin }", "experiments[0].models[0].weights",
+      "w.bin", 0, "weights must be a .safetensors file, got 'w.bin'"
+      "alpha zero", r "methods: [lora]" "methods: [{lora: {alpha: 0}}]", "experiments[0].methods[0].alpha", "0}", 0, "alpha must be positive, got 0"
+      "dropout one", r "methods: [lora]" "methods: [{dora: {dropout: 1}}]", "experiments[0].methods[0].dropout", "1}", 0, "dropout must be in [0, 1), got 1"
+      "no targets", r "methods: [lora]" "methods: [{lora: {targets: []}}]", "experiments[0].methods[0].targets", "[]}", 0, "targets is empty"
+      "delta_t zero", r "methods: [lora]" "methods: [{adalora: {delta_t: 0}}]", "experiments[0].methods[0].delta_t", "0}", 0, "delta_t must be at least 1, got 0"
+      "tinit negative", r "methods: [lora]" "methods: [{adalora: {tinit: -1}}]", "experiments[0].methods[0].tinit", "-1", 0, "tinit must not be negative"
+      "tfinal negative", r "methods: [lora]" "methods: [{adalora: {tfinal: -1}}]", "experiments[0].methods[0].tfinal", "-1", 0, "tfinal must not be negative"
+      "beta1 one", r "methods: [lora]" "methods: [{adalora: {beta1: 1.0}}]", "experiments[0].methods[0].beta1", "1.0", 0, "beta1 must be in [0, 1), got 1"
+      "orth_reg negative", r "methods: [lora]" "methods: [{adalora: {orth_reg: -1}}]", "experiments[0].methods[0].orth_reg", "-1", 0, "orth_reg must not be negative"
+      "adapter ratio zero", r "methods: [lora]" "methods: [{adapter: {ratio: 0}}]", "experiments[0].methods[0].ratio", "0}", 0, "ratio must be positive, got 0"
+      "adapter scale zero", r "methods: [lora]" "methods: [{adapter: {scale: 0}}]", "experiments[0].methods[0].scale", "0}", 0, "scale must be positive, got 0"
+      "duplicate ranks", r "ranks: [4]" "ranks: [4, 4]", "experiments[0].ranks", "[4, 4]", 0, "ranks has duplicates"
+      "no seeds", baseSpec + "    seeds: []\n", "experiments[0].seeds", "[]", 0, "seeds is empty"
+      "duplicate seeds", baseSpec + "    seeds: [1, 1]\n", "experiments[0].seeds", "[1, 1]", 0, "seeds has duplicates"
+      "seed and seeds", baseSpec + "    seed: 1\n    seeds: [1]\n", "experiments[0].seeds", "[1]\n", 0, "give either seed or seeds, not both"
+      "model and models", baseSpec + "    models: [vit]\n", "experiments[0].models", "[vit]", 0, "give either model or models, not both"
+      "zoo and pretrain in one model", r "model: vit_tiny_patch16_224" "model: { zoo: vit, pretrain: p }", "experiments[0].models[0]", "{ zoo", 0,
+      "a model is either zoo: NAME (with options, weights) or pretrain: STEP, not both"
+      "a model without zoo", r "model: vit_tiny_patch16_224" "model: { options: { a: 1 } }", "experiments[0].models[0]", "{ options", 0,
+      "a model needs zoo: NAME"
+      "a dataset that is not a mapping", r "{ source: fashion_mnist }" "fashion_mnist", "experiments[0].datasets[0]", "fashion_mnist", 0,
+      "expected a mapping with fields"
+      "a model option that is a list", r "model: vit_tiny_patch16_224" "model: { zoo: vit, options: { a: [1] } }", "experiments[0].models[0].options.a",
+      "[1]", 0, "a model option must be a number, true/false or a string"
+      "a method with two names", r "methods: [lora]" "methods: [{lora: {}, dora: {}}]", "experiments[0].methods[0]", "{lora", 0,
+      "a method is a name (lora) or a name with options"
+      "unknown bias", r "methods: [lora]" "methods: [{lora: {bias: some}}]", "experiments[0].methods[0].bias", "some", 0,
+      "unknown value 'some' (did you mean none?); expected one of none, lora_only, all"
+      "rslora not a boolean", r "methods: [lora]" "methods: [{lora: {rslora: yes}}]", "experiments[0].methods[0].rslora", "yes", 0,
+      "expected true or false, got 'yes'"
+      "unknown task", baseSpec + "    task: detection\n", "experiments[0].task", "detection", 0, "unknown value 'detection'"
+      "experiments not a list", "experiments: 3\n", "experiments", "3", 0, "expected a list of experiments, got '3'"
+      "two pretrain steps with one name",
+      baseSpec.Replace("model: vit_tiny_patch16_224", "model: { pretrain: { name: p, model: vit, dataset: { source: fashion_mnist } } }")
+      + baseSpec.Substring(baseSpec.IndexOf "  - name").Replace("name: t", "name: u").Replace("model: vit_tiny_patch16_224", "model: { pretrain: { name: p, model: vit, dataset: { source: fashion_mnist }, epochs: 3 } }"),
+      "experiments", "  - name", 2, "two different pretrain steps are named 'p'" ]
 
 let validationTests =
     testList "validation" [
@@ -288,6 +361,10 @@ let validationTests =
             Expect.equal lines.Length 4 "one line per error"
             for l in lines do Expect.stringContains l "bad.yaml:" "each line names the file and position"
         }
+        test "an empty spec" {
+            let errs = errorsOf ".yaml" fakeExists ""
+            Expect.equal (errs |> List.map (fun e -> e.Field, e.Message)) [ "experiments", "the spec is empty: it needs experiments: [...]" ] "message"
+        }
         test "unknown spec extension" {
             let errs = errorsOf ".json" fakeExists "{}"
             Expect.stringContains errs.Head.Message "unknown spec type '.json'" "message"
@@ -320,6 +397,14 @@ let specTests =
             match Spec.loadWith (fun _ -> true) bad with
             | Error [ e ] -> Expect.equal (e.Field, e.Message) ("t.ranks[0]", "rank must be a positive integer, got 0") "builder error"
             | other -> failtestf "expected the builder's error, got %A" other
+            File.WriteAllText(bad, "let experimentz = []\n")
+            match Spec.loadWith (fun _ -> true) bad with
+            | Error [ e ] -> Expect.stringContains e.Message "the script must bind `experiments`" "no binding"
+            | other -> failtestf "expected a missing binding, got %A" other
+            File.WriteAllText(bad, "let experiments = 42\n")
+            match Spec.loadWith (fun _ -> true) bad with
+            | Error [ e ] -> Expect.equal e.Message "`experiments` must be an experiment or a list of experiments, got Int32" "wrong type"
+            | other -> failtestf "expected a wrong type, got %A" other
             File.WriteAllText(bad, "let experiments = [ experiment { name \"t\"; nosuchop 3 } ]\n")
             match Spec.loadWith (fun _ -> true) bad with
             | Error(e :: _) -> Expect.equal (e.Line, e.Field) (1, "script") "compile error with its line"
@@ -384,4 +469,35 @@ let cliTests =
         }
     ]
 
-let tests = testList "Dsl" [ unitTests; propertyTests; validationTests; specTests; cliTests ]
+/// Hand-edited specs: random cuts, duplications and junk in a real spec never crash the reader; every
+/// problem comes back as an error with a position.
+let hostileTests =
+    let text = File.ReadAllText(quickstart ".yaml")
+    let junk = [| "{"; "}"; "["; "]"; ":"; "- "; "&a "; "*a"; "!!int "; "\n"; "\t  "; "'"; "\""; "#"; "? "; "|"; ">"; "~"; "null"; "-1"; "1e999"; "\u0000" |]
+    testList "hostile YAML" [
+        testProp "mutated specs give errors, not exceptions" (fun (edits: (int * int * byte) list) ->
+            let mutable t = text
+            for pos, len, pick in edits |> List.truncate 6 do
+                let p = abs pos % (t.Length + 1)
+                let l = abs len % 20
+                t <- (match pick % 3uy with
+                      | 0uy -> t.Remove(p, min l (t.Length - p))
+                      | 1uy -> t.Insert(p, junk.[int pick % junk.Length])
+                      | _ -> t.Insert(p, t.Substring(p, min l (t.Length - p))))
+            let es, errs, _ = YamlSpec.parse "m.yaml" t
+            for e in errs do
+                Expect.isGreaterThanOrEqual e.Line 0 "a line"
+                Expect.isNonEmpty e.Message "a message"
+            if List.isEmpty errs then Validation.suite (fun _ -> true) es |> ignore)
+        test "aliases, anchors, tags and deep nesting" {
+            for t in [ "- {" + text  // YamlDotNet's scanner threw InvalidOperationException here (found by the property above)
+                       "a: " + String.replicate 50000 "[" + String.replicate 50000 "]"  // overflowed the stack
+                       "a: " + String.replicate 50000 "- "
+                       "experiments: *nope"; "a: &x [*x]"; "experiments: [" + String.replicate 2000 "[" ; "experiments:\n  - !!binary AAAA"
+                       "experiments:\n  - name: 1\n    ranks: [1e999]\n    epochs: 99999999999999999999" ] do
+                let _, errs, _ = YamlSpec.parse "h.yaml" t
+                Expect.isNonEmpty errs (sprintf "errors for %s" (t.Substring(0, min 30 t.Length)))
+        }
+    ]
+
+let tests = testList "Dsl" [ unitTests; propertyTests; validationTests; specTests; cliTests; hostileTests ]

@@ -85,6 +85,10 @@ public static class Safetensors
         fs.ReadExactly(json);
         long dataStart = 8 + (long)n, dataLength = length - dataStart;
 
+        // System.Text.Json defers UTF-8 validation of names until they are read (and then throws
+        // InvalidOperationException): check the whole header first. (Found by fuzzing.)
+        try { new UTF8Encoding(false, throwOnInvalidBytes: true).GetCharCount(json); }
+        catch (DecoderFallbackException) { throw Bad("the header is not valid UTF-8"); }
         JsonDocument doc;
         try { doc = JsonDocument.Parse(json); }
         catch (JsonException e) { throw Bad($"the header is not JSON ({e.Message})"); }
