@@ -1,4 +1,5 @@
 using System.Text.Json;
+using System.Text.Json.Nodes;
 using Lora.Dsl;
 using Microsoft.FSharp.Collections;
 
@@ -24,6 +25,8 @@ public static class Commands
                 CommandKind.Plan => PlanCommand(c.Plan, stdout, stderr),
                 CommandKind.Run => RunCommand(c.Run, executorFactory(), c.CommandLine, stdout, stderr, ct),
                 CommandKind.Tables => TablesCommand(c.Tables, stdout),
+                CommandKind.Submit => Slurm.PlanToSlurm.Submit(c.Submit, stdout, stderr),
+                CommandKind.Status => Slurm.PlanToSlurm.Status(c.Status, stdout, stderr),
                 CommandKind.Version => Print(stdout, $"lora {Lora.Dsl.Version.value}"),
                 _ => NotYet(c.Kind, stderr),
             };
@@ -67,15 +70,25 @@ public static class Commands
         if (experiments is null) return 2;
         var store = new ResultsStore(o.Results);
         var plan = Plan.Compile(experiments, store);
+        var slurmFailed = Slurm.PlanToSlurm.FailedTasks(plan, store, stderr);
         if (o.Json)
         {
-            stdout.WriteLine(plan.ToJson().ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+            var json = plan.ToJson();
+            foreach (var node in json)
+                if (node is JsonObject run && slurmFailed.TryGetValue((string)run["hash"]!, out var slurmLog))
+                {
+                    run["status"] = "failed";
+                    run["log"] = slurmLog;
+                }
+            stdout.WriteLine(json.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
             return 0;
         }
         var rows = plan.Runs.Select(r => new[]
         {
             r.Hash, r.Id, r.Run.DependsOn ?? "-",
-            r.Status == RunStatus.Failed ? $"failed (log: {store.LogPath(r.Hash)})" : r.Status.ToString().ToLowerInvariant(),
+            r.Status == RunStatus.Failed ? $"failed (log: {store.LogPath(r.Hash)})"
+            : slurmFailed.TryGetValue(r.Hash, out var slurmLog) ? $"failed in Slurm (log: {slurmLog})"
+            : r.Status.ToString().ToLowerInvariant(),
         }).ToList();
         var header = new[] { "hash", "name", "dependsOn", "status" };
         var widths = header.Select((h, i) => rows.Select(r => r[i].Length).Append(h.Length).Max()).ToArray();
