@@ -41,12 +41,6 @@ public sealed class AdamW
         }
     }
 
-    public void ZeroGrad()
-    {
-        foreach (var (_, p) in parameters)
-            if (p.grad is Tensor g) { g.Dispose(); p.grad = null; }
-    }
-
     /// exp_avg.NAME and exp_avg_sq.NAME for every parameter that has state.
     public IEnumerable<(string Name, Tensor Value)> State() =>
         state.SelectMany(kv => new[] { ($"exp_avg.{kv.Key}", kv.Value.M), ($"exp_avg_sq.{kv.Key}", kv.Value.V) });
