@@ -124,8 +124,9 @@ public sealed class DataLoader
     static Batch MakeClassification(ImageDataset d, int[] idx, Random rng, int bi, Transforms t, Device device)
     {
         using var scope = NewDisposeScope();
+        using Scalar byteMax = 255f;
         var bytes = Gather(d.Pixels, d.ImageSize, idx, [idx.Length, d.Channels, d.Height, d.Width]);
-        var x = t.Apply(bytes.to(ScalarType.Float32).div_(255f), rng).to(device);
+        var x = t.Apply(bytes.to(ScalarType.Float32).div_(byteMax), rng).to(device);
         var y = tensor(idx.Select(i => (long)d.Labels[i]).ToArray(), device: device);
         return new Batch { Inputs = x.MoveToOuterDisposeScope(), Targets = y.MoveToOuterDisposeScope(), Index = bi };
     }
@@ -133,8 +134,9 @@ public sealed class DataLoader
     static Batch MakeSegmentation(SegmentationDataset d, int[] idx, Random rng, int bi, Transforms t, Device device)
     {
         using var scope = NewDisposeScope();
+        using Scalar byteMax = 255f;
         int b = idx.Length;
-        var x = Gather(d.Images, d.ImageSize, idx, [b, d.Channels, d.Height, d.Width]).to(ScalarType.Float32).div_(255f);
+        var x = Gather(d.Images, d.ImageSize, idx, [b, d.Channels, d.Height, d.Width]).to(ScalarType.Float32).div_(byteMax);
         var m = Gather(d.Masks, d.MaskSize, idx, [b, d.Height, d.Width]).to(ScalarType.Int64);
         var boxes = new float[b * 4];
         var points = new float[b * 2];

@@ -26,6 +26,10 @@ public sealed class AdamW
         StepCount++;
         double bc1 = 1 - Math.Pow(beta1, StepCount), bc2 = 1 - Math.Pow(beta2, StepCount);
         using var _ = no_grad();
+        // Scalars held in locals: an implicit double → Scalar temporary can be finalized by the GC
+        // while the native call still reads it (TorchSharp 0.107 does not keep it alive).
+        using Scalar decay = 1 - lr * weightDecay, b1 = beta1, b1c = 1 - beta1, b2 = beta2, b2c = 1 - beta2,
+            invSqrtBc2 = 1 / Math.Sqrt(bc2), epsilon = eps, stepSize = -lr / bc1;
         foreach (var (name, p) in parameters)
         {
             var g = p.grad;
@@ -33,11 +37,11 @@ public sealed class AdamW
             if (!state.TryGetValue(name, out var s))
                 state[name] = s = (zeros_like(p).DetachFromDisposeScope(), zeros_like(p).DetachFromDisposeScope());
             using var scope = NewDisposeScope();
-            if (weightDecay != 0 && p.dim() >= 2) p.mul_(1 - lr * weightDecay);
-            s.M.mul_(beta1).add_(g, alpha: 1 - beta1);
-            s.V.mul_(beta2).addcmul_(g, g, value: 1 - beta2);
-            var denom = (s.V.sqrt() / Math.Sqrt(bc2)).add_(eps);
-            p.addcdiv_(s.M, denom, value: -lr / bc1);
+            if (weightDecay != 0 && p.dim() >= 2) p.mul_(decay);
+            s.M.mul_(b1).add_(g, alpha: b1c);
+            s.V.mul_(b2).addcmul_(g, g, value: b2c);
+            var denom = s.V.sqrt().mul_(invSqrtBc2).add_(epsilon);
+            p.addcdiv_(s.M, denom, value: stepSize);
         }
     }
 

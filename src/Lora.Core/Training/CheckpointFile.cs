@@ -26,7 +26,7 @@ public static class CheckpointFile
                 using var t = value.detach().cpu().contiguous();
                 w.Write(name);
                 w.Write((int)t.dtype);
-                w.Write(t.dim());
+                w.Write((int)t.dim());
                 foreach (var d in t.shape) w.Write(d);
                 var bytes = t.bytes;
                 w.Write((long)bytes.Length);

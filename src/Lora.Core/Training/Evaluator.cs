@@ -107,6 +107,7 @@ public static class Evaluator
     /// DICE loss over the foreground classes.
     public static Tensor SegmentationLoss(Tensor logits, Tensor masks)
     {
+        using Scalar one = 1.0, two = 2.0;
         if (logits.shape[1] == 1)
         {
             var t = masks.unsqueeze(1).to(ScalarType.Float32);
@@ -114,7 +115,7 @@ public static class Evaluator
             var p = logits.sigmoid();
             var inter = (p * t).sum([1, 2, 3]);
             var den = p.sum([1, 2, 3]) + t.sum([1, 2, 3]);
-            return bce + (1 - ((2 * inter + 1) / (den + 1))).mean();
+            return bce + (inter.mul(two).add_(one) / den.add(one)).neg().add_(one).mean();
         }
         else
         {
@@ -124,8 +125,8 @@ public static class Evaluator
             var oh = F.one_hot(masks, k).permute(0, 3, 1, 2).to(ScalarType.Float32);
             var inter = (p * oh).sum([2, 3]);
             var den = p.sum([2, 3]) + oh.sum([2, 3]);
-            var dice = (2 * inter + 1) / (den + 1);
-            return ce + (1 - dice[.., 1..]).mean();
+            var dice = inter.mul(two).add_(one) / den.add(one);
+            return ce + dice[.., 1..].neg().add_(one).mean();
         }
     }
 }

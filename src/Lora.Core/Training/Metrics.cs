@@ -45,20 +45,22 @@ public sealed class SegmentationMeter
         if (!predicted.shape.SequenceEqual(target.shape))
             throw new ArgumentException($"predicted mask shape [{string.Join(",", predicted.shape)}] differs from the target's [{string.Join(",", target.shape)}].");
         using var scope = NewDisposeScope();
+        using Scalar one = 1.0, two = 2.0;
         var n = predicted.shape[0];
         var p = predicted.reshape(n, -1);
         var t = target.reshape(n, -1);
         for (int c = 0; c < NumClasses; c++)
         {
-            var pc = p.eq(c);
-            var tc = t.eq(c);
+            using Scalar cls = c;
+            var pc = p.eq(cls);
+            var tc = t.eq(cls);
             var inter = pc.logical_and(tc).sum(1).to(ScalarType.Float64);
             var ps = pc.sum(1).to(ScalarType.Float64);
             var ts = tc.sum(1).to(ScalarType.Float64);
             var union = ps + ts - inter;
             var empty = (ps + ts).eq(0);
-            var d = where(empty, 1.0, 2 * inter / (ps + ts).clamp_min(1));
-            var j = where(empty, 1.0, inter / union.clamp_min(1));
+            var d = (inter.mul(two) / (ps + ts).clamp_min(one)).masked_fill(empty, one);
+            var j = (inter / union.clamp_min(one)).masked_fill(empty, one);
             dice[c] += d.sum().item<double>();
             iou[c] += j.sum().item<double>();
         }
@@ -72,8 +74,12 @@ public sealed class SegmentationMeter
     public double MeanIoU => IouPerClass.Skip(1).Average();
 
     /// Class indices from logits: [N,1,H,W] binary (logit > 0) or [N,K,H,W] (argmax).
-    public static Tensor Predict(Tensor logits) =>
-        logits.shape[1] == 1 ? logits.squeeze(1).gt(0).to(ScalarType.Int64) : logits.argmax(1);
+    public static Tensor Predict(Tensor logits)
+    {
+        if (logits.shape[1] != 1) return logits.argmax(1);
+        using Scalar zero = 0.0;
+        return logits.squeeze(1).gt(zero).to(ScalarType.Int64);
+    }
 
     /// One image pair's (DICE, IoU) for a binary mask, for tests and quick checks.
     public static (double Dice, double IoU) Binary(Tensor predicted, Tensor target)

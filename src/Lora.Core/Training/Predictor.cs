@@ -56,7 +56,8 @@ public static class Predictor
             ImageFile.ResizeBilinear(px, channels, h, w, size, size).CopyTo(buf, i * n);
         }
         using var scope = NewDisposeScope();
-        var x = tensor(buf, [files.Length, channels, size, size], ScalarType.Byte).to(ScalarType.Float32).div_(255f);
+        using Scalar byteMax = 255f;
+        var x = tensor(buf, [files.Length, channels, size, size], ScalarType.Byte).to(ScalarType.Float32).div_(byteMax);
         if (mean is not null || std is not null) x = Transforms.Normalize(x, mean ?? [0f], std ?? [1f]);
         return x.MoveToOuterDisposeScope();
     }
