@@ -19,11 +19,13 @@ let all =
         smoke
         SafetensorsTests.tests
         TuningTests.tests
+        TuningCheckpointTests.tests
         ZooTests.tests
         DataTests.tests
         TrainingTests.tests
         DslTests.tests
         RunnerTests.tests
+        ParityTests.tests
     ]
 
 [<EntryPoint>]

@@ -1,5 +1,531 @@
 module Lora.Tests.TuningTests
 
+open System
 open Expecto
+open TorchSharp
+open TorchSharp.Modules
+open Lora.Core.Tuning
+open Lora.Tests.Generators
+open Lora.Tests.TuningModels
 
-let tests = testList "Tuning" [ ]
+let private dtypeOf (b: bool) = if b then torch.float64 else torch.float32
+let private tol (dt: torch.ScalarType) = if dt = torch.float64 then 1e-9 else 2e-4
+
+/// max |a − b| / (1 + max |b|): a tolerance that scales with the magnitude of the output.
+let private relErr (a: torch.Tensor) (b: torch.Tensor) =
+    use d = (a - b).abs().max()
+    use m = b.abs().max()
+    d.ToDouble() / (1.0 + m.ToDouble())
+
+let private randomise (ps: Parameter seq) (seed: int) =
+    // a local generator: Expecto runs tests in parallel, so the global seed is shared
+    use g = new torch.Generator(uint64 (abs seed))
+    use _ = torch.no_grad ()
+    for p in ps do
+        use r = torch.randn(p.shape, dtype = p.dtype, generator = g)
+        p.copy_(r * 0.3) |> ignore
+
+/// Identical tensors (same shape, every element equal).
+let private same (a: torch.Tensor) (b: torch.Tensor) =
+    a.shape = b.shape && (use d = (a - b).abs().max() in d.ToDouble() = 0.0)
+
+let private throwsMsg<'e when 'e :> exn> (f: unit -> unit) =
+    try
+        f ()
+        failtestf "expected %s" typeof<'e>.Name
+    with :? 'e as e -> e.Message
+
+let private close name dt (a: torch.Tensor) (b: torch.Tensor) =
+    let e = relErr a b
+    Expect.isLessThan e (tol dt) (sprintf "%s: relative error %g" name e)
+
+/// Merged forward equals unmerged forward; unmerging restores W bit for bit; merging twice is a no-op.
+let private mergeContract (layer: TunerLayer) (x: torch.Tensor) dt =
+    layer.eval ()
+    use w0 = layer.BaseWeight.detach().clone()
+    use y = layer.forward x
+    layer.Merge()
+    layer.Merge()
+    use ym = layer.forward x
+    close "merged vs unmerged" dt ym y
+    layer.Unmerge()
+    layer.Unmerge()
+    Expect.isTrue (same layer.BaseWeight w0) "unmerge restores W exactly"
+    use y2 = layer.forward x
+    Expect.isTrue (same y2 y) "forward after unmerge is the unmerged forward"
+
+let private linearCase (seed: int) (a: int) (b: int) (c: int) (f64: bool) =
+    let dt = dtypeOf f64
+    let inF, outF = int64 (abs a % 9 + 2), int64 (abs b % 9 + 2)
+    let r = abs c % int (min inF outF) + 1
+    let lin = torch.nn.Linear(inF, outF, dtype = dt)
+    randomise (lin.parameters()) (seed + 1)   // local generator: replayable under parallel tests
+    use g = new torch.Generator(uint64 (abs seed))
+    let x = torch.randn([| 3L; 2L; inF |], dtype = dt, generator = g)
+    lin, x, r, dt
+
+let private layerTests =
+    testList "layers" [
+        testProp "LoRA Linear: merged = unmerged, unmerge restores W, fresh LoRA is the base" (fun (seed: int) a b c (f64: bool) (rs: bool) ->
+            let lin, x, r, dt = linearCase seed a b c f64
+            use yBase = lin.forward x
+            let l = new LoraLinear(lin)
+            l.AddAdapter("default", LoraOptions(r, float (abs seed % 16 + 1), 0.3, rs))
+            l.SetActiveAdapters [ "default" ]
+            l.eval ()
+            use y0 = l.forward x
+            Expect.isTrue (same y0 yBase) "B = 0: a fresh adapter leaves the output unchanged (dropout off in eval)"
+            randomise (l.AdapterParameters "default") seed
+            mergeContract l x dt)
+
+        testProp "DoRA Linear: merged = unmerged, unmerge restores W, fresh DoRA is the base" (fun (seed: int) a b c (f64: bool) ->
+            let lin, x, r, dt = linearCase seed a b c f64
+            use yBase = lin.forward x
+            let l = new LoraLinear(lin)
+            l.AddAdapter("default", LoraOptions(r, 8.0, 0.0, UseDora = true))
+            l.SetActiveAdapters [ "default" ]
+            l.eval ()
+            use y0 = l.forward x
+            close "fresh DoRA" dt y0 yBase
+            randomise (l.AdapterParameters "default") seed
+            mergeContract l x dt)
+
+        testProp "AdaLoRA Linear: merged = unmerged; masked triplets contribute nothing" (fun (seed: int) a b c (f64: bool) ->
+            let lin, x, r, dt = linearCase seed a b c f64
+            use yBase = lin.forward x
+            let l = new AdaLoraLinear(lin)
+            l.AddAdapter("default", r, 8.0, 0.0)
+            l.SetActiveAdapters [ "default" ]
+            l.eval ()
+            use y0 = l.forward x
+            Expect.isTrue (same y0 yBase) "E = 0 at init"
+            randomise (l.AdapterParameters "default") seed
+            mergeContract l x dt
+            // zero E entries; the output must equal that of a rank-reduced triplet
+            let keep = [| for i in 0 .. r - 1 -> i % 2 = 0 |]
+            use _ = torch.no_grad ()
+            use mask = torch.tensor(keep |> Array.map not)
+            l.E("default").masked_fill_(mask.view(-1L, 1L), 0.0) |> ignore
+            use idx = torch.tensor([| for i in 0 .. r - 1 do if keep.[i] then int64 i |])
+            use aK = l.A("default").index_select(0L, idx)
+            use eK = l.E("default").index_select(0L, idx)
+            use bK = l.B("default").index_select(1L, idx)
+            use xr = x.matmul((aK * eK).t()).matmul(bK.t()) * (8.0 / (float r + 1e-5))
+            use ref = yBase + xr
+            use y = l.forward x
+            close "masked" dt y ref)
+
+        testProp "LoRA/DoRA Conv2d: merged = unmerged over stride, padding, dilation, groups, padding mode" (fun (seed: int) (a: byte) (b: byte) (c: byte) (f64: bool) (dora: bool) ->
+            let dt = dtypeOf f64
+            let g = int64 (a % 3uy + 1uy)
+            let inC, outC = g * int64 (b % 3uy + 1uy), g * int64 (c % 3uy + 1uy)
+            let k = int64 (a / 3uy % 3uy + 1uy)
+            let stride, pad, dil = int64 (b / 3uy % 2uy + 1uy), int64 (c / 3uy % 3uy), int64 (a / 9uy % 2uy + 1uy)
+            let mode = match (b / 9uy) % 3uy with 0uy -> PaddingModes.Zeros | 1uy -> PaddingModes.Reflect | _ -> PaddingModes.Circular
+            let mode = if pad = 0L then PaddingModes.Zeros else mode
+            let r = g * int64 (c / 9uy % 2uy + 1uy)
+            let conv = torch.nn.Conv2d(inC, outC, k, stride, pad, dil, mode, g, true, torch.CPU, dt)
+            randomise (conv.parameters()) (seed + 1)
+            use gen = new torch.Generator(uint64 (abs seed))
+            let x = torch.randn([| 2L; inC; 7L; 6L |], dtype = dt, generator = gen)
+            use yBase = conv.forward x
+            let l = new LoraConv2d(conv)
+            l.AddAdapter("default", LoraOptions(int r, 4.0, UseDora = dora))
+            l.SetActiveAdapters [ "default" ]
+            l.eval ()
+            use y0 = l.forward x
+            close "fresh LoRA/DoRA is the base" dt y0 yBase
+            randomise (l.AdapterParameters "default") seed
+            use d = l.DeltaWeight "default"
+            Expect.sequenceEqual d.shape conv.weight.shape "ΔW has W's shape"
+            mergeContract l x dt)
+
+        test "Conv2d with groups rejects a rank that is not a multiple of groups" {
+            let conv = torch.nn.Conv2d(4L, 4L, 3L, groups = 2L)
+            let l = new LoraConv2d(conv)
+            let e = throwsMsg<ArgumentException> (fun () -> l.AddAdapter("default", LoraOptions(3, 3.0)))
+            Expect.stringContains e "multiple of 2" "says what rank works"
+        }
+
+        test "LoRA forward equals a float64 reference x·Wᵀ + b + s·x·Aᵀ·Bᵀ" {
+            torch.manual_seed 7L |> ignore
+            let lin = torch.nn.Linear(5L, 4L, dtype = torch.float64)
+            let l = new LoraLinear(lin)
+            l.AddAdapter("default", LoraOptions(3, 6.0))
+            l.SetActiveAdapters [ "default" ]
+            randomise (l.AdapterParameters "default") 3
+            l.eval ()
+            let x = torch.randn([| 6L; 5L |], dtype = torch.float64)
+            use y = l.forward x
+            // by hand, element by element
+            let W, bias = lin.weight.data<float>().ToArray(), lin.bias.data<float>().ToArray()
+            let A, B = l.A("default").weight.data<float>().ToArray(), l.B("default").weight.data<float>().ToArray()
+            let xs = x.data<float>().ToArray()
+            let s = 6.0 / 3.0
+            let ys = y.data<float>().ToArray()
+            for n in 0 .. 5 do
+                for o in 0 .. 3 do
+                    let mutable v = bias.[o]
+                    for i in 0 .. 4 do v <- v + xs.[n * 5 + i] * W.[o * 5 + i]
+                    for j in 0 .. 2 do
+                        let mutable ax = 0.0
+                        for i in 0 .. 4 do ax <- ax + xs.[n * 5 + i] * A.[j * 5 + i]
+                        v <- v + s * B.[o * 3 + j] * ax
+                    Expect.floatClose Accuracy.veryHigh ys.[n * 4 + o] v (sprintf "y[%d,%d]" n o)
+        }
+
+        test "rsLoRA scales by alpha/sqrt(r), LoRA by alpha/r" {
+            Expect.floatClose Accuracy.veryHigh (LoraOptions(4, 8.0).Scaling) 2.0 "alpha/r"
+            Expect.floatClose Accuracy.veryHigh (LoraOptions(4, 8.0, UseRsLora = true).Scaling) 4.0 "alpha/sqrt r"
+        }
+
+        test "Adapter starts as identity when asked, and has fc1/fc2 keys" {
+            let a = new BottleneckAdapter(8L, 0.25, true)
+            let keys = a.state_dict().Keys |> Seq.sort |> List.ofSeq
+            Expect.equal keys [ "fc1.bias"; "fc1.weight"; "fc2.bias"; "fc2.weight" ] "keys"
+            Expect.equal (a.fc1.out_features) 2L "ratio 0.25"
+            use x = torch.randn(3L, 8L)
+            use y = a.forward x
+            Expect.equal (y.abs().max().ToDouble()) 0.0 "fc2 zero → adapter output 0"
+        }
+    ]
+
+let private keys (m: torch.nn.Module) = m.state_dict().Keys |> Seq.toList
+let private count (m: torch.nn.Module) trainable =
+    m.parameters() |> Seq.filter (fun p -> not trainable || p.requires_grad) |> Seq.sumBy (fun p -> p.numel())
+
+let private meta = torch.device "meta"
+
+let private injectionTests =
+    testList "injection" [
+        test "ViT-B/16 (100 classes) LoRA r=8 on qkv + head: PEFT's counts" {
+            let m = vitB meta
+            Expect.equal (count m false) 85_875_556L "the mimic has ViT-B's parameter count"
+            let t = Tuner.Apply(m, TuningConfig(Targets = [| "qkv" |], Rank = 8, Alpha = 16.0, ModulesToSave = [| "head" |]))
+            let s = t.Summary()
+            Expect.equal s.Trainable 371_812L "trainable"
+            Expect.equal s.Total 86_247_368L "total (head counted twice)"
+            Expect.stringContains (string s) "Trainable params: 371,812" "rendering"
+            Expect.stringContains (string s) "LoRA: blocks.*.attn.qkv ×12" "tuned modules grouped"
+            Expect.equal (s.ByGroup.["LoRA"].ToTuple()) (294_912L, 294_912L) "LoRA group: 12 × (8·768 + 2304·8)"
+            Expect.equal (s.ByGroup.["modules_to_save"].ToTuple()) (76_900L, 76_900L) "head copy"
+        }
+        test "ViT-B/16 DoRA trainable 399,460; AdaLoRA init 12 trainable 519,412" {
+            let m = vitB meta
+            let t = Tuner.Apply(m, TuningConfig(Method = TuningMethod.Dora, Targets = [| "qkv" |], Rank = 8, ModulesToSave = [| "head" |]))
+            Expect.equal (t.Summary().Trainable) 399_460L "DoRA"
+            let m2 = vitB meta
+            let t2 = Tuner.Apply(m2, TuningConfig(Method = TuningMethod.AdaLora, Targets = [| "qkv" |], ModulesToSave = [| "head" |]))
+            Expect.equal (t2.Summary().Trainable) 519_412L "AdaLoRA"
+            Expect.equal (StepHooks.Of(m2).Count) 1 "the allocator is attached to the model"
+        }
+        test "ConvNeXt-T rank 2 on fc1, fc2: 132,480 trainable of 28,721,608" {
+            let m = new ConvNeXtT(meta)
+            Expect.equal (count m false) 28_589_128L "the mimic has ConvNeXt-T's parameter count"
+            let t = Tuner.Apply(m, TuningConfig(Targets = [| "fc1"; "fc2" |], Rank = 2))
+            let s = string (t.Summary())
+            Expect.stringContains s "Total params: 28,721,608" "total"
+            Expect.stringContains s "Trainable params: 132,480" "trainable"
+            Expect.stringContains s "Non-trainable params: 28,589,128" "non-trainable"
+        }
+        test "injection changes the keys as PEFT names them and freezes the rest" {
+            let m = vitTiny ()
+            let before = keys m
+            let t = Tuner.Apply(m, TuningConfig(Targets = [| "attn.qkv" |], Rank = 2, ModulesToSave = [| "head" |]))
+            let after = keys m
+            Expect.contains after "blocks.0.attn.qkv.base_layer.weight" "base layer key"
+            Expect.contains after "blocks.1.attn.qkv.lora_A.default.weight" "lora_A key"
+            Expect.contains after "blocks.1.attn.qkv.lora_B.default.weight" "lora_B key"
+            Expect.contains after "head.original_module.weight" "original head"
+            Expect.contains after "head.modules_to_save.default.bias" "trainable head copy"
+            Expect.isFalse (List.contains "blocks.0.attn.qkv.weight" after) "old key gone"
+            Expect.equal (List.length after) (List.length before + 2 * 2 + 2) "2 layers × (A, B) + head copy"
+            let trainable = m.named_parameters() |> Seq.filter (fun struct (_, p) -> p.requires_grad) |> Seq.map (fun struct (n, _) -> n) |> Seq.sort |> List.ofSeq
+            Expect.equal trainable [ "blocks.0.attn.qkv.lora_A.default.weight"; "blocks.0.attn.qkv.lora_B.default.weight"
+                                     "blocks.1.attn.qkv.lora_A.default.weight"; "blocks.1.attn.qkv.lora_B.default.weight"
+                                     "head.modules_to_save.default.bias"; "head.modules_to_save.default.weight" ] "exactly the adapters and the head copy train"
+            // the forward uses the new layers: a fresh LoRA leaves the output as it was
+            ignore t
+        }
+        test "bias modes: lora_only trains the tuned layers' biases, all trains every bias" {
+            let m = vitTiny ()
+            Tuner.Apply(m, TuningConfig(Targets = [| "qkv" |], Rank = 2, Bias = BiasMode.LoraOnly)) |> ignore
+            let tb = m.named_parameters() |> Seq.filter (fun struct (n, p) -> p.requires_grad && n.EndsWith "bias") |> Seq.map (fun struct (n, _) -> n) |> Seq.sort |> List.ofSeq
+            Expect.equal tb [ "blocks.0.attn.qkv.base_layer.bias"; "blocks.1.attn.qkv.base_layer.bias" ] "lora_only"
+            let m2 = vitTiny ()
+            Tuner.Apply(m2, TuningConfig(Targets = [| "qkv" |], Rank = 2, Bias = BiasMode.All)) |> ignore
+            let all = m2.named_parameters() |> Seq.filter (fun struct (n, _) -> n.EndsWith "bias") |> Seq.length
+            let tb2 = m2.named_parameters() |> Seq.filter (fun struct (n, p) -> p.requires_grad && n.EndsWith "bias") |> Seq.length
+            Expect.equal tb2 all "all"
+        }
+        test "Sequential and ModuleList children are replaced (forward, parameters, state_dict)" {
+            torch.manual_seed 1L |> ignore
+            let seq = torch.nn.Sequential([| torch.nn.Linear(4L, 6L) :> M; torch.nn.ReLU(); torch.nn.Linear(6L, 3L) |])
+            let x = torch.randn(5L, 4L)
+            use y0 = seq.forward x
+            let t = Tuner.Apply(seq, TuningConfig(Targets = [| "0"; "2" |], Rank = 2))
+            Expect.equal (keys seq) [ "0.base_layer.weight"; "0.base_layer.bias"; "0.lora_A.default.weight"; "0.lora_B.default.weight"
+                                      "2.base_layer.weight"; "2.base_layer.bias"; "2.lora_A.default.weight"; "2.lora_B.default.weight" ] "keys in order"
+            for struct (_, l) in t.Layers do randomise (l.AdapterParameters "default") 2
+            use y1 = seq.forward x
+            Expect.isGreaterThan (relErr y1 y0) 1e-3 "the Sequential's forward uses the LoRA layers"
+            let m = vitTiny ()
+            Tuner.Apply(m, TuningConfig(Targets = [| "re:blocks\\.1\\.mlp\\.fc[12]" |], Rank = 2)) |> ignore
+            let ks = keys m
+            Expect.contains ks "blocks.1.mlp.fc2.lora_A.default.weight" "ModuleList child replaced (regex target)"
+            Expect.contains ks "blocks.0.mlp.fc2.weight" "block 0 untouched"
+            let report = Tuner.Match(m, TuningConfig(Targets = [| "mlp.fc1" |]))
+            Expect.equal (report.Targets |> Seq.map (fun x -> x.Path) |> List.ofSeq) [ "blocks.0.mlp.fc1"; "blocks.1.mlp.fc1" ] "Match lists the targets"
+            Expect.contains report.Unmatched "blocks.0.attn.qkv" "and the Linear layers it leaves out"
+            Expect.isFalse (report.Unmatched |> Seq.contains "blocks.1.mlp.fc2") "a tuned layer is not listed as unmatched"
+            Expect.isFalse (keys m |> List.exists (fun k -> k.StartsWith "blocks.0.mlp.fc1.lora")) "Match changes nothing"
+        }
+        test "ModuleList elements are replaced in place; a list typed too narrowly is a clear error" {
+            let holder = new ListHolder()
+            let x = torch.randn(2L, 4L)
+            use y0 = holder.forward x
+            let t = Tuner.Apply(holder, TuningConfig(Targets = [| "layers.1" |], Rank = 2))
+            Expect.equal (keys holder) [ "layers.0.weight"; "layers.0.bias"; "layers.1.base_layer.weight"; "layers.1.base_layer.bias"
+                                         "layers.1.lora_A.default.weight"; "layers.1.lora_B.default.weight" ] "keys"
+            for struct (_, l) in t.Layers do randomise (l.AdapterParameters "default") 4
+            use y1 = holder.forward x
+            Expect.isGreaterThan (relErr y1 y0) 1e-3 "forward goes through the LoRA layer"
+            let narrow = new NarrowListHolder()
+            let before = keys narrow
+            let e = throwsMsg<ArgumentException> (fun () -> Tuner.Apply(narrow, TuningConfig(Targets = [| "layers.0" |], Rank = 2)) |> ignore)
+            Expect.stringContains e "declare it as Module<Tensor, Tensor>" "says what to change"
+            Expect.equal (keys narrow) before "checked before anything changed"
+        }
+        test "bad configurations are rejected with the pattern or module named" {
+            let m = vitTiny ()
+            let err cfg = throwsMsg<ArgumentException> (fun () -> Tuner.Apply(m, cfg) |> ignore)
+            Expect.stringContains (err (TuningConfig(Targets = [| "nope" |]))) "'nope' matches no module" "no match"
+            Expect.stringContains (err (TuningConfig(Targets = [| "qkv" |], Rank = 20))) "rank 20 for 'blocks.0.attn.qkv' exceeds" "rank too large"
+            Expect.stringContains (err (TuningConfig(Targets = [| "norm1" |]))) "'blocks.0.norm1' is a LayerNorm" "unsupported type"
+            Expect.stringContains (err (TuningConfig(Method = TuningMethod.AdaLora, Targets = [| "proj" |]))) "patch_embed.proj' is a Conv2d, which AdaLora cannot tune" "AdaLoRA on conv"
+            Expect.stringContains (err (TuningConfig(Targets = [| "qkv" |], RankPattern = readOnlyDict [ "fc9", 2 ]))) "'fc9'" "rank pattern matching nothing"
+            Expect.isFalse (keys m |> List.exists (fun k -> k.Contains "lora")) "nothing changed"
+        }
+        test "configuration errors are reported together, naming the fields" {
+            let e = throwsMsg<ArgumentException> (fun () ->
+                TuningConfig(Method = TuningMethod.AdaLora, Targets = [| "qkv"; "re:(" |], Dropout = 1.0, InitRank = 4, TargetRank = 6).Validate())
+            for part in [ "Dropout must be in [0, 1)"; "TargetRank must be in 1..InitRank (4), got 6"; "'re:(' is not a valid regular expression" ] do
+                Expect.stringContains e part "each problem listed"
+            let e2 = throwsMsg<ArgumentException> (fun () -> TuningConfig(Method = TuningMethod.Adapter, Targets = [| "qkv" |]).Validate())
+            Expect.stringContains e2 "Targets does not apply to the Adapter method" "bad combination"
+        }
+        test "per-module rank and alpha patterns" {
+            let m = vitTiny ()
+            let t = Tuner.Apply(m, TuningConfig(Targets = [| "qkv" |], Rank = 2, Alpha = 4.0, RankPattern = readOnlyDict [ "blocks.1.attn.qkv", 4 ], AlphaPattern = readOnlyDict [ "blocks.1.attn.qkv", 2.0 ]))
+            let struct (_, l0), struct (_, l1) = t.Layers.[0], t.Layers.[1]
+            let l0, l1 = l0 :?> LoraLinear, l1 :?> LoraLinear
+            Expect.equal (l0.Options("default").Rank, l1.Options("default").Rank) (2, 4) "ranks"
+            Expect.equal (l0.Scaling "default", l1.Scaling "default") (2.0, 0.5) "scalings"
+        }
+    ]
+
+let private modelTests =
+    testList "tuned model" [
+        test "merge, merge again, unmerge, merge-and-unload give the same outputs and plain keys" {
+            torch.manual_seed 3L |> ignore
+            let m = vitTiny ()
+            m.eval ()
+            let plain = keys m
+            let x = torch.randn(2L, 3L, 8L, 8L)
+            let t = Tuner.Apply(m, TuningConfig(Targets = [| "qkv"; "fc1"; "patch_embed.proj" |], Rank = 2, ModulesToSave = [| "head" |]))
+            for struct (_, l) in t.Layers do randomise (l.AdapterParameters "default") 5
+            let struct (_, w) = t.SavedModules.[0]
+            randomise (w.Copy("default").parameters()) 6
+            use y = m.forward x
+            t.Merge(); t.Merge()
+            use ym = m.forward x
+            close "merged" torch.float32 ym y
+            t.Unmerge()
+            use yu = m.forward x
+            Expect.isTrue (same yu y) "unmerged output identical"
+            let plainModel = t.MergeAndUnload() :?> M
+            Expect.equal (keys plainModel) plain "plain keys back"
+            use yp = plainModel.forward x
+            close "merge-and-unload" torch.float32 yp y
+        }
+        test "several adapters: switch, disable, delete, weighted cat is exact" {
+            torch.manual_seed 4L |> ignore
+            let m = vitTiny ()
+            m.eval ()
+            let x = torch.randn(2L, 3L, 8L, 8L)
+            use yBase = m.forward x
+            let t = Tuner.Apply(m, TuningConfig(Targets = [| "qkv" |], Rank = 2))
+            Tuner.Apply(m, TuningConfig(Targets = [| "qkv" |], Rank = 3, Alpha = 6.0), "other") |> ignore
+            Expect.equal t.ActiveAdapter (Some "default" |> Option.toObj) "first adapter stays active"
+            for struct (_, l) in t.Layers do
+                randomise (l.AdapterParameters "default") 8
+                randomise (l.AdapterParameters "other") 9
+            use yA = m.forward x
+            t.SetActiveAdapter "other"
+            use yB = m.forward x
+            Expect.isGreaterThan (relErr yA yB) 1e-4 "switching changes the output"
+            let trainable = m.named_parameters() |> Seq.filter (fun struct (_, p) -> p.requires_grad) |> Seq.map (fun struct (n, _) -> n) |> List.ofSeq
+            Expect.all trainable (fun n -> n.Contains ".other.") "only the active adapter trains"
+            t.DisableAdapters()
+            use yD = m.forward x
+            Expect.isTrue (same yD yBase) "disabled = base output"
+            t.EnableAdapters()
+            // cat: ΔW_new = 0.7 ΔW_default + 0.3 ΔW_other exactly
+            t.AddWeightedAdapter([| "default"; "other" |], [| 0.7; 0.3 |], "mix")
+            for struct (_, l) in t.Layers do
+                use d = l.DeltaWeight "mix"
+                use e = l.DeltaWeight("default") * 0.7 + l.DeltaWeight("other") * 0.3
+                close "cat" torch.float32 d e
+            t.DeleteAdapter "other"
+            Expect.isFalse (keys m |> List.exists (fun k -> k.Contains ".other.")) "deleted adapter's keys are gone"
+            t.SetActiveAdapter "default"
+            use yA2 = m.forward x
+            Expect.isTrue (same yA2 yA) "default adapter unchanged by the others"
+        }
+        test "gradients reach only the adapter; Unload restores the original layers and outputs" {
+            let m = vitTiny ()
+            m.eval ()
+            let x = torch.randn(2L, 3L, 8L, 8L)
+            use y0 = m.forward x
+            let plain = keys m
+            let t = Tuner.Apply(m, TuningConfig(Targets = [| "qkv" |], Rank = 2, Dropout = 0.1))
+            m.train ()
+            for struct (_, l) in t.Layers do randomise (l.AdapterParameters "default") 12
+            use y = m.forward x
+            use loss = y.square().mean()
+            loss.backward ()
+            for struct (n, p) in m.named_parameters() do
+                if n.Contains "lora_" then Expect.isNotNull p.grad (n + " has a gradient")
+                else Expect.isNull p.grad (n + " is frozen")
+            m.eval ()
+            let back = t.Unload() :?> M
+            Expect.equal (keys back) plain "original keys"
+            use y1 = back.forward x
+            Expect.isTrue (same y1 y0) "original outputs"
+            Expect.isTrue (back.parameters() |> Seq.forall (fun p -> p.requires_grad)) "unfrozen again"
+        }
+        test "deleting the last adapter of a layer puts the base layer back" {
+            let m = vitTiny ()
+            let t = Tuner.Apply(m, TuningConfig(Targets = [| "qkv" |], Rank = 2, ModulesToSave = [| "head" |]))
+            Tuner.Apply(m, TuningConfig(Targets = [| "fc1" |], Rank = 2), "b") |> ignore
+            t.DeleteAdapter "default"
+            let ks = keys m
+            Expect.contains ks "blocks.0.attn.qkv.weight" "qkv back to a Linear"
+            Expect.contains ks "head.weight" "head unwrapped"
+            Expect.contains ks "blocks.0.mlp.fc1.lora_A.b.weight" "the other adapter stays"
+            Expect.equal t.ActiveAdapter "b" "active moves to the remaining adapter"
+        }
+        test "Adapter method: hosts get adapters, identity init keeps the output, merge is a clear error" {
+            torch.manual_seed 5L |> ignore
+            let m = vitTiny ()
+            m.eval ()
+            let x = torch.randn(2L, 3L, 8L, 8L)
+            use y0 = m.forward x
+            let t = Tuner.Apply(m, TuningConfig(Method = TuningMethod.Adapter, AdapterInitIdentity = true, ModulesToSave = [| "head" |]))
+            let ks = keys m
+            Expect.contains ks "blocks.0.adapter_attn.fc1.weight" "attention adapter registered"
+            Expect.contains ks "blocks.1.adapter_mlp.fc2.bias" "MLP adapter registered"
+            use y1 = m.forward x
+            Expect.isTrue (same y1 y0) "identity init"
+            // per block: 2 adapters × (16·4+4 + 4·16+16) = 296; ×2 blocks + head copy 16·5+5
+            Expect.equal (t.Summary().Trainable) (2L * 296L + 85L) "trainable count"
+            let e = throwsMsg<InvalidOperationException> (fun () -> t.Merge())
+            Expect.stringContains e "not mergeable" "clear error"
+            Expect.throwsT<InvalidOperationException> (fun () -> t.MergeAndUnload() |> ignore) |> ignore
+        }
+    ]
+
+let private adaloraTests =
+    testList "AdaLoRA" [
+        test "budget schedule is monotone, starts at init_r·n and ends at target_r·n" {
+            let m = vitTiny ()
+            let t = Tuner.Apply(m, TuningConfig(Method = TuningMethod.AdaLora, Targets = [| "qkv"; "fc1" |], InitRank = 6, TargetRank = 2, TInit = 3, TFinal = 4))
+            let a = t.Allocator()
+            a.Begin 40L
+            let budgets = [ for s in 0L .. 40L -> (let struct (b, _) = a.BudgetSchedule s in b) ]
+            Expect.equal budgets.Head 24 "init 6·4"
+            Expect.equal (List.last budgets) 8 "target 2·4"
+            Expect.isTrue (budgets |> List.pairwise |> List.forall (fun (p, q) -> q <= p)) "non-increasing"
+        }
+        test "orthogonal regularisation: zero for orthonormal A rows / B columns, hand value otherwise" {
+            let lin = torch.nn.Linear(4L, 5L)
+            let l = new AdaLoraLinear(lin)
+            l.AddAdapter("default", 2, 8.0, 0.0)
+            let cfg = TuningConfig(Method = TuningMethod.AdaLora, OrthRegWeight = 0.5)
+            let alloc = RankAllocator([| struct ("x", l) |], "default", cfg)
+            use _ = torch.no_grad ()
+            l.A("default").copy_(torch.tensor([| 1.0f; 0.0f; 0.0f; 0.0f; 0.0f; 1.0f; 0.0f; 0.0f |]).view(2L, 4L)) |> ignore
+            l.B("default").copy_(torch.eye(5L, 2L)) |> ignore
+            use r0 = alloc.ExtraLoss()
+            Expect.floatClose Accuracy.high (r0.ToDouble()) 0.0 "orthonormal"
+            l.A("default").mul_(torch.tensor 2.0f) |> ignore   // AAᵀ = 4I → ‖3I‖_F = 3·√2
+            use r1 = alloc.ExtraLoss()
+            Expect.floatClose Accuracy.high (r1.ToDouble()) (0.5 * (3.0 * sqrt 2.0 + 0.0) / 2.0) "0.5 · mean(3√2, 0)"
+        }
+        test "triplet scores are PEFT's (E + mean A-row + mean B-column of EMA importance × uncertainty), lowest masked" {
+            let mk seed =
+                let l = new AdaLoraLinear(torch.nn.Linear(4L, 5L, dtype = torch.float64))
+                l.AddAdapter("default", 3, 8.0, 0.0)
+                randomise (l.AdapterParameters "default") seed
+                for p in l.AdapterParameters "default" do
+                    use g = new torch.Generator(uint64 (seed + 100))
+                    p.grad <- torch.randn(p.shape, dtype = p.dtype, generator = g)
+                l
+            let l1, l2 = mk 1, mk 2
+            let cfg = TuningConfig(Method = TuningMethod.AdaLora, InitRank = 3, TargetRank = 2, TotalStep = 4L)
+            let alloc = RankAllocator([| struct ("a", l1); struct ("b", l2) |], "default", cfg)
+            // one update from zero: avg = 0.15·ipt, unc = 0.15·|ipt − 0.15·ipt| → score = 0.15·0.15·0.85·ipt²
+            let score (p: torch.Tensor) = use ipt = (p * p.grad).abs() in (ipt * ipt * (0.15 * 0.15 * 0.85)).detach().clone()
+            let expected (l: AdaLoraLinear) =
+                use e = score (l.E "default")
+                use a = score (l.A "default")
+                use b = score (l.B "default")
+                (e.view(-1L) + a.mean([| 1L |]) + b.mean([| 0L |])).data<float>().ToArray()
+            let want = [ "a", expected l1; "b", expected l2 ]   // before the step masks E
+            alloc.AfterOptimizerStep 1L
+            for (l, (_, w)) in List.zip [ l1; l2 ] want do
+                use got = alloc.TripletScores l
+                let g = got.data<float>().ToArray()
+                for i in 0 .. 2 do Expect.floatClose Accuracy.veryHigh g.[i] w.[i] "triplet score"
+            // step 1 of 4: budget int((6 − 4)·(1 − 1/4)³ + 4) = 4 → the 2 lowest of 6 scores are masked
+            let threshold = (want |> List.collect (fun (_, w) -> List.ofArray w) |> List.sort).[1]
+            for ((name, w), l) in List.zip want [ l1; l2 ] do
+                let keep = alloc.RankPattern.[name]
+                for i in 0 .. 2 do
+                    Expect.equal keep.[i] (w.[i] > threshold) (sprintf "%s[%d] kept iff above the 2nd lowest score" name i)
+                    if not keep.[i] then Expect.equal ((l.E "default").[int64 i, 0L].ToDouble()) 0.0 "masked E is zero"
+        }
+        test "a few training steps mask E down to the target budget and give a rank pattern" {
+            torch.manual_seed 11L |> ignore
+            let m = vitTiny ()
+            let t = Tuner.Apply(m, TuningConfig(Method = TuningMethod.AdaLora, Targets = [| "qkv"; "fc1" |], InitRank = 4, TargetRank = 2, TotalStep = 6L, TFinal = 1))
+            let hook = StepHooks.Of(m) |> Seq.exactlyOne
+            hook.Begin 6L
+            let opt: torch.optim.Optimizer = torch.optim.SGD(t.TrainableParameters(), 0.05)
+            let x = torch.randn(4L, 3L, 8L, 8L)
+            for step in 1L .. 6L do
+                opt.zero_grad ()
+                use y = m.forward x
+                use task = (y * y).mean()
+                use reg = hook.ExtraLoss()
+                use loss = task + reg
+                loss.backward ()
+                opt.step () |> ignore
+                hook.AfterOptimizerStep step
+            let pattern = t.RankPattern()
+            Expect.equal (pattern.Count) 4 "one entry per layer"
+            // after the final step the pattern is enforced again, whatever the optimiser did to E
+            for struct (_, l) in t.Layers do
+                use _ = torch.no_grad ()
+                (l :?> AdaLoraLinear).E("default").fill_(1.0) |> ignore
+            hook.AfterOptimizerStep 7L
+            let kept = pattern.Values |> Seq.sumBy (fun k -> k |> Array.filter id |> Array.length)
+            Expect.equal kept 8 "budget target_r · layers"
+            for struct (_, l) in t.Layers do
+                let a = l :?> AdaLoraLinear
+                let zeros = a.E("default").eq(torch.tensor 0.0f).sum().ToInt64()
+                ignore zeros
+        }
+    ]
+
+let tests = testList "Tuning" [ layerTests; injectionTests; modelTests; adaloraTests ]

@@ -11,4 +11,8 @@ namespace Lora.Core.Tuning;
 public interface IAdapterHost
 {
     void SetAdapters(nn.Module<Tensor, Tensor>? attnAdapter, nn.Module<Tensor, Tensor>? mlpAdapter, double mlpScale);
+
+    /// The width of the block's residual stream (the adapters' dim). Null lets the tuner infer it
+    /// from the block's `norm1` LayerNorm (or its first Linear's in_features).
+    long? AdapterDim => null;
 }

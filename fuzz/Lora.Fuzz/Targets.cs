@@ -1,0 +1,35 @@
+using Lora.Core.IO;
+
+namespace Lora.Fuzz;
+
+/// One fuzz target per parser of outside input. Each takes the raw bytes of one input file.
+public static class Targets
+{
+    /// The exception types that mean "this input was rejected with a message": not crashes.
+    public static readonly Type[] Expected = { typeof(InvalidDataException) };
+
+    static readonly string scratch = Path.Combine(
+        Directory.Exists("/dev/shm") ? "/dev/shm" : Path.GetTempPath(), $"lora-fuzz-{Environment.ProcessId}");
+
+    /// Parsers that read files get the bytes through a scratch file: the real code path.
+    static string AsFile(byte[] data, string extension)
+    {
+        var path = scratch + extension;
+        File.WriteAllBytes(path, data);
+        return path;
+    }
+
+    public static readonly IReadOnlyDictionary<string, Action<byte[]>> All = new Dictionary<string, Action<byte[]>>
+    {
+        ["safetensors"] = data =>
+        {
+            foreach (var t in Safetensors.Load(AsFile(data, ".safetensors")).Values) t.Dispose();
+        },
+    };
+
+    public static void Guarded(Action<byte[]> target, byte[] data)
+    {
+        try { target(data); }
+        catch (Exception e) when (Expected.Contains(e.GetType()) && e.Message.Length > 0) { }
+    }
+}

@@ -1,0 +1,33 @@
+namespace Lora.Core.IO;
+
+/// Writes a file so that readers see either the old file or the complete new one, never a part:
+/// the bytes go to a temporary file in the same folder, are flushed to disk, then renamed over.
+public static class AtomicFile
+{
+    public static void Write(string path, Action<FileStream> write)
+    {
+        var full = Path.GetFullPath(path);
+        var dir = Path.GetDirectoryName(full)!;
+        Directory.CreateDirectory(dir);
+        var tmp = Path.Combine(dir, $".{Path.GetFileName(full)}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp");
+        try
+        {
+            using (var fs = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None))
+            {
+                write(fs);
+                fs.Flush(flushToDisk: true);
+            }
+            File.Move(tmp, full, overwrite: true);
+        }
+        catch
+        {
+            try { File.Delete(tmp); } catch { /* the original error matters more */ }
+            throw;
+        }
+    }
+
+    public static void WriteAllText(string path, string text) =>
+        Write(path, fs => { var b = new System.Text.UTF8Encoding(false).GetBytes(text); fs.Write(b); });
+
+    public static void WriteAllBytes(string path, byte[] bytes) => Write(path, fs => fs.Write(bytes));
+}

@@ -1,0 +1,120 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Lora.Core.Tuning;
+
+/// LoRA around a Conv2d: lora_A is a k×k convolution in→r with the base layer's stride, padding,
+/// dilation and padding mode, lora_B a 1×1 convolution r→out. For a grouped base (g groups) both A
+/// and B are grouped with g groups, which keeps ΔW block-diagonal like W; it needs r divisible by g
+/// (other ranks are rejected: no exact grouped composition exists for them). The merged ΔW is the
+/// exact composition ΔW[o,c] = Σ_j B[o,j]·A[j,c] within each group.
+public sealed class LoraConv2d : TunerLayer
+{
+#pragma warning disable IDE1006
+    public AdapterSlots lora_A = new();
+    public AdapterSlots lora_B = new();
+    public AdapterSlots lora_magnitude_vector = new();
+#pragma warning restore IDE1006
+    readonly Dictionary<string, LoraOptions> options = new();
+
+    public LoraConv2d(Conv2d baseLayer) : base(nameof(LoraConv2d), baseLayer) => RegisterComponents();
+
+    public Conv2d Base => (Conv2d)base_layer;
+    public override Parameter BaseWeight => Base.weight!;
+    public override string Method => options.Values.Any(o => o.UseDora) ? "DoRA" : "LoRA";
+    public override IReadOnlyList<string> AdapterNames => options.Keys.ToList();
+    public LoraOptions Options(string adapter) => options[adapter];
+    public Conv2d A(string adapter) => lora_A.Module<Conv2d>(adapter);
+    public Conv2d B(string adapter) => lora_B.Module<Conv2d>(adapter);
+    public double Scaling(string adapter) => options[adapter].Scaling;
+
+    public void AddAdapter(string adapter, LoraOptions o)
+    {
+        if (options.ContainsKey(adapter)) throw new ArgumentException($"adapter '{adapter}' already exists on this layer");
+        var c = Base;
+        var g = c.groups;
+        if (o.Rank <= 0 || o.Rank % g != 0)
+            throw new ArgumentException($"LoRA rank {o.Rank} on a Conv2d with groups={g} must be a positive multiple of {g}, so that ΔW keeps the grouped structure exactly");
+        var w = BaseWeight;
+        var k = (c.kernel_size[0], c.kernel_size[1]);
+        var stride = (c.stride[0], c.stride[1]);
+        var dilation = (c.dilation[0], c.dilation[1]);
+        Conv2d a = c.padding_type is Padding pt
+            ? nn.Conv2d(c.in_channels, o.Rank, k, pt, stride, dilation, c.padding_mode, g, bias: false, device: w.device, dtype: w.dtype)
+            : nn.Conv2d(c.in_channels, o.Rank, k, stride, (c.padding![0], c.padding[1]), dilation, c.padding_mode, g, bias: false, device: w.device, dtype: w.dtype);
+        var b = nn.Conv2d(o.Rank, c.out_channels, 1L, 1L, 0L, 1L, PaddingModes.Zeros, g, bias: false, device: w.device, dtype: w.dtype);
+        using (torch.no_grad())
+        {
+            if (o.InitGaussian) nn.init.normal_(a.weight!, 0, 1.0 / o.Rank);
+            else nn.init.kaiming_uniform_(a.weight!, a: Math.Sqrt(5));
+            nn.init.zeros_(b.weight!);
+        }
+        lora_A.AddModule(adapter, a);
+        lora_B.AddModule(adapter, b);
+        options[adapter] = o;
+        if (o.UseDora)
+        {
+            using var _ = torch.no_grad();
+            lora_magnitude_vector.AddModule(adapter, new DoraMagnitude(WeightNorm(w.detach(), adapter)));
+        }
+    }
+
+    /// Norms of W + ΔW over everything but the output channel, shaped (1, out, 1, 1) as PEFT's
+    /// conv DoRA magnitude; detached.
+    Tensor WeightNorm(Tensor weight, string adapter)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var _ = torch.no_grad();
+        var w = weight + DeltaWeight(adapter).detach();
+        return w.square().sum(new long[] { 1, 2, 3 }, keepdim: true).sqrt().transpose(1, 0).MoveToOuterDisposeScope();
+    }
+
+    protected override Tensor MergedWeight(Tensor weight, string adapter)
+    {
+        var delta = DeltaWeight(adapter);
+        if (!options[adapter].UseDora) return weight + delta;
+        var m = lora_magnitude_vector.Module<DoraMagnitude>(adapter).weight.detach();
+        return (m / WeightNorm(weight, adapter)).view(-1, 1, 1, 1) * (weight + delta);
+    }
+
+    public override IEnumerable<Parameter> AdapterParameters(string adapter)
+    {
+        yield return A(adapter).weight!;
+        yield return B(adapter).weight!;
+        if (options[adapter].UseDora) yield return lora_magnitude_vector.Module<DoraMagnitude>(adapter).weight;
+    }
+
+    protected override void RemoveAdapterCore(string adapter)
+    {
+        lora_A.Remove(adapter); lora_B.Remove(adapter); lora_magnitude_vector.Remove(adapter);
+        options.Remove(adapter);
+    }
+
+    public override Tensor DeltaWeight(string adapter)
+    {
+        using var scope = torch.NewDisposeScope();
+        var a = A(adapter).weight!;                 // (r, in/g, kh, kw)
+        var b = B(adapter).weight!;                 // (out, r/g, 1, 1)
+        long g = Base.groups, r = a.shape[0], outC = b.shape[0];
+        var ag = a.reshape(g, r / g, -1);           // (g, r/g, in/g·kh·kw)
+        var bg = b.reshape(g, outC / g, r / g);     // (g, out/g, r/g)
+        var delta = bg.bmm(ag).reshape(BaseWeight.shape).mul(Scaling(adapter));
+        return delta.MoveToOuterDisposeScope();
+    }
+
+    protected override Tensor AdapterOutput(Tensor x, string adapter, Tensor baseOutput)
+    {
+        using var scope = torch.NewDisposeScope();
+        var o = options[adapter];
+        var xd = Dropout(x, o.Dropout);
+        var lora = B(adapter).forward(A(adapter).forward(xd)).mul(o.Scaling);
+        if (!o.UseDora) return lora.MoveToOuterDisposeScope();
+        // PEFT's conv DoRA: (m/‖W+ΔW‖ − 1)·conv(x, W) + m/‖W+ΔW‖ · lora(x) · scaling.
+        var m = lora_magnitude_vector.Module<DoraMagnitude>(adapter).weight;
+        var scale = m / WeightNorm(BaseWeight.detach(), adapter);          // (1, out, 1, 1)
+        var plain = ReferenceEquals(xd, x) ? baseOutput : base_layer.forward(xd);
+        if (Base.bias is not null) plain = plain - Base.bias.view(1, -1, 1, 1);
+        return ((scale - 1) * plain + scale * lora).MoveToOuterDisposeScope();
+    }
+}

@@ -1,0 +1,148 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Lora.Core.Tuning;
+
+/// A layer that wraps a frozen `base_layer` and adds one or more named adapters to its output.
+/// Merging writes the active adapters into the base weight; the weight as it was before the first
+/// merge is kept, so unmerging restores it bit for bit (no drift from W + ΔW − ΔW).
+public abstract class TunerLayer : nn.Module<Tensor, Tensor>
+{
+#pragma warning disable IDE1006 // field names are state-dict keys
+    public nn.Module<Tensor, Tensor> base_layer;
+#pragma warning restore IDE1006
+
+    readonly List<string> active = new();
+    readonly List<string> merged = new();
+    Tensor? weightBeforeMerge;
+
+    protected TunerLayer(string name, nn.Module<Tensor, Tensor> baseLayer) : base(name) => base_layer = baseLayer;
+
+    /// The method this layer implements, for summaries ("LoRA", "DoRA", "AdaLoRA").
+    public abstract string Method { get; }
+
+    /// The weight of the wrapped layer (what merge writes into).
+    public abstract Parameter BaseWeight { get; }
+
+    public abstract IReadOnlyList<string> AdapterNames { get; }
+
+    public IReadOnlyList<string> ActiveAdapters => active;
+
+    public IReadOnlyList<string> MergedAdapters => merged;
+
+    public bool Merged => merged.Count > 0;
+
+    /// When true the layer returns the base output alone (after unmerging if needed).
+    public bool AdaptersDisabled { get; set; }
+
+    /// ΔW of one adapter, in the base weight's shape and dtype.
+    public abstract Tensor DeltaWeight(string adapter);
+
+    /// The adapter's own trainable parameters (what an optimiser of this adapter sees).
+    public abstract IEnumerable<Parameter> AdapterParameters(string adapter);
+
+    protected abstract void RemoveAdapterCore(string adapter);
+
+    /// The extra output of one adapter, added to the base output.
+    protected abstract Tensor AdapterOutput(Tensor x, string adapter, Tensor baseOutput);
+
+    /// The merged weight for one adapter given the current weight (W + ΔW; DoRA rescales).
+    protected virtual Tensor MergedWeight(Tensor weight, string adapter) => weight + DeltaWeight(adapter);
+
+    public void SetActiveAdapters(IEnumerable<string> adapters)
+    {
+        var list = adapters.ToList();
+        foreach (var a in list)
+            if (!AdapterNames.Contains(a)) throw new ArgumentException($"the layer has no adapter named '{a}' (it has: {string.Join(", ", AdapterNames)})");
+        if (Merged && !list.SequenceEqual(merged)) Unmerge();
+        active.Clear();
+        active.AddRange(list);
+    }
+
+    public void DeleteAdapter(string adapter)
+    {
+        if (!AdapterNames.Contains(adapter)) return;
+        if (merged.Contains(adapter)) Unmerge();
+        active.Remove(adapter);
+        RemoveAdapterCore(adapter);
+    }
+
+    /// Writes the given (default: active) adapters into the base weight. Adapters already merged are
+    /// skipped, so merging twice is a no-op.
+    public void Merge(IEnumerable<string>? adapters = null)
+    {
+        using var _ = torch.no_grad();
+        foreach (var a in (adapters ?? active).ToList())
+        {
+            if (merged.Contains(a)) continue;
+            if (!AdapterNames.Contains(a)) throw new ArgumentException($"the layer has no adapter named '{a}'");
+            weightBeforeMerge ??= BaseWeight.detach().clone();
+            using var scope = torch.NewDisposeScope();
+            var w = MergedWeight(BaseWeight.detach(), a);
+            BaseWeight.copy_(w);
+            merged.Add(a);
+        }
+    }
+
+    /// Restores the weight saved before the first merge. Unmerging an unmerged layer is a no-op.
+    public void Unmerge()
+    {
+        if (weightBeforeMerge is null) return;
+        using (torch.no_grad()) BaseWeight.copy_(weightBeforeMerge);
+        weightBeforeMerge.Dispose();
+        weightBeforeMerge = null;
+        merged.Clear();
+    }
+
+    /// Returns the base layer, with the active adapters merged into it when <paramref name="merge"/>
+    /// is true, or with its original weight otherwise.
+    public nn.Module<Tensor, Tensor> Unload(bool merge)
+    {
+        if (merge) Merge(); else Unmerge();
+        weightBeforeMerge?.Dispose();
+        weightBeforeMerge = null;
+        merged.Clear();
+        return base_layer;
+    }
+
+    public override Tensor forward(Tensor x)
+    {
+        if (AdaptersDisabled)
+        {
+            if (Merged) Unmerge();
+            return base_layer.forward(x);
+        }
+        var result = base_layer.forward(x);
+        foreach (var a in active)
+        {
+            if (merged.Contains(a)) continue;
+            var extra = AdapterOutput(x, a, result);
+            var sum = result.add(extra);
+            result.Dispose(); extra.Dispose();
+            result = sum;
+        }
+        return result;
+    }
+
+    bool registered;
+
+    /// Registers `base_layer` first, then the adapter containers in the derived class's field
+    /// order, so state_dict keys come in PEFT's order (base_layer.*, lora_A.*, lora_B.*, ...).
+    protected override void RegisterComponents()
+    {
+        if (registered) return;
+        registered = true;
+        register_module("base_layer", base_layer);
+        foreach (var f in GetType().GetFields(System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.Public | System.Reflection.BindingFlags.DeclaredOnly))
+            if (f.GetValue(this) is AdapterSlots slots) register_module(f.Name, slots);
+    }
+
+    protected Tensor Dropout(Tensor x, double p) => p > 0 && training ? nn.functional.dropout(x, p, true) : x;
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing) weightBeforeMerge?.Dispose();
+        base.Dispose(disposing);
+    }
+}
