@@ -28,9 +28,11 @@ module Cli =
         | Only of pattern: string
         | Shard of shard: string
         | Force
+        | Write_Tables of dir: string
         interface IArgParserTemplate with
             member a.Usage =
                 match a with
+                | Write_Tables _ -> "afterwards, regenerate the tables and curves from the results folder into this folder (e.g. paper-tables)"
                 | Spec _ -> "the experiment spec (.yaml, .yml or .fsx)"
                 | Results _ -> "the results folder (default: results)"
                 | Device _ -> "cpu or cuda: overrides the spec's device (not part of the run's hash)"
@@ -213,7 +215,9 @@ type RunOptions =
       Only: string
       ShardIndex: int
       ShardCount: int
-      Force: bool }
+      Force: bool
+      /// null = do not regenerate tables after the run
+      Tables: string }
 type TablesOptions = { Results: string; Out: string }
 type SummaryOptions =
     { Model: string; Method: string; Rank: Nullable<int>; Alpha: Nullable<float>; Targets: string list; Train: string list
@@ -298,7 +302,8 @@ type CommandLine private () =
                     let i, n = match shard with Some(Ok s) -> s | _ -> 0, 1
                     ok (ParsedCommand(CommandKind.Run, line,
                                       Run = { Spec = a.GetResult Cli.RunArgs.Spec; Results = a.GetResult(Cli.RunArgs.Results, defaultResults); Device = dev
-                                              Only = orNull (a.TryGetResult Cli.RunArgs.Only); ShardIndex = i; ShardCount = n; Force = a.Contains Cli.RunArgs.Force }))
+                                              Only = orNull (a.TryGetResult Cli.RunArgs.Only); ShardIndex = i; ShardCount = n; Force = a.Contains Cli.RunArgs.Force
+                                              Tables = orNull (a.TryGetResult Cli.RunArgs.Write_Tables) }))
             | Cli.Tables a ->
                 ok (ParsedCommand(CommandKind.Tables, line,
                                   Tables = { Results = a.GetResult(Cli.TablesArgs.Results, defaultResults); Out = a.GetResult(Cli.TablesArgs.Out, "paper-tables") }))

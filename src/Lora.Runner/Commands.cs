@@ -116,6 +116,8 @@ public static class Commands
             ? selected.Where(r => o.Only is null || Plan.Matches(o.Only, r)).Select(r => r.Hash).ToHashSet()
             : [];
         var summary = new PlanRunner(store, executor, stdout).Execute(selected, o.Device, forced, commandLine, ct);
+        // Tables come from whatever results exist, so they are worth regenerating after a partial run too.
+        if (o.Tables is not null) TablesCommand(new TablesOptions(o.Results, o.Tables), stdout);
         return summary.Ok ? 0 : 1;
     }
 

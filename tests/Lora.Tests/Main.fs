@@ -26,6 +26,7 @@ let all =
         DslTests.tests
         RunnerTests.tests
         ParityTests.tests
+        EndToEndTests.tests
         SlurmTests.tests
     ]
 

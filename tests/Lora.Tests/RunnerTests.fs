@@ -43,7 +43,7 @@ let quickstartIn (dir: TempDir) =
     spec
 
 let runOpts spec results =
-    { Spec = spec; Results = results; Device = null; Only = null; ShardIndex = 0; ShardCount = 1; Force = false }
+    { Spec = spec; Results = results; Device = null; Only = null; ShardIndex = 0; ShardCount = 1; Force = false; Tables = null }
 
 let run (o: RunOptions) (ex: IRunExecutor) =
     use out = new StringWriter()
