@@ -27,6 +27,14 @@ type Mlp(inputs: int64, hidden: int64, classes: int64) as this =
         let h = drop.forward(torch.nn.functional.relu(fc1.forward(x.flatten(1L).``to``(fc1.weight.dtype))))
         fc2.forward(h.``to``(fc2.weight.dtype))
 
+/// The same classifier with its layers typed as modules, so tuning layers can take their places.
+type TransferMlp(hidden: int64, classes: int64) as this =
+    inherit torch.nn.Module<Tensor, Tensor>("mlp")
+    let mutable fc1: torch.nn.Module<Tensor, Tensor> = torch.nn.Linear(784L, hidden)
+    let mutable fc2: torch.nn.Module<Tensor, Tensor> = torch.nn.Linear(hidden, classes)
+    do this.RegisterComponents()
+    override _.forward(x) = fc2.forward(torch.nn.functional.relu(fc1.forward(x.flatten(1L))))
+
 /// A one-convolution segmenter: images [B,1,H,W] → mask logits [B,1,H,W]. (One layer on purpose:
 /// on this libtorch CPU build the weight gradient of the first of two stacked small convolutions is
 /// sometimes garbage/NaN — see the report on the data branch; a single convolution is exact.)
@@ -159,6 +167,26 @@ let training =
                 Expect.isLessThan r.Epochs[3].TrainLoss r.Epochs[0].TrainLoss "training loss falls"
                 Expect.isGreaterThan r.ImagesPerSecond 100.0 "throughput is measured"
                 Expect.isGreaterThan r.PeakMemoryMiB 10.0 "peak memory is measured"
+        }
+        testSequenced <| test "transfer on Fashion-MNIST: pretrain classes 0-4, then LoRA and AdaLoRA on 5-9 end well above the untuned model" {
+            match fashion.Force() with
+            | None -> skiptest "Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)"
+            | Some(train, test) ->
+                let pre = train.SelectClasses(0, 1, 2, 3, 4).Take(500)
+                let tune = train.SelectClasses(5, 6, 7, 8, 9).Take(400)
+                let eval = test.SelectClasses(5, 6, 7, 8, 9).Take(400)
+                for method in [ TuningMethod.Lora; TuningMethod.AdaLora ] do
+                    torch.manual_seed(11L) |> ignore
+                    let model = new TransferMlp(64L, 5L)
+                    Trainer(model, TrainOptions(Epochs = 3, BatchSize = 32, LearningRate = 3e-3, Seed = 1)).Fit(pre) |> ignore
+                    let before = Evaluator.Classification(model, eval)
+                    let config = TuningConfig(Method = method, Targets = [| "fc1" |], Rank = 4, InitRank = 6, TargetRank = 4, ModulesToSave = [| "fc2" |])
+                    Tuner.Apply(model, config) |> ignore
+                    let r = Trainer(model, TrainOptions(Epochs = 4, BatchSize = 32, LearningRate = 1e-2, Seed = 2)).Fit(tune, eval)
+                    Expect.isGreaterThan r.Final.Top1.Value 0.5 $"{method}: top-1 {r.Final.Top1.Value} on classes 5-9 (chance 0.2)"
+                    Expect.isGreaterThan r.Final.Top1.Value (before.Top1.Value + 0.25) $"{method}: untuned top-1 {before.Top1.Value}"
+                    printfn "transfer %A: untuned top-1 %.3f, tuned %.3f, trainable %d, %.0f img/s" method before.Top1.Value r.Final.Top1.Value r.TrainableParameters r.ImagesPerSecond
+                    Expect.isLessThan r.TrainableParameters 20000L $"{method}: only adapters and the head train ({r.TrainableParameters})"
         }
         test "frozen base (LoRA-like): only trainable parameters change; bf16 frozen weights are recorded" {
             let data = synthetic 300 3

@@ -120,10 +120,12 @@ public sealed class Trainer
                         if (o.ClipGradNorm > 0) nn.utils.clip_grad_norm_(parameters, o.ClipGradNorm);
                         optimizer.Step(lr);
                         st.Step++;
-                        foreach (var h in hooks) h.AfterOptimizerStep(st.Step);
-                        model.zero_grad(true);
                         st.LossCurve.Add(new StepLoss(st.Step, epoch + 1, value, lr));
                     }
+                    // Outside the step's dispose scope: a hook may keep tensors across steps by moving
+                    // them to "the outer scope", which must not be this step's.
+                    foreach (var h in hooks) h.AfterOptimizerStep(st.Step);
+                    model.zero_grad(true);
                     clock.Stop();
                     st.Images += batch.Size;
                     if (ckpt is not null && o.CheckpointEverySteps > 0 && st.Step % o.CheckpointEverySteps == 0 && st.Step % perEpoch != 0)
