@@ -286,6 +286,16 @@ let training =
             Expect.equal reports[reports.Count - 1].Eta TimeSpan.Zero "nothing left"
             Expect.isNotNull (box reports[3].EpochEnd) "epoch 1 end after step 3"
         }
+        test "plain progress lines for logs: epoch, step, loss, img/s, ETA, validation metrics" {
+            let data = synthetic 48 1
+            use w = new StringWriter()
+            Lora.Runner.ProgressView.Run("run-a", (fun p -> Trainer(mlp 8 64L, TrainOptions(Epochs = 2, BatchSize = 16)).Fit(data, data, p)), w) |> ignore
+            let lines = w.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries)
+            Expect.equal lines.Length (6 + 2) "every step (6 < 10) and both epoch ends"
+            Expect.stringContains lines[lines.Length - 1] "run-a  epoch 2/2 step 6/6 loss " "label, epoch, step, loss"
+            Expect.stringContains lines[lines.Length - 1] "img/s ETA 00:00:00 | val loss " "throughput, ETA, validation"
+            Expect.stringContains lines[lines.Length - 1] "top-1 " "accuracy"
+        }
         test "segmentation on composed Fashion-MNIST-style canvases: DICE well above the untrained model; box prompts reach a promptable model" {
             let src =
                 match fashion.Force() with
