@@ -105,7 +105,9 @@ public sealed class Trainer
                     clock.Start();
                     using (var scope = NewDisposeScope())
                     {
-                        torch.random.manual_seed(Seeded.Mix(o.Seed, st.Step, 0xd0));
+                        long stepSeed = Seeded.Mix(o.Seed, st.Step, 0xd0);
+                        using (torch.random.manual_seed(stepSeed)) { }
+                        if (device.type == DeviceType.CUDA) torch.cuda.manual_seed_all(stepSeed);
                         double lr = LearningRateAt(o, st.Step, total);
                         var loss = task.Loss(model, batch, inputType, o);
                         foreach (var h in hooks)
