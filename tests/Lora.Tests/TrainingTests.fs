@@ -35,14 +35,14 @@ type TransferMlp(hidden: int64, classes: int64) as this =
     do this.RegisterComponents()
     override _.forward(x) = fc2.forward(torch.nn.functional.relu(fc1.forward(x.flatten(1L))))
 
-/// A one-convolution segmenter: images [B,1,H,W] → mask logits [B,1,H,W]. (One layer on purpose:
-/// on this libtorch CPU build the weight gradient of the first of two stacked small convolutions is
-/// sometimes garbage/NaN — see the report on the data branch; a single convolution is exact.)
+/// A two-layer convolutional segmenter: images [B,1,H,W] → mask logits [B,1,H,W]. (Two stacked
+/// small convolutions are what oneDNN's AVX-512 backward gets wrong; see NativeWorkarounds.)
 type TinySeg() as this =
     inherit torch.nn.Module<Tensor, Tensor>("seg")
-    let c1 = torch.nn.Conv2d(1L, 1L, 3L, padding = 1L)
+    let c1 = torch.nn.Conv2d(1L, 8L, 3L, padding = 1L)
+    let c2 = torch.nn.Conv2d(8L, 1L, 3L, padding = 1L)
     do this.RegisterComponents()
-    override _.forward(x) = c1.forward(x)
+    override _.forward(x) = c2.forward(torch.nn.functional.relu(c1.forward(x)))
 
 /// The same segmenter behind the promptable interface; it counts the boxes it was given.
 type PromptedSeg() =

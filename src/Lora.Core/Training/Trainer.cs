@@ -26,6 +26,8 @@ public sealed class Trainer
 
     public TrainOptions Options { get; }
 
+    static Trainer() => NativeWorkarounds.Apply();
+
     public Trainer(nn.Module<Tensor, Tensor> model, TrainOptions options)
     {
         options.Validate();
