@@ -1,4 +1,5 @@
 using Lora.Core.IO;
+using Microsoft.FSharp.Core;
 
 namespace Lora.Fuzz;
 
@@ -24,6 +25,12 @@ public static class Targets
         ["safetensors"] = data =>
         {
             foreach (var t in Safetensors.Load(AsFile(data, ".safetensors")).Values) t.Dispose();
+        },
+        // YAML specs: every problem must come back as an error with a position, never as an exception
+        ["yaml"] = data =>
+        {
+            var (experiments, errors, _) = Lora.Dsl.YamlSpec.parse("fuzz.yaml", System.Text.Encoding.UTF8.GetString(data)).ToValueTuple();
+            if (errors.IsEmpty) Lora.Dsl.Validation.suite(FSharpFunc<string, bool>.FromConverter(_ => true), experiments);
         },
     };
 

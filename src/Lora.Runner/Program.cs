@@ -2,9 +2,21 @@ namespace Lora.Runner;
 
 public static class Program
 {
+    /// <summary>Creates the executor `lora run` uses; the training wiring (Lora.Core) replaces the default.</summary>
+    public static Func<IRunExecutor> ExecutorFactory { get; set; } = () => new TrainingExecutor();
+
     public static int Main(string[] args)
     {
-        Console.WriteLine($"lora {Lora.Dsl.Version.value}, torch {TorchSharp.torch.__version__}");
-        return 0;
+        using var cts = new CancellationTokenSource();
+        Console.CancelKeyPress += (_, e) => { e.Cancel = true; cts.Cancel(); };
+        try
+        {
+            return Commands.Dispatch(args, ExecutorFactory, Console.Out, Console.Error, cts.Token);
+        }
+        catch (OperationCanceledException)
+        {
+            Console.Error.WriteLine("lora: cancelled; finished runs are kept, the interrupted one left no result");
+            return 130;
+        }
     }
 }

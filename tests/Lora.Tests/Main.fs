@@ -26,6 +26,7 @@ let all =
         DslTests.tests
         RunnerTests.tests
         ParityTests.tests
+        SlurmTests.tests
     ]
 
 [<EntryPoint>]

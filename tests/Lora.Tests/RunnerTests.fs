@@ -1,5 +1,301 @@
 module Lora.Tests.RunnerTests
 
+open System
+open System.Collections.Concurrent
+open System.IO
+open System.Text.Json.Nodes
+open System.Threading
 open Expecto
+open Lora.Dsl
+open Lora.Runner
+open Lora.Tests.Generators
 
-let tests = testList "Runner" [ ]
+/// Writes plausible metrics without training: accuracy from the hash, a short decreasing loss curve,
+/// a fake checkpoint in the artifacts folder (and checks the base's checkpoint is there for tunes).
+type FakeExecutor(?fail: string list, ?delayMs: int, ?calls: ConcurrentQueue<string>) =
+    let calls = defaultArg calls (ConcurrentQueue<string>())
+    member _.Calls = List.ofSeq calls
+    interface IRunExecutor with
+        member _.Execute(run, ctx, ct) =
+            calls.Enqueue run.Id
+            delayMs |> Option.iter (fun (ms: int) -> Thread.Sleep ms)
+            if defaultArg fail [] |> List.contains run.Id then failwithf "fake failure of %s" run.Id
+            if not (isNull run.DependsOn) then
+                if not (File.Exists(Path.Combine(ctx.BaseArtifactsDir, "model.safetensors"))) then failwith "the base run's checkpoint is missing"
+            File.WriteAllText(Path.Combine(ctx.ArtifactsDir, "model.safetensors"), "fake " + run.Hash)
+            ctx.Log.Invoke "epoch 1 done"
+            let h = Convert.ToInt32(run.Hash.Substring(0, 4), 16)
+            let acc = 0.5 + float (h % 4000) / 10000.0
+            RunResult(
+                Metrics = readOnlyDict [ "accuracy", acc; "loss", 1.0 - acc ],
+                Curve = [| for s in 1..3 -> CurvePoint(s, int64 (10 * s), 2.0 / float s, Nullable(2.1 / float s), Nullable(acc * float s / 3.0)) |],
+                TotalParams = 100000L,
+                TrainableParams = int64 (1000 + run.Spec.RankValue * 100),
+                TrainSeconds = float (h % 100) / 10.0,
+                PeakMemoryBytes = Nullable(int64 (50 + h % 50) * 1048576L))
+
+/// The quickstart spec with Fashion-MNIST pointed at an existing folder (so the tests do not need the package).
+let quickstartIn (dir: TempDir) =
+    let text = File.ReadAllText(Path.Combine(repoRoot, "experiments", "quickstart.yaml"))
+    let data = Directory.CreateDirectory(dir.File "fmnist").FullName
+    let spec = dir.File "quickstart.yaml"
+    File.WriteAllText(spec, text.Replace("      source: fashion_mnist", sprintf "      source: fashion_mnist\n      path: \"%s\"" data))
+    spec
+
+let runOpts spec results =
+    { Spec = spec; Results = results; Device = null; Only = null; ShardIndex = 0; ShardCount = 1; Force = false }
+
+let run (o: RunOptions) (ex: IRunExecutor) =
+    use out = new StringWriter()
+    use err = new StringWriter()
+    let code = Commands.RunCommand(o, ex, "lora run test", out, err)
+    code, out.ToString() + err.ToString()
+
+let planJson spec results =
+    use out = new StringWriter()
+    use err = new StringWriter()
+    let code = Commands.PlanCommand({ Spec = spec; Results = results; Json = true }, out, err)
+    Expect.equal code 0 (err.ToString())
+    JsonNode.Parse(out.ToString()).AsArray() |> Seq.map (fun n -> n.AsObject()) |> List.ofSeq
+
+let allFiles (dir: string) = if Directory.Exists dir then Directory.GetFiles(dir, "*", SearchOption.AllDirectories) |> List.ofArray else []
+
+let runTests =
+    testList "run" [
+        test "runs every run in dependency order, writes metrics, then skips them all" {
+            use dir = new TempDir()
+            let spec = quickstartIn dir
+            let results = dir.File "results"
+            let ex = FakeExecutor()
+            let code, log = run (runOpts spec results) ex
+            Expect.equal code 0 log
+            Expect.equal ex.Calls.Length 11 "11 runs"
+            Expect.equal ex.Calls.Head "pretrain/vit-fmnist-0-4" "the pretrain step first"
+            let plan = planJson spec results
+            Expect.equal (plan |> List.map (fun o -> string o.["status"])) (List.replicate 11 "done") "all done"
+            let pre = string plan.Head.["hash"]
+            Expect.equal (plan.Tail |> List.map (fun o -> string o.["dependsOn"]) |> List.distinct) [ pre ] "tunes depend on the pretrain"
+            for o in plan do Expect.isTrue (File.Exists(Path.Combine(results, string o.["hash"], "metrics.json"))) "metrics.json"
+            let m = JsonNode.Parse(File.ReadAllText(Path.Combine(results, string plan.[3].["hash"], "metrics.json")))
+            Expect.equal (string m.["id"]) "quickstart/lora-r4" "id"
+            Expect.equal (string m.["config"].["method"].["kind"]) "lora" "config"
+            Expect.equal (m.["config"].["method"].["alpha"].GetValue<float>()) 8.0 "resolved alpha"
+            Expect.equal (string m.["provenance"].["command"]) "lora run test" "command line"
+            Expect.isNotNull m.["provenance"].["packages"].["TorchSharp"] "package versions"
+            Expect.equal (m.["curve"].AsArray().Count) 3 "curve"
+            Expect.equal (m.["params"].["trainable"].GetValue<int64>()) 1400L "params"
+            // the committed folder holds small text only; binaries sit beside it
+            Expect.isTrue (File.Exists(Path.Combine(dir.File "results-artifacts", pre, "model.safetensors"))) "checkpoint beside results"
+            Expect.equal (allFiles results |> List.map Path.GetFileName |> List.distinct) [ "metrics.json" ] "only metrics.json in results (no temp or lock files)"
+            let code2, log2 = run (runOpts spec results) ex
+            Expect.equal code2 0 log2
+            Expect.equal ex.Calls.Length 11 "nothing ran again"
+            Expect.stringContains log2 "0 ran, 11 skipped" "summary"
+        }
+        test "--only selects runs and adds the pretrain they need" {
+            use dir = new TempDir()
+            let spec = quickstartIn dir
+            let ex = FakeExecutor()
+            let code, log = run { runOpts spec (dir.File "results") with Only = "quickstart/lora-*" } ex
+            Expect.equal code 0 log
+            Expect.equal ex.Calls [ "pretrain/vit-fmnist-0-4"; "quickstart/lora-r4"; "quickstart/lora-r8" ] "calls"
+            let code, log = run { runOpts spec (dir.File "results") with Only = "nothing-*" } ex
+            Expect.equal code 2 "no match is an error"
+            Expect.stringContains log "matches no run" "message"
+        }
+        test "--shard I/N splits the runs; a shard whose base is missing reports blocked runs" {
+            use dir = new TempDir()
+            let spec = quickstartIn dir
+            let results = dir.File "results"
+            let early = FakeExecutor()
+            let code, log = run { runOpts spec results with ShardIndex = 1; ShardCount = 2 } early
+            Expect.equal code 1 "blocked runs fail the command"
+            Expect.equal early.Calls [] "nothing could run before the pretrain"
+            Expect.stringContains log "0 ran, 0 skipped, 0 failed, 5 blocked" "summary"
+            let s0 = FakeExecutor()
+            Expect.equal (fst (run { runOpts spec results with ShardIndex = 0; ShardCount = 2 } s0)) 0 "shard 0"
+            let s1 = FakeExecutor()
+            Expect.equal (fst (run { runOpts spec results with ShardIndex = 1; ShardCount = 2 } s1)) 0 "shard 1"
+            Expect.equal (s0.Calls.Length, s1.Calls.Length) (6, 5) "interleaved halves"
+            Expect.equal (s0.Calls @ s1.Calls |> List.distinct |> List.length) 11 "together every run, once"
+            Expect.equal s0.Calls.Head "pretrain/vit-fmnist-0-4" "the pretrain is in shard 0"
+        }
+        test "--force reruns a done run" {
+            use dir = new TempDir()
+            let spec = quickstartIn dir
+            let results = dir.File "results"
+            run (runOpts spec results) (FakeExecutor()) |> ignore
+            let ex = FakeExecutor()
+            let code, _ = run { runOpts spec results with Only = "quickstart/full"; Force = true } ex
+            Expect.equal code 0 "ok"
+            Expect.equal ex.Calls [ "quickstart/full" ] "only the selected run (its base is done)"
+        }
+        test "a failed run leaves no result, shows as failed, and reruns next time" {
+            use dir = new TempDir()
+            let spec = quickstartIn dir
+            let results = dir.File "results"
+            let code, log = run (runOpts spec results) (FakeExecutor(fail = [ "quickstart/dora-r4" ]))
+            Expect.equal code 1 "a failure fails the command"
+            Expect.stringContains log "fake failure of quickstart/dora-r4" "the reason"
+            let plan = planJson spec results
+            let dora = plan |> List.find (fun o -> string o.["name"] = "quickstart/dora-r4")
+            let hash = string dora.["hash"]
+            Expect.equal (string dora.["status"]) "failed" "status"
+            Expect.isFalse (File.Exists(Path.Combine(results, hash, "metrics.json"))) "no result"
+            Expect.stringContains (File.ReadAllText(Path.Combine(dir.File "results-artifacts", hash, "failed.txt"))) "fake failure" "failure note"
+            Expect.equal (plan |> List.filter (fun o -> string o.["status"] = "done") |> List.length) 10 "the others are done"
+            let ex = FakeExecutor()
+            Expect.equal (fst (run (runOpts spec results) ex)) 0 "rerun"
+            Expect.equal ex.Calls [ "quickstart/dora-r4" ] "only the failed run"
+            Expect.isFalse (File.Exists(Path.Combine(dir.File "results-artifacts", hash, "failed.txt"))) "failure note gone"
+        }
+        test "a claimed run is left to its runner" {
+            use dir = new TempDir()
+            let spec = quickstartIn dir
+            let results = dir.File "results"
+            let store = ResultsStore(results)
+            run { runOpts spec results with Only = "pretrain/*" } (FakeExecutor()) |> ignore
+            let lora = planJson spec results |> List.find (fun o -> string o.["name"] = "quickstart/lora-r4")
+            let hash = string lora.["hash"]
+            let ex = FakeExecutor()
+            do
+                use claim = store.TryClaim hash
+                Expect.isNotNull claim "claimed"
+                Expect.isNull (store.TryClaim hash) "a second claim fails"
+                Expect.isTrue (store.IsClaimed hash) "seen as claimed"
+                Expect.equal (string (planJson spec results |> List.find (fun o -> string o.["hash"] = hash)).["status"]) "running" "plan says running"
+                let code, log = run (runOpts spec results) ex
+                Expect.equal code 0 log
+                Expect.stringContains log (sprintf "claimed  %s" hash) "reported"
+                Expect.isFalse (ex.Calls |> List.contains "quickstart/lora-r4") "not run twice"
+            Expect.isFalse (File.Exists(Path.Combine(results, hash, "run.lock"))) "released claims leave no lock file"
+            let ex2 = FakeExecutor()
+            run (runOpts spec results) ex2 |> ignore
+            Expect.equal ex2.Calls [ "quickstart/lora-r4" ] "runs once released"
+        }
+        test "two runners on one folder never run the same job twice" {
+            use dir = new TempDir()
+            let spec = quickstartIn dir
+            let results = dir.File "results"
+            let calls = ConcurrentQueue<string>()
+            let go () = run (runOpts spec results) (FakeExecutor(delayMs = 40, calls = calls)) |> ignore
+            let threads = [ for _ in 1..2 -> Thread(go) ]
+            threads |> List.iter (fun t -> t.Start())
+            threads |> List.iter (fun t -> t.Join())
+            let first = List.ofSeq calls
+            Expect.equal (List.distinct first) first "no run executed twice"
+            run (runOpts spec results) (FakeExecutor(calls = calls)) |> ignore
+            let all = List.ofSeq calls
+            Expect.equal (List.distinct all) all "still none twice"
+            Expect.equal all.Length 11 "every run exactly once"
+        }
+        test "atomic writes leave the old file or nothing, never a partial one" {
+            use dir = new TempDir()
+            let path = dir.File "sub/metrics.json"
+            Expect.throwsT<IOException> (fun () ->
+                AtomicFile.Write(path, fun s -> s.Write([| 1uy; 2uy |], 0, 2); raise (IOException "disk full"))) "the error passes through"
+            Expect.isFalse (File.Exists path) "no file"
+            Expect.equal (allFiles (dir.File "sub")) [] "no temp file left"
+            AtomicFile.WriteAllText(path, "old")
+            Expect.throwsT<IOException> (fun () -> AtomicFile.Write(path, fun s -> s.WriteByte 1uy; raise (IOException "disk full"))) "again"
+            Expect.equal (File.ReadAllText path) "old" "old content intact"
+            Expect.equal (allFiles (dir.File "sub") |> List.map Path.GetFileName) [ "metrics.json" ] "still no temp file"
+            File.WriteAllText(dir.File "sub/.metrics.json.tmp-dead", "partial")
+            AtomicFile.CleanStaleTemps(dir.File "sub")
+            Expect.equal (allFiles (dir.File "sub") |> List.map Path.GetFileName) [ "metrics.json" ] "a killed writer's temp file is cleaned"
+        }
+        test "dispatcher: stubs, bad specs and usage errors" {
+            use out = new StringWriter()
+            use err = new StringWriter()
+            let d (args: string[]) = Commands.Dispatch(args, (fun () -> FakeExecutor() :> IRunExecutor), out, err)
+            Expect.equal (d [| "summary"; "vit" |]) 1 "stub"
+            Expect.stringContains (err.ToString()) "lora summary: not yet implemented" "stub message"
+            Expect.equal (d [| "run"; "nowhere.yaml" |]) 2 "missing spec"
+            Expect.equal (d [| "plan" |]) 2 "usage error"
+            Expect.equal (d [| "version" |]) 2 "version is --version"
+            Expect.equal (d [| "--version" |]) 0 "version"
+        }
+    ]
+
+// ------------------------------------------------------------------ tables
+
+/// A metrics.json written by hand, for table layouts.
+let writeResult (results: string) (hash: string) (experiment: string) (name: string) (methodName: string) (rank: int) (model: string) (zoo: string)
+                (dataset: string) (task: string) (metrics: (string * float) list) (peak: int64 option) =
+    let q (x: string) = Text.Json.JsonSerializer.Serialize x
+    let metricsJson = metrics |> List.map (fun (k, v) -> sprintf "%s: %s" (q k) (v.ToString("R", Globalization.CultureInfo.InvariantCulture))) |> String.concat ", "
+    let text =
+        sprintf """{"hash": %s, "labels": {"kind": "tuning", "experiment": %s, "name": %s, "method": %s, "rank": %d, "model": %s, "zoo": %s, "dataset": %s, "task": %s, "seed": 0},
+ "metrics": {%s}, "params": {"total": 1000, "trainable": %d}, "timings": {"train_seconds": 1.25}, "peak_memory_bytes": %s, "curve": []}"""
+            (q hash) (q experiment) (q name) (q methodName) rank (q model) (q zoo) (q dataset) (q task) metricsJson (10 * (rank + 1))
+            (match peak with Some p -> string p | None -> "null")
+    Directory.CreateDirectory(Path.Combine(results, hash)) |> ignore
+    File.WriteAllText(Path.Combine(results, hash, "metrics.json"), text)
+
+let tableTests =
+    testList "tables" [
+        test "quickstart table from a fake run; regeneration is byte-identical (markdown and PNG)" {
+            use dir = new TempDir()
+            let spec = quickstartIn dir
+            let results = dir.File "results"
+            run (runOpts spec results) (FakeExecutor()) |> ignore
+            let store = ResultsStore(results)
+            let out1 = dir.File "tables1"
+            let files = Tables.Generate(store, out1)
+            Expect.equal (files |> Seq.map Path.GetFileName |> List.ofSeq) [ "quickstart-loss.png"; "quickstart-metric.png"; "quickstart.md"; "parameters.md" ] "files"
+            let md = File.ReadAllLines(Path.Combine(out1, "quickstart.md"))
+            Expect.equal md.[2] "| method | rank | trainable params | accuracy | train time | peak memory |" "header"
+            let rows = md |> Array.filter (fun l -> l.StartsWith "| " && not (l.StartsWith "| method") && not (l.StartsWith "| ---")) |> Array.map (fun l -> l.Split('|').[1].Trim(), l.Split('|').[2].Trim())
+            Expect.equal rows [| "full", "—"; "head", "—"; "lora", "4"; "lora", "8"; "dora", "4"; "dora", "8"; "adalora", "4"; "adalora", "8"; "adapter", "4"; "adapter", "8" |] "one row per tune"
+            Expect.isTrue (md |> Array.exists (fun l -> l.StartsWith "| lora | 4 | 1,400 | " && l.Contains "% | " && l.EndsWith " MiB |")) "formatted numbers"
+            Expect.contains md "![loss per mode](curves/quickstart-loss.png)" "curves linked"
+            let snapshot d = allFiles d |> List.map (fun f -> Path.GetRelativePath(d, f), File.ReadAllBytes f) |> List.sortBy fst
+            let before = snapshot out1
+            let stamps = allFiles out1 |> List.map File.GetLastWriteTimeUtc
+            Tables.Generate(store, out1) |> ignore
+            Expect.equal (snapshot out1) before "same bytes"
+            Expect.equal (allFiles out1 |> List.map File.GetLastWriteTimeUtc) stamps "unchanged files are not rewritten"
+            let out2 = dir.File "tables2"
+            Tables.Generate(store, out2) |> ignore
+            Expect.equal (snapshot out2) before "a fresh regeneration (PNG rendering included) gives the same bytes"
+            let png = File.ReadAllBytes(Path.Combine(out1, "curves", "quickstart-loss.png"))
+            Expect.equal png.[1..3] "PNG"B "a PNG"
+        }
+        test "missing values show as —" {
+            use dir = new TempDir()
+            let results = dir.File "results"
+            writeResult results "aaaa" "e" "lora-r4" "lora" 4 "vit" "vit" "fashion_mnist" "classification" [] None
+            Tables.Generate(ResultsStore(results), dir.File "t") |> ignore
+            let md = File.ReadAllLines(Path.Combine(dir.File "t", "e.md"))
+            Expect.contains md "| lora | 4 | 50 | — | 1.2 s | — |" "row"
+        }
+        test "ModelScope table: datasets × backbones with an Average row" {
+            use dir = new TempDir()
+            let results = dir.File "results"
+            writeResult results "a1" "ms" "lora-r8-vit_b-cifar" "lora" 8 "vit_b" "vit" "cifar" "classification" [ "accuracy", 0.9 ] None
+            writeResult results "a2" "ms" "lora-r8-vit_b-flowers" "lora" 8 "vit_b" "vit" "flowers" "classification" [ "accuracy", 0.8 ] None
+            writeResult results "a3" "ms" "lora-r8-vit_s-cifar" "lora" 8 "vit_s" "vit" "cifar" "classification" [ "accuracy", 0.7 ] None
+            Tables.Generate(ResultsStore(results), dir.File "t") |> ignore
+            let md = File.ReadAllText(Path.Combine(dir.File "t", "accuracy.md"))
+            let expected =
+                "# Accuracy per dataset and backbone\n\n## ms: lora r8\n\n| dataset | vit_b | vit_s |\n| --- | ---: | ---: |\n"
+                + "| cifar | 90.00% | 70.00% |\n| flowers | 80.00% | — |\n| Average | 85.00% | — |\n"
+            Expect.equal md expected "table"
+        }
+        test "Medical-SAM-Adapter table and parameter summary" {
+            use dir = new TempDir()
+            let results = dir.File "results"
+            writeResult results "b1" "seg" "adapter-r4" "adapter" 4 "sam_vit" "sam_vit" "composed_segmentation" "segmentation" [ "dice", 0.8123; "miou", 0.7 ] (Some 104857600L)
+            writeResult results "b2" "seg" "lora-r4" "lora" 4 "sam_tiny_vit" "sam_tiny_vit" "composed_segmentation" "segmentation" [ "dice", 0.75 ] None
+            Tables.Generate(ResultsStore(results), dir.File "t") |> ignore
+            let md = File.ReadAllText(Path.Combine(dir.File "t", "seg.md"))
+            Expect.equal md
+                ("# seg\n\n| Baseline | Backbone | mode | DICE | mIoU | Memory |\n| --- | --- | --- | ---: | ---: | ---: |\n"
+                 + "| sam_tiny_vit | TinyViT | LoRA r4 | 0.7500 | — | — |\n| sam_vit | ViT | Adapter r4 | 0.8123 | 0.7000 | 100.0 MiB |\n") "segmentation table"
+            let p = File.ReadAllLines(Path.Combine(dir.File "t", "parameters.md"))
+            Expect.equal p.[2] "| model | method | rank | total | trainable | non-trainable |" "header"
+            Expect.contains p "| sam_vit | adapter | 4 | 1,000 | 50 | 950 |" "row"
+        }
+    ]
+
+let tests = testList "Runner" [ runTests; tableTests ]

@@ -1,0 +1,138 @@
+namespace Lora.Dsl
+
+open System
+
+/// The F# vocabulary of a spec: `experiment { ... }`, `pretrain { ... }` and the values they take.
+[<AutoOpen>]
+module Builders =
+    // methods with PEFT's defaults
+    let full = Full
+    let head = Head
+    let lora = Lora LoraOptions.Defaults
+    let dora = Dora LoraOptions.Defaults
+    let adalora = AdaLora(LoraOptions.Defaults, AdaLoraOptions.Defaults)
+    let adapter = Adapter AdapterOptions.Defaults
+
+    /// A zoo model with options: zoo "vit" [ "img_size", Int 28; "patch_size", Int 4 ].
+    let zoo (name: string) (options: (string * OptionValue) list) = Zoo { Name = name; Options = Map.ofList options }
+
+    /// A zoo architecture initialised from a timm-format safetensors file.
+    let weights (name: string) (options: (string * OptionValue) list) (path: string) =
+        Weights({ Name = name; Options = Map.ofList options }, path)
+
+    /// Tune from the model a pretrain step produces.
+    let fromPretrain (p: Pretrain) = FromPretrain p
+
+    // data sources
+    let fashionMnist = DatasetView.Of(FashionMnist None)
+    let fashionMnistAt path = DatasetView.Of(FashionMnist(Some path))
+    let cifar path = DatasetView.Of(Cifar path)
+    let imageFolder path = DatasetView.Of(ImageFolder path)
+    let segmentationPairs path = DatasetView.Of(SegmentationPairs path)
+    let composedSegmentation canvas objects = DatasetView.Of(Composed { Canvas = canvas; Objects = objects; Path = None })
+
+    // dataset view modifiers: fashionMnist |> classes [5..9] |> limit 1000 200
+    let classes (cs: int list) (d: DatasetView) = { d with Classes = Some cs }
+    let shots (n: int) (d: DatasetView) = { d with ShotsPerClass = Some n }
+    let limit (train: int) (validation: int) (d: DatasetView) = { d with LimitTrain = Some train; LimitVal = Some validation }
+    let valFraction (f: float) (d: DatasetView) = { d with ValFraction = f }
+    let dataSeed (s: int) (d: DatasetView) = { d with Seed = s }
+
+    let private raiseIfInvalid errors value =
+        match errors with
+        | [] -> value
+        | errs -> raise (SpecException errs)
+
+    /// `experiment { name "..."; model ...; dataset ...; methods [...]; ranks [...]; epochs 3 }`.
+    /// Yield gives the defaults; every operation returns { state with ... }; Run validates.
+    type ExperimentBuilder() =
+        member _.Yield(_: unit) : Experiment =
+            { Name = ""; Models = []; Datasets = []; Task = Classification; Methods = []; Ranks = []; Seeds = [ 0 ]
+              Training = Training.Defaults }
+
+        /// Checks everything that does not read the disk (paths are checked when a spec file is loaded).
+        member _.Run(e: Experiment) =
+            let at = if String.IsNullOrWhiteSpace e.Name then "experiment" else e.Name
+            raiseIfInvalid (Validation.experiment (fun _ -> true) at e) e
+
+        [<CustomOperation("name")>]
+        member _.Name(e: Experiment, value: string) = { e with Name = value }
+        [<CustomOperation("model")>]
+        member _.Model(e: Experiment, value: BaseModel) = { e with Models = [ value ] }
+        [<CustomOperation("models")>]
+        member _.Models(e: Experiment, value: BaseModel list) = { e with Models = value }
+        [<CustomOperation("dataset")>]
+        member _.Dataset(e: Experiment, value: DatasetView) = { e with Datasets = [ value ] }
+        [<CustomOperation("datasets")>]
+        member _.Datasets(e: Experiment, value: DatasetView list) = { e with Datasets = value }
+        [<CustomOperation("task")>]
+        member _.Task(e: Experiment, value: Task) = { e with Task = value }
+        [<CustomOperation("methods")>]
+        member _.Methods(e: Experiment, value: Method list) = { e with Methods = value }
+        [<CustomOperation("ranks")>]
+        member _.Ranks(e: Experiment, value: int list) = { e with Ranks = value }
+        [<CustomOperation("seeds")>]
+        member _.Seeds(e: Experiment, value: int list) = { e with Seeds = value }
+        [<CustomOperation("seed")>]
+        member _.Seed(e: Experiment, value: int) = { e with Seeds = [ value ] }
+        [<CustomOperation("epochs")>]
+        member _.Epochs(e: Experiment, value: int) = { e with Training = { e.Training with Epochs = value } }
+        [<CustomOperation("batch")>]
+        member _.Batch(e: Experiment, value: int) = { e with Training = { e.Training with Batch = value } }
+        [<CustomOperation("lr")>]
+        member _.Lr(e: Experiment, value: float) = { e with Training = { e.Training with Lr = value } }
+        [<CustomOperation("warmup")>]
+        member _.Warmup(e: Experiment, value: int) = { e with Training = { e.Training with Warmup = value } }
+        [<CustomOperation("weightDecay")>]
+        member _.WeightDecay(e: Experiment, value: float) = { e with Training = { e.Training with WeightDecay = value } }
+        [<CustomOperation("device")>]
+        member _.Device(e: Experiment, value: Device) = { e with Training = { e.Training with Device = value } }
+        [<CustomOperation("precision")>]
+        member _.Precision(e: Experiment, value: Precision) = { e with Training = { e.Training with Precision = value } }
+        [<CustomOperation("imageSize")>]
+        member _.ImageSize(e: Experiment, value: int) = { e with Training = { e.Training with ImageSize = Some value } }
+
+    /// `pretrain { name "..."; model (zoo "vit" [...]); dataset ...; epochs 2 }`: trains a zoo model
+    /// from scratch; `fromPretrain` makes it the base of an experiment.
+    type PretrainBuilder() =
+        member _.Yield(_: unit) : Pretrain =
+            { Name = ""; Model = { Name = ""; Options = Map.empty }; Dataset = fashionMnist; Task = Classification; Seed = 0
+              Training = Training.Defaults }
+
+        member _.Run(p: Pretrain) =
+            let at = if String.IsNullOrWhiteSpace p.Name then "pretrain" else p.Name
+            raiseIfInvalid (Validation.pretrain (fun _ -> true) at p) p
+
+        [<CustomOperation("name")>]
+        member _.Name(p: Pretrain, value: string) = { p with Name = value }
+        /// A zoo model (pretraining starts from random weights, so weights files and other pretrains do not apply).
+        [<CustomOperation("model")>]
+        member _.Model(p: Pretrain, value: BaseModel) =
+            match value with
+            | Zoo z -> { p with Model = z }
+            | other -> invalidArg "model" (sprintf "a pretrain step trains a zoo model from scratch; '%s' is not a zoo model" (Grid.modelLabel other))
+        [<CustomOperation("dataset")>]
+        member _.Dataset(p: Pretrain, value: DatasetView) = { p with Dataset = value }
+        [<CustomOperation("task")>]
+        member _.Task(p: Pretrain, value: Task) = { p with Task = value }
+        [<CustomOperation("seed")>]
+        member _.Seed(p: Pretrain, value: int) = { p with Seed = value }
+        [<CustomOperation("epochs")>]
+        member _.Epochs(p: Pretrain, value: int) = { p with Training = { p.Training with Epochs = value } }
+        [<CustomOperation("batch")>]
+        member _.Batch(p: Pretrain, value: int) = { p with Training = { p.Training with Batch = value } }
+        [<CustomOperation("lr")>]
+        member _.Lr(p: Pretrain, value: float) = { p with Training = { p.Training with Lr = value } }
+        [<CustomOperation("warmup")>]
+        member _.Warmup(p: Pretrain, value: int) = { p with Training = { p.Training with Warmup = value } }
+        [<CustomOperation("weightDecay")>]
+        member _.WeightDecay(p: Pretrain, value: float) = { p with Training = { p.Training with WeightDecay = value } }
+        [<CustomOperation("device")>]
+        member _.Device(p: Pretrain, value: Device) = { p with Training = { p.Training with Device = value } }
+        [<CustomOperation("precision")>]
+        member _.Precision(p: Pretrain, value: Precision) = { p with Training = { p.Training with Precision = value } }
+        [<CustomOperation("imageSize")>]
+        member _.ImageSize(p: Pretrain, value: int) = { p with Training = { p.Training with ImageSize = Some value } }
+
+    let experiment = ExperimentBuilder()
+    let pretrain = PretrainBuilder()

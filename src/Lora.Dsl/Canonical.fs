@@ -1,0 +1,161 @@
+namespace Lora.Dsl
+
+open System
+open System.Globalization
+open System.Text
+
+/// A minimal JSON tree whose text is canonical: object keys sorted (ordinal), no spaces,
+/// floats in round-trip form. Equal configurations give equal text, whatever order they were written in.
+type Json =
+    | JNull
+    | JBool of bool
+    | JInt of int64
+    | JFloat of float
+    | JString of string
+    | JArray of Json list
+    | JObject of (string * Json) list
+
+module Json =
+    let private escape (s: string) =
+        let sb = StringBuilder("\"")
+        for c in s do
+            match c with
+            | '"' -> sb.Append "\\\"" |> ignore
+            | '\\' -> sb.Append "\\\\" |> ignore
+            | '\n' -> sb.Append "\\n" |> ignore
+            | '\r' -> sb.Append "\\r" |> ignore
+            | '\t' -> sb.Append "\\t" |> ignore
+            | c when c < ' ' -> sb.AppendFormat("\\u{0:x4}", int c) |> ignore
+            | c -> sb.Append c |> ignore
+        sb.Append('"').ToString()
+
+    let formatFloat (f: float) =
+        if Double.IsNaN f || Double.IsInfinity f then "null"
+        else
+            let s = f.ToString("R", CultureInfo.InvariantCulture)
+            if s.Contains '.' || s.Contains 'E' then s else s + ".0"
+
+    let rec write (j: Json) =
+        match j with
+        | JNull -> "null"
+        | JBool b -> if b then "true" else "false"
+        | JInt i -> string i
+        | JFloat f -> formatFloat f
+        | JString s -> escape s
+        | JArray xs -> "[" + (xs |> List.map write |> String.concat ",") + "]"
+        | JObject kvs ->
+            let sorted = kvs |> List.sortWith (fun (a, _) (b, _) -> String.CompareOrdinal(a, b))
+            "{" + (sorted |> List.map (fun (k, v) -> escape k + ":" + write v) |> String.concat ",") + "}"
+
+/// The canonical form of a run's fully resolved configuration, and its content hash.
+module Canonical =
+    let private opt f = function Some x -> f x | None -> JNull
+    let private strs xs = JArray(xs |> List.map JString)
+    let private ints (xs: int list) = JArray(xs |> List.map (int64 >> JInt))
+
+    let optionValue = function
+        | Int i -> JInt(int64 i)
+        | Float f -> JFloat f
+        | Text s -> JString s
+        | Flag b -> JBool b
+
+    let zoo (z: ZooModel) =
+        [ "zoo", JString z.Name
+          "options", JObject [ for KeyValue(k, v) in z.Options -> k, optionValue v ] ]
+
+    let taskName = function Classification -> "classification" | Segmentation -> "segmentation"
+    let deviceName = function Cpu -> "cpu" | Cuda -> "cuda"
+    let precisionName = function Fp32 -> "fp32" | Bf16 -> "bf16" | Fp16 -> "fp16"
+    let biasName = function NoBias -> "none" | LoraOnly -> "lora_only" | AllBias -> "all"
+
+    let dataset (d: DatasetView) =
+        let source =
+            match d.Source with
+            | FashionMnist p -> [ "source", JString "fashion_mnist"; "path", opt JString p ]
+            | Cifar p -> [ "source", JString "cifar"; "path", JString p ]
+            | ImageFolder p -> [ "source", JString "image_folder"; "path", JString p ]
+            | SegmentationPairs p -> [ "source", JString "segmentation_pairs"; "path", JString p ]
+            | Composed c ->
+                [ "source", JString "composed_segmentation"; "path", opt JString c.Path
+                  "canvas", JInt(int64 c.Canvas); "objects", JInt(int64 c.Objects) ]
+        JObject(
+            source
+            @ [ "classes", opt ints d.Classes
+                "shots", opt (int64 >> JInt) d.ShotsPerClass
+                "limit_train", opt (int64 >> JInt) d.LimitTrain
+                "limit_val", opt (int64 >> JInt) d.LimitVal
+                "val_fraction", JFloat d.ValFraction
+                "seed", JInt(int64 d.Seed) ]
+        )
+
+    let training (t: Training) =
+        JObject
+            [ "epochs", JInt(int64 t.Epochs)
+              "batch", JInt(int64 t.Batch)
+              "lr", JFloat t.Lr
+              "warmup", JInt(int64 t.Warmup)
+              "weight_decay", JFloat t.WeightDecay
+              "device", JString(deviceName t.Device)
+              "precision", JString(precisionName t.Precision)
+              "image_size", opt (int64 >> JInt) t.ImageSize ]
+
+    let loraOptions (o: LoraOptions) =
+        [ "alpha", opt JFloat o.Alpha
+          "dropout", JFloat o.Dropout
+          "targets", strs o.Targets
+          "rslora", JBool o.RsLora
+          "bias", JString(biasName o.Bias)
+          "modules_to_save", strs o.ModulesToSave ]
+
+    let methodJson (m: Method) =
+        JObject(
+            ("kind", JString m.Name)
+            :: (match m with
+                | Full | Head -> []
+                | Lora o | Dora o -> loraOptions o
+                | AdaLora(o, a) ->
+                    loraOptions o
+                    @ [ "init_rank", opt (int64 >> JInt) a.InitRank
+                        "tinit", JInt(int64 a.TInit)
+                        "tfinal", JInt(int64 a.TFinal)
+                        "delta_t", JInt(int64 a.DeltaT)
+                        "beta1", JFloat a.Beta1
+                        "beta2", JFloat a.Beta2
+                        "orth_reg", JFloat a.OrthReg ]
+                | Adapter a -> [ "ratio", opt JFloat a.Ratio; "scale", JFloat a.Scale; "modules_to_save", strs a.ModulesToSave ])
+        )
+
+    let hashOf (text: string) =
+        let bytes = Security.Cryptography.SHA256.HashData(Encoding.UTF8.GetBytes text)
+        Convert.ToHexString(bytes).ToLowerInvariant().Substring(0, 12)
+
+    /// The run's configuration as a JSON tree (a pretrain base appears as its run's hash).
+    let rec runJson (r: Run) =
+        let model =
+            match r.Model with
+            | Zoo z -> JObject(("kind", JString "zoo") :: zoo z)
+            | Weights(z, p) -> JObject(("kind", JString "weights") :: ("weights", JString p) :: zoo z)
+            | FromPretrain p -> JObject [ "kind", JString "pretrain"; "name", JString p.Name; "run", JString(hash (Grid.pretrainRun p)) ]
+        JObject
+            [ "kind", JString(match r.Kind with Pretraining -> "pretraining" | Tuning -> "tuning")
+              "experiment", JString r.Experiment
+              "name", JString r.Name
+              "model", model
+              "dataset", dataset r.Dataset
+              "task", JString(taskName r.Task)
+              "method", methodJson r.Method
+              "rank", opt (fun (k: Rank) -> JInt(int64 k.Value)) r.Rank
+              "seed", JInt(int64 r.Seed)
+              "training", training r.Training ]
+
+    /// Canonical JSON text of the run's configuration.
+    and json (r: Run) = Json.write (runJson r)
+
+    /// 12 hex digits of the SHA-256 of the canonical JSON.
+    and hash (r: Run) = hashOf (json r)
+
+    /// The hash of the run this run depends on (the pretrain step of its base model), or null.
+    let dependsOn (r: Run) : string =
+        match r.Model with
+        | FromPretrain p -> hash (Grid.pretrainRun p)
+        | _ -> null

@@ -1,0 +1,344 @@
+namespace Lora.Dsl
+
+open System
+open Argu
+
+/// The `lora` command line (Argu): one union per subcommand, Usage on every case.
+module Cli =
+    type ValidateArgs =
+        | [<MainCommand; ExactlyOnce>] Spec of spec: string
+        interface IArgParserTemplate with
+            member a.Usage = match a with Spec _ -> "the experiment spec (.yaml, .yml or .fsx)"
+
+    type PlanArgs =
+        | [<MainCommand; ExactlyOnce>] Spec of spec: string
+        | Results of dir: string
+        | Json
+        interface IArgParserTemplate with
+            member a.Usage =
+                match a with
+                | Spec _ -> "the experiment spec (.yaml, .yml or .fsx)"
+                | Results _ -> "the results folder (default: results)"
+                | Json -> "print a JSON array (hash, name, dependsOn, status per run) instead of a table"
+
+    type RunArgs =
+        | [<MainCommand; ExactlyOnce>] Spec of spec: string
+        | Results of dir: string
+        | Device of device: string
+        | Only of pattern: string
+        | Shard of shard: string
+        | Force
+        interface IArgParserTemplate with
+            member a.Usage =
+                match a with
+                | Spec _ -> "the experiment spec (.yaml, .yml or .fsx)"
+                | Results _ -> "the results folder (default: results)"
+                | Device _ -> "cpu or cuda: overrides the spec's device (not part of the run's hash)"
+                | Only _ -> "run only runs whose id (experiment/name) or hash matches this pattern (* and ? wildcards)"
+                | Shard _ -> "I/N: run only the I-th of N interleaved shards of the pending runs (I from 0)"
+                | Force -> "run again even if a result exists"
+
+    type TablesArgs =
+        | Results of dir: string
+        | Out of dir: string
+        interface IArgParserTemplate with
+            member a.Usage =
+                match a with
+                | Results _ -> "the results folder (default: results)"
+                | Out _ -> "where the tables and plots go (default: paper-tables)"
+
+    type SummaryArgs =
+        | [<MainCommand; ExactlyOnce>] Model of model: string
+        | Method of method: string
+        | Rank of rank: int
+        | Alpha of alpha: float
+        | Targets of modules: string list
+        | Train of modules: string list
+        | Bias of bias: string
+        | Init_Rank of rank: int
+        | Classes of count: int
+        | Model_Config of path: string
+        interface IArgParserTemplate with
+            member a.Usage =
+                match a with
+                | Model _ -> "a zoo model name"
+                | Method _ -> "full, head, lora, dora, adalora or adapter (default lora)"
+                | Rank _ -> "the rank (or adapter bottleneck width)"
+                | Alpha _ -> "lora_alpha (default 2 × rank)"
+                | Targets _ -> "target modules (names, dotted suffixes or regular expressions)"
+                | Train _ -> "modules trained in full beside the adapters (modules_to_save)"
+                | Bias _ -> "none, lora_only or all"
+                | Init_Rank _ -> "AdaLoRA's initial rank"
+                | Classes _ -> "number of classes of the head"
+                | Model_Config _ -> "a JSON file of model options (img_size, patch_size, ...)"
+
+    type MergeArgs =
+        | [<Mandatory>] Model of model: string
+        | Model_Config of path: string
+        | [<Mandatory>] Weights of path: string
+        | [<Mandatory>] Adapter of path: string
+        | [<Mandatory>] Out of path: string
+        interface IArgParserTemplate with
+            member a.Usage =
+                match a with
+                | Model _ -> "a zoo model name"
+                | Model_Config _ -> "a JSON file of model options"
+                | Weights _ -> "the base model's safetensors file"
+                | Adapter _ -> "the adapter folder or safetensors file"
+                | Out _ -> "the merged safetensors file to write"
+
+    type PredictArgs =
+        | [<MainCommand>] Images of images: string list
+        | [<Mandatory>] Model of model: string
+        | Model_Config of path: string
+        | Weights of path: string
+        | Adapter of path: string
+        | Labels of path: string
+        | Top_K of k: int
+        | Json
+        interface IArgParserTemplate with
+            member a.Usage =
+                match a with
+                | Images _ -> "image files to classify"
+                | Model _ -> "a zoo model name"
+                | Model_Config _ -> "a JSON file of model options"
+                | Weights _ -> "the model's safetensors file"
+                | Adapter _ -> "an adapter to apply"
+                | Labels _ -> "a text file with one label per line"
+                | Top_K _ -> "how many labels per image (default 5)"
+                | Json -> "print JSON instead of text"
+
+    type BenchArgs =
+        | [<Mandatory>] Model of model: string
+        | Batch of size: int
+        | Img of size: int
+        | Classes of count: int
+        | Rank of rank: int
+        | Methods of methods: string list
+        | Device of device: string
+        | Steps of count: int
+        | Warmup of count: int
+        | Json
+        interface IArgParserTemplate with
+            member a.Usage =
+                match a with
+                | Model _ -> "a zoo model name"
+                | Batch _ -> "batch size"
+                | Img _ -> "image size"
+                | Classes _ -> "number of classes"
+                | Rank _ -> "rank of the tuned methods"
+                | Methods _ -> "methods to compare (full head lora dora adalora adapter)"
+                | Device _ -> "cpu or cuda"
+                | Steps _ -> "timed training steps"
+                | Warmup _ -> "untimed steps first"
+                | Json -> "print JSON instead of a table"
+
+    type SubmitArgs =
+        | [<MainCommand; ExactlyOnce>] Spec of spec: string
+        | Results of dir: string
+        | Partition of partition: string
+        | Gpus_Per_Task of count: int
+        | Time of limit: string
+        | Max_Parallel of count: int
+        | Dry_Run
+        interface IArgParserTemplate with
+            member a.Usage =
+                match a with
+                | Spec _ -> "the experiment spec (.yaml, .yml or .fsx)"
+                | Results _ -> "the shared results folder (default: results)"
+                | Partition _ -> "the Slurm partition"
+                | Gpus_Per_Task _ -> "GPUs per array task"
+                | Time _ -> "time limit per task (Slurm format, e.g. 01:00:00)"
+                | Max_Parallel _ -> "at most this many tasks of an array at once"
+                | Dry_Run -> "print the sbatch scripts; submit nothing"
+
+    type StatusArgs =
+        | [<MainCommand; ExactlyOnce>] Spec of spec: string
+        | Results of dir: string
+        interface IArgParserTemplate with
+            member a.Usage =
+                match a with
+                | Spec _ -> "the experiment spec (.yaml, .yml or .fsx)"
+                | Results _ -> "the results folder (default: results)"
+
+    type LoraArgs =
+        | [<CliPrefix(CliPrefix.None)>] Validate of ParseResults<ValidateArgs>
+        | [<CliPrefix(CliPrefix.None)>] Plan of ParseResults<PlanArgs>
+        | [<CliPrefix(CliPrefix.None)>] Run of ParseResults<RunArgs>
+        | [<CliPrefix(CliPrefix.None)>] Tables of ParseResults<TablesArgs>
+        | [<CliPrefix(CliPrefix.None)>] Summary of ParseResults<SummaryArgs>
+        | [<CliPrefix(CliPrefix.None)>] Merge of ParseResults<MergeArgs>
+        | [<CliPrefix(CliPrefix.None)>] Predict of ParseResults<PredictArgs>
+        | [<CliPrefix(CliPrefix.None)>] Bench of ParseResults<BenchArgs>
+        | [<CliPrefix(CliPrefix.None)>] Submit of ParseResults<SubmitArgs>
+        | [<CliPrefix(CliPrefix.None)>] Status of ParseResults<StatusArgs>
+        | Version
+        interface IArgParserTemplate with
+            member a.Usage =
+                match a with
+                | Validate _ -> "check a spec; every problem on its own line (exit 2 if any)"
+                | Plan _ -> "show the runs of a spec, their dependencies and whether they are done"
+                | Run _ -> "run what is missing, in dependency order"
+                | Tables _ -> "regenerate the markdown tables and plots from the results"
+                | Summary _ -> "parameter summary of a zoo model with a tuning method"
+                | Merge _ -> "merge an adapter into its base model's weights"
+                | Predict _ -> "classify images: top-k labels with scores"
+                | Bench _ -> "time training steps of the methods on one model"
+                | Submit _ -> "submit the plan to Slurm: one job array per dependency level"
+                | Status _ -> "pending/running/done/failed per run (results folder and Slurm)"
+                | Version -> "print the version"
+
+/// Parsed options per command, shaped for C# (strings may be null, numbers Nullable).
+type CommandKind =
+    | Validate = 0
+    | Plan = 1
+    | Run = 2
+    | Tables = 3
+    | Summary = 4
+    | Merge = 5
+    | Predict = 6
+    | Bench = 7
+    | Submit = 8
+    | Status = 9
+    | Version = 10
+
+type ValidateOptions = { Spec: string }
+type PlanOptions = { Spec: string; Results: string; Json: bool }
+type RunOptions =
+    { Spec: string
+      Results: string
+      /// "cpu", "cuda" or null (the spec's)
+      Device: string
+      /// null = every run
+      Only: string
+      ShardIndex: int
+      ShardCount: int
+      Force: bool }
+type TablesOptions = { Results: string; Out: string }
+type SummaryOptions =
+    { Model: string; Method: string; Rank: Nullable<int>; Alpha: Nullable<float>; Targets: string list; Train: string list
+      Bias: string; InitRank: Nullable<int>; Classes: Nullable<int>; ModelConfig: string }
+type MergeOptions = { Model: string; ModelConfig: string; Weights: string; Adapter: string; Out: string }
+type PredictOptions =
+    { Images: string list; Model: string; ModelConfig: string; Weights: string; Adapter: string; Labels: string; TopK: int; Json: bool }
+type BenchOptions =
+    { Model: string; Batch: Nullable<int>; Img: Nullable<int>; Classes: Nullable<int>; Rank: Nullable<int>; Methods: string list
+      Device: string; Steps: Nullable<int>; Warmup: Nullable<int>; Json: bool }
+type SubmitOptions =
+    { Spec: string; Results: string; Partition: string; GpusPerTask: Nullable<int>; Time: string; MaxParallel: Nullable<int>; DryRun: bool }
+type StatusOptions = { Spec: string; Results: string }
+
+/// A parsed command line: Kind says which option record is set (the others are null).
+[<AllowNullLiteral>]
+type ParsedCommand(kind: CommandKind, commandLine: string) =
+    member _.Kind = kind
+    /// The arguments as given, quoted where needed (logged into each result).
+    member _.CommandLine = commandLine
+    member val Validate: ValidateOptions = Unchecked.defaultof<_> with get, set
+    member val Plan: PlanOptions = Unchecked.defaultof<_> with get, set
+    member val Run: RunOptions = Unchecked.defaultof<_> with get, set
+    member val Tables: TablesOptions = Unchecked.defaultof<_> with get, set
+    member val Summary: SummaryOptions = Unchecked.defaultof<_> with get, set
+    member val Merge: MergeOptions = Unchecked.defaultof<_> with get, set
+    member val Predict: PredictOptions = Unchecked.defaultof<_> with get, set
+    member val Bench: BenchOptions = Unchecked.defaultof<_> with get, set
+    member val Submit: SubmitOptions = Unchecked.defaultof<_> with get, set
+    member val Status: StatusOptions = Unchecked.defaultof<_> with get, set
+
+/// Result of parsing: a command, or a message to print with the exit code (0 for --help, 2 for errors).
+type ParseOutcome =
+    { Command: ParsedCommand
+      ExitCode: int
+      Message: string }
+
+/// The C# entry point to the grammar.
+type CommandLine private () =
+    static let parser = ArgumentParser.Create<Cli.LoraArgs>(programName = "lora")
+    static let defaultResults = "results"
+    static let orNull (x: string option) = Option.toObj x
+    static let nullable (x: 'a option) = match x with Some v -> Nullable v | None -> Nullable()
+
+    static member Usage = parser.PrintUsage()
+
+    /// "I/N" → (I, N) with 0 ≤ I < N.
+    static member ParseShard(text: string) : Result<int * int, string> =
+        let bad () = Error(sprintf "--shard must be I/N with 0 <= I < N (e.g. 0/4), got '%s'" text)
+        match text.Split '/' with
+        | [| i; n |] ->
+            match Int32.TryParse i, Int32.TryParse n with
+            | (true, i), (true, n) when n >= 1 && i >= 0 && i < n -> Ok(i, n)
+            | _ -> bad ()
+        | _ -> bad ()
+
+    static member Quote(arg: string) =
+        if arg <> "" && arg |> Seq.forall (fun c -> Char.IsLetterOrDigit c || "-_./=:,@+".Contains c) then arg
+        else "'" + arg.Replace("'", "'\\''") + "'"
+
+    static member Parse(args: string[]) : ParseOutcome =
+        let line = "lora " + (args |> Array.map CommandLine.Quote |> String.concat " ")
+        let ok (c: ParsedCommand) = { Command = c; ExitCode = 0; Message = null }
+        let fail code msg = { Command = null; ExitCode = code; Message = msg }
+        try
+            let r = parser.ParseCommandLine(args, raiseOnUsage = true)
+            let device (d: string option) =
+                match d with
+                | None | Some "cpu" | Some "cuda" -> Ok(orNull d)
+                | Some other -> Error(sprintf "--device must be cpu or cuda, got '%s'" other)
+            if r.Contains Cli.LoraArgs.Version then ok (ParsedCommand(CommandKind.Version, line)) else
+            match r.GetSubCommand() with
+            | Cli.Validate a -> ok (ParsedCommand(CommandKind.Validate, line, Validate = { Spec = a.GetResult Cli.ValidateArgs.Spec }))
+            | Cli.Plan a ->
+                ok (ParsedCommand(CommandKind.Plan, line,
+                                  Plan = { Spec = a.GetResult Cli.PlanArgs.Spec; Results = a.GetResult(Cli.PlanArgs.Results, defaultResults); Json = a.Contains Cli.PlanArgs.Json }))
+            | Cli.Run a ->
+                let shard = a.TryGetResult Cli.RunArgs.Shard |> Option.map CommandLine.ParseShard
+                match shard, device (a.TryGetResult Cli.RunArgs.Device) with
+                | Some(Error m), _ | _, Error m -> fail 2 (m + "\n" + parser.GetSubCommandParser(Cli.Run).PrintUsage())
+                | shard, Ok dev ->
+                    let i, n = match shard with Some(Ok s) -> s | _ -> 0, 1
+                    ok (ParsedCommand(CommandKind.Run, line,
+                                      Run = { Spec = a.GetResult Cli.RunArgs.Spec; Results = a.GetResult(Cli.RunArgs.Results, defaultResults); Device = dev
+                                              Only = orNull (a.TryGetResult Cli.RunArgs.Only); ShardIndex = i; ShardCount = n; Force = a.Contains Cli.RunArgs.Force }))
+            | Cli.Tables a ->
+                ok (ParsedCommand(CommandKind.Tables, line,
+                                  Tables = { Results = a.GetResult(Cli.TablesArgs.Results, defaultResults); Out = a.GetResult(Cli.TablesArgs.Out, "paper-tables") }))
+            | Cli.Summary a ->
+                ok (ParsedCommand(CommandKind.Summary, line,
+                                  Summary = { Model = a.GetResult Cli.SummaryArgs.Model; Method = a.GetResult(Cli.SummaryArgs.Method, "lora")
+                                              Rank = nullable (a.TryGetResult Cli.SummaryArgs.Rank); Alpha = nullable (a.TryGetResult Cli.SummaryArgs.Alpha)
+                                              Targets = a.GetResult(Cli.SummaryArgs.Targets, []); Train = a.GetResult(Cli.SummaryArgs.Train, [])
+                                              Bias = a.GetResult(Cli.SummaryArgs.Bias, "none"); InitRank = nullable (a.TryGetResult Cli.SummaryArgs.Init_Rank)
+                                              Classes = nullable (a.TryGetResult Cli.SummaryArgs.Classes); ModelConfig = orNull (a.TryGetResult Cli.SummaryArgs.Model_Config) }))
+            | Cli.Merge a ->
+                ok (ParsedCommand(CommandKind.Merge, line,
+                                  Merge = { Model = a.GetResult Cli.MergeArgs.Model; ModelConfig = orNull (a.TryGetResult Cli.MergeArgs.Model_Config)
+                                            Weights = a.GetResult Cli.MergeArgs.Weights; Adapter = a.GetResult Cli.MergeArgs.Adapter; Out = a.GetResult Cli.MergeArgs.Out }))
+            | Cli.Predict a ->
+                ok (ParsedCommand(CommandKind.Predict, line,
+                                  Predict = { Images = a.GetResult(Cli.PredictArgs.Images, []); Model = a.GetResult Cli.PredictArgs.Model
+                                              ModelConfig = orNull (a.TryGetResult Cli.PredictArgs.Model_Config); Weights = orNull (a.TryGetResult Cli.PredictArgs.Weights)
+                                              Adapter = orNull (a.TryGetResult Cli.PredictArgs.Adapter); Labels = orNull (a.TryGetResult Cli.PredictArgs.Labels)
+                                              TopK = a.GetResult(Cli.PredictArgs.Top_K, 5); Json = a.Contains Cli.PredictArgs.Json }))
+            | Cli.Bench a ->
+                match device (a.TryGetResult Cli.BenchArgs.Device) with
+                | Error m -> fail 2 m
+                | Ok dev ->
+                    ok (ParsedCommand(CommandKind.Bench, line,
+                                      Bench = { Model = a.GetResult Cli.BenchArgs.Model; Batch = nullable (a.TryGetResult Cli.BenchArgs.Batch)
+                                                Img = nullable (a.TryGetResult Cli.BenchArgs.Img); Classes = nullable (a.TryGetResult Cli.BenchArgs.Classes)
+                                                Rank = nullable (a.TryGetResult Cli.BenchArgs.Rank); Methods = a.GetResult(Cli.BenchArgs.Methods, [])
+                                                Device = dev; Steps = nullable (a.TryGetResult Cli.BenchArgs.Steps)
+                                                Warmup = nullable (a.TryGetResult Cli.BenchArgs.Warmup); Json = a.Contains Cli.BenchArgs.Json }))
+            | Cli.Submit a ->
+                ok (ParsedCommand(CommandKind.Submit, line,
+                                  Submit = { Spec = a.GetResult Cli.SubmitArgs.Spec; Results = a.GetResult(Cli.SubmitArgs.Results, defaultResults)
+                                             Partition = orNull (a.TryGetResult Cli.SubmitArgs.Partition); GpusPerTask = nullable (a.TryGetResult Cli.SubmitArgs.Gpus_Per_Task)
+                                             Time = orNull (a.TryGetResult Cli.SubmitArgs.Time); MaxParallel = nullable (a.TryGetResult Cli.SubmitArgs.Max_Parallel)
+                                             DryRun = a.Contains Cli.SubmitArgs.Dry_Run }))
+            | Cli.Status a ->
+                ok (ParsedCommand(CommandKind.Status, line,
+                                  Status = { Spec = a.GetResult Cli.StatusArgs.Spec; Results = a.GetResult(Cli.StatusArgs.Results, defaultResults) }))
+            | Cli.Version -> ok (ParsedCommand(CommandKind.Version, line))
+        with
+        | :? ArguParseException as e when e.ErrorCode = ErrorCode.HelpText -> fail 0 e.Message
+        | :? ArguParseException as e -> fail 2 e.Message

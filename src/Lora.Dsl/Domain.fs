@@ -1,0 +1,248 @@
+namespace Lora.Dsl
+
+/// A LoRA rank: a positive integer (validated single-case wrapper).
+[<Struct>]
+type Rank =
+    private | Rank of int
+    member r.Value = let (Rank v) = r in v
+    static member Create(value: int) : Result<Rank, string> =
+        if value > 0 then Ok(Rank value) else Error(sprintf "rank must be a positive integer, got %d" value)
+    override r.ToString() = string r.Value
+
+/// A scalar option value of a zoo model (img_size: 32, drop_rate: 0.1, global_pool: "avg", ...).
+type OptionValue =
+    | Int of int
+    | Float of float
+    | Text of string
+    | Flag of bool
+
+/// A model from the zoo by name ("vit_tiny_patch16_224", or a family "vit" configured by options).
+type ZooModel = { Name: string; Options: Map<string, OptionValue> }
+
+type Task =
+    | Classification
+    | Segmentation
+
+type Device =
+    | Cpu
+    | Cuda
+
+type Precision =
+    | Fp32
+    | Bf16
+    | Fp16
+
+/// Which biases train beside the LoRA factors (PEFT's `bias`).
+type Bias =
+    | NoBias
+    | LoraOnly
+    | AllBias
+
+/// Options shared by LoRA, DoRA and AdaLoRA (PEFT LoraConfig names in comments).
+type LoraOptions =
+    { /// lora_alpha; None = 2 × rank (filled in when the grid expands)
+      Alpha: float option
+      /// lora_dropout
+      Dropout: float
+      /// target_modules: exact names, dotted suffixes or regular expressions
+      Targets: string list
+      /// use_rslora: scale alpha/√r instead of alpha/r
+      RsLora: bool
+      /// bias
+      Bias: Bias
+      /// modules_to_save: trained in full beside the adapters (the new head)
+      ModulesToSave: string list }
+
+    static member Defaults =
+        { Alpha = None; Dropout = 0.0; Targets = [ "qkv" ]; RsLora = false; Bias = NoBias; ModulesToSave = [ "head" ] }
+
+/// AdaLoRA's schedule (PEFT AdaLoraConfig); the grid's rank is target_r.
+type AdaLoraOptions =
+    { /// init_r; None = ⌈1.5 × target rank⌉
+      InitRank: int option
+      /// tinit: steps of warm-up before pruning starts
+      TInit: int
+      /// tfinal: steps at the end with the final budget fixed
+      TFinal: int
+      /// deltaT: steps between budget allocations
+      DeltaT: int
+      Beta1: float
+      Beta2: float
+      /// orth_reg_weight
+      OrthReg: float }
+
+    static member Defaults =
+        { InitRank = None; TInit = 0; TFinal = 0; DeltaT = 1; Beta1 = 0.85; Beta2 = 0.85; OrthReg = 0.5 }
+
+/// Bottleneck adapter (Houlsby / Medical-SAM-Adapter). The bottleneck width is the grid's rank,
+/// unless Ratio is set (hidden = ratio × embed dim), in which case the rank axis does not apply.
+type AdapterOptions =
+    { Ratio: float option
+      Scale: float
+      ModulesToSave: string list }
+
+    static member Defaults = { Ratio = None; Scale = 1.0; ModulesToSave = [ "head" ] }
+
+/// How C# code tells the methods apart without F# pattern matching.
+type MethodKind =
+    | Full = 0
+    | Head = 1
+    | Lora = 2
+    | Dora = 3
+    | AdaLora = 4
+    | Adapter = 5
+
+type Method =
+    /// every parameter trains
+    | Full
+    /// only the classifier/decoder head trains (linear probe)
+    | Head
+    | Lora of LoraOptions
+    | Dora of LoraOptions
+    | AdaLora of LoraOptions * AdaLoraOptions
+    | Adapter of AdapterOptions
+
+    member m.Kind =
+        match m with
+        | Full -> MethodKind.Full
+        | Head -> MethodKind.Head
+        | Lora _ -> MethodKind.Lora
+        | Dora _ -> MethodKind.Dora
+        | AdaLora _ -> MethodKind.AdaLora
+        | Adapter _ -> MethodKind.Adapter
+
+    /// Lower-case name used in tables, run names and YAML (full, head, lora, dora, adalora, adapter).
+    member m.Name = m.Kind.ToString().ToLowerInvariant()
+
+    /// The LoRA options of lora/dora/adalora, or null (for C#).
+    member m.LoraOptionsOrNull =
+        match m with
+        | Lora o | Dora o | AdaLora(o, _) -> o
+        | _ -> Unchecked.defaultof<_>
+
+    member m.AdaLoraOptionsOrNull =
+        match m with
+        | AdaLora(_, a) -> a
+        | _ -> Unchecked.defaultof<_>
+
+    member m.AdapterOptionsOrNull =
+        match m with
+        | Adapter a -> a
+        | _ -> Unchecked.defaultof<_>
+
+    /// Whether the grid's ranks multiply this method.
+    member m.UsesRank =
+        match m with
+        | Full | Head -> false
+        | Adapter a -> a.Ratio.IsNone
+        | _ -> true
+
+/// Composed segmentation: Fashion-MNIST objects placed on a canvas, masks from their pixels.
+type ComposedSegmentation =
+    { Canvas: int
+      Objects: int
+      /// Fashion-MNIST folder the objects come from; None = the installed package
+      Path: string option }
+
+type DataSource =
+    /// IDX files; None = the Debian package dataset-fashion-mnist
+    | FashionMnist of path: string option
+    /// CIFAR binary batches
+    | Cifar of path: string
+    /// one folder per class of PNG/JPEG files
+    | ImageFolder of path: string
+    /// images/ and masks/ folders with matching names
+    | SegmentationPairs of path: string
+    | Composed of ComposedSegmentation
+
+    /// The folder this source reads, if any.
+    member s.PathOrNull =
+        match s with
+        | FashionMnist p -> Option.toObj p
+        | Cifar p | ImageFolder p | SegmentationPairs p -> p
+        | Composed c -> Option.toObj c.Path
+
+/// A view of a data set: a class subset, shots per class, size limits, a validation split.
+type DatasetView =
+    { Source: DataSource
+      /// class subset (original labels, relabelled 0..n-1 in this order); None = all classes
+      Classes: int list option
+      ShotsPerClass: int option
+      LimitTrain: int option
+      LimitVal: int option
+      /// fraction of the training split held out for validation when the source has no val split
+      ValFraction: float
+      Seed: int }
+
+    static member Of(source) =
+        { Source = source; Classes = None; ShotsPerClass = None; LimitTrain = None; LimitVal = None; ValFraction = 0.1; Seed = 0 }
+
+/// Training settings shared by pretraining and tuning.
+type Training =
+    { Epochs: int
+      Batch: int
+      Lr: float
+      Warmup: int
+      WeightDecay: float
+      Device: Device
+      Precision: Precision
+      /// input size; None = the model's own
+      ImageSize: int option }
+
+    static member Defaults =
+        { Epochs = 1; Batch = 32; Lr = 1e-3; Warmup = 0; WeightDecay = 0.0; Device = Cpu; Precision = Fp32; ImageSize = None }
+
+/// A step that trains a zoo model from scratch, usable as the base of tunes.
+type Pretrain =
+    { Name: string
+      Model: ZooModel
+      Dataset: DatasetView
+      Task: Task
+      Seed: int
+      Training: Training }
+
+type BaseModel =
+    | Zoo of ZooModel
+    | FromPretrain of Pretrain
+    /// a timm-format safetensors file for a zoo architecture
+    | Weights of model: ZooModel * path: string
+
+    /// The zoo architecture underneath.
+    member b.ZooModel =
+        match b with
+        | Zoo m | Weights(m, _) -> m
+        | FromPretrain p -> p.Model
+
+/// An experiment as declared: every list is a grid axis.
+type Experiment =
+    { Name: string
+      Models: BaseModel list
+      Datasets: DatasetView list
+      Task: Task
+      Methods: Method list
+      Ranks: int list
+      Seeds: int list
+      Training: Training }
+
+type RunKind =
+    | Pretraining
+    | Tuning
+
+/// One run of a grid, with every default filled in: what gets hashed and executed.
+type Run =
+    { Kind: RunKind
+      Experiment: string
+      /// readable, unique within its experiment: "lora-r4", "full", "lora-r4-s1", "pretrain"
+      Name: string
+      Model: BaseModel
+      Dataset: DatasetView
+      Task: Task
+      Method: Method
+      Rank: Rank option
+      Seed: int
+      Training: Training }
+
+    /// The rank for C# (0 when the method has none).
+    member r.RankValue = match r.Rank with Some k -> k.Value | None -> 0
+    /// The full name used by --only patterns: "experiment/name".
+    member r.Id = r.Experiment + "/" + r.Name

@@ -1,0 +1,89 @@
+namespace Lora.Dsl
+
+/// Expansion of an experiment's grid into one fully resolved run per cell.
+module Grid =
+    /// A short label for a data source ("fashion_mnist", "cifar-batches", ...), used in run names and tables.
+    let datasetLabel (d: DatasetView) =
+        let baseName (p: string) = System.IO.Path.GetFileName(p.TrimEnd('/', '\\'))
+        match d.Source with
+        | FashionMnist _ -> "fashion_mnist"
+        | Cifar p -> "cifar-" + baseName p
+        | ImageFolder p -> baseName p
+        | SegmentationPairs p -> baseName p
+        | Composed _ -> "composed_segmentation"
+
+    /// A short label for a base model: its zoo name, pretrain name or weights file.
+    let modelLabel (m: BaseModel) =
+        match m with
+        | Zoo z -> z.Name
+        | FromPretrain p -> p.Name
+        | Weights(z, path) -> z.Name + "-" + System.IO.Path.GetFileNameWithoutExtension path
+
+    /// Fill the defaults that depend on the rank (alpha = 2 × rank, AdaLoRA init_r = ⌈1.5 × rank⌉).
+    let resolveMethod (rank: int option) (m: Method) =
+        let lora (o: LoraOptions) =
+            match o.Alpha, rank with
+            | None, Some r -> { o with Alpha = Some(2.0 * float r) }
+            | _ -> o
+        match m with
+        | Lora o -> Lora(lora o)
+        | Dora o -> Dora(lora o)
+        | AdaLora(o, a) ->
+            let a =
+                match a.InitRank, rank with
+                | None, Some r -> { a with InitRank = Some((3 * r + 1) / 2) }
+                | _ -> a
+            AdaLora(lora o, a)
+        | m -> m
+
+    /// The run that a pretrain step compiles to: full training of the zoo model from scratch.
+    let pretrainRun (p: Pretrain) =
+        { Kind = Pretraining
+          Experiment = "pretrain"
+          Name = p.Name
+          Model = Zoo p.Model
+          Dataset = p.Dataset
+          Task = p.Task
+          Method = Full
+          Rank = None
+          Seed = p.Seed
+          Training = p.Training }
+
+    /// Number of runs the grid expands to: models × datasets × seeds × Σ(ranks or 1 per method).
+    let size (e: Experiment) =
+        let perMethod = e.Methods |> List.sumBy (fun m -> if m.UsesRank then e.Ranks.Length else 1)
+        e.Models.Length * e.Datasets.Length * e.Seeds.Length * perMethod
+
+    /// One run per grid cell, in declaration order (models, datasets, methods, ranks, seeds).
+    /// Ranks that fail Rank.Create are skipped here; validation reports them.
+    let expand (e: Experiment) : Run list =
+        let many (xs: _ list) = xs.Length > 1
+        [ for model in e.Models do
+            for dataset in e.Datasets do
+                for methodDecl in e.Methods do
+                    let ranks =
+                        if methodDecl.UsesRank then
+                            e.Ranks |> List.choose (fun r -> match Rank.Create r with Ok k -> Some(Some k) | Error _ -> None)
+                        else [ None ]
+                    for rank in ranks do
+                        for seed in e.Seeds do
+                            let parts =
+                                [ yield methodDecl.Name
+                                  match rank with Some r -> yield sprintf "r%d" r.Value | None -> ()
+                                  if many e.Models then yield modelLabel model
+                                  if many e.Datasets then yield datasetLabel dataset
+                                  if many e.Seeds then yield sprintf "s%d" seed ]
+                            { Kind = Tuning
+                              Experiment = e.Name
+                              Name = String.concat "-" parts
+                              Model = model
+                              Dataset = dataset
+                              Task = e.Task
+                              Method = resolveMethod (rank |> Option.map (fun r -> r.Value)) methodDecl
+                              Rank = rank
+                              Seed = seed
+                              Training = e.Training } ]
+
+    /// The pretrain steps an experiment's models need (distinct, in order).
+    let pretrains (e: Experiment) =
+        e.Models |> List.choose (function FromPretrain p -> Some p | _ -> None) |> List.distinct

@@ -1,0 +1,178 @@
+namespace Lora.Dsl
+
+/// One problem in a spec: where (file, line and column when known, the field's path) and what.
+type SpecError =
+    { File: string
+      /// 1-based; 0 when unknown (specs built in F#)
+      Line: int
+      Column: int
+      /// the field's path, e.g. "experiments[0].ranks[1]"
+      Field: string
+      Message: string }
+
+    override e.ToString() =
+        let where =
+            match e.File, e.Line with
+            | "", 0 -> ""
+            | f, 0 -> f + ": "
+            | f, l -> sprintf "%s:%d:%d: " f l e.Column
+        sprintf "%s%s: %s" where e.Field e.Message
+
+/// Raised by the builders' Run and by Spec loading when a spec is invalid: carries every problem.
+exception SpecException of SpecError list
+    with
+        override x.Message =
+            match x :> exn with
+            | SpecException errs -> "invalid spec:\n" + (errs |> List.map string |> String.concat "\n")
+            | _ -> "invalid spec"
+
+/// Where the data sets of the installed packages live.
+module DataDefaults =
+    /// Debian's dataset-fashion-mnist package.
+    let fashionMnist = "/usr/share/datasets/fashion-mnist"
+
+/// Checks of records (however they were built). Every check runs; nothing stops at the first error.
+module Validation =
+    let private err field message = { File = ""; Line = 0; Column = 0; Field = field; Message = message }
+
+    /// Does a file or folder exist (relative paths from the working directory)?
+    let pathExists (p: string) = System.IO.File.Exists p || System.IO.Directory.Exists p
+
+    let zooModel (at: string) (m: ZooModel) =
+        [ if not (ZooNames.isKnown m.Name) then
+              yield err (at + ".zoo")
+                        (sprintf "unknown model '%s'%s; known models: %s" m.Name (ZooNames.didYouMean ZooNames.all m.Name)
+                             (String.concat ", " ZooNames.all))
+          for KeyValue(k, v) in m.Options do
+              match v with
+              | Int i when i <= 0 && (k.EndsWith "_size" || k = "depth" || k = "embed_dim" || k = "num_heads" || k = "in_chans" || k = "num_classes") ->
+                  yield err (sprintf "%s.options.%s" at k) (sprintf "%s must be positive, got %d" k i)
+              | _ -> () ]
+
+    let dataset (exists: string -> bool) (at: string) (task: Task) (d: DatasetView) =
+        let needPath field p kind =
+            [ if System.String.IsNullOrWhiteSpace p then yield err (at + "." + field) (sprintf "%s needs a path" kind)
+              elif not (exists p) then
+                  yield err (at + "." + field) (sprintf "%s data set not found at '%s': check the path (relative paths start at the working directory)" kind p) ]
+        [ match d.Source with
+          | FashionMnist p ->
+              let path = defaultArg p DataDefaults.fashionMnist
+              if not (exists path) then
+                  yield err (at + ".path")
+                            (if p.IsNone then sprintf "Fashion-MNIST is not installed at %s: apt-get install dataset-fashion-mnist, or give its folder as path" path
+                             else sprintf "Fashion-MNIST data set not found at '%s'" path)
+          | Cifar p -> yield! needPath "path" p "CIFAR"
+          | ImageFolder p -> yield! needPath "path" p "image folder"
+          | SegmentationPairs p -> yield! needPath "path" p "segmentation pairs"
+          | Composed c ->
+              if c.Canvas < 28 then yield err (at + ".canvas") (sprintf "canvas must be at least 28 pixels (one Fashion-MNIST object), got %d" c.Canvas)
+              if c.Objects < 1 then yield err (at + ".objects") (sprintf "objects must be at least 1, got %d" c.Objects)
+              let path = defaultArg c.Path DataDefaults.fashionMnist
+              if not (exists path) then yield err (at + ".path") (sprintf "Fashion-MNIST (the objects' source) not found at '%s'" path)
+          let segmentationData = match d.Source with SegmentationPairs _ | Composed _ -> true | _ -> false
+          match task with
+          | Segmentation when not segmentationData ->
+              yield err (at + ".source") "a segmentation task needs segmentation data (segmentation_pairs or composed_segmentation)"
+          | Classification when segmentationData ->
+              yield err (at + ".source") "a classification task needs labelled images (fashion_mnist, cifar or image_folder), not masks"
+          | _ -> ()
+          match d.Classes with
+          | Some [] -> yield err (at + ".classes") "classes is empty: list at least two classes, or leave it out for all"
+          | Some cs ->
+              if List.distinct cs <> cs then yield err (at + ".classes") "classes has duplicates"
+              for c in cs do
+                  if c < 0 then yield err (at + ".classes") (sprintf "class %d is negative" c)
+          | None -> ()
+          match d.ShotsPerClass with Some s when s <= 0 -> yield err (at + ".shots") (sprintf "shots must be positive, got %d" s) | _ -> ()
+          match d.LimitTrain with Some s when s <= 0 -> yield err (at + ".limit_train") (sprintf "limit_train must be positive, got %d" s) | _ -> ()
+          match d.LimitVal with Some s when s <= 0 -> yield err (at + ".limit_val") (sprintf "limit_val must be positive, got %d" s) | _ -> ()
+          if not (d.ValFraction >= 0.0 && d.ValFraction < 1.0) then
+              yield err (at + ".val_fraction") (sprintf "val_fraction must be in [0, 1), got %g" d.ValFraction) ]
+
+    let training (at: string) (t: Training) =
+        [ if t.Epochs < 1 then yield err (at + "epochs") (sprintf "epochs must be at least 1, got %d" t.Epochs)
+          if t.Batch < 1 then yield err (at + "batch") (sprintf "batch must be at least 1, got %d" t.Batch)
+          if not (t.Lr > 0.0) then yield err (at + "lr") (sprintf "lr must be positive, got %g" t.Lr)
+          if t.Warmup < 0 then yield err (at + "warmup") (sprintf "warmup must not be negative, got %d" t.Warmup)
+          if not (t.WeightDecay >= 0.0) then yield err (at + "weight_decay") (sprintf "weight_decay must not be negative, got %g" t.WeightDecay)
+          match t.ImageSize with
+          | Some s when s <= 0 -> yield err (at + "image_size") (sprintf "image_size must be positive, got %d" s)
+          | _ -> () ]
+
+    let pretrain exists (at: string) (p: Pretrain) =
+        [ if System.String.IsNullOrWhiteSpace p.Name then yield err (at + ".name") "a pretrain step needs a name"
+          yield! zooModel (at + ".model") p.Model
+          yield! dataset exists (at + ".dataset") p.Task p.Dataset
+          yield! training (at + ".") p.Training ]
+
+    let baseModel exists (at: string) (m: BaseModel) =
+        match m with
+        | Zoo z -> zooModel at z
+        | FromPretrain p -> pretrain exists (at + ".pretrain") p
+        | Weights(z, path) ->
+            [ yield! zooModel at z
+              if not (exists path) then
+                  yield err (at + ".weights") (sprintf "weights file not found at '%s'" path)
+              elif not (path.EndsWith(".safetensors", System.StringComparison.OrdinalIgnoreCase)) then
+                  yield err (at + ".weights") (sprintf "weights must be a .safetensors file, got '%s'" path) ]
+
+    let loraOptions (at: string) (o: LoraOptions) =
+        [ match o.Alpha with Some a when not (a > 0.0) -> yield err (at + ".alpha") (sprintf "alpha must be positive, got %g" a) | _ -> ()
+          if not (o.Dropout >= 0.0 && o.Dropout < 1.0) then yield err (at + ".dropout") (sprintf "dropout must be in [0, 1), got %g" o.Dropout)
+          if List.isEmpty o.Targets then yield err (at + ".targets") "targets is empty: name at least one module (e.g. qkv)" ]
+
+    let method (at: string) (ranks: int list) (m: Method) =
+        [ match m with
+          | Full | Head -> ()
+          | Lora o | Dora o -> yield! loraOptions at o
+          | AdaLora(o, a) ->
+              yield! loraOptions at o
+              match a.InitRank with
+              | Some i ->
+                  for r in ranks do
+                      if i < r then yield err (at + ".init_rank") (sprintf "init_rank %d is below the target rank %d: AdaLoRA only prunes" i r)
+              | None -> ()
+              if a.DeltaT < 1 then yield err (at + ".delta_t") (sprintf "delta_t must be at least 1, got %d" a.DeltaT)
+              if a.TInit < 0 then yield err (at + ".tinit") (sprintf "tinit must not be negative, got %d" a.TInit)
+              if a.TFinal < 0 then yield err (at + ".tfinal") (sprintf "tfinal must not be negative, got %d" a.TFinal)
+              for name, b in [ "beta1", a.Beta1; "beta2", a.Beta2 ] do
+                  if not (b >= 0.0 && b < 1.0) then yield err (at + "." + name) (sprintf "%s must be in [0, 1), got %g" name b)
+              if not (a.OrthReg >= 0.0) then yield err (at + ".orth_reg") (sprintf "orth_reg must not be negative, got %g" a.OrthReg)
+          | Adapter a ->
+              match a.Ratio with Some r when not (r > 0.0) -> yield err (at + ".ratio") (sprintf "ratio must be positive, got %g" r) | _ -> ()
+              if not (a.Scale > 0.0) then yield err (at + ".scale") (sprintf "scale must be positive, got %g" a.Scale)
+          if m.UsesRank && List.isEmpty ranks then
+              yield err at (sprintf "%s needs ranks: add e.g. ranks [4; 8]" m.Name) ]
+
+    /// Every problem of one experiment; `at` is its path ("experiments[0]").
+    let experiment (exists: string -> bool) (at: string) (e: Experiment) =
+        [ if System.String.IsNullOrWhiteSpace e.Name then yield err (at + ".name") "an experiment needs a name"
+          elif e.Name.IndexOfAny([| '/'; '\\'; '*'; '?' |]) >= 0 then
+              yield err (at + ".name") (sprintf "name '%s' must not contain / \\ * or ?" e.Name)
+          if List.isEmpty e.Models then yield err (at + ".models") "no model: add model (zoo \"vit_tiny_patch16_224\" [])"
+          for i, m in List.indexed e.Models do yield! baseModel exists (sprintf "%s.models[%d]" at i) m
+          if List.isEmpty e.Datasets then yield err (at + ".datasets") "no dataset: add a dataset"
+          for i, d in List.indexed e.Datasets do yield! dataset exists (sprintf "%s.datasets[%d]" at i) e.Task d
+          if List.isEmpty e.Methods then yield err (at + ".methods") "no method: add e.g. methods [lora]"
+          for i, m in List.indexed e.Methods do yield! method (sprintf "%s.methods[%d]" at i) e.Ranks m
+          for i, r in List.indexed e.Ranks do
+              match Rank.Create r with
+              | Error msg -> yield err (sprintf "%s.ranks[%d]" at i) msg
+              | Ok _ -> ()
+          if List.distinct e.Ranks <> e.Ranks then yield err (at + ".ranks") "ranks has duplicates"
+          if List.isEmpty e.Seeds then yield err (at + ".seeds") "seeds is empty: give at least one seed"
+          if List.distinct e.Seeds <> e.Seeds then yield err (at + ".seeds") "seeds has duplicates"
+          yield! training (at + ".") e.Training
+          let names = Grid.expand e |> List.map (fun r -> r.Name)
+          for n in names |> List.countBy id |> List.filter (fun (_, c) -> c > 1) |> List.map fst do
+              yield err (at + ".methods") (sprintf "two runs would be named '%s': a method, model or dataset is listed twice" n) ]
+
+    /// Every problem of a suite of experiments (paths "experiments[i]...").
+    let suite (exists: string -> bool) (es: Experiment list) =
+        [ for i, e in List.indexed es do yield! experiment exists (sprintf "experiments[%d]" i) e
+          for n in es |> List.map (fun e -> e.Name) |> List.countBy id |> List.filter (fun (_, c) -> c > 1) |> List.map fst do
+              yield err "experiments" (sprintf "two experiments are named '%s'" n)
+          // one name, one pretrain: a name used for two different configurations would share results
+          let pres = es |> List.collect Grid.pretrains |> List.distinct
+          for n in pres |> List.countBy (fun p -> p.Name) |> List.filter (fun (_, c) -> c > 1) |> List.map fst do
+              yield err "experiments" (sprintf "two different pretrain steps are named '%s'" n) ]

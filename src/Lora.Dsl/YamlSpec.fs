@@ -1,0 +1,586 @@
+namespace Lora.Dsl
+
+open System
+open System.Collections.Generic
+open System.Globalization
+open System.IO
+open System.Text
+open YamlDotNet.Core
+open YamlDotNet.RepresentationModel
+
+/// YAML specs: the same schema as the F# builders, read into the same records.
+///
+/// The reader walks YamlDotNet's node tree rather than deserialising into DTO classes: a deserialiser
+/// stops at the first problem and forgets where values were, while a spec must report every problem
+/// with its line and column. Paths ("experiments[0].ranks[1]") tie record fields back to YAML marks,
+/// so the checks in Validation (shared with the F# builders) also report lines and columns.
+module YamlSpec =
+
+    /// Line and column (1-based) of every value read, by field path.
+    type Marks = IReadOnlyDictionary<string, int * int>
+
+    type private Reader(file: string) =
+        let errors = ResizeArray<SpecError>()
+        let marks = Dictionary<string, int * int>()
+        member _.Errors = errors
+        member _.Marks = marks
+        member _.Error(node: YamlNode, field: string, message: string) =
+            errors.Add { File = file; Line = int node.Start.Line; Column = int node.Start.Column; Field = field; Message = message }
+        member _.Mark(path: string, node: YamlNode) = marks.[path] <- (int node.Start.Line, int node.Start.Column)
+
+    let private isNullNode (n: YamlNode) =
+        match n with
+        | :? YamlScalarNode as s -> s.Style = ScalarStyle.Plain && (s.Value = "" || s.Value = "~" || s.Value = "null" || isNull s.Value)
+        | _ -> false
+
+    let private kindOf (n: YamlNode) =
+        match n with
+        | :? YamlScalarNode as s -> sprintf "'%s'" s.Value
+        | :? YamlSequenceNode -> "a list"
+        | :? YamlMappingNode -> "a mapping"
+        | _ -> "something else"
+
+    let private join (path: string) (key: string) = if path = "" then key else path + "." + key
+
+    /// The keys of a mapping; unknown keys are errors (with suggestions), `notHere` explains keys
+    /// that exist elsewhere (e.g. an adapter option under lora).
+    let private fields (r: Reader) (path: string) (node: YamlNode) (allowed: string list) (notHere: string -> string option) =
+        r.Mark(path, node)
+        match node with
+        | :? YamlMappingNode as m ->
+            [ for KeyValue(k, v) in m.Children do
+                  match k with
+                  | :? YamlScalarNode as ks when List.contains ks.Value allowed ->
+                      r.Mark(join path ks.Value, v)
+                      yield ks.Value, v
+                  | :? YamlScalarNode as ks ->
+                      let why =
+                          match notHere ks.Value with
+                          | Some reason -> reason
+                          | None ->
+                              sprintf "unknown field '%s'%s; allowed here: %s" ks.Value (ZooNames.didYouMean allowed ks.Value)
+                                  (String.concat ", " allowed)
+                      r.Error(k, join path ks.Value, why)
+                  | _ -> r.Error(k, path, "a field name must be a plain word") ]
+            |> Map.ofList
+        | _ ->
+            r.Error(node, path, sprintf "expected a mapping with fields (%s), got %s" (String.concat ", " allowed) (kindOf node))
+            Map.empty
+
+    let private scalar (r: Reader) path (node: YamlNode) (what: string) (parse: string -> 'a option) : 'a option =
+        match node with
+        | :? YamlScalarNode as s when s.Style = ScalarStyle.Plain || typeof<'a> = typeof<string> ->
+            match parse s.Value with
+            | Some v -> Some v
+            | None -> r.Error(node, path, sprintf "expected %s, got '%s'" what s.Value); None
+        | _ -> r.Error(node, path, sprintf "expected %s, got %s" what (kindOf node)); None
+
+    let private parseInt (s: string) = match Int32.TryParse(s, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture) with | true, v -> Some v | _ -> None
+    let private parseFloat (s: string) = match Double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture) with | true, v when Double.IsFinite v -> Some v | _ -> None
+    let private parseBool (s: string) = match s with "true" -> Some true | "false" -> Some false | _ -> None
+
+    let private readInt r path n = scalar r path n "an integer" parseInt
+    let private readFloat r path n = scalar r path n "a number" parseFloat
+    let private readBool r path n = scalar r path n "true or false" parseBool
+    let private readStr r path n = scalar r path n "a string" Some
+
+    let private choice (r: Reader) path (n: YamlNode) (options: (string * 'a) list) =
+        match readStr r path n with
+        | Some s ->
+            match List.tryFind (fun (k, _) -> k = s) options with
+            | Some(_, v) -> Some v
+            | None ->
+                let names = List.map fst options
+                r.Error(n, path, sprintf "unknown value '%s'%s; expected one of %s" s (ZooNames.didYouMean names s) (String.concat ", " names))
+                None
+        | None -> None
+
+    let private list (r: Reader) path (n: YamlNode) (item: string -> YamlNode -> 'a option) =
+        match n with
+        | :? YamlSequenceNode as s -> s.Children |> Seq.mapi (fun i c -> let p = sprintf "%s[%d]" path i in r.Mark(p, c); item p c) |> Seq.choose id |> List.ofSeq |> Some
+        | _ -> r.Error(n, path, sprintf "expected a list, got %s" (kindOf n)); None
+
+    /// Read an optional field with `f`, None when absent or null.
+    let private opt (fs: Map<string, YamlNode>) path key f =
+        match Map.tryFind key fs with
+        | Some n when not (isNullNode n) -> f (path + "." + key) n
+        | _ -> None
+
+    let private tasks = [ "classification", Classification; "segmentation", Segmentation ]
+    let private devices = [ "cpu", Cpu; "cuda", Cuda ]
+    let private precisions = [ "fp32", Fp32; "bf16", Bf16; "fp16", Fp16 ]
+    let private biases = [ "none", NoBias; "lora_only", LoraOnly; "all", AllBias ]
+
+    let private trainingKeys = [ "epochs"; "batch"; "lr"; "warmup"; "weight_decay"; "device"; "precision"; "image_size" ]
+
+    let private training (r: Reader) path (fs: Map<string, YamlNode>) =
+        let d = Training.Defaults
+        { Epochs = opt fs path "epochs" (readInt r) |> Option.defaultValue d.Epochs
+          Batch = opt fs path "batch" (readInt r) |> Option.defaultValue d.Batch
+          Lr = opt fs path "lr" (readFloat r) |> Option.defaultValue d.Lr
+          Warmup = opt fs path "warmup" (readInt r) |> Option.defaultValue d.Warmup
+          WeightDecay = opt fs path "weight_decay" (readFloat r) |> Option.defaultValue d.WeightDecay
+          Device = opt fs path "device" (fun p n -> choice r p n devices) |> Option.defaultValue d.Device
+          Precision = opt fs path "precision" (fun p n -> choice r p n precisions) |> Option.defaultValue d.Precision
+          ImageSize = opt fs path "image_size" (readInt r) }
+
+    let private optionValue (r: Reader) path (n: YamlNode) =
+        match n with
+        | :? YamlScalarNode as s when s.Style = ScalarStyle.Plain ->
+            match parseInt s.Value, parseFloat s.Value, parseBool s.Value with
+            | Some i, _, _ -> Some(Int i)
+            | None, Some f, _ -> Some(Float f)
+            | None, None, Some b -> Some(Flag b)
+            | _ -> Some(Text s.Value)
+        | :? YamlScalarNode as s -> Some(Text s.Value)
+        | _ -> r.Error(n, path, sprintf "a model option must be a number, true/false or a string, got %s" (kindOf n)); None
+
+    let private zooModel (r: Reader) path (fs: Map<string, YamlNode>) (zooNode: YamlNode) =
+        let name = readStr r (path + ".zoo") zooNode |> Option.defaultValue ""
+        let options =
+            match Map.tryFind "options" fs with
+            | Some n when not (isNullNode n) ->
+                match n with
+                | :? YamlMappingNode as m ->
+                    [ for KeyValue(k, v) in m.Children do
+                          match k with
+                          | :? YamlScalarNode as ks ->
+                              let p = path + ".options." + ks.Value
+                              r.Mark(p, v)
+                              match optionValue r p v with
+                              | Some x -> yield ks.Value, x
+                              | None -> ()
+                          | _ -> r.Error(k, path + ".options", "an option name must be a plain word") ]
+                    |> Map.ofList
+                | _ -> r.Error(n, path + ".options", sprintf "expected a mapping of model options, got %s" (kindOf n)); Map.empty
+            | _ -> Map.empty
+        { Name = name; Options = options }
+
+    let private sources =
+        [ "fashion_mnist"; "cifar"; "image_folder"; "segmentation_pairs"; "composed_segmentation" ]
+
+    let private dataset (r: Reader) path (n: YamlNode) =
+        let viewKeys = [ "classes"; "shots"; "limit_train"; "limit_val"; "val_fraction"; "seed" ]
+        let fs = fields r path n ([ "source"; "path"; "canvas"; "objects" ] @ viewKeys) (fun _ -> None)
+        let source = opt fs path "source" (fun p n -> choice r p n (sources |> List.map (fun s -> s, s)))
+        let pathValue = opt fs path "path" (readStr r)
+        let notFor (key: string) (src: string) =
+            match Map.tryFind key fs with
+            | Some kn -> r.Error(kn, path + "." + key, sprintf "'%s' does not apply to %s (only to composed_segmentation)" key src)
+            | None -> ()
+        let needPath src =
+            match pathValue with
+            | Some p -> p
+            | None ->
+                if not (fs.ContainsKey "path") then r.Error(n, path + ".path", sprintf "%s needs a path" src)
+                ""
+        let src =
+            match source with
+            | None ->
+                if not (fs.ContainsKey "source") then
+                    r.Error(n, path + ".source", sprintf "a dataset needs a source: one of %s" (String.concat ", " sources))
+                FashionMnist None
+            | Some "composed_segmentation" ->
+                let req key =
+                    match opt fs path key (readInt r) with
+                    | Some v -> v
+                    | None -> (if not (fs.ContainsKey key) then r.Error(n, path + "." + key, sprintf "composed_segmentation needs %s" key)); 0
+                Composed { Canvas = req "canvas"; Objects = req "objects"; Path = pathValue }
+            | Some s ->
+                notFor "canvas" s
+                notFor "objects" s
+                match s with
+                | "fashion_mnist" -> FashionMnist pathValue
+                | "cifar" -> Cifar(needPath s)
+                | "image_folder" -> ImageFolder(needPath s)
+                | _ -> SegmentationPairs(needPath s)
+        let d = DatasetView.Of src
+        { d with
+            Classes = opt fs path "classes" (fun p n -> list r p n (readInt r))
+            ShotsPerClass = opt fs path "shots" (readInt r)
+            LimitTrain = opt fs path "limit_train" (readInt r)
+            LimitVal = opt fs path "limit_val" (readInt r)
+            ValFraction = opt fs path "val_fraction" (readFloat r) |> Option.defaultValue d.ValFraction
+            Seed = opt fs path "seed" (readInt r) |> Option.defaultValue d.Seed }
+
+    let private pretrainKeys = [ "name"; "model"; "dataset"; "task"; "seed" ] @ trainingKeys
+
+    let private pretrainStep (r: Reader) path (n: YamlNode) =
+        let fs = fields r path n pretrainKeys (fun _ -> None)
+        let model =
+            match Map.tryFind "model" fs with
+            | Some mn ->
+                let mp = path + ".model"
+                match mn with
+                | :? YamlScalarNode -> { Name = readStr r (mp + ".zoo") mn |> Option.defaultValue ""; Options = Map.empty }
+                | _ ->
+                    let mfs = fields r mp mn [ "zoo"; "options" ] (fun k -> if k = "weights" || k = "pretrain" then Some(sprintf "a pretrain step trains a zoo model from scratch: '%s' does not apply" k) else None)
+                    match Map.tryFind "zoo" mfs with
+                    | Some z -> zooModel r mp mfs z
+                    | None -> r.Error(mn, mp + ".zoo", "the model needs zoo: NAME"); { Name = ""; Options = Map.empty }
+            | None -> r.Error(n, path + ".model", "a pretrain step needs a model"); { Name = ""; Options = Map.empty }
+        let data =
+            match Map.tryFind "dataset" fs with
+            | Some dn -> dataset r (path + ".dataset") dn
+            | None -> r.Error(n, path + ".dataset", "a pretrain step needs a dataset"); DatasetView.Of(FashionMnist None)
+        { Name = opt fs path "name" (readStr r) |> Option.defaultValue ""
+          Model = model
+          Dataset = data
+          Task = opt fs path "task" (fun p n -> choice r p n tasks) |> Option.defaultValue Classification
+          Seed = opt fs path "seed" (readInt r) |> Option.defaultValue 0
+          Training = training r path fs }
+
+    let private loraKeys = [ "alpha"; "dropout"; "targets"; "rslora"; "bias"; "modules_to_save" ]
+    let private adaloraKeys = [ "init_rank"; "tinit"; "tfinal"; "delta_t"; "beta1"; "beta2"; "orth_reg" ]
+    let private adapterKeys = [ "ratio"; "scale"; "modules_to_save" ]
+    let private methodNames = [ "full"; "head"; "lora"; "dora"; "adalora"; "adapter" ]
+
+    let private keysOf name =
+        match name with
+        | "lora" | "dora" -> loraKeys
+        | "adalora" -> loraKeys @ adaloraKeys
+        | "adapter" -> adapterKeys
+        | _ -> []
+
+    let private methodDecl (r: Reader) path (n: YamlNode) =
+        let build name (opts: YamlNode option) =
+            let allowed = keysOf name
+            let fs =
+                match opts with
+                | Some o when not (isNullNode o) ->
+                    fields r path o allowed (fun k ->
+                        let owners = methodNames |> List.filter (fun m -> List.contains k (keysOf m))
+                        if List.isEmpty owners then None
+                        elif List.isEmpty allowed then Some(sprintf "%s takes no options ('%s' is an option of %s)" name k (String.concat ", " owners))
+                        else Some(sprintf "'%s' does not apply to %s (it is an option of %s)" k name (String.concat ", " owners)))
+                | _ -> Map.empty
+            let loraOpts () =
+                let d = LoraOptions.Defaults
+                { Alpha = opt fs path "alpha" (readFloat r)
+                  Dropout = opt fs path "dropout" (readFloat r) |> Option.defaultValue d.Dropout
+                  Targets = opt fs path "targets" (fun p n -> list r p n (readStr r)) |> Option.defaultValue d.Targets
+                  RsLora = opt fs path "rslora" (readBool r) |> Option.defaultValue d.RsLora
+                  Bias = opt fs path "bias" (fun p n -> choice r p n biases) |> Option.defaultValue d.Bias
+                  ModulesToSave = opt fs path "modules_to_save" (fun p n -> list r p n (readStr r)) |> Option.defaultValue d.ModulesToSave }
+            match name with
+            | "full" -> Some Full
+            | "head" -> Some Head
+            | "lora" -> Some(Lora(loraOpts ()))
+            | "dora" -> Some(Dora(loraOpts ()))
+            | "adalora" ->
+                let d = AdaLoraOptions.Defaults
+                Some(
+                    AdaLora(
+                        loraOpts (),
+                        { InitRank = opt fs path "init_rank" (readInt r)
+                          TInit = opt fs path "tinit" (readInt r) |> Option.defaultValue d.TInit
+                          TFinal = opt fs path "tfinal" (readInt r) |> Option.defaultValue d.TFinal
+                          DeltaT = opt fs path "delta_t" (readInt r) |> Option.defaultValue d.DeltaT
+                          Beta1 = opt fs path "beta1" (readFloat r) |> Option.defaultValue d.Beta1
+                          Beta2 = opt fs path "beta2" (readFloat r) |> Option.defaultValue d.Beta2
+                          OrthReg = opt fs path "orth_reg" (readFloat r) |> Option.defaultValue d.OrthReg }
+                    )
+                )
+            | _ ->
+                let d = AdapterOptions.Defaults
+                Some(
+                    Adapter
+                        { Ratio = opt fs path "ratio" (readFloat r)
+                          Scale = opt fs path "scale" (readFloat r) |> Option.defaultValue d.Scale
+                          ModulesToSave = opt fs path "modules_to_save" (fun p n -> list r p n (readStr r)) |> Option.defaultValue d.ModulesToSave }
+                )
+        let known (node: YamlNode) name =
+            if List.contains name methodNames then true
+            else
+                r.Error(node, path, sprintf "unknown method '%s'%s; expected one of %s" name (ZooNames.didYouMean methodNames name) (String.concat ", " methodNames))
+                false
+        match n with
+        | :? YamlScalarNode as s -> if known n s.Value then build s.Value None else None
+        | :? YamlMappingNode as m when m.Children.Count = 1 ->
+            let kv = Seq.head m.Children
+            match kv.Key with
+            | :? YamlScalarNode as k -> if known kv.Key k.Value then build k.Value (Some kv.Value) else None
+            | _ -> r.Error(n, path, "a method is a name (lora) or a name with options (lora: { alpha: 16 })"); None
+        | _ -> r.Error(n, path, sprintf "a method is a name (lora) or a name with options (lora: { alpha: 16 }), got %s" (kindOf n)); None
+
+    /// Copies the marks of a named pretrain step under the path of a model that refers to it.
+    let private aliasMarks (r: Reader) (from: string) (into: string) =
+        for KeyValue(k, v) in List.ofSeq r.Marks do
+            if k = from || k.StartsWith(from + ".") then r.Marks.[into + k.Substring from.Length] <- v
+
+    let private baseModel (r: Reader) (named: Map<string, Pretrain * string>) path (n: YamlNode) =
+        match n with
+        | :? YamlScalarNode when not (isNullNode n) ->
+            r.Mark(path + ".zoo", n)
+            readStr r (path + ".zoo") n |> Option.map (fun z -> Zoo { Name = z; Options = Map.empty })
+        | _ ->
+            let fs =
+                fields r path n [ "zoo"; "options"; "weights"; "pretrain" ] (fun _ -> None)
+            match Map.tryFind "pretrain" fs, Map.tryFind "zoo" fs with
+            | Some pn, zooNode ->
+                if zooNode.IsSome || fs.ContainsKey "weights" || fs.ContainsKey "options" then
+                    r.Error(n, path, "a model is either zoo: NAME (with options, weights) or pretrain: STEP, not both")
+                match pn with
+                | :? YamlScalarNode as s when s.Style = ScalarStyle.Plain ->
+                    match Map.tryFind s.Value named with
+                    | Some(p, at) ->
+                        aliasMarks r at (path + ".pretrain")
+                        Some(FromPretrain p)
+                    | None ->
+                        let names = named |> Map.toList |> List.map fst
+                        r.Error(pn, path + ".pretrain",
+                                sprintf "no pretrain step named '%s'%s; define it under pretrain: at the top of the file, or inline" s.Value
+                                    (ZooNames.didYouMean names s.Value))
+                        None
+                | _ -> Some(FromPretrain(pretrainStep r (path + ".pretrain") pn))
+            | None, Some zn ->
+                let z = zooModel r path fs zn
+                match opt fs path "weights" (readStr r) with
+                | Some w -> Some(Weights(z, w))
+                | None -> Some(Zoo z)
+            | None, None ->
+                r.Error(n, path, "a model needs zoo: NAME (optionally with options and weights) or pretrain: STEP")
+                None
+
+    let private experimentKeys =
+        [ "name"; "model"; "models"; "dataset"; "datasets"; "task"; "methods"; "ranks"; "seed"; "seeds" ] @ trainingKeys
+
+    let private experimentOf (r: Reader) named path (n: YamlNode) =
+        let fs = fields r path n experimentKeys (fun _ -> None)
+        let oneOrMany single many (item: string -> YamlNode -> 'a option) what =
+            match Map.tryFind single fs, Map.tryFind many fs with
+            | Some _, Some mn -> r.Error(mn, path + "." + many, sprintf "give either %s or %s, not both" single many); []
+            | Some sn, None ->
+                let p = sprintf "%s.%s[0]" path many
+                r.Mark(p, sn)
+                r.Mark(path + "." + many, sn)
+                item p sn |> Option.toList
+            | None, Some mn -> r.Mark(path + "." + many, mn); list r (path + "." + many) mn item |> Option.defaultValue []
+            | None, None -> r.Error(n, path + "." + many, sprintf "an experiment needs %s (or %s: a list)" single many); []
+        let task = opt fs path "task" (fun p n -> choice r p n tasks) |> Option.defaultValue Classification
+        { Name = opt fs path "name" (readStr r) |> Option.defaultValue ""
+          Models = oneOrMany "model" "models" (baseModel r named) "model"
+          Datasets = oneOrMany "dataset" "datasets" (fun p n -> Some(dataset r p n)) "dataset"
+          Task = task
+          Methods = opt fs path "methods" (fun p n -> list r p n (methodDecl r)) |> Option.defaultValue []
+          Ranks = opt fs path "ranks" (fun p n -> list r p n (readInt r)) |> Option.defaultValue []
+          Seeds =
+            match opt fs path "seed" (readInt r), opt fs path "seeds" (fun p n -> list r p n (readInt r)) with
+            | Some s, None -> [ s ]
+            | None, Some ss -> ss
+            | Some s, Some _ -> r.Error(fs.["seeds"], path + ".seeds", "give either seed or seeds, not both"); [ s ]
+            | None, None -> [ 0 ]
+          Training = training r path fs }
+
+    /// Nesting deeper than this is refused before building the node tree: YamlDotNet builds it
+    /// recursively, and a file of 50,000 '[' would overflow the stack (an uncatchable crash).
+    let maxDepth = 64
+
+    /// The position where nesting first exceeds maxDepth, read from the (non-recursive) event stream.
+    let private tooDeep (text: string) =
+        let parser = Parser(new StringReader(text))
+        let mutable depth = 0
+        let mutable found = None
+        while found.IsNone && parser.MoveNext() do
+            match parser.Current with
+            | :? Events.MappingStart | :? Events.SequenceStart ->
+                depth <- depth + 1
+                if depth > maxDepth then found <- Some parser.Current.Start
+            | :? Events.MappingEnd | :? Events.SequenceEnd -> depth <- depth - 1
+            | _ -> ()
+        found
+
+    /// Parse YAML text into experiments, structural errors (with line and column) and the marks of
+    /// every value read. `file` only labels errors.
+    let parse (file: string) (text: string) : Experiment list * SpecError list * Marks =
+        let r = Reader(file)
+        let stream = YamlStream()
+        let experiments =
+            try
+                match tooDeep text with
+                | Some mark ->
+                    r.Errors.Add
+                        { File = file; Line = int mark.Line; Column = int mark.Column; Field = "yaml"
+                          Message = sprintf "nested more than %d levels deep: a spec never needs that" maxDepth }
+                    []
+                | None ->
+                stream.Load(new StringReader(text))
+                if stream.Documents.Count = 0 then
+                    r.Errors.Add { File = file; Line = 1; Column = 1; Field = "experiments"; Message = "the spec is empty: it needs experiments: [...]" }
+                    []
+                else
+                    let root = stream.Documents.[0].RootNode
+                    let fs = fields r "" root [ "pretrain"; "experiments" ] (fun _ -> None)
+                    let named =
+                        match Map.tryFind "pretrain" fs with
+                        | Some pn when not (isNullNode pn) ->
+                            match pn with
+                            | :? YamlSequenceNode as s ->
+                                [ for i, c in Seq.indexed s.Children do
+                                      let at = sprintf "pretrain[%d]" i
+                                      let p = pretrainStep r at c
+                                      yield p.Name, (p, at) ]
+                                |> Map.ofList
+                            | _ -> r.Error(pn, "pretrain", sprintf "expected a list of pretrain steps, got %s" (kindOf pn)); Map.empty
+                        | _ -> Map.empty
+                    match Map.tryFind "experiments" fs with
+                    | Some en ->
+                        r.Mark("experiments", en)
+                        match en with
+                        | :? YamlSequenceNode as s ->
+                            [ for i, c in Seq.indexed s.Children do
+                                  let at = sprintf "experiments[%d]" i
+                                  r.Mark(at, c)
+                                  yield experimentOf r named at c ]
+                        | _ -> r.Error(en, "experiments", sprintf "expected a list of experiments, got %s" (kindOf en)); []
+                    | None -> r.Error(root, "experiments", "the spec needs experiments: [...]"); []
+            with
+            | :? YamlException as e ->
+                r.Errors.Add
+                    { File = file; Line = int e.Start.Line; Column = int e.Start.Column; Field = "yaml"
+                      Message = sprintf "not valid YAML: %s" (if isNull e.InnerException then e.Message else e.InnerException.Message) }
+                []
+            // YamlDotNet's scanner throws InvalidOperationException on some malformed input ("- {" + text)
+            | e when not (e :? OutOfMemoryException) ->
+                r.Errors.Add { File = file; Line = 0; Column = 0; Field = "yaml"; Message = sprintf "not valid YAML: the parser failed (%s)" e.Message }
+                []
+        experiments, List.ofSeq r.Errors, r.Marks :> Marks
+
+    /// Attach YAML locations to errors found on records (nearest enclosing path that has a mark).
+    let locate (file: string) (marks: Marks) (e: SpecError) =
+        let rec find (p: string) =
+            match marks.TryGetValue p with
+            | true, m -> Some m
+            | _ ->
+                let cut = max (p.LastIndexOf '.') (p.LastIndexOf '[')
+                if cut > 0 then find (p.Substring(0, cut)) else None
+        match find e.Field with
+        | Some(l, c) -> { e with File = file; Line = l; Column = c }
+        | None -> { e with File = file }
+
+    // ---------------------------------------------------------------- writer
+
+    let private q (s: string) = Json.write (JString s)
+    let private f (x: float) = Json.formatFloat x
+    let private flowInts (xs: int list) = "[" + (xs |> List.map string |> String.concat ", ") + "]"
+    let private flowStrs (xs: string list) = "[" + (xs |> List.map q |> String.concat ", ") + "]"
+
+    let private writeOption v =
+        match v with
+        | Int i -> string i
+        | Float x -> f x
+        | Text s -> q s
+        | Flag b -> if b then "true" else "false"
+
+    let private writeZoo (sb: StringBuilder) (ind: string) (z: ZooModel) =
+        sb.AppendLine(ind + "zoo: " + q z.Name) |> ignore
+        if not z.Options.IsEmpty then
+            sb.AppendLine(ind + "options:") |> ignore
+            for KeyValue(k, v) in z.Options do
+                sb.AppendLine(sprintf "%s  %s: %s" ind (q k) (writeOption v)) |> ignore
+
+    let private writeDataset (sb: StringBuilder) (ind: string) (d: DatasetView) =
+        let line (s: string) = sb.AppendLine(ind + s) |> ignore
+        match d.Source with
+        | FashionMnist p -> line "source: fashion_mnist"; p |> Option.iter (fun p -> line ("path: " + q p))
+        | Cifar p -> line "source: cifar"; line ("path: " + q p)
+        | ImageFolder p -> line "source: image_folder"; line ("path: " + q p)
+        | SegmentationPairs p -> line "source: segmentation_pairs"; line ("path: " + q p)
+        | Composed c ->
+            line "source: composed_segmentation"
+            line (sprintf "canvas: %d" c.Canvas)
+            line (sprintf "objects: %d" c.Objects)
+            c.Path |> Option.iter (fun p -> line ("path: " + q p))
+        d.Classes |> Option.iter (fun cs -> line ("classes: " + flowInts cs))
+        d.ShotsPerClass |> Option.iter (fun s -> line (sprintf "shots: %d" s))
+        d.LimitTrain |> Option.iter (fun s -> line (sprintf "limit_train: %d" s))
+        d.LimitVal |> Option.iter (fun s -> line (sprintf "limit_val: %d" s))
+        line ("val_fraction: " + f d.ValFraction)
+        line (sprintf "seed: %d" d.Seed)
+
+    let private writeTraining (sb: StringBuilder) (ind: string) (t: Training) =
+        let line (s: string) = sb.AppendLine(ind + s) |> ignore
+        line (sprintf "epochs: %d" t.Epochs)
+        line (sprintf "batch: %d" t.Batch)
+        line ("lr: " + f t.Lr)
+        line (sprintf "warmup: %d" t.Warmup)
+        line ("weight_decay: " + f t.WeightDecay)
+        line ("device: " + Canonical.deviceName t.Device)
+        line ("precision: " + Canonical.precisionName t.Precision)
+        t.ImageSize |> Option.iter (fun s -> line (sprintf "image_size: %d" s))
+
+    let private writePretrain (sb: StringBuilder) (ind: string) (p: Pretrain) =
+        let line (s: string) = sb.AppendLine(ind + s) |> ignore
+        line ("name: " + q p.Name)
+        line "model:"
+        writeZoo sb (ind + "  ") p.Model
+        line "dataset:"
+        writeDataset sb (ind + "  ") p.Dataset
+        line ("task: " + Canonical.taskName p.Task)
+        line (sprintf "seed: %d" p.Seed)
+        writeTraining sb ind p.Training
+
+    let private writeMethod (sb: StringBuilder) (ind: string) (m: Method) =
+        let line (s: string) = sb.AppendLine(ind + s) |> ignore
+        let lora (o: LoraOptions) =
+            o.Alpha |> Option.iter (fun a -> line ("    alpha: " + f a))
+            line ("    dropout: " + f o.Dropout)
+            line ("    targets: " + flowStrs o.Targets)
+            line ("    rslora: " + (if o.RsLora then "true" else "false"))
+            line ("    bias: " + Canonical.biasName o.Bias)
+            line ("    modules_to_save: " + flowStrs o.ModulesToSave)
+        match m with
+        | Full -> line "- full"
+        | Head -> line "- head"
+        | Lora o -> line "- lora:"; lora o
+        | Dora o -> line "- dora:"; lora o
+        | AdaLora(o, a) ->
+            line "- adalora:"
+            lora o
+            a.InitRank |> Option.iter (fun i -> line (sprintf "    init_rank: %d" i))
+            line (sprintf "    tinit: %d" a.TInit)
+            line (sprintf "    tfinal: %d" a.TFinal)
+            line (sprintf "    delta_t: %d" a.DeltaT)
+            line ("    beta1: " + f a.Beta1)
+            line ("    beta2: " + f a.Beta2)
+            line ("    orth_reg: " + f a.OrthReg)
+        | Adapter a ->
+            line "- adapter:"
+            a.Ratio |> Option.iter (fun x -> line ("    ratio: " + f x))
+            line ("    scale: " + f a.Scale)
+            line ("    modules_to_save: " + flowStrs a.ModulesToSave)
+
+    /// YAML text for experiments, every field explicit (pretrain steps inline); `parse` reads it back
+    /// into equal records.
+    let write (experiments: Experiment list) =
+        let sb = StringBuilder()
+        sb.AppendLine "experiments:" |> ignore
+        for e in experiments do
+            let line (s: string) = sb.AppendLine("    " + s) |> ignore
+            sb.AppendLine("  - name: " + q e.Name) |> ignore
+            line ("task: " + Canonical.taskName e.Task)
+            line "models:"
+            for m in e.Models do
+                match m with
+                | Zoo z ->
+                    sb.AppendLine("      - zoo: " + q z.Name) |> ignore
+                    if not z.Options.IsEmpty then
+                        sb.AppendLine "        options:" |> ignore
+                        for KeyValue(k, v) in z.Options do
+                            sb.AppendLine(sprintf "          %s: %s" (q k) (writeOption v)) |> ignore
+                | Weights(z, p) ->
+                    sb.AppendLine("      - weights: " + q p) |> ignore
+                    writeZoo sb "        " z
+                | FromPretrain p ->
+                    sb.AppendLine "      - pretrain:" |> ignore
+                    writePretrain sb "          " p
+            line "datasets:"
+            for d in e.Datasets do
+                sb.AppendLine "      -" |> ignore
+                writeDataset sb "        " d
+            line "methods:"
+            for m in e.Methods do writeMethod sb "      " m
+            line ("ranks: " + flowInts e.Ranks)
+            line ("seeds: " + flowInts e.Seeds)
+            writeTraining sb "    " e.Training
+        sb.ToString()

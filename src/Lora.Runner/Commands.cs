@@ -1,0 +1,129 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Lora.Dsl;
+using Microsoft.FSharp.Collections;
+
+namespace Lora.Runner;
+
+/// <summary>The `lora` subcommands; each returns the process exit code (0 ok, 1 failure, 2 bad input).</summary>
+public static class Commands
+{
+    public static int Dispatch(string[] args, Func<IRunExecutor> executorFactory, TextWriter stdout, TextWriter stderr, CancellationToken ct = default)
+    {
+        var parsed = CommandLine.Parse(args);
+        if (parsed.Command is null)
+        {
+            (parsed.ExitCode == 0 ? stdout : stderr).WriteLine(parsed.Message);
+            return parsed.ExitCode;
+        }
+        var c = parsed.Command;
+        try
+        {
+            return c.Kind switch
+            {
+                CommandKind.Validate => Validate(c.Validate.Spec, stdout, stderr),
+                CommandKind.Plan => PlanCommand(c.Plan, stdout, stderr),
+                CommandKind.Run => RunCommand(c.Run, executorFactory(), c.CommandLine, stdout, stderr, ct),
+                CommandKind.Tables => TablesCommand(c.Tables, stdout),
+                CommandKind.Submit => Slurm.PlanToSlurm.Submit(c.Submit, stdout, stderr),
+                CommandKind.Status => Slurm.PlanToSlurm.Status(c.Status, stdout, stderr),
+                CommandKind.Version => Print(stdout, $"lora {Lora.Dsl.Version.value}"),
+                _ => NotYet(c.Kind, stderr),
+            };
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidDataException)
+        {
+            stderr.WriteLine($"lora: {e.Message}");
+            return 1;
+        }
+    }
+
+    static int Print(TextWriter w, string line) { w.WriteLine(line); return 0; }
+
+    static int NotYet(CommandKind kind, TextWriter stderr)
+    {
+        stderr.WriteLine($"lora {kind.ToString().ToLowerInvariant()}: not yet implemented");
+        return 1;
+    }
+
+    /// <summary>Loads and checks a spec; prints every problem on its own line to <paramref name="stderr"/>.</summary>
+    public static FSharpList<Experiment>? LoadSpec(string path, TextWriter stderr)
+    {
+        var result = Spec.load(path);
+        if (result.IsOk) return result.ResultValue;
+        foreach (var e in result.ErrorValue) stderr.WriteLine(e.ToString());
+        return null;
+    }
+
+    public static int Validate(string spec, TextWriter stdout, TextWriter stderr)
+    {
+        var experiments = LoadSpec(spec, stderr);
+        if (experiments is null) return 2;
+        var runs = Spec.runs(experiments).Select(r => new ResolvedRun(r)).Select(r => r.Hash).Distinct().Count();
+        stdout.WriteLine($"{spec}: ok ({experiments.Length} experiment(s), {runs} run(s))");
+        return 0;
+    }
+
+    public static int PlanCommand(PlanOptions o, TextWriter stdout, TextWriter stderr)
+    {
+        var experiments = LoadSpec(o.Spec, stderr);
+        if (experiments is null) return 2;
+        var store = new ResultsStore(o.Results);
+        var plan = Plan.Compile(experiments, store);
+        var slurmFailed = Slurm.PlanToSlurm.FailedTasks(plan, store, stderr);
+        if (o.Json)
+        {
+            var json = plan.ToJson();
+            foreach (var node in json)
+                if (node is JsonObject run && slurmFailed.TryGetValue((string)run["hash"]!, out var slurmLog))
+                {
+                    run["status"] = "failed";
+                    run["log"] = slurmLog;
+                }
+            stdout.WriteLine(json.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+            return 0;
+        }
+        var rows = plan.Runs.Select(r => new[]
+        {
+            r.Hash, r.Id, r.Run.DependsOn ?? "-",
+            r.Status == RunStatus.Failed ? $"failed (log: {store.LogPath(r.Hash)})"
+            : slurmFailed.TryGetValue(r.Hash, out var slurmLog) ? $"failed in Slurm (log: {slurmLog})"
+            : r.Status.ToString().ToLowerInvariant(),
+        }).ToList();
+        var header = new[] { "hash", "name", "dependsOn", "status" };
+        var widths = header.Select((h, i) => rows.Select(r => r[i].Length).Append(h.Length).Max()).ToArray();
+        string Line(string[] cells) => string.Join("  ", cells.Select((c, i) => i == cells.Length - 1 ? c : c.PadRight(widths[i]))).TrimEnd();
+        stdout.WriteLine(Line(header));
+        foreach (var r in rows) stdout.WriteLine(Line(r));
+        var done = plan.Runs.Count(r => r.Status == RunStatus.Done);
+        stdout.WriteLine($"{plan.Runs.Count} runs in {plan.Levels.Count} level(s): {done} done, {plan.Runs.Count - done} to run");
+        return 0;
+    }
+
+    public static int RunCommand(RunOptions o, IRunExecutor executor, string commandLine, TextWriter stdout, TextWriter stderr, CancellationToken ct = default)
+    {
+        var experiments = LoadSpec(o.Spec, stderr);
+        if (experiments is null) return 2;
+        var store = new ResultsStore(o.Results);
+        var plan = Plan.Compile(experiments, store);
+        var selected = plan.Select(o.Only, o.ShardIndex, o.ShardCount);
+        if (o.Only is not null && !plan.Runs.Any(r => Plan.Matches(o.Only, r)))
+        {
+            stderr.WriteLine($"--only '{o.Only}' matches no run; `lora plan {o.Spec}` lists them");
+            return 2;
+        }
+        var forced = o.Force
+            ? selected.Where(r => o.Only is null || Plan.Matches(o.Only, r)).Select(r => r.Hash).ToHashSet()
+            : [];
+        var summary = new PlanRunner(store, executor, stdout).Execute(selected, o.Device, forced, commandLine, ct);
+        return summary.Ok ? 0 : 1;
+    }
+
+    public static int TablesCommand(TablesOptions o, TextWriter stdout)
+    {
+        var files = Tables.Generate(new ResultsStore(o.Results), o.Out);
+        foreach (var f in files) stdout.WriteLine(Path.GetRelativePath(Directory.GetCurrentDirectory(), f));
+        if (files.Count == 0) stdout.WriteLine($"no results in {o.Results}: nothing to tabulate");
+        return 0;
+    }
+}

@@ -1,0 +1,67 @@
+using Lora.Dsl;
+
+namespace Lora.Runner;
+
+/// <summary>One run of a plan, resolved: its configuration, content hash and the run it depends on.</summary>
+public sealed class ResolvedRun
+{
+    public ResolvedRun(Run spec)
+    {
+        Spec = spec;
+        ConfigJson = Canonical.json(spec);
+        Hash = Canonical.hashOf(ConfigJson);
+        DependsOn = Canonical.dependsOn(spec);
+    }
+
+    /// <summary>The run as the DSL describes it (method, model, dataset, training settings), defaults filled in.</summary>
+    public Run Spec { get; }
+    /// <summary>Canonical JSON (sorted keys) of the resolved configuration; <see cref="Hash"/> is its SHA-256.</summary>
+    public string ConfigJson { get; }
+    /// <summary>12 hex digits: the results folder's name for this run.</summary>
+    public string Hash { get; }
+    /// <summary>Hash of the pretrain run whose weights this run starts from, or null.</summary>
+    public string? DependsOn { get; }
+    /// <summary>"experiment/name".</summary>
+    public string Id => Spec.Id;
+    public override string ToString() => $"{Hash} {Id}";
+}
+
+/// <summary>Where a run writes, and what it may read.</summary>
+public sealed class RunContext
+{
+    /// <summary>results/&lt;hash&gt;: small text files only (metrics.json is written by the runner, not the executor).</summary>
+    public required string ResultDir { get; init; }
+    /// <summary>results-artifacts/&lt;hash&gt;: checkpoints, adapters, logs (not committed).</summary>
+    public required string ArtifactsDir { get; init; }
+    /// <summary>The artifacts folder of the run this one depends on (its weights), or null.</summary>
+    public string? BaseArtifactsDir { get; init; }
+    /// <summary>"cpu" or "cuda": the spec's device unless --device overrode it.</summary>
+    public required string Device { get; init; }
+    /// <summary>Progress lines for the console and the run's log.</summary>
+    public Action<string> Log { get; init; } = _ => { };
+}
+
+/// <summary>A point of a training curve (one per evaluation).</summary>
+public sealed record CurvePoint(int Epoch, long Step, double TrainLoss, double? ValLoss, double? ValMetric);
+
+/// <summary>What an executor reports back. Metric names: accuracy (classification, 0..1), dice and miou (segmentation, 0..1), loss.</summary>
+public sealed class RunResult
+{
+    public IReadOnlyDictionary<string, double> Metrics { get; init; } = new Dictionary<string, double>();
+    public IReadOnlyList<CurvePoint> Curve { get; init; } = [];
+    public long TotalParams { get; init; }
+    public long TrainableParams { get; init; }
+    public double TrainSeconds { get; init; }
+    /// <summary>Peak memory in bytes (GPU memory on cuda, process working set on cpu), or null if unknown.</summary>
+    public long? PeakMemoryBytes { get; init; }
+    /// <summary>Anything else worth keeping (e.g. AdaLoRA's final rank pattern), written under "extra".</summary>
+    public IReadOnlyDictionary<string, string> Extra { get; init; } = new Dictionary<string, string>();
+}
+
+/// <summary>The seam between the runner and training: the lead implements this against Lora.Core.</summary>
+public interface IRunExecutor
+{
+    /// <summary>Train and evaluate one run; write checkpoints/adapters under <see cref="RunContext.ArtifactsDir"/>.
+    /// Throw to fail the run (its message is recorded); observe <paramref name="ct"/> between steps.</summary>
+    RunResult Execute(ResolvedRun run, RunContext ctx, CancellationToken ct);
+}

@@ -1,0 +1,90 @@
+using System.Text.Json.Nodes;
+using System.Text.RegularExpressions;
+using Lora.Dsl;
+using Microsoft.FSharp.Collections;
+
+namespace Lora.Runner;
+
+/// <summary>A run in a plan: its level in the dependency graph (0 = no dependency) and its status.</summary>
+public sealed record PlannedRun(ResolvedRun Run, int Level, RunStatus Status)
+{
+    public string Hash => Run.Hash;
+    public string Id => Run.Id;
+}
+
+/// <summary>The runs of a spec as a DAG: pretrain steps first (level 0), the tunes that need them after.</summary>
+public sealed class Plan
+{
+    Plan(IReadOnlyList<PlannedRun> runs) => Runs = runs;
+
+    /// <summary>Every distinct run, in dependency order (level, then declaration order).</summary>
+    public IReadOnlyList<PlannedRun> Runs { get; }
+
+    /// <summary>Runs grouped by level: everything in level k depends only on levels &lt; k (one Slurm array each).</summary>
+    public IReadOnlyList<IReadOnlyList<PlannedRun>> Levels =>
+        Runs.GroupBy(r => r.Level).OrderBy(g => g.Key).Select(g => (IReadOnlyList<PlannedRun>)g.ToList()).ToList();
+
+    public static Plan Compile(IEnumerable<Experiment> experiments, ResultsStore store)
+    {
+        var runs = Spec.runs(ListModule.OfSeq(experiments)).Select(r => new ResolvedRun(r));
+        var byHash = new Dictionary<string, ResolvedRun>();
+        var order = new List<ResolvedRun>();
+        foreach (var r in runs)
+            if (byHash.TryAdd(r.Hash, r)) order.Add(r);
+
+        var levels = new Dictionary<string, int>();
+        int LevelOf(ResolvedRun r, int depth)
+        {
+            if (levels.TryGetValue(r.Hash, out var l)) return l;
+            if (depth > order.Count) throw new InvalidOperationException($"dependency cycle at {r.Id}");
+            l = r.DependsOn is { } d && byHash.TryGetValue(d, out var dep) ? LevelOf(dep, depth + 1) + 1 : 0;
+            levels[r.Hash] = l;
+            return l;
+        }
+        var planned = order
+            .Select((r, i) => (r, i, level: LevelOf(r, 0)))
+            .OrderBy(x => x.level).ThenBy(x => x.i)
+            .Select(x => new PlannedRun(x.r, x.level, store.StatusOf(x.r.Hash)))
+            .ToList();
+        return new Plan(planned);
+    }
+
+    /// <summary>--only: a glob (* and ?) over "experiment/name", or a hash prefix.</summary>
+    public static bool Matches(string pattern, PlannedRun r)
+    {
+        if (r.Hash.StartsWith(pattern, StringComparison.OrdinalIgnoreCase)) return true;
+        var regex = "^" + Regex.Escape(pattern).Replace(@"\*", ".*").Replace(@"\?", ".") + "$";
+        return Regex.IsMatch(r.Id, regex) || Regex.IsMatch(r.Run.Spec.Name, regex);
+    }
+
+    /// <summary>
+    /// What `lora run` considers: runs matching --only (all if null) plus the runs they depend on, in plan
+    /// order; then every N-th of those for --shard I/N. Done runs stay in the list (the runner skips them
+    /// unless --force) so that shards are the same whatever has finished meanwhile.
+    /// </summary>
+    public IReadOnlyList<PlannedRun> Select(string? only, int shardIndex, int shardCount)
+    {
+        var chosen = new HashSet<string>();
+        var byHash = Runs.ToDictionary(r => r.Hash);
+        void Add(PlannedRun r)
+        {
+            if (!chosen.Add(r.Hash)) return;
+            if (r.Run.DependsOn is { } d && byHash.TryGetValue(d, out var dep)) Add(dep);
+        }
+        foreach (var r in Runs)
+            if (only is null || Matches(only, r)) Add(r);
+        return Runs.Where(r => chosen.Contains(r.Hash)).Where((_, i) => i % shardCount == shardIndex).ToList();
+    }
+
+    public JsonArray ToJson() =>
+        new(Runs.Select(r => (JsonNode)new JsonObject
+        {
+            ["hash"] = r.Hash,
+            ["name"] = r.Id,
+            ["dependsOn"] = r.Run.DependsOn,
+            ["status"] = r.Status.ToString().ToLowerInvariant(),
+            ["level"] = r.Level,
+            ["method"] = r.Run.Spec.Method.Name,
+            ["rank"] = r.Run.Spec.RankValue,
+        }).ToArray());
+}

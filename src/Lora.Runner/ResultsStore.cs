@@ -1,0 +1,110 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+
+namespace Lora.Runner;
+
+public enum RunStatus { Pending, Running, Done, Failed }
+
+/// <summary>
+/// The results folder: results/&lt;hash&gt;/metrics.json (committed, small text), and beside it
+/// results-artifacts/&lt;hash&gt;/ (checkpoints, adapters, logs, failure notes; ignored by git).
+/// </summary>
+public sealed class ResultsStore
+{
+    public const string MetricsFile = "metrics.json";
+    public const string LockFile = "run.lock";
+    public const string FailedFile = "failed.txt";
+    public const string LogFile = "log.txt";
+
+    public ResultsStore(string root)
+    {
+        Root = Path.GetFullPath(root);
+        var parent = Path.GetDirectoryName(Root.TrimEnd(Path.DirectorySeparatorChar)) ?? Root;
+        ArtifactsRoot = Path.Combine(parent, Path.GetFileName(Root.TrimEnd(Path.DirectorySeparatorChar)) + "-artifacts");
+    }
+
+    public string Root { get; }
+    public string ArtifactsRoot { get; }
+
+    public string ResultDir(string hash) => Path.Combine(Root, hash);
+    public string ArtifactsDir(string hash) => Path.Combine(ArtifactsRoot, hash);
+    public string MetricsPath(string hash) => Path.Combine(ResultDir(hash), MetricsFile);
+    public string FailedPath(string hash) => Path.Combine(ArtifactsDir(hash), FailedFile);
+    public string LogPath(string hash) => Path.Combine(ArtifactsDir(hash), LogFile);
+
+    public bool IsDone(string hash) => File.Exists(MetricsPath(hash));
+
+    public RunStatus StatusOf(string hash)
+    {
+        if (IsDone(hash)) return RunStatus.Done;
+        if (IsClaimed(hash)) return RunStatus.Running;
+        if (File.Exists(FailedPath(hash))) return RunStatus.Failed;
+        return RunStatus.Pending;
+    }
+
+    /// <summary>Whether another runner holds the run's claim right now (a lock file held open).</summary>
+    public bool IsClaimed(string hash)
+    {
+        var path = Path.Combine(ResultDir(hash), LockFile);
+        if (!File.Exists(path)) return false;
+        try
+        {
+            using var fs = new FileStream(path, FileMode.Open, FileAccess.ReadWrite, FileShare.None);
+            return false;
+        }
+        catch (IOException) { return true; }
+        catch (UnauthorizedAccessException) { return false; }
+    }
+
+    /// <summary>
+    /// Claims a run for this process: the lock file is held open exclusively (an advisory lock the OS
+    /// releases when the process dies, so a killed runner never blocks a rerun). Null if another runner holds it.
+    /// </summary>
+    public RunClaim? TryClaim(string hash)
+    {
+        var dir = ResultDir(hash);
+        Directory.CreateDirectory(dir);
+        var path = Path.Combine(dir, LockFile);
+        try
+        {
+            var fs = new FileStream(path, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
+            fs.SetLength(0);
+            var note = System.Text.Encoding.UTF8.GetBytes($"{Environment.ProcessId}@{Environment.MachineName}\n");
+            fs.Write(note);
+            fs.Flush();
+            return new RunClaim(fs, path);
+        }
+        catch (IOException) { return null; }
+    }
+
+    /// <summary>Every metrics.json under the root, ordered by hash (so tables do not depend on directory order).</summary>
+    public IReadOnlyList<JsonObject> LoadAll()
+    {
+        if (!Directory.Exists(Root)) return [];
+        var list = new List<JsonObject>();
+        foreach (var dir in Directory.GetDirectories(Root).OrderBy(d => Path.GetFileName(d), StringComparer.Ordinal))
+        {
+            var file = Path.Combine(dir, MetricsFile);
+            if (!File.Exists(file)) continue;
+            try
+            {
+                if (JsonNode.Parse(File.ReadAllText(file)) is JsonObject o) list.Add(o);
+            }
+            catch (JsonException e)
+            {
+                throw new InvalidDataException($"{file}: not valid JSON ({e.Message}); delete it to rerun that run", e);
+            }
+        }
+        return list;
+    }
+}
+
+/// <summary>A held claim; disposing releases it and removes the lock file.</summary>
+public sealed class RunClaim(FileStream stream, string path) : IDisposable
+{
+    public void Dispose()
+    {
+        try { File.Delete(path); } catch (IOException) { }
+        stream.Dispose();
+    }
+}

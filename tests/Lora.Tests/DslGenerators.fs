@@ -1,0 +1,141 @@
+/// Generators of experiment records (valid by construction, apart from paths, which validation
+/// checks against the disk and the tests do not).
+module Lora.Tests.DslGenerators
+
+open FsCheck
+open FsCheck.FSharp
+open Lora.Dsl
+
+let private ident = Gen.elements [ "alpha"; "b2"; "fmnist"; "quick_start"; "grid-1"; "x" ]
+let private nice = Gen.choose (1, 5000) |> Gen.map (fun i -> float i / 997.0)
+let private fraction = Gen.choose (0, 99) |> Gen.map (fun i -> float i / 100.0)
+let private pathGen = Gen.elements [ "data/cifar"; "some dir/with space"; "ünï/cödé"; "a\"quote"; "back\\slash" ]
+let private textGen = Gen.elements [ "avg"; "token"; "a: b"; "#hash"; "quote\"d"; "tab\tline\nx"; "123"; "true"; ""; "é" ]
+
+let optionValue =
+    Gen.oneof [ Gen.choose (-3, 300) |> Gen.map Int; nice |> Gen.map Float; textGen |> Gen.map Text; Gen.elements [ true; false ] |> Gen.map Flag ]
+
+let zooModel =
+    gen {
+        let! name = Gen.elements ZooNames.all
+        let! keys = Gen.subListOf [ "img_size"; "drop_rate"; "global_pool"; "qkv_bias"; "weird key" ]
+        let! values = Gen.listOfLength keys.Length optionValue
+        // positive where validation requires it
+        let values = List.map2 (fun k v -> match k, v with "img_size", Int i -> Int(abs i + 1) | _, v -> v) keys values
+        return { Name = name; Options = Map.ofList (List.zip keys values) }
+    }
+
+let dataset (task: Task) =
+    gen {
+        let! source =
+            match task with
+            | Classification ->
+                Gen.oneof [ Gen.optionOf pathGen |> Gen.map FashionMnist; pathGen |> Gen.map Cifar; pathGen |> Gen.map ImageFolder ]
+            | Segmentation ->
+                Gen.oneof
+                    [ pathGen |> Gen.map SegmentationPairs
+                      gen {
+                          let! c = Gen.choose (28, 128)
+                          let! o = Gen.choose (1, 4)
+                          let! p = Gen.optionOf pathGen
+                          return Composed { Canvas = c; Objects = o; Path = p }
+                      } ]
+        let! classes = Gen.optionOf (Gen.subListOf [ 0 .. 9 ] |> Gen.filter (List.isEmpty >> not))
+        let! shots = Gen.optionOf (Gen.choose (1, 50))
+        let! lt = Gen.optionOf (Gen.choose (1, 5000))
+        let! lv = Gen.optionOf (Gen.choose (1, 500))
+        let! vf = fraction
+        let! seed = Gen.choose (0, 9)
+        return { Source = source; Classes = classes; ShotsPerClass = shots; LimitTrain = lt; LimitVal = lv; ValFraction = vf; Seed = seed }
+    }
+
+let training =
+    gen {
+        let! e = Gen.choose (1, 5)
+        let! b = Gen.choose (1, 128)
+        let! lr = nice
+        let! w = Gen.choose (0, 10)
+        let! wd = fraction
+        let! d = Gen.elements [ Cpu; Cuda ]
+        let! p = Gen.elements [ Fp32; Bf16; Fp16 ]
+        let! s = Gen.choose (8, 64)
+        return { Epochs = e; Batch = b; Lr = lr; Warmup = w; WeightDecay = wd; Device = d; Precision = p; ImageSize = Some s }
+    }
+
+let pretrainStep (name: string) =
+    gen {
+        let! m = zooModel
+        let! task = Gen.elements [ Classification; Segmentation ]
+        let! d = dataset task
+        let! s = Gen.choose (0, 5)
+        let! t = training
+        return { Name = name; Model = m; Dataset = d; Task = task; Seed = s; Training = t }
+    }
+
+let loraOptions =
+    gen {
+        let! alpha = Gen.optionOf nice
+        let! dropout = fraction
+        let! targets = Gen.elements [ [ "qkv" ]; [ "qkv"; "proj" ]; [ "blocks\\.\\d+\\.mlp\\.fc1" ] ]
+        let! rs = Gen.elements [ true; false ]
+        let! bias = Gen.elements [ NoBias; LoraOnly; AllBias ]
+        let! save = Gen.elements [ [ "head" ]; []; [ "head"; "norm" ] ]
+        return { Alpha = alpha; Dropout = dropout; Targets = targets; RsLora = rs; Bias = bias; ModulesToSave = save }
+    }
+
+let methodOf (maxRank: int) (kind: string) =
+    match kind with
+    | "full" -> Gen.constant Full
+    | "head" -> Gen.constant Head
+    | "lora" -> loraOptions |> Gen.map Lora
+    | "dora" -> loraOptions |> Gen.map Dora
+    | "adalora" ->
+        gen {
+            let! o = loraOptions
+            let! init = Gen.optionOf (Gen.choose (maxRank, maxRank + 8))
+            let! ti = Gen.choose (0, 20)
+            let! tf = Gen.choose (0, 20)
+            let! dt = Gen.choose (1, 5)
+            let! b1 = fraction
+            let! b2 = fraction
+            let! orth = nice
+            return AdaLora(o, { InitRank = init; TInit = ti; TFinal = tf; DeltaT = dt; Beta1 = b1; Beta2 = b2; OrthReg = orth })
+        }
+    | _ ->
+        gen {
+            let! ratio = Gen.optionOf nice
+            let! scale = nice
+            let! save = Gen.elements [ [ "head" ]; [] ]
+            return Adapter { Ratio = ratio; Scale = scale; ModulesToSave = save }
+        }
+
+/// A valid experiment: 1-2 models, 1-2 datasets, 1-4 distinct methods, 1-3 ranks, 1-2 seeds.
+let experiment (name: string) =
+    gen {
+        let! task = Gen.elements [ Classification; Segmentation ]
+        let! ranks = Gen.subListOf [ 1; 2; 4; 8; 16 ] |> Gen.filter (List.isEmpty >> not) |> Gen.bind Gen.shuffle |> Gen.map List.ofArray
+        let! kinds = Gen.subListOf [ "full"; "head"; "lora"; "dora"; "adalora"; "adapter" ] |> Gen.filter (List.isEmpty >> not)
+        let! methods = kinds |> List.map (methodOf (List.max ranks)) |> Gen.sequenceToList
+        let! nModels = Gen.choose (1, 2)
+        let! models =
+            Gen.listOfLength nModels (Gen.choose (0, 2))
+            |> Gen.map (List.mapi (fun i k -> i, k))
+            |> Gen.bind (fun picks ->
+                picks
+                |> List.map (fun (i, k) ->
+                    match k with
+                    | 0 -> zooModel |> Gen.map Zoo
+                    | 1 -> Gen.map2 (fun z p -> Weights(z, p + ".safetensors")) zooModel pathGen
+                    | _ -> pretrainStep (sprintf "%s-pre%d" name i) |> Gen.map FromPretrain)
+                |> Gen.sequenceToList)
+        let! nData = Gen.choose (1, 2)
+        let! datasets = Gen.listOfLength nData (dataset task)
+        let! seeds = Gen.subListOf [ 0; 1; 7 ] |> Gen.filter (List.isEmpty >> not)
+        let! t = training
+        return { Name = name; Models = models; Datasets = datasets; Task = task; Methods = methods; Ranks = ranks; Seeds = seeds; Training = t }
+    }
+    // two identical models or datasets would give two runs one name: validation rejects that
+    |> Gen.filter (fun e -> List.distinct (List.map Grid.modelLabel e.Models) = List.map Grid.modelLabel e.Models
+                            && List.distinct (List.map Grid.datasetLabel e.Datasets) = List.map Grid.datasetLabel e.Datasets)
+
+let experimentArb = Arb.fromGen (ident |> Gen.bind experiment)
