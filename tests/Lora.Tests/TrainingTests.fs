@@ -127,7 +127,8 @@ let metrics =
             Expect.equal (Lora.Core.Training.Accuracy.TopK(logits, t, 5)) 0.5 "class 1 is 6th in row 2"
             Expect.equal (Lora.Core.Training.Accuracy.TopK(logits, torch.tensor([| 1L; 3L |]), 5)) 1.0 "class 3 is in row 2's top 5"
         }
-        test "peak memory is measured on CPU" {
+        // Sequenced: every run resets the process-wide peak (VmHWM) when it starts.
+        testSequenced <| test "peak memory is measured on CPU" {
             use m = PeakMemory.Start(Nullable())
             let before = m.PeakMiB
             let big = Array.zeroCreate<byte> (64 * 1024 * 1024)
