@@ -1,0 +1,174 @@
+/// The model commands of the `lora` program (summary, merge, predict) through Commands.Dispatch,
+/// with golden files (tests/Lora.Tests/golden) for what users see. Set LORA_UPDATE_GOLDEN=1 to
+/// rewrite the golden files on purpose.
+module Lora.Tests.CliTests
+
+open System
+open System.IO
+open Expecto
+open TorchSharp
+open Lora.Core.IO
+open Lora.Core.Models
+open Lora.Runner
+open Lora.Tests.Generators
+
+/// Runs `lora ARGS` and returns (exit code, stdout, stderr).
+let lora (args: string list) =
+    use out = new StringWriter()
+    use err = new StringWriter()
+    let code = Commands.Dispatch(List.toArray args, (fun () -> failwith "no executor in these tests"), out, err)
+    code, out.ToString().Replace("\r\n", "\n"), err.ToString().Replace("\r\n", "\n")
+
+let private goldenPath name = Path.Combine(repoRoot, "tests", "Lora.Tests", "golden", name)
+
+/// Compares text with a golden file (rewritten when LORA_UPDATE_GOLDEN=1).
+let golden (name: string) (actual: string) =
+    let path = goldenPath name
+    if Environment.GetEnvironmentVariable "LORA_UPDATE_GOLDEN" = "1" then
+        Directory.CreateDirectory(Path.GetDirectoryName path) |> ignore
+        File.WriteAllText(path, actual)
+    Expect.isTrue (File.Exists path) $"golden file {name} exists (LORA_UPDATE_GOLDEN=1 writes it)"
+    Expect.equal actual (File.ReadAllText(path).Replace("\r\n", "\n")) $"output equals golden/{name}"
+
+/// Exactly one line on stderr, and no stack trace in it.
+let oneLine (err: string) =
+    let lines = err.TrimEnd('\n').Split('\n')
+    Expect.equal lines.Length 1 $"one line on stderr, got:\n{err}"
+    Expect.isFalse (err.Contains "   at ") "no stack trace"
+    lines.[0]
+
+let private summaryTests =
+    testList "summary" [
+        test "convnext_tiny LoRA r=2 on fc1,fc2: tfimm's counts" {
+            let code, out, err = lora [ "summary"; "convnext_tiny"; "--method"; "lora"; "--rank"; "2"; "--targets"; "fc1,fc2" ]
+            Expect.equal (code, err) (0, "") "ok"
+            Expect.stringContains out "Total params: 28,721,608\n" "total"
+            Expect.stringContains out "Trainable params: 132,480\n" "trainable"
+            Expect.stringContains out "Non-trainable params: 28,589,128\n" "non-trainable"
+            golden "summary_convnext_tiny_lora_r2.txt" out
+        }
+        test "vit_base_patch16_224, 100 classes, LoRA r=8 on qkv, head trained: PEFT's counts" {
+            let code, out, err = lora [ "summary"; "vit_base_patch16_224"; "--classes"; "100"; "--method"; "lora"; "--rank"; "8"; "--targets"; "qkv"; "--train"; "head" ]
+            Expect.equal (code, err) (0, "") "ok"
+            Expect.stringContains out "Trainable params: 371,812\n" "trainable"
+            Expect.stringContains out "Total params: 86,247,368\n" "total"
+            Expect.stringContains out "LoRA: blocks.*.attn.qkv ×12" "tuned modules grouped"
+            golden "summary_vit_base_lora_r8_head.txt" out
+        }
+        test "vit_base_patch16_224 DoRA: 399,460 trainable" {
+            let code, out, _ = lora [ "summary"; "vit_base_patch16_224"; "--classes"; "100"; "--method"; "dora"; "--rank"; "8"; "--targets"; "qkv"; "--train"; "head" ]
+            Expect.equal code 0 "ok"
+            Expect.stringContains out "Trainable params: 399,460\n" "trainable"
+            golden "summary_vit_base_dora_r8_head.txt" out
+        }
+        test "vit_base_patch16_224 AdaLoRA init 12 → 8: 519,412 trainable" {
+            let code, out, _ = lora [ "summary"; "vit_base_patch16_224"; "--classes"; "100"; "--method"; "adalora"; "--init-rank"; "12"; "--rank"; "8"; "--targets"; "qkv"; "--train"; "head" ]
+            Expect.equal code 0 "ok"
+            Expect.stringContains out "Trainable params: 519,412\n" "trainable"
+            golden "summary_vit_base_adalora_12_8_head.txt" out
+        }
+        test "full and head methods; adapter on a ViT" {
+            let _, full, _ = lora [ "summary"; "vit_base_patch16_224"; "--classes"; "100"; "--method"; "full" ]
+            Expect.stringContains full "Trainable params: 85,875,556\n" "full: everything trains"
+            let _, head, _ = lora [ "summary"; "vit_base_patch16_224"; "--classes"; "100"; "--method"; "head" ]
+            Expect.stringContains head "Trainable params: 76,900\n" "head: 768·100 + 100"
+            Expect.stringContains head "Total params: 85,875,556\n" "head: nothing added"
+            let code, adapter, _ = lora [ "summary"; "vit"; "--model-config"; fixture "vit_tiny_p4_32.json"; "--method"; "adapter" ]
+            Expect.equal code 0 "adapter ok"
+            // per block: attn and mlp adapters, each 64→16→64 with biases = 2·(64·16 + 16 + 16·64 + 64)
+            Expect.stringContains adapter "Trainable params: 8,512\n" "two blocks × two bottlenecks"
+        }
+        test "unknown model: the zoo's suggestion, one line, exit 2" {
+            let code, out, err = lora [ "summary"; "convnext_tiy"; "--method"; "lora"; "--rank"; "2"; "--targets"; "fc1" ]
+            Expect.equal code 2 "exit 2"
+            Expect.equal out "" "nothing on stdout"
+            let line = oneLine err
+            Expect.stringContains line "Unknown model 'convnext_tiy'. Did you mean: convnext_tiny" "suggestion"
+        }
+        test "bad options: one line each, exit 2" {
+            for args, expected in
+                [ [ "summary"; "convnext_tiny"; "--method"; "lora"; "--rank"; "2" ], "needs --targets"
+                  [ "summary"; "convnext_tiny"; "--method"; "lorax"; "--targets"; "fc1" ], "--method must be one of"
+                  [ "summary"; "convnext_tiny"; "--targets"; "qkv" ], "target pattern 'qkv' matches no module"
+                  [ "summary"; "convnext_tiny"; "--targets"; "fc1"; "--bias"; "some" ], "--bias must be" ] do
+                let code, _, err = lora args
+                Expect.equal code 2 $"exit 2 for {args}"
+                Expect.stringContains (oneLine err) expected "message"
+        }
+    ]
+
+let private maxAbs (a: torch.Tensor) (b: torch.Tensor) = (a - b).abs().max().item<float32>() |> float
+
+let private headerKeys (path: string) = Safetensors.ReadHeader(path).Entries |> Seq.map (fun e -> e.Name) |> Set.ofSeq
+
+let private mergeArgs (weights: string) (adapter: string) (out: string) =
+    [ "merge"; "--model"; "vit"; "--model-config"; fixture "vit_tiny_p4_32.json"; "--weights"; weights; "--adapter"; adapter; "--out"; out ]
+
+/// A copy of the PEFT adapter folder with its weights file replaced.
+let private adapterWith (dir: TempDir) (name: string) (bytes: byte[]) =
+    let folder = dir.File name
+    Directory.CreateDirectory folder |> ignore
+    File.Copy(fixture "peft_lora_vit_tiny/adapter_config.json", Path.Combine(folder, "adapter_config.json"), true)
+    File.WriteAllBytes(Path.Combine(folder, "adapter_model.safetensors"), bytes)
+    folder
+
+let private mergeTests =
+    testList "merge" [
+        test "the merged timm checkpoint has timm's keys and reproduces PEFT's merged logits" {
+            use dir = new TempDir()
+            let out = dir.File "merged.safetensors"
+            let code, stdout, err = lora (mergeArgs (fixture "vit_tiny_p4_32.safetensors") (fixture "peft_lora_vit_tiny") out)
+            Expect.equal (code, err) (0, "") "ok"
+            Expect.stringContains stdout "merged 4 tuned layer(s)" "report"
+            Expect.equal (headerKeys out) (headerKeys (fixture "vit_tiny_p4_32.safetensors")) "exactly the base file's keys"
+            use _ = torch.no_grad()
+            let io = Safetensors.Load(fixture "peft_lora_vit_tiny.io.safetensors")
+            use m = Zoo.Create("vit", ModelArgs.FromFile(fixture "vit_tiny_p4_32.json"))
+            StateDict.Load(m, out) |> ignore
+            m.eval()
+            use logits = m.call io.["input"]
+            Expect.isLessThan (maxAbs logits io.["logits_merged"]) 1e-4 "logits_merged within 1e-4"
+            let qkv (path: string) = Safetensors.Load(path).["blocks.0.attn.qkv.weight"]
+            Expect.isGreaterThan (maxAbs (qkv out) (qkv (fixture "vit_tiny_p4_32.safetensors"))) 1e-4 "the adapter is in the weights"
+            Expect.equal (Directory.GetFiles dir.Path |> Array.map Path.GetFileName) [| "merged.safetensors" |] "no temp file left"
+        }
+        test "unreadable or wrong files: one line, exit 1, no output file" {
+            use dir = new TempDir()
+            let good = File.ReadAllBytes(fixture "vit_tiny_p4_32.safetensors")
+            let write name (bytes: byte[]) = let p = dir.File name in File.WriteAllBytes(p, bytes); p
+            let lying =
+                // the header claims far more bytes than the file holds
+                let b = Array.copy good
+                BitConverter.GetBytes(uint64 (good.Length * 2)).CopyTo(b, 0)
+                b
+            let goodAdapter = fixture "peft_lora_vit_tiny"
+            let adapterBytes = File.ReadAllBytes(fixture "peft_lora_vit_tiny/adapter_model.safetensors")
+            let cases =
+                [ "empty weights", write "empty.safetensors" [||], goodAdapter, "empty.safetensors"
+                  "truncated weights", write "truncated.safetensors" good.[.. good.Length / 2], goodAdapter, "truncated.safetensors"
+                  "lying header", write "lying.safetensors" lying, goodAdapter, "header"
+                  "wrong model", fixture "convnext_t_64.safetensors", goodAdapter, "does not fit"
+                  "missing weights", dir.File "nowhere.safetensors", goodAdapter, "nowhere.safetensors"
+                  "empty adapter", fixture "vit_tiny_p4_32.safetensors", adapterWith dir "empty-adapter" [||], "adapter_model.safetensors"
+                  "truncated adapter", fixture "vit_tiny_p4_32.safetensors", adapterWith dir "truncated-adapter" adapterBytes.[.. adapterBytes.Length - 10], "adapter_model.safetensors"
+                  "adapter for another model", fixture "vit_tiny_p4_32.safetensors", adapterWith dir "other-adapter" good, "does not fit"
+                  "no adapter folder", fixture "vit_tiny_p4_32.safetensors", dir.File "no-adapter", "no-adapter" ]
+            for name, weights, adapter, expected in cases do
+                let out = dir.File "merged.safetensors"
+                let code, _, err = lora (mergeArgs weights adapter out)
+                Expect.equal code 1 $"{name}: exit 1"
+                let line = oneLine err
+                Expect.stringStarts line "lora merge: " $"{name}: prefixed"
+                Expect.stringContains line expected $"{name}: says what is wrong"
+                Expect.isFalse (File.Exists out) $"{name}: no output file"
+                Expect.isEmpty (Directory.GetFiles(dir.Path, "*.tmp")) $"{name}: no temp file"
+        }
+        test "unknown model: exit 2, the zoo's suggestion" {
+            use dir = new TempDir()
+            let code, _, err = lora [ "merge"; "--model"; "vti"; "--weights"; fixture "vit_tiny_p4_32.safetensors"; "--adapter"; fixture "peft_lora_vit_tiny"; "--out"; dir.File "m.safetensors" ]
+            Expect.equal code 2 "exit 2"
+            Expect.stringContains (oneLine err) "Unknown model 'vti'. Did you mean: vit" "suggestion"
+        }
+    ]
+
+let tests = testList "Cli" [ summaryTests; mergeTests ]
