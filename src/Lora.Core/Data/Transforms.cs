@@ -1,0 +1,82 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Lora.Core.Data;
+
+/// What is done to a batch on its way to the model, in this order: bytes → [0,1] floats, resize
+/// (bilinear; masks nearest), random crop after zero padding (classification only), random
+/// horizontal flip, grey → 3 channels, normalise with mean/std per channel.
+/// <param name="Size">resize to Size×Size, or keep the stored size</param>
+/// <param name="CropPadding">pad by this many pixels and crop back at a random offset (0: off)</param>
+/// <param name="HorizontalFlip">flip each image with probability 1/2</param>
+/// <param name="GreyToRgb">repeat a single channel three times</param>
+/// <param name="Mean">per-channel mean to subtract (after the grey → RGB step)</param>
+/// <param name="Std">per-channel standard deviation to divide by</param>
+public sealed record Transforms(
+    int? Size = null, int CropPadding = 0, bool HorizontalFlip = false, bool GreyToRgb = false,
+    float[]? Mean = null, float[]? Std = null)
+{
+    public static readonly Transforms None = new();
+
+    /// ImageNet statistics (timm's IMAGENET_DEFAULT_MEAN / STD).
+    public static readonly float[] ImageNetMean = [0.485f, 0.456f, 0.406f];
+    public static readonly float[] ImageNetStd = [0.229f, 0.224f, 0.225f];
+
+    /// The same transforms without the random parts (for evaluation).
+    public Transforms ForEvaluation() => this with { CropPadding = 0, HorizontalFlip = false };
+
+    public bool IsRandom => CropPadding > 0 || HorizontalFlip;
+
+    /// Applies the deterministic and random steps to float images [B,C,H,W] in [0,1].
+    public Tensor Apply(Tensor x, Random rng)
+    {
+        if (Size is int s && (x.shape[2] != s || x.shape[3] != s)) x = Resize(x, s, s);
+        if (CropPadding > 0) x = RandomCrop(x, CropPadding, rng);
+        if (HorizontalFlip) x = Flip(x, FlipMask((int)x.shape[0], rng));
+        if (GreyToRgb && x.shape[1] == 1) x = x.expand(-1, 3, -1, -1).contiguous();
+        if (Mean is not null || Std is not null) x = Normalize(x, Mean ?? [0f], Std ?? [1f]);
+        return x;
+    }
+
+    public static Tensor Resize(Tensor x, int height, int width) =>
+        nn.functional.interpolate(x, [height, width], mode: InterpolationMode.Bilinear, align_corners: false);
+
+    public static Tensor ResizeMask(Tensor mask, int height, int width) =>
+        nn.functional.interpolate(mask.unsqueeze(1).to(ScalarType.Float32), [height, width], mode: InterpolationMode.Nearest)
+            .squeeze(1).to(mask.dtype);
+
+    public static Tensor RandomCrop(Tensor x, int padding, Random rng)
+    {
+        long b = x.shape[0], h = x.shape[2], w = x.shape[3];
+        using var padded = nn.functional.pad(x, [padding, padding, padding, padding]);
+        var parts = new Tensor[b];
+        for (int i = 0; i < b; i++)
+        {
+            int dy = rng.Next(2 * padding + 1), dx = rng.Next(2 * padding + 1);
+            parts[i] = padded[i, .., dy..(int)(dy + h), dx..(int)(dx + w)];
+        }
+        var r = stack(parts);
+        foreach (var p in parts) p.Dispose();
+        return r;
+    }
+
+    public static bool[] FlipMask(int n, Random rng) => Enumerable.Range(0, n).Select(_ => rng.Next(2) == 1).ToArray();
+
+    /// Flips the images whose entry in <paramref name="flip"/> is true along the width.
+    public static Tensor Flip(Tensor x, bool[] flip)
+    {
+        if (!flip.Any(f => f)) return x;
+        var shape = new long[x.dim()];
+        Array.Fill(shape, 1L);
+        shape[0] = flip.Length;
+        using var m = tensor(flip, device: x.device).reshape(shape);
+        return where(m, x.flip(x.dim() - 1), x);
+    }
+
+    public static Tensor Normalize(Tensor x, float[] mean, float[] std)
+    {
+        using var m = tensor(mean, device: x.device).reshape(1, -1, 1, 1);
+        using var s = tensor(std, device: x.device).reshape(1, -1, 1, 1);
+        return (x - m) / s;
+    }
+}

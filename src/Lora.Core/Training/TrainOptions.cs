@@ -1,0 +1,64 @@
+using Lora.Core.Data;
+
+namespace Lora.Core.Training;
+
+/// How weights and inputs are stored during training. TorchSharp has no autocast, so reduced
+/// precision is explicit: <see cref="BFloat16"/> casts the frozen layers (leaf modules whose
+/// parameters all have requires_grad = false) and the inputs to bfloat16 while trainable parameters
+/// and the optimizer state stay float32; logits are cast back to float32 for the loss. Layers that
+/// mix frozen and trainable weights must cast their inputs to each weight's dtype.
+public enum Precision { Float32, BFloat16 }
+
+/// Options of one training run. Defaults follow common fine-tuning practice (AdamW, weight decay
+/// 0.05 on matrices only, cosine schedule, clip at norm 1).
+public sealed record TrainOptions
+{
+    public int Epochs { get; init; } = 1;
+    public int BatchSize { get; init; } = 32;
+    /// Batch size for evaluation; 0 means twice the training batch size.
+    public int EvalBatchSize { get; init; }
+    public double LearningRate { get; init; } = 1e-3;
+    /// The learning rate the cosine schedule ends at.
+    public double MinLearningRate { get; init; }
+    /// Steps of linear warm-up from lr/warmup to lr.
+    public int WarmupSteps { get; init; }
+    /// Decoupled (AdamW) weight decay, applied to parameters with 2 or more dimensions.
+    public double WeightDecay { get; init; } = 0.05;
+    public double Beta1 { get; init; } = 0.9;
+    public double Beta2 { get; init; } = 0.999;
+    public double Epsilon { get; init; } = 1e-8;
+    /// Maximum global gradient norm; 0 turns clipping off.
+    public double ClipGradNorm { get; init; } = 1.0;
+    /// Seeds data order, augmentation and dropout (per epoch / per step, so a resumed run repeats them).
+    public int Seed { get; init; }
+    /// "cpu", "cuda" or "cuda:N".
+    public string Device { get; init; } = "cpu";
+    public bool EvalEveryEpoch { get; init; } = true;
+    /// Folder for the checkpoint of the trainable state; null: no checkpoints (and no resume).
+    public string? CheckpointDir { get; init; }
+    /// Also checkpoint every N steps within an epoch (0: only at the end of each epoch).
+    public int CheckpointEverySteps { get; init; }
+    public Precision Precision { get; init; } = Precision.Float32;
+    public Transforms TrainTransforms { get; init; } = Transforms.None;
+    /// Evaluation transforms; null: the training transforms without their random parts.
+    public Transforms? EvalTransforms { get; init; }
+    /// Give a promptable segmenter its box prompts (otherwise it gets the images alone).
+    public bool UseBoxPrompts { get; init; } = true;
+    public bool DropLast { get; init; }
+    /// Batches prepared ahead on the loader's worker thread (0: build them inline).
+    public int Prefetch { get; init; } = 2;
+
+    public void Validate()
+    {
+        var errors = new List<string>();
+        if (Epochs < 1) errors.Add($"Epochs must be at least 1 (got {Epochs})");
+        if (BatchSize < 1) errors.Add($"BatchSize must be at least 1 (got {BatchSize})");
+        if (LearningRate <= 0 || double.IsNaN(LearningRate)) errors.Add($"LearningRate must be positive (got {LearningRate})");
+        if (MinLearningRate < 0 || MinLearningRate > LearningRate) errors.Add($"MinLearningRate must be in [0, LearningRate] (got {MinLearningRate})");
+        if (WarmupSteps < 0) errors.Add($"WarmupSteps must not be negative (got {WarmupSteps})");
+        if (WeightDecay < 0) errors.Add($"WeightDecay must not be negative (got {WeightDecay})");
+        if (ClipGradNorm < 0) errors.Add($"ClipGradNorm must not be negative (got {ClipGradNorm})");
+        if (CheckpointEverySteps < 0) errors.Add($"CheckpointEverySteps must not be negative (got {CheckpointEverySteps})");
+        if (errors.Count > 0) throw new ArgumentException("invalid training options: " + string.Join("; ", errors) + ".");
+    }
+}

@@ -1,0 +1,46 @@
+namespace Lora.Core.Training;
+
+/// Metrics of one evaluation pass. Classification fills Top1/Top5; segmentation Dice/MIoU and the
+/// per-class lists (class 0 is the background).
+public sealed record EvalMetrics(
+    int Count, double Loss, double? Top1 = null, double? Top5 = null, double? Dice = null, double? MIoU = null,
+    IReadOnlyList<double>? DicePerClass = null, IReadOnlyList<double>? IouPerClass = null);
+
+/// The loss of one optimisation step (1-based) and the learning rate it used.
+public sealed record StepLoss(long Step, int Epoch, double Loss, double LearningRate);
+
+/// One epoch's summary: mean training loss and, when evaluated, the validation metrics.
+public sealed record EpochMetrics(int Epoch, long Step, double TrainLoss, EvalMetrics? Validation);
+
+/// Everything a run reports.
+public sealed record TrainResult(
+    EvalMetrics Final,
+    IReadOnlyList<StepLoss> LossCurve,
+    IReadOnlyList<EpochMetrics> Epochs,
+    long Steps,
+    TimeSpan TrainTime,
+    double ImagesPerSecond,
+    double PeakMemoryMiB,
+    string PeakMemorySource,
+    Precision Precision,
+    string Device,
+    long TrainableParameters,
+    long? ResumedFromStep);
+
+/// Progress of a run, reported after every step (and with <see cref="EpochEnd"/> after each epoch's
+/// evaluation).
+public sealed record TrainingProgress(
+    int Epoch, int Epochs, long Step, long TotalSteps, double Loss, double LearningRate,
+    double ImagesPerSecond, TimeSpan Eta, EpochMetrics? EpochEnd = null);
+
+/// The loss became NaN or infinite; the run stopped before that step changed any weight.
+public sealed class TrainingDivergedException(long step, int epoch, double loss, string? checkpoint)
+    : Exception($"the loss became {loss} at step {step} (epoch {epoch + 1}); the run was stopped before that step changed the weights. " +
+                (checkpoint is null ? "No checkpoint was written." : $"The last good checkpoint is {checkpoint}.") +
+                " Lower the learning rate, enable gradient clipping or check the data.")
+{
+    public long Step { get; } = step;
+    public int Epoch { get; } = epoch;
+    public double Loss { get; } = loss;
+    public string? Checkpoint { get; } = checkpoint;
+}
