@@ -30,6 +30,7 @@ public static class Commands
                 CommandKind.Version => Print(stdout, $"lora {Lora.Dsl.Version.value}"),
                 CommandKind.Summary => Guarded("summary", () => SummaryCommand.Run(c.Summary, stdout, stderr), stderr),
                 CommandKind.Merge => Guarded("merge", () => MergeCommand.Run(c.Merge, stdout), stderr),
+                CommandKind.Predict => Guarded("predict", () => PredictCommand.Run(c.Predict, stdout, stderr), stderr),
                 _ => NotYet(c.Kind, stderr),
             };
         }

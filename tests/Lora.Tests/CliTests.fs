@@ -171,4 +171,72 @@ let private mergeTests =
         }
     ]
 
-let tests = testList "Cli" [ summaryTests; mergeTests ]
+/// Two 32×32 RGB test images (a gradient and a checkerboard) as channel-first bytes.
+let private testImages =
+    [ Array.init (3 * 32 * 32) (fun i -> byte ((i * 7 + i / 1024 * 60) % 256))
+      Array.init (3 * 32 * 32) (fun i -> if (i % 32 / 4 + i / 128) % 2 = 0 then 230uy else byte (20 + i / 1024 * 40)) ]
+
+/// What the fixture ViT with the PEFT adapter merged gives for the test images: softmax rows.
+let private expectedProbabilities () =
+    use _ = torch.no_grad()
+    use m = Zoo.Create("vit", ModelArgs.FromFile(fixture "vit_tiny_p4_32.json"))
+    StateDict.Load(m, fixture "vit_tiny_p4_32.safetensors") |> ignore
+    Lora.Core.Tuning.AdapterCheckpoint.Load(m, fixture "peft_lora_vit_tiny").MergeAndUnload() |> ignore
+    m.eval()
+    use x = torch.tensor(Array.concat testImages |> Array.map (fun b -> float32 b / 255.0f)).reshape(2L, 3L, 32L, 32L)
+    use p = (m.call x).softmax(1)
+    Array.init 2 (fun i -> Array.init 10 (fun c -> p.[int64 i, int64 c].item<float32>() |> float))
+
+let private predictTests =
+    testList "predict" [
+        test "top-k labels and scores, text and JSON, equal the model's softmax" {
+            use dir = new TempDir()
+            let images = testImages |> List.mapi (fun i px -> let p = dir.File $"img{i}.png" in Lora.Core.Data.Png.Write(p, ReadOnlySpan px, 3, 32, 32); p)
+            let labels = [ for c in 0 .. 9 -> $"class-{c}" ]
+            File.WriteAllLines(dir.File "labels.txt", labels)
+            let args = [ "predict"; "--model"; "vit"; "--model-config"; fixture "vit_tiny_p4_32.json"; "--weights"; fixture "vit_tiny_p4_32.safetensors"
+                         "--adapter"; fixture "peft_lora_vit_tiny"; "--labels"; dir.File "labels.txt"; "--top-k"; "3" ]
+            let expected = expectedProbabilities ()
+            let code, out, err = lora (args @ [ "--json" ] @ images)
+            Expect.equal (code, err) (0, "") "ok"
+            let json = Text.Json.Nodes.JsonNode.Parse(out).AsArray()
+            Expect.equal json.Count 2 "one entry per image"
+            for i in 0 .. 1 do
+                Expect.equal (json.[i].["image"].GetValue<string>()) images.[i] "image path"
+                let preds = json.[i].["predictions"].AsArray() |> Seq.toList
+                let want = expected.[i] |> Array.mapi (fun c p -> c, p) |> Array.sortByDescending snd |> Array.take 3
+                Expect.equal (preds |> List.map (fun p -> p.["index"].GetValue<int>())) (want |> Array.map fst |> Array.toList) $"image {i}: the top-3 classes"
+                Expect.equal (preds |> List.map (fun p -> p.["label"].GetValue<string>())) (want |> Array.map (fun (c, _) -> labels.[c]) |> Array.toList) $"image {i}: labels from the file"
+                for p, (_, w) in List.zip preds (Array.toList want) do
+                    Expect.floatClose { absolute = 1e-5; relative = 0.0 } (p.["score"].GetValue<float>()) w $"image {i}: score"
+            let code, text, _ = lora (args @ images)
+            Expect.equal code 0 "text ok"
+            let lines = text.TrimEnd('\n').Split('\n')
+            Expect.equal lines.Length 8 "per image: its path and 3 lines"
+            Expect.equal lines.[4] images.[1] "second image's header"
+            let c, p = expected.[1] |> Array.mapi (fun c p -> c, p) |> Array.maxBy snd
+            Expect.equal lines.[5] (sprintf "  %s  %s" labels.[c] (p.ToString("0.0000", Globalization.CultureInfo.InvariantCulture))) "best label and confidence"
+        }
+        test "bad images, labels and options: one line each" {
+            use dir = new TempDir()
+            let good = dir.File "good.png"
+            Lora.Core.Data.Png.Write(good, ReadOnlySpan testImages.[0], 3, 32, 32)
+            File.WriteAllBytes(dir.File "garbage.png", Array.init 100 byte)
+            File.WriteAllLines(dir.File "three.txt", [ "a"; "b"; "c" ])
+            let baseArgs = [ "predict"; "--model"; "vit"; "--model-config"; fixture "vit_tiny_p4_32.json"; "--weights"; fixture "vit_tiny_p4_32.safetensors" ]
+            for args, code, expected in
+                [ baseArgs @ [ dir.File "missing.png" ], 1, "image not found"
+                  baseArgs @ [ dir.File "garbage.png" ], 1, "cannot decode the image"
+                  baseArgs @ [ "--labels"; dir.File "three.txt"; good ], 1, "3 labels given but the model predicts 10 classes"
+                  baseArgs @ [ "--top-k"; "0"; good ], 2, "--top-k must be at least 1"
+                  [ "predict"; "--model"; "vit"; good ], 2, "--weights is required"
+                  baseArgs, 2, "no images given"
+                  [ "predict"; "--model"; "unet"; "--weights"; fixture "vit_tiny_p4_32.safetensors"; good ], 2, "is not an image classifier" ] do
+                let c, out, err = lora args
+                Expect.equal c code $"exit code for {expected}"
+                Expect.equal out "" "nothing on stdout"
+                Expect.stringContains (oneLine err) expected "message"
+        }
+    ]
+
+let tests = testList "Cli" [ summaryTests; mergeTests; predictTests ]
