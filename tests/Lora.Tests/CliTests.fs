@@ -132,6 +132,35 @@ let private mergeTests =
             Expect.isGreaterThan (maxAbs (qkv out) (qkv (fixture "vit_tiny_p4_32.safetensors"))) 1e-4 "the adapter is in the weights"
             Expect.equal (Directory.GetFiles dir.Path |> Array.map Path.GetFileName) [| "merged.safetensors" |] "no temp file left"
         }
+        test "DoRA, AdaLoRA and LoRA with a trained head and biases merge to the tuned model's outputs" {
+            let configs =
+                [ "dora", Lora.Core.Tuning.TuningConfig(Method = Lora.Core.Tuning.TuningMethod.Dora, Targets = [| "qkv"; "fc2" |], Rank = 4)
+                  "adalora", Lora.Core.Tuning.TuningConfig(Method = Lora.Core.Tuning.TuningMethod.AdaLora, Targets = [| "qkv" |], InitRank = 6, TargetRank = 4)
+                  "lora+head+bias", Lora.Core.Tuning.TuningConfig(Targets = [| "fc1" |], Rank = 2, ModulesToSave = [| "head" |], Bias = Lora.Core.Tuning.BiasMode.LoraOnly) ]
+            for name, config in configs do
+                use dir = new TempDir()
+                use _ = torch.no_grad()
+                use m = Zoo.Create("vit", ModelArgs.FromFile(fixture "vit_tiny_p4_32.json"))
+                StateDict.Load(m, fixture "vit_tiny_p4_32.safetensors") |> ignore
+                let t = Lora.Core.Tuning.Tuner.Apply(m, config)
+                use g = new torch.Generator(7UL)
+                for p in t.TrainableParameters() do
+                    use r = torch.randn(p.shape, generator = g)
+                    p.add_(r * 0.1) |> ignore
+                Lora.Core.Tuning.AdapterCheckpoint.Save(t, dir.File "adapter")
+                m.eval()
+                use x = torch.randn([| 2L; 3L; 32L; 32L |], generator = g)
+                use tuned = m.call x
+                let out = dir.File "merged.safetensors"
+                let code, _, err = lora (mergeArgs (fixture "vit_tiny_p4_32.safetensors") (dir.File "adapter") out)
+                Expect.equal (code, err) (0, "") $"{name}: ok"
+                Expect.equal (headerKeys out) (headerKeys (fixture "vit_tiny_p4_32.safetensors")) $"{name}: timm's keys"
+                use plain = Zoo.Create("vit", ModelArgs.FromFile(fixture "vit_tiny_p4_32.json"))
+                StateDict.Load(plain, out) |> ignore
+                plain.eval()
+                use merged = plain.call x
+                Expect.isLessThan (maxAbs merged tuned) 1e-4 $"{name}: merged = tuned"
+        }
         test "unreadable or wrong files: one line, exit 1, no output file" {
             use dir = new TempDir()
             let good = File.ReadAllBytes(fixture "vit_tiny_p4_32.safetensors")
