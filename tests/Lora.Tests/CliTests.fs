@@ -206,14 +206,14 @@ let private testImages =
       Array.init (3 * 32 * 32) (fun i -> if (i % 32 / 4 + i / 128) % 2 = 0 then 230uy else byte (20 + i / 1024 * 40)) ]
 
 /// What the fixture ViT with the PEFT adapter merged gives for the test images: softmax rows.
-let private expectedProbabilities () =
+let private expectedProbabilities (normalise: torch.Tensor -> torch.Tensor) =
     use _ = torch.no_grad()
     use m = Zoo.Create("vit", ModelArgs.FromFile(fixture "vit_tiny_p4_32.json"))
     StateDict.Load(m, fixture "vit_tiny_p4_32.safetensors") |> ignore
     Lora.Core.Tuning.AdapterCheckpoint.Load(m, fixture "peft_lora_vit_tiny").MergeAndUnload() |> ignore
     m.eval()
     use x = torch.tensor(Array.concat testImages |> Array.map (fun b -> float32 b / 255.0f)).reshape(2L, 3L, 32L, 32L)
-    use p = (m.call x).softmax(1)
+    use p = (m.call (normalise x)).softmax(1)
     Array.init 2 (fun i -> Array.init 10 (fun c -> p.[int64 i, int64 c].item<float32>() |> float))
 
 let private predictTests =
@@ -225,7 +225,7 @@ let private predictTests =
             File.WriteAllLines(dir.File "labels.txt", labels)
             let args = [ "predict"; "--model"; "vit"; "--model-config"; fixture "vit_tiny_p4_32.json"; "--weights"; fixture "vit_tiny_p4_32.safetensors"
                          "--adapter"; fixture "peft_lora_vit_tiny"; "--labels"; dir.File "labels.txt"; "--top-k"; "3" ]
-            let expected = expectedProbabilities ()
+            let expected = expectedProbabilities id
             let code, out, err = lora (args @ [ "--json" ] @ images)
             Expect.equal (code, err) (0, "") "ok"
             let json = Text.Json.Nodes.JsonNode.Parse(out).AsArray()
@@ -246,6 +246,26 @@ let private predictTests =
             let c, p = expected.[1] |> Array.mapi (fun c p -> c, p) |> Array.maxBy snd
             Expect.equal lines.[5] (sprintf "  %s  %s" labels.[c] (p.ToString("0.0000", Globalization.CultureInfo.InvariantCulture))) "best label and confidence"
         }
+        test "--mean and --std normalise the pixels" {
+            use dir = new TempDir()
+            let image = dir.File "img.png"
+            Lora.Core.Data.Png.Write(image, ReadOnlySpan testImages.[1], 3, 32, 32)
+            let code, out, err =
+                lora [ "predict"; "--model"; "vit"; "--model-config"; fixture "vit_tiny_p4_32.json"; "--weights"; fixture "vit_tiny_p4_32.safetensors"
+                       "--adapter"; fixture "peft_lora_vit_tiny"; "--top-k"; "10"; "--mean"; "0.5,0.4,0.3"; "--std"; "0.2, 0.25,0.3"; "--json"; image ]
+            Expect.equal (code, err) (0, "") "ok"
+            let expected =
+                expectedProbabilities (fun x ->
+                    use m = torch.tensor([| 0.5f; 0.4f; 0.3f |]).reshape(1L, 3L, 1L, 1L)
+                    use s = torch.tensor([| 0.2f; 0.25f; 0.3f |]).reshape(1L, 3L, 1L, 1L)
+                    (x - m) / s)
+            let plain = expectedProbabilities id
+            let preds = Text.Json.Nodes.JsonNode.Parse(out).AsArray().[0].["predictions"].AsArray()
+            for p in preds do
+                let c = p.["index"].GetValue<int>()
+                Expect.floatClose { absolute = 1e-5; relative = 0.0 } (p.["score"].GetValue<float>()) expected.[1].[c] $"class {c}: normalised"
+            Expect.isGreaterThan (Array.map2 (fun a b -> abs (a - b)) expected.[1] plain.[1] |> Array.max) 1e-3 "normalising changes the scores"
+        }
         test "bad images, labels and options: one line each" {
             use dir = new TempDir()
             let good = dir.File "good.png"
@@ -260,6 +280,8 @@ let private predictTests =
                   baseArgs @ [ "--top-k"; "0"; good ], 2, "--top-k must be at least 1"
                   [ "predict"; "--model"; "vit"; good ], 2, "--weights is required"
                   baseArgs, 2, "no images given"
+                  baseArgs @ [ "--mean"; "a,b,c"; good ], 2, "--mean must be comma-separated numbers"
+                  baseArgs @ [ "--std"; "0.5"; good ], 2, "one value per channel (3)"
                   [ "predict"; "--model"; "unet"; "--weights"; fixture "vit_tiny_p4_32.safetensors"; good ], 2, "is not an image classifier" ] do
                 let c, out, err = lora args
                 Expect.equal c code $"exit code for {expected}"
