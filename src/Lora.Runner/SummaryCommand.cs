@@ -17,6 +17,8 @@ public static class SummaryCommand
         var method = o.Method.ToLowerInvariant();
         using var model = ModelSource.Create(o.Model, args, META);
         var train = Patterns(o.Train);
+        if (method is "full" or "head" && (o.Targets.Length > 0 || o.Rank.HasValue || o.InitRank.HasValue))
+            return Bad(stderr, $"--method {method} adds no adapters: drop --targets, --rank and --init-rank");
         string description;
         ParameterSummary summary;
         switch (method)
@@ -37,11 +39,7 @@ public static class SummaryCommand
                 var config = Config(o, method, train, out var error);
                 if (config is null) return Bad(stderr, error!);
                 var report = Tuner.Match(model, config);
-                if (report.Errors.Count > 0)
-                {
-                    foreach (var e in report.Errors) stderr.WriteLine($"lora summary: {e}");
-                    return 2;
-                }
+                if (report.Errors.Count > 0) return Bad(stderr, string.Join("; ", report.Errors));
                 summary = Tuner.Apply(model, config).Summary();
                 description = Describe(config);
                 break;

@@ -90,7 +90,9 @@ let private summaryTests =
                 [ [ "summary"; "convnext_tiny"; "--method"; "lora"; "--rank"; "2" ], "needs --targets"
                   [ "summary"; "convnext_tiny"; "--method"; "lorax"; "--targets"; "fc1" ], "--method must be one of"
                   [ "summary"; "convnext_tiny"; "--targets"; "qkv" ], "target pattern 'qkv' matches no module"
-                  [ "summary"; "convnext_tiny"; "--targets"; "fc1"; "--bias"; "some" ], "--bias must be" ] do
+                  [ "summary"; "convnext_tiny"; "--targets"; "fc1"; "--bias"; "some" ], "--bias must be"
+                  [ "summary"; "convnext_tiny"; "--method"; "full"; "--targets"; "fc1" ], "adds no adapters"
+                  [ "summary"; "vit"; "--model-config"; fixture "vit_tiny_p4_32.json"; "--method"; "lora"; "--rank"; "80"; "--targets"; "fc2" ], "exceeds min(in_features, out_features)" ] do
                 let code, _, err = lora args
                 Expect.equal code 2 $"exit 2 for {args}"
                 Expect.stringContains (oneLine err) expected "message"
