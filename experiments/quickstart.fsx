@@ -16,22 +16,23 @@ let vitFmnist =
                 "num_heads", Int 4
                 "num_classes", Int 5 ]
         )
-        dataset (fashionMnist |> classes [ 0 .. 4 ] |> limit 3000 500)
-        epochs 2
-        batch 64
-        lr 1e-3
+        dataset (fashionMnist |> classes [ 0 .. 4 ] |> limit 12000 1000)
+        epochs 3
+        batch 128
+        lr 2e-3
+        warmup 20
     }
 
 let experiments =
     [ experiment {
           name "quickstart"
           model (fromPretrain vitFmnist)
-          dataset (fashionMnist |> classes [ 5 .. 9 ] |> limit 1000 500)
+          dataset (fashionMnist |> classes [ 5 .. 9 ] |> limit 2000 1000)
           methods [ full; head; lora; dora
-                    AdaLora(LoraOptions.Defaults, { AdaLoraOptions.Defaults with TInit = 5; TFinal = 5; DeltaT = 2 })
+                    AdaLora(LoraOptions.Defaults, { AdaLoraOptions.Defaults with TInit = 10; TFinal = 20; DeltaT = 2 })
                     adapter ]
           ranks [ 4; 8 ]
-          epochs 2
+          epochs 3
           batch 64
-          lr 1e-3
+          lr 3e-3
       } ]

@@ -65,10 +65,3 @@ public interface IRunExecutor
     /// Throw to fail the run (its message is recorded); observe <paramref name="ct"/> between steps.</summary>
     RunResult Execute(ResolvedRun run, RunContext ctx, CancellationToken ct);
 }
-
-/// <summary>The executor until training is wired in: every run fails with a clear message.</summary>
-public sealed class NotWiredExecutor : IRunExecutor
-{
-    public RunResult Execute(ResolvedRun run, RunContext ctx, CancellationToken ct) =>
-        throw new NotSupportedException("training is not wired into the runner yet (Program.ExecutorFactory)");
-}

@@ -3,7 +3,7 @@ namespace Lora.Runner;
 public static class Program
 {
     /// <summary>Creates the executor `lora run` uses; the training wiring (Lora.Core) replaces the default.</summary>
-    public static Func<IRunExecutor> ExecutorFactory { get; set; } = () => new NotWiredExecutor();
+    public static Func<IRunExecutor> ExecutorFactory { get; set; } = () => new TrainingExecutor();
 
     public static int Main(string[] args)
     {

@@ -13,12 +13,19 @@ public static class StateDict
     /// (converted to each target's dtype and device). Wrong shapes are always an error; with strict,
     /// so are missing and unexpected keys. All problems are listed in one InvalidDataException, and
     /// nothing is copied unless the whole file fits.
-    public static LoadReport Load(nn.Module module, string path, bool strict = true)
+    /// Keys for which <paramref name="skip"/> returns true are left as the model has them (used to
+    /// transfer a backbone whose classifier head has another number of classes).
+    public static LoadReport Load(nn.Module module, string path, bool strict = true, Func<string, bool>? skip = null)
     {
         var source = Safetensors.Load(path);
         try
         {
             var target = module.state_dict();
+            if (skip is not null)
+            {
+                foreach (var k in source.Keys.Where(skip).ToList()) { source[k].Dispose(); source.Remove(k); }
+                target = target.Where(kv => !skip(kv.Key)).ToDictionary(kv => kv.Key, kv => kv.Value);
+            }
             var missing = target.Keys.Where(k => !source.ContainsKey(k)).ToList();
             var unexpected = source.Keys.Where(k => !target.ContainsKey(k)).ToList();
             var wrongShape = target.Where(kv => source.TryGetValue(kv.Key, out var s) && !s.shape.SequenceEqual(kv.Value.shape))

@@ -95,6 +95,7 @@ public static class AdapterCheckpoint
             OrthRegWeight = Num("orth_reg_weight") ?? 0.5,
             TotalStep = (long)(Num("total_step") ?? 0),
             AdapterRatio = Num("adapter_ratio") ?? 0.25,
+            AdapterWidth = (int)(Num("adapter_width") ?? 0),
             AdapterMlpScale = Num("adapter_mlp_scale") ?? 0.5,
         };
         Dictionary<string, bool[]>? pattern = null;
@@ -243,7 +244,7 @@ public static class AdapterCheckpoint
         else o["rank_pattern"] = new JsonObject(c.RankPattern.Select(kv => KeyValuePair.Create(kv.Key, (JsonNode?)JsonValue.Create(kv.Value))));
         if (c.Method == TuningMethod.Adapter)
         {
-            o["adapter_ratio"] = c.AdapterRatio; o["adapter_mlp_scale"] = c.AdapterMlpScale; o["adapter_init_identity"] = c.AdapterInitIdentity;
+            o["adapter_ratio"] = c.AdapterRatio; o["adapter_width"] = c.AdapterWidth; o["adapter_mlp_scale"] = c.AdapterMlpScale; o["adapter_init_identity"] = c.AdapterInitIdentity;
         }
         return o;
     }

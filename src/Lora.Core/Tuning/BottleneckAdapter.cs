@@ -15,10 +15,11 @@ public sealed class BottleneckAdapter : nn.Module<Tensor, Tensor>
 #pragma warning restore IDE1006
     readonly GELU act = nn.GELU();
 
-    public BottleneckAdapter(long dim, double ratio = 0.25, bool initIdentity = false, ScalarType? dtype = null, Device? device = null)
+    /// <param name="width">the bottleneck width; 0 takes it from <paramref name="ratio"/> × dim</param>
+    public BottleneckAdapter(long dim, double ratio = 0.25, bool initIdentity = false, ScalarType? dtype = null, Device? device = null, long width = 0)
         : base(nameof(BottleneckAdapter))
     {
-        var hidden = Math.Max(1L, (long)(dim * ratio));
+        var hidden = width > 0 ? width : Math.Max(1L, (long)(dim * ratio));
         fc1 = nn.Linear(dim, hidden, dtype: dtype, device: device);
         fc2 = nn.Linear(hidden, dim, dtype: dtype, device: device);
         if (initIdentity)

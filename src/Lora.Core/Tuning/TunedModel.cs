@@ -120,8 +120,8 @@ public sealed class TunedModel
                 var host = (IAdapterHost)ModuleTree.Get(Model, m.Path);
                 var dim = host.AdapterDim ?? InferDim((nn.Module)host, m.Path);
                 var w = ((nn.Module)host).parameters().First();
-                list.Add((host, new BottleneckAdapter(dim, config.AdapterRatio, config.AdapterInitIdentity, w.dtype, w.device),
-                                new BottleneckAdapter(dim, config.AdapterRatio, config.AdapterInitIdentity, w.dtype, w.device)));
+                list.Add((host, new BottleneckAdapter(dim, config.AdapterRatio, config.AdapterInitIdentity, w.dtype, w.device, config.AdapterWidth),
+                                new BottleneckAdapter(dim, config.AdapterRatio, config.AdapterInitIdentity, w.dtype, w.device, config.AdapterWidth)));
             }
             hostAdapters[name] = list;
         }

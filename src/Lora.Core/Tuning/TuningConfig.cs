@@ -80,6 +80,9 @@ public sealed record TuningConfig
     /// Adapter: bottleneck width as a fraction of the block width.
     public double AdapterRatio { get; init; } = 0.25;
 
+    /// Adapter: bottleneck width in features; 0 uses <see cref="AdapterRatio"/> instead.
+    public int AdapterWidth { get; init; }
+
     /// Adapter: scale of the MLP-parallel adapter.
     public double AdapterMlpScale { get; init; } = 0.5;
 
@@ -106,6 +109,7 @@ public sealed record TuningConfig
         if (Method == TuningMethod.Adapter)
         {
             if (AdapterRatio <= 0) errors.Add($"AdapterRatio must be positive, got {AdapterRatio}");
+            if (AdapterWidth < 0) errors.Add($"AdapterWidth must be positive (or 0 to use AdapterRatio), got {AdapterWidth}");
             if (Targets.Count > 0) errors.Add("Targets does not apply to the Adapter method (it tunes every block implementing IAdapterHost)");
         }
         foreach (var (p, r) in RankPattern) if (r <= 0) errors.Add($"RankPattern['{p}'] must be positive, got {r}");

@@ -1,0 +1,97 @@
+using Lora.Core.Data;
+using Lora.Dsl;
+using Microsoft.FSharp.Collections;
+using Microsoft.FSharp.Core;
+using Task = Lora.Dsl.Task;
+
+namespace Lora.Runner;
+
+/// The data of one run, materialised from its <see cref="DatasetView"/>: a classification pair of
+/// image sets or a segmentation pair, deterministic from the view's seed.
+public sealed record RunData(ImageDataset? Train, ImageDataset? Validation, SegmentationDataset? SegTrain, SegmentationDataset? SegValidation)
+{
+    public bool IsSegmentation => SegTrain is not null;
+    public int Channels => Train?.Channels ?? SegTrain!.Channels;
+    public int Height => Train?.Height ?? SegTrain!.Height;
+    /// Classes the model must output: the class count, or 1 for a binary mask (one logit map).
+    public int OutputClasses => Train?.NumClasses ?? (SegTrain!.IsBinary ? 1 : SegTrain.NumClasses);
+    public int TrainCount => Train?.Count ?? SegTrain!.Count;
+
+    /// Fashion-MNIST is read once per process; every view of it is cut from these copies.
+    static readonly Dictionary<(string?, bool), ImageDataset> fashionCache = new();
+
+    public static RunData Load(DatasetView view, Task task, int? imageSize)
+    {
+        var source = view.Source;
+        if (source.IsComposed)
+        {
+            var c = ((DataSource.Composed)source).Item;
+            var (train, test) = (Fashion(OptionModule.ToObj(c.Path), true), Fashion(OptionModule.ToObj(c.Path), false));
+            (train, test) = (View(train, view), View(test, view));
+            var opts = new ComposeOptions(Canvas: c.Canvas, MinObjects: 1, MaxObjects: Math.Max(1, c.Objects));
+            var segTrain = Lora.Core.Data.ComposedSegmentation.Create(train, Opt(view.LimitTrain) ?? 1000, view.Seed, opts);
+            var segVal = Lora.Core.Data.ComposedSegmentation.Create(test, Opt(view.LimitVal) ?? 200, view.Seed + 1, opts);
+            return new RunData(null, null, segTrain, segVal);
+        }
+        if (source.IsSegmentationPairs)
+        {
+            var path = ((DataSource.SegmentationPairs)source).path;
+            var all = SegmentationFolder.Load(path, imageSize ?? 64);
+            var (tr, va) = all.Split(view.ValFraction, view.Seed);
+            return new RunData(null, null, Limit(tr, view.LimitTrain, view.Seed), Limit(va, view.LimitVal, view.Seed));
+        }
+        if (task.IsSegmentation)
+            throw new InvalidDataException($"a segmentation run needs a segmentation data set (composed or segmentation pairs), not {source}");
+
+        ImageDataset trainSet, valSet;
+        if (source.IsFashionMnist)
+        {
+            var path = OptionModule.ToObj(((DataSource.FashionMnist)source).path);
+            (trainSet, valSet) = (View(Fashion(path, true), view), View(Fashion(path, false), view));
+        }
+        else if (source.IsCifar)
+        {
+            var root = ((DataSource.Cifar)source).path;
+            bool hundred = File.Exists(Path.Combine(root, "train.bin"));
+            var tr = hundred ? Cifar.LoadCifar100(root, true) : Cifar.LoadCifar10(root, true);
+            var te = hundred ? Cifar.LoadCifar100(root, false) : Cifar.LoadCifar10(root, false);
+            (trainSet, valSet) = (View(tr, view), View(te, view));
+        }
+        else
+        {
+            var root = ((DataSource.ImageFolder)source).path;
+            var all = View(ImageFolder.Load(root, imageSize ?? 224), view);
+            (trainSet, valSet) = all.Split(view.ValFraction, view.Seed);
+        }
+        return new RunData(Limit(trainSet, view.LimitTrain, view.Seed), Limit(valSet, view.LimitVal, view.Seed + 1), null, null);
+    }
+
+    static ImageDataset Fashion(string? path, bool train)
+    {
+        lock (fashionCache)
+        {
+            if (!fashionCache.TryGetValue((path, train), out var set))
+                fashionCache[(path, train)] = set = FashionMnist.Load(path, train);
+            return set;
+        }
+    }
+
+    /// Class subset (relabelled 0..k-1 in the order given), then k shots per class.
+    static ImageDataset View(ImageDataset set, DatasetView view)
+    {
+        if (Opt(view.Classes) is { } classes) set = set.SelectClasses(classes.ToArray());
+        if (Opt(view.ShotsPerClass) is int k) set = set.KShot(k, view.Seed);
+        return set;
+    }
+
+    /// A seeded sample of at most n items (the first n of a permutation), so that a limit keeps
+    /// every class represented.
+    static ImageDataset Limit(ImageDataset set, FSharpOption<int>? n, int seed) =>
+        Opt(n) is int k && k < set.Count ? set.Subset(Seeded.Permutation(set.Count, seed).Take(k).ToArray()) : set;
+
+    static SegmentationDataset Limit(SegmentationDataset set, FSharpOption<int>? n, int seed) =>
+        Opt(n) is int k && k < set.Count ? set.Subset(Seeded.Permutation(set.Count, seed).Take(k).ToArray()) : set;
+
+    static int? Opt(FSharpOption<int>? o) => o is null ? null : o.Value;
+    static FSharpList<int>? Opt(FSharpOption<FSharpList<int>>? o) => o?.Value;
+}

@@ -1,0 +1,252 @@
+using System.Globalization;
+using Lora.Core.Data;
+using Lora.Core.IO;
+using Lora.Core.Models;
+using Lora.Core.Training;
+using Lora.Core.Tuning;
+using Lora.Dsl;
+using TorchSharp;
+using static TorchSharp.torch;
+using CorePrecision = Lora.Core.Training.Precision;
+
+namespace Lora.Runner;
+
+/// Executes one run of a plan with Lora.Core: builds (or transfers) the model, applies the tuning
+/// method, trains with <see cref="Trainer"/> (resuming from the run's checkpoint if a previous
+/// attempt was killed), and leaves the weights in the run's artifacts folder.
+public sealed class TrainingExecutor : IRunExecutor
+{
+    /// The full model's weights (pretraining, full fine-tuning and head-only runs).
+    public const string ModelFile = "model.safetensors";
+    /// The adapter folder of a PEFT-method run, in PEFT's layout.
+    public const string AdapterFolder = "adapter";
+    const string CheckpointFolder = "checkpoint";
+
+    public RunResult Execute(ResolvedRun run, RunContext ctx, CancellationToken ct)
+    {
+        var spec = run.Spec;
+        var training = spec.Training;
+        var data = RunData.Load(spec.Dataset, spec.Task, OptionInt(training.ImageSize));
+        ctx.Log($"data: {data.TrainCount} training items, {data.Height}x{data.Height}x{data.Channels}, {data.OutputClasses} output class(es)");
+
+        // Same seed, same initial weights and adapters: what makes a killed run resumable.
+        torch.manual_seed(spec.Seed);
+        using var model = BuildModel(spec, ctx, data);
+        var tuned = ApplyMethod(spec, model);
+        var summary = ParameterSummary.Of(model);
+        ctx.Log($"parameters: {summary.Total:N0} total, {summary.Trainable:N0} trainable");
+
+        var options = new TrainOptions
+        {
+            Epochs = training.Epochs,
+            BatchSize = training.Batch,
+            LearningRate = training.Lr,
+            WarmupSteps = training.Warmup,
+            WeightDecay = training.WeightDecay,
+            Seed = spec.Seed,
+            Device = ctx.Device,
+            Precision = PrecisionOf(training.Precision),
+            CheckpointDir = Path.Combine(ctx.ArtifactsDir, CheckpointFolder),
+            CheckpointEverySteps = 10,
+            TrainTransforms = InputTransforms(model, data),
+        };
+        var trainer = new Trainer(model, options);
+        var progress = new Progress(ctx.Log);
+        var result = data.IsSegmentation
+            ? trainer.Resume(data.SegTrain!, data.SegValidation, progress, ct)
+            : trainer.Resume(data.Train!, data.Validation, progress, ct);
+        if (result.ResumedFromStep is long from) ctx.Log($"resumed from the checkpoint at step {from}");
+
+        SaveWeights(spec, model, tuned, ctx.ArtifactsDir);
+        // The final weights are saved: the checkpoint is no longer needed to resume.
+        Directory.Delete(options.CheckpointDir, recursive: true);
+        return ToRunResult(result, summary, tuned);
+    }
+
+    static nn.Module<Tensor, Tensor> BuildModel(Run spec, RunContext ctx, RunData data)
+    {
+        var zooModel = spec.Model.ZooModel;
+        var args = ArgsOf(zooModel).With("num_classes", (long)data.OutputClasses);
+        if (!args.Has("in_chans") && data.Channels == 1 && IsFamily(zooModel.Name)) args = args.With("in_chans", 1L);
+        var model = Zoo.Create(zooModel.Name, args);
+        string? weights = spec.Model switch
+        {
+            BaseModel.FromPretrain => Path.Combine(ctx.BaseArtifactsDir
+                ?? throw new InvalidOperationException($"{spec.Id} starts from a pretraining run but no base artifacts folder was given"), ModelFile),
+            BaseModel.Weights w => w.path,
+            _ => null,
+        };
+        if (weights is not null)
+        {
+            if (!File.Exists(weights))
+                throw new FileNotFoundException($"{spec.Id}: the base weights {weights} do not exist" +
+                    (spec.Model.IsFromPretrain ? " (did its pretraining run finish?)" : ""), weights);
+            // The classifier is new whenever the class count differs: keep the model's fresh one.
+            var head = HeadName(model);
+            var shapes = model.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.shape);
+            var fileShapes = Safetensors.ReadHeader(weights).Entries.ToDictionary(e => e.Name, e => e.Shape);
+            bool Skip(string key) => key.StartsWith(head + ".", StringComparison.Ordinal)
+                && fileShapes.TryGetValue(key, out var f) && shapes.TryGetValue(key, out var m) && !f.SequenceEqual(m);
+            StateDict.Load(model, weights, strict: true, skip: Skip);
+            ctx.Log($"base weights: {weights}");
+        }
+        return model;
+    }
+
+    /// The family names take only what the spec gives; named models keep their own input channels.
+    static bool IsFamily(string name) => name is "vit" or "convnext" or "tiny_vit" or "unet" or "sam_vit" or "sam_tiny_vit";
+
+    static ModelArgs ArgsOf(ZooModel m)
+    {
+        var args = ModelArgs.Empty;
+        foreach (var (key, value) in m.Options)
+            args = args.With(key, value switch
+            {
+                OptionValue.Int i => (object)(long)i.Item,
+                OptionValue.Float f => f.Item,
+                OptionValue.Text t => t.Item,
+                OptionValue.Flag b => b.Item,
+                _ => throw new ArgumentException($"option {key} has an unknown kind"),
+            });
+        return args;
+    }
+
+    /// The module trained by `head` and kept by modules_to_save: the classifier, or the decoder of a segmenter.
+    static string HeadName(nn.Module model) => model switch
+    {
+        UNet => "outc",
+        Sam => "mask_decoder",
+        _ => "head",
+    };
+
+    static TunedModel? ApplyMethod(Run spec, nn.Module<Tensor, Tensor> model)
+    {
+        var method = spec.Method;
+        var head = HeadName(model);
+        switch (method.Kind)
+        {
+            case MethodKind.Full:
+                return null;
+            case MethodKind.Head:
+                foreach (var (name, p) in model.named_parameters())
+                    p.requires_grad = name.StartsWith(head + ".", StringComparison.Ordinal);
+                return null;
+        }
+        IEnumerable<string> Saved(Microsoft.FSharp.Collections.FSharpList<string> names) => names.Select(n => n == "head" ? head : n);
+        TuningConfig config;
+        if (method.Kind == MethodKind.Adapter)
+        {
+            var a = method.AdapterOptionsOrNull;
+            config = new TuningConfig
+            {
+                Method = TuningMethod.Adapter,
+                AdapterRatio = a.Ratio is null ? 0.25 : a.Ratio.Value,
+                AdapterMlpScale = a.Scale,
+                ModulesToSave = Saved(a.ModulesToSave).ToArray(),
+            };
+            // Without a ratio, the grid's rank is the bottleneck width.
+            if (a.Ratio is null) config = config with { AdapterWidth = spec.RankValue };
+        }
+        else
+        {
+            var o = method.LoraOptionsOrNull;
+            int rank = spec.RankValue;
+            config = new TuningConfig
+            {
+                Method = method.Kind switch { MethodKind.Dora => TuningMethod.Dora, MethodKind.AdaLora => TuningMethod.AdaLora, _ => TuningMethod.Lora },
+                Targets = o.Targets.ToArray(),
+                Rank = rank,
+                Alpha = o.Alpha is null ? 2.0 * rank : o.Alpha.Value,
+                Dropout = o.Dropout,
+                UseRsLora = o.RsLora,
+                Bias = o.Bias.IsLoraOnly ? BiasMode.LoraOnly : o.Bias.IsAllBias ? BiasMode.All : BiasMode.None,
+                ModulesToSave = Saved(o.ModulesToSave).ToArray(),
+            };
+            if (method.Kind == MethodKind.AdaLora)
+            {
+                var ada = method.AdaLoraOptionsOrNull;
+                config = config with
+                {
+                    TargetRank = rank,
+                    InitRank = ada.InitRank is null ? (int)Math.Ceiling(1.5 * rank) : ada.InitRank.Value,
+                    TInit = ada.TInit, TFinal = ada.TFinal, DeltaT = ada.DeltaT,
+                    Beta1 = ada.Beta1, Beta2 = ada.Beta2, OrthRegWeight = ada.OrthReg,
+                };
+            }
+        }
+        return Tuner.Apply(model, config);
+    }
+
+    static Transforms InputTransforms(nn.Module model, RunData data)
+    {
+        var (inChans, size) = model switch
+        {
+            VisionTransformer v => (v.Config.in_chans, (long?)v.Config.img_size),
+            ConvNeXt c => (c.Config.in_chans, null),
+            UNet u => (u.Config.in_chans, null),
+            TinyVit t => (t.Config.in_chans, null),
+            _ => (3L, null),
+        };
+        bool grey = data.Channels == 1 && inChans == 3;
+        int channels = grey ? 3 : data.Channels;
+        return new Transforms(
+            Size: size is long s && s != data.Height ? (int)s : null,
+            GreyToRgb: grey,
+            Mean: Enumerable.Repeat(0.5f, channels).ToArray(),
+            Std: Enumerable.Repeat(0.5f, channels).ToArray());
+    }
+
+    static CorePrecision PrecisionOf(Lora.Dsl.Precision p) =>
+        p.IsBf16 ? CorePrecision.BFloat16
+        : p.IsFp32 ? CorePrecision.Float32
+        : throw new NotSupportedException("precision fp16 is not supported (TorchSharp has no autocast and no loss scaling here): use fp32 or bf16");
+
+    static void SaveWeights(Run spec, nn.Module model, TunedModel? tuned, string dir)
+    {
+        Directory.CreateDirectory(dir);
+        if (tuned is null) StateDict.Save(model, Path.Combine(dir, ModelFile));
+        else AdapterCheckpoint.Save(tuned, Path.Combine(dir, AdapterFolder));
+    }
+
+    static RunResult ToRunResult(TrainResult r, ParameterSummary summary, TunedModel? tuned)
+    {
+        var metrics = new Dictionary<string, double> { ["loss"] = r.Final.Loss };
+        if (r.Final.Top1 is double top1) metrics["accuracy"] = top1;
+        if (r.Final.Top5 is double top5) metrics["top5"] = top5;
+        if (r.Final.Dice is double dice) metrics["dice"] = dice;
+        if (r.Final.MIoU is double miou) metrics["miou"] = miou;
+        var extra = new Dictionary<string, string>
+        {
+            ["images_per_second"] = r.ImagesPerSecond.ToString("F1", CultureInfo.InvariantCulture),
+            ["steps"] = r.Steps.ToString(CultureInfo.InvariantCulture),
+            ["precision"] = r.Precision.ToString(),
+            ["peak_memory_source"] = r.PeakMemorySource,
+        };
+        if (tuned?.Allocator() is not null && tuned.RankPattern() is { } pattern)
+            extra["rank_pattern"] = string.Join(",", pattern.Select(kv => $"{kv.Key}={kv.Value.Count(b => b)}"));
+        return new RunResult
+        {
+            Metrics = metrics,
+            Curve = r.Epochs.Select(e => new CurvePoint(e.Epoch, e.Step, e.TrainLoss, e.Validation?.Loss, e.Validation?.Top1 ?? e.Validation?.Dice)).ToList(),
+            TotalParams = summary.Total,
+            TrainableParams = summary.Trainable,
+            TrainSeconds = r.TrainTime.TotalSeconds,
+            PeakMemoryBytes = double.IsNaN(r.PeakMemoryMiB) ? null : (long)(r.PeakMemoryMiB * 1048576),
+            Extra = extra,
+        };
+    }
+
+    static int? OptionInt(Microsoft.FSharp.Core.FSharpOption<int>? o) => o is null ? null : o.Value;
+
+    /// Epoch ends as log lines (the console and the run's log.txt).
+    sealed class Progress(Action<string> log) : IProgress<TrainingProgress>
+    {
+        public void Report(TrainingProgress p)
+        {
+            if (p.EpochEnd is not { } e) return;
+            var v = e.Validation;
+            var metric = v is null ? "" : v.Top1 is double a ? $", val accuracy {a:P1}" : v.Dice is double d ? $", val DICE {d:F3}, mIoU {v.MIoU:F3}" : "";
+            log($"epoch {e.Epoch}/{p.Epochs}: train loss {e.TrainLoss:F4}{(v is null ? "" : $", val loss {v.Loss:F4}")}{metric}, {p.ImagesPerSecond:F0} img/s");
+        }
+    }
+}
