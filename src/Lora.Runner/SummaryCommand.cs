@@ -84,9 +84,9 @@ public static class SummaryCommand
             default: error = $"--method must be one of full, head, lora, dora, adalora, adapter; got '{o.Method}'"; return null;
         }
         var targets = Patterns(o.Targets);
-        if (m == TuningMethod.Adapter && (targets.Count > 0 || o.Rank.HasValue))
+        if (m == TuningMethod.Adapter && targets.Count > 0)
         {
-            error = "the adapter method takes no --targets or --rank: it adds a bottleneck (0.25 × width) to every transformer block";
+            error = "the adapter method takes no --targets: it adds a bottleneck to every transformer block (--rank sets its width, default 0.25 × the block's)";
             return null;
         }
         if (m != TuningMethod.Adapter && targets.Count == 0) { error = $"{method} needs --targets (e.g. --targets qkv or --targets fc1,fc2)"; return null; }
@@ -110,6 +110,7 @@ public static class SummaryCommand
             ModulesToSave = train,
             InitRank = o.InitRank ?? Math.Max(12, rank),
             TargetRank = rank,
+            AdapterWidth = m == TuningMethod.Adapter ? o.Rank ?? 0 : 0,
         };
         try { config.Validate(); }
         catch (ArgumentException e) { error = e.Message; return null; }
@@ -122,7 +123,7 @@ public static class SummaryCommand
         var what = c.Method switch
         {
             TuningMethod.AdaLora => $"AdaLoRA init_r={c.InitRank} target_r={c.TargetRank} alpha={F(c.Alpha)}",
-            TuningMethod.Adapter => $"Adapter ratio={F(c.AdapterRatio)}",
+            TuningMethod.Adapter => c.AdapterWidth > 0 ? $"Adapter width={c.AdapterWidth}" : $"Adapter ratio={F(c.AdapterRatio)}",
             _ => $"{(c.Method == TuningMethod.Dora ? "DoRA" : "LoRA")} r={c.Rank} alpha={F(c.Alpha)}",
         };
         if (c.Targets.Count > 0) what += $" on {string.Join(", ", c.Targets)}";

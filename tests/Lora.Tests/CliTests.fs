@@ -77,6 +77,9 @@ let private summaryTests =
             Expect.equal code 0 "adapter ok"
             // per block: attn and mlp adapters, each 64→16→64 with biases = 2·(64·16 + 16 + 16·64 + 64)
             Expect.stringContains adapter "Trainable params: 8,512\n" "two blocks × two bottlenecks"
+            let _, width8, _ = lora [ "summary"; "vit"; "--model-config"; fixture "vit_tiny_p4_32.json"; "--method"; "adapter"; "--rank"; "8" ]
+            // width 8: 4 × (64·8 + 8 + 8·64 + 64)
+            Expect.stringContains width8 "Trainable params: 4,384\n" "--rank sets the bottleneck width"
         }
         test "unknown model: the zoo's suggestion, one line, exit 2" {
             let code, out, err = lora [ "summary"; "convnext_tiy"; "--method"; "lora"; "--rank"; "2"; "--targets"; "fc1" ]
