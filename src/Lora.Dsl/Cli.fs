@@ -97,6 +97,8 @@ module Cli =
         | Adapter of path: string
         | Labels of path: string
         | Top_K of k: int
+        | Mean of values: string
+        | Std of values: string
         | Json
         interface IArgParserTemplate with
             member a.Usage =
@@ -108,6 +110,8 @@ module Cli =
                 | Adapter _ -> "an adapter to apply"
                 | Labels _ -> "a text file with one label per line"
                 | Top_K _ -> "how many labels per image (default 5)"
+                | Mean _ -> "per-channel mean subtracted from pixels in [0, 1], comma-separated, or 'imagenet' (default: none)"
+                | Std _ -> "per-channel standard deviation to divide by, comma-separated, or 'imagenet' (default: none)"
                 | Json -> "print JSON instead of text"
 
     type BenchArgs =
@@ -224,7 +228,10 @@ type SummaryOptions =
       Bias: string; InitRank: Nullable<int>; Classes: Nullable<int>; ModelConfig: string }
 type MergeOptions = { Model: string; ModelConfig: string; Weights: string; Adapter: string; Out: string }
 type PredictOptions =
-    { Images: string list; Model: string; ModelConfig: string; Weights: string; Adapter: string; Labels: string; TopK: int; Json: bool }
+    { Images: string list; Model: string; ModelConfig: string; Weights: string; Adapter: string; Labels: string; TopK: int; Json: bool
+      /// the --mean and --std texts as given (null: no normalisation)
+      Mean: string
+      Std: string }
 type BenchOptions =
     { Model: string; Batch: Nullable<int>; Img: Nullable<int>; Classes: Nullable<int>; Rank: Nullable<int>; Methods: string list
       Device: string; Steps: Nullable<int>; Warmup: Nullable<int>; Json: bool }
@@ -323,7 +330,8 @@ type CommandLine private () =
                                   Predict = { Images = a.GetResult(Cli.PredictArgs.Images, []); Model = a.GetResult Cli.PredictArgs.Model
                                               ModelConfig = orNull (a.TryGetResult Cli.PredictArgs.Model_Config); Weights = orNull (a.TryGetResult Cli.PredictArgs.Weights)
                                               Adapter = orNull (a.TryGetResult Cli.PredictArgs.Adapter); Labels = orNull (a.TryGetResult Cli.PredictArgs.Labels)
-                                              TopK = a.GetResult(Cli.PredictArgs.Top_K, 5); Json = a.Contains Cli.PredictArgs.Json }))
+                                              TopK = a.GetResult(Cli.PredictArgs.Top_K, 5); Json = a.Contains Cli.PredictArgs.Json
+                                              Mean = orNull (a.TryGetResult Cli.PredictArgs.Mean); Std = orNull (a.TryGetResult Cli.PredictArgs.Std) }))
             | Cli.Bench a ->
                 match device (a.TryGetResult Cli.BenchArgs.Device) with
                 | Error m -> fail 2 m

@@ -28,6 +28,7 @@ let all =
         ParityTests.tests
         EndToEndTests.tests
         SlurmTests.tests
+        CliTests.tests
     ]
 
 [<EntryPoint>]
