@@ -142,6 +142,8 @@ public sealed class TrainingExecutor : IRunExecutor
                 Method = TuningMethod.Adapter,
                 AdapterRatio = a.Ratio is null ? 0.25 : a.Ratio.Value,
                 AdapterMlpScale = a.Scale,
+                // Start as the identity so the pretrained features are intact at step 0 (Houlsby et al.).
+                AdapterInitIdentity = true,
                 ModulesToSave = Saved(a.ModulesToSave).ToArray(),
             };
             // Without a ratio, the grid's rank is the bottleneck width.
