@@ -21,6 +21,7 @@ let all =
         TuningTests.tests
         TuningCheckpointTests.tests
         ZooTests.tests
+        ZooTests.dslKnowsTheZoo
         DataTests.tests
         TrainingTests.tests
         DslTests.tests
