@@ -132,7 +132,11 @@ public sealed class TrainingExecutor : IRunExecutor
                     p.requires_grad = name.StartsWith(head + ".", StringComparison.Ordinal);
                 return null;
         }
-        IEnumerable<string> Saved(Microsoft.FSharp.Collections.FSharpList<string> names) => names.Select(n => n == "head" ? head : n);
+        // SAM's mask decoder takes several inputs, so PEFT's modules_to_save wrapper cannot stand in
+        // for it: it is trained in place instead (and saved with the full model, see SaveWeights).
+        bool inPlace = model is Sam;
+        IEnumerable<string> Saved(Microsoft.FSharp.Collections.FSharpList<string> names) =>
+            names.Select(n => n == "head" ? head : n).Where(n => !(inPlace && n == head));
         TuningConfig config;
         if (method.Kind == MethodKind.Adapter)
         {
@@ -176,7 +180,11 @@ public sealed class TrainingExecutor : IRunExecutor
                 };
             }
         }
-        return Tuner.Apply(model, config);
+        var tuned = Tuner.Apply(model, config);
+        if (inPlace)
+            foreach (var (name, p) in model.named_parameters())
+                if (name.StartsWith(head + ".", StringComparison.Ordinal)) p.requires_grad = true;
+        return tuned;
     }
 
     /// Grey → RGB when the model wants 3 channels; resize to the spec's image size, else to the
@@ -209,8 +217,9 @@ public sealed class TrainingExecutor : IRunExecutor
     static void SaveWeights(Run spec, nn.Module model, TunedModel? tuned, string dir)
     {
         Directory.CreateDirectory(dir);
-        if (tuned is null) StateDict.Save(model, Path.Combine(dir, ModelFile));
-        else AdapterCheckpoint.Save(tuned, Path.Combine(dir, AdapterFolder));
+        if (tuned is not null) AdapterCheckpoint.Save(tuned, Path.Combine(dir, AdapterFolder));
+        // full, head, and heads trained in place (not in the adapter): the whole model
+        if (tuned is null || model is Sam) StateDict.Save(model, Path.Combine(dir, ModelFile));
     }
 
     static RunResult ToRunResult(TrainResult r, ParameterSummary summary, TunedModel? tuned)
