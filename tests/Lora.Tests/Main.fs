@@ -29,6 +29,7 @@ let all =
         EndToEndTests.tests
         SlurmTests.tests
         CliTests.tests
+        GcStressTests.tests
     ]
 
 [<EntryPoint>]
