@@ -51,6 +51,24 @@ let heldScalars n =
         use y = x.mul(s)
         exactly (Array.create 8 (float32 v)) y)
 
+/// LoRA, DoRA, AdaLoRA (Linear) and LoRA (Conv2d) layers with every adapter parameter non-zero.
+let tunedLayers () =
+    torch.manual_seed 5L |> ignore
+    let lora = new LoraLinear(torch.nn.Linear(8L, 6L))
+    lora.AddAdapter("default", LoraOptions(4, 8.0))
+    let dora = new LoraLinear(torch.nn.Linear(8L, 6L))
+    dora.AddAdapter("default", LoraOptions(4, 8.0, UseDora = true))
+    let ada = new AdaLoraLinear(torch.nn.Linear(8L, 6L))
+    ada.AddAdapter("default", 4, 8.0, 0.0)
+    let conv = new LoraConv2d(torch.nn.Conv2d(3L, 4L, 3L, padding = 1L))
+    conv.AddAdapter("default", LoraOptions(2, 4.0, UseDora = true))
+    let layers: TunerLayer list = [ lora; dora; ada; conv ]
+    use _ = torch.no_grad ()
+    for l in layers do
+        for p in l.AdapterParameters "default" do p.normal_(0.0, 0.5) |> ignore
+    for l in layers do l.eval () |> ignore
+    layers
+
 let tests =
     testList "GcStress" [
         ptest "raw temporaries: x.mul(v.ToScalar()) under forced GC (measurement, expected to fail now and then)" {
@@ -59,5 +77,23 @@ let tests =
         }
         test "held scalars: x.mul(s) with the Scalar in a use binding stays exact under forced GC" {
             Expect.equal (heldScalars 50000) 0 "wrong results out of 50000"
+        }
+        // Measurement, not in the suite: still 1-5 native errors in 3000 passes after this project
+        // holds all of its own Scalars, because TorchSharp 0.107's Tensor.add(Scalar)/sub create the
+        // `alpha = 1` Scalar internally (THSTensor_add_scalar reads a freed Scalar: "toFloat" error).
+        ptest "tuned layers (LoRA, DoRA, AdaLoRA, conv DoRA): forward and merged weight exact under forced GC" {
+            let layers = tunedLayers ()
+            use x = torch.randn(5L, 8L)
+            use img = torch.randn(2L, 3L, 6L, 6L)
+            let input (l: TunerLayer) = if l :? LoraConv2d then img else x
+            use _ = torch.no_grad ()
+            let expected = [ for l in layers -> l.forward(input l).data<float32>().ToArray(), l.DeltaWeight("default").data<float32>().ToArray() ]
+            let wrong =
+                underGcPressure 3000 (fun _ ->
+                    List.forall2 (fun (l: TunerLayer) (y, d) ->
+                        use got = l.forward(input l)
+                        use delta = l.DeltaWeight "default"
+                        exactly y got && exactly d delta) layers expected)
+            Expect.equal wrong 0 "wrong results out of 3000 passes"
         }
     ]

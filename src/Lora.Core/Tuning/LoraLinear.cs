@@ -71,8 +71,9 @@ public sealed class LoraLinear : TunerLayer
 
     public override Tensor DeltaWeight(string adapter)
     {
+        using var scope = torch.NewDisposeScope(); // also keeps the temporary product alive (GC)
         using var scaling = Scaling(adapter).ToScalar();
-        return B(adapter).weight!.matmul(A(adapter).weight!).mul(scaling);
+        return B(adapter).weight!.matmul(A(adapter).weight!).mul(scaling).MoveToOuterDisposeScope();
     }
 
     /// Row norms of W + ΔW (one per output feature), detached as in PEFT's DoRA.
