@@ -30,6 +30,7 @@ let all =
         EndToEndTests.tests
         SlurmTests.tests
         CliTests.tests
+        GcStressTests.tests
     ]
 
 [<EntryPoint>]

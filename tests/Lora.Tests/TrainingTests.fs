@@ -28,9 +28,9 @@ type Mlp(inputs: int64, hidden: int64, classes: int64) as this =
         fc2.forward(h.``to``(fc2.weight.dtype))
 
 /// The same classifier with its layers typed as modules, so tuning layers can take their places.
-type TransferMlp(hidden: int64, classes: int64) as this =
+type TransferMlp(hidden: int64, classes: int64, ?inputs: int64) as this =
     inherit torch.nn.Module<Tensor, Tensor>("mlp")
-    let mutable fc1: torch.nn.Module<Tensor, Tensor> = torch.nn.Linear(784L, hidden)
+    let mutable fc1: torch.nn.Module<Tensor, Tensor> = torch.nn.Linear(defaultArg inputs 784L, hidden)
     let mutable fc2: torch.nn.Module<Tensor, Tensor> = torch.nn.Linear(hidden, classes)
     do this.RegisterComponents()
     override _.forward(x) = fc2.forward(torch.nn.functional.relu(fc1.forward(x.flatten(1L))))
@@ -263,6 +263,42 @@ let training =
                 Expect.sequenceEqual r1.LossCurve r0.LossCurve $"killed at {kill}: same loss curve"
                 Expect.equal r1.Final.Loss r0.Final.Loss $"killed at {kill}: same validation loss"
                 Expect.equal r1.Final.Top1 r0.Final.Top1 $"killed at {kill}: same accuracy"
+        }
+        // AdaLoRA's allocator keeps importance averages and a rank pattern between steps; the
+        // checkpoint carries them (IStatefulStepHook), so kills before, during and after the budget
+        // schedule's end all resume to the uninterrupted result.
+        testSequenced <| test "AdaLoRA killed and resumed: bit-identical weights, loss curve and allocator state" {
+            let data = synthetic 192 7
+            let options dir = TrainOptions(Epochs = 3, BatchSize = 32, LearningRate = 1e-2, WarmupSteps = 2, Seed = 4,
+                                           CheckpointDir = dir, CheckpointEverySteps = 2)
+            let build () =
+                torch.manual_seed 21L |> ignore
+                let m = new TransferMlp(32L, 10L, 64L)
+                let config = TuningConfig(Method = TuningMethod.AdaLora, Targets = [| "fc1"; "fc2" |], InitRank = 6, TargetRank = 2,
+                                          TInit = 2, TFinal = 3, DeltaT = 2, ModulesToSave = [||])
+                m, Tuner.Apply(m, config)
+            let state (t: TunedModel) = [ for struct (n, v) in t.Allocator().StateTensors() -> n, v.detach().clone() ]
+            use full = new TempDir()
+            let reference, rt = build ()
+            let r0 = Trainer(reference, options full.Path).Fit(data)
+            Expect.equal r0.Steps 18L "6 steps per epoch"
+            let s0 = state rt
+            Expect.isTrue (s0 |> List.exists (fun (n, _) -> n.StartsWith "pattern.")) "the final state has a rank pattern"
+            for kill in [ 3; 13; 17 ] do   // the schedule ends at step 18 - 3 = 15
+                use d = new TempDir()
+                let cts = new CancellationTokenSource()
+                let stopAt = { new IProgress<TrainingProgress> with member _.Report p = if p.Step = int64 kill then cts.Cancel() }
+                let interrupted, _ = build ()
+                Expect.throwsT<OperationCanceledException> (fun () -> Trainer(interrupted, options d.Path).Fit(data, null, stopAt, cts.Token) |> ignore) "interrupted"
+                let resumed, t1 = build ()
+                let r1 = Trainer(resumed, options d.Path).Resume(data)
+                Expect.equal (r1.ResumedFromStep |> Option.ofNullable |> Option.defaultValue 0L) (int64 (kill - 1)) $"killed at {kill}: resumed from the last checkpoint"
+                for (n, a), (_, b) in List.zip (parametersOf reference) (parametersOf resumed) do
+                    Expect.isTrue (same a b) $"killed at {kill}: {n} identical"
+                Expect.sequenceEqual r1.LossCurve r0.LossCurve $"killed at {kill}: same loss curve"
+                let s1 = state t1
+                Expect.sequenceEqual (List.map fst s1) (List.map fst s0) $"killed at {kill}: same allocator state names"
+                for (n, a), (_, b) in List.zip s0 s1 do Expect.isTrue (same a b) $"killed at {kill}: allocator {n} identical"
         }
         test "a truncated checkpoint or other options are refused with what to do" {
             use d = new TempDir()

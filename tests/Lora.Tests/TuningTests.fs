@@ -495,6 +495,35 @@ let private adaloraTests =
                     Expect.equal keep.[i] (w.[i] > threshold) (sprintf "%s[%d] kept iff above the 2nd lowest score" name i)
                     if not keep.[i] then Expect.equal ((l.E "default").[int64 i, 0L].ToDouble()) 0.0 "masked E is zero"
         }
+        test "the allocator's state survives the caller's dispose scopes: same scores and masks as without scopes" {
+            let mk seed =
+                let l = new AdaLoraLinear(torch.nn.Linear(4L, 5L, dtype = torch.float64))
+                l.AddAdapter("default", 3, 8.0, 0.0)
+                randomise (l.AdapterParameters "default") seed
+                l
+            let run scoped =
+                let l1, l2 = mk 1, mk 2
+                let cfg = TuningConfig(Method = TuningMethod.AdaLora, InitRank = 3, TargetRank = 1, TotalStep = 8L, TFinal = 2, DeltaT = 1)
+                let alloc = RankAllocator([| struct ("a", l1); struct ("b", l2) |], "default", cfg)
+                for step in 1L .. 8L do
+                    use scope = if scoped then torch.NewDisposeScope() else null
+                    for l in [ l1; l2 ] do
+                        for p in l.AdapterParameters "default" do
+                            use g = new torch.Generator(uint64 (step * 10L + int64 p.shape[0]))
+                            p.grad <- torch.randn(p.shape, dtype = p.dtype, generator = g)
+                    if step = 5L then
+                        // mid-schedule scores, taken in the step's scope
+                        use s = alloc.TripletScores l1
+                        Expect.isTrue (s.abs().sum().ToDouble() > 0.0) "scores are non-zero"
+                    alloc.AfterOptimizerStep step
+                let scores = [ for l in [ l1; l2 ] -> (l.E "default").detach().clone() ]
+                alloc.RankPattern, scores
+            let p0, e0 = run false
+            let p1, e1 = run true
+            for k in [ "a"; "b" ] do Expect.sequenceEqual p1.[k] p0.[k] $"{k}: same rank pattern"
+            for a, b in List.zip e0 e1 do Expect.isTrue (a.eq(b).all().item<bool>()) "same masked E"
+            Expect.equal (p1.Values |> Seq.sumBy (Array.filter id >> Array.length)) 2 "budget target_r · layers"
+        }
         test "a few training steps mask E down to the target budget and give a rank pattern" {
             torch.manual_seed 11L |> ignore
             let m = vitTiny ()

@@ -18,7 +18,8 @@ public sealed class ConvNeXtBlock : nn.Module<Tensor, Tensor>
         conv_dw = nn.Conv2d(dim, dim, 7, padding: 3, groups: dim, device: device);
         norm = nn.LayerNorm(dim, 1e-6, device: device);
         mlp = new Mlp(dim, 4 * dim, dim, device);
-        gamma = nn.Parameter(full(dim, lsInitValue, device: device));
+        using (var init = lsInitValue.ToScalar()) // held: a temporary Scalar may be finalized mid-call
+            gamma = nn.Parameter(full(dim, init, device: device));
         RegisterComponents();
     }
 

@@ -16,8 +16,12 @@ internal static class Init
     {
         if (IsMeta(device)) return;
         using var _ = no_grad();
-        t.normal_(0.0, std).clamp_(-2.0, 2.0);
+        t.normal_(0.0, std).clamp_(Cutoff.Low, Cutoff.High);
     }
+
+    // Held as Scalars: a temporary one (from `clamp_(-2.0, 2.0)`) may be finalized by the GC while
+    // the native op still reads it.
+    static readonly (Scalar Low, Scalar High) Cutoff = ((-2.0).ToScalar(), 2.0.ToScalar());
 
     /// timm's ConvNeXt init: trunc_normal(0.02) weights and zero bias for every Conv2d and Linear.
     public static void ConvAndLinear(nn.Module root, Device? device)

@@ -64,9 +64,11 @@ public sealed class SamEncoderAttention : nn.Module<Tensor, Tensor>
     {
         if (table.shape[0] != 2 * size - 1)
             throw new InvalidOperationException($"relative position table has {table.shape[0]} rows but the attention sees {size} tokens per side (needs {2 * size - 1}); the input size does not match the model's img_size/window_size.");
-        using var q = arange(size, device: table.device).unsqueeze(1);
-        using var k = arange(size, device: table.device).unsqueeze(0);
-        using var idx = q - k + (size - 1);
+        // Scalars held in locals: a temporary one may be finalized by the GC while native code reads it.
+        using Scalar n = size, offset = size - 1;
+        using var q = arange(n, device: table.device).unsqueeze(1);
+        using var k = arange(n, device: table.device).unsqueeze(0);
+        using var idx = q - k + offset;
         return table.index(idx);
     }
 
@@ -100,7 +102,9 @@ public sealed class SamEncoderBlock : nn.Module<Tensor, Tensor>, IAdapterHost
     private MLPBlock mlp;
     private nn.Module<Tensor, Tensor>? adapter_attn;
     private nn.Module<Tensor, Tensor>? adapter_mlp;
-    private double mlpScale = 1.0;
+    // Held as a Scalar: a temporary one (from `t * 0.5`) may be finalized by the GC while the
+    // native op still reads it.
+    private Scalar mlpScale = 1.0.ToScalar();
     private readonly long windowSize;
 
     public SamEncoderBlock(long dim, long numHeads, double mlpRatio, bool qkvBias, bool useRelPos, long windowSize, long gridSize, Device? device = null) : base(nameof(SamEncoderBlock))
@@ -117,7 +121,8 @@ public sealed class SamEncoderBlock : nn.Module<Tensor, Tensor>, IAdapterHost
     {
         adapter_attn = AdapterSlot.Set(this, "adapter_attn", adapter_attn, attnAdapter);
         adapter_mlp = AdapterSlot.Set(this, "adapter_mlp", adapter_mlp, mlpAdapter);
-        this.mlpScale = mlpScale;
+        this.mlpScale.Dispose();
+        this.mlpScale = mlpScale.ToScalar();
     }
 
     public override Tensor forward(Tensor x)
@@ -222,14 +227,19 @@ public sealed class PositionEmbeddingRandom : nn.Module<long, long, Tensor>
 
     public PositionEmbeddingRandom(long numPosFeats, double scale = 1.0, Device? device = null) : base(nameof(PositionEmbeddingRandom))
     {
-        positional_encoding_gaussian_matrix = Init.IsMeta(device) ? empty(2, numPosFeats, device: device) : randn(2, numPosFeats, device: device) * scale;
+        using var s = scale.ToScalar();
+        positional_encoding_gaussian_matrix = Init.IsMeta(device) ? empty(2, numPosFeats, device: device) : randn(2, numPosFeats, device: device) * s;
         RegisterComponents(); // a buffer (persistent, as in segment-anything)
     }
+
+    // Numbers in tensor ops are held as Scalars: a temporary one (from `t * 2`) may be finalized by
+    // the GC while the native op still reads it.
+    static readonly Scalar Two = 2.ToScalar(), One = 1.ToScalar(), TwoPi = (2 * Math.PI).ToScalar(), Half = 0.5.ToScalar();
 
     private Tensor Encode(Tensor coords)
     {
         using var scope = NewDisposeScope();
-        var c = (coords * 2 - 1).matmul(positional_encoding_gaussian_matrix) * (2 * Math.PI);
+        var c = (coords * Two - One).matmul(positional_encoding_gaussian_matrix) * TwoPi;
         return cat(new[] { c.sin(), c.cos() }, -1).MoveToOuterDisposeScope();
     }
 
@@ -239,8 +249,9 @@ public sealed class PositionEmbeddingRandom : nn.Module<long, long, Tensor>
         using var scope = NewDisposeScope();
         var dev = positional_encoding_gaussian_matrix.device;
         var grid = ones(h, w, device: dev);
-        var y = (grid.cumsum(0) - 0.5) / h;
-        var x = (grid.cumsum(1) - 0.5) / w;
+        using Scalar hs = h, ws = w;
+        var y = (grid.cumsum(0) - Half) / hs;
+        var x = (grid.cumsum(1) - Half) / ws;
         return Encode(stack(new[] { x, y }, -1)).permute(2, 0, 1).MoveToOuterDisposeScope();
     }
 
@@ -262,6 +273,9 @@ public sealed class PromptEncoder : nn.Module
     private nn.Module<Tensor, Tensor> mask_downscaling;
     private Embedding no_mask_embed;
     private readonly long embedDim, gridH, gridW, imgH, imgW;
+    // Point labels and the pixel-centre offset, held as Scalars: a temporary one (from `t + 0.5`)
+    // may be finalized by the GC while the native op still reads it.
+    static readonly Scalar Padding = (-1L).ToScalar(), Background = 0.ToScalar(), Foreground = 1.ToScalar(), Half = 0.5.ToScalar();
 
     public PromptEncoder(long embedDim, long gridSize, long imgSize, long maskInChans = 16, Device? device = null) : base(nameof(PromptEncoder))
     {
@@ -294,25 +308,25 @@ public sealed class PromptEncoder : nn.Module
         if (points is not null)
         {
             if (labels is null) throw new ArgumentException("Point prompts need pointLabels ([N, P], 1 foreground, 0 background).");
-            var p = points.to(dev).to_type(ScalarType.Float32) + 0.5;
+            var p = points.to(dev).to_type(ScalarType.Float32) + Half;
             var l = labels.to(dev).to_type(ScalarType.Int64);
             if (boxes is null)
             {
                 // segment-anything pads with a "not a point" when there is no box
                 p = cat(new[] { p, zeros(p.shape[0], 1, 2, device: dev) }, 1);
-                l = cat(new[] { l, full(l.shape[0], 1, -1L, ScalarType.Int64, device: dev) }, 1);
+                l = cat(new[] { l, full(l.shape[0], 1, Padding, ScalarType.Int64, device: dev) }, 1);
             }
             var e = pe_layer.ForwardWithCoords(p, imgH, imgW);
             var lf = l.unsqueeze(-1);
-            e = where(lf == -1, zeros_like(e), e);
-            e = e + (lf == -1).to_type(ScalarType.Float32) * not_a_point_embed.weight!;
-            e = e + (lf == 0).to_type(ScalarType.Float32) * point_embeddings[0].weight!;
-            e = e + (lf == 1).to_type(ScalarType.Float32) * point_embeddings[1].weight!;
+            e = where(lf == Padding, zeros_like(e), e);
+            e = e + (lf == Padding).to_type(ScalarType.Float32) * not_a_point_embed.weight!;
+            e = e + (lf == Background).to_type(ScalarType.Float32) * point_embeddings[0].weight!;
+            e = e + (lf == Foreground).to_type(ScalarType.Float32) * point_embeddings[1].weight!;
             parts.Add(e);
         }
         if (boxes is not null)
         {
-            var corners = (boxes.to(dev).to_type(ScalarType.Float32) + 0.5).reshape(-1, 2, 2);
+            var corners = (boxes.to(dev).to_type(ScalarType.Float32) + Half).reshape(-1, 2, 2);
             var e = pe_layer.ForwardWithCoords(corners, imgH, imgW);
             var add = cat(new[] { point_embeddings[2].weight!, point_embeddings[3].weight! }, 0).unsqueeze(0);
             parts.Add(e + add);

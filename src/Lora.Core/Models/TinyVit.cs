@@ -15,7 +15,7 @@ public sealed class ConvNorm : nn.Module<Tensor, Tensor>
     {
         conv = nn.Conv2d(inChs, outChs, ks, stride: stride, padding: pad, groups: groups, bias: false, device: device);
         bn = nn.BatchNorm2d(outChs, device: device);
-        if (!Init.IsMeta(device) && bnWeightInit != 1.0) { using var _ = no_grad(); bn.weight!.fill_(bnWeightInit); }
+        if (!Init.IsMeta(device) && bnWeightInit != 1.0) { using var _ = no_grad(); using var v = bnWeightInit.ToScalar(); bn.weight!.fill_(v); } // held Scalar: see Block.mlpScale
         RegisterComponents();
     }
 
@@ -36,7 +36,7 @@ public sealed class Conv2dBN : nn.Module<Tensor, Tensor>
     {
         c = nn.Conv2d(inChs, outChs, ks, stride: stride, padding: pad, groups: groups, bias: false, device: device);
         bn = nn.BatchNorm2d(outChs, device: device);
-        if (!Init.IsMeta(device) && bnWeightInit != 1.0) { using var _ = no_grad(); bn.weight!.fill_(bnWeightInit); }
+        if (!Init.IsMeta(device) && bnWeightInit != 1.0) { using var _ = no_grad(); using var v = bnWeightInit.ToScalar(); bn.weight!.fill_(v); } // held Scalar: see Block.mlpScale
         RegisterComponents();
     }
 
@@ -239,7 +239,9 @@ public sealed class TinyVitBlock : nn.Module<Tensor, Tensor>, IAdapterHost
     private nn.Module<Tensor, Tensor> local_conv;
     private nn.Module<Tensor, Tensor>? adapter_attn;
     private nn.Module<Tensor, Tensor>? adapter_mlp;
-    private double mlpScale = 1.0;
+    // Held as a Scalar: a temporary one (from `t * 0.5`) may be finalized by the GC while the
+    // native op still reads it.
+    private Scalar mlpScale = 1.0.ToScalar();
     private readonly long windowSize;
 
     public TinyVitBlock(long dim, long numHeads, long windowSize, double mlpRatio, long localConvSize, Device? device = null, bool mobileSamNames = false) : base(nameof(TinyVitBlock))
@@ -256,7 +258,8 @@ public sealed class TinyVitBlock : nn.Module<Tensor, Tensor>, IAdapterHost
     {
         adapter_attn = AdapterSlot.Set(this, "adapter_attn", adapter_attn, attnAdapter);
         adapter_mlp = AdapterSlot.Set(this, "adapter_mlp", adapter_mlp, mlpAdapter);
-        this.mlpScale = mlpScale;
+        this.mlpScale.Dispose();
+        this.mlpScale = mlpScale.ToScalar();
     }
 
     public override Tensor forward(Tensor x)

@@ -62,7 +62,9 @@ public sealed class Block : nn.Module<Tensor, Tensor>, IAdapterHost
     private Mlp mlp;
     private nn.Module<Tensor, Tensor>? adapter_attn;
     private nn.Module<Tensor, Tensor>? adapter_mlp;
-    private double mlpScale = 1.0;
+    // Held as a Scalar: a temporary one (from `t * 0.5`) may be finalized by the GC while the
+    // native op still reads it.
+    private Scalar mlpScale = 1.0.ToScalar();
 
     public Block(long dim, long numHeads, double mlpRatio, bool qkvBias, double eps = 1e-6, Device? device = null) : base(nameof(Block))
     {
@@ -79,7 +81,8 @@ public sealed class Block : nn.Module<Tensor, Tensor>, IAdapterHost
     {
         adapter_attn = AdapterSlot.Set(this, "adapter_attn", adapter_attn, attnAdapter);
         adapter_mlp = AdapterSlot.Set(this, "adapter_mlp", adapter_mlp, mlpAdapter);
-        this.mlpScale = mlpScale;
+        this.mlpScale.Dispose();
+        this.mlpScale = mlpScale.ToScalar();
     }
 
     public override Tensor forward(Tensor x)

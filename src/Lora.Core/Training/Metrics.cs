@@ -45,7 +45,7 @@ public sealed class SegmentationMeter
         if (!predicted.shape.SequenceEqual(target.shape))
             throw new ArgumentException($"predicted mask shape [{string.Join(",", predicted.shape)}] differs from the target's [{string.Join(",", target.shape)}].");
         using var scope = NewDisposeScope();
-        using Scalar one = 1.0, two = 2.0;
+        using Scalar one = 1.0, two = 2.0, none = 0;
         var n = predicted.shape[0];
         var p = predicted.reshape(n, -1);
         var t = target.reshape(n, -1);
@@ -58,7 +58,7 @@ public sealed class SegmentationMeter
             var ps = pc.sum(1).to(ScalarType.Float64);
             var ts = tc.sum(1).to(ScalarType.Float64);
             var union = ps + ts - inter;
-            var empty = (ps + ts).eq(0);
+            var empty = (ps + ts).eq(none);
             var d = (inter.mul(two) / (ps + ts).clamp_min(one)).masked_fill(empty, one);
             var j = (inter / union.clamp_min(one)).masked_fill(empty, one);
             dice[c] += d.sum().item<double>();

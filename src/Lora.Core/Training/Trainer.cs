@@ -200,6 +200,7 @@ public sealed class Trainer
             Step = st.Step, TotalSteps = st.TotalSteps, StepsPerEpoch = st.StepsPerEpoch, Seed = st.Seed, BatchSize = st.BatchSize,
             TrainSeconds = st.TrainSeconds + clock.Elapsed.TotalSeconds, Images = st.Images, LossCurve = st.LossCurve, Epochs = st.Epochs,
         };
+        using var scope = NewDisposeScope(); // what hooks create for StateTensors()
         var tensors = new List<(string, Tensor)>();
         tensors.AddRange(trainable.Select(p => ("param." + p.name, (Tensor)p.parameter)));
         tensors.AddRange(model.named_buffers().Select(b => ("buffer." + b.name, b.buffer)));

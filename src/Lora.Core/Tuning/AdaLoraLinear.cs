@@ -18,6 +18,9 @@ public sealed class AdaLoraLinear : TunerLayer
     public AdapterSlots ranknum = new();
 #pragma warning restore IDE1006
     readonly Dictionary<string, (double alpha, double dropout)> options = new();
+    // Numbers in tensor ops are held as Scalars (static fields, `using` locals) until the op returns:
+    // a temporary Scalar (from `t * 2.0`) may be finalized by the GC while native code still reads it.
+    static readonly Scalar Eps = 1e-5.ToScalar();
 
     public AdaLoraLinear(Linear baseLayer) : base(nameof(AdaLoraLinear), baseLayer) => RegisterComponents();
 
@@ -47,7 +50,8 @@ public sealed class AdaLoraLinear : TunerLayer
         lora_A.AddParameter(adapter, new Parameter(a));
         lora_E.AddParameter(adapter, new Parameter(e));
         lora_B.AddParameter(adapter, new Parameter(b));
-        this.ranknum.AddParameter(adapter, new Parameter(torch.full(1, (double)(ranknum ?? rank), dtype: w.dtype, device: w.device), requires_grad: false));
+        using Scalar initialRank = (double)(ranknum ?? rank);
+        this.ranknum.AddParameter(adapter, new Parameter(torch.full(1, initialRank, dtype: w.dtype, device: w.device), requires_grad: false));
         options[adapter] = (alpha, dropout);
     }
 
@@ -75,7 +79,8 @@ public sealed class AdaLoraLinear : TunerLayer
     public override Tensor DeltaWeight(string adapter)
     {
         using var scope = torch.NewDisposeScope();
-        var d = B(adapter).matmul(A(adapter) * E(adapter)) * Scaling(adapter) / (RankNum(adapter) + 1e-5);
+        using var scaling = Scaling(adapter).ToScalar();
+        var d = B(adapter).matmul(A(adapter) * E(adapter)) * scaling / (RankNum(adapter) + Eps);
         return d.MoveToOuterDisposeScope();
     }
 
@@ -83,7 +88,8 @@ public sealed class AdaLoraLinear : TunerLayer
     {
         using var scope = torch.NewDisposeScope();
         var xd = Dropout(x, options[adapter].dropout);
-        var y = xd.matmul((A(adapter) * E(adapter)).t()).matmul(B(adapter).t()) * Scaling(adapter) / (RankNum(adapter) + 1e-5);
+        using var scaling = Scaling(adapter).ToScalar();
+        var y = xd.matmul((A(adapter) * E(adapter)).t()).matmul(B(adapter).t()) * scaling / (RankNum(adapter) + Eps);
         return y.MoveToOuterDisposeScope();
     }
 }

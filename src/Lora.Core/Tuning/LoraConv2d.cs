@@ -17,6 +17,9 @@ public sealed class LoraConv2d : TunerLayer
     public AdapterSlots lora_magnitude_vector = new();
 #pragma warning restore IDE1006
     readonly Dictionary<string, LoraOptions> options = new();
+    // Numbers in tensor ops are held as Scalars (static fields, `using` locals) until the op returns:
+    // a temporary Scalar (from `t * 2.0`) may be finalized by the GC while native code still reads it.
+    static readonly Scalar One = 1.ToScalar();
 
     public LoraConv2d(Conv2d baseLayer) : base(nameof(LoraConv2d), baseLayer) => RegisterComponents();
 
@@ -94,12 +97,13 @@ public sealed class LoraConv2d : TunerLayer
     public override Tensor DeltaWeight(string adapter)
     {
         using var scope = torch.NewDisposeScope();
+        using var scaling = Scaling(adapter).ToScalar();
         var a = A(adapter).weight!;                 // (r, in/g, kh, kw)
         var b = B(adapter).weight!;                 // (out, r/g, 1, 1)
         long g = Base.groups, r = a.shape[0], outC = b.shape[0];
         var ag = a.reshape(g, r / g, -1);           // (g, r/g, in/g·kh·kw)
         var bg = b.reshape(g, outC / g, r / g);     // (g, out/g, r/g)
-        var delta = bg.bmm(ag).reshape(BaseWeight.shape).mul(Scaling(adapter));
+        var delta = bg.bmm(ag).reshape(BaseWeight.shape).mul(scaling);
         return delta.MoveToOuterDisposeScope();
     }
 
@@ -108,13 +112,14 @@ public sealed class LoraConv2d : TunerLayer
         using var scope = torch.NewDisposeScope();
         var o = options[adapter];
         var xd = Dropout(x, o.Dropout);
-        var lora = B(adapter).forward(A(adapter).forward(xd)).mul(o.Scaling);
+        using var scaling = o.Scaling.ToScalar();
+        var lora = B(adapter).forward(A(adapter).forward(xd)).mul(scaling);
         if (!o.UseDora) return lora.MoveToOuterDisposeScope();
         // PEFT's conv DoRA: (m/‖W+ΔW‖ − 1)·conv(x, W) + m/‖W+ΔW‖ · lora(x) · scaling.
         var m = lora_magnitude_vector.Module<DoraMagnitude>(adapter).weight;
         var scale = m / WeightNorm(BaseWeight.detach(), adapter);          // (1, out, 1, 1)
         var plain = ReferenceEquals(xd, x) ? baseOutput : base_layer.forward(xd);
         if (Base.bias is not null) plain = plain - Base.bias.view(1, -1, 1, 1);
-        return ((scale - 1) * plain + scale * lora).MoveToOuterDisposeScope();
+        return ((scale - One) * plain + scale * lora).MoveToOuterDisposeScope();
     }
 }

@@ -65,15 +65,24 @@ public sealed class LoraLinear : TunerLayer
         options.Remove(adapter);
     }
 
-    public override Tensor DeltaWeight(string adapter) =>
-        B(adapter).weight!.matmul(A(adapter).weight!).mul(Scaling(adapter));
+    // Numbers in tensor ops are held as Scalars (static fields, `using` locals) until the op returns:
+    // a temporary Scalar (from `t * 2.0`) may be finalized by the GC while native code still reads it.
+    static readonly Scalar One = 1.ToScalar();
+
+    public override Tensor DeltaWeight(string adapter)
+    {
+        using var scope = torch.NewDisposeScope(); // also keeps the temporary product alive (GC)
+        using var scaling = Scaling(adapter).ToScalar();
+        return B(adapter).weight!.matmul(A(adapter).weight!).mul(scaling).MoveToOuterDisposeScope();
+    }
 
     /// Row norms of W + ΔW (one per output feature), detached as in PEFT's DoRA.
     Tensor WeightNorm(Tensor weight, string adapter)
     {
         using var scope = torch.NewDisposeScope();
         var lora = B(adapter).weight!.detach().matmul(A(adapter).weight!.detach());
-        return weight.add(lora, alpha: Scaling(adapter)).norm(1, keepdim: false).detach().MoveToOuterDisposeScope();
+        using var scaling = Scaling(adapter).ToScalar();
+        return weight.add(lora, alpha: scaling).norm(1, keepdim: false).detach().MoveToOuterDisposeScope();
     }
 
     protected override Tensor MergedWeight(Tensor weight, string adapter)
@@ -91,7 +100,8 @@ public sealed class LoraLinear : TunerLayer
         var o = options[adapter];
         var xd = Dropout(x, o.Dropout);
         var lora = B(adapter).forward(A(adapter).forward(xd));
-        if (!o.UseDora) return lora.mul(o.Scaling).MoveToOuterDisposeScope();
+        using var scaling = o.Scaling.ToScalar();
+        if (!o.UseDora) return lora.mul(scaling).MoveToOuterDisposeScope();
         // PEFT's DoRA: (m/‖W+ΔW‖ − 1)·(x Wᵀ) + m/‖W+ΔW‖ · lora(x) · scaling, the norm without gradient.
         var m = lora_magnitude_vector.Module<DoraMagnitude>(adapter).weight;
         var norm = WeightNorm(BaseWeight.detach(), adapter);
@@ -99,6 +109,6 @@ public sealed class LoraLinear : TunerLayer
         Tensor plain;
         if (ReferenceEquals(xd, x)) plain = Base.bias is null ? baseOutput : baseOutput - Base.bias;
         else plain = nn.functional.linear(xd, BaseWeight);
-        return ((scale - 1) * plain + scale * lora * o.Scaling).MoveToOuterDisposeScope();
+        return ((scale - One) * plain + scale * lora * scaling).MoveToOuterDisposeScope();
     }
 }

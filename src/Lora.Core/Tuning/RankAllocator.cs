@@ -8,25 +8,37 @@ namespace Lora.Core.Tuning;
 /// <see cref="IStepHook"/>, so the training loop runs it. Scores are pooled over all layers (one
 /// global budget); the budget falls on a cubic schedule from InitRank·layers to TargetRank·layers
 /// between TInit and TotalStep − TFinal; each DeltaT steps the lowest-scoring E entries are zeroed.
-public sealed class RankAllocator : IStepHook
+public sealed class RankAllocator : IStatefulStepHook
 {
     readonly IReadOnlyList<(string Path, AdaLoraLinear Layer)> layers;
     readonly string adapter;
     readonly TuningConfig config;
-    readonly Dictionary<Tensor, (Tensor avgIpt, Tensor avgUnc)> scores = new(ReferenceEqualityComparer.Instance);
+    // The EMAs per parameter ("<path>.lora_A" …), owned by the allocator: detached from any dispose
+    // scope, so a caller may wrap a step in one; an entry is disposed when replaced.
+    readonly Dictionary<string, (Tensor avgIpt, Tensor avgUnc)> scores = new();
     Dictionary<string, bool[]>? rankPattern;
+    // Numbers used in tensor ops are held as Scalars for the allocator's lifetime: a temporary
+    // Scalar (from `t * 0.85`) may be finalized by the GC while the native op still reads it.
+    readonly Scalar beta1, beta2, oneMinusBeta1, oneMinusBeta2;
+    static readonly Scalar Zero = 0.0.ToScalar();
 
     public RankAllocator(IReadOnlyList<(string Path, AdaLoraLinear Layer)> layers, string adapter, TuningConfig config)
     {
         this.layers = layers;
         this.adapter = adapter;
         this.config = config;
+        beta1 = config.Beta1.ToScalar();
+        beta2 = config.Beta2.ToScalar();
+        oneMinusBeta1 = (1 - config.Beta1).ToScalar();
+        oneMinusBeta2 = (1 - config.Beta2).ToScalar();
         TotalStep = config.TotalStep;
         InitialBudget = layers.Sum(l => (int)l.Layer.A(adapter).shape[0]);
         TargetBudget = config.TargetRank * layers.Count;
     }
 
     public long TotalStep { get; private set; }
+    /// The global step of the last <see cref="AfterOptimizerStep"/> (0 before any).
+    public long Step { get; private set; }
     public int InitialBudget { get; }
     public int TargetBudget { get; }
 
@@ -51,7 +63,8 @@ public sealed class RankAllocator : IStepHook
         return (budget, step % config.DeltaT == 0);
     }
 
-    IEnumerable<Tensor> Triplet(AdaLoraLinear l) => new Tensor[] { l.A(adapter), l.E(adapter), l.B(adapter) };
+    IEnumerable<(string Key, Tensor Value)> Triplet(string path, AdaLoraLinear l) =>
+        new[] { (path + ".lora_A", (Tensor)l.A(adapter)), (path + ".lora_E", l.E(adapter)), (path + ".lora_B", l.B(adapter)) };
 
     /// orth_reg_weight · mean over every A and B of ‖AAᵀ − I‖_F and ‖BᵀB − I‖_F.
     public Tensor? ExtraLoss()
@@ -74,7 +87,8 @@ public sealed class RankAllocator : IStepHook
             }
         }
         if (sum is null) return null;
-        var r = sum * (config.OrthRegWeight / n);
+        using var weight = (config.OrthRegWeight / n).ToScalar();
+        var r = sum * weight;
         sum.Dispose();
         return r;
     }
@@ -83,6 +97,7 @@ public sealed class RankAllocator : IStepHook
     {
         if (TotalStep <= 0) throw new InvalidOperationException("AdaLoRA's rank allocator needs the total step count: set TuningConfig.TotalStep or call Begin(totalSteps) first");
         var end = TotalStep - config.TFinal;
+        Step = globalStep;
         if (globalStep < end)
         {
             UpdateImportance();
@@ -93,8 +108,7 @@ public sealed class RankAllocator : IStepHook
         {
             UpdateImportance();
             rankPattern = MaskToBudget(BudgetSchedule(globalStep).Budget);
-            foreach (var (a, u) in scores.Values) { a.Dispose(); u.Dispose(); }
-            scores.Clear();
+            ClearScores();
         }
         else if (rankPattern is not null) MaskUsingRankPattern(rankPattern);
     }
@@ -102,47 +116,57 @@ public sealed class RankAllocator : IStepHook
     void UpdateImportance()
     {
         using var _ = torch.no_grad();
-        foreach (var (_, l) in layers)
-            foreach (var p in Triplet(l))
+        foreach (var (path, l) in layers)
+            foreach (var (key, p) in Triplet(path, l))
             {
                 using var scope = torch.NewDisposeScope();
-                if (!scores.TryGetValue(p, out var s))
-                    s = (torch.zeros_like(p).MoveToOuterDisposeScope(), torch.zeros_like(p).MoveToOuterDisposeScope());
+                if (!scores.TryGetValue(key, out var s)) s = (torch.zeros_like(p), torch.zeros_like(p));
                 var grad = p.grad;
                 var ipt = grad is null ? torch.zeros_like(p) : (p * grad).abs();
-                var avgIpt = (s.avgIpt * config.Beta1 + ipt * (1 - config.Beta1)).MoveToOuterDisposeScope();
-                var avgUnc = (s.avgUnc * config.Beta2 + (ipt - avgIpt).abs() * (1 - config.Beta2)).MoveToOuterDisposeScope();
+                var avgIpt = (s.avgIpt * beta1 + ipt * oneMinusBeta1).DetachFromDisposeScope();
+                var avgUnc = (s.avgUnc * beta2 + (ipt - avgIpt).abs() * oneMinusBeta2).DetachFromDisposeScope();
                 s.avgIpt.Dispose(); s.avgUnc.Dispose();
-                scores[p] = (avgIpt, avgUnc);
+                scores[key] = (avgIpt, avgUnc);
             }
     }
 
-    Tensor ElementScore(Tensor p, Func<Tensor, Tensor> shape) =>
-        scores.TryGetValue(p, out var s) ? shape(s.avgIpt * s.avgUnc) : shape(torch.zeros_like(p));
+    void ClearScores()
+    {
+        foreach (var (a, u) in scores.Values) { a.Dispose(); u.Dispose(); }
+        scores.Clear();
+    }
+
+    Tensor ElementScore(string key, Tensor p, Func<Tensor, Tensor> shape) =>
+        scores.TryGetValue(key, out var s) ? shape(s.avgIpt * s.avgUnc) : shape(torch.zeros_like(p));
 
     /// The triplet scores of one layer: E score + mean A-row score + mean B-column score (r entries).
-    public Tensor TripletScores(AdaLoraLinear l)
+    public Tensor TripletScores(AdaLoraLinear l) =>
+        TripletScores(layers.FirstOrDefault(x => ReferenceEquals(x.Layer, l)).Path
+                      ?? throw new ArgumentException("the layer is not one of this allocator's"), l);
+
+    Tensor TripletScores(string path, AdaLoraLinear l)
     {
         using var scope = torch.NewDisposeScope();
-        var e = ElementScore(l.E(adapter), t => t.view(-1));
-        var a = ElementScore(l.A(adapter), t => t.mean(new long[] { 1 }));
-        var b = ElementScore(l.B(adapter), t => t.mean(new long[] { 0 }));
+        var e = ElementScore(path + ".lora_E", l.E(adapter), t => t.view(-1));
+        var a = ElementScore(path + ".lora_A", l.A(adapter), t => t.mean(new long[] { 1 }));
+        var b = ElementScore(path + ".lora_B", l.B(adapter), t => t.mean(new long[] { 0 }));
         return (e + a + b).MoveToOuterDisposeScope();
     }
 
     Dictionary<string, bool[]> MaskToBudget(int budget)
     {
         using var scope = torch.NewDisposeScope();
-        var perLayer = layers.Select(l => TripletScores(l.Layer)).ToList();
+        var perLayer = layers.Select(l => TripletScores(l.Path, l.Layer)).ToList();
         var k = InitialBudget - budget;
         var threshold = k <= 0 ? double.NegativeInfinity : torch.cat(perLayer).kthvalue(k, 0, false).values.ToDouble();
         var pattern = new Dictionary<string, bool[]>();
         using var _ = torch.no_grad();
+        using var t = threshold.ToScalar();
         for (var i = 0; i < layers.Count; i++)
         {
             var (path, l) = layers[i];
-            var drop = perLayer[i].le(threshold);
-            l.E(adapter).masked_fill_(drop.view(-1, 1), 0.0);
+            var drop = perLayer[i].le(t);
+            l.E(adapter).masked_fill_(drop.view(-1, 1), Zero);
             pattern[path] = drop.logical_not().data<bool>().ToArray();
         }
         return pattern;
@@ -155,7 +179,58 @@ public sealed class RankAllocator : IStepHook
         {
             if (!pattern.TryGetValue(path, out var keep)) continue;
             using var drop = torch.tensor(keep.Select(x => !x).ToArray(), device: l.E(adapter).device);
-            l.E(adapter).masked_fill_(drop.view(-1, 1), 0.0);
+            l.E(adapter).masked_fill_(drop.view(-1, 1), Zero);
         }
+    }
+
+    // ---- checkpoint state (IStatefulStepHook) -------------------------------------------------
+
+    /// The EMAs (`ipt.&lt;path&gt;.lora_X`, `unc.…`), the kept ranks (`pattern.&lt;path&gt;`, bool) and
+    /// the last step (`step`). The EMAs are the allocator's own tensors (read, not to be disposed);
+    /// the others are new and belong to the caller's dispose scope.
+    public IEnumerable<(string Name, Tensor Value)> StateTensors()
+    {
+        foreach (var (key, (ipt, unc)) in scores)
+        {
+            yield return ("ipt." + key, ipt);
+            yield return ("unc." + key, unc);
+        }
+        if (rankPattern is not null)
+            foreach (var (path, keep) in rankPattern) yield return ("pattern." + path, torch.tensor(keep));
+        yield return ("step", torch.tensor(Step));
+    }
+
+    /// Restores what <see cref="StateTensors"/> wrote (copies: the caller may dispose the inputs).
+    public void LoadState(IReadOnlyDictionary<string, Tensor> tensors)
+    {
+        ClearScores();
+        rankPattern = null;
+        using var _ = torch.no_grad();
+        foreach (var (path, l) in layers)
+            foreach (var (key, p) in Triplet(path, l))
+            {
+                var hasIpt = tensors.TryGetValue("ipt." + key, out var ipt);
+                var hasUnc = tensors.TryGetValue("unc." + key, out var unc);
+                if (hasIpt != hasUnc)
+                    throw new InvalidDataException($"AdaLoRA state for '{key}' has only one of its two averages; the checkpoint is damaged, delete it to start over.");
+                if (ipt is null || unc is null) continue;
+                if (!ipt.shape.SequenceEqual(p.shape) || !unc.shape.SequenceEqual(p.shape))
+                    throw new InvalidDataException($"AdaLoRA state for '{key}' has shape [{string.Join(",", ipt.shape)}], the parameter's is [{string.Join(",", p.shape)}]; was the checkpoint written for another model or rank?");
+                scores[key] = (Own(ipt, p), Own(unc, p));
+            }
+        foreach (var (path, l) in layers)
+            if (tensors.TryGetValue("pattern." + path, out var keep))
+            {
+                if (keep.dtype != ScalarType.Bool || keep.numel() != l.E(adapter).shape[0])
+                    throw new InvalidDataException($"AdaLoRA rank pattern for '{path}' is not {l.E(adapter).shape[0]} booleans; the checkpoint does not fit this model.");
+                (rankPattern ??= new())[path] = keep.data<bool>().ToArray();
+            }
+        Step = tensors.TryGetValue("step", out var step) ? step.item<long>() : 0;
+    }
+
+    static Tensor Own(Tensor saved, Tensor like)
+    {
+        using var scope = torch.NewDisposeScope();
+        return saved.to(like.dtype, like.device).clone().DetachFromDisposeScope();
     }
 }

@@ -311,16 +311,19 @@ public sealed class TunedModel
                 LoraConv2d x when x.Base.groups == 1 => (x.A(a).weight!, x.B(a).weight!, x.Scaling(a)),
                 _ => throw new ArgumentException($"'{path}' cannot take a weighted combination (grouped convolution)"),
             };
+            // The factor is held in a Scalar until the op returns: a temporary one (from `t * 0.5`)
+            // may be finalized by the GC while the native op still reads it.
+            static Tensor Scaled(Tensor t, double factor) { using var f = factor.ToScalar(); return t * f; }
             Tensor newA, newB;
             if (combination == Combination.Cat)
             {
-                newA = torch.cat(present.Select(x => { var g = Get(x.a); return g.A * (x.w * g.s); }).ToList(), 0);
+                newA = torch.cat(present.Select(x => { var g = Get(x.a); return Scaled(g.A, x.w * g.s); }).ToList(), 0);
                 newB = torch.cat(present.Select(x => Get(x.a).B).ToList(), 1);
             }
             else
             {
-                newA = present.Select(x => { var g = Get(x.a); return g.A * (Math.Sqrt(x.w) * g.s); }).Aggregate((p, q) => p + q);
-                newB = present.Select(x => Get(x.a).B * Math.Sqrt(x.w)).Aggregate((p, q) => p + q);
+                newA = present.Select(x => { var g = Get(x.a); return Scaled(g.A, Math.Sqrt(x.w) * g.s); }).Aggregate((p, q) => p + q);
+                newB = present.Select(x => Scaled(Get(x.a).B, Math.Sqrt(x.w))).Aggregate((p, q) => p + q);
             }
             switch (l)
             {
