@@ -7,7 +7,7 @@
 // experiments/seed-segmentation-cpu.yaml is table 1 at a size a CPU finishes in minutes.
 
 let segmentationData objectClasses = composedSegmentation 256 3 |> classes objectClasses |> limit 8000 1000
-let imageEncoderLinears = [ "re:image_encoder\\..*\\.(qkv|proj|lin1|lin2|fc1|fc2)" ]
+let imageEncoderLinears = [ "re:image_encoder\\.(blocks|layers)\\..*\\.(qkv|proj|lin1|lin2|fc1|fc2)" ]
 
 let samPretrain stepName zooName options =
     pretrain {

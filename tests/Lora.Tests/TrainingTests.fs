@@ -130,11 +130,12 @@ let metrics =
         // Sequenced: every run resets the process-wide peak (VmHWM) when it starts.
         testSequenced <| test "peak memory is measured on CPU" {
             use m = PeakMemory.Start(Nullable())
-            let before = m.PeakMiB
-            let big = Array.zeroCreate<byte> (64 * 1024 * 1024)
+            let big = Array.zeroCreate<byte> (256 * 1024 * 1024)
             Array.fill big 0 big.Length 1uy
             Expect.equal m.Source "VmHWM" "source"
-            Expect.isGreaterThan m.PeakMiB (before + 32.0) "peak RSS grows with a 64 MiB array"
+            // Other tests may reset the process peak concurrently, but never below what is resident:
+            // while the 256 MiB array lives, the peak is at least that.
+            Expect.isGreaterThan m.PeakMiB 256.0 "peak RSS covers a touched 256 MiB array"
             GC.KeepAlive big
         }
         test "learning rate: linear warm-up then cosine to the minimum" {
