@@ -395,6 +395,8 @@ module YamlSpec =
     let parse (file: string) (text: string) : Experiment list * SpecError list * Marks =
         let r = Reader(file)
         let stream = YamlStream()
+        // our own parser, so that an exception without a position can still say where parsing stopped
+        let parser = Parser(new StringReader(text))
         let experiments =
             try
                 match tooDeep text with
@@ -404,7 +406,7 @@ module YamlSpec =
                           Message = sprintf "nested more than %d levels deep: a spec never needs that" maxDepth }
                     []
                 | None ->
-                stream.Load(new StringReader(text))
+                stream.Load(parser)
                 if stream.Documents.Count = 0 then
                     r.Errors.Add { File = file; Line = 1; Column = 1; Field = "experiments"; Message = "the spec is empty: it needs experiments: [...]" }
                     []
@@ -442,7 +444,13 @@ module YamlSpec =
                 []
             // YamlDotNet's scanner throws InvalidOperationException on some malformed input ("- {" + text)
             | e when not (e :? OutOfMemoryException) ->
-                r.Errors.Add { File = file; Line = 0; Column = 0; Field = "yaml"; Message = sprintf "not valid YAML: the parser failed (%s)" e.Message }
+                let line, column =
+                    match parser.Current with
+                    | null -> 0, 0
+                    | ev -> int ev.End.Line, int ev.End.Column
+                r.Errors.Add
+                    { File = file; Line = line; Column = column; Field = "yaml"
+                      Message = "not valid YAML: the parser stopped here (an unclosed bracket or brace, or a value where a key belongs?)" }
                 []
         experiments, List.ofSeq r.Errors, r.Marks :> Marks
 
