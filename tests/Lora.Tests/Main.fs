@@ -27,6 +27,7 @@ let all =
         RunnerTests.tests
         ParityTests.tests
         SlurmTests.tests
+        ReliabilityTests.tests
     ]
 
 [<EntryPoint>]
