@@ -171,6 +171,11 @@ type private Child(args: string list) =
     member _.Output = lock output (fun () -> output.ToString())
     /// Waits up to ms; true if the process ended.
     member _.Wait(ms: int) = p.WaitForExit ms
+    /// Waits until the output has `count` lines containing `text` (true) or the process ends (false).
+    member c.WaitForLines(text: string, count: int) =
+        let seen () = c.Output.Split('\n') |> Array.filter (fun l -> l.Contains text) |> Array.length
+        while seen () < count && not p.HasExited do Threading.Thread.Sleep 20
+        seen () >= count
     member _.ExitCode = (p.WaitForExit(); p.ExitCode)
     member _.Kill() = (p.Kill true; p.WaitForExit())
     interface IDisposable with
@@ -269,24 +274,42 @@ let private crashSafety =
             let mutable finished = false
             let mutable ranBeforeKill = []
             let mutable resumes = 0
-            // three kills at random moments (10-60 % of an uninterrupted run), then run to the end
+            // three kills, then run to the end. The first at a random moment (5-50 % of an uninterrupted
+            // run: startup, data loading, training or writing). The others at a random moment (0-400 ms)
+            // after this process writes a checkpoint, so that a resume from a checkpoint is exercised,
+            // not only a rerun from scratch
+            let checkpointWritten (since: DateTime) =
+                let artifacts = dir + "-artifacts"
+                try
+                    Directory.Exists artifacts
+                    && Directory.GetDirectories(artifacts) |> Array.exists (fun run ->
+                        let cp = Path.Combine(run, "checkpoint")
+                        Directory.Exists cp && Directory.GetFiles cp |> Array.exists (fun f -> File.GetLastWriteTimeUtc f > since))
+                with :? IOException -> false // a checkpoint deleted while we look: the run just finished
             while not finished && attempts < 3 do
                 attempts <- attempts + 1
-                let delay = int (ms * (0.1 + 0.5 * rng.NextDouble()))
+                let started = DateTime.UtcNow
                 use c = new Child([ "run"; tinySpec; "--results"; dir ])
-                if c.Wait delay then
+                let delay, afterCheckpoint =
+                    if attempts = 1 then int (ms * (0.05 + 0.45 * rng.NextDouble())), false
+                    else rng.Next 400, true
+                let mutable alive = true
+                if afterCheckpoint then
+                    while alive && not (checkpointWritten started) do
+                        alive <- not (c.Wait 20)
+                if not alive || c.Wait delay then
                     finished <- true
                     Expect.equal c.ExitCode 0 (sprintf "run finished before its kill:\n%s" c.Output)
                 else
                     c.Kill()
                     kills <- kills + 1
-                    ranBeforeKill <- ranBeforeKill @ [ delay, (runLines c.Output).Length ]
+                    ranBeforeKill <- ranBeforeKill @ [ (if afterCheckpoint then sprintf "%d ms after a checkpoint" delay else sprintf "%d ms" delay), (runLines c.Output).Length ]
                     resumes <- resumes + (c.Output.Split('\n') |> Array.filter (fun l -> l.Contains "resumed from the checkpoint")).Length
-            printfn "kill-resume: %d kill(s) at %A ms (runs started before each kill: %A)" kills (ranBeforeKill |> List.map fst) (ranBeforeKill |> List.map snd)
+            printfn "kill-resume: %d kill(s) at %A (runs started before each kill: %A)" kills (ranBeforeKill |> List.map fst) (ranBeforeKill |> List.map snd)
             let code, output = runToEnd [ "run"; tinySpec; "--results"; dir ]
             Expect.equal code 0 (sprintf "the final restart completes:\n%s" output)
             resumes <- resumes + (output.Split('\n') |> Array.filter (fun l -> l.Contains "resumed from the checkpoint")).Length
-            printfn "kill-resume: %d run(s) resumed from a checkpoint" resumes
+            printfn "kill-resume: %d run(s) completed after resuming from a checkpoint (a resumed run killed again is not counted)" resumes
             Expect.isGreaterThanOrEqual kills 1 "at least one run was killed"
             expectSameResults expected dir "after kills"
         }
