@@ -43,10 +43,9 @@ public static class AdapterCheckpoint
         JsonObject root;
         try
         {
-            root = JsonNode.Parse(File.ReadAllText(path)) as JsonObject
+            // duplicate keys are refused while parsing (JsonObject would otherwise throw lazily, at any depth)
+            root = JsonNode.Parse(File.ReadAllText(path), documentOptions: new JsonDocumentOptions { AllowDuplicateProperties = false }) as JsonObject
                 ?? throw new InvalidDataException($"'{path}' must hold one JSON object ({{\"peft_type\": ..., \"r\": ...}})");
-            // JsonObject checks for duplicate keys lazily: force it here, where it can be reported
-            _ = root.Count;
         }
         catch (JsonException e) { throw new InvalidDataException($"'{path}' is not valid JSON: {e.Message}"); }
         catch (ArgumentException e) { throw new InvalidDataException($"'{path}' is not a valid adapter config: {e.Message}"); }
