@@ -250,7 +250,9 @@ let private expectSameResults (expected: string) (actual: string) (what: string)
 /// The uninterrupted run every other result is compared with (run once, shared by the tests).
 let private baseline =
     lazy
-        (let dir = Path.Combine(Path.GetTempPath(), "lora-reliability-" + Guid.NewGuid().ToString("N"), "results")
+        (let root = Path.Combine(Path.GetTempPath(), "lora-reliability-" + Guid.NewGuid().ToString("N"))
+         AppDomain.CurrentDomain.ProcessExit.Add(fun _ -> try Directory.Delete(root, true) with _ -> ())
+         let dir = Path.Combine(root, "results")
          let clock = Stopwatch.StartNew()
          let code, output = runToEnd [ "run"; tinySpec; "--results"; dir ]
          if code <> 0 then failtestf "the uninterrupted run failed (%d):\n%s" code output
