@@ -26,6 +26,8 @@ public sealed class Trainer
 
     public TrainOptions Options { get; }
 
+    static Trainer() => NativeWorkarounds.Apply();
+
     public Trainer(nn.Module<Tensor, Tensor> model, TrainOptions options)
     {
         options.Validate();
@@ -105,7 +107,9 @@ public sealed class Trainer
                     clock.Start();
                     using (var scope = NewDisposeScope())
                     {
-                        torch.random.manual_seed(Seeded.Mix(o.Seed, st.Step, 0xd0));
+                        long stepSeed = Seeded.Mix(o.Seed, st.Step, 0xd0);
+                        using (torch.random.manual_seed(stepSeed)) { }
+                        if (device.type == DeviceType.CUDA) torch.cuda.manual_seed_all(stepSeed);
                         double lr = LearningRateAt(o, st.Step, total);
                         var loss = task.Loss(model, batch, inputType, o);
                         foreach (var h in hooks)
@@ -120,10 +124,12 @@ public sealed class Trainer
                         if (o.ClipGradNorm > 0) nn.utils.clip_grad_norm_(parameters, o.ClipGradNorm);
                         optimizer.Step(lr);
                         st.Step++;
-                        foreach (var h in hooks) h.AfterOptimizerStep(st.Step);
-                        model.zero_grad(true);
                         st.LossCurve.Add(new StepLoss(st.Step, epoch + 1, value, lr));
                     }
+                    // Outside the step's dispose scope: a hook may keep tensors across steps by moving
+                    // them to "the outer scope", which must not be this step's.
+                    foreach (var h in hooks) h.AfterOptimizerStep(st.Step);
+                    model.zero_grad(true);
                     clock.Stop();
                     st.Images += batch.Size;
                     if (ckpt is not null && o.CheckpointEverySteps > 0 && st.Step % o.CheckpointEverySteps == 0 && st.Step % perEpoch != 0)
