@@ -9,8 +9,13 @@ cd "$(dirname "$0")/.."
 target=${1:?usage: fuzz/run.sh TARGET [EXECUTIONS]}
 out=fuzz/out
 dotnet tool restore >/dev/null
+if [ "${2:-}" = "--replay" ]; then
+  # replay with uninstrumented assemblies: instrumented ones need AFL++'s shared memory (outside it
+  # they die with an access violation)
+  dotnet build fuzz/Lora.Fuzz -c Release -o fuzz/out-replay -nologo -clp:ErrorsOnly >/dev/null
+  shift 2; exec dotnet fuzz/out-replay/Lora.Fuzz.dll "$target" --replay "$@"
+fi
 dotnet build fuzz/Lora.Fuzz -c Release -o "$out" -nologo -clp:ErrorsOnly >/dev/null
-if [ "${2:-}" = "--replay" ]; then shift 2; exec dotnet "$out/Lora.Fuzz.dll" "$target" --replay "$@"; fi
 execs=${2:-1000000}
 # instrument the assemblies whose parsers are fuzzed (idempotent: sharpfuzz skips instrumented ones)
 for dll in Lora.Core.dll Lora.Dsl.dll YamlDotNet.dll; do

@@ -26,6 +26,24 @@ public static class Targets
         {
             foreach (var t in Safetensors.Load(AsFile(data, ".safetensors")).Values) t.Dispose();
         },
+        // IDX (MNIST format), raw or gzip: the reader sniffs the gzip magic itself
+        ["idx"] = data => Lora.Core.Data.IdxReader.Read(AsFile(data, ".idx")),
+        // CIFAR binary batches: the first byte picks CIFAR-10 (1 label byte) or CIFAR-100 (2), so
+        // one corpus covers both record layouts
+        ["cifar"] = data =>
+        {
+            bool hundred = data.Length > 0 && (data[0] & 1) == 1;
+            var body = data.Length > 0 ? data[1..] : data;
+            var classes = hundred ? Enumerable.Range(0, 100).Select(i => i.ToString()).ToArray() : Lora.Core.Data.Cifar.Cifar10Classes.ToArray();
+            Lora.Core.Data.Cifar.Read([AsFile(body, ".bin")], hundred ? 2 : 1, true, classes);
+        },
+        // PEFT adapter_config.json: the folder holds just the config
+        ["adapter_config"] = data =>
+        {
+            Directory.CreateDirectory(scratch + ".adapter");
+            File.WriteAllBytes(Path.Combine(scratch + ".adapter", "adapter_config.json"), data);
+            Lora.Core.Tuning.AdapterCheckpoint.ReadConfig(scratch + ".adapter");
+        },
         // YAML specs: every problem must come back as an error with a position, never as an exception
         ["yaml"] = data =>
         {

@@ -377,8 +377,7 @@ module YamlSpec =
     let maxDepth = 64
 
     /// The position where nesting first exceeds maxDepth, read from the (non-recursive) event stream.
-    let private tooDeep (text: string) =
-        let parser = Parser(new StringReader(text))
+    let private tooDeep (parser: Parser) =
         let mutable depth = 0
         let mutable found = None
         while found.IsNone && parser.MoveNext() do
@@ -395,16 +394,19 @@ module YamlSpec =
     let parse (file: string) (text: string) : Experiment list * SpecError list * Marks =
         let r = Reader(file)
         let stream = YamlStream()
+        // our own parsers, so that an exception without a position can still say where parsing stopped
+        let depthParser = Parser(new StringReader(text))
+        let parser = Parser(new StringReader(text))
         let experiments =
             try
-                match tooDeep text with
+                match tooDeep depthParser with
                 | Some mark ->
                     r.Errors.Add
                         { File = file; Line = int mark.Line; Column = int mark.Column; Field = "yaml"
                           Message = sprintf "nested more than %d levels deep: a spec never needs that" maxDepth }
                     []
                 | None ->
-                stream.Load(new StringReader(text))
+                stream.Load(parser)
                 if stream.Documents.Count = 0 then
                     r.Errors.Add { File = file; Line = 1; Column = 1; Field = "experiments"; Message = "the spec is empty: it needs experiments: [...]" }
                     []
@@ -416,11 +418,16 @@ module YamlSpec =
                         | Some pn when not (isNullNode pn) ->
                             match pn with
                             | :? YamlSequenceNode as s ->
-                                [ for i, c in Seq.indexed s.Children do
-                                      let at = sprintf "pretrain[%d]" i
-                                      let p = pretrainStep r at c
-                                      yield p.Name, (p, at) ]
-                                |> Map.ofList
+                                let steps =
+                                    [ for i, c in Seq.indexed s.Children do
+                                          let at = sprintf "pretrain[%d]" i
+                                          let p = pretrainStep r at c
+                                          yield p.Name, (p, at), c ]
+                                // Map.ofList would keep the last of two steps with one name, silently
+                                for i, (name, _, c) in List.indexed steps do
+                                    if steps |> List.take i |> List.exists (fun (n, _, _) -> n = name) then
+                                        r.Error(c, sprintf "pretrain[%d].name" i, sprintf "two pretrain steps are named '%s': names must be unique" name)
+                                steps |> List.map (fun (n, p, _) -> n, p) |> Map.ofList
                             | _ -> r.Error(pn, "pretrain", sprintf "expected a list of pretrain steps, got %s" (kindOf pn)); Map.empty
                         | _ -> Map.empty
                     match Map.tryFind "experiments" fs with
@@ -442,7 +449,14 @@ module YamlSpec =
                 []
             // YamlDotNet's scanner throws InvalidOperationException on some malformed input ("- {" + text)
             | e when not (e :? OutOfMemoryException) ->
-                r.Errors.Add { File = file; Line = 0; Column = 0; Field = "yaml"; Message = sprintf "not valid YAML: the parser failed (%s)" e.Message }
+                let line, column =
+                    match parser.Current, depthParser.Current with
+                    | null, null -> 0, 0
+                    | null, ev
+                    | ev, _ -> int ev.End.Line, int ev.End.Column
+                r.Errors.Add
+                    { File = file; Line = line; Column = column; Field = "yaml"
+                      Message = "not valid YAML: the parser stopped here (an unclosed bracket or brace, or a value where a key belongs?)" }
                 []
         experiments, List.ofSeq r.Errors, r.Marks :> Marks
 

@@ -31,6 +31,7 @@ let all =
         SlurmTests.tests
         CliTests.tests
         GcStressTests.tests
+        ReliabilityTests.tests
     ]
 
 [<EntryPoint>]

@@ -14,7 +14,8 @@ public sealed record IdxArray(int[] Dims, byte[] Data)
 /// type (0x08) is accepted, which is what image and label files use.
 public static class IdxReader
 {
-    const long MaxElements = 1L << 31;
+    // 1 Gi items (Fashion-MNIST has 47 Mi): keeps header + data inside one .NET array
+    const long MaxElements = 1L << 30;
 
     public static IdxArray Read(string path)
     {
@@ -37,17 +38,32 @@ public static class IdxReader
         return f.ReadByte() == 0x1f && f.ReadByte() == 0x8b;
     }
 
+    /// Decompresses no more than the header says the file holds (plus one byte, to report trailing
+    /// data): a small gzip that inflates to gigabytes (a "gzip bomb") is an error, not an allocation.
     static byte[] Gunzip(string path)
     {
         using var f = File.OpenRead(path);
         using var gz = new GZipStream(f, CompressionMode.Decompress);
         using var ms = new MemoryStream();
-        gz.CopyTo(ms);
+        var buffer = new byte[81920];
+        long limit = 4 + 4 * 4 + MaxElements; // the largest valid file, until the header is read
+        bool headerRead = false;
+        int n;
+        while (ms.Length <= limit && (n = gz.Read(buffer, 0, (int)Math.Min(buffer.Length, limit + 1 - ms.Length))) > 0)
+        {
+            ms.Write(buffer, 0, n);
+            if (!headerRead && ms.Length >= 4 && ms.Length >= 4 + 4 * ms.GetBuffer()[3])
+            {
+                limit = Header(ms.GetBuffer().AsSpan(0, (int)ms.Length), path).Bytes;
+                headerRead = true;
+            }
+        }
         return ms.ToArray();
     }
 
-    /// Parses an IDX byte image; <paramref name="source"/> names the file in error messages.
-    public static IdxArray Parse(byte[] raw, string source)
+    /// The dimensions an IDX header declares and the byte count they imply (header + data),
+    /// checked before anything is allocated for the data.
+    static (int[] Dims, int HeaderBytes, long Bytes) Header(ReadOnlySpan<byte> raw, string source)
     {
         if (raw.Length < 4)
             throw new InvalidDataException($"{source}: {raw.Length} bytes is too short for an IDX header (need at least 4).");
@@ -71,9 +87,17 @@ public static class IdxReader
                 throw new InvalidDataException($"{source}: dimension {i} has size {d}, which is not valid.");
             dims[i] = (int)d;
             total *= d;
-            if (total > MaxElements) throw new InvalidDataException($"{source}: dimensions {string.Join('x', dims.Take(i + 1))} are too large.");
+            if (total > MaxElements)
+                throw new InvalidDataException($"{source}: dimensions {string.Join('x', dims.Take(i + 1))} claim more than {MaxElements:N0} items, too large for an IDX file this reader accepts.");
         }
-        long expected = header + total;
+        return (dims, header, header + total);
+    }
+
+    /// Parses an IDX byte image; <paramref name="source"/> names the file in error messages.
+    public static IdxArray Parse(byte[] raw, string source)
+    {
+        var (dims, header, expected) = Header(raw, source);
+        long total = expected - header;
         if (raw.Length != expected)
             throw new InvalidDataException(
                 $"{source}: dimensions {string.Join('x', dims)} need {expected} bytes but the file has {raw.Length} " +

@@ -40,18 +40,62 @@ public static class AdapterCheckpoint
     {
         var path = Path.Combine(folder, ConfigFile);
         if (!File.Exists(path)) throw new FileNotFoundException($"no {ConfigFile} in '{folder}': is this a PEFT adapter folder?", path);
-        JsonNode root;
-        try { root = JsonNode.Parse(File.ReadAllText(path)) ?? throw new InvalidDataException("empty"); }
+        JsonObject root;
+        try
+        {
+            // duplicate keys are refused while parsing (JsonObject would otherwise throw lazily, at any depth)
+            root = JsonNode.Parse(File.ReadAllText(path), documentOptions: new JsonDocumentOptions { AllowDuplicateProperties = false }) as JsonObject
+                ?? throw new InvalidDataException($"'{path}' must hold one JSON object ({{\"peft_type\": ..., \"r\": ...}})");
+        }
         catch (JsonException e) { throw new InvalidDataException($"'{path}' is not valid JSON: {e.Message}"); }
-        string? Str(string k) => root[k] is JsonValue v && v.TryGetValue<string>(out var s) ? s : null;
-        double? Num(string k) => root[k] is JsonValue v && v.TryGetValue<double>(out var d) ? d : null;
-        bool Bool(string k) => root[k] is JsonValue v && v.TryGetValue<bool>(out var b) && b;
+        catch (ArgumentException e) { throw new InvalidDataException($"'{path}' is not a valid adapter config: {e.Message}"); }
+        // Every field is read through one of these: a value of the wrong JSON type is an error that
+        // names the field, never an exception from System.Text.Json.
+        string Kind(JsonNode? n) => n is null ? "null" : n.GetValueKind().ToString().ToLowerInvariant();
+        InvalidDataException Wrong(string field, string expected, JsonNode? n) =>
+            new($"'{path}': {field} must be {expected}, got {(n is null ? "null" : n.ToJsonString())} ({Kind(n)})");
+        string? Str(string k) => root[k] switch
+        {
+            null => null,
+            JsonValue v when v.TryGetValue<string>(out var s) => s,
+            var n => throw Wrong(k, "a string", n),
+        };
+        double? Num(string k) => root[k] switch
+        {
+            null => null,
+            JsonValue v when v.TryGetValue<double>(out var d) && double.IsFinite(d) => d,
+            var n => throw Wrong(k, "a number", n),
+        };
+        int? Int(string k, int min)
+        {
+            var d = Num(k);
+            if (d is null) return null;
+            if (d != Math.Floor(d.Value) || d < min || d > 1 << 20) throw Wrong(k, $"an integer from {min} to {1 << 20}", root[k]);
+            return (int)d.Value;
+        }
+        bool Bool(string k) => root[k] switch
+        {
+            null => false,
+            JsonValue v when v.TryGetValue<bool>(out var b) => b,
+            var n => throw Wrong(k, "true or false", n),
+        };
+        string Item(string field, JsonNode? x) =>
+            x is JsonValue v && v.TryGetValue<string>(out var s) ? s : throw Wrong(field, "a list of strings", x);
         List<string> StrList(string k) => root[k] switch
         {
-            JsonArray a => a.Select(x => x!.GetValue<string>()).ToList(),
+            JsonArray a => a.Select(x => Item(k, x)).ToList(),
             JsonValue v when v.TryGetValue<string>(out var s) => new List<string> { "re:" + s }, // PEFT: a string is a regex over the full path
-            _ => new List<string>(),
+            null => new List<string>(),
+            var n => throw Wrong(k, "a list of strings or a regex string", n),
         };
+        Dictionary<string, T> Pattern<T>(string k, Func<JsonNode?, T?> read) where T : struct => root[k] switch
+        {
+            null => new Dictionary<string, T>(),
+            JsonObject o => o.ToDictionary(kv => kv.Key, kv => read(kv.Value) ?? throw Wrong($"{k}['{kv.Key}']", typeof(T) == typeof(int) ? "an integer" : "a number", kv.Value)),
+            var n => throw Wrong(k, "an object", n),
+        };
+        static double? AsNumber(JsonNode? n) => n is JsonValue v && v.TryGetValue<double>(out var d) && double.IsFinite(d) ? d : null;
+        static int? AsRank(JsonNode? n) => AsNumber(n) is double d && d == Math.Floor(d) && d >= 0 && d <= 1 << 20 ? (int)d : null;
         var peftType = Str("peft_type") ?? throw new InvalidDataException($"'{path}' has no peft_type");
         var method = peftType switch
         {
@@ -76,26 +120,27 @@ public static class AdapterCheckpoint
         {
             Method = method,
             Targets = method == TuningMethod.Adapter ? Array.Empty<string>() : StrList("target_modules"),
-            Rank = (int)(Num("r") ?? 8),
+            Rank = Int("r", 1) ?? 8,
             Alpha = Num("lora_alpha") ?? 8,
             Dropout = Num("lora_dropout") ?? 0,
             UseRsLora = Bool("use_rslora"),
-            InitGaussian = Str("init_lora_weights") == "gaussian",
+            // PEFT writes true/false or the name of an initialisation
+            InitGaussian = root["init_lora_weights"] is JsonValue init && init.TryGetValue<string>(out var how) && how == "gaussian",
             Bias = bias,
             ModulesToSave = StrList("modules_to_save"),
-            AlphaPattern = root["alpha_pattern"] is JsonObject ap ? ap.ToDictionary(kv => kv.Key, kv => kv.Value!.GetValue<double>()) : new Dictionary<string, double>(),
-            RankPattern = method != TuningMethod.AdaLora && root["rank_pattern"] is JsonObject rp ? rp.ToDictionary(kv => kv.Key, kv => kv.Value!.GetValue<int>()) : new Dictionary<string, int>(),
-            InitRank = (int)(Num("init_r") ?? 12),
-            TargetRank = (int)(Num("target_r") ?? 8),
+            AlphaPattern = Pattern("alpha_pattern", AsNumber),
+            RankPattern = method != TuningMethod.AdaLora ? Pattern("rank_pattern", AsRank) : new Dictionary<string, int>(),
+            InitRank = Int("init_r", 1) ?? 12,
+            TargetRank = Int("target_r", 1) ?? 8,
             Beta1 = Num("beta1") ?? 0.85,
             Beta2 = Num("beta2") ?? 0.85,
-            TInit = (int)(Num("tinit") ?? 0),
-            TFinal = (int)(Num("tfinal") ?? 0),
-            DeltaT = (int)(Num("deltaT") ?? 1),
+            TInit = Int("tinit", 0) ?? 0,
+            TFinal = Int("tfinal", 0) ?? 0,
+            DeltaT = Int("deltaT", 1) ?? 1,
             OrthRegWeight = Num("orth_reg_weight") ?? 0.5,
-            TotalStep = (long)(Num("total_step") ?? 0),
+            TotalStep = Int("total_step", 0) ?? 0,
             AdapterRatio = Num("adapter_ratio") ?? 0.25,
-            AdapterWidth = (int)(Num("adapter_width") ?? 0),
+            AdapterWidth = Int("adapter_width", 0) ?? 0,
             AdapterMlpScale = Num("adapter_mlp_scale") ?? 0.5,
         };
         Dictionary<string, bool[]>? pattern = null;
@@ -105,8 +150,9 @@ public static class AdapterCheckpoint
             foreach (var (k, v) in arp)
             {
                 var i = k.IndexOf(".lora_E", StringComparison.Ordinal);
-                pattern[i < 0 ? k : k[..i]] = v is JsonArray a ? a.Select(x => x!.GetValue<bool>()).ToArray()
-                    : throw new InvalidDataException($"'{path}': rank_pattern['{k}'] must be a list of booleans");
+                pattern[i < 0 ? k : k[..i]] = v is JsonArray a
+                    ? a.Select(x => x is JsonValue b && b.TryGetValue<bool>(out var keep) ? keep : throw Wrong($"rank_pattern['{k}']", "a list of booleans", v)).ToArray()
+                    : throw Wrong($"rank_pattern['{k}']", "a list of booleans", v);
             }
         }
         return (config, pattern);
