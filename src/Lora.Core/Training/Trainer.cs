@@ -65,19 +65,18 @@ public sealed class Trainer
         var o = Options;
         var device = torch.device(o.Device);
         model.to(device);
-        if (o.Precision == Precision.BFloat16) CastFrozenLeaves(model, ScalarType.BFloat16);
+        MixedPrecision.Apply(model, o.Precision);
         var inputType = Evaluator.InputType(o.Precision);
 
-        var trainable = model.named_parameters().Where(p => p.parameter.requires_grad).ToArray();
-        if (trainable.Length == 0)
-            throw new InvalidOperationException("the model has no trainable parameters (none has requires_grad = true); nothing to train.");
-        var optimizer = new AdamW(trainable.Select(p => (p.name, p.parameter)), o.WeightDecay, o.Beta1, o.Beta2, o.Epsilon);
+        using var training = new TrainingStep(model, o);
+        var trainable = training.Trainable;
+        var optimizer = training.Optimizer;
         var loader = task.Loader(o, device, train: true);
         var evalLoader = task.Loader(o, device, train: false);
         int perEpoch = loader.BatchesPerEpoch;
         long total = (long)perEpoch * o.Epochs;
 
-        var hooks = StepHooks.Of(model);
+        var hooks = training.Hooks;
         foreach (var h in hooks) h.Begin(total);
 
         var st = new RunState { TotalSteps = total, StepsPerEpoch = perEpoch, Seed = o.Seed, BatchSize = o.BatchSize };
@@ -107,21 +106,12 @@ public sealed class Trainer
                     {
                         torch.random.manual_seed(Seeded.Mix(o.Seed, st.Step, 0xd0));
                         double lr = LearningRateAt(o, st.Step, total);
-                        var loss = task.Loss(model, batch, inputType, o);
-                        foreach (var h in hooks)
-                            if (h.ExtraLoss() is Tensor extra) loss = loss + extra;
+                        var loss = training.WithExtraLoss(task.Loss(model, batch, inputType, o));
                         double value = loss.item<float>();
                         if (!double.IsFinite(value))
-                        {
-                            model.zero_grad(true);
                             throw new TrainingDivergedException(st.Step + 1, epoch, value, lastGood);
-                        }
-                        loss.backward();
-                        if (o.ClipGradNorm > 0) nn.utils.clip_grad_norm_(parameters, o.ClipGradNorm);
-                        optimizer.Step(lr);
+                        training.BackwardAndUpdate(loss, lr, st.Step + 1);
                         st.Step++;
-                        foreach (var h in hooks) h.AfterOptimizerStep(st.Step);
-                        model.zero_grad(true);
                         st.LossCurve.Add(new StepLoss(st.Step, epoch + 1, value, lr));
                     }
                     clock.Stop();
@@ -159,17 +149,6 @@ public sealed class Trainer
             last?.LearningRate ?? 0, seconds > 0 ? st.Images / seconds : 0, TimeSpan.FromSeconds(perStep * (total - st.Step)), end);
     }
 
-    /// Casts leaf modules whose parameters are all frozen to the given dtype.
-    static void CastFrozenLeaves(nn.Module root, ScalarType dtype)
-    {
-        foreach (var m in root.modules().ToArray())
-        {
-            if (m.children().Any()) continue;
-            var ps = m.parameters(false).ToArray();
-            if (ps.Length > 0 && ps.All(p => !p.requires_grad && p.is_floating_point())) m.to(dtype);
-        }
-    }
-
     // ---- checkpoints -------------------------------------------------------------------------
 
     sealed class RunState
@@ -187,7 +166,7 @@ public sealed class Trainer
 
     static readonly JsonSerializerOptions json = new() { NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals };
 
-    string Save(string path, RunState st, Stopwatch clock, (string name, Parameter parameter)[] trainable, AdamW optimizer, IReadOnlyList<IStepHook> hooks)
+    string Save(string path, RunState st, Stopwatch clock, (string name, Parameter parameter)[] trainable, FlatAdamW optimizer, IReadOnlyList<IStepHook> hooks)
     {
         var meta = new RunState
         {
@@ -205,7 +184,7 @@ public sealed class Trainer
         return path;
     }
 
-    RunState Load(string path, RunState expected, (string name, Parameter parameter)[] trainable, AdamW optimizer, IReadOnlyList<IStepHook> hooks)
+    RunState Load(string path, RunState expected, (string name, Parameter parameter)[] trainable, FlatAdamW optimizer, IReadOnlyList<IStepHook> hooks)
     {
         var (metaJson, tensors) = CheckpointFile.Read(path);
         try

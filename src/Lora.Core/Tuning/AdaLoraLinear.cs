@@ -83,7 +83,7 @@ public sealed class AdaLoraLinear : TunerLayer
     {
         using var scope = torch.NewDisposeScope();
         var xd = Dropout(x, options[adapter].dropout);
-        var y = xd.matmul((A(adapter) * E(adapter)).t()).matmul(B(adapter).t()) * Scaling(adapter) / (RankNum(adapter) + 1e-5);
+        var y = xd.matmul(In(A(adapter) * E(adapter), xd).t()).matmul(In(B(adapter), xd).t()) * Scaling(adapter) / (In(RankNum(adapter), xd) + 1e-5);
         return y.MoveToOuterDisposeScope();
     }
 }

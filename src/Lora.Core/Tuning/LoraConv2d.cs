@@ -108,7 +108,8 @@ public sealed class LoraConv2d : TunerLayer
         using var scope = torch.NewDisposeScope();
         var o = options[adapter];
         var xd = Dropout(x, o.Dropout);
-        var lora = B(adapter).forward(A(adapter).forward(xd)).mul(o.Scaling);
+        var xa = xd.dtype == A(adapter).weight!.dtype ? xd : xd.to(A(adapter).weight!.dtype);
+        var lora = B(adapter).forward(A(adapter).forward(xa)).mul(o.Scaling);
         if (!o.UseDora) return lora.MoveToOuterDisposeScope();
         // PEFT's conv DoRA: (m/‖W+ΔW‖ − 1)·conv(x, W) + m/‖W+ΔW‖ · lora(x) · scaling.
         var m = lora_magnitude_vector.Module<DoraMagnitude>(adapter).weight;

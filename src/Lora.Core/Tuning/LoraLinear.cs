@@ -90,7 +90,7 @@ public sealed class LoraLinear : TunerLayer
         using var scope = torch.NewDisposeScope();
         var o = options[adapter];
         var xd = Dropout(x, o.Dropout);
-        var lora = B(adapter).forward(A(adapter).forward(xd));
+        var lora = nn.functional.linear(nn.functional.linear(xd, In(A(adapter).weight!, xd)), In(B(adapter).weight!, xd));
         if (!o.UseDora) return lora.mul(o.Scaling).MoveToOuterDisposeScope();
         // PEFT's DoRA: (m/‖W+ΔW‖ − 1)·(x Wᵀ) + m/‖W+ΔW‖ · lora(x) · scaling, the norm without gradient.
         var m = lora_magnitude_vector.Module<DoraMagnitude>(adapter).weight;
@@ -98,7 +98,7 @@ public sealed class LoraLinear : TunerLayer
         var scale = (m / norm).view(1, -1);
         Tensor plain;
         if (ReferenceEquals(xd, x)) plain = Base.bias is null ? baseOutput : baseOutput - Base.bias;
-        else plain = nn.functional.linear(xd, BaseWeight);
+        else plain = nn.functional.linear(xd, In(BaseWeight, xd));
         return ((scale - 1) * plain + scale * lora * o.Scaling).MoveToOuterDisposeScope();
     }
 }

@@ -106,12 +106,13 @@ public sealed class RankAllocator : IStepHook
             foreach (var p in Triplet(l))
             {
                 using var scope = torch.NewDisposeScope();
+                // the scores outlive the caller's per-step dispose scope: detached, disposed here when replaced
                 if (!scores.TryGetValue(p, out var s))
-                    s = (torch.zeros_like(p).MoveToOuterDisposeScope(), torch.zeros_like(p).MoveToOuterDisposeScope());
+                    s = (torch.zeros_like(p).DetachFromDisposeScope(), torch.zeros_like(p).DetachFromDisposeScope());
                 var grad = p.grad;
                 var ipt = grad is null ? torch.zeros_like(p) : (p * grad).abs();
-                var avgIpt = (s.avgIpt * config.Beta1 + ipt * (1 - config.Beta1)).MoveToOuterDisposeScope();
-                var avgUnc = (s.avgUnc * config.Beta2 + (ipt - avgIpt).abs() * (1 - config.Beta2)).MoveToOuterDisposeScope();
+                var avgIpt = (s.avgIpt * config.Beta1 + ipt * (1 - config.Beta1)).DetachFromDisposeScope();
+                var avgUnc = (s.avgUnc * config.Beta2 + (ipt - avgIpt).abs() * (1 - config.Beta2)).DetachFromDisposeScope();
                 s.avgIpt.Dispose(); s.avgUnc.Dispose();
                 scores[p] = (avgIpt, avgUnc);
             }
