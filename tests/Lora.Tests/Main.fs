@@ -27,6 +27,7 @@ let all =
         RunnerTests.tests
         ParityTests.tests
         SlurmTests.tests
+        BenchTests.tests
     ]
 
 [<EntryPoint>]
