@@ -49,14 +49,26 @@ let setGrad (p: Modules.Parameter) (g: Tensor) =
     use gp = p.grad
     gp.copy_(g) |> ignore
 
+/// Random parameters from a generator of their own (Expecto runs tests in parallel: torch's global
+/// generator is shared), and their copy.
 let makeParams (shapes: int64[] list) seed =
-    torch.manual_seed(int64 seed) |> ignore
-    shapes |> List.mapi (fun i s -> $"p{i}", new Modules.Parameter(torch.randn(s)))
+    let g = new torch.Generator(uint64 seed)
+    let a = shapes |> List.mapi (fun i s -> $"p{i}", new Modules.Parameter(torch.randn(s, generator = g)))
+    a, a |> List.map (fun (n, p) -> n, new Modules.Parameter(p.detach().clone()))
+
+/// Makes the second model's parameters equal to the first's (same structure).
+let copyParams (src: torch.nn.Module) (dst: torch.nn.Module) =
+    use _ = torch.no_grad()
+    let d = dst.named_parameters() |> Seq.map (fun struct (n, p) -> n, p) |> Map.ofSeq
+    for struct (n, p) in src.named_parameters() do d[n].copy_(p) |> ignore
 
 let close (a: Tensor) (b: Tensor) tol = (a - b).abs().max().item<float32>() <= float32 tol
 
 let tests =
     testList "Bench" [
+      // sequenced: a benchmark resets the process's peak RSS (clear_refs), which would disturb other
+      // tests measuring it at the same time
+      testSequenced <| testList "cli" [
         test "bench --json: one line per method with peft_anchor's fields, counts equal to ParameterSummary" {
             use dir = new TempDir()
             let methods = [ "full"; "lora"; "lora-all"; "dora"; "adalora"; "adapter" ]
@@ -104,15 +116,15 @@ let tests =
                 Expect.equal (err.Trim().Split('\n').Length) 1 $"one line: {err}"
                 Expect.stringContains err "CUDA is not available" "says why"
         }
+      ]
         testPropertyWithConfig { config with maxTest = 25 } "FlatAdamW equals the per-parameter AdamW (1e-6), its state too" <| fun (seed: int) ->
                 let shapes = shapesOf seed
-                let a = makeParams shapes seed
-                let b = makeParams shapes seed
+                let a, b = makeParams shapes seed
                 let ref = AdamW(a |> Seq.map (fun (n, p) -> struct (n, p)), 0.05)
                 use flat = new FlatAdamW(b |> Seq.map (fun (n, p) -> struct (n, p)), 0.05)
+                let gen = new torch.Generator(uint64 seed + 1UL)
                 for step in 1 .. 3 do
-                    torch.manual_seed(int64 (seed + step)) |> ignore
-                    let grads = shapes |> List.map (fun s -> torch.randn(s))
+                    let grads = shapes |> List.map (fun s -> torch.randn(s, generator = gen))
                     for (_, p), g in List.zip a grads do p.grad <- g.clone()
                     for (_, p), g in List.zip b grads do setGrad p g
                     ref.Step(1e-2 * float step)
@@ -126,8 +138,7 @@ let tests =
                 for KeyValue(n, t) in sa do Expect.isTrue (close t sb[n] 1e-6) $"state {n}"
         test "FlatAdamW.ClipGradNorm equals torch.nn.utils.clip_grad_norm_; ZeroGrad catches replaced gradients" {
             let shapes = [ [| 3L; 4L |]; [| 4L |]; [| 2L; 2L |] ]
-            let a = makeParams shapes 7
-            let b = makeParams shapes 7
+            let a, b = makeParams shapes 7
             use flat = new FlatAdamW(b |> Seq.map (fun (n, p) -> struct (n, p)), 0.0)
             for (_, p), (_, q) in List.zip a b do
                 let g = torch.randn(p.shape) * 3.0
@@ -152,6 +163,7 @@ let tests =
                 m
             use m32 = build ()
             use m16 = build ()
+            copyParams m32 m16
             MixedPrecision.Apply(m16, Precision.BFloat16)
             let ps = m16.named_parameters() |> Seq.map (fun struct (n, p) -> n, p) |> Map.ofSeq
             Expect.equal ps["blocks.0.attn.qkv.base_layer.weight"].dtype torch.bfloat16 "frozen base in bf16"
@@ -182,6 +194,7 @@ let tests =
                 m
             use a = build ()
             use b = build ()
+            copyParams a b
             torch.manual_seed(6L) |> ignore
             let x = torch.randn(4L, 3L, 16L, 16L)
             let y = torch.randint(0L, 5L, [| 4L |])
