@@ -66,57 +66,57 @@ let close (a: Tensor) (b: Tensor) tol = (a - b).abs().max().item<float32>() <= f
 
 let tests =
     testList "Bench" [
-      // sequenced: a benchmark resets the process's peak RSS (clear_refs), which would disturb other
-      // tests measuring it at the same time
-      testSequenced <| testList "cli" [
-        test "bench --json: one line per method with peft_anchor's fields, counts equal to ParameterSummary" {
-            use dir = new TempDir()
-            let methods = [ "full"; "lora"; "lora-all"; "dora"; "adalora"; "adapter" ]
-            let code, out, err = dispatch (benchArgs dir [ "--methods"; String.Join(",", methods); "--json" ])
-            Expect.equal code 0 $"exit code (stderr: {err})"
-            let lines = out.Split('\n', StringSplitOptions.RemoveEmptyEntries) |> Array.map (fun l -> JsonNode.Parse(l).AsObject())
-            Expect.equal (lines |> Array.map (fun j -> string j["method"]) |> List.ofArray) methods "one line per method, in order"
-            for j in lines do
-                for field in [ "train_img_s"; "step_ms"; "infer_img_s"; "peak_mib"; "trainable"; "total"; "precision"; "device"; "method"; "model"; "mode" ] do
-                    Expect.isTrue (j.ContainsKey field) $"{j}: has {field}"
-                let m = string j["method"]
-                Expect.equal (string j["precision"]) "bf16" "bf16 by default"
-                Expect.equal (string j["device"]) "cpu" "device"
-                Expect.isGreaterThan (j["train_img_s"].GetValue<float>()) 0.0 $"{m}: training throughput"
-                Expect.isGreaterThan (j["step_ms"].GetValue<float>()) 0.0 $"{m}: step time"
-                Expect.isGreaterThan (j["infer_img_s"].GetValue<float>()) 0.0 $"{m}: inference throughput"
-                Expect.isGreaterThan (j["peak_mib"].GetValue<float>()) 50.0 $"{m}: peak RSS in MiB (libtorch alone is more)"
-                let trainable, total = expectedCounts m 2
-                Expect.equal (j["trainable"].GetValue<int64>()) trainable $"{m}: trainable = ParameterSummary"
-                Expect.equal (j["total"].GetValue<int64>()) total $"{m}: total = ParameterSummary"
-                Expect.equal (j["infer_merged"].GetValue<bool>()) (m <> "full" && m <> "adapter") $"{m}: merged for inference where mergeable"
-        }
-        test "bench without --json: a plain table when redirected, one row per method" {
-            use dir = new TempDir()
-            let code, out, _ = dispatch (benchArgs dir [ "--methods"; "lora"; "full"; "--precision"; "fp32" ])
-            Expect.equal code 0 "exit code"
-            let lines = out.Split('\n', StringSplitOptions.RemoveEmptyEntries)
-            Expect.stringContains lines[0] "fp32" "the title names the precision"
-            Expect.stringStarts lines[1] "method" "header"
-            Expect.equal (lines |> Array.skip 2 |> Array.map (fun l -> l.Split(' ')[0])) [| "lora"; "full" |] "rows"
-        }
-        test "bench: bad methods, models and sizes are named; --device cuda without CUDA is one line" {
-            use dir = new TempDir()
-            let code, _, err = dispatch (benchArgs dir [ "--methods"; "lora,loha"; "--batch"; "0" ])
-            Expect.equal code 2 "bad input"
-            Expect.stringContains err "unknown method(s) loha" "the method"
-            Expect.stringContains err "--batch must be at least 1" "the size"
-            let code, _, err = dispatch [ "bench"; "--model"; "vit_bace_patch16_224" ]
-            Expect.equal code 2 "unknown model"
-            Expect.stringContains err "vit_base_patch16_224" "suggests the close name"
-            if not (torch.cuda.is_available()) then
-                let code, out, err = dispatch [ "bench"; "--model"; "vit"; "--device"; "cuda" ]
-                Expect.equal code 1 "no CUDA"
-                Expect.equal out "" "nothing on stdout"
-                Expect.equal (err.Trim().Split('\n').Length) 1 $"one line: {err}"
-                Expect.stringContains err "CUDA is not available" "says why"
-        }
-      ]
+        // sequenced: a benchmark resets the process's peak RSS (clear_refs), which would disturb other
+        // tests measuring it at the same time
+        testSequenced <| testList "cli" [
+            test "bench --json: one line per method with peft_anchor's fields, counts equal to ParameterSummary" {
+                use dir = new TempDir()
+                let methods = [ "full"; "lora"; "lora-all"; "dora"; "adalora"; "adapter" ]
+                let code, out, err = dispatch (benchArgs dir [ "--methods"; String.Join(",", methods); "--json" ])
+                Expect.equal code 0 $"exit code (stderr: {err})"
+                let lines = out.Split('\n', StringSplitOptions.RemoveEmptyEntries) |> Array.map (fun l -> JsonNode.Parse(l).AsObject())
+                Expect.equal (lines |> Array.map (fun j -> string j["method"]) |> List.ofArray) methods "one line per method, in order"
+                for j in lines do
+                    for field in [ "train_img_s"; "step_ms"; "infer_img_s"; "peak_mib"; "trainable"; "total"; "precision"; "device"; "method"; "model"; "mode" ] do
+                        Expect.isTrue (j.ContainsKey field) $"{j}: has {field}"
+                    let m = string j["method"]
+                    Expect.equal (string j["precision"]) "bf16" "bf16 by default"
+                    Expect.equal (string j["device"]) "cpu" "device"
+                    Expect.isGreaterThan (j["train_img_s"].GetValue<float>()) 0.0 $"{m}: training throughput"
+                    Expect.isGreaterThan (j["step_ms"].GetValue<float>()) 0.0 $"{m}: step time"
+                    Expect.isGreaterThan (j["infer_img_s"].GetValue<float>()) 0.0 $"{m}: inference throughput"
+                    Expect.isGreaterThan (j["peak_mib"].GetValue<float>()) 50.0 $"{m}: peak RSS in MiB (libtorch alone is more)"
+                    let trainable, total = expectedCounts m 2
+                    Expect.equal (j["trainable"].GetValue<int64>()) trainable $"{m}: trainable = ParameterSummary"
+                    Expect.equal (j["total"].GetValue<int64>()) total $"{m}: total = ParameterSummary"
+                    Expect.equal (j["infer_merged"].GetValue<bool>()) (m <> "full" && m <> "adapter") $"{m}: merged for inference where mergeable"
+            }
+            test "bench without --json: a plain table when redirected, one row per method" {
+                use dir = new TempDir()
+                let code, out, _ = dispatch (benchArgs dir [ "--methods"; "lora"; "full"; "--precision"; "fp32" ])
+                Expect.equal code 0 "exit code"
+                let lines = out.Split('\n', StringSplitOptions.RemoveEmptyEntries)
+                Expect.stringContains lines[0] "fp32" "the title names the precision"
+                Expect.stringStarts lines[1] "method" "header"
+                Expect.equal (lines |> Array.skip 2 |> Array.map (fun l -> l.Split(' ')[0])) [| "lora"; "full" |] "rows"
+            }
+            test "bench: bad methods, models and sizes are named; --device cuda without CUDA is one line" {
+                use dir = new TempDir()
+                let code, _, err = dispatch (benchArgs dir [ "--methods"; "lora,loha"; "--batch"; "0" ])
+                Expect.equal code 2 "bad input"
+                Expect.stringContains err "unknown method(s) loha" "the method"
+                Expect.stringContains err "--batch must be at least 1" "the size"
+                let code, _, err = dispatch [ "bench"; "--model"; "vit_bace_patch16_224" ]
+                Expect.equal code 2 "unknown model"
+                Expect.stringContains err "vit_base_patch16_224" "suggests the close name"
+                if not (torch.cuda.is_available()) then
+                    let code, out, err = dispatch [ "bench"; "--model"; "vit"; "--device"; "cuda" ]
+                    Expect.equal code 1 "no CUDA"
+                    Expect.equal out "" "nothing on stdout"
+                    Expect.equal (err.Trim().Split('\n').Length) 1 $"one line: {err}"
+                    Expect.stringContains err "CUDA is not available" "says why"
+            }
+        ]
         testPropertyWithConfig { config with maxTest = 25 } "FlatAdamW equals the per-parameter AdamW (1e-6), its state too" <| fun (seed: int) ->
                 let shapes = shapesOf seed
                 let a, b = makeParams shapes seed
