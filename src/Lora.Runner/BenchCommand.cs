@@ -33,7 +33,7 @@ public static class BenchCommand
             return 2;
         }
         var device = o.Device ?? "cpu";
-        try { Benchmark.RequireDevice(device); }
+        try { Devices.Require(device); }
         catch (NotSupportedException e) { stderr.WriteLine($"lora bench: {e.Message}"); return 1; }
 
         var setup = new BenchSetup

@@ -57,25 +57,16 @@ public static class Benchmark
         _ => throw new ArgumentException($"unknown benchmark method '{method}'; known: {string.Join(", ", Methods)}"),
     };
 
-    /// Throws a one-line error when the device cannot be used (CUDA asked for and not available).
-    public static void RequireDevice(string device)
-    {
-        if (device.StartsWith("cuda", StringComparison.Ordinal) && !torch.cuda.is_available())
-            throw new NotSupportedException(
-                $"device '{device}': CUDA is not available to TorchSharp here (torch.cuda.is_available() is false: " +
-                "a CPU-only libtorch, or no GPU or driver visible). Use --device cpu, or run on a GPU machine as docs/benchmarks.md shows.");
-        if (device != "cpu" && !device.StartsWith("cuda", StringComparison.Ordinal))
-            throw new ArgumentException($"device '{device}': use cpu, cuda or cuda:N.");
-    }
-
     /// Builds the model with the method, trains Warmup + Steps steps on one random batch (timing the
     /// last Steps), then times eval-mode inference (adapters merged where they can be).
     public static BenchResult Run(string method, BenchSetup s)
     {
-        RequireDevice(s.Device);
+        Devices.Require(s.Device);
         var device = torch.device(s.Device);
         bool cuda = device.type == DeviceType.CUDA;
         void Sync() { if (cuda) torch.cuda.synchronize(device); }
+        // as the reference script: TF32 for whatever runs in fp32 (the trainable layers, --precision fp32)
+        if (cuda) { torch.backends.cuda.matmul.allow_tf32 = true; torch.backends.cudnn.allow_tf32 = true; }
 
         torch.manual_seed(0);
         var args = s.ModelArgs.With("num_classes", (long)s.Classes).With("img_size", (long)s.ImageSize);

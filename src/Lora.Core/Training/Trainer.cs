@@ -63,6 +63,7 @@ public sealed class Trainer
     TrainResult Run(ITask task, bool resume, IProgress<TrainingProgress>? progress, CancellationToken cancel)
     {
         var o = Options;
+        Devices.Require(o.Device);
         var device = torch.device(o.Device);
         model.to(device);
         MixedPrecision.Apply(model, o.Precision);
