@@ -133,7 +133,7 @@ module Cli =
                 | Device _ -> "cpu or cuda"
                 | Steps _ -> "timed training steps"
                 | Warmup _ -> "untimed steps first"
-                | Precision _ -> "fp32 or bf16 (frozen weights in bf16, trainable in fp32; default bf16)"
+                | Precision _ -> "fp32 or bf16 (frozen weights in bf16, trainable in fp32); default bf16 on cuda, fp32 on cpu"
                 | Model_Config _ -> "JSON file of timm constructor arguments for the model"
                 | Json -> "print JSON instead of a table"
 

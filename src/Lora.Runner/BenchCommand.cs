@@ -42,7 +42,9 @@ public static class BenchCommand
             ModelArgs = o.ModelConfig is null ? ModelArgs.Empty : ModelArgs.FromFile(o.ModelConfig),
             Batch = o.Batch ?? 64, ImageSize = o.Img ?? 224, Classes = o.Classes ?? 100, Rank = o.Rank ?? 8,
             Device = device, Steps = o.Steps ?? 20, Warmup = o.Warmup ?? 5,
-            Precision = o.Precision == "fp32" ? CorePrecision.Float32 : CorePrecision.BFloat16,
+            // bf16 by default on CUDA (the reference runs under bf16 autocast); fp32 on CPU, where
+            // libtorch's bf16 kernels are slower than fp32 on CPUs without native bf16
+            Precision = (o.Precision ?? (device == "cpu" ? "fp32" : "bf16")) == "fp32" ? CorePrecision.Float32 : CorePrecision.BFloat16,
         };
         var results = new List<BenchResult>();
         int failed = 0;

@@ -72,7 +72,7 @@ let tests =
             test "bench --json: one line per method with peft_anchor's fields, counts equal to ParameterSummary" {
                 use dir = new TempDir()
                 let methods = [ "full"; "lora"; "lora-all"; "dora"; "adalora"; "adapter" ]
-                let code, out, err = dispatch (benchArgs dir [ "--methods"; String.Join(",", methods); "--json" ])
+                let code, out, err = dispatch (benchArgs dir [ "--methods"; String.Join(",", methods); "--precision"; "bf16"; "--json" ])
                 Expect.equal code 0 $"exit code (stderr: {err})"
                 let lines = out.Split('\n', StringSplitOptions.RemoveEmptyEntries) |> Array.map (fun l -> JsonNode.Parse(l).AsObject())
                 Expect.equal (lines |> Array.map (fun j -> string j["method"]) |> List.ofArray) methods "one line per method, in order"
@@ -80,7 +80,7 @@ let tests =
                     for field in [ "train_img_s"; "step_ms"; "infer_img_s"; "peak_mib"; "trainable"; "total"; "precision"; "device"; "method"; "model"; "mode" ] do
                         Expect.isTrue (j.ContainsKey field) $"{j}: has {field}"
                     let m = string j["method"]
-                    Expect.equal (string j["precision"]) "bf16" "bf16 by default"
+                    Expect.equal (string j["precision"]) "bf16" "as asked"
                     Expect.equal (string j["device"]) "cpu" "device"
                     Expect.isGreaterThan (j["train_img_s"].GetValue<float>()) 0.0 $"{m}: training throughput"
                     Expect.isGreaterThan (j["step_ms"].GetValue<float>()) 0.0 $"{m}: step time"
@@ -93,10 +93,10 @@ let tests =
             }
             test "bench without --json: a plain table when redirected, one row per method" {
                 use dir = new TempDir()
-                let code, out, _ = dispatch (benchArgs dir [ "--methods"; "lora"; "full"; "--precision"; "fp32" ])
+                let code, out, _ = dispatch (benchArgs dir [ "--methods"; "lora"; "full" ])
                 Expect.equal code 0 "exit code"
                 let lines = out.Split('\n', StringSplitOptions.RemoveEmptyEntries)
-                Expect.stringContains lines[0] "fp32" "the title names the precision"
+                Expect.stringContains lines[0] "cpu, fp32" "the title names the precision (fp32 by default on CPU)"
                 Expect.stringStarts lines[1] "method" "header"
                 Expect.equal (lines |> Array.skip 2 |> Array.map (fun l -> l.Split(' ')[0])) [| "lora"; "full" |] "rows"
             }
