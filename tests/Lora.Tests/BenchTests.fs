@@ -186,6 +186,29 @@ let tests =
                 let cos = torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), 0L).item<float32>()
                 Expect.isGreaterThan cos 0.99f $"{name}: gradient direction (cosine {cos})"
         }
+        // sequenced: the MLP has dropout, drawn from torch's global generator (re-seeded per step)
+        testSequenced <| test "Trainer reading the loss every 3 steps: the same curve and weights; NaN named at its step" {
+            let data = TrainingTests.synthetic 96 2
+            let run every =
+                let model = TrainingTests.mlp 4 64L
+                let r = Trainer(model, TrainOptions(Epochs = 2, BatchSize = 16, Seed = 1, LossReadEvery = every)).Fit(data)
+                r, TrainingTests.parametersOf model
+            let r1, w1 = run 1
+            let r3, w3 = run 3
+            let curve (r: TrainResult) = r.LossCurve |> Seq.map (fun (s: StepLoss) -> s.Step, s.Epoch, s.Loss, s.LearningRate) |> List.ofSeq
+            Expect.equal (curve r3) (curve r1) "loss curve"
+            Expect.equal (curve r3).Length 12 "every step recorded"
+            for (n, a), (_, b) in List.zip w1 w3 do Expect.isTrue (TrainingTests.same a b) $"{n}"
+            use d = new TempDir()
+            let model = TrainingTests.mlp 4 64L
+            StepHooks.Attach(model, TrainingTests.RecordingHook(model, 0.0f, 5))
+            let o = TrainOptions(Epochs = 2, BatchSize = 16, LossReadEvery = 4, CheckpointDir = d.Path, CheckpointEverySteps = 3)
+            let e = Expect.throwsC (fun () -> Trainer(model, o).Fit(data) |> ignore) id
+            Expect.equal (e :?> TrainingDivergedException).Step 5L "the first non-finite step"
+            let struct (meta, tensors) = CheckpointFile.Read(Path.Combine(d.Path, Trainer.CheckpointFileName))
+            Expect.stringContains meta "\"Step\":3" "the checkpoint of step 3 stays (none written after the NaN)"
+            for t in tensors.Values do t.Dispose()
+        }
         test "TrainingStep (FlatAdamW, on-device clipping) trains as the per-parameter loop with clip_grad_norm_" {
             let build () =
                 torch.manual_seed(5L) |> ignore

@@ -94,7 +94,25 @@ public sealed class Trainer
         using var memory = PeakMemory.Start(device.type == DeviceType.CUDA ? Math.Max(0, device.index) : null);
         var clock = new Stopwatch();
         var parameters = trainable.Select(p => p.parameter).ToArray();
+        int readEvery = o.LossReadEvery > 0 ? o.LossReadEvery : device.type == DeviceType.CUDA ? 8 : 1;
+        var pending = new List<(long Step, int Epoch, double Lr, Tensor Loss)>();
+        void ReadLosses()
+        {
+            if (pending.Count == 0) return;
+            float[] values;
+            using (var all = stack(pending.Select(p => p.Loss).ToArray()).to(ScalarType.Float32).cpu()) values = all.data<float>().ToArray();
+            var read = pending.ToArray();
+            foreach (var p in read) p.Loss.Dispose();
+            pending.Clear();
+            for (int i = 0; i < read.Length; i++)
+            {
+                if (!double.IsFinite(values[i])) throw new TrainingDivergedException(read[i].Step, read[i].Epoch, values[i], lastGood);
+                st.LossCurve.Add(new StepLoss(read[i].Step, read[i].Epoch + 1, values[i], read[i].Lr));
+            }
+        }
         model.train();
+        try
+        {
         for (int epoch = (int)(st.Step / perEpoch); epoch < o.Epochs; epoch++)
         {
             int start = (int)(st.Step - (long)epoch * perEpoch);
@@ -108,20 +126,35 @@ public sealed class Trainer
                         torch.random.manual_seed(Seeded.Mix(o.Seed, st.Step, 0xd0));
                         double lr = LearningRateAt(o, st.Step, total);
                         var loss = training.WithExtraLoss(task.Loss(model, batch, inputType, o));
-                        double value = loss.item<float>();
-                        if (!double.IsFinite(value))
-                            throw new TrainingDivergedException(st.Step + 1, epoch, value, lastGood);
-                        training.BackwardAndUpdate(loss, lr, st.Step + 1);
-                        st.Step++;
-                        st.LossCurve.Add(new StepLoss(st.Step, epoch + 1, value, lr));
+                        if (readEvery == 1)
+                        {
+                            // read before the update: a diverged step changes nothing
+                            double value = loss.item<float>();
+                            if (!double.IsFinite(value))
+                                throw new TrainingDivergedException(st.Step + 1, epoch, value, lastGood);
+                            training.BackwardAndUpdate(loss, lr, st.Step + 1);
+                            st.Step++;
+                            st.LossCurve.Add(new StepLoss(st.Step, epoch + 1, value, lr));
+                        }
+                        else
+                        {
+                            pending.Add((st.Step + 1, epoch, lr, loss.detach().DetachFromDisposeScope()));
+                            training.BackwardAndUpdate(loss, lr, st.Step + 1);
+                            st.Step++;
+                        }
                     }
+                    if (pending.Count >= readEvery) ReadLosses();
                     clock.Stop();
                     st.Images += batch.Size;
                     if (ckpt is not null && o.CheckpointEverySteps > 0 && st.Step % o.CheckpointEverySteps == 0 && st.Step % perEpoch != 0)
+                    {
+                        ReadLosses();
                         lastGood = Save(ckpt, st, clock, trainable, optimizer, hooks);
+                    }
                     progress?.Report(Progress(st, clock, epoch, total, null));
                 }
 
+            ReadLosses();
             var trainLoss = st.LossCurve.Where(s => s.Epoch == epoch + 1).Average(s => s.Loss);
             EvalMetrics? val = null;
             if (task.HasValidation && (o.EvalEveryEpoch || epoch == o.Epochs - 1))
@@ -130,6 +163,11 @@ public sealed class Trainer
             st.Epochs.Add(em);
             if (ckpt is not null) lastGood = Save(ckpt, st, clock, trainable, optimizer, hooks);
             progress?.Report(Progress(st, clock, epoch, total, em));
+        }
+        }
+        finally
+        {
+            foreach (var p in pending) p.Loss.Dispose();
         }
 
         var final = st.Epochs.Count > 0 && st.Epochs[^1].Validation is EvalMetrics v ? v
