@@ -28,9 +28,11 @@ module Cli =
         | Only of pattern: string
         | Shard of shard: string
         | Force
+        | Write_Tables of dir: string
         interface IArgParserTemplate with
             member a.Usage =
                 match a with
+                | Write_Tables _ -> "afterwards, regenerate the tables and curves from the results folder into this folder (e.g. paper-tables)"
                 | Spec _ -> "the experiment spec (.yaml, .yml or .fsx)"
                 | Results _ -> "the results folder (default: results)"
                 | Device _ -> "cpu or cuda: overrides the spec's device (not part of the run's hash)"
@@ -95,6 +97,8 @@ module Cli =
         | Adapter of path: string
         | Labels of path: string
         | Top_K of k: int
+        | Mean of values: string
+        | Std of values: string
         | Json
         interface IArgParserTemplate with
             member a.Usage =
@@ -106,6 +110,8 @@ module Cli =
                 | Adapter _ -> "an adapter to apply"
                 | Labels _ -> "a text file with one label per line"
                 | Top_K _ -> "how many labels per image (default 5)"
+                | Mean _ -> "per-channel mean subtracted from pixels in [0, 1], comma-separated, or 'imagenet' (default: none)"
+                | Std _ -> "per-channel standard deviation to divide by, comma-separated, or 'imagenet' (default: none)"
                 | Json -> "print JSON instead of text"
 
     type BenchArgs =
@@ -217,14 +223,19 @@ type RunOptions =
       Only: string
       ShardIndex: int
       ShardCount: int
-      Force: bool }
+      Force: bool
+      /// null = do not regenerate tables after the run
+      Tables: string }
 type TablesOptions = { Results: string; Out: string }
 type SummaryOptions =
     { Model: string; Method: string; Rank: Nullable<int>; Alpha: Nullable<float>; Targets: string list; Train: string list
       Bias: string; InitRank: Nullable<int>; Classes: Nullable<int>; ModelConfig: string }
 type MergeOptions = { Model: string; ModelConfig: string; Weights: string; Adapter: string; Out: string }
 type PredictOptions =
-    { Images: string list; Model: string; ModelConfig: string; Weights: string; Adapter: string; Labels: string; TopK: int; Json: bool }
+    { Images: string list; Model: string; ModelConfig: string; Weights: string; Adapter: string; Labels: string; TopK: int; Json: bool
+      /// the --mean and --std texts as given (null: no normalisation)
+      Mean: string
+      Std: string }
 type BenchOptions =
     { Model: string; Batch: Nullable<int>; Img: Nullable<int>; Classes: Nullable<int>; Rank: Nullable<int>; Methods: string list
       Device: string; Steps: Nullable<int>; Warmup: Nullable<int>; Json: bool
@@ -305,7 +316,8 @@ type CommandLine private () =
                     let i, n = match shard with Some(Ok s) -> s | _ -> 0, 1
                     ok (ParsedCommand(CommandKind.Run, line,
                                       Run = { Spec = a.GetResult Cli.RunArgs.Spec; Results = a.GetResult(Cli.RunArgs.Results, defaultResults); Device = dev
-                                              Only = orNull (a.TryGetResult Cli.RunArgs.Only); ShardIndex = i; ShardCount = n; Force = a.Contains Cli.RunArgs.Force }))
+                                              Only = orNull (a.TryGetResult Cli.RunArgs.Only); ShardIndex = i; ShardCount = n; Force = a.Contains Cli.RunArgs.Force
+                                              Tables = orNull (a.TryGetResult Cli.RunArgs.Write_Tables) }))
             | Cli.Tables a ->
                 ok (ParsedCommand(CommandKind.Tables, line,
                                   Tables = { Results = a.GetResult(Cli.TablesArgs.Results, defaultResults); Out = a.GetResult(Cli.TablesArgs.Out, "paper-tables") }))
@@ -325,7 +337,8 @@ type CommandLine private () =
                                   Predict = { Images = a.GetResult(Cli.PredictArgs.Images, []); Model = a.GetResult Cli.PredictArgs.Model
                                               ModelConfig = orNull (a.TryGetResult Cli.PredictArgs.Model_Config); Weights = orNull (a.TryGetResult Cli.PredictArgs.Weights)
                                               Adapter = orNull (a.TryGetResult Cli.PredictArgs.Adapter); Labels = orNull (a.TryGetResult Cli.PredictArgs.Labels)
-                                              TopK = a.GetResult(Cli.PredictArgs.Top_K, 5); Json = a.Contains Cli.PredictArgs.Json }))
+                                              TopK = a.GetResult(Cli.PredictArgs.Top_K, 5); Json = a.Contains Cli.PredictArgs.Json
+                                              Mean = orNull (a.TryGetResult Cli.PredictArgs.Mean); Std = orNull (a.TryGetResult Cli.PredictArgs.Std) }))
             | Cli.Bench a ->
                 let precision =
                     match a.TryGetResult Cli.BenchArgs.Precision with

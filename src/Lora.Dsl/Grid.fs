@@ -5,12 +5,21 @@ module Grid =
     /// A short label for a data source ("fashion_mnist", "cifar-batches", ...), used in run names and tables.
     let datasetLabel (d: DatasetView) =
         let baseName (p: string) = System.IO.Path.GetFileName(p.TrimEnd('/', '\\'))
-        match d.Source with
-        | FashionMnist _ -> "fashion_mnist"
-        | Cifar p -> "cifar-" + baseName p
-        | ImageFolder p -> baseName p
-        | SegmentationPairs p -> baseName p
-        | Composed _ -> "composed_segmentation"
+        let source =
+            match d.Source with
+            | FashionMnist _ -> "fashion_mnist"
+            | Cifar p -> "cifar-" + baseName p
+            | ImageFolder p -> baseName p
+            | SegmentationPairs p -> baseName p
+            | Composed _ -> "composed_segmentation"
+        // views of one source must get distinct labels: classes, then shots
+        let classes =
+            match d.Classes with
+            | Some(first :: _ as cs) when cs = [ first .. first + cs.Length - 1 ] -> sprintf "-c%d-%d" first (first + cs.Length - 1)
+            | Some cs -> "-c" + String.concat "," (List.map string cs)
+            | None -> ""
+        let shots = match d.ShotsPerClass with Some k -> sprintf "-%dshot" k | None -> ""
+        source + classes + shots
 
     /// A short label for a base model: its zoo name, pretrain name or weights file.
     let modelLabel (m: BaseModel) =

@@ -45,7 +45,8 @@ module Validation =
                              (String.concat ", " ZooNames.all))
           for KeyValue(k, v) in m.Options do
               match v with
-              | Int i when i <= 0 && (k.EndsWith "_size" || k = "depth" || k = "embed_dim" || k = "num_heads" || k = "in_chans" || k = "num_classes") ->
+              // (window_size 0 is SAM's global attention)
+              | Int i when i <= 0 && ((k.EndsWith "_size" && k <> "window_size") || k = "depth" || k = "embed_dim" || k = "num_heads" || k = "in_chans" || k = "num_classes") ->
                   yield err (sprintf "%s.options.%s" at k) (sprintf "%s must be positive, got %d" k i)
               | _ -> () ]
 

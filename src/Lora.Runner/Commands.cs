@@ -29,6 +29,9 @@ public static class Commands
                 CommandKind.Status => Slurm.PlanToSlurm.Status(c.Status, stdout, stderr),
                 CommandKind.Bench => BenchCommand.Run(c.Bench, stdout, stderr),
                 CommandKind.Version => Print(stdout, $"lora {Lora.Dsl.Version.value}"),
+                CommandKind.Summary => Guarded("summary", () => SummaryCommand.Run(c.Summary, stdout, stderr), stderr),
+                CommandKind.Merge => Guarded("merge", () => MergeCommand.Run(c.Merge, stdout), stderr),
+                CommandKind.Predict => Guarded("predict", () => PredictCommand.Run(c.Predict, stdout, stderr), stderr),
                 _ => NotYet(c.Kind, stderr),
             };
         }
@@ -40,6 +43,26 @@ public static class Commands
     }
 
     static int Print(TextWriter w, string line) { w.WriteLine(line); return 0; }
+
+    /// Runs a model command so that whatever goes wrong ends in one line on stderr, never a stack
+    /// trace: a bad model name or argument exits 2, a file that cannot be used (missing, corrupt,
+    /// for another model) exits 1.
+    static int Guarded(string command, Func<int> body, TextWriter stderr)
+    {
+        try { return body(); }
+        catch (BadModelException e) { stderr.WriteLine($"lora {command}: {ModelSource.OneLine(e.Message)}"); return 2; }
+        catch (OperationCanceledException) { throw; }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidDataException or ArgumentException)
+        {
+            stderr.WriteLine($"lora {command}: {ModelSource.OneLine(e.Message)}");
+            return 1;
+        }
+        catch (Exception e)
+        {
+            stderr.WriteLine($"lora {command}: {e.GetType().Name}: {ModelSource.OneLine(e.Message)}");
+            return 1;
+        }
+    }
 
     static int NotYet(CommandKind kind, TextWriter stderr)
     {
@@ -117,6 +140,8 @@ public static class Commands
             ? selected.Where(r => o.Only is null || Plan.Matches(o.Only, r)).Select(r => r.Hash).ToHashSet()
             : [];
         var summary = new PlanRunner(store, executor, stdout).Execute(selected, o.Device, forced, commandLine, ct);
+        // Tables come from whatever results exist, so they are worth regenerating after a partial run too.
+        if (o.Tables is not null) TablesCommand(new TablesOptions(o.Results, o.Tables), stdout);
         return summary.Ok ? 0 : 1;
     }
 

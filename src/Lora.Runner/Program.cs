@@ -2,11 +2,13 @@ namespace Lora.Runner;
 
 public static class Program
 {
-    /// <summary>Creates the executor `lora run` uses; the training wiring (Lora.Core) replaces the default.</summary>
+    /// <summary>Creates the executor `lora run` uses (tests substitute fakes).</summary>
     public static Func<IRunExecutor> ExecutorFactory { get; set; } = () => new TrainingExecutor();
 
     public static int Main(string[] args)
     {
+        // Before any tensor exists: oneDNN reads its ISA cap once (see NativeWorkarounds).
+        Lora.Core.Training.NativeWorkarounds.Apply();
         using var cts = new CancellationTokenSource();
         Console.CancelKeyPress += (_, e) => { e.Cancel = true; cts.Cancel(); };
         try

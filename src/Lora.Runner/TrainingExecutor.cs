@@ -48,7 +48,7 @@ public sealed class TrainingExecutor : IRunExecutor
             Precision = PrecisionOf(training.Precision),
             CheckpointDir = Path.Combine(ctx.ArtifactsDir, CheckpointFolder),
             CheckpointEverySteps = 10,
-            TrainTransforms = InputTransforms(model, data),
+            TrainTransforms = InputTransforms(model, data, OptionInt(training.ImageSize)),
         };
         var trainer = new Trainer(model, options);
         var progress = new Progress(ctx.Log);
@@ -142,6 +142,8 @@ public sealed class TrainingExecutor : IRunExecutor
                 Method = TuningMethod.Adapter,
                 AdapterRatio = a.Ratio is null ? 0.25 : a.Ratio.Value,
                 AdapterMlpScale = a.Scale,
+                // Start as the identity so the pretrained features are intact at step 0 (Houlsby et al.).
+                AdapterInitIdentity = true,
                 ModulesToSave = Saved(a.ModulesToSave).ToArray(),
             };
             // Without a ratio, the grid's rank is the bottleneck width.
@@ -177,7 +179,9 @@ public sealed class TrainingExecutor : IRunExecutor
         return Tuner.Apply(model, config);
     }
 
-    static Transforms InputTransforms(nn.Module model, RunData data)
+    /// Grey → RGB when the model wants 3 channels; resize to the spec's image size, else to the
+    /// model's fixed input size (ViT), else leave the data's size (convolutional models).
+    static Transforms InputTransforms(nn.Module model, RunData data, int? imageSize)
     {
         var (inChans, size) = model switch
         {
@@ -185,12 +189,13 @@ public sealed class TrainingExecutor : IRunExecutor
             ConvNeXt c => (c.Config.in_chans, null),
             UNet u => (u.Config.in_chans, null),
             TinyVit t => (t.Config.in_chans, null),
+            Sam sam => (sam.Config.in_chans, null), // SAM resizes to its own input size
             _ => (3L, null),
         };
         bool grey = data.Channels == 1 && inChans == 3;
         int channels = grey ? 3 : data.Channels;
         return new Transforms(
-            Size: size is long s && s != data.Height ? (int)s : null,
+            Size: imageSize is int wanted && wanted != data.Height ? wanted : size is long s && s != data.Height ? (int)s : null,
             GreyToRgb: grey,
             Mean: Enumerable.Repeat(0.5f, channels).ToArray(),
             Std: Enumerable.Repeat(0.5f, channels).ToArray());

@@ -232,7 +232,8 @@ let tests =
                 a.zero_grad(true)
                 let lb = step.WithExtraLoss(torch.nn.functional.cross_entropy(b.forward(x), y))
                 Expect.floatClose Accuracy.medium (float (lb.item<float32>())) (float (la.item<float32>())) $"loss at step {i}"
-                step.BackwardAndUpdate(lb, 1e-2, int64 i)
+                step.BackwardAndStep(lb, 1e-2)
+                step.AfterStep(int64 i)
             let pb = b.named_parameters() |> Seq.map (fun struct (n, p) -> n, p) |> Map.ofSeq
             for (n, p) in trainable do Expect.isTrue (close p pb[n] 1e-5) $"{n} after 3 steps"
         }

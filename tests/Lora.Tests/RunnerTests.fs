@@ -43,7 +43,7 @@ let quickstartIn (dir: TempDir) =
     spec
 
 let runOpts spec results =
-    { Spec = spec; Results = results; Device = null; Only = null; ShardIndex = 0; ShardCount = 1; Force = false }
+    { Spec = spec; Results = results; Device = null; Only = null; ShardIndex = 0; ShardCount = 1; Force = false; Tables = null }
 
 let run (o: RunOptions) (ex: IRunExecutor) =
     use out = new StringWriter()
@@ -208,8 +208,8 @@ let runTests =
             use out = new StringWriter()
             use err = new StringWriter()
             let d (args: string[]) = Commands.Dispatch(args, (fun () -> FakeExecutor() :> IRunExecutor), out, err)
-            Expect.equal (d [| "summary"; "vit" |]) 1 "stub"
-            Expect.stringContains (err.ToString()) "lora summary: not yet implemented" "stub message"
+            Expect.equal (d [| "bench"; "--model"; "vit" |]) 1 "stub"
+            Expect.stringContains (err.ToString()) "lora bench: not yet implemented" "stub message"
             Expect.equal (d [| "run"; "nowhere.yaml" |]) 2 "missing spec"
             Expect.equal (d [| "plan" |]) 2 "usage error"
             Expect.equal (d [| "version" |]) 2 "version is --version"

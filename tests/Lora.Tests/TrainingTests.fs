@@ -27,14 +27,22 @@ type Mlp(inputs: int64, hidden: int64, classes: int64) as this =
         let h = drop.forward(torch.nn.functional.relu(fc1.forward(x.flatten(1L).``to``(fc1.weight.dtype))))
         fc2.forward(h.``to``(fc2.weight.dtype))
 
-/// A one-convolution segmenter: images [B,1,H,W] → mask logits [B,1,H,W]. (One layer on purpose:
-/// on this libtorch CPU build the weight gradient of the first of two stacked small convolutions is
-/// sometimes garbage/NaN — see the report on the data branch; a single convolution is exact.)
+/// The same classifier with its layers typed as modules, so tuning layers can take their places.
+type TransferMlp(hidden: int64, classes: int64) as this =
+    inherit torch.nn.Module<Tensor, Tensor>("mlp")
+    let mutable fc1: torch.nn.Module<Tensor, Tensor> = torch.nn.Linear(784L, hidden)
+    let mutable fc2: torch.nn.Module<Tensor, Tensor> = torch.nn.Linear(hidden, classes)
+    do this.RegisterComponents()
+    override _.forward(x) = fc2.forward(torch.nn.functional.relu(fc1.forward(x.flatten(1L))))
+
+/// A two-layer convolutional segmenter: images [B,1,H,W] → mask logits [B,1,H,W]. (Two stacked
+/// small convolutions are what oneDNN's AVX-512 backward gets wrong; see NativeWorkarounds.)
 type TinySeg() as this =
     inherit torch.nn.Module<Tensor, Tensor>("seg")
-    let c1 = torch.nn.Conv2d(1L, 1L, 3L, padding = 1L)
+    let c1 = torch.nn.Conv2d(1L, 8L, 3L, padding = 1L)
+    let c2 = torch.nn.Conv2d(8L, 1L, 3L, padding = 1L)
     do this.RegisterComponents()
-    override _.forward(x) = c1.forward(x)
+    override _.forward(x) = c2.forward(torch.nn.functional.relu(c1.forward(x)))
 
 /// The same segmenter behind the promptable interface; it counts the boxes it was given.
 type PromptedSeg() =
@@ -119,7 +127,8 @@ let metrics =
             Expect.equal (Lora.Core.Training.Accuracy.TopK(logits, t, 5)) 0.5 "class 1 is 6th in row 2"
             Expect.equal (Lora.Core.Training.Accuracy.TopK(logits, torch.tensor([| 1L; 3L |]), 5)) 1.0 "class 3 is in row 2's top 5"
         }
-        test "peak memory is measured on CPU" {
+        // Sequenced: every run resets the process-wide peak (VmHWM) when it starts.
+        testSequenced <| test "peak memory is measured on CPU" {
             use m = PeakMemory.Start(Nullable())
             let before = m.PeakMiB
             let big = Array.zeroCreate<byte> (64 * 1024 * 1024)
@@ -159,6 +168,26 @@ let training =
                 Expect.isLessThan r.Epochs[3].TrainLoss r.Epochs[0].TrainLoss "training loss falls"
                 Expect.isGreaterThan r.ImagesPerSecond 100.0 "throughput is measured"
                 Expect.isGreaterThan r.PeakMemoryMiB 10.0 "peak memory is measured"
+        }
+        testSequenced <| test "transfer on Fashion-MNIST: pretrain classes 0-4, then LoRA and AdaLoRA on 5-9 end well above the untuned model" {
+            match fashion.Force() with
+            | None -> skiptest "Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)"
+            | Some(train, test) ->
+                let pre = train.SelectClasses(0, 1, 2, 3, 4).Take(500)
+                let tune = train.SelectClasses(5, 6, 7, 8, 9).Take(400)
+                let eval = test.SelectClasses(5, 6, 7, 8, 9).Take(400)
+                for method in [ TuningMethod.Lora; TuningMethod.AdaLora ] do
+                    torch.manual_seed(11L) |> ignore
+                    let model = new TransferMlp(64L, 5L)
+                    Trainer(model, TrainOptions(Epochs = 3, BatchSize = 32, LearningRate = 3e-3, Seed = 1)).Fit(pre) |> ignore
+                    let before = Evaluator.Classification(model, eval)
+                    let config = TuningConfig(Method = method, Targets = [| "fc1" |], Rank = 4, InitRank = 6, TargetRank = 4, ModulesToSave = [| "fc2" |])
+                    Tuner.Apply(model, config) |> ignore
+                    let r = Trainer(model, TrainOptions(Epochs = 4, BatchSize = 32, LearningRate = 1e-2, Seed = 2)).Fit(tune, eval)
+                    Expect.isGreaterThan r.Final.Top1.Value 0.5 $"{method}: top-1 {r.Final.Top1.Value} on classes 5-9 (chance 0.2)"
+                    Expect.isGreaterThan r.Final.Top1.Value (before.Top1.Value + 0.25) $"{method}: untuned top-1 {before.Top1.Value}"
+                    printfn "transfer %A: untuned top-1 %.3f, tuned %.3f, trainable %d, %.0f img/s" method before.Top1.Value r.Final.Top1.Value r.TrainableParameters r.ImagesPerSecond
+                    Expect.isLessThan r.TrainableParameters 20000L $"{method}: only adapters and the head train ({r.TrainableParameters})"
         }
         test "frozen base (LoRA-like): only trainable parameters change; bf16 frozen weights are recorded" {
             let data = synthetic 300 3
@@ -257,6 +286,16 @@ let training =
             Expect.equal reports[reports.Count - 1].Step 6L "last step"
             Expect.equal reports[reports.Count - 1].Eta TimeSpan.Zero "nothing left"
             Expect.isNotNull (box reports[3].EpochEnd) "epoch 1 end after step 3"
+        }
+        test "plain progress lines for logs: epoch, step, loss, img/s, ETA, validation metrics" {
+            let data = synthetic 48 1
+            use w = new StringWriter()
+            Lora.Runner.ProgressView.Run("run-a", (fun p -> Trainer(mlp 8 64L, TrainOptions(Epochs = 2, BatchSize = 16)).Fit(data, data, p)), w) |> ignore
+            let lines = w.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries)
+            Expect.equal lines.Length (6 + 2) "every step (6 < 10) and both epoch ends"
+            Expect.stringContains lines[lines.Length - 1] "run-a  epoch 2/2 step 6/6 loss " "label, epoch, step, loss"
+            Expect.stringContains lines[lines.Length - 1] "img/s ETA 00:00:00 | val loss " "throughput, ETA, validation"
+            Expect.stringContains lines[lines.Length - 1] "top-1 " "accuracy"
         }
         test "segmentation on composed Fashion-MNIST-style canvases: DICE well above the untrained model; box prompts reach a promptable model" {
             let src =

@@ -339,3 +339,9 @@ let smallModelTests =
     ]
 
 let tests = testList "Zoo" [ smallModelTests;  countTests; keyTests; registryTests; parityTests; weightTests ]
+
+/// Lora.Dsl validates model names without referencing Lora.Core: its list must be the zoo's.
+let dslKnowsTheZoo =
+    test "the Dsl's list of model names is exactly the zoo's" {
+        Expect.equal (Set.ofList Lora.Dsl.ZooNames.all) (Set.ofSeq Zoo.Names) "same names"
+    }

@@ -1,5 +1,7 @@
 using System.IO.Compression;
 
+using Lora.Core.IO;
+
 namespace Lora.Core.Data;
 
 /// An IDX array (the MNIST file format): unsigned bytes and their dimensions.

@@ -1,5 +1,7 @@
 using System.IO.Compression;
 
+using Lora.Core.IO;
+
 namespace Lora.Core.Data;
 
 /// A minimal PNG writer (8-bit grey or RGB, no filtering, zlib via System.IO.Compression), enough

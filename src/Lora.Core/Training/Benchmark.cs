@@ -87,11 +87,14 @@ public static class Benchmark
         long global = 0;
         void TrainStep()
         {
-            using var scope = NewDisposeScope();
-            var logits = model.forward(x);
-            if (logits.dtype != ScalarType.Float32) logits = logits.to(ScalarType.Float32);
-            var loss = step.WithExtraLoss(F.cross_entropy(logits, y));
-            step.BackwardAndUpdate(loss, 1e-4, ++global);
+            using (NewDisposeScope())
+            {
+                var logits = model.forward(x);
+                if (logits.dtype != ScalarType.Float32) logits = logits.to(ScalarType.Float32);
+                var loss = step.WithExtraLoss(F.cross_entropy(logits, y));
+                step.BackwardAndStep(loss, 1e-4);
+            }
+            step.AfterStep(++global);
         }
         for (int i = 0; i < s.Warmup; i++) TrainStep();
         Sync();

@@ -1,6 +1,8 @@
 using System.Text;
-using Lora.Core.Data;
+
 using static TorchSharp.torch;
+
+using Lora.Core.IO;
 
 namespace Lora.Core.Training;
 

@@ -9,6 +9,8 @@ namespace Lora.Core.Training;
 /// Forward passes, losses and evaluation passes shared by the trainer and by users.
 public static class Evaluator
 {
+    static Evaluator() => NativeWorkarounds.Apply();
+
     public static EvalMetrics Classification(nn.Module<Tensor, Tensor> model, ImageDataset data, int batchSize = 64,
         Transforms? transforms = null, string device = "cpu", Precision precision = Precision.Float32)
     {

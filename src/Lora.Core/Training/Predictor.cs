@@ -10,6 +10,8 @@ public sealed record Prediction(int Index, string Label, double Probability);
 /// The classification pipeline: image files → tensors at the model's input size → top-k labels.
 public static class Predictor
 {
+    static Predictor() => NativeWorkarounds.Apply();
+
     /// The k most probable labels per image (model in eval mode, no gradients). Labels default to
     /// the class indices.
     public static IReadOnlyList<IReadOnlyList<Prediction>> TopK(nn.Module<Tensor, Tensor> model, Tensor images, int k, IReadOnlyList<string>? labels = null)

@@ -26,6 +26,8 @@ public sealed class Trainer
 
     public TrainOptions Options { get; }
 
+    static Trainer() => NativeWorkarounds.Apply();
+
     public Trainer(nn.Module<Tensor, Tensor> model, TrainOptions options)
     {
         options.Validate();
@@ -123,7 +125,9 @@ public sealed class Trainer
                     clock.Start();
                     using (var scope = NewDisposeScope())
                     {
-                        torch.random.manual_seed(Seeded.Mix(o.Seed, st.Step, 0xd0));
+                        long stepSeed = Seeded.Mix(o.Seed, st.Step, 0xd0);
+                        using (torch.random.manual_seed(stepSeed)) { }
+                        if (device.type == DeviceType.CUDA) torch.cuda.manual_seed_all(stepSeed);
                         double lr = LearningRateAt(o, st.Step, total);
                         var loss = training.WithExtraLoss(task.Loss(model, batch, inputType, o));
                         if (readEvery == 1)
@@ -132,17 +136,20 @@ public sealed class Trainer
                             double value = loss.item<float>();
                             if (!double.IsFinite(value))
                                 throw new TrainingDivergedException(st.Step + 1, epoch, value, lastGood);
-                            training.BackwardAndUpdate(loss, lr, st.Step + 1);
+                            training.BackwardAndStep(loss, lr);
                             st.Step++;
                             st.LossCurve.Add(new StepLoss(st.Step, epoch + 1, value, lr));
                         }
                         else
                         {
                             pending.Add((st.Step + 1, epoch, lr, loss.detach().DetachFromDisposeScope()));
-                            training.BackwardAndUpdate(loss, lr, st.Step + 1);
+                            training.BackwardAndStep(loss, lr);
                             st.Step++;
                         }
                     }
+                    // Outside the step's dispose scope: a hook may keep tensors across steps by moving
+                    // them to "the outer scope", which must not be this step's.
+                    training.AfterStep(st.Step);
                     if (pending.Count >= readEvery) ReadLosses();
                     clock.Stop();
                     st.Images += batch.Size;

@@ -38,13 +38,19 @@ public sealed class TrainingStep : IDisposable
         return loss;
     }
 
-    /// backward, clip, AdamW step at <paramref name="lr"/>, hooks with the 1-based
-    /// <paramref name="globalStep"/>, zero gradients.
-    public void BackwardAndUpdate(Tensor loss, double lr, long globalStep)
+    /// backward, clip, AdamW step at <paramref name="lr"/>. Then call <see cref="AfterStep"/>.
+    public void BackwardAndStep(Tensor loss, double lr)
     {
         loss.backward();
         if (clipGradNorm > 0) Optimizer.ClipGradNorm(clipGradNorm).Dispose();
         Optimizer.Step(lr);
+    }
+
+    /// The hooks with the 1-based <paramref name="globalStep"/> (gradients still present), then zero
+    /// gradients. Call it outside the step's dispose scope: a hook may keep tensors across steps by
+    /// moving them to "the outer scope", which must not be the step's.
+    public void AfterStep(long globalStep)
+    {
         foreach (var h in Hooks) h.AfterOptimizerStep(globalStep);
         Optimizer.ZeroGrad();
     }

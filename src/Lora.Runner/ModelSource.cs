@@ -1,0 +1,67 @@
+using Lora.Core.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Lora.Runner;
+
+/// What the model commands (summary, merge, predict) share: a zoo model from a name, an optional
+/// JSON file of timm constructor arguments and a class count; and errors shortened to one line.
+static class ModelSource
+{
+    /// The constructor arguments: --model-config's JSON object, then --classes over it.
+    public static ModelArgs Args(string? modelConfig, int? classes = null)
+    {
+        var args = modelConfig is null ? ModelArgs.Empty : ModelArgs.FromFile(modelConfig);
+        return classes is { } n ? args.With("num_classes", (double)n) : args;
+    }
+
+    /// Creates the model; an unknown name or a bad argument is a <see cref="BadModelException"/>
+    /// (the user's command line is wrong, exit code 2), not a file problem.
+    public static nn.Module<Tensor, Tensor> Create(string name, ModelArgs args, Device? device = null)
+    {
+        try { return Zoo.Create(name, args, device); }
+        catch (ArgumentException e) { throw new BadModelException(e.Message); }
+    }
+
+    /// The image size and channels a classifier expects (timm's default 224 where the model does
+    /// not fix it, e.g. ConvNeXt; an img_size argument overrides).
+    public static (int Size, int Channels) InputShape(nn.Module model, ModelArgs args) => model switch
+    {
+        VisionTransformer v => ((int)v.Config.img_size, (int)v.Config.in_chans),
+        ConvNeXt c => ((int)args.Long("img_size", 224), (int)c.Config.in_chans),
+        _ => ((int)args.Long("img_size", 224), (int)args.Long("in_chans", 3)),
+    };
+
+    /// A multi-line message (e.g. a strict load's key listings) as one line: each heading with at
+    /// most three of its items.
+    public static string OneLine(string message)
+    {
+        var parts = new List<string>();
+        List<string>? items = null;
+        int more = 0;
+        void Flush()
+        {
+            if (items is null || parts.Count == 0) return;
+            parts[^1] = parts[^1].TrimEnd(':') + ": " + string.Join(", ", items) + (more > 0 ? $", ... and {more} more" : "");
+            items = null; more = 0;
+        }
+        foreach (var raw in message.Split('\n'))
+        {
+            var line = raw.TrimEnd();
+            if (line.Length == 0) continue;
+            if (char.IsWhiteSpace(line[0]))
+            {
+                var item = line.Trim();
+                if (item.StartsWith("... and ", StringComparison.Ordinal) && int.TryParse(item.Split(' ')[2], out var n)) { more += n; continue; }
+                items ??= new List<string>();
+                if (items.Count < 3) items.Add(item); else more++;
+            }
+            else { Flush(); parts.Add(line); }
+        }
+        Flush();
+        return string.Join(" ", parts.Select(p => p.EndsWith('.') || p.EndsWith(':') ? p : p + ";")).TrimEnd(';');
+    }
+}
+
+/// The model named on the command line does not exist or cannot take the given arguments.
+sealed class BadModelException(string message) : Exception(message);
