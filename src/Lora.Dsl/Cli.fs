@@ -124,6 +124,8 @@ module Cli =
         | Device of device: string
         | Steps of count: int
         | Warmup of count: int
+        | Precision of precision: string
+        | Model_Config of path: string
         | Json
         interface IArgParserTemplate with
             member a.Usage =
@@ -133,10 +135,12 @@ module Cli =
                 | Img _ -> "image size"
                 | Classes _ -> "number of classes"
                 | Rank _ -> "rank of the tuned methods"
-                | Methods _ -> "methods to compare (full head lora dora adalora adapter)"
+                | Methods _ -> "methods to compare: full lora lora-all dora adalora adapter (space- or comma-separated)"
                 | Device _ -> "cpu or cuda"
                 | Steps _ -> "timed training steps"
                 | Warmup _ -> "untimed steps first"
+                | Precision _ -> "fp32 or bf16 (frozen weights in bf16, trainable in fp32); default bf16 on cuda, fp32 on cpu"
+                | Model_Config _ -> "JSON file of timm constructor arguments for the model"
                 | Json -> "print JSON instead of a table"
 
     type SubmitArgs =
@@ -234,7 +238,10 @@ type PredictOptions =
       Std: string }
 type BenchOptions =
     { Model: string; Batch: Nullable<int>; Img: Nullable<int>; Classes: Nullable<int>; Rank: Nullable<int>; Methods: string list
-      Device: string; Steps: Nullable<int>; Warmup: Nullable<int>; Json: bool }
+      Device: string; Steps: Nullable<int>; Warmup: Nullable<int>; Json: bool
+      /// "fp32", "bf16" or null (bf16)
+      Precision: string
+      ModelConfig: string }
 type SubmitOptions =
     { Spec: string; Results: string; Partition: string; GpusPerTask: Nullable<int>; Time: string; MaxParallel: Nullable<int>; DryRun: bool }
 type StatusOptions = { Spec: string; Results: string }
@@ -333,15 +340,20 @@ type CommandLine private () =
                                               TopK = a.GetResult(Cli.PredictArgs.Top_K, 5); Json = a.Contains Cli.PredictArgs.Json
                                               Mean = orNull (a.TryGetResult Cli.PredictArgs.Mean); Std = orNull (a.TryGetResult Cli.PredictArgs.Std) }))
             | Cli.Bench a ->
-                match device (a.TryGetResult Cli.BenchArgs.Device) with
-                | Error m -> fail 2 m
-                | Ok dev ->
+                let precision =
+                    match a.TryGetResult Cli.BenchArgs.Precision with
+                    | None | Some "fp32" | Some "bf16" as p -> Ok(orNull p)
+                    | Some other -> Error(sprintf "--precision must be fp32 or bf16, got '%s'" other)
+                match device (a.TryGetResult Cli.BenchArgs.Device), precision with
+                | Error m, _ | _, Error m -> fail 2 m
+                | Ok dev, Ok precision ->
                     ok (ParsedCommand(CommandKind.Bench, line,
                                       Bench = { Model = a.GetResult Cli.BenchArgs.Model; Batch = nullable (a.TryGetResult Cli.BenchArgs.Batch)
                                                 Img = nullable (a.TryGetResult Cli.BenchArgs.Img); Classes = nullable (a.TryGetResult Cli.BenchArgs.Classes)
                                                 Rank = nullable (a.TryGetResult Cli.BenchArgs.Rank); Methods = a.GetResult(Cli.BenchArgs.Methods, [])
                                                 Device = dev; Steps = nullable (a.TryGetResult Cli.BenchArgs.Steps)
-                                                Warmup = nullable (a.TryGetResult Cli.BenchArgs.Warmup); Json = a.Contains Cli.BenchArgs.Json }))
+                                                Warmup = nullable (a.TryGetResult Cli.BenchArgs.Warmup); Json = a.Contains Cli.BenchArgs.Json
+                                                Precision = precision; ModelConfig = orNull (a.TryGetResult Cli.BenchArgs.Model_Config) }))
             | Cli.Submit a ->
                 ok (ParsedCommand(CommandKind.Submit, line,
                                   Submit = { Spec = a.GetResult Cli.SubmitArgs.Spec; Results = a.GetResult(Cli.SubmitArgs.Results, defaultResults)

@@ -27,6 +27,7 @@ public static class Commands
                 CommandKind.Tables => TablesCommand(c.Tables, stdout),
                 CommandKind.Submit => Slurm.PlanToSlurm.Submit(c.Submit, stdout, stderr),
                 CommandKind.Status => Slurm.PlanToSlurm.Status(c.Status, stdout, stderr),
+                CommandKind.Bench => BenchCommand.Run(c.Bench, stdout, stderr),
                 CommandKind.Version => Print(stdout, $"lora {Lora.Dsl.Version.value}"),
                 CommandKind.Summary => Guarded("summary", () => SummaryCommand.Run(c.Summary, stdout, stderr), stderr),
                 CommandKind.Merge => Guarded("merge", () => MergeCommand.Run(c.Merge, stdout), stderr),

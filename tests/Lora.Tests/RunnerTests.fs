@@ -208,8 +208,9 @@ let runTests =
             use out = new StringWriter()
             use err = new StringWriter()
             let d (args: string[]) = Commands.Dispatch(args, (fun () -> FakeExecutor() :> IRunExecutor), out, err)
-            Expect.equal (d [| "bench"; "--model"; "vit" |]) 1 "stub"
-            Expect.stringContains (err.ToString()) "lora bench: not yet implemented" "stub message"
+            // bench itself is tested in BenchTests; here only that the dispatcher reaches it
+            Expect.equal (d [| "bench"; "--model"; "vit"; "--methods"; "nope" |]) 2 "bench: bad method"
+            Expect.stringContains (err.ToString()) "lora bench: --methods: unknown method(s) nope" "bench's message"
             Expect.equal (d [| "run"; "nowhere.yaml" |]) 2 "missing spec"
             Expect.equal (d [| "plan" |]) 2 "usage error"
             Expect.equal (d [| "version" |]) 2 "version is --version"

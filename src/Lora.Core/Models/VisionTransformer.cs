@@ -16,6 +16,9 @@ public sealed class PatchEmbed : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
+    /// The dtype of the projection weight (bf16 when it is frozen under bf16 training).
+    public ScalarType WeightType => proj.parameters().First().dtype;
+
     public override Tensor forward(Tensor x)
     {
         using var y = proj.forward(x);
@@ -144,9 +147,12 @@ public sealed class VisionTransformer : nn.Module<Tensor, Tensor>
         if (x.dim() != 4 || x.shape[1] != Config.in_chans || x.shape[2] != Config.img_size || x.shape[3] != Config.img_size)
             throw new ArgumentException($"This ViT takes images [N, {Config.in_chans}, {Config.img_size}, {Config.img_size}] (its in_chans and img_size); got [{string.Join(", ", x.shape)}]. Resize the input or build the model with a matching img_size.");
         using var scope = NewDisposeScope();
-        var t = patch_embed.forward(x);
-        var cls = cls_token.expand(t.shape[0], -1, -1);
-        t = cat(new[] { cls, t }, 1) + pos_embed;
+        // Mixed precision (frozen layers in bf16, trainable in fp32): the stem takes its weight's dtype
+        // and the token stream keeps the stem's, whatever dtype the parameters beside it have.
+        var stem = patch_embed.WeightType;
+        var t = patch_embed.forward(x.dtype == stem ? x : x.to(stem));
+        var cls = cls_token.to(t.dtype).expand(t.shape[0], -1, -1);
+        t = cat(new[] { cls, t }, 1) + pos_embed.to(t.dtype);
         foreach (var b in blocks) t = b.forward(t);
         return norm.forward(t).MoveToOuterDisposeScope();
     }

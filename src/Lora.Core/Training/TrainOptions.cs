@@ -47,6 +47,10 @@ public sealed record TrainOptions
     public bool DropLast { get; init; }
     /// Batches prepared ahead on the loader's worker thread (0: build them inline).
     public int Prefetch { get; init; } = 2;
+    /// Read the loss back to the host every N steps (each read waits for the GPU to finish the step);
+    /// 0 chooses: every step on CPU, every 8 steps on CUDA. With N > 1 a non-finite loss is reported
+    /// (with its step) up to N − 1 steps late, always before a checkpoint is written.
+    public int LossReadEvery { get; init; }
 
     public void Validate()
     {
@@ -58,6 +62,7 @@ public sealed record TrainOptions
         if (WarmupSteps < 0) errors.Add($"WarmupSteps must not be negative (got {WarmupSteps})");
         if (WeightDecay < 0) errors.Add($"WeightDecay must not be negative (got {WeightDecay})");
         if (ClipGradNorm < 0) errors.Add($"ClipGradNorm must not be negative (got {ClipGradNorm})");
+        if (LossReadEvery < 0) errors.Add($"LossReadEvery must not be negative (got {LossReadEvery})");
         if (CheckpointEverySteps < 0) errors.Add($"CheckpointEverySteps must not be negative (got {CheckpointEverySteps})");
         if (errors.Count > 0) throw new ArgumentException("invalid training options: " + string.Join("; ", errors) + ".");
     }

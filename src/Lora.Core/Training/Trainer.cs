@@ -65,21 +65,21 @@ public sealed class Trainer
     TrainResult Run(ITask task, bool resume, IProgress<TrainingProgress>? progress, CancellationToken cancel)
     {
         var o = Options;
+        Devices.Require(o.Device);
         var device = torch.device(o.Device);
         model.to(device);
-        if (o.Precision == Precision.BFloat16) CastFrozenLeaves(model, ScalarType.BFloat16);
+        MixedPrecision.Apply(model, o.Precision);
         var inputType = Evaluator.InputType(o.Precision);
 
-        var trainable = model.named_parameters().Where(p => p.parameter.requires_grad).ToArray();
-        if (trainable.Length == 0)
-            throw new InvalidOperationException("the model has no trainable parameters (none has requires_grad = true); nothing to train.");
-        var optimizer = new AdamW(trainable.Select(p => (p.name, p.parameter)), o.WeightDecay, o.Beta1, o.Beta2, o.Epsilon);
+        using var training = new TrainingStep(model, o);
+        var trainable = training.Trainable;
+        var optimizer = training.Optimizer;
         var loader = task.Loader(o, device, train: true);
         var evalLoader = task.Loader(o, device, train: false);
         int perEpoch = loader.BatchesPerEpoch;
         long total = (long)perEpoch * o.Epochs;
 
-        var hooks = StepHooks.Of(model);
+        var hooks = training.Hooks;
         foreach (var h in hooks) h.Begin(total);
 
         var st = new RunState { TotalSteps = total, StepsPerEpoch = perEpoch, Seed = o.Seed, BatchSize = o.BatchSize };
@@ -96,7 +96,25 @@ public sealed class Trainer
         using var memory = PeakMemory.Start(device.type == DeviceType.CUDA ? Math.Max(0, device.index) : null);
         var clock = new Stopwatch();
         var parameters = trainable.Select(p => p.parameter).ToArray();
+        int readEvery = o.LossReadEvery > 0 ? o.LossReadEvery : device.type == DeviceType.CUDA ? 8 : 1;
+        var pending = new List<(long Step, int Epoch, double Lr, Tensor Loss)>();
+        void ReadLosses()
+        {
+            if (pending.Count == 0) return;
+            float[] values;
+            using (var all = stack(pending.Select(p => p.Loss).ToArray()).to(ScalarType.Float32).cpu()) values = all.data<float>().ToArray();
+            var read = pending.ToArray();
+            foreach (var p in read) p.Loss.Dispose();
+            pending.Clear();
+            for (int i = 0; i < read.Length; i++)
+            {
+                if (!double.IsFinite(values[i])) throw new TrainingDivergedException(read[i].Step, read[i].Epoch, values[i], lastGood);
+                st.LossCurve.Add(new StepLoss(read[i].Step, read[i].Epoch + 1, values[i], read[i].Lr));
+            }
+        }
         model.train();
+        try
+        {
         for (int epoch = (int)(st.Step / perEpoch); epoch < o.Epochs; epoch++)
         {
             int start = (int)(st.Step - (long)epoch * perEpoch);
@@ -111,32 +129,39 @@ public sealed class Trainer
                         using (torch.random.manual_seed(stepSeed)) { }
                         if (device.type == DeviceType.CUDA) torch.cuda.manual_seed_all(stepSeed);
                         double lr = LearningRateAt(o, st.Step, total);
-                        var loss = task.Loss(model, batch, inputType, o);
-                        foreach (var h in hooks)
-                            if (h.ExtraLoss() is Tensor extra) loss = loss + extra;
-                        double value = loss.item<float>();
-                        if (!double.IsFinite(value))
+                        var loss = training.WithExtraLoss(task.Loss(model, batch, inputType, o));
+                        if (readEvery == 1)
                         {
-                            model.zero_grad(true);
-                            throw new TrainingDivergedException(st.Step + 1, epoch, value, lastGood);
+                            // read before the update: a diverged step changes nothing
+                            double value = loss.item<float>();
+                            if (!double.IsFinite(value))
+                                throw new TrainingDivergedException(st.Step + 1, epoch, value, lastGood);
+                            training.BackwardAndStep(loss, lr);
+                            st.Step++;
+                            st.LossCurve.Add(new StepLoss(st.Step, epoch + 1, value, lr));
                         }
-                        loss.backward();
-                        if (o.ClipGradNorm > 0) nn.utils.clip_grad_norm_(parameters, o.ClipGradNorm);
-                        optimizer.Step(lr);
-                        st.Step++;
-                        st.LossCurve.Add(new StepLoss(st.Step, epoch + 1, value, lr));
+                        else
+                        {
+                            pending.Add((st.Step + 1, epoch, lr, loss.detach().DetachFromDisposeScope()));
+                            training.BackwardAndStep(loss, lr);
+                            st.Step++;
+                        }
                     }
                     // Outside the step's dispose scope: a hook may keep tensors across steps by moving
                     // them to "the outer scope", which must not be this step's.
-                    foreach (var h in hooks) h.AfterOptimizerStep(st.Step);
-                    model.zero_grad(true);
+                    training.AfterStep(st.Step);
+                    if (pending.Count >= readEvery) ReadLosses();
                     clock.Stop();
                     st.Images += batch.Size;
                     if (ckpt is not null && o.CheckpointEverySteps > 0 && st.Step % o.CheckpointEverySteps == 0 && st.Step % perEpoch != 0)
+                    {
+                        ReadLosses();
                         lastGood = Save(ckpt, st, clock, trainable, optimizer, hooks);
+                    }
                     progress?.Report(Progress(st, clock, epoch, total, null));
                 }
 
+            ReadLosses();
             var trainLoss = st.LossCurve.Where(s => s.Epoch == epoch + 1).Average(s => s.Loss);
             EvalMetrics? val = null;
             if (task.HasValidation && (o.EvalEveryEpoch || epoch == o.Epochs - 1))
@@ -145,6 +170,11 @@ public sealed class Trainer
             st.Epochs.Add(em);
             if (ckpt is not null) lastGood = Save(ckpt, st, clock, trainable, optimizer, hooks);
             progress?.Report(Progress(st, clock, epoch, total, em));
+        }
+        }
+        finally
+        {
+            foreach (var p in pending) p.Loss.Dispose();
         }
 
         var final = st.Epochs.Count > 0 && st.Epochs[^1].Validation is EvalMetrics v ? v
@@ -165,17 +195,6 @@ public sealed class Trainer
             last?.LearningRate ?? 0, seconds > 0 ? st.Images / seconds : 0, TimeSpan.FromSeconds(perStep * (total - st.Step)), end);
     }
 
-    /// Casts leaf modules whose parameters are all frozen to the given dtype.
-    static void CastFrozenLeaves(nn.Module root, ScalarType dtype)
-    {
-        foreach (var m in root.modules().ToArray())
-        {
-            if (m.children().Any()) continue;
-            var ps = m.parameters(false).ToArray();
-            if (ps.Length > 0 && ps.All(p => !p.requires_grad && p.is_floating_point())) m.to(dtype);
-        }
-    }
-
     // ---- checkpoints -------------------------------------------------------------------------
 
     sealed class RunState
@@ -193,7 +212,7 @@ public sealed class Trainer
 
     static readonly JsonSerializerOptions json = new() { NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals };
 
-    string Save(string path, RunState st, Stopwatch clock, (string name, Parameter parameter)[] trainable, AdamW optimizer, IReadOnlyList<IStepHook> hooks)
+    string Save(string path, RunState st, Stopwatch clock, (string name, Parameter parameter)[] trainable, FlatAdamW optimizer, IReadOnlyList<IStepHook> hooks)
     {
         var meta = new RunState
         {
@@ -212,7 +231,7 @@ public sealed class Trainer
         return path;
     }
 
-    RunState Load(string path, RunState expected, (string name, Parameter parameter)[] trainable, AdamW optimizer, IReadOnlyList<IStepHook> hooks)
+    RunState Load(string path, RunState expected, (string name, Parameter parameter)[] trainable, FlatAdamW optimizer, IReadOnlyList<IStepHook> hooks)
     {
         var (metaJson, tensors) = CheckpointFile.Read(path);
         try

@@ -89,7 +89,7 @@ public sealed class AdaLoraLinear : TunerLayer
         using var scope = torch.NewDisposeScope();
         var xd = Dropout(x, options[adapter].dropout);
         using var scaling = Scaling(adapter).ToScalar();
-        var y = xd.matmul((A(adapter) * E(adapter)).t()).matmul(B(adapter).t()) * scaling / (RankNum(adapter) + Eps);
+        var y = xd.matmul(In(A(adapter) * E(adapter), xd).t()).matmul(In(B(adapter), xd).t()) * scaling / (In(RankNum(adapter), xd) + Eps);
         return y.MoveToOuterDisposeScope();
     }
 }

@@ -31,8 +31,16 @@ public sealed class BottleneckAdapter : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor x)
     {
-        using var h = fc1.forward(x);
-        using var a = act.forward(h);
-        return fc2.forward(a);
+        if (fc1.weight!.dtype == x.dtype)
+        {
+            using var h = fc1.forward(x);
+            using var a = act.forward(h);
+            return fc2.forward(a);
+        }
+        // fp32 trainable adapter on a bf16 frozen block: compute in the block's dtype (as autocast)
+        using var scope = NewDisposeScope();
+        var t = x.dtype;
+        var y = nn.functional.linear(act.forward(nn.functional.linear(x, fc1.weight.to(t), fc1.bias!.to(t))), fc2.weight!.to(t), fc2.bias!.to(t));
+        return y.MoveToOuterDisposeScope();
     }
 }

@@ -113,7 +113,8 @@ public sealed class LoraConv2d : TunerLayer
         var o = options[adapter];
         var xd = Dropout(x, o.Dropout);
         using var scaling = o.Scaling.ToScalar();
-        var lora = B(adapter).forward(A(adapter).forward(xd)).mul(scaling);
+        var xa = xd.dtype == A(adapter).weight!.dtype ? xd : xd.to(A(adapter).weight!.dtype);
+        var lora = B(adapter).forward(A(adapter).forward(xa)).mul(scaling);
         if (!o.UseDora) return lora.MoveToOuterDisposeScope();
         // PEFT's conv DoRA: (m/‖W+ΔW‖ − 1)·conv(x, W) + m/‖W+ΔW‖ · lora(x) · scaling.
         var m = lora_magnitude_vector.Module<DoraMagnitude>(adapter).weight;

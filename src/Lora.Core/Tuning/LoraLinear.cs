@@ -99,7 +99,7 @@ public sealed class LoraLinear : TunerLayer
         using var scope = torch.NewDisposeScope();
         var o = options[adapter];
         var xd = Dropout(x, o.Dropout);
-        var lora = B(adapter).forward(A(adapter).forward(xd));
+        var lora = nn.functional.linear(nn.functional.linear(xd, In(A(adapter).weight!, xd)), In(B(adapter).weight!, xd));
         using var scaling = o.Scaling.ToScalar();
         if (!o.UseDora) return lora.mul(scaling).MoveToOuterDisposeScope();
         // PEFT's DoRA: (m/‖W+ΔW‖ − 1)·(x Wᵀ) + m/‖W+ΔW‖ · lora(x) · scaling, the norm without gradient.
@@ -108,7 +108,7 @@ public sealed class LoraLinear : TunerLayer
         var scale = (m / norm).view(1, -1);
         Tensor plain;
         if (ReferenceEquals(xd, x)) plain = Base.bias is null ? baseOutput : baseOutput - Base.bias;
-        else plain = nn.functional.linear(xd, BaseWeight);
+        else plain = nn.functional.linear(xd, In(BaseWeight, xd));
         return ((scale - One) * plain + scale * lora * scaling).MoveToOuterDisposeScope();
     }
 }

@@ -39,10 +39,15 @@ public sealed class ModulesToSaveWrapper : nn.Module<Tensor, Tensor>
         if (ActiveAdapter == adapter) ActiveAdapter = null;
     }
 
-    public override Tensor forward(Tensor x) =>
-        AdaptersDisabled || ActiveAdapter is null || !AdapterNames.Contains(ActiveAdapter)
-            ? original_module.forward(x)
-            : Copy(ActiveAdapter).forward(x);
+    public override Tensor forward(Tensor x)
+    {
+        var m = AdaptersDisabled || ActiveAdapter is null || !AdapterNames.Contains(ActiveAdapter) ? original_module : Copy(ActiveAdapter);
+        // bf16 training keeps the frozen original in bf16 and the trained copy in fp32: feed each its dtype
+        var w = m.parameters().FirstOrDefault();
+        if (w is null || w.dtype == x.dtype || !x.is_floating_point()) return m.forward(x);
+        using var cast = x.to(w.dtype);
+        return m.forward(cast);
+    }
 }
 
 /// Deep copies of the layer types that are commonly trained fully (classifier heads, norms).

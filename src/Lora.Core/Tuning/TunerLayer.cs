@@ -118,6 +118,9 @@ public abstract class TunerLayer : nn.Module<Tensor, Tensor>
         {
             if (merged.Contains(a)) continue;
             var extra = AdapterOutput(x, a, result);
+            // Under bf16 training the frozen base computes in bf16 and the adapter's fp32 weights
+            // join it there; the sum keeps the base's dtype so the next frozen layer gets bf16.
+            if (extra.dtype != result.dtype) { var cast = extra.to(result.dtype); extra.Dispose(); extra = cast; }
             var sum = result.add(extra);
             result.Dispose(); extra.Dispose();
             result = sum;
@@ -137,6 +140,11 @@ public abstract class TunerLayer : nn.Module<Tensor, Tensor>
         foreach (var f in GetType().GetFields(System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.Public | System.Reflection.BindingFlags.DeclaredOnly))
             if (f.GetValue(this) is AdapterSlots slots) register_module(f.Name, slots);
     }
+
+    /// A weight in the dtype of the input it meets, as autocast would: fp32 trainable LoRA weights
+    /// meet bf16 activations of a frozen bf16 base (the cast is differentiable, so the fp32 weight
+    /// gets its gradient). The same tensor when the dtypes already agree.
+    protected static Tensor In(Tensor weight, Tensor x) => weight.dtype == x.dtype ? weight : weight.to(x.dtype);
 
     protected Tensor Dropout(Tensor x, double p) => p > 0 && training ? nn.functional.dropout(x, p, true) : x;
 

@@ -1,0 +1,137 @@
+using System.Diagnostics;
+using Lora.Core.Models;
+using Lora.Core.Tuning;
+using TorchSharp;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace Lora.Core.Training;
+
+/// What one benchmark times: a zoo model at one shape, on one device, in one precision.
+public sealed record BenchSetup
+{
+    public required string Model { get; init; }
+    /// Extra model arguments (num_classes and img_size are set from <see cref="Classes"/> and <see cref="ImageSize"/>).
+    public ModelArgs ModelArgs { get; init; } = ModelArgs.Empty;
+    public int Batch { get; init; } = 64;
+    public int ImageSize { get; init; } = 224;
+    public int Classes { get; init; } = 100;
+    public int Rank { get; init; } = 8;
+    /// "cpu", "cuda" or "cuda:N".
+    public string Device { get; init; } = "cpu";
+    public int Steps { get; init; } = 20;
+    public int Warmup { get; init; } = 5;
+    public Precision Precision { get; init; } = Precision.BFloat16;
+}
+
+/// One method's figures, named as peft_anchor.py prints them (see docs/benchmarks.md).
+public sealed record BenchResult(
+    string Method, string Model, string Device, Precision Precision, int Batch, int ImageSize, int Rank,
+    double StepMs, double TrainImagesPerSecond, double InferImagesPerSecond, bool InferMerged,
+    double PeakMiB, string PeakSource, long Trainable, long Total);
+
+/// Times training steps and inference of the tuning methods on one model with random data, with
+/// the configurations of the reference script (timm + PEFT, ../shared/gpu/peft_anchor.py) and the
+/// training step of <see cref="Trainer"/> (<see cref="TrainingStep"/>: FlatAdamW, bf16 frozen weights).
+public static class Benchmark
+{
+    /// The methods in the order they are usually listed.
+    public static readonly IReadOnlyList<string> Methods = ["full", "lora", "lora-all", "dora", "adalora", "adapter"];
+
+    /// The tuning configuration of a method at rank r; null for full fine-tuning. All but full
+    /// train the classifier head (PEFT's modules_to_save).
+    public static TuningConfig? Config(string method, int rank) => method switch
+    {
+        "full" => null,
+        "lora" => new TuningConfig { Method = TuningMethod.Lora, Targets = ["qkv"], Rank = rank, Alpha = 2 * rank, ModulesToSave = ["head"] },
+        "lora-all" => new TuningConfig { Method = TuningMethod.Lora, Targets = ["qkv", "proj", "fc1", "fc2"], Rank = rank, Alpha = 2 * rank, ModulesToSave = ["head"] },
+        "dora" => new TuningConfig { Method = TuningMethod.Dora, Targets = ["qkv"], Rank = rank, Alpha = 2 * rank, ModulesToSave = ["head"] },
+        // PEFT's AdaLoraConfig(init_r=int(1.5 r), target_r=r, total_step=1000, tinit=10, tfinal=10); lora_alpha 8 is PEFT's default
+        "adalora" => new TuningConfig
+        {
+            Method = TuningMethod.AdaLora, Targets = ["qkv"], InitRank = (int)(1.5 * rank), TargetRank = rank, Alpha = 8,
+            TotalStep = 1000, TInit = 10, TFinal = 10, ModulesToSave = ["head"],
+        },
+        // bottleneck width = rank, as `lora run` does when an adapter has no ratio
+        "adapter" => new TuningConfig { Method = TuningMethod.Adapter, AdapterWidth = rank, ModulesToSave = ["head"] },
+        _ => throw new ArgumentException($"unknown benchmark method '{method}'; known: {string.Join(", ", Methods)}"),
+    };
+
+    /// Builds the model with the method, trains Warmup + Steps steps on one random batch (timing the
+    /// last Steps), then times eval-mode inference (adapters merged where they can be).
+    public static BenchResult Run(string method, BenchSetup s)
+    {
+        Devices.Require(s.Device);
+        var device = torch.device(s.Device);
+        bool cuda = device.type == DeviceType.CUDA;
+        void Sync() { if (cuda) torch.cuda.synchronize(device); }
+        // as the reference script: TF32 for whatever runs in fp32 (the trainable layers, --precision fp32)
+        if (cuda) { torch.backends.cuda.matmul.allow_tf32 = true; torch.backends.cudnn.allow_tf32 = true; }
+
+        torch.manual_seed(0);
+        var args = s.ModelArgs.With("num_classes", (long)s.Classes).With("img_size", (long)s.ImageSize);
+        using var model = Zoo.Create(s.Model, args, device);
+        var config = Config(method, s.Rank);
+        var tuned = config is null ? null : Tuner.Apply(model, config);
+        var summary = ParameterSummary.Of(model);
+        MixedPrecision.Apply(model, s.Precision);
+
+        // torch.optim.AdamW's defaults (lr 1e-4 as the reference, weight decay 0.01), no clipping
+        using var step = new TrainingStep(model, weightDecay: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, clipGradNorm: 0);
+        foreach (var h in step.Hooks) h.Begin(s.Warmup + s.Steps);
+        using var x0 = torch.randn(s.Batch, 3, s.ImageSize, s.ImageSize, device: device);
+        using var x = s.Precision == Precision.BFloat16 ? x0.to(ScalarType.BFloat16) : x0.alias();
+        using var y = torch.randint(0, s.Classes, [s.Batch], device: device);
+
+        model.train();
+        long global = 0;
+        void TrainStep()
+        {
+            using (NewDisposeScope())
+            {
+                var logits = model.forward(x);
+                if (logits.dtype != ScalarType.Float32) logits = logits.to(ScalarType.Float32);
+                var loss = step.WithExtraLoss(F.cross_entropy(logits, y));
+                step.BackwardAndStep(loss, 1e-4);
+            }
+            step.AfterStep(++global);
+        }
+        for (int i = 0; i < s.Warmup; i++) TrainStep();
+        Sync();
+        var times = new List<double>();
+        double peak;
+        string source;
+        using (var memory = PeakMemory.Start(cuda ? Math.Max(0, device.index) : null))
+        {
+            for (int i = 0; i < s.Steps; i++)
+            {
+                var t = Stopwatch.GetTimestamp();
+                TrainStep();
+                Sync();
+                times.Add(Stopwatch.GetElapsedTime(t).TotalSeconds);
+            }
+            peak = memory.PeakMiB;
+            source = memory.Source;
+        }
+        times.Sort();
+        double median = times.Count > 0 ? times[times.Count / 2] : double.NaN;
+
+        model.eval();
+        bool merged = tuned is not null && config!.Method != TuningMethod.Adapter;
+        if (merged) tuned!.Merge();
+        double inferSeconds;
+        using (no_grad())
+        {
+            int warm = Math.Max(1, Math.Min(3, s.Warmup)), runs = Math.Max(1, (s.Steps + 1) / 2);
+            for (int i = 0; i < warm; i++) model.forward(x).Dispose();
+            Sync();
+            var t = Stopwatch.GetTimestamp();
+            for (int i = 0; i < runs; i++) model.forward(x).Dispose();
+            Sync();
+            inferSeconds = Stopwatch.GetElapsedTime(t).TotalSeconds / runs;
+        }
+
+        return new BenchResult(method, s.Model, device.ToString(), s.Precision, s.Batch, s.ImageSize, s.Rank,
+            median * 1e3, s.Batch / median, s.Batch / inferSeconds, merged, peak, source, summary.Trainable, summary.Total);
+    }
+}

@@ -1,0 +1,240 @@
+module Lora.Tests.BenchTests
+
+open System
+open System.IO
+open System.Text.Json.Nodes
+open Expecto
+open TorchSharp
+open Lora.Core.Models
+open Lora.Core.Training
+open Lora.Core.Tuning
+open Lora.Runner
+open Lora.Tests.Generators
+
+type Tensor = torch.Tensor
+
+/// A ViT small enough for a test step in milliseconds.
+let tinyVitJson = """{"embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 8}"""
+let tinyArgs = ModelArgs.FromJson(tinyVitJson).With("num_classes", 5L).With("img_size", 16L)
+
+let dispatch (args: string list) =
+    use out = new StringWriter()
+    use err = new StringWriter()
+    let code = Commands.Dispatch(List.toArray args, (fun () -> failwith "bench needs no executor"), out, err)
+    code, out.ToString(), err.ToString()
+
+let benchArgs (dir: TempDir) extra =
+    let cfg = dir.File "vit.json"
+    File.WriteAllText(cfg, tinyVitJson)
+    [ "bench"; "--model"; "vit"; "--model-config"; cfg; "--batch"; "2"; "--img"; "16"; "--classes"; "5"; "--rank"; "2"
+      "--steps"; "1"; "--warmup"; "1" ] @ extra
+
+/// The parameter counts of the method's configuration applied to a fresh tiny ViT.
+let expectedCounts method rank =
+    use model = Zoo.Create("vit", tinyArgs)
+    match Benchmark.Config(method, rank) with
+    | null -> ()
+    | c -> Tuner.Apply(model, c) |> ignore
+    let s = ParameterSummary.Of model
+    s.Trainable, s.Total
+
+/// 1-4 parameter shapes (vectors and matrices, sides 1-5) drawn from the seed.
+let shapesOf (seed: int) =
+    let r = Random(seed)
+    [ for _ in 1 .. r.Next(1, 5) ->
+        if r.Next(2) = 0 then [| int64 (r.Next(1, 6)) |] else [| int64 (r.Next(1, 6)); int64 (r.Next(1, 6)) |] ]
+
+/// Copies g into the parameter's gradient in place (FlatAdamW's gradients are views of its buffer).
+let setGrad (p: Modules.Parameter) (g: Tensor) =
+    use gp = p.grad
+    gp.copy_(g) |> ignore
+
+/// Random parameters from a generator of their own (Expecto runs tests in parallel: torch's global
+/// generator is shared), and their copy.
+let makeParams (shapes: int64[] list) seed =
+    let g = new torch.Generator(uint64 seed)
+    let a = shapes |> List.mapi (fun i s -> $"p{i}", new Modules.Parameter(torch.randn(s, generator = g)))
+    a, a |> List.map (fun (n, p) -> n, new Modules.Parameter(p.detach().clone()))
+
+/// Makes the second model's parameters equal to the first's (same structure).
+let copyParams (src: torch.nn.Module) (dst: torch.nn.Module) =
+    use _ = torch.no_grad()
+    let d = dst.named_parameters() |> Seq.map (fun struct (n, p) -> n, p) |> Map.ofSeq
+    for struct (n, p) in src.named_parameters() do d[n].copy_(p) |> ignore
+
+let close (a: Tensor) (b: Tensor) tol = (a - b).abs().max().item<float32>() <= float32 tol
+
+let tests =
+    testList "Bench" [
+        // sequenced: a benchmark resets the process's peak RSS (clear_refs), which would disturb other
+        // tests measuring it at the same time
+        testSequenced <| testList "cli" [
+            test "bench --json: one line per method with peft_anchor's fields, counts equal to ParameterSummary" {
+                use dir = new TempDir()
+                let methods = [ "full"; "lora"; "lora-all"; "dora"; "adalora"; "adapter" ]
+                let code, out, err = dispatch (benchArgs dir [ "--methods"; String.Join(",", methods); "--precision"; "bf16"; "--json" ])
+                Expect.equal code 0 $"exit code (stderr: {err})"
+                let lines = out.Split('\n', StringSplitOptions.RemoveEmptyEntries) |> Array.map (fun l -> JsonNode.Parse(l).AsObject())
+                Expect.equal (lines |> Array.map (fun j -> string j["method"]) |> List.ofArray) methods "one line per method, in order"
+                for j in lines do
+                    for field in [ "train_img_s"; "step_ms"; "infer_img_s"; "peak_mib"; "trainable"; "total"; "precision"; "device"; "method"; "model"; "mode" ] do
+                        Expect.isTrue (j.ContainsKey field) $"{j}: has {field}"
+                    let m = string j["method"]
+                    Expect.equal (string j["precision"]) "bf16" "as asked"
+                    Expect.equal (string j["device"]) "cpu" "device"
+                    Expect.isGreaterThan (j["train_img_s"].GetValue<float>()) 0.0 $"{m}: training throughput"
+                    Expect.isGreaterThan (j["step_ms"].GetValue<float>()) 0.0 $"{m}: step time"
+                    Expect.isGreaterThan (j["infer_img_s"].GetValue<float>()) 0.0 $"{m}: inference throughput"
+                    Expect.isGreaterThan (j["peak_mib"].GetValue<float>()) 50.0 $"{m}: peak RSS in MiB (libtorch alone is more)"
+                    let trainable, total = expectedCounts m 2
+                    Expect.equal (j["trainable"].GetValue<int64>()) trainable $"{m}: trainable = ParameterSummary"
+                    Expect.equal (j["total"].GetValue<int64>()) total $"{m}: total = ParameterSummary"
+                    Expect.equal (j["infer_merged"].GetValue<bool>()) (m <> "full" && m <> "adapter") $"{m}: merged for inference where mergeable"
+            }
+            test "bench without --json: a plain table when redirected, one row per method" {
+                use dir = new TempDir()
+                let code, out, _ = dispatch (benchArgs dir [ "--methods"; "lora"; "full" ])
+                Expect.equal code 0 "exit code"
+                let lines = out.Split('\n', StringSplitOptions.RemoveEmptyEntries)
+                Expect.stringContains lines[0] "cpu, fp32" "the title names the precision (fp32 by default on CPU)"
+                Expect.stringStarts lines[1] "method" "header"
+                Expect.equal (lines |> Array.skip 2 |> Array.map (fun l -> l.Split(' ')[0])) [| "lora"; "full" |] "rows"
+            }
+            test "bench: bad methods, models and sizes are named; --device cuda without CUDA is one line" {
+                use dir = new TempDir()
+                let code, _, err = dispatch (benchArgs dir [ "--methods"; "lora,loha"; "--batch"; "0" ])
+                Expect.equal code 2 "bad input"
+                Expect.stringContains err "unknown method(s) loha" "the method"
+                Expect.stringContains err "--batch must be at least 1" "the size"
+                let code, _, err = dispatch [ "bench"; "--model"; "vit_bace_patch16_224" ]
+                Expect.equal code 2 "unknown model"
+                Expect.stringContains err "vit_base_patch16_224" "suggests the close name"
+                if not (torch.cuda.is_available()) then
+                    let code, out, err = dispatch [ "bench"; "--model"; "vit"; "--device"; "cuda" ]
+                    Expect.equal code 1 "no CUDA"
+                    Expect.equal out "" "nothing on stdout"
+                    Expect.equal (err.Trim().Split('\n').Length) 1 $"one line: {err}"
+                    Expect.stringContains err "CUDA is not available" "says why"
+            }
+        ]
+        testPropertyWithConfig { config with maxTest = 25 } "FlatAdamW equals the per-parameter AdamW (1e-6), its state too" <| fun (seed: int) ->
+                let shapes = shapesOf seed
+                let a, b = makeParams shapes seed
+                let ref = AdamW(a |> Seq.map (fun (n, p) -> struct (n, p)), 0.05)
+                use flat = new FlatAdamW(b |> Seq.map (fun (n, p) -> struct (n, p)), 0.05)
+                let gen = new torch.Generator(uint64 seed + 1UL)
+                for step in 1 .. 3 do
+                    let grads = shapes |> List.map (fun s -> torch.randn(s, generator = gen))
+                    for (_, p), g in List.zip a grads do p.grad <- g.clone()
+                    for (_, p), g in List.zip b grads do setGrad p g
+                    ref.Step(1e-2 * float step)
+                    flat.Step(1e-2 * float step)
+                    flat.ZeroGrad()
+                for (_, p), (_, q) in List.zip a b do
+                    Expect.isTrue (close p q 1e-6) $"parameter {p.shape} after 3 steps"
+                let sa = ref.State() |> Seq.map (fun struct (n, t) -> n, t) |> Map.ofSeq
+                let sb = flat.State() |> Seq.map (fun struct (n, t) -> n, t) |> Map.ofSeq
+                Expect.sequenceEqual (Map.keys sb) (Map.keys sa) "state names"
+                for KeyValue(n, t) in sa do Expect.isTrue (close t sb[n] 1e-6) $"state {n}"
+        test "FlatAdamW.ClipGradNorm equals torch.nn.utils.clip_grad_norm_; ZeroGrad catches replaced gradients" {
+            let shapes = [ [| 3L; 4L |]; [| 4L |]; [| 2L; 2L |] ]
+            let a, b = makeParams shapes 7
+            use flat = new FlatAdamW(b |> Seq.map (fun (n, p) -> struct (n, p)), 0.0)
+            for (_, p), (_, q) in List.zip a b do
+                let g = torch.randn(p.shape) * 3.0
+                p.grad <- g
+                setGrad q g
+            let refNorm = torch.nn.utils.clip_grad_norm_(a |> Seq.map snd, 1.0)
+            use norm = flat.ClipGradNorm(1.0)
+            Expect.floatClose Accuracy.medium (float (norm.item<float32>())) refNorm "norm before clipping"
+            for (_, p), (_, q) in List.zip a b do
+                use gq = q.grad
+                Expect.isTrue (close p.grad gq 1e-6) "clipped gradients"
+            (snd b[1]).grad <- null
+            Expect.throwsT<InvalidOperationException> (fun () -> flat.ZeroGrad()) "a dropped gradient is reported"
+        }
+        test "bf16 frozen path: weights stored once in bf16, LoRA weights fp32 with gradients; logits and grads close to fp32" {
+            let build () =
+                torch.manual_seed(3L) |> ignore
+                let m = Zoo.Create("vit", tinyArgs)
+                let t = Tuner.Apply(m, Benchmark.Config("lora", 4))
+                use _ = torch.no_grad()
+                for (_, l) in t.Layers do ((l :?> LoraLinear).B("default").weight.normal_(0.0, 0.1) |> ignore)
+                m
+            use m32 = build ()
+            use m16 = build ()
+            copyParams m32 m16
+            MixedPrecision.Apply(m16, Precision.BFloat16)
+            let ps = m16.named_parameters() |> Seq.map (fun struct (n, p) -> n, p) |> Map.ofSeq
+            Expect.equal ps["blocks.0.attn.qkv.base_layer.weight"].dtype torch.bfloat16 "frozen base in bf16"
+            Expect.equal ps["blocks.0.norm1.weight"].dtype torch.bfloat16 "frozen norm in bf16"
+            Expect.equal ps["blocks.0.attn.qkv.lora_A.default.weight"].dtype torch.float32 "LoRA A in fp32"
+            Expect.equal ps["head.modules_to_save.default.weight"].dtype torch.float32 "trained head in fp32"
+            torch.manual_seed(4L) |> ignore
+            let x = torch.randn(3L, 3L, 16L, 16L)
+            let y32 = m32.forward(x)
+            let y16 = m16.forward(x.``to``(torch.bfloat16))
+            Expect.equal y16.dtype torch.float32 "logits of the fp32 head"
+            let rel = ((y16 - y32).norm() / y32.norm()).item<float32>()
+            Expect.isLessThan rel 0.05f $"bf16 logits within 5 percent of fp32 (relative error {rel})"
+            y32.sum().backward()
+            y16.sum().backward()
+            let g name (m: torch.nn.Module) = (m.named_parameters() |> Seq.find (fun struct (n, _) -> n = name) |> fun struct (_, p) -> p.grad)
+            for name in [ "blocks.0.attn.qkv.lora_A.default.weight"; "blocks.1.attn.qkv.lora_B.default.weight"; "head.modules_to_save.default.weight" ] do
+                let a, b = g name m32, g name m16
+                Expect.equal b.dtype torch.float32 $"{name}: fp32 gradient"
+                let cos = torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), 0L).item<float32>()
+                Expect.isGreaterThan cos 0.99f $"{name}: gradient direction (cosine {cos})"
+        }
+        // sequenced: the MLP has dropout, drawn from torch's global generator (re-seeded per step)
+        testSequenced <| test "Trainer reading the loss every 3 steps: the same curve and weights; NaN named at its step" {
+            let data = TrainingTests.synthetic 96 2
+            let run every =
+                let model = TrainingTests.mlp 4 64L
+                let r = Trainer(model, TrainOptions(Epochs = 2, BatchSize = 16, Seed = 1, LossReadEvery = every)).Fit(data)
+                r, TrainingTests.parametersOf model
+            let r1, w1 = run 1
+            let r3, w3 = run 3
+            let curve (r: TrainResult) = r.LossCurve |> Seq.map (fun (s: StepLoss) -> s.Step, s.Epoch, s.Loss, s.LearningRate) |> List.ofSeq
+            Expect.equal (curve r3) (curve r1) "loss curve"
+            Expect.equal (curve r3).Length 12 "every step recorded"
+            for (n, a), (_, b) in List.zip w1 w3 do Expect.isTrue (TrainingTests.same a b) $"{n}"
+            use d = new TempDir()
+            let model = TrainingTests.mlp 4 64L
+            StepHooks.Attach(model, TrainingTests.RecordingHook(model, 0.0f, 5))
+            let o = TrainOptions(Epochs = 2, BatchSize = 16, LossReadEvery = 4, CheckpointDir = d.Path, CheckpointEverySteps = 3)
+            let e = Expect.throwsC (fun () -> Trainer(model, o).Fit(data) |> ignore) id
+            Expect.equal (e :?> TrainingDivergedException).Step 5L "the first non-finite step"
+            let struct (meta, tensors) = CheckpointFile.Read(Path.Combine(d.Path, Trainer.CheckpointFileName))
+            Expect.stringContains meta "\"Step\":3" "the checkpoint of step 3 stays (none written after the NaN)"
+            for t in tensors.Values do t.Dispose()
+        }
+        test "TrainingStep (FlatAdamW, on-device clipping) trains as the per-parameter loop with clip_grad_norm_" {
+            let build () =
+                torch.manual_seed(5L) |> ignore
+                let m = Zoo.Create("vit", tinyArgs)
+                Tuner.Apply(m, Benchmark.Config("lora-all", 2)) |> ignore
+                m
+            use a = build ()
+            use b = build ()
+            copyParams a b
+            torch.manual_seed(6L) |> ignore
+            let x = torch.randn(4L, 3L, 16L, 16L)
+            let y = torch.randint(0L, 5L, [| 4L |])
+            let trainable = a.named_parameters() |> Seq.filter (fun struct (_, p) -> p.requires_grad) |> Seq.map (fun struct (n, p) -> (n, p)) |> Seq.toArray
+            let opt = AdamW(trainable |> Seq.map (fun (n, p) -> struct (n, p)), 0.05)
+            use step = new TrainingStep(b, 0.05, 0.9, 0.999, 1e-8, 0.5)
+            for i in 1 .. 3 do
+                let la = torch.nn.functional.cross_entropy(a.forward(x), y)
+                la.backward()
+                torch.nn.utils.clip_grad_norm_(trainable |> Seq.map snd, 0.5) |> ignore
+                opt.Step(1e-2)
+                a.zero_grad(true)
+                let lb = step.WithExtraLoss(torch.nn.functional.cross_entropy(b.forward(x), y))
+                Expect.floatClose Accuracy.medium (float (lb.item<float32>())) (float (la.item<float32>())) $"loss at step {i}"
+                step.BackwardAndStep(lb, 1e-2)
+                step.AfterStep(int64 i)
+            let pb = b.named_parameters() |> Seq.map (fun struct (n, p) -> n, p) |> Map.ofSeq
+            for (n, p) in trainable do Expect.isTrue (close p pb[n] 1e-5) $"{n} after 3 steps"
+        }
+    ]
