@@ -1,3 +1,4 @@
+using Lora.Core.IO;
 using System.Security.Cryptography;
 using System.Text;
 

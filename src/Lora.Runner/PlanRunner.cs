@@ -1,3 +1,4 @@
+using Lora.Core.IO;
 using System.Diagnostics;
 using System.Text.Json;
 using System.Text.Json.Nodes;

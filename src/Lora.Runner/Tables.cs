@@ -1,3 +1,4 @@
+using Lora.Core.IO;
 using System.Globalization;
 using System.Text;
 using System.Text.Json.Nodes;

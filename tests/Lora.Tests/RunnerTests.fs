@@ -8,6 +8,7 @@ open System.Threading
 open Expecto
 open Lora.Dsl
 open Lora.Runner
+open Lora.Core.IO
 open Lora.Tests.Generators
 
 /// Writes plausible metrics without training: accuracy from the hash, a short decreasing loss curve,

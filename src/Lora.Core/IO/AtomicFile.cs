@@ -9,7 +9,7 @@ public static class AtomicFile
         var full = Path.GetFullPath(path);
         var dir = Path.GetDirectoryName(full)!;
         Directory.CreateDirectory(dir);
-        var tmp = Path.Combine(dir, $".{Path.GetFileName(full)}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp");
+        var tmp = Path.Combine(dir, $".{Path.GetFileName(full)}.tmp-{Environment.ProcessId}-{Guid.NewGuid():N}");
         try
         {
             using (var fs = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None))
@@ -30,4 +30,12 @@ public static class AtomicFile
         Write(path, fs => { var b = new System.Text.UTF8Encoding(false).GetBytes(text); fs.Write(b); });
 
     public static void WriteAllBytes(string path, byte[] bytes) => Write(path, fs => fs.Write(bytes));
+
+    /// Removes the temporary files a killed process left behind in dir.
+    public static void CleanStaleTemps(string dir)
+    {
+        if (!Directory.Exists(dir)) return;
+        foreach (var f in Directory.EnumerateFiles(dir, ".*.tmp-*"))
+            try { File.Delete(f); } catch (IOException) { }
+    }
 }
