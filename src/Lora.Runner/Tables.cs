@@ -63,7 +63,8 @@ public static class Tables
 
     static string BackboneOf(Row r) => r.Backbone ?? r.Zoo switch
     {
-        "sam_vit" => "ViT", "sam_tiny_vit" => "TinyViT", "unet" => "UNet", var z => z,
+        "sam_vit" or "sam_vit_b" or "sam_vit_l" or "sam_vit_h" or "sam_vit_s" => "ViT",
+        "sam_tiny_vit" or "mobile_sam" => "TinyViT", "unet" => "UNet", var z => z,
     };
 
     /// <summary>Writes every table and curve under <paramref name="outDir"/>; returns the files written or checked.</summary>
