@@ -24,6 +24,17 @@ let private tinyQuickstart (dir: TempDir) =
 
 let tests =
     testList "EndToEnd" [
+        test "the committed paper tables are exactly what `lora tables` makes of the committed results" {
+            use dir = new TempDir()
+            Tables.Generate(ResultsStore(Path.Combine(repoRoot, "results")), dir.Path) |> ignore
+            let committed = Path.Combine(repoRoot, "paper-tables")
+            let mds = Directory.GetFiles(committed, "*.md") |> Array.map Path.GetFileName |> Array.sort
+            Expect.isNonEmpty mds "paper-tables/ has tables"
+            Expect.equal (Directory.GetFiles(dir.Path, "*.md") |> Array.map Path.GetFileName |> Array.sort) mds "same tables"
+            for md in mds do
+                Expect.equal (File.ReadAllText(Path.Combine(dir.Path, md))) (File.ReadAllText(Path.Combine(committed, md))) md
+        }
+
         test "the quickstart spec on a tiny subset trains every method and produces a table with real numbers" {
             if not (Lora.Core.Data.FashionMnist.IsInstalled()) then skiptest "dataset-fashion-mnist is not installed"
             use dir = new TempDir()
