@@ -51,10 +51,13 @@ public sealed class TrainingExecutor : IRunExecutor
             TrainTransforms = InputTransforms(model, data, OptionInt(training.ImageSize)),
         };
         var trainer = new Trainer(model, options);
-        var progress = new Progress(ctx.Log);
-        var result = data.IsSegmentation
+        TrainResult Train(IProgress<TrainingProgress> progress) => data.IsSegmentation
             ? trainer.Resume(data.SegTrain!, data.SegValidation, progress, ct)
             : trainer.Resume(data.Train!, data.Validation, progress, ct);
+        // A live bar on a terminal; plain epoch lines (console and log.txt) otherwise.
+        var result = ProgressView.IsInteractive ? ProgressView.Run(run.Id, Train) : Train(new Progress(ctx.Log));
+        if (ProgressView.IsInteractive)
+            foreach (var e in result.Epochs) new Progress(ctx.Log).Report(new TrainingProgress(e.Epoch, training.Epochs, e.Step, result.Steps, e.TrainLoss, 0, result.ImagesPerSecond, TimeSpan.Zero, e));
         if (result.ResumedFromStep is long from) ctx.Log($"resumed from the checkpoint at step {from}");
 
         SaveWeights(spec, model, tuned, ctx.ArtifactsDir);
