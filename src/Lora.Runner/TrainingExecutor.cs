@@ -55,9 +55,11 @@ public sealed class TrainingExecutor : IRunExecutor
             ? trainer.Resume(data.SegTrain!, data.SegValidation, progress, ct)
             : trainer.Resume(data.Train!, data.Validation, progress, ct);
         // A live bar on a terminal; plain epoch lines (console and log.txt) otherwise.
-        var result = ProgressView.IsInteractive ? ProgressView.Run(run.Id, Train) : Train(new Progress(ctx.Log));
-        if (ProgressView.IsInteractive)
-            foreach (var e in result.Epochs) new Progress(ctx.Log).Report(new TrainingProgress(e.Epoch, training.Epochs, e.Step, result.Steps, e.TrainLoss, 0, result.ImagesPerSecond, TimeSpan.Zero, e));
+        var epochLog = new Progress(ctx.Log);
+        bool live = ProgressView.IsInteractive;
+        var result = live ? ProgressView.Run(run.Id, Train) : Train(epochLog);
+        // the live bar owned the console while training: the run's log gets its epoch lines now
+        if (live) foreach (var e in result.Epochs) epochLog.Epoch(e, training.Epochs, result.ImagesPerSecond);
         if (result.ResumedFromStep is long from) ctx.Log($"resumed from the checkpoint at step {from}");
 
         SaveWeights(spec, model, tuned, ctx.ArtifactsDir);
@@ -260,10 +262,14 @@ public sealed class TrainingExecutor : IRunExecutor
     {
         public void Report(TrainingProgress p)
         {
-            if (p.EpochEnd is not { } e) return;
+            if (p.EpochEnd is { } e) Epoch(e, p.Epochs, p.ImagesPerSecond);
+        }
+
+        public void Epoch(EpochMetrics e, int epochs, double imagesPerSecond)
+        {
             var v = e.Validation;
             var metric = v is null ? "" : v.Top1 is double a ? $", val accuracy {a:P1}" : v.Dice is double d ? $", val DICE {d:F3}, mIoU {v.MIoU:F3}" : "";
-            log($"epoch {e.Epoch}/{p.Epochs}: train loss {e.TrainLoss:F4}{(v is null ? "" : $", val loss {v.Loss:F4}")}{metric}, {p.ImagesPerSecond:F0} img/s");
+            log($"epoch {e.Epoch}/{epochs}: train loss {e.TrainLoss:F4}{(v is null ? "" : $", val loss {v.Loss:F4}")}{metric}, {imagesPerSecond:F0} img/s");
         }
     }
 }

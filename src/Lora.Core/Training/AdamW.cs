@@ -7,6 +7,8 @@ namespace Lora.Core.Training;
 /// AdamW (Loshchilov & Hutter; PyTorch's update rule) over named parameters, with its state exposed
 /// by name so a checkpoint can store and restore it bit for bit. Weight decay applies to parameters
 /// with 2 or more dimensions (not to biases and norm scales, as timm does).
+/// Training uses <see cref="FlatAdamW"/> (the same rule in a few large kernels per step); this
+/// per-parameter form is the plain reference that FlatAdamW is property-tested against.
 public sealed class AdamW
 {
     readonly (string Name, Parameter P)[] parameters;
