@@ -29,7 +29,7 @@ public static class SummaryCommand
                 description = "full fine-tuning";
                 break;
             case "head":
-                var heads = train.Count > 0 ? train : new List<string> { "head" };
+                var heads = train.Count > 0 ? train : new List<string> { Lora.Core.Models.Zoo.Classifier(model) };
                 var trained = FreezeAllBut(model, heads);
                 if (trained == 0) return Bad(stderr, $"no parameter of {o.Model} is under {string.Join(", ", heads)}; name the classifier with --train");
                 summary = ParameterSummary.Of(model);

@@ -87,7 +87,7 @@ public sealed class TrainingExecutor : IRunExecutor
                 throw new FileNotFoundException($"{spec.Id}: the base weights {weights} do not exist" +
                     (spec.Model.IsFromPretrain ? " (did its pretraining run finish?)" : ""), weights);
             // The classifier is new whenever the class count differs: keep the model's fresh one.
-            var head = HeadName(model);
+            var head = Zoo.Classifier(model);
             var shapes = model.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.shape);
             var fileShapes = Safetensors.ReadHeader(weights).Entries.ToDictionary(e => e.Name, e => e.Shape);
             bool Skip(string key) => key.StartsWith(head + ".", StringComparison.Ordinal)
@@ -116,18 +116,11 @@ public sealed class TrainingExecutor : IRunExecutor
         return args;
     }
 
-    /// The module trained by `head` and kept by modules_to_save: the classifier, or the decoder of a segmenter.
-    static string HeadName(nn.Module model) => model switch
-    {
-        UNet => "outc",
-        Sam => "mask_decoder",
-        _ => "head",
-    };
-
     static TunedModel? ApplyMethod(Run spec, nn.Module<Tensor, Tensor> model)
     {
         var method = spec.Method;
-        var head = HeadName(model);
+        // the spec word `head` is the model's own classifier (a segmenter's decoder)
+        var head = Zoo.Classifier(model);
         switch (method.Kind)
         {
             case MethodKind.Full:
@@ -137,11 +130,8 @@ public sealed class TrainingExecutor : IRunExecutor
                     p.requires_grad = name.StartsWith(head + ".", StringComparison.Ordinal);
                 return null;
         }
-        // SAM's mask decoder takes several inputs, so PEFT's modules_to_save wrapper cannot stand in
-        // for it: it is trained in place instead (and saved with the full model, see SaveWeights).
-        bool inPlace = model is Sam;
         IEnumerable<string> Saved(Microsoft.FSharp.Collections.FSharpList<string> names) =>
-            names.Select(n => n == "head" ? head : n).Where(n => !(inPlace && n == head));
+            names.Select(n => n == "head" ? head : n);
         TuningConfig config;
         if (method.Kind == MethodKind.Adapter)
         {
@@ -185,11 +175,7 @@ public sealed class TrainingExecutor : IRunExecutor
                 };
             }
         }
-        var tuned = Tuner.Apply(model, config);
-        if (inPlace)
-            foreach (var (name, p) in model.named_parameters())
-                if (name.StartsWith(head + ".", StringComparison.Ordinal)) p.requires_grad = true;
-        return tuned;
+        return Tuner.Apply(model, config);
     }
 
     /// Grey → RGB when the model wants 3 channels; resize to the spec's image size, else to the
@@ -223,8 +209,9 @@ public sealed class TrainingExecutor : IRunExecutor
     {
         Directory.CreateDirectory(dir);
         if (tuned is not null) AdapterCheckpoint.Save(tuned, Path.Combine(dir, AdapterFolder));
-        // full, head, and heads trained in place (not in the adapter): the whole model
-        if (tuned is null || model is Sam) StateDict.Save(model, Path.Combine(dir, ModelFile));
+        // full and head runs: the whole model; an adapter holds all a PEFT-method run trained
+        // (modules to save, those trained in place included)
+        if (tuned is null) StateDict.Save(model, Path.Combine(dir, ModelFile));
     }
 
     static RunResult ToRunResult(TrainResult r, ParameterSummary summary, TunedModel? tuned)

@@ -300,4 +300,87 @@ let tableTests =
         }
     ]
 
-let tests = testList "Runner" [ runTests; tableTests ]
+/// A SAM small enough to train in seconds: the options of its spec, and the same as --model-config JSON.
+let private samOptions =
+    [ "img_size", "32"; "in_chans", "1"; "patch_size", "8"; "embed_dim", "32"; "depth", "2"; "num_heads", "2"; "window_size", "0"
+      "out_chans", "32"; "decoder_depth", "1"; "decoder_num_heads", "2"; "decoder_mlp_dim", "32"; "iou_head_hidden_dim", "16"; "mask_in_chans", "4" ]
+
+let private samSpec =
+    let options = samOptions |> List.map (fun (k, v) -> $"{k}: {v}") |> String.concat ", "
+    let data classes = $"{{ source: composed_segmentation, canvas: 48, objects: 1, classes: {classes}, limit_train: 32, limit_val: 16 }}"
+    $"""pretrain:
+  - name: sam-tiny
+    task: segmentation
+    model: {{ zoo: sam_vit, options: {{ {options} }} }}
+    dataset: {data "[0, 1, 2, 3, 4]"}
+    epochs: 1
+    batch: 16
+    lr: 0.003
+experiments:
+  - name: sam-tiny
+    task: segmentation
+    model: {{ pretrain: sam-tiny }}
+    dataset: {data "[5, 6, 7, 8, 9]"}
+    methods: [{{ lora: {{ targets: [qkv] }} }}]
+    ranks: [2]
+    epochs: 1
+    batch: 16
+    lr: 0.003
+"""
+
+let private samRunTests =
+    testList "SAM run" [
+        test "a SAM LoRA run keeps its trained mask decoder in the adapter, and `lora merge` rebuilds the tuned model from the artifacts" {
+            if not (Lora.Core.Data.FashionMnist.IsInstalled()) then skiptest "dataset-fashion-mnist is not installed"
+            use dir = new TempDir()
+            let spec = dir.File "sam.yaml"
+            File.WriteAllText(spec, samSpec)
+            let results = dir.File "results"
+            let code, log = run (runOpts spec results) (TrainingExecutor())
+            Expect.equal code 0 log
+            let plan = planJson spec results
+            let artifacts (o: JsonObject) = Path.Combine(dir.File "results-artifacts", string o.["hash"])
+            let pre, tune = artifacts plan.[0], artifacts plan.[1]
+            let adapter = Path.Combine(tune, TrainingExecutor.AdapterFolder)
+            Expect.isFalse (File.Exists(Path.Combine(tune, TrainingExecutor.ModelFile))) "no whole-model copy: the adapter holds what trained"
+            let config = JsonNode.Parse(File.ReadAllText(Path.Combine(adapter, "adapter_config.json")))
+            Expect.equal [ for n in config.["modules_to_save"].AsArray() -> string n ] [ "mask_decoder" ] "the spec's `head` is SAM's mask decoder"
+            let baseWeights = Path.Combine(pre, TrainingExecutor.ModelFile)
+            let adapterFile = Path.Combine(adapter, "adapter_model.safetensors")
+            let decoderKeys = Safetensors.ReadHeader(baseWeights).Entries |> Seq.map (fun e -> e.Name) |> Seq.filter (fun k -> k.StartsWith "mask_decoder.") |> Set.ofSeq
+            let adapterKeys = Safetensors.ReadHeader(adapterFile).Entries |> Seq.map (fun e -> e.Name) |> Set.ofSeq
+            Expect.isNonEmpty decoderKeys "the decoder has parameters"
+            for k in decoderKeys do Expect.contains adapterKeys ("base_model.model." + k) $"{k} in the adapter"
+            // merge from the artifacts alone, then compare with base + adapter unmerged
+            let json = dir.File "sam.json"
+            File.WriteAllText(json, "{" + (samOptions |> List.map (fun (k, v) -> $"\"{k}\": {v}") |> String.concat ", ") + "}")
+            let merged = dir.File "merged.safetensors"
+            use out = new StringWriter()
+            use err = new StringWriter()
+            let mcode = Commands.Dispatch([| "merge"; "--model"; "sam_vit"; "--model-config"; json; "--weights"; baseWeights; "--adapter"; adapter; "--out"; merged |],
+                                          (fun () -> TrainingExecutor() :> IRunExecutor), out, err)
+            Expect.equal mcode 0 (err.ToString())
+            let args = Lora.Core.Models.ModelArgs.FromFile json
+            use plain = Lora.Core.Models.Zoo.Create("sam_vit", args)
+            StateDict.Load(plain, merged, strict = true) |> ignore
+            use tuned = Lora.Core.Models.Zoo.Create("sam_vit", args)
+            StateDict.Load(tuned, baseWeights, strict = true) |> ignore
+            let before = tuned.state_dict() |> Seq.map (fun kv -> kv.Key, kv.Value.clone()) |> Map.ofSeq
+            Lora.Core.Tuning.AdapterCheckpoint.Load(tuned, adapter) |> ignore
+            let after = plain.state_dict()
+            let saved = Safetensors.Load adapterFile
+            let differ (a: TorchSharp.torch.Tensor) (b: TorchSharp.torch.Tensor) = (a - b).abs().max().item<float32>() > 0.0f
+            Expect.isTrue (decoderKeys |> Seq.exists (fun k -> differ after.[k] before.[k])) "the decoder trained"
+            for k in decoderKeys do Expect.isFalse (differ after.[k] saved.["base_model.model." + k]) $"{k}: merged = adapter"
+            Expect.isTrue (differ after.["image_encoder.blocks.0.attn.qkv.weight"] before.["image_encoder.blocks.0.attn.qkv.weight"]) "LoRA merged into qkv"
+            plain.eval (); tuned.eval ()
+            use _ = TorchSharp.torch.no_grad ()
+            use x = TorchSharp.torch.rand(2L, 1L, 32L, 32L)
+            use ym = plain.call x
+            use yt = tuned.call x
+            let gap = (ym - yt).abs().max().item<float32>() |> float
+            Expect.isLessThan gap 1e-4 "merged masks = base + adapter masks"
+        }
+    ]
+
+let tests = testList "Runner" [ runTests; tableTests; samRunTests ]

@@ -247,6 +247,58 @@ let private injectionTests =
             // the forward uses the new layers: a fresh LoRA leaves the output as it was
             ignore t
         }
+        test "a module to save that no wrapper can stand in for (SAM's mask decoder) trains in place and saves under PEFT's keys" {
+            let cfg = """{"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2, "window_size": 0,
+                          "out_chans": 32, "decoder_depth": 1, "decoder_num_heads": 2, "decoder_mlp_dim": 32, "iou_head_hidden_dim": 16, "mask_in_chans": 4}"""
+            let twin () =
+                let a = Lora.Core.Models.Zoo.Create("sam_vit", cfg)
+                let b = Lora.Core.Models.Zoo.Create("sam_vit", cfg)
+                use _ = torch.no_grad ()
+                let sa = a.state_dict()
+                for KeyValue(k, v) in b.state_dict() do v.copy_(sa.[k]) |> ignore
+                a.eval (); b.eval ()
+                a, b
+            let a, b = twin ()
+            let decoder = [ for struct (n, p) in a.named_parameters() do if n.StartsWith "mask_decoder." then n, p.numel() ]
+            let baseTotal = count a false
+            let config = TuningConfig(Targets = [| "qkv" |], Rank = 2, ModulesToSave = [| "mask_decoder" |])
+            let report = Tuner.Match(a, config)
+            Expect.equal [ for m in report.TrainedInPlace -> m.Path, m.ModuleType ] [ "mask_decoder", "MaskDecoder" ] "reported as trained in place"
+            Expect.isEmpty report.ModulesToSave "not wrapped"
+            let t = Tuner.Apply(a, config)
+            Expect.equal (List.ofSeq (t.TrainedInPlace())) [ "mask_decoder" ] "the adapter trains it in place"
+            Expect.isEmpty t.SavedModules "no wrapper"
+            let trainable = [ for struct (n, p) in a.named_parameters() do if p.requires_grad then n ]
+            Expect.equal (trainable |> List.filter (fun n -> not (n.Contains ".lora_"))) (List.map fst decoder) "the decoder's own parameters train, besides LoRA"
+            let lora = t.Layers |> Seq.sumBy (fun struct (_, l) -> l.AdapterParameters "default" |> Seq.sumBy (fun p -> p.numel()))
+            Expect.equal (count a false) (baseTotal + lora) "no copy: the total grows by LoRA only"
+            let saved = AdapterCheckpoint.StateDict t
+            Expect.equal (saved.Keys |> Seq.filter (fun k -> k.Contains "mask_decoder") |> Seq.sort |> List.ofSeq)
+                (decoder |> List.map (fun (n, _) -> "base_model.model." + n) |> List.sort) "saved as PEFT saves a module to save"
+            // train it a little, save, load into the twin: same weights, same masks
+            randomise [ for struct (_, l) in t.Layers do yield! l.AdapterParameters "default" ] 41
+            randomise [ for struct (n, p) in a.named_parameters() do if n.StartsWith "mask_decoder." then p ] 42
+            use dir = new TempDir()
+            AdapterCheckpoint.Save(t, dir.Path)
+            let json = IO.File.ReadAllText(IO.Path.Combine(dir.Path, AdapterCheckpoint.ConfigFile))
+            Expect.stringContains json "\"mask_decoder\"" "listed in modules_to_save"
+            let tb = AdapterCheckpoint.Load(b, dir.Path)
+            Expect.equal (List.ofSeq (tb.TrainedInPlace())) [ "mask_decoder" ] "loaded in place"
+            let sb = b.state_dict()
+            for KeyValue(k, v) in a.state_dict() do
+                if k.StartsWith "mask_decoder." then Expect.isTrue (same v sb.[k]) $"{k} loaded"
+            use _ = torch.no_grad ()
+            use x = torch.randn(2L, 3L, 32L, 32L)
+            use ya = a.call x
+            use yb = b.call x
+            close "masks after load" torch.float32 ya yb
+            // only one adapter may train it in place; a module holding tuned layers cannot be
+            let e = throwsMsg<ArgumentException> (fun () -> Tuner.Apply(a, TuningConfig(Targets = [| "qkv" |], Rank = 2, ModulesToSave = [| "mask_decoder" |]), "other") |> ignore)
+            Expect.stringContains e "already trained in place by adapter 'default'" "second adapter refused"
+            let c = Lora.Core.Models.Zoo.Create("sam_vit", cfg)
+            let e2 = Tuner.Match(c, TuningConfig(Targets = [| "qkv" |], Rank = 2, ModulesToSave = [| "image_encoder" |])).Errors
+            Expect.exists e2 (fun m -> m.Contains "'image_encoder' is trained in place" && m.Contains "target 'image_encoder.blocks.0.attn.qkv'") "a module holding a target"
+        }
         test "bias modes: lora_only trains the tuned layers' biases, all trains every bias" {
             let m = vitTiny ()
             Tuner.Apply(m, TuningConfig(Targets = [| "qkv" |], Rank = 2, Bias = BiasMode.LoraOnly)) |> ignore

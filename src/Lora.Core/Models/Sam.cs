@@ -547,9 +547,10 @@ public sealed record SamConfig(
 
 /// A SAM-style promptable segmenter: image_encoder, prompt_encoder, mask_decoder with
 /// segment-anything's keys. As a Module it segments images with no prompt.
-public sealed class Sam : nn.Module<Tensor, Tensor>, IPromptableSegmenter
+public sealed class Sam : nn.Module<Tensor, Tensor>, IPromptableSegmenter, IHasClassifier
 {
     public SamConfig Config { get; }
+    public string Classifier => "mask_decoder";
     private nn.Module<Tensor, Tensor> image_encoder;
     private PromptEncoder prompt_encoder;
     private MaskDecoder mask_decoder;

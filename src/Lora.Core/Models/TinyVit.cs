@@ -329,9 +329,10 @@ public sealed record TinyVitConfig(
 }
 
 /// timm's TinyVit: conv patch embedding, an MBConv stage, windowed-attention stages, norm head.
-public sealed class TinyVit : nn.Module<Tensor, Tensor>
+public sealed class TinyVit : nn.Module<Tensor, Tensor>, IHasClassifier
 {
     public TinyVitConfig Config { get; }
+    public string Classifier => "head";
     private TinyVitPatchEmbed patch_embed;
     private ModuleList<nn.Module<Tensor, Tensor>> stages;
     private NormClassifierHead head;

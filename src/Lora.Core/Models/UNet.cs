@@ -60,9 +60,10 @@ public sealed record UNetConfig(long in_chans = 3, long num_classes = 1, long ba
 
 /// A plain UNet for image → mask logits [N, num_classes, H, W]: encoder DoubleConvs with max-pooling,
 /// decoder with transposed-conv upsampling and skip concatenations, a final 1×1 conv.
-public sealed class UNet : nn.Module<Tensor, Tensor>
+public sealed class UNet : nn.Module<Tensor, Tensor>, IHasClassifier
 {
     public UNetConfig Config { get; }
+    public string Classifier => "outc";
     private DoubleConv inc;
     private ModuleList<DoubleConv> downs;
     private ModuleList<UpBlock> ups;

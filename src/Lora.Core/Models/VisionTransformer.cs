@@ -109,9 +109,10 @@ public sealed record VitConfig(
 }
 
 /// timm's VisionTransformer (class token, learned position embedding, pre-norm blocks, token pooling).
-public sealed class VisionTransformer : nn.Module<Tensor, Tensor>
+public sealed class VisionTransformer : nn.Module<Tensor, Tensor>, IHasClassifier
 {
     public VitConfig Config { get; }
+    public string Classifier => "head";
     private PatchEmbed patch_embed;
     private Parameter cls_token;
     private Parameter pos_embed;

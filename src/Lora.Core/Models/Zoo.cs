@@ -52,6 +52,10 @@ public static class Zoo
     public static nn.Module<Tensor, Tensor> Create(string name, string jsonArgs, Device? device = null) =>
         Create(name, ModelArgs.FromJson(jsonArgs), device);
 
+    /// The model's head module path (<see cref="IHasClassifier"/>, timm's pretrained_cfg['classifier']).
+    public static string Classifier(nn.Module model) => model is IHasClassifier c ? c.Classifier
+        : throw new ArgumentException($"{model.GetType().Name} names no classifier module (it does not implement IHasClassifier): name the modules to train explicitly");
+
     /// The number of parameters of a named model, counted on the meta device (no memory used).
     public static long ParameterCount(string name, ModelArgs? args = null)
     {

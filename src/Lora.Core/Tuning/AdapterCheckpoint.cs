@@ -10,7 +10,8 @@ namespace Lora.Core.Tuning;
 /// and `adapter_model.safetensors` holding only the tuning parameters and fully trained modules,
 /// keyed as PEFT's save_pretrained keys them: `base_model.model.&lt;path&gt;.lora_A.weight` (the adapter
 /// name removed), `…lora_magnitude_vector` (DoRA), `…lora_A`/`lora_E`/`lora_B` (AdaLoRA, sliced to
-/// the kept ranks of rank_pattern), `base_model.model.head.weight` (modules to save). Bias modes
+/// the kept ranks of rank_pattern), `base_model.model.head.weight` (modules to save, wrapped or
+/// trained in place alike). Bias modes
 /// save `…base_layer.bias` keys. Bottleneck adapters (not a PEFT method) are saved with
 /// peft_type "BOTTLENECK_ADAPTER" and keys `base_model.model.&lt;block&gt;.adapter_attn.fc1.weight`.
 public static class AdapterCheckpoint
@@ -245,6 +246,8 @@ public static class AdapterCheckpoint
         foreach (var (path, w) in model.SavedModules)
             if (w.AdapterNames.Contains(adapter))
                 foreach (var (n, t) in w.Copy(adapter).named_parameters()) result[Prefix + path + "." + n] = t;
+        foreach (var path in model.TrainedInPlace(adapter))
+            foreach (var (n, t) in ModuleTree.Get(model.Model, path).named_parameters()) result[Prefix + path + "." + n] = t;
         if (config.Method == TuningMethod.Adapter)
             foreach (var (n, t) in model.Model.named_parameters())
                 if (n.Contains("adapter_attn.") || n.Contains("adapter_mlp.")) result[Prefix + n] = t;

@@ -7,12 +7,17 @@ namespace Lora.Core.Tuning;
 /// A module trained fully alongside the adapters, as PEFT's ModulesToSaveWrapper: the original is
 /// kept frozen as `original_module`, and each adapter trains its own copy `modules_to_save.&lt;adapter&gt;`
 /// (both count in the total, as in PEFT). With adapters disabled the original is used.
+/// It stands in only for one-tensor layers it can copy; any other module to save (SAM's mask
+/// decoder, whose forward takes several inputs) is trained in place (see TuningConfig.ModulesToSave).
 public sealed class ModulesToSaveWrapper : nn.Module<Tensor, Tensor>
 {
 #pragma warning disable IDE1006
     public nn.Module<Tensor, Tensor> original_module;
     public AdapterSlots modules_to_save = new();
 #pragma warning restore IDE1006
+
+    /// Whether a wrapper can stand in for the module: a one-tensor module that <see cref="ModuleCopy"/> copies.
+    public static bool CanWrap(nn.Module m) => m is nn.Module<Tensor, Tensor> && ModuleCopy.Supports(m);
 
     public ModulesToSaveWrapper(nn.Module<Tensor, Tensor> original) : base(nameof(ModulesToSaveWrapper))
     {
@@ -53,6 +58,8 @@ public sealed class ModulesToSaveWrapper : nn.Module<Tensor, Tensor>
 /// Deep copies of the layer types that are commonly trained fully (classifier heads, norms).
 public static class ModuleCopy
 {
+    public static bool Supports(nn.Module m) => m is Linear or Conv2d or LayerNorm or Identity;
+
     public static nn.Module<Tensor, Tensor> Clone(nn.Module<Tensor, Tensor> m)
     {
         nn.Module<Tensor, Tensor> copy = m switch

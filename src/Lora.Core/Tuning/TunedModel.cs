@@ -20,6 +20,7 @@ public sealed class TunedModel
     readonly Dictionary<string, TuningConfig> configs = new();
     readonly Dictionary<string, List<(IAdapterHost Host, BottleneckAdapter Attn, BottleneckAdapter Mlp)>> hostAdapters = new();
     readonly Dictionary<string, RankAllocator> allocators = new();
+    readonly Dictionary<string, IReadOnlyList<string>> inPlace = new();
     string? active;
     bool disabled;
 
@@ -41,6 +42,9 @@ public sealed class TunedModel
 
     public IReadOnlyList<(string Path, ModulesToSaveWrapper Wrapper)> SavedModules =>
         ModuleTree.Descendants(Model).Where(m => m.Module is ModulesToSaveWrapper).Select(m => (m.Path, (ModulesToSaveWrapper)m.Module)).ToList();
+
+    /// The modules to save of an adapter that are trained in place (no wrapper could stand in for them).
+    public IReadOnlyList<string> TrainedInPlace(string adapter = "default") => inPlace.GetValueOrDefault(adapter) ?? Array.Empty<string>();
 
     /// AdaLoRA's allocator for an adapter (attached to <see cref="Model"/> as its step hook).
     public RankAllocator? Allocator(string adapter = "default") => allocators.GetValueOrDefault(adapter);
@@ -86,6 +90,9 @@ public sealed class TunedModel
         if (config.Method == TuningMethod.Adapter && configs.Values.Any(c => c.Method == TuningMethod.Adapter))
             throw new ArgumentException("a model can carry only one set of bottleneck adapters");
         if (Layers.Any(l => l.Layer.Merged)) throw new InvalidOperationException("unmerge the model before adding an adapter");
+        foreach (var m in report.TrainedInPlace)
+            if (inPlace.FirstOrDefault(kv => kv.Value.Contains(m.Path)) is { Key: not null } other)
+                throw new ArgumentException($"'{m.Path}' is already trained in place by adapter '{other.Key}' (only one-tensor layers get a copy per adapter); delete that adapter first");
 
         foreach (var m in report.Targets)
         {
@@ -112,6 +119,7 @@ public sealed class TunedModel
             }
             wrapper.AddAdapter(name);
         }
+        inPlace[name] = report.TrainedInPlace.Select(m => m.Path).ToList();
         if (config.Method == TuningMethod.Adapter)
         {
             var list = new List<(IAdapterHost, BottleneckAdapter, BottleneckAdapter)>();
@@ -163,7 +171,8 @@ public sealed class TunedModel
         ApplyState();
     }
 
-    /// Uses the base model alone (merged layers are unmerged first) until <see cref="EnableAdapters"/>.
+    /// Uses the base model alone (merged layers are unmerged first) until <see cref="EnableAdapters"/>;
+    /// modules trained in place keep their trained weights.
     public void DisableAdapters() { disabled = true; ApplyState(); }
 
     public void EnableAdapters() { disabled = false; ApplyState(); }
@@ -178,6 +187,7 @@ public sealed class TunedModel
         }
         configs.Remove(name);
         hostAdapters.Remove(name);
+        inPlace.Remove(name);
         if (allocators.Remove(name, out var alloc)) StepHooks.Detach(Model, alloc);
         foreach (var (path, w) in SavedModules)
         {
@@ -223,6 +233,8 @@ public sealed class TunedModel
         foreach (var (_, w) in SavedModules)
             if (w.AdapterNames.Contains(active))
                 foreach (var p in w.Copy(active).parameters()) p.requires_grad = true;
+        foreach (var path in TrainedInPlace(active))
+            foreach (var p in ModuleTree.Get(Model, path).parameters()) p.requires_grad = true;
         if (hostAdapters.TryGetValue(active, out var list))
             foreach (var (_, a, m) in list)
                 foreach (var p in a.parameters().Concat(m.parameters())) p.requires_grad = true;
@@ -263,7 +275,8 @@ public sealed class TunedModel
         return Remove(merge: true);
     }
 
-    /// Removes every adapter and returns the model with its original layers and weights.
+    /// Removes every adapter and returns the model with its original layers and weights (modules
+    /// trained in place keep what they learned: there is no original of them).
     public nn.Module Unload() => Remove(merge: false);
 
     nn.Module Remove(bool merge)
@@ -274,7 +287,7 @@ public sealed class TunedModel
         foreach (var list in hostAdapters.Values)
             foreach (var (host, _, _) in list) host.SetAdapters(null, null, 0.5);
         foreach (var a in allocators.Values) StepHooks.Detach(Model, a);
-        allocators.Clear(); hostAdapters.Clear(); configs.Clear();
+        allocators.Clear(); hostAdapters.Clear(); configs.Clear(); inPlace.Clear();
         active = null;
         foreach (var p in Model.parameters()) p.requires_grad = true;
         Tuner.Forget(Model);

@@ -5,7 +5,7 @@ using static TorchSharp.torch;
 namespace Lora.Core.Tuning;
 
 /// One module a configuration touches: a target (replaced by a tuning layer), a module to save
-/// (wrapped), or a block that hosts bottleneck adapters.
+/// (wrapped: "modules_to_save", or trained in place: "in_place"), or a block that hosts bottleneck adapters.
 public sealed record ModuleMatch(string Path, string Role, string ModuleType, string Pattern);
 
 /// What a configuration would do to a model, and every problem found, without changing it.
@@ -14,6 +14,8 @@ public sealed record MatchReport(IReadOnlyList<ModuleMatch> Matches, IReadOnlyLi
 {
     public IEnumerable<ModuleMatch> Targets => Matches.Where(m => m.Role == "target");
     public IEnumerable<ModuleMatch> ModulesToSave => Matches.Where(m => m.Role == "modules_to_save");
+    /// Modules to save that no wrapper can stand in for: their own parameters train.
+    public IEnumerable<ModuleMatch> TrainedInPlace => Matches.Where(m => m.Role == "in_place");
     public IEnumerable<ModuleMatch> AdapterHosts => Matches.Where(m => m.Role == "adapter_host");
 }
 
@@ -80,8 +82,11 @@ public static class Tuner
             foreach (var (path, m) in hit)
             {
                 if (matches.Any(x => x.Path == path && x.Role == "target")) errors.Add($"'{path}' is both a target and a module to save");
-                if (m is not ModulesToSaveWrapper && ModuleTree.CannotReplace(model, path, typeof(ModulesToSaveWrapper)) is { } why) errors.Add(why);
-                matches.Add(new(path, "modules_to_save", m.GetType().Name, pattern));
+                bool wrap = m is ModulesToSaveWrapper
+                    || ModulesToSaveWrapper.CanWrap(m) && ModuleTree.CannotReplace(model, path, typeof(ModulesToSaveWrapper)) is null;
+                if (!wrap && matches.FirstOrDefault(x => x.Role is "target" or "adapter_host" && x.Path.StartsWith(path + ".", StringComparison.Ordinal)) is { } inner)
+                    errors.Add($"'{path}' is trained in place as a module to save but holds the {inner.Role.Replace('_', ' ')} '{inner.Path}'; save a module without tuned layers in it");
+                matches.Add(new(path, wrap ? "modules_to_save" : "in_place", m.GetType().Name, pattern));
             }
         }
         foreach (var p in config.RankPattern.Keys.Concat(config.AlphaPattern.Keys))

@@ -40,8 +40,12 @@ public sealed record TuningConfig
     /// Which biases train (PEFT's `bias`).
     public BiasMode Bias { get; init; } = BiasMode.None;
 
-    /// Modules trained fully (e.g. the classifier `head`): the original is kept frozen as
-    /// `original_module` and a trainable copy is used as `modules_to_save.&lt;adapter&gt;`, as PEFT.
+    /// Modules trained fully (e.g. the classifier `head`). A one-tensor layer (Linear, Conv2d,
+    /// LayerNorm, Identity) is wrapped as PEFT does: the original is kept frozen as `original_module`
+    /// and a trainable copy is used as `modules_to_save.&lt;adapter&gt;`. Any other module (SAM's mask
+    /// decoder, whose forward takes several inputs; a composite head) is trained in place, as plain
+    /// requires_grad: no copy, so disabling, deleting or unloading the adapter keeps its trained
+    /// weights, and only one adapter may train it. Both are saved alike, `base_model.model.&lt;path&gt;.&lt;param&gt;`.
     public IReadOnlyList<string> ModulesToSave { get; init; } = Array.Empty<string>();
 
     /// Per-module rank overrides: pattern → rank (first matching pattern wins).
