@@ -272,6 +272,9 @@ let private injectionTests =
             Expect.equal (trainable |> List.filter (fun n -> not (n.Contains ".lora_"))) (List.map fst decoder) "the decoder's own parameters train, besides LoRA"
             let lora = t.Layers |> Seq.sumBy (fun struct (_, l) -> l.AdapterParameters "default" |> Seq.sumBy (fun p -> p.numel()))
             Expect.equal (count a false) (baseTotal + lora) "no copy: the total grows by LoRA only"
+            let d = decoder |> List.sumBy snd
+            Expect.equal (t.Summary().ByGroup.["modules_to_save"].ToTuple()) (d, d) "summarised as a module to save"
+            Expect.contains (t.Summary().TunedModules) "modules_to_save: mask_decoder" "listed among the tuned modules"
             let saved = AdapterCheckpoint.StateDict t
             Expect.equal (saved.Keys |> Seq.filter (fun k -> k.Contains "mask_decoder") |> Seq.sort |> List.ofSeq)
                 (decoder |> List.map (fun (n, _) -> "base_model.model." + n) |> List.sort) "saved as PEFT saves a module to save"

@@ -16,7 +16,9 @@ public sealed record ParameterSummary(
 {
     public long NonTrainable => Total - Trainable;
 
-    public static ParameterSummary Of(nn.Module model)
+    /// trainedInPlace: module paths trained whole in place (<see cref="TunedModel.TrainedInPlace"/>),
+    /// grouped as modules_to_save.
+    public static ParameterSummary Of(nn.Module model, IEnumerable<string>? trainedInPlace = null)
     {
         var groups = new SortedDictionary<string, (long, long)>(StringComparer.Ordinal);
         var tunedPaths = new List<(string Method, string Path)>();
@@ -24,7 +26,7 @@ public sealed record ParameterSummary(
         foreach (var (path, m) in ModuleTree.Descendants(model))
         {
             if (m is TunerLayer l) { layerPrefixes.Add((path + ".", l.Method)); tunedPaths.Add((l.Method, path)); }
-            else if (m is ModulesToSaveWrapper) { layerPrefixes.Add((path + ".", "modules_to_save")); tunedPaths.Add(("modules_to_save", path)); }
+            else if (m is ModulesToSaveWrapper || trainedInPlace?.Contains(path) == true) { layerPrefixes.Add((path + ".", "modules_to_save")); tunedPaths.Add(("modules_to_save", path)); }
         }
         long total = 0, trainable = 0;
         foreach (var (name, p) in model.named_parameters())

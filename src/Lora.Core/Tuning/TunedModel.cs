@@ -356,5 +356,5 @@ public sealed class TunedModel
     }
 
     /// Parameter counts (total, trainable, per method) and the tuned modules.
-    public ParameterSummary Summary() => ParameterSummary.Of(Model);
+    public ParameterSummary Summary() => ParameterSummary.Of(Model, active is null ? null : TrainedInPlace(active));
 }

@@ -25,7 +25,8 @@ public static class Tuner
     static readonly System.Runtime.CompilerServices.ConditionalWeakTable<nn.Module, TunedModel> tuned = new();
 
     /// Applies the configuration under the adapter name (PEFT's default is "default"): replaces the
-    /// targets by tuning layers, wraps the modules to save, freezes everything else. A model that is
+    /// targets by tuning layers, wraps the modules to save (or trains them in place, see
+    /// TuningConfig.ModulesToSave), freezes everything else. A model that is
     /// already tuned gets one more adapter (not active until <see cref="TunedModel.SetActiveAdapter"/>).
     public static TunedModel Apply(nn.Module model, TuningConfig config, string adapterName = "default")
     {
