@@ -91,6 +91,26 @@ let tests =
                     Expect.equal (j["total"].GetValue<int64>()) total $"{m}: total = ParameterSummary"
                     Expect.equal (j["infer_merged"].GetValue<bool>()) (m <> "full" && m <> "adapter") $"{m}: merged for inference where mergeable"
             }
+            test "bench --isolate: each method in its own process, the same lines; the table reads them back" {
+                use dir = new TempDir()
+                let code, out, err = dispatch (benchArgs dir [ "--methods"; "lora,full"; "--isolate"; "--json" ])
+                Expect.equal code 0 $"exit code (stderr: {err})"
+                let lines = out.Split('\n', StringSplitOptions.RemoveEmptyEntries) |> Array.map (fun l -> JsonNode.Parse(l).AsObject())
+                Expect.equal (lines |> Array.map (fun j -> string j["method"]) |> List.ofArray) [ "lora"; "full" ] "one line per method, in order"
+                for j in lines do
+                    let m = string j["method"]
+                    let trainable, total = expectedCounts m 2
+                    Expect.equal (j["trainable"].GetValue<int64>()) trainable $"{m}: trainable"
+                    Expect.equal (j["total"].GetValue<int64>()) total $"{m}: total"
+                    Expect.isGreaterThan (j["train_img_s"].GetValue<float>()) 0.0 $"{m}: training throughput"
+                    Expect.equal (string j["peak_source"]) "VmHWM" $"{m}: the child's own peak RSS"
+                let code, out, _ = dispatch (benchArgs dir [ "--methods"; "lora,full"; "--isolate" ])
+                Expect.equal code 0 "table"
+                Expect.equal (out.Split('\n', StringSplitOptions.RemoveEmptyEntries) |> Array.skip 2 |> Array.map (fun l -> l.Split(' ')[0])) [| "lora"; "full" |] "rows from the children's lines"
+                let code, _, err = dispatch (benchArgs dir [ "--isolate"; "--in-process" ])
+                Expect.equal code 2 "contradictory flags"
+                Expect.stringContains err "--isolate and --in-process" "named"
+            }
             test "bench without --json: a plain table when redirected, one row per method" {
                 use dir = new TempDir()
                 let code, out, _ = dispatch (benchArgs dir [ "--methods"; "lora"; "full" ])
