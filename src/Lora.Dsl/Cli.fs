@@ -127,6 +127,8 @@ module Cli =
         | Precision of precision: string
         | Model_Config of path: string
         | Json
+        | Isolate
+        | In_Process
         interface IArgParserTemplate with
             member a.Usage =
                 match a with
@@ -139,9 +141,11 @@ module Cli =
                 | Device _ -> "cpu or cuda"
                 | Steps _ -> "timed training steps"
                 | Warmup _ -> "untimed steps first"
-                | Precision _ -> "fp32 or bf16 (frozen weights in bf16, trainable in fp32); default bf16 on cuda, fp32 on cpu"
+                | Precision _ -> "fp32 or bf16 (weights in bf16, adapters in fp32, fp32 master weights in the optimiser); default bf16 on cuda, fp32 on cpu"
                 | Model_Config _ -> "JSON file of timm constructor arguments for the model"
                 | Json -> "print JSON instead of a table"
+                | Isolate -> "run each method in a fresh process (the default on cuda: one method's cached GPU memory does not count in the next's peak)"
+                | In_Process -> "run every method in this process (the default on cpu)"
 
     type SubmitArgs =
         | [<MainCommand; ExactlyOnce>] Spec of spec: string
@@ -241,7 +245,9 @@ type BenchOptions =
       Device: string; Steps: Nullable<int>; Warmup: Nullable<int>; Json: bool
       /// "fp32", "bf16" or null (bf16)
       Precision: string
-      ModelConfig: string }
+      ModelConfig: string
+      /// true: a process per method; false: all in this one; null: a process per method on CUDA only
+      Isolate: Nullable<bool> }
 type SubmitOptions =
     { Spec: string; Results: string; Partition: string; GpusPerTask: Nullable<int>; Time: string; MaxParallel: Nullable<int>; DryRun: bool }
 type StatusOptions = { Spec: string; Results: string }
@@ -344,16 +350,23 @@ type CommandLine private () =
                     match a.TryGetResult Cli.BenchArgs.Precision with
                     | None | Some "fp32" | Some "bf16" as p -> Ok(orNull p)
                     | Some other -> Error(sprintf "--precision must be fp32 or bf16, got '%s'" other)
-                match device (a.TryGetResult Cli.BenchArgs.Device), precision with
-                | Error m, _ | _, Error m -> fail 2 m
-                | Ok dev, Ok precision ->
+                let isolate =
+                    match a.Contains Cli.BenchArgs.Isolate, a.Contains Cli.BenchArgs.In_Process with
+                    | true, true -> Error "--isolate and --in-process contradict each other: give one"
+                    | true, false -> Ok(Nullable true)
+                    | false, true -> Ok(Nullable false)
+                    | false, false -> Ok(Nullable())
+                match device (a.TryGetResult Cli.BenchArgs.Device), precision, isolate with
+                | Error m, _, _ | _, Error m, _ | _, _, Error m -> fail 2 m
+                | Ok dev, Ok precision, Ok isolate ->
                     ok (ParsedCommand(CommandKind.Bench, line,
                                       Bench = { Model = a.GetResult Cli.BenchArgs.Model; Batch = nullable (a.TryGetResult Cli.BenchArgs.Batch)
                                                 Img = nullable (a.TryGetResult Cli.BenchArgs.Img); Classes = nullable (a.TryGetResult Cli.BenchArgs.Classes)
                                                 Rank = nullable (a.TryGetResult Cli.BenchArgs.Rank); Methods = a.GetResult(Cli.BenchArgs.Methods, [])
                                                 Device = dev; Steps = nullable (a.TryGetResult Cli.BenchArgs.Steps)
                                                 Warmup = nullable (a.TryGetResult Cli.BenchArgs.Warmup); Json = a.Contains Cli.BenchArgs.Json
-                                                Precision = precision; ModelConfig = orNull (a.TryGetResult Cli.BenchArgs.Model_Config) }))
+                                                Precision = precision; ModelConfig = orNull (a.TryGetResult Cli.BenchArgs.Model_Config)
+                                                Isolate = isolate }))
             | Cli.Submit a ->
                 ok (ParsedCommand(CommandKind.Submit, line,
                                   Submit = { Spec = a.GetResult Cli.SubmitArgs.Spec; Results = a.GetResult(Cli.SubmitArgs.Results, defaultResults)

@@ -24,9 +24,24 @@ module FsxSpec =
         | null -> Error [ err file "`experiments` is null" ]
         | v -> Error [ err file (sprintf "`experiments` must be an experiment or a list of experiments, got %s" (v.GetType().Name)) ]
 
-    /// Evaluate the script at `path` and return its `experiments`, or the compiler's and the builders'
-    /// errors (with line and column where the compiler gives them).
-    let evaluate (path: string) : Result<Experiment list, SpecError list> =
+    /// The pretrain steps a script binds at its top level (`let base = pretrain { ... }`, or a list of
+    /// them), by binding name in declaration order: how a step that no experiment uses is found.
+    let private boundPretrains (session: FsiEvaluationSession) (moduleName: string) =
+        let flags = Reflection.BindingFlags.Public ||| Reflection.BindingFlags.Static
+        [ for asm in session.DynamicAssemblies do
+              for t in asm.GetTypes() do
+                  if t.Name = moduleName then
+                      for prop in t.GetProperties flags |> Array.sortBy (fun p -> p.MetadataToken) do
+                          if prop.GetIndexParameters().Length = 0 then
+                              if prop.PropertyType = typeof<Pretrain> then
+                                  yield prop.Name, (prop.GetValue null :?> Pretrain)
+                              elif prop.PropertyType = typeof<Pretrain list> then
+                                  for p in (prop.GetValue null :?> Pretrain list) do yield prop.Name, p ]
+
+    /// Evaluate the script at `path` and return its `experiments` and the pretrain steps it binds
+    /// (binding name, step), or the compiler's and the builders' errors (with line and column where
+    /// the compiler gives them).
+    let evaluateAll (path: string) : Result<Experiment list * (string * Pretrain) list, SpecError list> =
         let full = Path.GetFullPath path
         let dsl = typeof<Experiment>.Assembly.Location
         let argv = [| "fsi"; "--noninteractive"; "--nologo"; "--gui-"; "--optimize-"; "-r:" + dsl |]
@@ -54,14 +69,33 @@ module FsxSpec =
             let name = Path.GetFileNameWithoutExtension full
             let moduleName = string (Char.ToUpperInvariant name.[0]) + name.Substring 1
             match session.EvalExpressionNonThrowing(sprintf "``%s``.experiments" moduleName) with
-            | Choice1Of2(Some v), _ -> toExperiments path v.ReflectionValue
+            | Choice1Of2(Some v), _ -> toExperiments path v.ReflectionValue |> Result.map (fun es -> es, boundPretrains session moduleName)
             | _ -> Error [ err path "the script must bind `experiments` (e.g. let experiments = [ experiment { ... } ])" ]
+
+    /// Evaluate the script at `path` and return its `experiments` (see evaluateAll).
+    let evaluate (path: string) : Result<Experiment list, SpecError list> = evaluateAll path |> Result.map fst
+
+/// What loading a spec found: its experiments or every error, and warnings, which do not stop a run
+/// (a pretrain step that no experiment uses).
+type SpecCheck =
+    { Result: Result<Experiment list, SpecError list>
+      Warnings: SpecError list }
 
 /// Loading a spec file (.yaml/.yml or .fsx) with every check, including that paths exist.
 module Spec =
-    /// The experiments of a spec, or every problem in it (each with its location).
-    let loadWith (exists: string -> bool) (path: string) : Result<Experiment list, SpecError list> =
-        let fileErr m = Error [ { File = path; Line = 0; Column = 0; Field = "spec"; Message = m } ]
+    /// A declared pretrain step that no experiment uses: a warning. Its fields are still checked
+    /// like a used step's, so a typo in it is an error all the same.
+    let private unused (field: string) (binding: string) (p: Pretrain) =
+        let bound, use' =
+            if binding = "" then "", sprintf "model: { pretrain: %s }" p.Name
+            else sprintf " (let %s)" binding, "model (fromPretrain " + binding + ")"
+        { File = ""; Line = 0; Column = 0; Field = field
+          Message = sprintf "pretrain step '%s'%s is not used by any experiment: use it as a base model, %s, or remove it" p.Name bound use' }
+
+    /// The experiments of a spec, or every problem in it (each with its location), and its warnings.
+    let checkWith (exists: string -> bool) (path: string) : SpecCheck =
+        let fileErr m = { Result = Error [ { File = path; Line = 0; Column = 0; Field = "spec"; Message = m } ]; Warnings = [] }
+        let outcome errs experiments = match errs with [] -> Ok experiments | errs -> Error errs
         if not (File.Exists path) then fileErr "spec file not found"
         else
             match Path.GetExtension(path).ToLowerInvariant() with
@@ -72,25 +106,38 @@ module Spec =
                 match text with
                 | Error m -> fileErr (sprintf "cannot read the spec: %s" m)
                 | Ok text ->
-                    let experiments, structural, marks = YamlSpec.parse path text
+                    let spec = YamlSpec.read path text
+                    let structural = spec.Errors
+                    let unusedSteps = spec.Pretrains |> List.filter (fun d -> not d.Used)
                     // a field that could not be read is reported once, by the reader
                     let covered (e: SpecError) =
                         structural |> List.exists (fun s -> e.Field = s.Field || e.Field.StartsWith(s.Field + ".") || e.Field.StartsWith(s.Field + "["))
                     let checks =
-                        Validation.suite exists experiments
+                        [ yield! Validation.suite exists spec.Experiments
+                          for d in unusedSteps do yield! Validation.pretrain exists d.Path d.Step ]
                         |> List.filter (covered >> not)
-                        |> List.map (YamlSpec.locate path marks)
-                    match structural @ checks |> List.sortBy (fun e -> e.Line, e.Column) with
-                    | [] -> Ok experiments
-                    | errs -> Error errs
+                        |> List.map (YamlSpec.locate path spec.Marks)
+                    let warnings = [ for d in unusedSteps -> YamlSpec.locate path spec.Marks (unused d.Path "" d.Step) ]
+                    { Result = outcome (structural @ checks |> List.sortBy (fun e -> e.Line, e.Column)) spec.Experiments; Warnings = warnings }
             | ".fsx" ->
-                match FsxSpec.evaluate path with
-                | Error errs -> Error errs
-                | Ok experiments ->
-                    match Validation.suite exists experiments with
-                    | [] -> Ok experiments
-                    | errs -> Error(errs |> List.map (fun e -> { e with File = path }))
+                match FsxSpec.evaluateAll path with
+                | Error errs -> { Result = Error errs; Warnings = [] }
+                | Ok(experiments, bound) ->
+                    let used = experiments |> List.collect Grid.pretrains
+                    let unusedSteps = bound |> List.distinctBy snd |> List.filter (fun (_, p) -> not (List.contains p used))
+                    // the same path as the pretrain builder's own check
+                    let at (p: Pretrain) = if String.IsNullOrWhiteSpace p.Name then "pretrain" else p.Name
+                    let errs =
+                        [ yield! Validation.suite exists experiments
+                          for _, p in unusedSteps do yield! Validation.pretrain exists (at p) p ]
+                    { Result = outcome (errs |> List.map (fun e -> { e with File = path })) experiments
+                      Warnings = [ for binding, p in unusedSteps -> { unused (at p) binding p with File = path } ] }
             | ext -> fileErr (sprintf "unknown spec type '%s': use .yaml, .yml or .fsx" ext)
+
+    /// The experiments of a spec, or every problem in it (each with its location).
+    let loadWith (exists: string -> bool) (path: string) : Result<Experiment list, SpecError list> = (checkWith exists path).Result
+
+    let check path = checkWith Validation.pathExists path
 
     let load path = loadWith Validation.pathExists path
 

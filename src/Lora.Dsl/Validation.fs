@@ -10,13 +10,16 @@ type SpecError =
       Field: string
       Message: string }
 
-    override e.ToString() =
-        let where =
-            match e.File, e.Line with
-            | "", 0 -> ""
-            | f, 0 -> f + ": "
-            | f, l -> sprintf "%s:%d:%d: " f l e.Column
-        sprintf "%s%s: %s" where e.Field e.Message
+    member private e.Where =
+        match e.File, e.Line with
+        | "", 0 -> ""
+        | f, 0 -> f + ": "
+        | f, l -> sprintf "%s:%d:%d: " f l e.Column
+
+    override e.ToString() = sprintf "%s%s: %s" e.Where e.Field e.Message
+
+    /// The same line for a problem that does not stop a run: "file:line:col: warning: field: message".
+    member e.ToWarningString() = sprintf "%swarning: %s: %s" e.Where e.Field e.Message
 
 /// Raised by the builders' Run and by Spec loading when a spec is invalid: carries every problem.
 exception SpecException of SpecError list
@@ -37,6 +40,36 @@ module Validation =
 
     /// Does a file or folder exist (relative paths from the working directory)?
     let pathExists (p: string) = System.IO.File.Exists p || System.IO.Directory.Exists p
+
+    /// How many classes a source has when that is known without reading its data, and what to call
+    /// it in a message. CIFAR-10 and CIFAR-100 share a source: the batch files tell them apart as the
+    /// runner does (train.bin is CIFAR-100); with neither found, 100 is the most any CIFAR has.
+    /// Image folders and segmentation pairs: None (their folders tell; the runner checks).
+    let classCount (exists: string -> bool) (source: DataSource) : (int * string) option =
+        let under (root: string) (sub: string) (file: string) =
+            exists (System.IO.Path.Combine(root, file)) || exists (System.IO.Path.Combine(root, sub, file))
+        match source with
+        | FashionMnist _ -> Some(10, "Fashion-MNIST")
+        | Composed _ -> Some(10, "Fashion-MNIST")
+        | Cifar p when under p "cifar-100-binary" "train.bin" -> Some(100, "CIFAR-100")
+        | Cifar p when under p "cifar-10-batches-bin" "data_batch_1.bin" -> Some(10, "CIFAR-10")
+        | Cifar _ -> Some(100, "CIFAR")
+        | ImageFolder _ | SegmentationPairs _ -> None
+
+    /// A class selection: not empty, each class once, each inside the source's classes when their
+    /// number is known here. Errors name the offending entry (classes[i]).
+    let classSelection (at: string) (count: (int * string) option) (cs: int list) =
+        [ if List.isEmpty cs then yield err at "classes is empty: list at least one class, or leave it out for all"
+          for i, c in List.indexed cs do
+              let here = sprintf "%s[%d]" at i
+              match count with
+              | Some(n, name) when c < 0 || c >= n ->
+                  yield err here (sprintf "class %d is outside %s's %d classes: use 0-%d" c name n (n - 1))
+              | None when c < 0 -> yield err here (sprintf "class %d is negative: classes are numbered from 0" c)
+              | _ -> ()
+              match List.tryFindIndex ((=) c) (List.take i cs) with
+              | Some first -> yield err here (sprintf "class %d is listed twice (also classes[%d]): list each class once" c first)
+              | None -> () ]
 
     let zooModel (at: string) (m: ZooModel) =
         [ if not (ZooNames.isKnown m.Name) then
@@ -77,13 +110,14 @@ module Validation =
           | Classification when segmentationData ->
               yield err (at + ".source") "a classification task needs labelled images (fashion_mnist, cifar or image_folder), not masks"
           | _ -> ()
-          match d.Classes with
-          | Some [] -> yield err (at + ".classes") "classes is empty: list at least two classes, or leave it out for all"
-          | Some cs ->
-              if List.distinct cs <> cs then yield err (at + ".classes") "classes has duplicates"
-              for c in cs do
-                  if c < 0 then yield err (at + ".classes") (sprintf "class %d is negative" c)
-          | None -> ()
+          match d.Source, d.Classes with
+          // the masks hold the classes of segmentation pairs: there is no class subset to cut
+          | SegmentationPairs _, cs ->
+              if cs.IsSome then yield err (at + ".classes") "classes does not apply to segmentation_pairs (the masks define the classes): remove it"
+              if d.ShotsPerClass.IsSome then
+                  yield err (at + ".shots") "shots does not apply to segmentation_pairs (its images have no class label): remove it"
+          | source, Some cs -> yield! classSelection (at + ".classes") (classCount exists source) cs
+          | _, None -> ()
           match d.ShotsPerClass with Some s when s <= 0 -> yield err (at + ".shots") (sprintf "shots must be positive, got %d" s) | _ -> ()
           match d.LimitTrain with Some s when s <= 0 -> yield err (at + ".limit_train") (sprintf "limit_train must be positive, got %d" s) | _ -> ()
           match d.LimitVal with Some s when s <= 0 -> yield err (at + ".limit_val") (sprintf "limit_val must be positive, got %d" s) | _ -> ()

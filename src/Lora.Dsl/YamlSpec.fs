@@ -19,11 +19,25 @@ module YamlSpec =
     /// Line and column (1-based) of every value read, by field path.
     type Marks = IReadOnlyDictionary<string, int * int>
 
+    /// A step declared under the top-level pretrain: list, at its path ("pretrain[1]").
+    type DeclaredPretrain = { Path: string; Step: Pretrain; Used: bool }
+
+    /// Everything read from a YAML spec: the experiments, the declared pretrain steps (used or not),
+    /// the structural errors and the marks of every value read.
+    type Read =
+        { Experiments: Experiment list
+          Pretrains: DeclaredPretrain list
+          Errors: SpecError list
+          Marks: Marks }
+
     type private Reader(file: string) =
         let errors = ResizeArray<SpecError>()
         let marks = Dictionary<string, int * int>()
+        let referenced = HashSet<string>()
         member _.Errors = errors
         member _.Marks = marks
+        /// Names of the declared pretrain steps that some model refers to.
+        member _.Referenced = referenced
         member _.Error(node: YamlNode, field: string, message: string) =
             errors.Add { File = file; Line = int node.Start.Line; Column = int node.Start.Column; Field = field; Message = message }
         member _.Mark(path: string, node: YamlNode) = marks.[path] <- (int node.Start.Line, int node.Start.Column)
@@ -324,6 +338,7 @@ module YamlSpec =
                 | :? YamlScalarNode as s when s.Style = ScalarStyle.Plain ->
                     match Map.tryFind s.Value named with
                     | Some(p, at) ->
+                        r.Referenced.Add s.Value |> ignore
                         aliasMarks r at (path + ".pretrain")
                         Some(FromPretrain p)
                     | None ->
@@ -389,10 +404,11 @@ module YamlSpec =
             | _ -> ()
         found
 
-    /// Parse YAML text into experiments, structural errors (with line and column) and the marks of
-    /// every value read. `file` only labels errors.
-    let parse (file: string) (text: string) : Experiment list * SpecError list * Marks =
+    /// Read YAML text into experiments, the declared pretrain steps, structural errors (with line and
+    /// column) and the marks of every value read. `file` only labels errors.
+    let read (file: string) (text: string) : Read =
         let r = Reader(file)
+        let declared = ResizeArray<string * Pretrain>()
         let stream = YamlStream()
         // our own parsers, so that an exception without a position can still say where parsing stopped
         let depthParser = Parser(new StringReader(text))
@@ -422,6 +438,7 @@ module YamlSpec =
                                     [ for i, c in Seq.indexed s.Children do
                                           let at = sprintf "pretrain[%d]" i
                                           let p = pretrainStep r at c
+                                          declared.Add((at, p))
                                           yield p.Name, (p, at), c ]
                                 // Map.ofList would keep the last of two steps with one name, silently
                                 for i, (name, _, c) in List.indexed steps do
@@ -458,7 +475,16 @@ module YamlSpec =
                     { File = file; Line = line; Column = column; Field = "yaml"
                       Message = "not valid YAML: the parser stopped here (an unclosed bracket or brace, or a value where a key belongs?)" }
                 []
-        experiments, List.ofSeq r.Errors, r.Marks :> Marks
+        { Experiments = experiments
+          Pretrains = [ for at, p in declared -> { Path = at; Step = p; Used = r.Referenced.Contains p.Name } ]
+          Errors = List.ofSeq r.Errors
+          Marks = r.Marks :> Marks }
+
+    /// Parse YAML text into experiments, structural errors (with line and column) and the marks of
+    /// every value read. `file` only labels errors.
+    let parse (file: string) (text: string) : Experiment list * SpecError list * Marks =
+        let spec = read file text
+        spec.Experiments, spec.Errors, spec.Marks
 
     /// Attach YAML locations to errors found on records (nearest enclosing path that has a mark).
     let locate (file: string) (marks: Marks) (e: SpecError) =

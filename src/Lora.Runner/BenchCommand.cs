@@ -48,8 +48,25 @@ public static class BenchCommand
         };
         var results = new List<BenchResult>();
         int failed = 0;
+        bool isolate = (o.Isolate ?? device != "cpu") && methods.Count > 1;
         foreach (var m in methods)
         {
+            if (isolate)
+            {
+                var j = BenchProcess.Run(o, m, stderr);
+                if (j.ContainsKey("error"))
+                {
+                    failed++;
+                    if (o.Json) stdout.WriteLine(j.ToJsonString());
+                    else stderr.WriteLine($"lora bench: {m}: {j["error"]}");
+                }
+                else
+                {
+                    results.Add(FromJson(j));
+                    if (o.Json) stdout.WriteLine(j.ToJsonString());
+                }
+                continue;
+            }
             try
             {
                 var r = Benchmark.Run(m, setup);
@@ -98,9 +115,22 @@ public static class BenchCommand
         ["infer_merged"] = r.InferMerged,
         ["peak_mib"] = double.IsFinite(r.PeakMiB) ? Math.Round(r.PeakMiB) : -1,
         ["peak_source"] = r.PeakSource,
+        ["peak_device_mib"] = double.IsFinite(r.PeakDeviceMiB) ? Math.Round(r.PeakDeviceMiB) : -1,
         ["trainable"] = r.Trainable,
         ["total"] = r.Total,
     };
+
+    /// The inverse of <see cref="Json"/> (a result from a method's own process).
+    internal static BenchResult FromJson(JsonObject j)
+    {
+        double D(string k) => j[k]?.GetValue<double>() is double v && v >= 0 ? v : double.NaN;
+        return new BenchResult(
+            (string)j["method"]!, (string)j["model"]!, (string)j["device"]!,
+            (string)j["precision"]! == "bf16" ? CorePrecision.BFloat16 : CorePrecision.Float32,
+            (int)j["batch"]!, (int)j["img"]!, (int)j["rank"]!, D("step_ms"), D("train_img_s"), D("infer_img_s"),
+            (bool)j["infer_merged"]!, D("peak_mib"), (string)j["peak_source"]!, (long)j["trainable"]!, (long)j["total"]!)
+        { PeakDeviceMiB = D("peak_device_mib") };
+    }
 
     static void Table(IReadOnlyList<BenchResult> results, BenchSetup s, TextWriter stdout)
     {

@@ -70,12 +70,14 @@ public static class Commands
         return 1;
     }
 
-    /// <summary>Loads and checks a spec; prints every problem on its own line to <paramref name="stderr"/>.</summary>
+    /// <summary>Loads and checks a spec; prints every warning ("FILE:LINE:COL: warning: ...") and every
+    /// problem on its own line to <paramref name="stderr"/>. Warnings do not stop the command.</summary>
     public static FSharpList<Experiment>? LoadSpec(string path, TextWriter stderr)
     {
-        var result = Spec.load(path);
-        if (result.IsOk) return result.ResultValue;
-        foreach (var e in result.ErrorValue) stderr.WriteLine(e.ToString());
+        var check = Spec.check(path);
+        foreach (var w in check.Warnings) stderr.WriteLine(w.ToWarningString());
+        if (check.Result.IsOk) return check.Result.ResultValue;
+        foreach (var e in check.Result.ErrorValue) stderr.WriteLine(e.ToString());
         return null;
     }
 

@@ -27,7 +27,8 @@ public sealed record RunData(ImageDataset? Train, ImageDataset? Validation, Segm
         {
             var c = ((DataSource.Composed)source).Item;
             var (train, test) = (Fashion(OptionModule.ToObj(c.Path), true), Fashion(OptionModule.ToObj(c.Path), false));
-            (train, test) = (View(train, view), View(test, view));
+            var what = FashionName(OptionModule.ToObj(c.Path));
+            (train, test) = (View(train, view, what), View(test, view, what));
             var opts = new ComposeOptions(Canvas: c.Canvas, MinObjects: 1, MaxObjects: Math.Max(1, c.Objects));
             var segTrain = Lora.Core.Data.ComposedSegmentation.Create(train, Opt(view.LimitTrain) ?? 1000, view.Seed, opts);
             var segVal = Lora.Core.Data.ComposedSegmentation.Create(test, Opt(view.LimitVal) ?? 200, view.Seed + 1, opts);
@@ -47,20 +48,22 @@ public sealed record RunData(ImageDataset? Train, ImageDataset? Validation, Segm
         if (source.IsFashionMnist)
         {
             var path = OptionModule.ToObj(((DataSource.FashionMnist)source).path);
-            (trainSet, valSet) = (View(Fashion(path, true), view), View(Fashion(path, false), view));
+            var what = FashionName(path);
+            (trainSet, valSet) = (View(Fashion(path, true), view, what), View(Fashion(path, false), view, what));
         }
         else if (source.IsCifar)
         {
             var root = ((DataSource.Cifar)source).path;
-            bool hundred = File.Exists(Path.Combine(root, "train.bin"));
+            bool hundred = File.Exists(Path.Combine(root, "train.bin")) || File.Exists(Path.Combine(root, "cifar-100-binary", "train.bin"));
             var tr = hundred ? Cifar.LoadCifar100(root, true) : Cifar.LoadCifar10(root, true);
             var te = hundred ? Cifar.LoadCifar100(root, false) : Cifar.LoadCifar10(root, false);
-            (trainSet, valSet) = (View(tr, view), View(te, view));
+            var what = $"CIFAR-{(hundred ? 100 : 10)} data set at '{root}'";
+            (trainSet, valSet) = (View(tr, view, what), View(te, view, what));
         }
         else
         {
             var root = ((DataSource.ImageFolder)source).path;
-            var all = View(ImageFolder.Load(root, imageSize ?? 224), view);
+            var all = View(ImageFolder.Load(root, imageSize ?? 224), view, $"image folder '{root}'");
             (trainSet, valSet) = all.Split(view.ValFraction, view.Seed);
         }
         return new RunData(Limit(trainSet, view.LimitTrain, view.Seed), Limit(valSet, view.LimitVal, view.Seed + 1), null, null);
@@ -76,12 +79,37 @@ public sealed record RunData(ImageDataset? Train, ImageDataset? Validation, Segm
         }
     }
 
-    /// Class subset (relabelled 0..k-1 in the order given), then k shots per class.
-    static ImageDataset View(ImageDataset set, DatasetView view)
+    static string FashionName(string? path) => $"Fashion-MNIST at '{path ?? DataDefaults.fashionMnist}'";
+
+    /// Class subset (relabelled 0..k-1 in the order given), then k shots per class. Validation checks
+    /// class indices where the class count is known from the spec alone; an image folder's count is
+    /// known only here, so a class beyond it is reported here, with the folder and the valid range.
+    static ImageDataset View(ImageDataset set, DatasetView view, string what)
     {
-        if (Opt(view.Classes) is { } classes) set = set.SelectClasses(classes.ToArray());
-        if (Opt(view.ShotsPerClass) is int k) set = set.KShot(k, view.Seed);
+        if (Opt(view.Classes) is { } classes)
+        {
+            var wanted = classes.ToArray();
+            foreach (var c in wanted)
+                if (c < 0 || c >= set.NumClasses)
+                    throw new InvalidDataException(
+                        $"{what} has {set.NumClasses} classes ({ClassRange(set)}): class {c} in classes [{string.Join(", ", wanted)}] " +
+                        $"is outside them; choose classes in 0-{set.NumClasses - 1}.");
+            set = set.SelectClasses(wanted);
+        }
+        if (Opt(view.ShotsPerClass) is int k)
+        {
+            try { set = set.KShot(k, view.Seed); }
+            catch (ArgumentException e) { throw new InvalidDataException($"{what}: shots {k}: {e.Message}", e); }
+        }
         return set;
+    }
+
+    /// "0-2: cat, dog, fox", with at most ten names.
+    static string ClassRange(ImageDataset set)
+    {
+        var names = set.Classes.Take(10).ToList();
+        var more = set.NumClasses > names.Count ? ", ..." : "";
+        return $"0-{set.NumClasses - 1}: {string.Join(", ", names)}{more}";
     }
 
     /// A seeded sample of at most n items (the first n of a permutation), so that a limit keeps

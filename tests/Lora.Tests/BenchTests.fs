@@ -91,6 +91,26 @@ let tests =
                     Expect.equal (j["total"].GetValue<int64>()) total $"{m}: total = ParameterSummary"
                     Expect.equal (j["infer_merged"].GetValue<bool>()) (m <> "full" && m <> "adapter") $"{m}: merged for inference where mergeable"
             }
+            test "bench --isolate: each method in its own process, the same lines; the table reads them back" {
+                use dir = new TempDir()
+                let code, out, err = dispatch (benchArgs dir [ "--methods"; "lora,full"; "--isolate"; "--json" ])
+                Expect.equal code 0 $"exit code (stderr: {err})"
+                let lines = out.Split('\n', StringSplitOptions.RemoveEmptyEntries) |> Array.map (fun l -> JsonNode.Parse(l).AsObject())
+                Expect.equal (lines |> Array.map (fun j -> string j["method"]) |> List.ofArray) [ "lora"; "full" ] "one line per method, in order"
+                for j in lines do
+                    let m = string j["method"]
+                    let trainable, total = expectedCounts m 2
+                    Expect.equal (j["trainable"].GetValue<int64>()) trainable $"{m}: trainable"
+                    Expect.equal (j["total"].GetValue<int64>()) total $"{m}: total"
+                    Expect.isGreaterThan (j["train_img_s"].GetValue<float>()) 0.0 $"{m}: training throughput"
+                    Expect.equal (string j["peak_source"]) "VmHWM" $"{m}: the child's own peak RSS"
+                let code, out, _ = dispatch (benchArgs dir [ "--methods"; "lora,full"; "--isolate" ])
+                Expect.equal code 0 "table"
+                Expect.equal (out.Split('\n', StringSplitOptions.RemoveEmptyEntries) |> Array.skip 2 |> Array.map (fun l -> l.Split(' ')[0])) [| "lora"; "full" |] "rows from the children's lines"
+                let code, _, err = dispatch (benchArgs dir [ "--isolate"; "--in-process" ])
+                Expect.equal code 2 "contradictory flags"
+                Expect.stringContains err "--isolate and --in-process" "named"
+            }
             test "bench without --json: a plain table when redirected, one row per method" {
                 use dir = new TempDir()
                 let code, out, _ = dispatch (benchArgs dir [ "--methods"; "lora"; "full" ])
@@ -153,7 +173,7 @@ let tests =
             (snd b[1]).grad <- null
             Expect.throwsT<InvalidOperationException> (fun () -> flat.ZeroGrad()) "a dropped gradient is reported"
         }
-        test "bf16 frozen path: weights stored once in bf16, LoRA weights fp32 with gradients; logits and grads close to fp32" {
+        test "bf16 path: frozen weights and head stored in bf16, LoRA weights fp32 with gradients; logits and grads close to fp32" {
             let build () =
                 torch.manual_seed(3L) |> ignore
                 let m = Zoo.Create("vit", tinyArgs)
@@ -169,12 +189,12 @@ let tests =
             Expect.equal ps["blocks.0.attn.qkv.base_layer.weight"].dtype torch.bfloat16 "frozen base in bf16"
             Expect.equal ps["blocks.0.norm1.weight"].dtype torch.bfloat16 "frozen norm in bf16"
             Expect.equal ps["blocks.0.attn.qkv.lora_A.default.weight"].dtype torch.float32 "LoRA A in fp32"
-            Expect.equal ps["head.modules_to_save.default.weight"].dtype torch.float32 "trained head in fp32"
+            Expect.equal ps["head.modules_to_save.default.weight"].dtype torch.bfloat16 "trained head in bf16 (FlatAdamW keeps its float32 master)"
             torch.manual_seed(4L) |> ignore
             let x = torch.randn(3L, 3L, 16L, 16L)
             let y32 = m32.forward(x)
             let y16 = m16.forward(x.``to``(torch.bfloat16))
-            Expect.equal y16.dtype torch.float32 "logits of the fp32 head"
+            Expect.equal y16.dtype torch.bfloat16 "logits of the bf16 head"
             let rel = ((y16 - y32).norm() / y32.norm()).item<float32>()
             Expect.isLessThan rel 0.05f $"bf16 logits within 5 percent of fp32 (relative error {rel})"
             y32.sum().backward()
@@ -182,7 +202,7 @@ let tests =
             let g name (m: torch.nn.Module) = (m.named_parameters() |> Seq.find (fun struct (n, _) -> n = name) |> fun struct (_, p) -> p.grad)
             for name in [ "blocks.0.attn.qkv.lora_A.default.weight"; "blocks.1.attn.qkv.lora_B.default.weight"; "head.modules_to_save.default.weight" ] do
                 let a, b = g name m32, g name m16
-                Expect.equal b.dtype torch.float32 $"{name}: fp32 gradient"
+                Expect.equal b.dtype (if name.StartsWith "head" then torch.bfloat16 else torch.float32) $"{name}: gradient in the parameter's dtype"
                 let cos = torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), 0L).item<float32>()
                 Expect.isGreaterThan cos 0.99f $"{name}: gradient direction (cosine {cos})"
         }

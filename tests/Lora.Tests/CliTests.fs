@@ -295,4 +295,66 @@ let private predictTests =
         }
     ]
 
-let tests = testList "Cli" [ summaryTests; mergeTests; predictTests ]
+/// A spec whose Fashion-MNIST folder exists (a temporary one), so these tests need no package.
+let private specIn (dir: TempDir) (text: string) =
+    let data = dir.File "fm"
+    Directory.CreateDirectory data |> ignore
+    let path = dir.File "spec.yaml"
+    File.WriteAllText(path, text.Replace("source: fashion_mnist", sprintf "source: fashion_mnist, path: '%s'" data))
+    path
+
+let private twoSteps =
+    """pretrain:
+  - name: used
+    model: { zoo: vit, options: { img_size: 28, patch_size: 4, in_chans: 1, num_classes: 5 } }
+    dataset: { source: fashion_mnist, classes: [0, 1, 2, 3, 4] }
+  - name: spare
+    model: { zoo: vit, options: { img_size: 28, patch_size: 4, in_chans: 1, num_classes: 5 } }
+    dataset: { source: fashion_mnist }
+experiments:
+  - name: e
+    model: { pretrain: used }
+    dataset: { source: fashion_mnist, classes: [5, 6, 7, 8, 9] }
+    methods: [head]
+"""
+
+let private validateTests =
+    testList "validate" [
+        test "a class beyond the data set: exit 2, one line with file:line:col, field and the valid range" {
+            use dir = new TempDir()
+            let spec = specIn dir (twoSteps.Replace("classes: [5, 6, 7, 8, 9]", "classes: [5, 12]"))
+            let code, out, err = lora [ "validate"; spec ]
+            Expect.equal (code, out) (2, "") "exit 2, nothing on stdout"
+            let lines = err.TrimEnd('\n').Split('\n')
+            let line = lines |> Array.find (fun l -> not (l.Contains ": warning: "))
+            let col = File.ReadAllLines(spec).[10].IndexOf "12]" + 1
+            Expect.equal line (sprintf "%s:11:%d: experiments[0].datasets[0].classes[1]: class 12 is outside Fashion-MNIST's 10 classes: use 0-9" spec col)
+                "the error line, at the 12"
+            Expect.stringContains err ": warning: pretrain[1]: pretrain step 'spare' is not used" "the warning is printed too"
+        }
+        test "an unused pretrain step: exit 0, ok on stdout, one warning line on stderr" {
+            use dir = new TempDir()
+            let spec = specIn dir twoSteps
+            let code, out, err = lora [ "validate"; spec ]
+            Expect.equal code 0 "warnings do not fail validation"
+            Expect.equal out (sprintf "%s: ok (1 experiment(s), 2 run(s))\n" spec) "ok"
+            Expect.equal (oneLine err)
+                (sprintf "%s:5:5: warning: pretrain[1]: pretrain step 'spare' is not used by any experiment: use it as a base model, model: { pretrain: spare }, or remove it" spec)
+                "the warning"
+            let code, out, err = lora [ "plan"; spec; "--results"; dir.File "results" ]
+            Expect.equal code 0 "plan goes on"
+            Expect.stringContains out "pretrain/used" "the used step is planned"
+            Expect.isFalse (out.Contains "spare") "the unused step is not planned"
+            Expect.stringContains (oneLine err) "warning: pretrain[1]: pretrain step 'spare'" "plan shows the warning"
+        }
+        test "an unused pretrain step with a typo is an error" {
+            use dir = new TempDir()
+            let spec = specIn dir (twoSteps.Replace("    dataset: { source: fashion_mnist }\n", "    dataset: { source: fashion_mnist, shots: 0 }\n"))
+            let code, _, err = lora [ "validate"; spec ]
+            Expect.equal code 2 "exit 2"
+            Expect.stringContains err (sprintf "%s:7:" spec) "located in the unused step"
+            Expect.stringContains err "pretrain[1].dataset.shots: shots must be positive, got 0" "field and message"
+        }
+    ]
+
+let tests = testList "Cli" [ summaryTests; mergeTests; predictTests; validateTests ]

@@ -46,6 +46,8 @@ let dataset (task: Task) =
         let! lv = Gen.optionOf (Gen.choose (1, 500))
         let! vf = fraction
         let! seed = Gen.choose (0, 9)
+        // segmentation pairs have no class labels to select or count shots of
+        let classes, shots = match source with SegmentationPairs _ -> None, None | _ -> classes, shots
         return { Source = source; Classes = classes; ShotsPerClass = shots; LimitTrain = lt; LimitVal = lv; ValFraction = vf; Seed = seed }
     }
 

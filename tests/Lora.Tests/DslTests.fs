@@ -200,6 +200,15 @@ let locate (text: string) (needle: string) (offset: int) =
     let line = before |> Seq.filter ((=) '\n') |> Seq.length
     line + 1, i - (before.LastIndexOf '\n')
 
+/// A named pretrain step with one more dataset field; stepP is a valid one named p.
+let stepWith (name: string) (datasetField: string) =
+    sprintf "  - name: %s\n    model: { zoo: vit, options: { img_size: 28, patch_size: 4, in_chans: 1, num_classes: 5 } }\n    dataset: { source: fashion_mnist, %s }\n" name datasetField
+let stepP = stepWith "p" "limit_train: 100"
+
+/// baseSpec with pretrain steps declared on top and its model taken from the step `uses`.
+let withSteps (steps: string list) (uses: string) =
+    "pretrain:\n" + String.concat "" steps + baseSpec.Replace("model: vit_tiny_patch16_224", sprintf "model: { pretrain: %s }" uses)
+
 /// (case, spec text, field, needle, offset, message part)
 let errorCases =
     let r (a: string) (b: string) = baseSpec.Replace(a, b)
@@ -256,10 +265,34 @@ let errorCases =
       "limit_val must be positive, got -1"
       "val_fraction out of range", r "{ source: fashion_mnist }" "{ source: fashion_mnist, val_fraction: 1.5 }", "experiments[0].datasets[0].val_fraction",
       "1.5", 0, "val_fraction must be in [0, 1), got 1.5"
-      "duplicate classes", r "{ source: fashion_mnist }" "{ source: fashion_mnist, classes: [1, 1] }", "experiments[0].datasets[0].classes", "[1, 1]", 0,
-      "classes has duplicates"
-      "negative class", r "{ source: fashion_mnist }" "{ source: fashion_mnist, classes: [-1, 2] }", "experiments[0].datasets[0].classes", "[-1", 0,
-      "class -1 is negative"
+      "duplicate classes", r "{ source: fashion_mnist }" "{ source: fashion_mnist, classes: [1, 1] }", "experiments[0].datasets[0].classes[1]", "1]", 0,
+      "class 1 is listed twice (also classes[0]): list each class once"
+      "negative class", r "{ source: fashion_mnist }" "{ source: fashion_mnist, classes: [-1, 2] }", "experiments[0].datasets[0].classes[0]", "-1", 0,
+      "class -1 is outside Fashion-MNIST's 10 classes: use 0-9"
+      "class beyond Fashion-MNIST", r "{ source: fashion_mnist }" "{ source: fashion_mnist, classes: [0, 12] }", "experiments[0].datasets[0].classes[1]",
+      "12", 0, "class 12 is outside Fashion-MNIST's 10 classes: use 0-9"
+      "class beyond CIFAR-100 (train.bin found)", r "{ source: fashion_mnist }" "{ source: cifar, path: data, classes: [5, 100] }",
+      "experiments[0].datasets[0].classes[1]", "100", 0, "class 100 is outside CIFAR-100's 100 classes: use 0-99"
+      "negative class of an image folder", r "{ source: fashion_mnist }" "{ source: image_folder, path: data, classes: [0, -3] }",
+      "experiments[0].datasets[0].classes[1]", "-3", 0, "class -3 is negative: classes are numbered from 0"
+      "class beyond the composed objects", r "{ source: fashion_mnist }" "{ source: composed_segmentation, canvas: 64, objects: 1, classes: [10] }" + "    task: segmentation\n",
+      "experiments[0].datasets[0].classes[0]", "10]", 0, "class 10 is outside Fashion-MNIST's 10 classes: use 0-9"
+      "classes on segmentation pairs", r "{ source: fashion_mnist }" "{ source: segmentation_pairs, path: data, classes: [1] }" + "    task: segmentation\n",
+      "experiments[0].datasets[0].classes", "[1]", 0, "classes does not apply to segmentation_pairs (the masks define the classes): remove it"
+      "shots on segmentation pairs", r "{ source: fashion_mnist }" "{ source: segmentation_pairs, path: data, shots: 5 }" + "    task: segmentation\n",
+      "experiments[0].datasets[0].shots", "5 }", 0, "shots does not apply to segmentation_pairs"
+      "negative shots", r "{ source: fashion_mnist }" "{ source: fashion_mnist, shots: -2 }", "experiments[0].datasets[0].shots", "-2", 0,
+      "shots must be positive, got -2"
+      "class beyond the data set in a named pretrain step", withSteps [ stepP; stepWith "q" "classes: [0, 10]" ] "q",
+      "experiments[0].models[0].pretrain.dataset.classes[1]", "10]", 0, "class 10 is outside Fashion-MNIST's 10 classes: use 0-9"
+      "an unused pretrain step is checked like a used one: bad class", withSteps [ stepP; stepWith "q" "classes: [12]" ] "p",
+      "pretrain[1].dataset.classes[0]", "12]", 0, "class 12 is outside Fashion-MNIST's 10 classes: use 0-9"
+      "an unused pretrain step is checked like a used one: epochs", withSteps [ stepP; stepP.Replace("name: p", "name: q") + "    epochs: 0\n" ] "p",
+      "pretrain[1].epochs", "epochs: 0", 8, "epochs must be at least 1, got 0"
+      "an unused pretrain step is checked like a used one: unknown model", withSteps [ stepP; stepP.Replace("name: p", "name: q").Replace("zoo: vit", "zoo: vitt") ] "p",
+      "pretrain[1].model.zoo", "vitt", 0, "unknown model 'vitt'"
+      "an unused pretrain step is checked like a used one: missing data", withSteps [ stepP; stepWith "q" "path: missing/fm" ] "p",
+      "pretrain[1].dataset.path", "missing/fm", 0, "Fashion-MNIST data set not found at 'missing/fm'"
       "classification on masks", r "{ source: fashion_mnist }" "{ source: segmentation_pairs, path: data }", "experiments[0].datasets[0].source",
       "segmentation_pairs", 0, "a classification task needs labelled images"
       "composed canvas too small", r "{ source: fashion_mnist }" "{ source: composed_segmentation, canvas: 10, objects: 1 }" + "    task: segmentation\n",
@@ -500,4 +533,123 @@ let hostileTests =
         }
     ]
 
-let tests = testList "Dsl" [ unitTests; propertyTests; validationTests; specTests; cliTests; hostileTests ]
+// ------------------------------------------------------------------ class selections, unused pretrain steps
+
+/// Sources whose class count validation knows: (source, task, count). CIFAR-10 is told from
+/// CIFAR-100 by its batch files: the folder "ten" has data_batch_1.bin and no train.bin.
+let knownSources =
+    [ FashionMnist None, Classification, 10
+      Cifar "ten", Classification, 10
+      Cifar "hundred", Classification, 100
+      Composed { Canvas = 64; Objects = 2; Path = None }, Segmentation, 10 ]
+
+let cifarFiles (p: string) = not (p.Contains "ten" && p.EndsWith "train.bin")
+
+let classErrors (source, task) (cs: int list) =
+    Validation.dataset cifarFiles "d" task { DatasetView.Of source with Classes = Some cs }
+
+let checkOf (ext: string) (exists: string -> bool) (text: string) =
+    use dir = new TempDir()
+    let path = dir.File("spec" + ext)
+    File.WriteAllText(path, text)
+    let check = Spec.checkWith exists path
+    let local (e: SpecError) = { e with File = Path.GetFileName e.File }
+    Result.mapError (List.map local) check.Result, List.map local check.Warnings
+
+let classAndPretrainTests =
+    testList "class selections and unused pretrain steps" [
+        testProp "any class subset in range validates; an index out of range is rejected, named at its position"
+            (Prop.forAll
+                (Arb.fromGen (
+                    gen {
+                        let! source, task, n = Gen.elements knownSources
+                        let! subset = Gen.subListOf [ 0 .. n - 1 ] |> Gen.filter (List.isEmpty >> not)
+                        let! order = Gen.shuffle subset
+                        let! bad = Gen.oneof [ Gen.choose (n, n + 1000); Gen.choose (-1000, -1) ]
+                        let! pos = Gen.choose (0, order.Length)
+                        return (source, task, n), List.ofArray order, bad, pos
+                    }))
+                (fun ((source, task, n), cs, bad, pos) ->
+                    Expect.isEmpty (classErrors (source, task) cs) (sprintf "%A validates for %A" cs source)
+                    let withBad = List.insertAt pos bad cs
+                    match classErrors (source, task) withBad with
+                    | [ e ] ->
+                        Expect.equal e.Field (sprintf "d.classes[%d]" pos) "the error points at the bad entry"
+                        Expect.stringStarts e.Message (sprintf "class %d is outside " bad) "it names the value"
+                        Expect.stringEnds e.Message (sprintf " classes: use 0-%d" (n - 1)) "and the valid range"
+                    | errs -> failtestf "expected one error for %A on %A, got %A" withBad source errs))
+        test "CIFAR-10 and CIFAR-100 are told apart by their batch files" {
+            Expect.isEmpty (classErrors (Cifar "ten", Classification) [ 9 ]) "class 9 of CIFAR-10"
+            Expect.equal (classErrors (Cifar "ten", Classification) [ 10 ] |> List.map (fun e -> e.Message))
+                [ "class 10 is outside CIFAR-10's 10 classes: use 0-9" ] "class 10 of CIFAR-10"
+            let neither (p: string) = not (p.EndsWith ".bin")
+            Expect.isEmpty (Validation.dataset neither "d" Classification (cifar "c" |> classes [ 99 ])) "unknown layout: up to 99"
+            Expect.equal (Validation.dataset neither "d" Classification (cifar "c" |> classes [ 100 ]) |> List.map (fun e -> e.Message))
+                [ "class 100 is outside CIFAR's 100 classes: use 0-99" ] "unknown layout: at most 100 classes"
+        }
+        test "image folders: any class from 0 validates here (the runner knows their count)" {
+            Expect.isEmpty (classErrors (ImageFolder "data", Classification) [ 0; 57; 3 ]) "not checked against a count"
+        }
+        test "the builders reject out-of-range and repeated classes with the field" {
+            let errsOf f = try f () |> ignore; [] with SpecException errs -> errs |> List.map (fun e -> e.Field, e.Message)
+            Expect.equal (errsOf (fun () -> pretrain { name "p"; model (zoo "vit" []); dataset (fashionMnist |> classes [ 0; 12 ]) }))
+                [ "p.dataset.classes[1]", "class 12 is outside Fashion-MNIST's 10 classes: use 0-9" ] "pretrain builder"
+            Expect.equal (errsOf (fun () -> experiment { name "t"; model (zoo "vit" []); dataset (cifar "c" |> classes [ 3; 3 ]); methods [ head ] }))
+                [ "t.datasets[0].classes[1]", "class 3 is listed twice (also classes[0]): list each class once" ] "experiment builder"
+        }
+        test "YAML: an unused pretrain step is a warning with its location, and the spec loads" {
+            let text = withSteps [ stepP; stepWith "q" "classes: [5, 6]" ] "p"
+            let result, warnings = checkOf ".yaml" fakeExists text
+            Expect.isOk result "warnings do not stop loading"
+            let line, col = locate text "name: q" 0
+            match warnings with
+            | [ w ] ->
+                Expect.equal (w.Field, w.Line, w.Column) ("pretrain[1]", line, col) "located at the step"
+                Expect.equal (w.ToWarningString())
+                    (sprintf "spec.yaml:%d:%d: warning: pretrain[1]: pretrain step 'q' is not used by any experiment: use it as a base model, model: { pretrain: q }, or remove it" line col)
+                    "printed as file:line:col: warning: field: message"
+            | ws -> failtestf "expected one warning, got %A" ws
+            let used, none = checkOf ".yaml" fakeExists (withSteps [ stepP ] "p")
+            Expect.isOk used "a used step"
+            Expect.isEmpty none "no warning for a used step"
+        }
+        test "YAML: an unused pretrain step with an error gives the error and the warning" {
+            let result, warnings = checkOf ".yaml" fakeExists (withSteps [ stepP; stepWith "q" "classes: [12]" ] "p")
+            match result with
+            | Error [ e ] -> Expect.equal e.Field "pretrain[1].dataset.classes[0]" "the error"
+            | other -> failtestf "expected one error, got %A" other
+            Expect.equal (warnings |> List.map (fun w -> w.Field)) [ "pretrain[1]" ] "the warning"
+        }
+        test "F# script: unused pretrain bindings are found, checked with the disk, and warned about" {
+            let script =
+                String.concat "\n"
+                    [ "let spare = pretrain { name \"spare\"; model (zoo \"vit\" []); dataset fashionMnist }"
+                      "let broken = pretrain { name \"broken\"; model (zoo \"vit\" []); dataset (fashionMnistAt \"missing/fm\") }"
+                      "let used = pretrain { name \"used\"; model (zoo \"vit\" []); dataset fashionMnist }"
+                      "let experiments = [ experiment { name \"t\"; model (fromPretrain used); dataset fashionMnist; methods [ head ] } ]"
+                      "" ]
+            let result, warnings = checkOf ".fsx" fakeExists script
+            match result with
+            | Error errs ->
+                Expect.equal (errs |> List.map (fun e -> e.File, e.Field, e.Message))
+                    [ "spec.fsx", "broken.dataset.path", "Fashion-MNIST data set not found at 'missing/fm'" ] "the unused step's path is checked"
+            | Ok _ -> failtest "expected the broken step's error"
+            Expect.equal (warnings |> List.map (fun w -> w.Field, w.Message))
+                [ "spare", "pretrain step 'spare' (let spare) is not used by any experiment: use it as a base model, model (fromPretrain spare), or remove it"
+                  "broken", "pretrain step 'broken' (let broken) is not used by any experiment: use it as a base model, model (fromPretrain broken), or remove it" ]
+                "one warning per unused binding, in order"
+        }
+        test "the committed specs validate clean: no errors, no warnings" {
+            let specs =
+                [ yield! Directory.GetFiles(Path.Combine(repoRoot, "experiments"))
+                  yield! Directory.GetFiles(fixture "specs") ]
+                |> List.filter (fun f -> f.EndsWith ".yaml" || f.EndsWith ".fsx")
+            Expect.isGreaterThanOrEqual specs.Length 5 "experiments/ and tests/fixtures/specs"
+            for spec in specs do
+                let check = Spec.checkWith (fun _ -> true) spec
+                Expect.isOk check.Result (sprintf "%s: %A" spec check.Result)
+                Expect.isEmpty check.Warnings (sprintf "%s: no warnings" spec)
+        }
+    ]
+
+let tests = testList "Dsl" [ unitTests; propertyTests; validationTests; specTests; cliTests; hostileTests; classAndPretrainTests ]

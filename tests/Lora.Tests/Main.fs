@@ -33,6 +33,7 @@ let all =
         GcStressTests.tests
         ReliabilityTests.tests
         BenchTests.tests
+        MixedPrecisionTests.tests
     ]
 
 [<EntryPoint>]

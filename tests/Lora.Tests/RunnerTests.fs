@@ -383,4 +383,31 @@ let private samRunTests =
         }
     ]
 
-let tests = testList "Runner" [ runTests; tableTests; samRunTests ]
+/// Class selections an image folder cannot satisfy: validation cannot count its classes (only the
+/// folder can), so the run's data loading reports them, naming the folder and the valid range.
+let dataTests =
+    testList "run data" [
+        test "an image folder: a class beyond its folders, and too many shots, name the folder and the range" {
+            use dir = new TempDir()
+            let root = dir.File "pets"
+            let n = 9
+            let set = Lora.Core.Data.ImageDataset(Array.init (n * 16) byte, Array.init n (fun i -> i % 3), 1, 4, 4, [| "cat"; "dog"; "fox" |])
+            Lora.Core.Data.ImageFolder.Write(set, root)
+            let folders = Directory.GetDirectories root |> Array.map Path.GetFileName |> Array.sort
+            Expect.equal folders.Length 3 "one folder per class"
+            let load view = RunData.Load(view, Classification, Nullable 4)
+            let ok = load (imageFolder root |> classes [ 2; 0 ])
+            Expect.equal ok.Train.NumClasses 2 "an in-range selection loads"
+            let e = Expect.throwsC (fun () -> load (imageFolder root |> classes [ 0; 5 ]) |> ignore) id
+            Expect.isTrue (e :? InvalidDataException) (sprintf "InvalidDataException, got %s" (e.GetType().Name))
+            Expect.equal e.Message
+                (sprintf "image folder '%s' has 3 classes (0-2: %s): class 5 in classes [0, 5] is outside them; choose classes in 0-2." root
+                    (String.Join(", ", folders)))
+                "names the folder, the value and the valid range"
+            let e = Expect.throwsC (fun () -> load (imageFolder root |> shots 4) |> ignore) id
+            Expect.isTrue (e :? InvalidDataException) "InvalidDataException"
+            Expect.stringStarts e.Message (sprintf "image folder '%s': shots 4: class '%s' has only 3 images" root folders.[0]) "names the folder and the class"
+        }
+    ]
+
+let tests = testList "Runner" [ runTests; tableTests; samRunTests; dataTests ]

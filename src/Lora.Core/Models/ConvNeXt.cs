@@ -28,7 +28,8 @@ public sealed class ConvNeXtBlock : nn.Module<Tensor, Tensor>
         using var scope = NewDisposeScope();
         var y = conv_dw.forward(x).permute(0, 2, 3, 1);
         y = mlp.forward(norm.forward(y)).permute(0, 3, 1, 2);
-        y = y * gamma.reshape(1, -1, 1, 1);
+        // gamma is held by this (non-leaf) block and stays float32 under bf16 training: join y's dtype
+        y = y * gamma.to(y.dtype).reshape(1, -1, 1, 1);
         return (y + x).MoveToOuterDisposeScope();
     }
 }

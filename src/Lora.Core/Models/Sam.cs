@@ -83,8 +83,8 @@ public sealed class SamEncoderAttention : nn.Module<Tensor, Tensor>
         {
             // decomposed rel-pos (unscaled q against per-axis tables), added to the scaled logits
             var rq = parts[0].reshape(b * numHeads, h, w, hd);
-            var relH = einsum("bhwc,hkc->bhwk", rq, RelPos(h, rel_pos_h));
-            var relW = einsum("bhwc,wkc->bhwk", rq, RelPos(w, rel_pos_w));
+            var relH = einsum("bhwc,hkc->bhwk", rq, RelPos(h, rel_pos_h).to(rq.dtype));
+            var relW = einsum("bhwc,wkc->bhwk", rq, RelPos(w, rel_pos_w).to(rq.dtype));
             bias = (relH.unsqueeze(-1) + relW.unsqueeze(-2)).reshape(b, numHeads, h * w, h * w);
         }
         var o = nn.functional.scaled_dot_product_attention(parts[0], parts[1], parts[2], bias);
@@ -188,7 +188,7 @@ public sealed class ImageEncoderViT : nn.Module<Tensor, Tensor>
         using var scope = NewDisposeScope();
         var t = patch_embed.forward(x); // [B, N, C]
         long b = t.shape[0], g = pos_embed.shape[1];
-        var y = t.view(b, g, g, -1) + pos_embed;
+        var y = t.view(b, g, g, -1) + pos_embed.to(t.dtype); // float32 under bf16 training (non-leaf)
         foreach (var blk in blocks) y = blk.forward(y);
         return neck.forward(y.permute(0, 3, 1, 2)).MoveToOuterDisposeScope();
     }
@@ -589,7 +589,10 @@ public sealed class Sam : nn.Module<Tensor, Tensor>, IPromptableSegmenter, IHasC
         }
         var emb = image_encoder.forward(x);
         var (sparse, dense) = prompt_encoder.Encode(n, points, pointLabels, boxes);
-        var (masks, _) = mask_decoder.Forward(emb, prompt_encoder.DensePe(), sparse, dense);
+        // prompts are encoded from float32 coordinates; under bf16 training the decoder computes in
+        // the image embedding's dtype
+        var pe = prompt_encoder.DensePe().to(emb.dtype);
+        var (masks, _) = mask_decoder.Forward(emb, pe, sparse.to(emb.dtype), dense.to(emb.dtype));
         var single = masks.narrow(1, 0, 1);
         return nn.functional.interpolate(single, new[] { h, w }, mode: InterpolationMode.Bilinear, align_corners: false)
             .MoveToOuterDisposeScope();

@@ -224,7 +224,8 @@ public sealed class TinyVitAttention : nn.Module<Tensor, Tensor>
         var q = t[0].permute(0, 2, 1, 3);
         var kk = t[1].permute(0, 2, 1, 3);
         var v = t[2].permute(0, 2, 1, 3);
-        var o = nn.functional.scaled_dot_product_attention(q, kk, v, bias);
+        // the bias (float32 under bf16 training: this module is not a leaf) must match q for SDPA's kernels
+        var o = nn.functional.scaled_dot_product_attention(q, kk, v, bias.to(q.dtype));
         return proj.forward(o.transpose(1, 2).reshape(b, n, valDim * numHeads)).MoveToOuterDisposeScope();
     }
 }

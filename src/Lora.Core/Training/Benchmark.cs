@@ -28,7 +28,12 @@ public sealed record BenchSetup
 public sealed record BenchResult(
     string Method, string Model, string Device, Precision Precision, int Batch, int ImageSize, int Rank,
     double StepMs, double TrainImagesPerSecond, double InferImagesPerSecond, bool InferMerged,
-    double PeakMiB, string PeakSource, long Trainable, long Total);
+    double PeakMiB, string PeakSource, long Trainable, long Total)
+{
+    /// On CUDA: the whole device's peak (NVML), before the CUDA context's own memory is taken off
+    /// (<see cref="PeakMiB"/> is the memory above it). NaN elsewhere.
+    public double PeakDeviceMiB { get; init; } = double.NaN;
+}
 
 /// Times training steps and inference of the tuning methods on one model with random data, with
 /// the configurations of the reference script (timm + PEFT, ../shared/gpu/peft_anchor.py) and the
@@ -67,6 +72,15 @@ public static class Benchmark
         void Sync() { if (cuda) torch.cuda.synchronize(device); }
         // as the reference script: TF32 for whatever runs in fp32 (the trainable layers, --precision fp32)
         if (cuda) { torch.backends.cuda.matmul.allow_tf32 = true; torch.backends.cudnn.allow_tf32 = true; }
+        // Device memory in use once the CUDA context exists and before the model: what NVML counts
+        // that is not this method's (context, cuBLAS/cuDNN handles made by earlier methods of this
+        // process). peak_mib is the peak above it, comparable to PyTorch's max_memory_reserved().
+        double contextMiB = 0;
+        if (cuda)
+        {
+            using (var probe = torch.zeros(1, device: device)) Sync();
+            contextMiB = PeakMemory.DeviceUsedMiB(Math.Max(0, device.index)) ?? 0;
+        }
 
         torch.manual_seed(0);
         var args = s.ModelArgs.With("num_classes", (long)s.Classes).With("img_size", (long)s.ImageSize);
@@ -99,7 +113,7 @@ public static class Benchmark
         for (int i = 0; i < s.Warmup; i++) TrainStep();
         Sync();
         var times = new List<double>();
-        double peak;
+        double peak, devicePeak = double.NaN;
         string source;
         using (var memory = PeakMemory.Start(cuda ? Math.Max(0, device.index) : null))
         {
@@ -112,6 +126,7 @@ public static class Benchmark
             }
             peak = memory.PeakMiB;
             source = memory.Source;
+            if (source == "nvml") { devicePeak = peak; peak -= contextMiB; }
         }
         times.Sort();
         double median = times.Count > 0 ? times[times.Count / 2] : double.NaN;
@@ -132,6 +147,7 @@ public static class Benchmark
         }
 
         return new BenchResult(method, s.Model, device.ToString(), s.Precision, s.Batch, s.ImageSize, s.Rank,
-            median * 1e3, s.Batch / median, s.Batch / inferSeconds, merged, peak, source, summary.Trainable, summary.Total);
+            median * 1e3, s.Batch / median, s.Batch / inferSeconds, merged, peak, source, summary.Trainable, summary.Total)
+        { PeakDeviceMiB = devicePeak };
     }
 }

@@ -11,6 +11,11 @@ namespace Lora.Core.Training;
 /// kernels, which is what PyTorch's AdamW uses). Within a group, parameters with 2 or more dimensions
 /// come first, so weight decay is one op on a prefix of the buffer.
 ///
+/// Low-precision parameters (bf16, fp16; see <see cref="MixedPrecision"/>) get master weights: the
+/// group keeps a float32 copy of its buffer and float32 moments; a step updates the master from the
+/// gradients (cast to float32) and writes the rounded master back into the parameters. Updates far
+/// below a bf16 ulp (lr 1e-4 on a weight of 1 is 1/80 of one) then accumulate instead of vanishing.
+///
 /// Differences from <see cref="AdamW"/>: gradients are zeroed (<see cref="ZeroGrad"/>), never set to
 /// null, so a parameter that got no gradient in a step is updated as if its gradient were zero
 /// (AdamW skips it). Construct it after the model has reached its device and dtype: moving or
@@ -20,6 +25,8 @@ public sealed class FlatAdamW : IDisposable
     sealed class Group
     {
         public required Tensor Data, Grad, M, V;
+        /// float32 master weights of a low-precision group; null when Data is already float32/float64
+        public Tensor? Master;
         public long DecayNumel;
     }
 
@@ -42,12 +49,13 @@ public sealed class FlatAdamW : IDisposable
             var ordered = bucket.Where(p => p.P.dim() >= 2).Concat(bucket.Where(p => p.P.dim() < 2)).ToArray();
             long total = ordered.Sum(p => p.P.numel());
             var first = ordered[0].P;
+            var stateType = IsLowPrecision(first.dtype) ? ScalarType.Float32 : first.dtype;
             var g = new Group
             {
                 Data = empty(total, dtype: first.dtype, device: first.device).DetachFromDisposeScope(),
                 Grad = zeros(total, dtype: first.dtype, device: first.device).DetachFromDisposeScope(),
-                M = zeros(total, dtype: first.dtype, device: first.device).DetachFromDisposeScope(),
-                V = zeros(total, dtype: first.dtype, device: first.device).DetachFromDisposeScope(),
+                M = zeros(total, dtype: stateType, device: first.device).DetachFromDisposeScope(),
+                V = zeros(total, dtype: stateType, device: first.device).DetachFromDisposeScope(),
                 DecayNumel = ordered.Where(p => p.P.dim() >= 2).Sum(p => p.P.numel()),
             };
             long offset = 0;
@@ -63,11 +71,19 @@ public sealed class FlatAdamW : IDisposable
                 placed.Add((name, p, g, offset));
                 offset += n;
             }
+            if (stateType != first.dtype)
+            {
+                // The masters start from the parameters' (already rounded) values: the cast to bf16
+                // happened before the optimiser existed, a relative change of at most 2^-9 per weight.
+                g.Master = g.Data.to(stateType).DetachFromDisposeScope();
+            }
             gs.Add(g);
         }
         this.parameters = placed.ToArray();
         groups = gs.ToArray();
     }
+
+    static bool IsLowPrecision(ScalarType t) => t is ScalarType.BFloat16 or ScalarType.Float16;
 
     /// The number of trainable elements (all groups).
     public long Numel => groups.Sum(g => g.Data.numel());
@@ -82,11 +98,14 @@ public sealed class FlatAdamW : IDisposable
         foreach (var g in groups)
         {
             using var scope = NewDisposeScope();
-            if (weightDecay != 0 && g.DecayNumel > 0) g.Data.narrow(0, 0, g.DecayNumel).mul_(decay);
-            g.M.mul_(b1).add_(g.Grad, alpha: b1c);
-            g.V.mul_(b2).addcmul_(g.Grad, g.Grad, value: b2c);
+            var weights = g.Master ?? g.Data;
+            var grad = g.Master is null ? g.Grad : g.Grad.to(ScalarType.Float32);
+            if (weightDecay != 0 && g.DecayNumel > 0) weights.narrow(0, 0, g.DecayNumel).mul_(decay);
+            g.M.mul_(b1).add_(grad, alpha: b1c);
+            g.V.mul_(b2).addcmul_(grad, grad, value: b2c);
             var denom = g.V.sqrt().mul_(invSqrtBc2).add_(epsilon);
-            g.Data.addcdiv_(g.M, denom, value: stepSize);
+            weights.addcdiv_(g.M, denom, value: stepSize);
+            if (g.Master is not null) g.Data.copy_(g.Master);
         }
     }
 
@@ -109,7 +128,8 @@ public sealed class FlatAdamW : IDisposable
     {
         using var _ = no_grad();
         using var scope = NewDisposeScope();
-        var norms = groups.Select(g => g.Grad.norm().to(float32)).ToArray();
+        // low-precision gradients are summed in float32: a bf16 sum of squares loses the small ones
+        var norms = groups.Select(g => (g.Master is null ? g.Grad : g.Grad.to(float32)).norm().to(float32)).ToArray();
         var total = norms.Length == 1 ? norms[0] : stack(norms).norm();
         using Scalar max = maxNorm, tiny = 1e-6, one = 1.0;
         var coef = total.add(tiny).reciprocal_().mul_(max).clamp_max_(one);
@@ -117,19 +137,35 @@ public sealed class FlatAdamW : IDisposable
         return total.MoveToOuterDisposeScope();
     }
 
-    /// exp_avg.NAME and exp_avg_sq.NAME for every parameter (views of the state buffers), as <see cref="AdamW.State"/>.
+    /// exp_avg.NAME and exp_avg_sq.NAME for every parameter (views of the state buffers), as
+    /// <see cref="AdamW.State"/>, and master.NAME (float32) for every parameter with master weights.
     public IEnumerable<(string Name, Tensor Value)> State() =>
-        StepCount == 0 ? [] : parameters.SelectMany(x => new[]
+        (StepCount == 0 ? [] : parameters.SelectMany(x => new[]
         {
             ($"exp_avg.{x.Name}", x.G.M.narrow(0, x.Offset, x.P.numel()).view(x.P.shape)),
             ($"exp_avg_sq.{x.Name}", x.G.V.narrow(0, x.Offset, x.P.numel()).view(x.P.shape)),
-        });
+        })).Concat(MasterWeights().Select(m => ($"master.{m.Name}", m.Value)));
 
+    /// The float32 master weight of every low-precision parameter, by name (views of the master buffers).
+    public IEnumerable<(string Name, Tensor Value)> MasterWeights() =>
+        parameters.Where(x => x.G.Master is not null)
+                  .Select(x => (x.Name, x.G.Master!.narrow(0, x.Offset, x.P.numel()).view(x.P.shape)));
+
+    /// Restores the step count, the moments and the master weights. Call it after the parameters
+    /// themselves were loaded: a master missing from <paramref name="tensors"/> (a checkpoint of a
+    /// float32 run) is taken from its parameter.
     public void Load(long stepCount, IReadOnlyDictionary<string, Tensor> tensors)
     {
         StepCount = stepCount;
         using var _ = no_grad();
         foreach (var (name, p, g, offset) in parameters)
+        {
+            if (g.Master is not null)
+            {
+                using var slot = g.Master.narrow(0, offset, p.numel());
+                if (tensors.TryGetValue($"master.{name}", out var w)) slot.copy_(w.reshape(-1));
+                else { using var flat = p.detach().reshape(-1); slot.copy_(flat); }
+            }
             if (tensors.TryGetValue($"exp_avg.{name}", out var m) && tensors.TryGetValue($"exp_avg_sq.{name}", out var v))
             {
                 using var ms = g.M.narrow(0, offset, p.numel());
@@ -137,10 +173,11 @@ public sealed class FlatAdamW : IDisposable
                 ms.copy_(m.reshape(-1));
                 vs.copy_(v.reshape(-1));
             }
+        }
     }
 
     public void Dispose()
     {
-        foreach (var g in groups) { g.M.Dispose(); g.V.Dispose(); g.Data.Dispose(); g.Grad.Dispose(); }
+        foreach (var g in groups) { g.M.Dispose(); g.V.Dispose(); g.Data.Dispose(); g.Grad.Dispose(); g.Master?.Dispose(); }
     }
 }

@@ -1,30 +1,64 @@
+using Lora.Core.Tuning;
 using TorchSharp;
 using static TorchSharp.torch;
 
 namespace Lora.Core.Training;
 
-/// Reduced precision without autocast (TorchSharp has none): under <see cref="Precision.BFloat16"/>
-/// every leaf module whose parameters are all frozen is cast to bfloat16 once, before training, so
-/// the frozen weights live in bf16 and no step casts them again; trainable parameters (and so the
-/// optimiser state) stay float32. Tuning layers compute their adapter path in the dtype of the
-/// activations they receive (casting their small fp32 weights, as autocast does) and return the
-/// frozen base's dtype; a module trained fully (modules_to_save, a classifier head) gets its input
-/// cast to its own dtype.
+/// Reduced precision without autocast (TorchSharp has none). Under <see cref="Precision.BFloat16"/>
+/// every leaf module of the model is cast to bfloat16 once, before training, except the adapters'
+/// own modules (LoRA A/B, DoRA magnitudes, AdaLoRA's P/E/Q, bottleneck adapters): those are small,
+/// stay float32 and are cast per forward into the activations' dtype, as autocast does.
+///
+/// Frozen weights then live in bf16 and no step casts them. Trainable parameters that are now bf16
+/// (full fine-tuning, a trained head) compute in bf16, while <see cref="FlatAdamW"/> keeps a float32
+/// master copy of them with float32 moments and writes the rounded result back after each step: the
+/// recipe of mixed-precision training with master weights, without autocast's per-step casts of
+/// every weight. <see cref="RestoreFloat32"/> puts the float32 masters back into the model when
+/// training ends, so what is saved is the float32 result. Parameters held directly by non-leaf
+/// modules (a ViT's cls token and position embedding) stay float32; their modules cast them.
 public static class MixedPrecision
 {
     public static void Apply(nn.Module model, Precision precision)
     {
-        if (precision == Precision.BFloat16) CastFrozenLeaves(model, ScalarType.BFloat16);
+        if (precision == Precision.BFloat16) CastOutsideAdapters(model, ScalarType.BFloat16);
     }
 
-    /// Casts leaf modules whose parameters are all frozen to the given dtype.
-    public static void CastFrozenLeaves(nn.Module root, ScalarType dtype)
+    /// Casts every leaf module with floating-point parameters to <paramref name="dtype"/>, leaving the
+    /// adapters of tuning layers and bottleneck adapters as they are.
+    public static void CastOutsideAdapters(nn.Module root, ScalarType dtype)
     {
-        foreach (var m in root.modules().ToArray())
+        if (!root.children().Any()) { CastLeaf(root, dtype); return; }
+        foreach (var (name, child) in root.named_children())
         {
-            if (m.children().Any()) continue;
-            var ps = m.parameters(false).ToArray();
-            if (ps.Length > 0 && ps.All(p => !p.requires_grad && p.is_floating_point())) m.to(dtype);
+            if (child is BottleneckAdapter) continue;
+            if (root is TunerLayer && name != "base_layer") continue; // adapter slots
+            CastOutsideAdapters(child, dtype);
         }
+    }
+
+    static void CastLeaf(nn.Module leaf, ScalarType dtype)
+    {
+        if (leaf.parameters(false).Any(p => p.is_floating_point() && p.dtype != dtype)) leaf.to(dtype);
+    }
+
+    /// After training under bf16 with master weights: casts the leaf modules that hold trained
+    /// low-precision parameters back to float32 and copies the optimiser's float32 masters into
+    /// them, so the model holds the exact training result (frozen leaves stay bf16). The optimiser's
+    /// buffers no longer back those parameters afterwards: call it when training is over.
+    public static void RestoreFloat32(nn.Module model, FlatAdamW optimizer)
+    {
+        var masters = optimizer.MasterWeights().ToDictionary(m => m.Name, m => m.Value);
+        if (masters.Count == 0) return;
+        using var _ = no_grad();
+        foreach (var (prefix, leaf) in model.named_modules())
+        {
+            if (leaf.children().Any()) continue;
+            string Full(string n) => prefix.Length == 0 ? n : prefix + "." + n;
+            if (!leaf.named_parameters(false).Any(p => masters.ContainsKey(Full(p.name)))) continue;
+            leaf.to(ScalarType.Float32);
+            foreach (var (n, p) in leaf.named_parameters(false))
+                if (masters.TryGetValue(Full(n), out var m)) p.copy_(m);
+        }
+        foreach (var m in masters.Values) m.Dispose();
     }
 }

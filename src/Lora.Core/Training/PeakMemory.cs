@@ -55,6 +55,11 @@ public sealed class PeakMemory : IDisposable
 
     public void Dispose() => timer?.Dispose();
 
+    /// Device memory in use on GPU <paramref name="index"/> in MiB (NVML: all processes, the CUDA
+    /// contexts included), or null without NVML.
+    public static double? DeviceUsedMiB(int index) =>
+        Nvml.TryDevice(index, out var d) && Nvml.Used(d) is long used ? used / 1048576.0 : null;
+
     /// VmHWM of this process in bytes, or null off Linux.
     public static long? ProcessPeakBytes()
     {

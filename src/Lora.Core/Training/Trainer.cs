@@ -95,7 +95,7 @@ public sealed class Trainer
 
         using var memory = PeakMemory.Start(device.type == DeviceType.CUDA ? Math.Max(0, device.index) : null);
         var clock = new Stopwatch();
-        var parameters = trainable.Select(p => p.parameter).ToArray();
+        long trainableCount = trainable.Sum(p => p.parameter.numel());
         int readEvery = o.LossReadEvery > 0 ? o.LossReadEvery : device.type == DeviceType.CUDA ? 8 : 1;
         var pending = new List<(long Step, int Epoch, double Lr, Tensor Loss)>();
         void ReadLosses()
@@ -179,11 +179,13 @@ public sealed class Trainer
 
         var final = st.Epochs.Count > 0 && st.Epochs[^1].Validation is EvalMetrics v ? v
             : task.Evaluate(model, task.HasValidation ? evalLoader : task.Loader(o, device, train: false, trainSet: true), inputType, o);
+        // bf16 runs trained low-precision copies; the model keeps the float32 masters (what is saved)
+        MixedPrecision.RestoreFloat32(model, optimizer);
         double seconds = st.TrainSeconds + clock.Elapsed.TotalSeconds;
         return new TrainResult(
             final, st.LossCurve.ToArray(), st.Epochs.ToArray(), st.Step, TimeSpan.FromSeconds(seconds),
             seconds > 0 ? st.Images / seconds : 0, memory.PeakMiB, memory.Source, o.Precision, device.ToString(),
-            parameters.Sum(p => p.numel()), resumedFrom);
+            trainableCount, resumedFrom);
     }
 
     static TrainingProgress Progress(RunState st, Stopwatch clock, int epoch, long total, EpochMetrics? end)
