@@ -148,7 +148,7 @@ public sealed class VisionTransformer : nn.Module<Tensor, Tensor>, IHasClassifie
         if (x.dim() != 4 || x.shape[1] != Config.in_chans || x.shape[2] != Config.img_size || x.shape[3] != Config.img_size)
             throw new ArgumentException($"This ViT takes images [N, {Config.in_chans}, {Config.img_size}, {Config.img_size}] (its in_chans and img_size); got [{string.Join(", ", x.shape)}]. Resize the input or build the model with a matching img_size.");
         using var scope = NewDisposeScope();
-        // Mixed precision (frozen layers in bf16, trainable in fp32): the stem takes its weight's dtype
+        // Mixed precision (layers in bf16, adapters and this module's own tokens in fp32): the stem takes its weight's dtype
         // and the token stream keeps the stem's, whatever dtype the parameters beside it have.
         var stem = patch_embed.WeightType;
         var t = patch_embed.forward(x.dtype == stem ? x : x.to(stem));

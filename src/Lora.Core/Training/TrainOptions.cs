@@ -3,10 +3,10 @@ using Lora.Core.Data;
 namespace Lora.Core.Training;
 
 /// How weights and inputs are stored during training. TorchSharp has no autocast, so reduced
-/// precision is explicit: <see cref="BFloat16"/> casts the frozen layers (leaf modules whose
-/// parameters all have requires_grad = false) and the inputs to bfloat16 while trainable parameters
-/// and the optimizer state stay float32; logits are cast back to float32 for the loss. Layers that
-/// mix frozen and trainable weights must cast their inputs to each weight's dtype.
+/// precision is explicit: <see cref="BFloat16"/> casts every leaf module outside the adapters and the
+/// inputs to bfloat16; adapter weights, the optimiser's master weights and its moments stay float32;
+/// logits are cast back to float32 for the loss (see <see cref="MixedPrecision"/>). Modules that hold
+/// parameters of their own beside children cast them to their activations' dtype.
 public enum Precision { Float32, BFloat16 }
 
 /// Options of one training run. Defaults follow common fine-tuning practice (AdamW, weight decay
