@@ -130,6 +130,9 @@ module Validation =
           if not (t.Lr > 0.0) then yield err (at + "lr") (sprintf "lr must be positive, got %g" t.Lr)
           if t.Warmup < 0 then yield err (at + "warmup") (sprintf "warmup must not be negative, got %d" t.Warmup)
           if not (t.WeightDecay >= 0.0) then yield err (at + "weight_decay") (sprintf "weight_decay must not be negative, got %g" t.WeightDecay)
+          // caught here rather than when the run starts (after any pretraining it depends on)
+          if t.Precision = Fp16 then
+              yield err (at + "precision") "precision fp16 is not supported (no autocast or loss scaling in TorchSharp): use bf16 (fp32 master weights) or fp32"
           match t.ImageSize with
           | Some s when s <= 0 -> yield err (at + "image_size") (sprintf "image_size must be positive, got %d" s)
           | _ -> () ]

@@ -240,6 +240,8 @@ let errorCases =
       "unknown device", baseSpec + "    device: gpu\n", "experiments[0].device", "gpu", 0, "unknown value 'gpu' (did you mean cpu?); expected one of cpu, cuda"
       "no dataset", r "    dataset: { source: fashion_mnist }\n" "", "experiments[0].datasets", "name: t", 0, "an experiment needs dataset"
       "epochs zero", baseSpec + "    epochs: 0\n", "experiments[0].epochs", "epochs: 0", 8, "epochs must be at least 1, got 0"
+      "fp16 refused before any run", baseSpec + "    precision: fp16\n", "experiments[0].precision", "precision: fp16", 11,
+      "precision fp16 is not supported (no autocast or loss scaling in TorchSharp): use bf16 (fp32 master weights) or fp32"
       "empty class list", r "{ source: fashion_mnist }" "{ source: fashion_mnist, classes: [] }", "experiments[0].datasets[0].classes", "[]", 0,
       "classes is empty"
       "a method listed twice", r "methods: [lora]" "methods: [lora, lora]", "experiments[0].methods", "[lora, lora]", 0,
