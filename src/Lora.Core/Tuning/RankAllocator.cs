@@ -16,7 +16,10 @@ public sealed class RankAllocator : IStatefulStepHook
     // The EMAs per parameter ("<path>.lora_A" …), owned by the allocator: detached from any dispose
     // scope, so a caller may wrap a step in one; an entry is disposed when replaced.
     readonly Dictionary<string, (Tensor avgIpt, Tensor avgUnc)> scores = new();
-    Dictionary<string, bool[]>? rankPattern;
+    // The kept ranks per layer as bool tensors on the layer's device (owned): no step reads them
+    // back to the host, so allocation does not stall a GPU (PEFT reads the threshold and every
+    // layer's pattern with .item()/.tolist()); RankPattern copies them out when asked.
+    Dictionary<string, Tensor>? keep;
     // Numbers used in tensor ops are held as Scalars for the allocator's lifetime: a temporary
     // Scalar (from `t * 0.85`) may be finalized by the GC while the native op still reads it.
     readonly Scalar beta1, beta2, oneMinusBeta1, oneMinusBeta2;
@@ -43,7 +46,8 @@ public sealed class RankAllocator : IStatefulStepHook
     public int TargetBudget { get; }
 
     /// The kept ranks per layer path (true = kept) after the last allocation, or null before any.
-    public IReadOnlyDictionary<string, bool[]>? RankPattern => rankPattern;
+    public IReadOnlyDictionary<string, bool[]>? RankPattern =>
+        keep?.ToDictionary(kv => kv.Key, kv => { using var c = kv.Value.cpu(); return c.data<bool>().ToArray(); });
 
     public void Begin(long totalSteps)
     {
@@ -102,15 +106,15 @@ public sealed class RankAllocator : IStatefulStepHook
         {
             UpdateImportance();
             var (budget, mask) = BudgetSchedule(globalStep);
-            if (mask) rankPattern = MaskToBudget(budget);
+            if (mask) MaskToBudget(budget);
         }
         else if (globalStep == end)
         {
             UpdateImportance();
-            rankPattern = MaskToBudget(BudgetSchedule(globalStep).Budget);
+            MaskToBudget(BudgetSchedule(globalStep).Budget);
             ClearScores();
         }
-        else if (rankPattern is not null) MaskUsingRankPattern(rankPattern);
+        else if (keep is not null) MaskUsingRankPattern(keep);
     }
 
     void UpdateImportance()
@@ -153,32 +157,39 @@ public sealed class RankAllocator : IStatefulStepHook
         return (e + a + b).MoveToOuterDisposeScope();
     }
 
-    Dictionary<string, bool[]> MaskToBudget(int budget)
+    /// Zeroes the E entries whose triplet score is at or below the k-th smallest (k = initial budget −
+    /// budget) and keeps the resulting pattern; the threshold stays on the device.
+    void MaskToBudget(int budget)
     {
         using var scope = torch.NewDisposeScope();
         var perLayer = layers.Select(l => TripletScores(l.Path, l.Layer)).ToList();
         var k = InitialBudget - budget;
-        var threshold = k <= 0 ? double.NegativeInfinity : torch.cat(perLayer).kthvalue(k, 0, false).values.ToDouble();
-        var pattern = new Dictionary<string, bool[]>();
+        var threshold = k <= 0 ? null : torch.cat(perLayer).kthvalue(k, 0, false).values;
+        var masks = new Dictionary<string, Tensor>();
         using var _ = torch.no_grad();
-        using var t = threshold.ToScalar();
         for (var i = 0; i < layers.Count; i++)
         {
             var (path, l) = layers[i];
-            var drop = perLayer[i].le(t);
+            var drop = threshold is null ? torch.zeros_like(perLayer[i], dtype: ScalarType.Bool) : perLayer[i].le(threshold);
             l.E(adapter).masked_fill_(drop.view(-1, 1), Zero);
-            pattern[path] = drop.logical_not().data<bool>().ToArray();
+            masks[path] = drop.logical_not().DetachFromDisposeScope();
         }
-        return pattern;
+        Keep(masks);
     }
 
-    void MaskUsingRankPattern(IReadOnlyDictionary<string, bool[]> pattern)
+    void Keep(Dictionary<string, Tensor>? masks)
+    {
+        if (keep is not null) foreach (var t in keep.Values) t.Dispose();
+        keep = masks;
+    }
+
+    void MaskUsingRankPattern(IReadOnlyDictionary<string, Tensor> pattern)
     {
         using var _ = torch.no_grad();
         foreach (var (path, l) in layers)
         {
-            if (!pattern.TryGetValue(path, out var keep)) continue;
-            using var drop = torch.tensor(keep.Select(x => !x).ToArray(), device: l.E(adapter).device);
+            if (!pattern.TryGetValue(path, out var kept)) continue;
+            using var drop = kept.logical_not();
             l.E(adapter).masked_fill_(drop.view(-1, 1), Zero);
         }
     }
@@ -195,8 +206,8 @@ public sealed class RankAllocator : IStatefulStepHook
             yield return ("ipt." + key, ipt);
             yield return ("unc." + key, unc);
         }
-        if (rankPattern is not null)
-            foreach (var (path, keep) in rankPattern) yield return ("pattern." + path, torch.tensor(keep));
+        if (keep is not null)
+            foreach (var (path, mask) in keep) yield return ("pattern." + path, mask.clone().cpu());
         yield return ("step", torch.tensor(Step));
     }
 
@@ -204,7 +215,7 @@ public sealed class RankAllocator : IStatefulStepHook
     public void LoadState(IReadOnlyDictionary<string, Tensor> tensors)
     {
         ClearScores();
-        rankPattern = null;
+        Keep(null);
         using var _ = torch.no_grad();
         foreach (var (path, l) in layers)
             foreach (var (key, p) in Triplet(path, l))
@@ -219,11 +230,11 @@ public sealed class RankAllocator : IStatefulStepHook
                 scores[key] = (Own(ipt, p), Own(unc, p));
             }
         foreach (var (path, l) in layers)
-            if (tensors.TryGetValue("pattern." + path, out var keep))
+            if (tensors.TryGetValue("pattern." + path, out var kept))
             {
-                if (keep.dtype != ScalarType.Bool || keep.numel() != l.E(adapter).shape[0])
+                if (kept.dtype != ScalarType.Bool || kept.numel() != l.E(adapter).shape[0])
                     throw new InvalidDataException($"AdaLoRA rank pattern for '{path}' is not {l.E(adapter).shape[0]} booleans; the checkpoint does not fit this model.");
-                (rankPattern ??= new())[path] = keep.data<bool>().ToArray();
+                (keep ??= new())[path] = kept.to(l.E(adapter).device).reshape(-1).clone();
             }
         Step = tensors.TryGetValue("step", out var step) ? step.item<long>() : 0;
     }
