@@ -16,7 +16,7 @@ public sealed class MobileSamPatchEmbed : nn.Module<Tensor, Tensor>
 
     public MobileSamPatchEmbed(long inChs, long outChs, Device? device = null) : base(nameof(MobileSamPatchEmbed))
     {
-        seq = nn.Sequential(new Conv2dBN(inChs, outChs / 2, 3, 2, 1, device: device), nn.GELU(), new Conv2dBN(outChs / 2, outChs, 3, 2, 1, device: device));
+        seq = nn.Sequential(new ConvNorm(inChs, outChs / 2, 3, 2, 1, device: device, mobileSamNames: true), nn.GELU(), new ConvNorm(outChs / 2, outChs, 3, 2, 1, device: device, mobileSamNames: true));
         RegisterComponents();
     }
 

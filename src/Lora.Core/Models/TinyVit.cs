@@ -5,18 +5,22 @@ using static TorchSharp.torch;
 
 namespace Lora.Core.Models;
 
-/// timm's ConvNorm: a bias-free Conv2d followed by BatchNorm2d (keys conv.*, bn.*).
+/// A bias-free Conv2d followed by BatchNorm2d: timm's ConvNorm (keys conv.*, bn.*) or, with
+/// MobileSAM's names, the original TinyViT's Conv2d_BN (keys c.*, bn.*). One layer, two key names.
 public sealed class ConvNorm : nn.Module<Tensor, Tensor>
 {
-    private nn.Module<Tensor, Tensor> conv;
-    private BatchNorm2d bn;
+    readonly nn.Module<Tensor, Tensor> conv;
+    readonly BatchNorm2d bn;
 
-    public ConvNorm(long inChs, long outChs, long ks = 1, long stride = 1, long pad = 0, long groups = 1, double bnWeightInit = 1.0, Device? device = null) : base(nameof(ConvNorm))
+    public ConvNorm(long inChs, long outChs, long ks = 1, long stride = 1, long pad = 0, long groups = 1, double bnWeightInit = 1.0,
+                    Device? device = null, bool mobileSamNames = false) : base(mobileSamNames ? "Conv2dBN" : nameof(ConvNorm))
     {
         conv = nn.Conv2d(inChs, outChs, ks, stride: stride, padding: pad, groups: groups, bias: false, device: device);
         bn = nn.BatchNorm2d(outChs, device: device);
         if (!Init.IsMeta(device) && bnWeightInit != 1.0) { using var _ = no_grad(); using var v = bnWeightInit.ToScalar(); bn.weight!.fill_(v); } // held Scalar: see Block.mlpScale
-        RegisterComponents();
+        // registered by hand: the conv's key depends on the naming, not on the field
+        register_module(mobileSamNames ? "c" : "conv", conv);
+        register_module("bn", bn);
     }
 
     public override Tensor forward(Tensor x)
@@ -24,33 +28,10 @@ public sealed class ConvNorm : nn.Module<Tensor, Tensor>
         using var c = conv.forward(x);
         return bn.forward(c);
     }
-}
 
-/// MobileSAM's Conv2d_BN: the same layer as ConvNorm with the original TinyViT's names (c.*, bn.*).
-public sealed class Conv2dBN : nn.Module<Tensor, Tensor>
-{
-    private nn.Module<Tensor, Tensor> c;
-    private BatchNorm2d bn;
-
-    public Conv2dBN(long inChs, long outChs, long ks = 1, long stride = 1, long pad = 0, long groups = 1, double bnWeightInit = 1.0, Device? device = null) : base(nameof(Conv2dBN))
-    {
-        c = nn.Conv2d(inChs, outChs, ks, stride: stride, padding: pad, groups: groups, bias: false, device: device);
-        bn = nn.BatchNorm2d(outChs, device: device);
-        if (!Init.IsMeta(device) && bnWeightInit != 1.0) { using var _ = no_grad(); using var v = bnWeightInit.ToScalar(); bn.weight!.fill_(v); } // held Scalar: see Block.mlpScale
-        RegisterComponents();
-    }
-
-    public override Tensor forward(Tensor x)
-    {
-        using var y = c.forward(x);
-        return bn.forward(y);
-    }
-
-    /// ConvNorm (timm's names) or Conv2dBN (MobileSAM's names).
-    internal static nn.Module<Tensor, Tensor> Make(bool mobileSamNames, long inChs, long outChs, long ks = 1, long stride = 1, long pad = 0, long groups = 1, double bnWeightInit = 1.0, Device? device = null) =>
-        mobileSamNames
-            ? new Conv2dBN(inChs, outChs, ks, stride, pad, groups, bnWeightInit, device)
-            : new ConvNorm(inChs, outChs, ks, stride, pad, groups, bnWeightInit, device);
+    /// ConvNorm with timm's names or MobileSAM's.
+    internal static ConvNorm Make(bool mobileSamNames, long inChs, long outChs, long ks = 1, long stride = 1, long pad = 0, long groups = 1, double bnWeightInit = 1.0, Device? device = null) =>
+        new(inChs, outChs, ks, stride, pad, groups, bnWeightInit, device, mobileSamNames);
 }
 
 /// timm's TinyViT PatchEmbed: two stride-2 ConvNorms with GELU between (overall stride 4).
@@ -83,9 +64,9 @@ public sealed class MBConv : nn.Module<Tensor, Tensor>
     public MBConv(long inChs, long outChs, double expandRatio, Device? device = null, bool mobileSamNames = false) : base(nameof(MBConv))
     {
         var mid = (long)(inChs * expandRatio);
-        conv1 = Conv2dBN.Make(mobileSamNames, inChs, mid, 1, device: device);
-        conv2 = Conv2dBN.Make(mobileSamNames, mid, mid, 3, 1, 1, groups: mid, device: device);
-        conv3 = Conv2dBN.Make(mobileSamNames, mid, outChs, 1, bnWeightInit: 0.0, device: device);
+        conv1 = ConvNorm.Make(mobileSamNames, inChs, mid, 1, device: device);
+        conv2 = ConvNorm.Make(mobileSamNames, mid, mid, 3, 1, 1, groups: mid, device: device);
+        conv3 = ConvNorm.Make(mobileSamNames, mid, outChs, 1, bnWeightInit: 0.0, device: device);
         RegisterComponents();
     }
 
@@ -108,9 +89,9 @@ public sealed class PatchMerging : nn.Module<Tensor, Tensor>
 
     public PatchMerging(long dim, long outDim, Device? device = null, bool mobileSamNames = false, long stride = 2) : base(nameof(PatchMerging))
     {
-        conv1 = Conv2dBN.Make(mobileSamNames, dim, outDim, 1, 1, 0, device: device);
-        conv2 = Conv2dBN.Make(mobileSamNames, outDim, outDim, 3, stride, 1, groups: outDim, device: device);
-        conv3 = Conv2dBN.Make(mobileSamNames, outDim, outDim, 1, 1, 0, device: device);
+        conv1 = ConvNorm.Make(mobileSamNames, dim, outDim, 1, 1, 0, device: device);
+        conv2 = ConvNorm.Make(mobileSamNames, outDim, outDim, 3, stride, 1, groups: outDim, device: device);
+        conv3 = ConvNorm.Make(mobileSamNames, outDim, outDim, 1, 1, 0, device: device);
         RegisterComponents();
     }
 
@@ -251,7 +232,7 @@ public sealed class TinyVitBlock : nn.Module<Tensor, Tensor>, IAdapterHost
         this.windowSize = windowSize;
         attn = new TinyVitAttention(dim, dim / numHeads, numHeads, 1, windowSize, device);
         mlp = new NormMlp(dim, (long)(dim * mlpRatio), device);
-        local_conv = Conv2dBN.Make(mobileSamNames, dim, dim, localConvSize, 1, localConvSize / 2, groups: dim, device: device);
+        local_conv = ConvNorm.Make(mobileSamNames, dim, dim, localConvSize, 1, localConvSize / 2, groups: dim, device: device);
         RegisterComponents();
     }
 
