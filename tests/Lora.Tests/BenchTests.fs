@@ -10,6 +10,7 @@ open Lora.Core.Training
 open Lora.Core.Tuning
 open Lora.Runner
 open Lora.Tests.Generators
+open Lora.Tests.ReferenceAdamW
 
 type Tensor = torch.Tensor
 

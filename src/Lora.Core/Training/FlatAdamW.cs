@@ -4,7 +4,7 @@ using static TorchSharp.torch;
 
 namespace Lora.Core.Training;
 
-/// AdamW with the same update rule as <see cref="AdamW"/>, but over parameters re-homed into one
+/// AdamW (PyTorch's update rule; weight decay on parameters with 2 or more dimensions, as timm) over parameters re-homed into one
 /// contiguous buffer per (device, dtype): every parameter becomes a view of its group's buffer, and
 /// its gradient a view of a matching gradient buffer. A step is then a handful of large kernels per
 /// group instead of ~9 small ones per parameter (TorchSharp has no torch._foreach_* multi-tensor
@@ -16,7 +16,7 @@ namespace Lora.Core.Training;
 /// gradients (cast to float32) and writes the rounded master back into the parameters. Updates far
 /// below a bf16 ulp (lr 1e-4 on a weight of 1 is 1/80 of one) then accumulate instead of vanishing.
 ///
-/// Differences from <see cref="AdamW"/>: gradients are zeroed (<see cref="ZeroGrad"/>), never set to
+/// Differences from torch.optim.AdamW (and the per-parameter reference the tests compare it with): gradients are zeroed (<see cref="ZeroGrad"/>), never set to
 /// null, so a parameter that got no gradient in a step is updated as if its gradient were zero
 /// (AdamW skips it). Construct it after the model has reached its device and dtype: moving or
 /// casting the model afterwards gives the parameters new storage and detaches them from the buffers.
@@ -138,7 +138,7 @@ public sealed class FlatAdamW : IDisposable
     }
 
     /// exp_avg.NAME and exp_avg_sq.NAME for every parameter (views of the state buffers), as
-    /// <see cref="AdamW.State"/>, and master.NAME (float32) for every parameter with master weights.
+    /// torch.optim.AdamW's state names, and master.NAME (float32) for every parameter with master weights.
     public IEnumerable<(string Name, Tensor Value)> State() =>
         (StepCount == 0 ? [] : parameters.SelectMany(x => new[]
         {
