@@ -140,6 +140,48 @@ let private layerTests =
             Expect.sequenceEqual d.shape conv.weight.shape "ΔW has W's shape"
             mergeContract l x dt)
 
+        // The LoRA and AdaLoRA forwards fold the scale and the sum into one addmm; their gradients come
+        // from autograd through it. Checked against the closed forms, computed in float64, for
+        // L = Σ y∘G: dB = k·Gᵀ(xMᵀ), dM = k·(GB)ᵀx, dx = GW + k·(GB)M, with M = A (LoRA) or A∘E (AdaLoRA).
+        testProp "LoRA and AdaLoRA Linear: output and gradients of A, B, E and x equal float64 closed forms" (fun (seed: int) a b c (f64: bool) (ada: bool) (rs: bool) ->
+            let lin, x, r, dt = linearCase seed a b c f64
+            lin.weight.requires_grad <- false
+            lin.bias.requires_grad <- false
+            let alpha = float (abs seed % 16 + 1)
+            let layer, k, parts =
+                if ada then
+                    let l = new AdaLoraLinear(lin)
+                    l.AddAdapter("default", r, alpha, 0.0)
+                    l :> TunerLayer, alpha / (float r + 1e-5), (fun () -> l.A "default", Some(l.E "default"), l.B "default")
+                else
+                    let l = new LoraLinear(lin)
+                    let o = LoraOptions(r, alpha, 0.0, rs)
+                    l.AddAdapter("default", o)
+                    l :> TunerLayer, o.Scaling, (fun () -> l.A("default").weight, None, l.B("default").weight)
+            layer.SetActiveAdapters [ "default" ]
+            randomise (layer.AdapterParameters "default") seed
+            let x = x.detach().requires_grad_(true)
+            use g = new torch.Generator(uint64 (abs seed) + 11UL)
+            use G = torch.randn([| 3L; 2L; lin.weight.shape.[0] |], dtype = dt, generator = g)
+            use y = layer.forward x
+            use loss = (y * G).sum()
+            loss.backward ()
+            let A, E, B = parts ()
+            let d (t: torch.Tensor) = t.detach().to_type(torch.float64)
+            let x2, G2 = (d x).reshape(-1L, x.shape.[2]), (d G).reshape(-1L, G.shape.[2])
+            let M = match E with Some e -> d A * d e | None -> d A
+            let GB = G2.matmul(d B)
+            let yRef = x2.matmul((d lin.weight).t()) + d lin.bias + x2.matmul(M.t()).matmul((d B).t()) * k
+            close "y" dt (y.reshape(-1L, y.shape.[2])) yRef
+            close "dB" dt B.grad (G2.t().matmul(x2.matmul(M.t())) * k)
+            let dM = GB.t().matmul(x2) * k
+            match E with
+            | Some e ->
+                close "dA" dt A.grad (dM * d e)
+                close "dE" dt e.grad ((dM * d A).sum(1L, keepdim = true))
+            | None -> close "dA" dt A.grad dM
+            close "dx" dt (x.grad.reshape(-1L, x.shape.[2])) (G2.matmul(d lin.weight) + GB.matmul(M) * k))
+
         test "Conv2d with groups rejects a rank that is not a multiple of groups" {
             let conv = torch.nn.Conv2d(4L, 4L, 3L, groups = 2L)
             let l = new LoraConv2d(conv)

@@ -84,12 +84,14 @@ public sealed class AdaLoraLinear : TunerLayer
         return d.MoveToOuterDisposeScope();
     }
 
-    protected override Tensor AdapterOutput(Tensor x, string adapter, Tensor baseOutput)
+    /// The scale (a tensor: ranknum is a parameter) goes into E, r numbers, rather than over the output.
+    protected override Tensor AddAdapterOutput(Tensor result, Tensor x, string adapter)
     {
         using var scope = torch.NewDisposeScope();
         var xd = Dropout(x, options[adapter].dropout);
         using var scaling = Scaling(adapter).ToScalar();
-        var y = xd.matmul(In(A(adapter) * E(adapter), xd).t()).matmul(In(B(adapter), xd).t()) * scaling / (In(RankNum(adapter), xd) + Eps);
-        return y.MoveToOuterDisposeScope();
+        var e = E(adapter) * scaling / (RankNum(adapter) + Eps);
+        var h = xd.matmul(In(A(adapter) * e, xd).t());
+        return AddLowRank(result, h, In(B(adapter), xd), 1.0).MoveToOuterDisposeScope();
     }
 }

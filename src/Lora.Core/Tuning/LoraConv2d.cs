@@ -107,20 +107,25 @@ public sealed class LoraConv2d : TunerLayer
         return delta.MoveToOuterDisposeScope();
     }
 
-    protected override Tensor AdapterOutput(Tensor x, string adapter, Tensor baseOutput)
+    protected override Tensor AddAdapterOutput(Tensor result, Tensor x, string adapter)
     {
         using var scope = torch.NewDisposeScope();
+        return AddInResultDtype(result, AdapterOutput(x, adapter, result)).MoveToOuterDisposeScope();
+    }
+
+    Tensor AdapterOutput(Tensor x, string adapter, Tensor baseOutput)
+    {
         var o = options[adapter];
         var xd = Dropout(x, o.Dropout);
         using var scaling = o.Scaling.ToScalar();
         var xa = xd.dtype == A(adapter).weight!.dtype ? xd : xd.to(A(adapter).weight!.dtype);
         var lora = B(adapter).forward(A(adapter).forward(xa)).mul(scaling);
-        if (!o.UseDora) return lora.MoveToOuterDisposeScope();
+        if (!o.UseDora) return lora;
         // PEFT's conv DoRA: (m/‖W+ΔW‖ − 1)·conv(x, W) + m/‖W+ΔW‖ · lora(x) · scaling.
         var m = lora_magnitude_vector.Module<DoraMagnitude>(adapter).weight;
         var scale = m / WeightNorm(BaseWeight.detach(), adapter);          // (1, out, 1, 1)
         var plain = ReferenceEquals(xd, x) ? baseOutput : base_layer.forward(xd);
         if (Base.bias is not null) plain = plain - Base.bias.view(1, -1, 1, 1);
-        return ((scale - One) * plain + scale * lora).MoveToOuterDisposeScope();
+        return (scale - One) * plain + scale * lora;
     }
 }

@@ -94,14 +94,21 @@ public sealed class LoraLinear : TunerLayer
         return (m / norm).view(-1, 1) * (weight + delta);
     }
 
-    protected override Tensor AdapterOutput(Tensor x, string adapter, Tensor baseOutput)
+    protected override Tensor AddAdapterOutput(Tensor result, Tensor x, string adapter)
     {
         using var scope = torch.NewDisposeScope();
         var o = options[adapter];
         var xd = Dropout(x, o.Dropout);
-        var lora = nn.functional.linear(nn.functional.linear(xd, In(A(adapter).weight!, xd)), In(B(adapter).weight!, xd));
+        var h = nn.functional.linear(xd, In(A(adapter).weight!, xd));
+        if (!o.UseDora) return AddLowRank(result, h, In(B(adapter).weight!, xd), o.Scaling).MoveToOuterDisposeScope();
+        var lora = nn.functional.linear(h, In(B(adapter).weight!, xd));
+        return AddInResultDtype(result, DoraOutput(x, xd, lora, adapter, result)).MoveToOuterDisposeScope();
+    }
+
+    Tensor DoraOutput(Tensor x, Tensor xd, Tensor lora, string adapter, Tensor baseOutput)
+    {
+        var o = options[adapter];
         using var scaling = o.Scaling.ToScalar();
-        if (!o.UseDora) return lora.mul(scaling).MoveToOuterDisposeScope();
         // PEFT's DoRA: (m/‖W+ΔW‖ − 1)·(x Wᵀ) + m/‖W+ΔW‖ · lora(x) · scaling, the norm without gradient.
         var m = lora_magnitude_vector.Module<DoraMagnitude>(adapter).weight;
         var norm = WeightNorm(BaseWeight.detach(), adapter);
@@ -109,6 +116,6 @@ public sealed class LoraLinear : TunerLayer
         Tensor plain;
         if (ReferenceEquals(xd, x)) plain = Base.bias is null ? baseOutput : baseOutput - Base.bias;
         else plain = nn.functional.linear(xd, In(BaseWeight, xd));
-        return ((scale - One) * plain + scale * lora * scaling).MoveToOuterDisposeScope();
+        return (scale - One) * plain + scale * lora * scaling;
     }
 }

@@ -44,8 +44,8 @@ public abstract class TunerLayer : nn.Module<Tensor, Tensor>
 
     protected abstract void RemoveAdapterCore(string adapter);
 
-    /// The extra output of one adapter, added to the base output.
-    protected abstract Tensor AdapterOutput(Tensor x, string adapter, Tensor baseOutput);
+    /// The base output plus one adapter's output, as a new tensor in the base output's dtype.
+    protected abstract Tensor AddAdapterOutput(Tensor result, Tensor x, string adapter);
 
     /// The merged weight for one adapter given the current weight (W + ΔW; DoRA rescales).
     protected virtual Tensor MergedWeight(Tensor weight, string adapter) => weight + DeltaWeight(adapter);
@@ -117,15 +117,33 @@ public abstract class TunerLayer : nn.Module<Tensor, Tensor>
         foreach (var a in active)
         {
             if (merged.Contains(a)) continue;
-            var extra = AdapterOutput(x, a, result);
-            // Under bf16 training the frozen base computes in bf16 and the adapter's fp32 weights
-            // join it there; the sum keeps the base's dtype so the next frozen layer gets bf16.
-            if (extra.dtype != result.dtype) { var cast = extra.to(result.dtype); extra.Dispose(); extra = cast; }
-            var sum = result.add(extra);
-            result.Dispose(); extra.Dispose();
+            var sum = AddAdapterOutput(result, x, a);
+            result.Dispose();
             result = sum;
         }
         return result;
+    }
+
+    /// result + extra in result's dtype: under bf16 training the frozen base computes in bf16 and the
+    /// adapter's fp32 weights join it there, so the next frozen layer gets bf16.
+    protected static Tensor AddInResultDtype(Tensor result, Tensor extra)
+    {
+        using var scope = torch.NewDisposeScope();
+        if (extra.dtype != result.dtype) extra = extra.to(result.dtype);
+        return result.add(extra).MoveToOuterDisposeScope();
+    }
+
+    /// result + (h · bᵀ) · scale over the flattened leading dimensions, as one addmm: the scale and the
+    /// sum happen in the GEMM's epilogue instead of two elementwise passes (and two allocations) over
+    /// the output, forward and backward; its backward touches only the small h and b. The scale goes
+    /// into addmm's (single-precision) alpha when it is exact there, else into b.
+    protected static Tensor AddLowRank(Tensor result, Tensor h, Tensor b, double scale)
+    {
+        using var scope = torch.NewDisposeScope();
+        var alpha = (float)scale;
+        if (alpha != scale) { using var s = scale.ToScalar(); b = b.mul(s); alpha = 1f; }
+        var sum = result.reshape(-1, result.shape[^1]).addmm(h.reshape(-1, h.shape[^1]), b.t(), 1f, alpha);
+        return sum.view(result.shape).MoveToOuterDisposeScope();
     }
 
     bool registered;
