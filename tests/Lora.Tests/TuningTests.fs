@@ -36,7 +36,8 @@ let private throwsMsg<'e when 'e :> exn> (f: unit -> unit) =
     with :? 'e as e -> e.Message
 
 let private close name dt (a: torch.Tensor) (b: torch.Tensor) =
-    let e = relErr a b
+    Expect.sequenceEqual a.shape b.shape (name + ": shape")
+    let e = if b.numel () = 0L then 0.0 else relErr a b
     Expect.isLessThan e (tol dt) (sprintf "%s: relative error %g" name e)
 
 /// Merged forward equals unmerged forward; unmerging restores W bit for bit; merging twice is a no-op.
@@ -145,6 +146,7 @@ let private layerTests =
         // L = Σ y∘G: dB = k·Gᵀ(xMᵀ), dM = k·(GB)ᵀx, dx = GW + k·(GB)M, with M = A (LoRA) or A∘E (AdaLoRA).
         testProp "LoRA and AdaLoRA Linear: output and gradients of A, B, E and x equal float64 closed forms" (fun (seed: int) a b c (f64: bool) (ada: bool) (rs: bool) ->
             let lin, x, r, dt = linearCase seed a b c f64
+            let r = if ada && seed % 4 = 0 then 0 else r   // AdaLoRA sliced to no ranks at all
             lin.weight.requires_grad <- false
             lin.bias.requires_grad <- false
             let alpha = float (abs seed % 16 + 1)

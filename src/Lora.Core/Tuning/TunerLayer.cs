@@ -142,7 +142,8 @@ public abstract class TunerLayer : nn.Module<Tensor, Tensor>
         using var scope = torch.NewDisposeScope();
         var alpha = (float)scale;
         if (alpha != scale) { using var s = scale.ToScalar(); b = b.mul(s); alpha = 1f; }
-        var sum = result.reshape(-1, result.shape[^1]).addmm(h.reshape(-1, h.shape[^1]), b.t(), 1f, alpha);
+        long rows = result.shape[..^1].Aggregate(1L, (n, d) => n * d); // explicit: h has 0 columns at rank 0
+        var sum = result.reshape(rows, result.shape[^1]).addmm(h.reshape(rows, h.shape[^1]), b.t(), 1f, alpha);
         return sum.view(result.shape).MoveToOuterDisposeScope();
     }
 
