@@ -152,6 +152,10 @@ let metrics =
 
 let training =
     testList "trainer" [
+        test "c10's log level is found and set (what keeps NNPACK's failure off every bf16 convolution)" {
+            Expect.isTrue (Lora.Core.Training.NativeWorkarounds.SetC10LogLevel 2) "libc10 and FLAGS_caffe2_log_level found"
+        }
+
         test "Fashion-MNIST: a few hundred images train an MLP well above chance and above the untrained model" {
             match fashion.Force() with
             | None -> skiptest "Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)"
