@@ -13,13 +13,18 @@ public sealed class RankAllocator : IStatefulStepHook
     readonly IReadOnlyList<(string Path, AdaLoraLinear Layer)> layers;
     readonly string adapter;
     readonly TuningConfig config;
-    // The EMAs per parameter ("<path>.lora_A" …), owned by the allocator: detached from any dispose
-    // scope, so a caller may wrap a step in one; an entry is disposed when replaced.
-    readonly Dictionary<string, (Tensor avgIpt, Tensor avgUnc)> scores = new();
-    // The kept ranks per layer as bool tensors on the layer's device (owned): no step reads them
+    // The importance EMAs of every A, E and B of every layer, in Layout() order, as one flat tensor
+    // each (null before the first update): a step updates them with ~10 kernels in all, where PEFT's
+    // per-parameter update takes ~10 per parameter (360 for ViT-B's 12 qkv layers), which on a GPU
+    // costs AdaLoRA more than its extra FLOPs. Owned by the allocator: detached from any dispose
+    // scope, so a caller may wrap a step in one; disposed when replaced.
+    Tensor? avgIpt, avgUnc;
+    // The kept ranks per layer as bool tensors on the layer's device (owned; views of one flat mask),
+    // and the dropped ranks as E-shaped masks for the steps after the schedule: no step reads them
     // back to the host, so allocation does not stall a GPU (PEFT reads the threshold and every
     // layer's pattern with .item()/.tolist()); RankPattern copies them out when asked.
     Dictionary<string, Tensor>? keep;
+    Dictionary<string, Tensor>? drop;
     // Numbers used in tensor ops are held as Scalars for the allocator's lifetime: a temporary
     // Scalar (from `t * 0.85`) may be finalized by the GC while the native op still reads it.
     readonly Scalar beta1, beta2, oneMinusBeta1, oneMinusBeta2;
@@ -67,34 +72,55 @@ public sealed class RankAllocator : IStatefulStepHook
         return (budget, step % config.DeltaT == 0);
     }
 
-    IEnumerable<(string Key, Tensor Value)> Triplet(string path, AdaLoraLinear l) =>
-        new[] { (path + ".lora_A", (Tensor)l.A(adapter)), (path + ".lora_E", l.E(adapter)), (path + ".lora_B", l.B(adapter)) };
+    /// Layers whose A (r×in) and B (out×r) have the same shapes, with where their EMAs start.
+    sealed record ShapeGroup(List<int> Layers, long Rank, long In, long Out, long Offset)
+    {
+        public long Count => Layers.Count;
+    }
 
-    /// orth_reg_weight · mean over every A and B of ‖AAᵀ − I‖_F and ‖BᵀB − I‖_F.
+    /// How the flat EMAs are laid out: shape group by shape group (in order of first appearance), each
+    /// as [every layer's A][every layer's E][every layer's B], so that one view covers a group's A's
+    /// (and E's, and B's) and its triplet scores take a few kernels whatever the number of layers.
+    /// Read afresh each time, as a loaded checkpoint may have replaced the parameters.
+    (List<ShapeGroup> Groups, List<(string Key, Tensor P, long Offset)> Parts) Layout()
+    {
+        var groups = new List<ShapeGroup>();
+        var parts = new List<(string, Tensor, long)>();
+        long offset = 0;
+        foreach (var shape in Enumerable.Range(0, layers.Count).GroupBy(i => (layers[i].Layer.A(adapter).shape[0], layers[i].Layer.A(adapter).shape[1], layers[i].Layer.B(adapter).shape[0])))
+        {
+            var g = new ShapeGroup(shape.ToList(), shape.Key.Item1, shape.Key.Item2, shape.Key.Item3, offset);
+            groups.Add(g);
+            foreach (var (suffix, get) in new (string, Func<AdaLoraLinear, Tensor>)[] { (".lora_A", l => l.A(adapter)), (".lora_E", l => l.E(adapter)), (".lora_B", l => l.B(adapter)) })
+                foreach (var i in g.Layers)
+                {
+                    var p = get(layers[i].Layer);
+                    parts.Add((layers[i].Path + suffix, p, offset));
+                    offset += p.numel();
+                }
+        }
+        return (groups, parts);
+    }
+
+    /// orth_reg_weight · mean over every A and B of ‖AAᵀ − I‖_F and ‖BᵀB − I‖_F. Factors of one shape
+    /// (every layer of one kind) are stacked and done in one batched product, not one per layer.
     public Tensor? ExtraLoss()
     {
-        if (layers.Count == 0) return null;
+        var factors = layers.SelectMany(x => new[] { (P: (Tensor)x.Layer.A(adapter), IsA: true), (P: (Tensor)x.Layer.B(adapter), IsA: false) })
+                            .Where(f => f.P.numel() > 0).ToList();
+        if (factors.Count == 0) return null;
+        using var scope = torch.NewDisposeScope();
         Tensor? sum = null;
-        var n = 0;
-        foreach (var (_, l) in layers)
+        foreach (var group in factors.GroupBy(f => (f.IsA, Rows: f.P.shape[0], Cols: f.P.shape[1])))
         {
-            foreach (var (p, isA) in new[] { (l.A(adapter), true), (l.B(adapter), false) })
-            {
-                if (p.numel() == 0) continue;
-                using var cov = isA ? p.matmul(p.t()) : p.t().matmul(p);
-                using var eye = torch.eye(cov.shape[0], cov.shape[1], dtype: cov.dtype, device: cov.device);
-                using var diff = cov - eye;
-                var norm = diff.norm();
-                if (sum is null) sum = norm;
-                else { var s = sum + norm; sum.Dispose(); norm.Dispose(); sum = s; }
-                n++;
-            }
+            var stack = torch.stack(group.Select(f => f.P).ToList());                 // (L, r, in) or (L, out, r)
+            var cov = group.Key.IsA ? stack.bmm(stack.transpose(1, 2)) : stack.transpose(1, 2).bmm(stack);
+            var eye = torch.eye(cov.shape[1], cov.shape[2], dtype: cov.dtype, device: cov.device);
+            var norms = (cov - eye).flatten(1).norm(1).sum();                         // Σ Frobenius norms
+            sum = sum is null ? norms : sum + norms;
         }
-        if (sum is null) return null;
-        using var weight = (config.OrthRegWeight / n).ToScalar();
-        var r = sum * weight;
-        sum.Dispose();
-        return r;
+        using var weight = (config.OrthRegWeight / factors.Count).ToScalar();
+        return (sum! * weight).MoveToOuterDisposeScope();
     }
 
     public void AfterOptimizerStep(long globalStep)
@@ -114,47 +140,67 @@ public sealed class RankAllocator : IStatefulStepHook
             MaskToBudget(BudgetSchedule(globalStep).Budget);
             ClearScores();
         }
-        else if (keep is not null) MaskUsingRankPattern(keep);
+        else if (keep is not null) MaskUsingRankPattern();
     }
 
+    /// PEFT's update_ipt over every parameter at once: ipt = |p·∇p|, avg_ipt ← β₁·avg_ipt + (1−β₁)·ipt,
+    /// avg_unc ← β₂·avg_unc + (1−β₂)·|ipt − avg_ipt|. A parameter without a gradient counts as ipt 0.
     void UpdateImportance()
     {
         using var _ = torch.no_grad();
-        foreach (var (path, l) in layers)
-            foreach (var (key, p) in Triplet(path, l))
-            {
-                using var scope = torch.NewDisposeScope();
-                if (!scores.TryGetValue(key, out var s)) s = (torch.zeros_like(p), torch.zeros_like(p));
-                var grad = p.grad;
-                var ipt = grad is null ? torch.zeros_like(p) : (p * grad).abs();
-                var avgIpt = (s.avgIpt * beta1 + ipt * oneMinusBeta1).DetachFromDisposeScope();
-                var avgUnc = (s.avgUnc * beta2 + (ipt - avgIpt).abs() * oneMinusBeta2).DetachFromDisposeScope();
-                s.avgIpt.Dispose(); s.avgUnc.Dispose();
-                scores[key] = (avgIpt, avgUnc);
-            }
+        using var scope = torch.NewDisposeScope();
+        var parts = Layout().Parts;
+        if (parts.Count == 0) return;
+        var p = torch.cat(parts.Select(x => x.P.reshape(-1)).ToList());
+        var g = torch.cat(parts.Select(x => (x.P.grad ?? torch.zeros_like(x.P)).reshape(-1)).ToList());
+        var ipt = (p * g).abs();
+        var oldIpt = avgIpt is not null && avgIpt.numel() == ipt.numel() ? avgIpt : torch.zeros_like(ipt);
+        var oldUnc = avgUnc is not null && avgUnc.numel() == ipt.numel() ? avgUnc : torch.zeros_like(ipt);
+        var newIpt = oldIpt * beta1 + ipt * oneMinusBeta1;
+        var newUnc = oldUnc * beta2 + (ipt - newIpt).abs() * oneMinusBeta2;
+        ClearScores();
+        avgIpt = newIpt.DetachFromDisposeScope();
+        avgUnc = newUnc.DetachFromDisposeScope();
     }
 
     void ClearScores()
     {
-        foreach (var (a, u) in scores.Values) { a.Dispose(); u.Dispose(); }
-        scores.Clear();
+        avgIpt?.Dispose(); avgUnc?.Dispose();
+        avgIpt = avgUnc = null;
     }
 
-    Tensor ElementScore(string key, Tensor p, Func<Tensor, Tensor> shape) =>
-        scores.TryGetValue(key, out var s) ? shape(s.avgIpt * s.avgUnc) : shape(torch.zeros_like(p));
-
     /// The triplet scores of one layer: E score + mean A-row score + mean B-column score (r entries).
-    public Tensor TripletScores(AdaLoraLinear l) =>
-        TripletScores(layers.FirstOrDefault(x => ReferenceEquals(x.Layer, l)).Path
-                      ?? throw new ArgumentException("the layer is not one of this allocator's"), l);
-
-    Tensor TripletScores(string path, AdaLoraLinear l)
+    public Tensor TripletScores(AdaLoraLinear l)
     {
+        var i = layers.Select((x, i) => (x.Layer, i)).FirstOrDefault(x => ReferenceEquals(x.Layer, l), (null!, -1)).Item2;
+        if (i < 0) throw new ArgumentException("the layer is not one of this allocator's");
         using var scope = torch.NewDisposeScope();
-        var e = ElementScore(path + ".lora_E", l.E(adapter), t => t.view(-1));
-        var a = ElementScore(path + ".lora_A", l.A(adapter), t => t.mean(new long[] { 1 }));
-        var b = ElementScore(path + ".lora_B", l.B(adapter), t => t.mean(new long[] { 0 }));
-        return (e + a + b).MoveToOuterDisposeScope();
+        return AllTripletScores()[i].MoveToOuterDisposeScope();
+    }
+
+    /// Every layer's triplet scores, from one product of the flat EMAs and a few kernels per shape
+    /// group (zeros before any update).
+    Tensor[] AllTripletScores()
+    {
+        var (groups, parts) = Layout();
+        var size = parts.Sum(x => x.P.numel());
+        var score = avgIpt is not null && avgUnc is not null && avgIpt.numel() == size ? avgIpt * avgUnc : null;
+        var result = new Tensor[layers.Count];
+        foreach (var g in groups)
+        {
+            Tensor scores;   // (layers, r)
+            if (score is null) scores = torch.zeros(g.Count, g.Rank, dtype: parts[0].P.dtype, device: parts[0].P.device);
+            else
+            {
+                long nA = g.Count * g.Rank * g.In, nE = g.Count * g.Rank;
+                var a = score.narrow(0, g.Offset, nA).view(g.Count, g.Rank, g.In).mean(new long[] { 2 });
+                var e = score.narrow(0, g.Offset + nA, nE).view(g.Count, g.Rank);
+                var b = score.narrow(0, g.Offset + nA + nE, g.Count * g.Out * g.Rank).view(g.Count, g.Out, g.Rank).mean(new long[] { 1 });
+                scores = e + a + b;
+            }
+            for (var j = 0; j < g.Layers.Count; j++) result[g.Layers[j]] = scores[j];
+        }
+        return result;
     }
 
     /// Zeroes the E entries whose triplet score is at or below the k-th smallest (k = initial budget −
@@ -162,86 +208,93 @@ public sealed class RankAllocator : IStatefulStepHook
     void MaskToBudget(int budget)
     {
         using var scope = torch.NewDisposeScope();
-        var perLayer = layers.Select(l => TripletScores(l.Path, l.Layer)).ToList();
+        var scores = torch.cat(AllTripletScores());
         var k = InitialBudget - budget;
-        var threshold = k <= 0 ? null : torch.cat(perLayer).kthvalue(k, 0, false).values;
-        var masks = new Dictionary<string, Tensor>();
+        var dropAll = k <= 0 ? torch.zeros_like(scores, dtype: ScalarType.Bool) : scores.le(scores.kthvalue(k, 0, false).values);
+        var keepAll = dropAll.logical_not();
+        var kept = new Dictionary<string, Tensor>();
+        var dropped = new Dictionary<string, Tensor>();
         using var _ = torch.no_grad();
-        for (var i = 0; i < layers.Count; i++)
-        {
-            var (path, l) = layers[i];
-            var drop = threshold is null ? torch.zeros_like(perLayer[i], dtype: ScalarType.Bool) : perLayer[i].le(threshold);
-            l.E(adapter).masked_fill_(drop.view(-1, 1), Zero);
-            masks[path] = drop.logical_not().DetachFromDisposeScope();
-        }
-        Keep(masks);
-    }
-
-    void Keep(Dictionary<string, Tensor>? masks)
-    {
-        if (keep is not null) foreach (var t in keep.Values) t.Dispose();
-        keep = masks;
-    }
-
-    void MaskUsingRankPattern(IReadOnlyDictionary<string, Tensor> pattern)
-    {
-        using var _ = torch.no_grad();
+        long offset = 0;
         foreach (var (path, l) in layers)
         {
-            if (!pattern.TryGetValue(path, out var kept)) continue;
-            using var drop = kept.logical_not();
-            l.E(adapter).masked_fill_(drop.view(-1, 1), Zero);
+            var r = l.E(adapter).shape[0];
+            var d = dropAll.narrow(0, offset, r).view(-1, 1);
+            l.E(adapter).masked_fill_(d, Zero);
+            dropped[path] = d.DetachFromDisposeScope();
+            kept[path] = keepAll.narrow(0, offset, r).DetachFromDisposeScope();
+            offset += r;
         }
+        Keep(kept, dropped);
+    }
+
+    void Keep(Dictionary<string, Tensor>? kept, Dictionary<string, Tensor>? dropped)
+    {
+        foreach (var t in (keep?.Values ?? Enumerable.Empty<Tensor>()).Concat(drop?.Values ?? Enumerable.Empty<Tensor>())) t.Dispose();
+        keep = kept;
+        drop = dropped;
+    }
+
+    /// After the schedule: the kept pattern holds (the optimiser may have moved a masked E entry).
+    void MaskUsingRankPattern()
+    {
+        using var _ = torch.no_grad();
+        if (drop is null && keep is not null)
+            drop = keep.ToDictionary(kv => kv.Key, kv => kv.Value.logical_not().view(-1, 1).DetachFromDisposeScope());
+        foreach (var (path, l) in layers)
+            if (drop!.TryGetValue(path, out var d)) l.E(adapter).masked_fill_(d, Zero);
     }
 
     // ---- checkpoint state (IStatefulStepHook) -------------------------------------------------
 
-    /// The EMAs (`ipt.&lt;path&gt;.lora_X`, `unc.…`), the kept ranks (`pattern.&lt;path&gt;`, bool) and
-    /// the last step (`step`). The EMAs are the allocator's own tensors (read, not to be disposed);
-    /// the others are new and belong to the caller's dispose scope.
+    /// The EMAs (`ipt.&lt;path&gt;.lora_X`, `unc.…`, one per parameter as PEFT keeps them), the kept
+    /// ranks (`pattern.&lt;path&gt;`, bool) and the last step (`step`): new tensors (views of the EMAs,
+    /// copies of the rest) that belong to the caller's dispose scope.
     public IEnumerable<(string Name, Tensor Value)> StateTensors()
     {
-        foreach (var (key, (ipt, unc)) in scores)
-        {
-            yield return ("ipt." + key, ipt);
-            yield return ("unc." + key, unc);
-        }
+        if (avgIpt is not null && avgUnc is not null)
+            foreach (var (key, p, offset) in Layout().Parts)
+            {
+                yield return ("ipt." + key, avgIpt.narrow(0, offset, p.numel()).view(p.shape));
+                yield return ("unc." + key, avgUnc.narrow(0, offset, p.numel()).view(p.shape));
+            }
         if (keep is not null)
             foreach (var (path, mask) in keep) yield return ("pattern." + path, mask.clone().cpu());
         yield return ("step", torch.tensor(Step));
     }
 
     /// Restores what <see cref="StateTensors"/> wrote (copies: the caller may dispose the inputs).
+    /// A parameter whose averages are absent starts from zero, as on the first step.
     public void LoadState(IReadOnlyDictionary<string, Tensor> tensors)
     {
         ClearScores();
-        Keep(null);
+        Keep(null, null);
         using var _ = torch.no_grad();
+        var parts = Layout().Parts;
+        var total = parts.Sum(x => x.P.numel());
+        foreach (var (key, p, offset) in parts)
+        {
+            var hasIpt = tensors.TryGetValue("ipt." + key, out var ipt);
+            var hasUnc = tensors.TryGetValue("unc." + key, out var unc);
+            if (hasIpt != hasUnc)
+                throw new InvalidDataException($"AdaLoRA state for '{key}' has only one of its two averages; the checkpoint is damaged, delete it to start over.");
+            if (ipt is null || unc is null) continue;
+            if (!ipt.shape.SequenceEqual(p.shape) || !unc.shape.SequenceEqual(p.shape))
+                throw new InvalidDataException($"AdaLoRA state for '{key}' has shape [{string.Join(",", ipt.shape)}], the parameter's is [{string.Join(",", p.shape)}]; was the checkpoint written for another model or rank?");
+            avgIpt ??= torch.zeros(total, dtype: p.dtype, device: p.device).DetachFromDisposeScope();
+            avgUnc ??= torch.zeros(total, dtype: p.dtype, device: p.device).DetachFromDisposeScope();
+            avgIpt.narrow(0, offset, p.numel()).copy_(ipt.reshape(-1));
+            avgUnc.narrow(0, offset, p.numel()).copy_(unc.reshape(-1));
+        }
+        Dictionary<string, Tensor>? kept = null;
         foreach (var (path, l) in layers)
-            foreach (var (key, p) in Triplet(path, l))
+            if (tensors.TryGetValue("pattern." + path, out var mask))
             {
-                var hasIpt = tensors.TryGetValue("ipt." + key, out var ipt);
-                var hasUnc = tensors.TryGetValue("unc." + key, out var unc);
-                if (hasIpt != hasUnc)
-                    throw new InvalidDataException($"AdaLoRA state for '{key}' has only one of its two averages; the checkpoint is damaged, delete it to start over.");
-                if (ipt is null || unc is null) continue;
-                if (!ipt.shape.SequenceEqual(p.shape) || !unc.shape.SequenceEqual(p.shape))
-                    throw new InvalidDataException($"AdaLoRA state for '{key}' has shape [{string.Join(",", ipt.shape)}], the parameter's is [{string.Join(",", p.shape)}]; was the checkpoint written for another model or rank?");
-                scores[key] = (Own(ipt, p), Own(unc, p));
-            }
-        foreach (var (path, l) in layers)
-            if (tensors.TryGetValue("pattern." + path, out var kept))
-            {
-                if (kept.dtype != ScalarType.Bool || kept.numel() != l.E(adapter).shape[0])
+                if (mask.dtype != ScalarType.Bool || mask.numel() != l.E(adapter).shape[0])
                     throw new InvalidDataException($"AdaLoRA rank pattern for '{path}' is not {l.E(adapter).shape[0]} booleans; the checkpoint does not fit this model.");
-                (keep ??= new())[path] = kept.to(l.E(adapter).device).reshape(-1).clone();
+                (kept ??= new())[path] = mask.to(l.E(adapter).device).reshape(-1).clone();
             }
+        Keep(kept, null);
         Step = tensors.TryGetValue("step", out var step) ? step.item<long>() : 0;
-    }
-
-    static Tensor Own(Tensor saved, Tensor like)
-    {
-        using var scope = torch.NewDisposeScope();
-        return saved.to(like.dtype, like.device).clone().DetachFromDisposeScope();
     }
 }
