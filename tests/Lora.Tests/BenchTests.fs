@@ -185,7 +185,7 @@ let tests =
             use m32 = build ()
             use m16 = build ()
             copyParams m32 m16
-            MixedPrecision.Apply(m16, Precision.BFloat16)
+            MixedPrecision.Apply(m16, Precision.BFloat16) |> ignore
             let ps = m16.named_parameters() |> Seq.map (fun struct (n, p) -> n, p) |> Map.ofSeq
             Expect.equal ps["blocks.0.attn.qkv.base_layer.weight"].dtype torch.bfloat16 "frozen base in bf16"
             Expect.equal ps["blocks.0.norm1.weight"].dtype torch.bfloat16 "frozen norm in bf16"

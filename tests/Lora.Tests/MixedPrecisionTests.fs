@@ -99,7 +99,10 @@ let tests =
         test "Apply casts everything but the adapters; RestoreFloat32 puts the masters back, trainable" {
             use m = Zoo.Create("vit", tinyArgs)
             Tuner.Apply(m, Benchmark.Config("lora", 4)) |> ignore
-            MixedPrecision.Apply(m, Precision.BFloat16)
+            let head0 = ((named m)["head.modules_to_save.default.weight"]).detach().clone()
+            let exactWeights = MixedPrecision.Apply(m, Precision.BFloat16)
+            Expect.equal (Set.ofSeq exactWeights.Keys) (Set.ofList [ "head.modules_to_save.default.weight"; "head.modules_to_save.default.bias" ]) "the float32 values of the trainables it cast"
+            Expect.isTrue (exact exactWeights["head.modules_to_save.default.weight"] head0) "as they were before the cast"
             let ps = named m
             Expect.equal ps["blocks.0.attn.qkv.base_layer.weight"].dtype bf16 "frozen base in bf16"
             Expect.equal ps["blocks.0.norm1.weight"].dtype bf16 "frozen norm in bf16"
@@ -107,7 +110,9 @@ let tests =
             Expect.equal ps["blocks.0.attn.qkv.lora_A.default.weight"].dtype torch.float32 "LoRA A stays float32"
             Expect.equal ps["blocks.0.attn.qkv.lora_B.default.weight"].dtype torch.float32 "LoRA B stays float32"
             Expect.equal ps["cls_token"].dtype torch.float32 "parameters of non-leaf modules stay float32"
-            use step = new TrainingStep(m, 0.01, 0.9, 0.999, 1e-8, 1.0)
+            use step = new TrainingStep(m, 0.01, 0.9, 0.999, 1e-8, 1.0, exactWeights)
+            let startMasters = step.Optimizer.MasterWeights() |> Seq.map (fun struct (n, t) -> n, t.clone()) |> Map.ofSeq
+            Expect.isTrue (exact startMasters["head.modules_to_save.default.weight"] head0) "masters start from the exact float32 weights"
             use x = torch.randn(2L, 3L, 16L, 16L).``to``(bf16)
             let loss = torch.nn.functional.cross_entropy(m.forward(x).``to``(torch.float32), torch.tensor([| 0L; 1L |]))
             step.BackwardAndStep(loss, 1e-2)
@@ -123,6 +128,24 @@ let tests =
             Expect.equal after["blocks.0.attn.qkv.base_layer.weight"].dtype bf16 "frozen weights stay bf16"
         }
 
+        test "bf16 training at lr 0 gives back the float32 weights bit for bit (the masters start from them, not from their bf16 rounding)" {
+            for withExact in [ true; false ] do
+                torch.manual_seed 3L |> ignore
+                use m = Zoo.Create("vit", tinyArgs)
+                let before = named m |> Map.map (fun _ p -> p.detach().clone())
+                let exactWeights = MixedPrecision.Apply(m, Precision.BFloat16)
+                use step = new TrainingStep(m, 0.01, 0.9, 0.999, 1e-8, 0.0, (if withExact then exactWeights else null))
+                use x = torch.randn(2L, 3L, 16L, 16L).``to``(bf16)
+                let loss = m.forward(x).``to``(torch.float32).square().mean()
+                step.BackwardAndStep(loss, 0.0)
+                step.AfterStep(1L)
+                MixedPrecision.RestoreFloat32(m, step.Optimizer)
+                let after = named m
+                let rounded = before |> Map.filter (fun n b -> b.dim() >= 2L && not (exact after[n] b)) |> Map.count
+                if withExact then Expect.equal rounded 0 "every weight is its float32 self again"
+                else Expect.isGreaterThan rounded 0 "without them the masters would be the rounded weights (this test can fail)"
+        }
+
         // every family runs a bf16 training step end to end: full fine-tuning (all bf16, masters for
         // all) and with the head alone trainable; a dtype mismatch anywhere is an exception here
         for family, json, size, head in families do
@@ -132,8 +155,8 @@ let tests =
                     use m = Zoo.Create(family, json)
                     if not fullTuning then
                         for struct (n, p) in m.named_parameters() do p.requires_grad <- n.StartsWith head
-                    MixedPrecision.Apply(m, Precision.BFloat16)
-                    use step = new TrainingStep(m, 0.01, 0.9, 0.999, 1e-8, 1.0)
+                    let exactWeights = MixedPrecision.Apply(m, Precision.BFloat16)
+                    use step = new TrainingStep(m, 0.01, 0.9, 0.999, 1e-8, 1.0, exactWeights)
                     let before = step.Trainable |> Array.map (fun struct (n, p) -> n, p.detach().clone())
                     m.train()
                     use x = torch.randn(2L, 3L, size, size).``to``(bf16)

@@ -88,10 +88,11 @@ public static class Benchmark
         var config = Config(method, s.Rank);
         var tuned = config is null ? null : Tuner.Apply(model, config);
         var summary = ParameterSummary.Of(model);
-        MixedPrecision.Apply(model, s.Precision);
+        var exactWeights = MixedPrecision.Apply(model, s.Precision);
 
         // torch.optim.AdamW's defaults (lr 1e-4 as the reference, weight decay 0.01), no clipping
-        using var step = new TrainingStep(model, weightDecay: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, clipGradNorm: 0);
+        using var step = new TrainingStep(model, weightDecay: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, clipGradNorm: 0, masters: exactWeights);
+        foreach (var w in exactWeights.Values) w.Dispose();
         foreach (var h in step.Hooks) h.Begin(s.Warmup + s.Steps);
         using var x0 = torch.randn(s.Batch, 3, s.ImageSize, s.ImageSize, device: device);
         using var x = s.Precision == Precision.BFloat16 ? x0.to(ScalarType.BFloat16) : x0.alias();

@@ -36,7 +36,11 @@ public sealed class FlatAdamW : IDisposable
 
     public long StepCount { get; private set; }
 
-    public FlatAdamW(IEnumerable<(string Name, Parameter P)> parameters, double weightDecay, double beta1 = 0.9, double beta2 = 0.999, double eps = 1e-8)
+    /// <paramref name="masters"/>: float32 values to start the master weights of low-precision
+    /// parameters from, by name (what <see cref="MixedPrecision.Apply"/> returns; copied). A
+    /// low-precision parameter without one starts from its own (rounded) value.
+    public FlatAdamW(IEnumerable<(string Name, Parameter P)> parameters, double weightDecay, double beta1 = 0.9, double beta2 = 0.999, double eps = 1e-8,
+                     IReadOnlyDictionary<string, Tensor>? masters = null)
     {
         this.weightDecay = weightDecay; this.beta1 = beta1; this.beta2 = beta2; this.eps = eps;
         var list = parameters.ToArray();
@@ -73,9 +77,15 @@ public sealed class FlatAdamW : IDisposable
             }
             if (stateType != first.dtype)
             {
-                // The masters start from the parameters' (already rounded) values: the cast to bf16
-                // happened before the optimiser existed, a relative change of at most 2^-9 per weight.
                 g.Master = g.Data.to(stateType).DetachFromDisposeScope();
+                foreach (var (name, p, _, at) in placed.Where(x => x.Item3 == g))
+                    if (masters is not null && masters.TryGetValue(name, out var exact))
+                    {
+                        if (!exact.shape.SequenceEqual(p.shape))
+                            throw new ArgumentException($"the master weight given for '{name}' has shape [{string.Join(",", exact.shape)}], the parameter [{string.Join(",", p.shape)}]");
+                        using var slot = g.Master.narrow(0, at, p.numel());
+                        slot.copy_(exact.reshape(-1));
+                    }
             }
             gs.Add(g);
         }

@@ -18,27 +18,40 @@ namespace Lora.Core.Training;
 /// modules (a ViT's cls token and position embedding) stay float32; their modules cast them.
 public static class MixedPrecision
 {
-    public static void Apply(nn.Module model, Precision precision)
+    /// Casts the model to <paramref name="precision"/> (nothing to do for float32). Returns the values
+    /// the trainable parameters had before the cast, by name (owned by the caller): give them to the
+    /// optimiser (<see cref="TrainingStep"/>), so that its float32 masters start from the exact weights
+    /// (as autocast's float32 weights do) rather than from their bf16 rounding.
+    public static Dictionary<string, Tensor> Apply(nn.Module model, Precision precision)
     {
-        if (precision == Precision.BFloat16) CastOutsideAdapters(model, ScalarType.BFloat16);
+        var before = new Dictionary<string, Tensor>();
+        if (precision == Precision.BFloat16) CastOutsideAdapters(model, ScalarType.BFloat16, "", before);
+        return before;
     }
 
     /// Casts every leaf module with floating-point parameters to <paramref name="dtype"/>, leaving the
     /// adapters of tuning layers and bottleneck adapters as they are.
-    public static void CastOutsideAdapters(nn.Module root, ScalarType dtype)
+    public static void CastOutsideAdapters(nn.Module root, ScalarType dtype) => CastOutsideAdapters(root, dtype, "", null);
+
+    static void CastOutsideAdapters(nn.Module root, ScalarType dtype, string prefix, Dictionary<string, Tensor>? before)
     {
-        if (!root.children().Any()) { CastLeaf(root, dtype); return; }
+        if (!root.children().Any()) { CastLeaf(root, dtype, prefix, before); return; }
         foreach (var (name, child) in root.named_children())
         {
             if (child is BottleneckAdapter) continue;
             if (root is TunerLayer && name != "base_layer") continue; // adapter slots
-            CastOutsideAdapters(child, dtype);
+            CastOutsideAdapters(child, dtype, prefix + name + ".", before);
         }
     }
 
-    static void CastLeaf(nn.Module leaf, ScalarType dtype)
+    static void CastLeaf(nn.Module leaf, ScalarType dtype, string prefix, Dictionary<string, Tensor>? before)
     {
-        if (leaf.parameters(false).Any(p => p.is_floating_point() && p.dtype != dtype)) leaf.to(dtype);
+        if (!leaf.parameters(false).Any(p => p.is_floating_point() && p.dtype != dtype)) return;
+        if (before is not null)
+            foreach (var (name, p) in leaf.named_parameters(false))
+                if (p.requires_grad && p.is_floating_point() && p.dtype != dtype)
+                    before[prefix + name] = p.detach().clone().DetachFromDisposeScope();
+        leaf.to(dtype);
     }
 
     /// After training under bf16 with master weights: casts the leaf modules that hold trained

@@ -68,10 +68,11 @@ public sealed class Trainer
         Devices.Require(o.Device);
         var device = torch.device(o.Device);
         model.to(device);
-        MixedPrecision.Apply(model, o.Precision);
+        var exactWeights = MixedPrecision.Apply(model, o.Precision);
         var inputType = Evaluator.InputType(o.Precision);
 
-        using var training = new TrainingStep(model, o);
+        using var training = new TrainingStep(model, o, exactWeights);
+        foreach (var w in exactWeights.Values) w.Dispose(); // copied into the masters
         var trainable = training.Trainable;
         var optimizer = training.Optimizer;
         var loader = task.Loader(o, device, train: true);

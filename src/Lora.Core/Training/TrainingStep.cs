@@ -17,18 +17,21 @@ public sealed class TrainingStep : IDisposable
     readonly double clipGradNorm;
 
     /// Prepares the model's trainable parameters (requires_grad = true) for training. Call it after
-    /// the model is on its device and in its precision (see <see cref="MixedPrecision.Apply"/>).
-    public TrainingStep(nn.Module model, double weightDecay, double beta1, double beta2, double eps, double clipGradNorm)
+    /// the model is on its device and in its precision (see <see cref="MixedPrecision.Apply"/>, whose
+    /// result is <paramref name="masters"/>: the float32 weights the optimiser's masters start from).
+    public TrainingStep(nn.Module model, double weightDecay, double beta1, double beta2, double eps, double clipGradNorm,
+                        IReadOnlyDictionary<string, Tensor>? masters = null)
     {
         Trainable = model.named_parameters().Where(p => p.parameter.requires_grad).ToArray();
         if (Trainable.Length == 0)
             throw new InvalidOperationException("the model has no trainable parameters (none has requires_grad = true); nothing to train.");
-        Optimizer = new FlatAdamW(Trainable.Select(p => (p.name, p.parameter)), weightDecay, beta1, beta2, eps);
+        Optimizer = new FlatAdamW(Trainable.Select(p => (p.name, p.parameter)), weightDecay, beta1, beta2, eps, masters);
         Hooks = StepHooks.Of(model);
         this.clipGradNorm = clipGradNorm;
     }
 
-    public TrainingStep(nn.Module model, TrainOptions o) : this(model, o.WeightDecay, o.Beta1, o.Beta2, o.Epsilon, o.ClipGradNorm) { }
+    public TrainingStep(nn.Module model, TrainOptions o, IReadOnlyDictionary<string, Tensor>? masters = null)
+        : this(model, o.WeightDecay, o.Beta1, o.Beta2, o.Epsilon, o.ClipGradNorm, masters) { }
 
     /// The loss plus every hook's extra term (AdaLoRA's orthogonal regulariser).
     public Tensor WithExtraLoss(Tensor loss)
