@@ -101,14 +101,15 @@ let tests =
             Tuner.Apply(m, Benchmark.Config("lora", 4)) |> ignore
             let head0 = ((named m)["head.modules_to_save.default.weight"]).detach().clone()
             let exactWeights = MixedPrecision.Apply(m, Precision.BFloat16)
-            Expect.equal (Set.ofSeq exactWeights.Keys) (Set.ofList [ "head.modules_to_save.default.weight"; "head.modules_to_save.default.bias" ]) "the float32 values of the trainables it cast"
+            let trainables = [ for struct (n, p) in m.named_parameters() do if p.requires_grad then n ]
+            Expect.equal (Set.ofSeq exactWeights.Keys) (Set.ofList trainables) "the float32 values of the trainables it cast (head, LoRA A and B)"
             Expect.isTrue (exact exactWeights["head.modules_to_save.default.weight"] head0) "as they were before the cast"
             let ps = named m
             Expect.equal ps["blocks.0.attn.qkv.base_layer.weight"].dtype bf16 "frozen base in bf16"
             Expect.equal ps["blocks.0.norm1.weight"].dtype bf16 "frozen norm in bf16"
             Expect.equal ps["head.modules_to_save.default.weight"].dtype bf16 "trained head in bf16 (master in the optimiser)"
-            Expect.equal ps["blocks.0.attn.qkv.lora_A.default.weight"].dtype torch.float32 "LoRA A stays float32"
-            Expect.equal ps["blocks.0.attn.qkv.lora_B.default.weight"].dtype torch.float32 "LoRA B stays float32"
+            Expect.equal ps["blocks.0.attn.qkv.lora_A.default.weight"].dtype bf16 "LoRA A in bf16 (master in the optimiser)"
+            Expect.equal ps["blocks.0.attn.qkv.lora_B.default.weight"].dtype bf16 "LoRA B in bf16 (master in the optimiser)"
             Expect.equal ps["cls_token"].dtype torch.float32 "parameters of non-leaf modules stay float32"
             use step = new TrainingStep(m, 0.01, 0.9, 0.999, 1e-8, 1.0, exactWeights)
             let startMasters = step.Optimizer.MasterWeights() |> Seq.map (fun struct (n, t) -> n, t.clone()) |> Map.ofSeq
@@ -118,7 +119,7 @@ let tests =
             step.BackwardAndStep(loss, 1e-2)
             step.AfterStep(1L)
             let master = step.Optimizer.MasterWeights() |> Seq.map (fun struct (n, t) -> n, t.clone()) |> Map.ofSeq
-            Expect.equal (Set.ofSeq master.Keys) (Set.ofList [ "head.modules_to_save.default.weight"; "head.modules_to_save.default.bias" ]) "masters of the bf16 trainables only"
+            Expect.equal (Set.ofSeq master.Keys) (Set.ofList trainables) "masters of the bf16 trainables"
             MixedPrecision.RestoreFloat32(m, step.Optimizer)
             let after = named m
             for KeyValue(n, w) in master do
@@ -144,6 +145,45 @@ let tests =
                 let rounded = before |> Map.filter (fun n b -> b.dim() >= 2L && not (exact after[n] b)) |> Map.count
                 if withExact then Expect.equal rounded 0 "every weight is its float32 self again"
                 else Expect.isGreaterThan rounded 0 "without them the masters would be the rounded weights (this test can fail)"
+        }
+
+        test "LoRA factors stored in bf16 train bit for bit as float32 factors cast at every forward; DoRA and AdaLoRA keep float32 factors" {
+            let run castFactors =
+                torch.manual_seed 9L |> ignore
+                use m = Zoo.Create("vit", tinyArgs)
+                Tuner.Apply(m, Benchmark.Config("lora", 4)) |> ignore
+                let exactWeights =
+                    if castFactors then MixedPrecision.Apply(m, Precision.BFloat16)
+                    else
+                        // the earlier recipe: everything but the adapters in bf16, A and B float32
+                        let head = [ for struct (n, p) in m.named_parameters() do if n.StartsWith "head.modules_to_save" then n, p.detach().clone() ] |> dict
+                        MixedPrecision.CastOutsideAdapters(m, bf16)
+                        Collections.Generic.Dictionary<string, Tensor>(head)
+                Expect.equal (named m).["blocks.0.attn.qkv.lora_A.default.weight"].dtype (if castFactors then bf16 else torch.float32) "factor dtype"
+                use step = new TrainingStep(m, 0.01, 0.9, 0.999, 1e-8, 0.0, exactWeights)
+                use gen = new torch.Generator(1UL)   // held: a generator the GC finalizes mid-call is a use-after-free
+                use x = torch.randn(4L, 3L, 16L, 16L, generator = gen).``to``(bf16)
+                use y = torch.tensor([| 0L; 1L; 2L; 0L |])
+                let losses =
+                    [ for s in 1L .. 4L do
+                        use _scope = torch.NewDisposeScope()
+                        let loss = torch.nn.functional.cross_entropy(m.forward(x).``to``(torch.float32), y)
+                        let v = loss.item<float32>()
+                        step.BackwardAndStep(loss, 1e-2)
+                        step.AfterStep(s)
+                        v ]
+                MixedPrecision.RestoreFloat32(m, step.Optimizer)
+                losses, [ for struct (n, p) in m.named_parameters() do if p.requires_grad then n, p.detach().``to``(torch.float32).clone() ]
+            let l1, w1 = run true
+            let l0, w0 = run false
+            Expect.sequenceEqual l1 l0 "the same losses"
+            for (n, a), (_, b) in List.zip w1 w0 do Expect.isTrue (exact a b) $"{n}: the same trained weight"
+            for cfg, name in [ Benchmark.Config("dora", 4), "lora_A.default.weight"
+                               Benchmark.Config("adalora", 4), "lora_A.default" ] do
+                use m = Zoo.Create("vit", tinyArgs)
+                Tuner.Apply(m, cfg) |> ignore
+                MixedPrecision.Apply(m, Precision.BFloat16) |> ignore
+                Expect.equal (named m).["blocks.0.attn.qkv." + name].dtype torch.float32 $"{cfg.Method}: factors stay float32"
         }
 
         // every family runs a bf16 training step end to end: full fine-tuning (all bf16, masters for

@@ -171,18 +171,19 @@ let private layerTests =
             let A, E, B = parts ()
             let d (t: torch.Tensor) = t.detach().to_type(torch.float64)
             let x2, G2 = (d x).reshape(-1L, x.shape.[2]), (d G).reshape(-1L, G.shape.[2])
+            use ks = k.ToScalar()   // held: a temporary Scalar may be finalized while native code reads it
             let M = match E with Some e -> d A * d e | None -> d A
             let GB = G2.matmul(d B)
-            let yRef = x2.matmul((d lin.weight).t()) + d lin.bias + x2.matmul(M.t()).matmul((d B).t()) * k
+            let yRef = x2.matmul((d lin.weight).t()) + d lin.bias + x2.matmul(M.t()).matmul((d B).t()) * ks
             close "y" dt (y.reshape(-1L, y.shape.[2])) yRef
-            close "dB" dt B.grad (G2.t().matmul(x2.matmul(M.t())) * k)
-            let dM = GB.t().matmul(x2) * k
+            close "dB" dt B.grad (G2.t().matmul(x2.matmul(M.t())) * ks)
+            let dM = GB.t().matmul(x2) * ks
             match E with
             | Some e ->
                 close "dA" dt A.grad (dM * d e)
                 close "dE" dt e.grad ((dM * d A).sum(1L, keepdim = true))
             | None -> close "dA" dt A.grad dM
-            close "dx" dt (x.grad.reshape(-1L, x.shape.[2])) (G2.matmul(d lin.weight) + GB.matmul(M) * k))
+            close "dx" dt (x.grad.reshape(-1L, x.shape.[2])) (G2.matmul(d lin.weight) + GB.matmul(M) * ks))
 
         test "Conv2d with groups rejects a rank that is not a multiple of groups" {
             let conv = torch.nn.Conv2d(4L, 4L, 3L, groups = 2L)

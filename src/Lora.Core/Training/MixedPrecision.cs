@@ -6,8 +6,9 @@ namespace Lora.Core.Training;
 
 /// Reduced precision without autocast (TorchSharp has none). Under <see cref="Precision.BFloat16"/>
 /// every leaf module of the model is cast to bfloat16 once, before training, except the adapters'
-/// own modules (LoRA A/B, DoRA magnitudes, AdaLoRA's P/E/Q, bottleneck adapters): those are small,
-/// stay float32 and are cast per forward into the activations' dtype, as autocast does.
+/// own modules (DoRA's A/B and magnitudes, AdaLoRA's P/E/Q, LoRA on convolutions, bottleneck
+/// adapters): those are small, stay float32 and are cast per forward into the activations' dtype, as
+/// autocast does. Plain LoRA's A and B on Linear layers are cast too (see CastLoraFactors).
 ///
 /// Frozen weights then live in bf16 and no step casts them. Trainable parameters that are now bf16
 /// (full fine-tuning, a trained head) compute in bf16, while <see cref="FlatAdamW"/> keeps a float32
@@ -18,15 +19,40 @@ namespace Lora.Core.Training;
 /// modules (a ViT's cls token and position embedding) stay float32; their modules cast them.
 public static class MixedPrecision
 {
-    /// Casts the model to <paramref name="precision"/> (nothing to do for float32). Returns the values
+    /// Casts the model to <paramref name="precision"/> (nothing to do for float32): every leaf outside
+    /// the adapters, and plain LoRA's A and B of Linear layers too (<see cref="CastLoraFactors"/>). Returns the values
     /// the trainable parameters had before the cast, by name (owned by the caller): give them to the
     /// optimiser (<see cref="TrainingStep"/>), so that its float32 masters start from the exact weights
     /// (as autocast's float32 weights do) rather than from their bf16 rounding.
     public static Dictionary<string, Tensor> Apply(nn.Module model, Precision precision)
     {
         var before = new Dictionary<string, Tensor>();
-        if (precision == Precision.BFloat16) CastOutsideAdapters(model, ScalarType.BFloat16, "", before);
+        if (precision == Precision.BFloat16)
+        {
+            CastOutsideAdapters(model, ScalarType.BFloat16, "", before);
+            CastLoraFactors(model, ScalarType.BFloat16, before);
+        }
         return before;
+    }
+
+    /// Plain LoRA's A and B on Linear layers are stored in <paramref name="dtype"/> too, trained through
+    /// float32 masters like any bf16 weight: the forward used their bf16 rounding anyway (the cast per
+    /// forward, as autocast), and the gradient it gave them was bf16 cast to float32, so training is
+    /// the same, bit for bit with the masters starting from the exact weights, without four casts
+    /// per layer and step. DoRA (whose weight norm is computed with A and B), AdaLoRA (whose allocator
+    /// writes into E and scores |p·∇p|) and convolutions keep float32 factors.
+    static void CastLoraFactors(nn.Module model, ScalarType dtype, Dictionary<string, Tensor> before)
+    {
+        foreach (var (path, module) in model.named_modules())
+        {
+            if (module is not LoraLinear lora) continue;
+            foreach (var adapter in lora.AdapterNames.Where(a => !lora.Options(a).UseDora))
+            {
+                var prefix = path.Length == 0 ? "" : path + ".";
+                CastLeaf(lora.A(adapter), dtype, $"{prefix}lora_A.{adapter}.", before);
+                CastLeaf(lora.B(adapter), dtype, $"{prefix}lora_B.{adapter}.", before);
+            }
+        }
     }
 
     /// Casts every leaf module with floating-point parameters to <paramref name="dtype"/>, leaving the
