@@ -172,7 +172,7 @@ public sealed class RankAllocator : IStatefulStepHook
     /// The triplet scores of one layer: E score + mean A-row score + mean B-column score (r entries).
     public Tensor TripletScores(AdaLoraLinear l)
     {
-        var i = layers.Select((x, i) => (x.Layer, i)).FirstOrDefault(x => ReferenceEquals(x.Layer, l), (null!, -1)).Item2;
+        var i = layers.Select(x => x.Layer).ToList().IndexOf(l);
         if (i < 0) throw new ArgumentException("the layer is not one of this allocator's");
         using var scope = torch.NewDisposeScope();
         return AllTripletScores()[i].MoveToOuterDisposeScope();
@@ -240,7 +240,10 @@ public sealed class RankAllocator : IStatefulStepHook
     {
         using var _ = torch.no_grad();
         if (drop is null && keep is not null)
+        {
+            using var scope = torch.NewDisposeScope();
             drop = keep.ToDictionary(kv => kv.Key, kv => kv.Value.logical_not().view(-1, 1).DetachFromDisposeScope());
+        }
         foreach (var (path, l) in layers)
             if (drop!.TryGetValue(path, out var d)) l.E(adapter).masked_fill_(d, Zero);
     }
