@@ -9,32 +9,16 @@ namespace Lora.Core.Tuning;
 /// and B are grouped with g groups, which keeps ΔW block-diagonal like W; it needs r divisible by g
 /// (other ranks are rejected: no exact grouped composition exists for them). The merged ΔW is the
 /// exact composition ΔW[o,c] = Σ_j B[o,j]·A[j,c] within each group.
-public sealed class LoraConv2d : TunerLayer
+public sealed class LoraConv2d : LoraLayer<Conv2d>
 {
-#pragma warning disable IDE1006
-    public AdapterSlots lora_A = new();
-    public AdapterSlots lora_B = new();
-    public AdapterSlots lora_magnitude_vector = new();
-#pragma warning restore IDE1006
-    readonly Dictionary<string, LoraOptions> options = new();
-    // Numbers in tensor ops are held as Scalars (static fields, `using` locals) until the op returns:
-    // a temporary Scalar (from `t * 2.0`) may be finalized by the GC while native code still reads it.
-    static readonly Scalar One = 1.ToScalar();
-
     public LoraConv2d(Conv2d baseLayer) : base(nameof(LoraConv2d), baseLayer) => RegisterComponents();
 
     public Conv2d Base => (Conv2d)base_layer;
     public override Parameter BaseWeight => Base.weight!;
-    public override string Method => options.Values.Any(o => o.UseDora) ? "DoRA" : "LoRA";
-    public override IReadOnlyList<string> AdapterNames => options.Keys.ToList();
-    public LoraOptions Options(string adapter) => options[adapter];
-    public Conv2d A(string adapter) => lora_A.Module<Conv2d>(adapter);
-    public Conv2d B(string adapter) => lora_B.Module<Conv2d>(adapter);
-    public double Scaling(string adapter) => options[adapter].Scaling;
 
     public void AddAdapter(string adapter, LoraOptions o)
     {
-        if (options.ContainsKey(adapter)) throw new ArgumentException($"adapter '{adapter}' already exists on this layer");
+        RejectExisting(adapter);
         var c = Base;
         var g = c.groups;
         if (o.Rank <= 0 || o.Rank % g != 0)
@@ -47,25 +31,12 @@ public sealed class LoraConv2d : TunerLayer
             ? nn.Conv2d(c.in_channels, o.Rank, k, pt, stride, dilation, c.padding_mode, g, bias: false, device: w.device, dtype: w.dtype)
             : nn.Conv2d(c.in_channels, o.Rank, k, stride, (c.padding![0], c.padding[1]), dilation, c.padding_mode, g, bias: false, device: w.device, dtype: w.dtype);
         var b = nn.Conv2d(o.Rank, c.out_channels, 1L, 1L, 0L, 1L, PaddingModes.Zeros, g, bias: false, device: w.device, dtype: w.dtype);
-        using (torch.no_grad())
-        {
-            if (o.InitGaussian) nn.init.normal_(a.weight!, 0, 1.0 / o.Rank);
-            else nn.init.kaiming_uniform_(a.weight!, a: Math.Sqrt(5));
-            nn.init.zeros_(b.weight!);
-        }
-        lora_A.AddModule(adapter, a);
-        lora_B.AddModule(adapter, b);
-        options[adapter] = o;
-        if (o.UseDora)
-        {
-            using var _ = torch.no_grad();
-            lora_magnitude_vector.AddModule(adapter, new DoraMagnitude(WeightNorm(w.detach(), adapter)));
-        }
+        Register(adapter, o, a, b);
     }
 
     /// Norms of W + ΔW over everything but the output channel, shaped (1, out, 1, 1) as PEFT's
     /// conv DoRA magnitude; detached.
-    Tensor WeightNorm(Tensor weight, string adapter)
+    protected override Tensor WeightNorm(Tensor weight, string adapter)
     {
         using var scope = torch.NewDisposeScope();
         using var _ = torch.no_grad();
@@ -77,21 +48,8 @@ public sealed class LoraConv2d : TunerLayer
     {
         var delta = DeltaWeight(adapter);
         if (!options[adapter].UseDora) return weight + delta;
-        var m = lora_magnitude_vector.Module<DoraMagnitude>(adapter).weight.detach();
+        var m = Magnitude(adapter).detach();
         return (m / WeightNorm(weight, adapter)).view(-1, 1, 1, 1) * (weight + delta);
-    }
-
-    public override IEnumerable<Parameter> AdapterParameters(string adapter)
-    {
-        yield return A(adapter).weight!;
-        yield return B(adapter).weight!;
-        if (options[adapter].UseDora) yield return lora_magnitude_vector.Module<DoraMagnitude>(adapter).weight;
-    }
-
-    protected override void RemoveAdapterCore(string adapter)
-    {
-        lora_A.Remove(adapter); lora_B.Remove(adapter); lora_magnitude_vector.Remove(adapter);
-        options.Remove(adapter);
     }
 
     public override Tensor DeltaWeight(string adapter)
@@ -122,7 +80,7 @@ public sealed class LoraConv2d : TunerLayer
         var lora = B(adapter).forward(A(adapter).forward(xa)).mul(scaling);
         if (!o.UseDora) return lora;
         // PEFT's conv DoRA: (m/‖W+ΔW‖ − 1)·conv(x, W) + m/‖W+ΔW‖ · lora(x) · scaling.
-        var m = lora_magnitude_vector.Module<DoraMagnitude>(adapter).weight;
+        var m = Magnitude(adapter);
         var scale = m / WeightNorm(BaseWeight.detach(), adapter);          // (1, out, 1, 1)
         var plain = ReferenceEquals(xd, x) ? baseOutput : base_layer.forward(xd);
         if (Base.bias is not null) plain = plain - Base.bias.view(1, -1, 1, 1);

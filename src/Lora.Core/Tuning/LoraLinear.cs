@@ -7,67 +7,24 @@ namespace Lora.Core.Tuning;
 /// LoRA (and DoRA) around a Linear layer, as PEFT's lora.Linear:
 /// y = base(x) + lora_B(lora_A(dropout(x))) · scaling. Keys: `base_layer.weight`,
 /// `lora_A.&lt;adapter&gt;.weight`, `lora_B.&lt;adapter&gt;.weight`, `lora_magnitude_vector.&lt;adapter&gt;.weight` (DoRA).
-public sealed class LoraLinear : TunerLayer
+public sealed class LoraLinear : LoraLayer<Linear>
 {
-#pragma warning disable IDE1006
-    public AdapterSlots lora_A = new();
-    public AdapterSlots lora_B = new();
-    public AdapterSlots lora_magnitude_vector = new();
-#pragma warning restore IDE1006
-    readonly Dictionary<string, LoraOptions> options = new();
-
     public LoraLinear(Linear baseLayer) : base(nameof(LoraLinear), baseLayer) => RegisterComponents();
 
     public Linear Base => (Linear)base_layer;
     public long InFeatures => Base.in_features;
     public long OutFeatures => Base.out_features;
     public override Parameter BaseWeight => Base.weight!;
-    public override string Method => options.Values.Any(o => o.UseDora) ? "DoRA" : "LoRA";
-    public override IReadOnlyList<string> AdapterNames => options.Keys.ToList();
-    public LoraOptions Options(string adapter) => options[adapter];
-    public Linear A(string adapter) => lora_A.Module<Linear>(adapter);
-    public Linear B(string adapter) => lora_B.Module<Linear>(adapter);
-    public double Scaling(string adapter) => options[adapter].Scaling;
 
     public void AddAdapter(string adapter, LoraOptions o)
     {
-        if (options.ContainsKey(adapter)) throw new ArgumentException($"adapter '{adapter}' already exists on this layer");
+        RejectExisting(adapter);
         if (o.Rank <= 0) throw new ArgumentException($"LoRA rank must be positive, got {o.Rank}");
         var w = BaseWeight;
-        var a = nn.Linear(InFeatures, o.Rank, hasBias: false, device: w.device, dtype: w.dtype);
-        var b = nn.Linear(o.Rank, OutFeatures, hasBias: false, device: w.device, dtype: w.dtype);
-        using (torch.no_grad())
-        {
-            if (o.InitGaussian) nn.init.normal_(a.weight!, 0, 1.0 / o.Rank);
-            else nn.init.kaiming_uniform_(a.weight!, a: Math.Sqrt(5));
-            nn.init.zeros_(b.weight!);
-        }
-        lora_A.AddModule(adapter, a);
-        lora_B.AddModule(adapter, b);
-        options[adapter] = o;
-        if (o.UseDora)
-        {
-            using var _ = torch.no_grad();
-            lora_magnitude_vector.AddModule(adapter, new DoraMagnitude(WeightNorm(w.detach(), adapter)));
-        }
+        Register(adapter, o,
+                 nn.Linear(InFeatures, o.Rank, hasBias: false, device: w.device, dtype: w.dtype),
+                 nn.Linear(o.Rank, OutFeatures, hasBias: false, device: w.device, dtype: w.dtype));
     }
-
-    public override IEnumerable<Parameter> AdapterParameters(string adapter)
-    {
-        yield return A(adapter).weight!;
-        yield return B(adapter).weight!;
-        if (options[adapter].UseDora) yield return lora_magnitude_vector.Module<DoraMagnitude>(adapter).weight;
-    }
-
-    protected override void RemoveAdapterCore(string adapter)
-    {
-        lora_A.Remove(adapter); lora_B.Remove(adapter); lora_magnitude_vector.Remove(adapter);
-        options.Remove(adapter);
-    }
-
-    // Numbers in tensor ops are held as Scalars (static fields, `using` locals) until the op returns:
-    // a temporary Scalar (from `t * 2.0`) may be finalized by the GC while native code still reads it.
-    static readonly Scalar One = 1.ToScalar();
 
     public override Tensor DeltaWeight(string adapter)
     {
@@ -77,7 +34,7 @@ public sealed class LoraLinear : TunerLayer
     }
 
     /// Row norms of W + ΔW (one per output feature), detached as in PEFT's DoRA.
-    Tensor WeightNorm(Tensor weight, string adapter)
+    protected override Tensor WeightNorm(Tensor weight, string adapter)
     {
         using var scope = torch.NewDisposeScope();
         var lora = B(adapter).weight!.detach().matmul(A(adapter).weight!.detach());
@@ -89,7 +46,7 @@ public sealed class LoraLinear : TunerLayer
     {
         var delta = DeltaWeight(adapter);
         if (!options[adapter].UseDora) return weight + delta;
-        var m = lora_magnitude_vector.Module<DoraMagnitude>(adapter).weight.detach();
+        var m = Magnitude(adapter).detach();
         var norm = WeightNorm(weight, adapter);
         return (m / norm).view(-1, 1) * (weight + delta);
     }
@@ -110,7 +67,7 @@ public sealed class LoraLinear : TunerLayer
         var o = options[adapter];
         using var scaling = o.Scaling.ToScalar();
         // PEFT's DoRA: (m/‖W+ΔW‖ − 1)·(x Wᵀ) + m/‖W+ΔW‖ · lora(x) · scaling, the norm without gradient.
-        var m = lora_magnitude_vector.Module<DoraMagnitude>(adapter).weight;
+        var m = Magnitude(adapter);
         var norm = WeightNorm(BaseWeight.detach(), adapter);
         var scale = (m / norm).view(1, -1);
         Tensor plain;

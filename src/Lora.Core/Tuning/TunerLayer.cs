@@ -149,15 +149,18 @@ public abstract class TunerLayer : nn.Module<Tensor, Tensor>
 
     bool registered;
 
-    /// Registers `base_layer` first, then the adapter containers in the derived class's field
-    /// order, so state_dict keys come in PEFT's order (base_layer.*, lora_A.*, lora_B.*, ...).
+    /// Registers `base_layer` first, then the adapter containers in field order, base classes first,
+    /// so state_dict keys come in PEFT's order (base_layer.*, lora_A.*, lora_B.*, ...).
     protected override void RegisterComponents()
     {
         if (registered) return;
         registered = true;
         register_module("base_layer", base_layer);
-        foreach (var f in GetType().GetFields(System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.Public | System.Reflection.BindingFlags.DeclaredOnly))
-            if (f.GetValue(this) is AdapterSlots slots) register_module(f.Name, slots);
+        var types = new Stack<Type>();
+        for (var t = GetType(); t != typeof(TunerLayer); t = t.BaseType!) types.Push(t);
+        foreach (var t in types)
+            foreach (var f in t.GetFields(System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.Public | System.Reflection.BindingFlags.DeclaredOnly))
+                if (f.GetValue(this) is AdapterSlots slots) register_module(f.Name, slots);
     }
 
     /// A weight in the dtype of the input it meets, as autocast would: fp32 trainable LoRA weights
