@@ -212,6 +212,7 @@ let withSteps (steps: string list) (uses: string) =
 /// (case, spec text, field, needle, offset, message part)
 let errorCases =
     let r (a: string) (b: string) = baseSpec.Replace(a, b)
+    let dataset (mapping: string) = r "{ source: fashion_mnist }" mapping   // baseSpec with another dataset
     [ "unknown model with suggestions", r "model: vit_tiny_patch16_224" "model: vit_tiny_patch16", "experiments[0].models[0].zoo", "vit_tiny_patch16\n", 0,
       "unknown model 'vit_tiny_patch16' (did you mean vit_tiny_patch16_224?)"
       "rank zero", r "ranks: [4]" "ranks: [4, 0]", "experiments[0].ranks[1]", "0]", 0, "rank must be a positive integer, got 0"
@@ -221,7 +222,7 @@ let errorCases =
       "options on full", r "methods: [lora]" "methods: [{full: {alpha: 2}}]", "experiments[0].methods[0].alpha", "alpha", 0,
       "full takes no options ('alpha' is an option of lora, dora, adalora)"
       "unknown field", baseSpec + "    epoch: 3\n", "experiments[0].epoch", "epoch:", 0, "unknown field 'epoch' (did you mean epochs?)"
-      "dataset path that does not exist", r "{ source: fashion_mnist }" "{ source: cifar, path: missing/cifar }", "experiments[0].datasets[0].path",
+      "dataset path that does not exist", dataset "{ source: cifar, path: missing/cifar }", "experiments[0].datasets[0].path",
       "missing/cifar", 0, "CIFAR data set not found at 'missing/cifar'"
       "wrong type", baseSpec + "    epochs: three\n", "experiments[0].epochs", "three", 0, "expected an integer, got 'three'"
       "wrong type: list expected", r "ranks: [4]" "ranks: 4", "experiments[0].ranks", "ranks: 4", 7, "expected a list, got '4'"
@@ -233,7 +234,7 @@ let errorCases =
       "a method that needs ranks", r "    ranks: [4]\n" "", "experiments[0].methods[0]", "lora", 0, "lora needs ranks"
       "segmentation task on classification data", baseSpec + "    task: segmentation\n", "experiments[0].datasets[0].source", "fashion_mnist", 0,
       "a segmentation task needs segmentation data"
-      "composed-only field on another source", r "{ source: fashion_mnist }" "{ source: cifar, path: data, canvas: 64 }", "experiments[0].datasets[0].canvas",
+      "composed-only field on another source", dataset "{ source: cifar, path: data, canvas: 64 }", "experiments[0].datasets[0].canvas",
       "64", 0, "'canvas' does not apply to cifar"
       "weights file that does not exist", r "model: vit_tiny_patch16_224" "model: { zoo: vit_tiny_patch16_224, weights: missing.safetensors }",
       "experiments[0].models[0].weights", "missing.safetensors", 0, "weights file not found at 'missing.safetensors'"
@@ -242,7 +243,7 @@ let errorCases =
       "epochs zero", baseSpec + "    epochs: 0\n", "experiments[0].epochs", "epochs: 0", 8, "epochs must be at least 1, got 0"
       "fp16 refused before any run", baseSpec + "    precision: fp16\n", "experiments[0].precision", "precision: fp16", 11,
       "precision fp16 is not supported (no autocast or loss scaling in TorchSharp): use bf16 (fp32 master weights) or fp32"
-      "empty class list", r "{ source: fashion_mnist }" "{ source: fashion_mnist, classes: [] }", "experiments[0].datasets[0].classes", "[]", 0,
+      "empty class list", dataset "{ source: fashion_mnist, classes: [] }", "experiments[0].datasets[0].classes", "[]", 0,
       "classes is empty"
       "a method listed twice", r "methods: [lora]" "methods: [lora, lora]", "experiments[0].methods", "[lora, lora]", 0,
       "two runs would be named 'lora-r4'"
@@ -250,7 +251,7 @@ let errorCases =
       "experiments[0].models[0].options.img_size", "0 }", 0, "img_size must be positive, got 0"
       "unknown top-level key", baseSpec.Replace("experiments:", "experiment:"), "experiment", "experiment:", 0,
       "unknown field 'experiment' (did you mean experiments?)"
-      "a dataset without a source", r "{ source: fashion_mnist }" "{ path: data }", "experiments[0].datasets[0].source", "{ path", 0,
+      "a dataset without a source", dataset "{ path: data }", "experiments[0].datasets[0].source", "{ path", 0,
       "a dataset needs a source"
       "lr not a number", baseSpec + "    lr: fast\n", "experiments[0].lr", "fast", 0, "expected a number, got 'fast'"
       "a pretrain step with weights", "pretrain:\n  - name: p\n    model: { zoo: vit, weights: w.safetensors }\n    dataset: { source: fashion_mnist }\n"
@@ -260,30 +261,30 @@ let errorCases =
       "name with a slash", r "name: t" "name: a/b", "experiments[0].name", "a/b", 0, "name 'a/b' must not contain"
       "two experiments with one name", baseSpec + baseSpec.Substring(baseSpec.IndexOf "  - name"), "experiments", "  - name", 2,
       "two experiments are named 't'"
-      "shots zero", r "{ source: fashion_mnist }" "{ source: fashion_mnist, shots: 0 }", "experiments[0].datasets[0].shots", "0 }", 0, "shots must be positive, got 0"
-      "limit_train zero", r "{ source: fashion_mnist }" "{ source: fashion_mnist, limit_train: 0 }", "experiments[0].datasets[0].limit_train", "0 }", 0,
+      "shots zero", dataset "{ source: fashion_mnist, shots: 0 }", "experiments[0].datasets[0].shots", "0 }", 0, "shots must be positive, got 0"
+      "limit_train zero", dataset "{ source: fashion_mnist, limit_train: 0 }", "experiments[0].datasets[0].limit_train", "0 }", 0,
       "limit_train must be positive, got 0"
-      "limit_val negative", r "{ source: fashion_mnist }" "{ source: fashion_mnist, limit_val: -1 }", "experiments[0].datasets[0].limit_val", "-1", 0,
+      "limit_val negative", dataset "{ source: fashion_mnist, limit_val: -1 }", "experiments[0].datasets[0].limit_val", "-1", 0,
       "limit_val must be positive, got -1"
-      "val_fraction out of range", r "{ source: fashion_mnist }" "{ source: fashion_mnist, val_fraction: 1.5 }", "experiments[0].datasets[0].val_fraction",
+      "val_fraction out of range", dataset "{ source: fashion_mnist, val_fraction: 1.5 }", "experiments[0].datasets[0].val_fraction",
       "1.5", 0, "val_fraction must be in [0, 1), got 1.5"
-      "duplicate classes", r "{ source: fashion_mnist }" "{ source: fashion_mnist, classes: [1, 1] }", "experiments[0].datasets[0].classes[1]", "1]", 0,
+      "duplicate classes", dataset "{ source: fashion_mnist, classes: [1, 1] }", "experiments[0].datasets[0].classes[1]", "1]", 0,
       "class 1 is listed twice (also classes[0]): list each class once"
-      "negative class", r "{ source: fashion_mnist }" "{ source: fashion_mnist, classes: [-1, 2] }", "experiments[0].datasets[0].classes[0]", "-1", 0,
+      "negative class", dataset "{ source: fashion_mnist, classes: [-1, 2] }", "experiments[0].datasets[0].classes[0]", "-1", 0,
       "class -1 is outside Fashion-MNIST's 10 classes: use 0-9"
-      "class beyond Fashion-MNIST", r "{ source: fashion_mnist }" "{ source: fashion_mnist, classes: [0, 12] }", "experiments[0].datasets[0].classes[1]",
+      "class beyond Fashion-MNIST", dataset "{ source: fashion_mnist, classes: [0, 12] }", "experiments[0].datasets[0].classes[1]",
       "12", 0, "class 12 is outside Fashion-MNIST's 10 classes: use 0-9"
-      "class beyond CIFAR-100 (train.bin found)", r "{ source: fashion_mnist }" "{ source: cifar, path: data, classes: [5, 100] }",
+      "class beyond CIFAR-100 (train.bin found)", dataset "{ source: cifar, path: data, classes: [5, 100] }",
       "experiments[0].datasets[0].classes[1]", "100", 0, "class 100 is outside CIFAR-100's 100 classes: use 0-99"
-      "negative class of an image folder", r "{ source: fashion_mnist }" "{ source: image_folder, path: data, classes: [0, -3] }",
+      "negative class of an image folder", dataset "{ source: image_folder, path: data, classes: [0, -3] }",
       "experiments[0].datasets[0].classes[1]", "-3", 0, "class -3 is negative: classes are numbered from 0"
-      "class beyond the composed objects", r "{ source: fashion_mnist }" "{ source: composed_segmentation, canvas: 64, objects: 1, classes: [10] }" + "    task: segmentation\n",
+      "class beyond the composed objects", dataset "{ source: composed_segmentation, canvas: 64, objects: 1, classes: [10] }" + "    task: segmentation\n",
       "experiments[0].datasets[0].classes[0]", "10]", 0, "class 10 is outside Fashion-MNIST's 10 classes: use 0-9"
-      "classes on segmentation pairs", r "{ source: fashion_mnist }" "{ source: segmentation_pairs, path: data, classes: [1] }" + "    task: segmentation\n",
+      "classes on segmentation pairs", dataset "{ source: segmentation_pairs, path: data, classes: [1] }" + "    task: segmentation\n",
       "experiments[0].datasets[0].classes", "[1]", 0, "classes does not apply to segmentation_pairs (the masks define the classes): remove it"
-      "shots on segmentation pairs", r "{ source: fashion_mnist }" "{ source: segmentation_pairs, path: data, shots: 5 }" + "    task: segmentation\n",
+      "shots on segmentation pairs", dataset "{ source: segmentation_pairs, path: data, shots: 5 }" + "    task: segmentation\n",
       "experiments[0].datasets[0].shots", "5 }", 0, "shots does not apply to segmentation_pairs"
-      "negative shots", r "{ source: fashion_mnist }" "{ source: fashion_mnist, shots: -2 }", "experiments[0].datasets[0].shots", "-2", 0,
+      "negative shots", dataset "{ source: fashion_mnist, shots: -2 }", "experiments[0].datasets[0].shots", "-2", 0,
       "shots must be positive, got -2"
       "class beyond the data set in a named pretrain step", withSteps [ stepP; stepWith "q" "classes: [0, 10]" ] "q",
       "experiments[0].models[0].pretrain.dataset.classes[1]", "10]", 0, "class 10 is outside Fashion-MNIST's 10 classes: use 0-9"
@@ -295,17 +296,17 @@ let errorCases =
       "pretrain[1].model.zoo", "vitt", 0, "unknown model 'vitt'"
       "an unused pretrain step is checked like a used one: missing data", withSteps [ stepP; stepWith "q" "path: missing/fm" ] "p",
       "pretrain[1].dataset.path", "missing/fm", 0, "Fashion-MNIST data set not found at 'missing/fm'"
-      "classification on masks", r "{ source: fashion_mnist }" "{ source: segmentation_pairs, path: data }", "experiments[0].datasets[0].source",
+      "classification on masks", dataset "{ source: segmentation_pairs, path: data }", "experiments[0].datasets[0].source",
       "segmentation_pairs", 0, "a classification task needs labelled images"
-      "composed canvas too small", r "{ source: fashion_mnist }" "{ source: composed_segmentation, canvas: 10, objects: 1 }" + "    task: segmentation\n",
+      "composed canvas too small", dataset "{ source: composed_segmentation, canvas: 10, objects: 1 }" + "    task: segmentation\n",
       "experiments[0].datasets[0].canvas", "10", 0, "canvas must be at least 28 pixels"
-      "composed without objects", r "{ source: fashion_mnist }" "{ source: composed_segmentation, canvas: 64, objects: 0 }" + "    task: segmentation\n",
+      "composed without objects", dataset "{ source: composed_segmentation, canvas: 64, objects: 0 }" + "    task: segmentation\n",
       "experiments[0].datasets[0].objects", "0 }", 0, "objects must be at least 1, got 0"
-      "composed canvas missing", r "{ source: fashion_mnist }" "{ source: composed_segmentation, objects: 1 }", "experiments[0].datasets[0].canvas",
+      "composed canvas missing", dataset "{ source: composed_segmentation, objects: 1 }", "experiments[0].datasets[0].canvas",
       "{ source", 0, "composed_segmentation needs canvas"
-      "image folder without a path", r "{ source: fashion_mnist }" "{ source: image_folder }", "experiments[0].datasets[0].path", "{ source", 0,
+      "image folder without a path", dataset "{ source: image_folder }", "experiments[0].datasets[0].path", "{ source", 0,
       "image_folder needs a path"
-      "segmentation pairs not found", r "{ source: fashion_mnist }" "{ source: segmentation_pairs, path: missing/pairs }" + "    task: segmentation\n",
+      "segmentation pairs not found", dataset "{ source: segmentation_pairs, path: missing/pairs }" + "    task: segmentation\n",
       "experiments[0].datasets[0].path", "missing/pairs", 0, "segmentation pairs data set not found at 'missing/pairs'"
       "batch zero", baseSpec + "    batch: 0\n", "experiments[0].batch", "batch: 0", 7, "batch must be at least 1, got 0"
       "lr negative", baseSpec + "    lr: -0.1\n", "experiments[0].lr", "-0.1", 0, "lr must be positive, got -0.1"
@@ -337,7 +338,7 @@ let errorCases =
       "a model is either zoo: NAME (with options, weights) or pretrain: STEP, not both"
       "a model without zoo", r "model: vit_tiny_patch16_224" "model: { options: { a: 1 } }", "experiments[0].models[0]", "{ options", 0,
       "a model needs zoo: NAME"
-      "a dataset that is not a mapping", r "{ source: fashion_mnist }" "fashion_mnist", "experiments[0].datasets[0]", "fashion_mnist", 0,
+      "a dataset that is not a mapping", dataset "fashion_mnist", "experiments[0].datasets[0]", "fashion_mnist", 0,
       "expected a mapping with fields"
       "a model option that is a list", r "model: vit_tiny_patch16_224" "model: { zoo: vit, options: { a: [1] } }", "experiments[0].models[0].options.a",
       "[1]", 0, "a model option must be a number, true/false or a string"
