@@ -72,8 +72,6 @@ module FsxSpec =
             | Choice1Of2(Some v), _ -> toExperiments path v.ReflectionValue |> Result.map (fun es -> es, boundPretrains session moduleName)
             | _ -> Error [ err path "the script must bind `experiments` (e.g. let experiments = [ experiment { ... } ])" ]
 
-    /// Evaluate the script at `path` and return its `experiments` (see evaluateAll).
-    let evaluate (path: string) : Result<Experiment list, SpecError list> = evaluateAll path |> Result.map fst
 
 /// What loading a spec found: its experiments or every error, and warnings, which do not stop a run
 /// (a pretrain step that no experiment uses).

@@ -108,7 +108,7 @@ public static class SummaryCommand
             Alpha = o.Alpha ?? 2.0 * rank,
             Bias = bias.Value,
             ModulesToSave = train,
-            InitRank = o.InitRank ?? Math.Max(12, rank),
+            InitRank = o.InitRank ?? TuningConfig.DefaultInitRank(rank),
             TargetRank = rank,
             AdapterWidth = m == TuningMethod.Adapter ? o.Rank ?? 0 : 0,
         };

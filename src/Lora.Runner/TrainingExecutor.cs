@@ -99,7 +99,7 @@ public sealed class TrainingExecutor : IRunExecutor
     }
 
     /// The family names take only what the spec gives; named models keep their own input channels.
-    static bool IsFamily(string name) => name is "vit" or "convnext" or "tiny_vit" or "unet" or "sam_vit" or "sam_tiny_vit";
+    static bool IsFamily(string name) => ZooNames.families.Contains(name);
 
     static ModelArgs ArgsOf(ZooModel m)
     {
@@ -169,7 +169,7 @@ public sealed class TrainingExecutor : IRunExecutor
                 config = config with
                 {
                     TargetRank = rank,
-                    InitRank = ada.InitRank is null ? (int)Math.Ceiling(1.5 * rank) : ada.InitRank.Value,
+                    InitRank = ada.InitRank is null ? TuningConfig.DefaultInitRank(rank) : ada.InitRank.Value,
                     TInit = ada.TInit, TFinal = ada.TFinal, DeltaT = ada.DeltaT,
                     Beta1 = ada.Beta1, Beta2 = ada.Beta2, OrthRegWeight = ada.OrthReg,
                 };

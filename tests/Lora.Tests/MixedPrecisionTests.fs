@@ -147,7 +147,8 @@ let tests =
                 else Expect.isGreaterThan rounded 0 "without them the masters would be the rounded weights (this test can fail)"
         }
 
-        test "LoRA factors stored in bf16 train bit for bit as float32 factors cast at every forward; DoRA and AdaLoRA keep float32 factors" {
+        // sequenced: both runs build their model from torch's global generator (re-seeded per run)
+        testSequenced <| test "LoRA factors stored in bf16 train bit for bit as float32 factors cast at every forward; DoRA and AdaLoRA keep float32 factors" {
             let run castFactors =
                 torch.manual_seed 9L |> ignore
                 use m = Zoo.Create("vit", tinyArgs)

@@ -26,13 +26,15 @@ public static class MixedPrecision
     /// (as autocast's float32 weights do) rather than from their bf16 rounding.
     public static Dictionary<string, Tensor> Apply(nn.Module model, Precision precision)
     {
-        var before = new Dictionary<string, Tensor>();
-        if (precision == Precision.BFloat16)
-        {
-            CastOutsideAdapters(model, ScalarType.BFloat16, "", before);
-            CastLoraFactors(model, ScalarType.BFloat16, before);
-        }
-        return before;
+        var exact = new Dictionary<string, Tensor>();
+        if (precision != Precision.BFloat16) return exact;
+        foreach (var (name, p) in model.named_parameters())
+            if (p.requires_grad && p.dtype == ScalarType.Float32) exact[name] = p.detach().clone().DetachFromDisposeScope();
+        CastOutsideAdapters(model, ScalarType.BFloat16);
+        CastLoraFactors(model, ScalarType.BFloat16);
+        foreach (var (name, p) in model.named_parameters())   // keep those of the parameters that were cast
+            if (p.dtype != ScalarType.BFloat16 && exact.Remove(name, out var kept)) kept.Dispose();
+        return exact;
     }
 
     /// Plain LoRA's A and B on Linear layers are stored in <paramref name="dtype"/> too, trained through
@@ -41,43 +43,32 @@ public static class MixedPrecision
     /// the same, bit for bit with the masters starting from the exact weights, without four casts
     /// per layer and step. DoRA (whose weight norm is computed with A and B), AdaLoRA (whose allocator
     /// writes into E and scores |p·∇p|) and convolutions keep float32 factors.
-    static void CastLoraFactors(nn.Module model, ScalarType dtype, Dictionary<string, Tensor> before)
+    static void CastLoraFactors(nn.Module model, ScalarType dtype)
     {
-        foreach (var (path, module) in model.named_modules())
-        {
-            if (module is not LoraLinear lora) continue;
+        foreach (var lora in model.modules().OfType<LoraLinear>())
             foreach (var adapter in lora.AdapterNames.Where(a => !lora.Options(a).UseDora))
             {
-                var prefix = path.Length == 0 ? "" : path + ".";
-                CastLeaf(lora.A(adapter), dtype, $"{prefix}lora_A.{adapter}.", before);
-                CastLeaf(lora.B(adapter), dtype, $"{prefix}lora_B.{adapter}.", before);
+                CastLeaf(lora.A(adapter), dtype);
+                CastLeaf(lora.B(adapter), dtype);
             }
-        }
     }
 
     /// Casts every leaf module with floating-point parameters to <paramref name="dtype"/>, leaving the
     /// adapters of tuning layers and bottleneck adapters as they are.
-    public static void CastOutsideAdapters(nn.Module root, ScalarType dtype) => CastOutsideAdapters(root, dtype, "", null);
-
-    static void CastOutsideAdapters(nn.Module root, ScalarType dtype, string prefix, Dictionary<string, Tensor>? before)
+    public static void CastOutsideAdapters(nn.Module root, ScalarType dtype)
     {
-        if (!root.children().Any()) { CastLeaf(root, dtype, prefix, before); return; }
+        if (!root.children().Any()) { CastLeaf(root, dtype); return; }
         foreach (var (name, child) in root.named_children())
         {
             if (child is BottleneckAdapter) continue;
             if (root is TunerLayer && name != "base_layer") continue; // adapter slots
-            CastOutsideAdapters(child, dtype, prefix + name + ".", before);
+            CastOutsideAdapters(child, dtype);
         }
     }
 
-    static void CastLeaf(nn.Module leaf, ScalarType dtype, string prefix, Dictionary<string, Tensor>? before)
+    static void CastLeaf(nn.Module leaf, ScalarType dtype)
     {
-        if (!leaf.parameters(false).Any(p => p.is_floating_point() && p.dtype != dtype)) return;
-        if (before is not null)
-            foreach (var (name, p) in leaf.named_parameters(false))
-                if (p.requires_grad && p.is_floating_point() && p.dtype != dtype)
-                    before[prefix + name] = p.detach().clone().DetachFromDisposeScope();
-        leaf.to(dtype);
+        if (leaf.parameters(false).Any(p => p.is_floating_point() && p.dtype != dtype)) leaf.to(dtype);
     }
 
     /// After training under bf16 with master weights: casts the leaf modules that hold trained

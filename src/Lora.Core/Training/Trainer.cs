@@ -96,7 +96,7 @@ public sealed class Trainer
 
         using var memory = PeakMemory.Start(device.type == DeviceType.CUDA ? Math.Max(0, device.index) : null);
         var clock = new Stopwatch();
-        long trainableCount = trainable.Sum(p => p.parameter.numel());
+        long trainableCount = optimizer.Numel;
         int readEvery = o.LossReadEvery > 0 ? o.LossReadEvery : device.type == DeviceType.CUDA ? 8 : 1;
         var pending = new List<(long Step, int Epoch, double Lr, Tensor Loss)>();
         void ReadLosses()

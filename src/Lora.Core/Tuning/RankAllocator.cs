@@ -19,10 +19,10 @@ public sealed class RankAllocator : IStatefulStepHook
     // costs AdaLoRA more than its extra FLOPs. Owned by the allocator: detached from any dispose
     // scope, so a caller may wrap a step in one; disposed when replaced.
     Tensor? avgIpt, avgUnc;
-    // The kept ranks per layer as bool tensors on the layer's device (owned; views of one flat mask),
-    // and the dropped ranks as E-shaped masks for the steps after the schedule: no step reads them
-    // back to the host, so allocation does not stall a GPU (PEFT reads the threshold and every
-    // layer's pattern with .item()/.tolist()); RankPattern copies them out when asked.
+    // The kept ranks per layer as bool tensors on the layer's device (owned; views of one flat mask):
+    // no step reads them back to the host, so allocation does not stall a GPU (PEFT reads the
+    // threshold and every layer's pattern with .item()/.tolist()); RankPattern copies them out when
+    // asked. `drop` is their E-shaped complement, made once for the steps after the schedule.
     Dictionary<string, Tensor>? keep;
     Dictionary<string, Tensor>? drop;
     // Numbers used in tensor ops are held as Scalars for the allocator's lifetime: a temporary
@@ -45,8 +45,6 @@ public sealed class RankAllocator : IStatefulStepHook
     }
 
     public long TotalStep { get; private set; }
-    /// The global step of the last <see cref="AfterOptimizerStep"/> (0 before any).
-    public long Step { get; private set; }
     public int InitialBudget { get; }
     public int TargetBudget { get; }
 
@@ -127,7 +125,6 @@ public sealed class RankAllocator : IStatefulStepHook
     {
         if (TotalStep <= 0) throw new InvalidOperationException("AdaLoRA's rank allocator needs the total step count: set TuningConfig.TotalStep or call Begin(totalSteps) first");
         var end = TotalStep - config.TFinal;
-        Step = globalStep;
         if (globalStep < end)
         {
             UpdateImportance();
@@ -213,26 +210,23 @@ public sealed class RankAllocator : IStatefulStepHook
         var dropAll = k <= 0 ? torch.zeros_like(scores, dtype: ScalarType.Bool) : scores.le(scores.kthvalue(k, 0, false).values);
         var keepAll = dropAll.logical_not();
         var kept = new Dictionary<string, Tensor>();
-        var dropped = new Dictionary<string, Tensor>();
         using var _ = torch.no_grad();
         long offset = 0;
         foreach (var (path, l) in layers)
         {
             var r = l.E(adapter).shape[0];
-            var d = dropAll.narrow(0, offset, r).view(-1, 1);
-            l.E(adapter).masked_fill_(d, Zero);
-            dropped[path] = d.DetachFromDisposeScope();
+            l.E(adapter).masked_fill_(dropAll.narrow(0, offset, r).view(-1, 1), Zero);
             kept[path] = keepAll.narrow(0, offset, r).DetachFromDisposeScope();
             offset += r;
         }
-        Keep(kept, dropped);
+        Keep(kept);
     }
 
-    void Keep(Dictionary<string, Tensor>? kept, Dictionary<string, Tensor>? dropped)
+    void Keep(Dictionary<string, Tensor>? kept)
     {
         foreach (var t in (keep?.Values ?? Enumerable.Empty<Tensor>()).Concat(drop?.Values ?? Enumerable.Empty<Tensor>())) t.Dispose();
         keep = kept;
-        drop = dropped;
+        drop = null;
     }
 
     /// After the schedule: the kept pattern holds (the optimiser may have moved a masked E entry).
@@ -251,8 +245,8 @@ public sealed class RankAllocator : IStatefulStepHook
     // ---- checkpoint state (IStatefulStepHook) -------------------------------------------------
 
     /// The EMAs (`ipt.&lt;path&gt;.lora_X`, `unc.…`, one per parameter as PEFT keeps them), the kept
-    /// ranks (`pattern.&lt;path&gt;`, bool) and the last step (`step`): new tensors (views of the EMAs,
-    /// copies of the rest) that belong to the caller's dispose scope.
+    /// ranks (`pattern.&lt;path&gt;`, bool): new tensors (views of the EMAs, copies of the patterns)
+    /// that belong to the caller's dispose scope.
     public IEnumerable<(string Name, Tensor Value)> StateTensors()
     {
         if (avgIpt is not null && avgUnc is not null)
@@ -263,7 +257,6 @@ public sealed class RankAllocator : IStatefulStepHook
             }
         if (keep is not null)
             foreach (var (path, mask) in keep) yield return ("pattern." + path, mask.clone().cpu());
-        yield return ("step", torch.tensor(Step));
     }
 
     /// Restores what <see cref="StateTensors"/> wrote (copies: the caller may dispose the inputs).
@@ -271,7 +264,7 @@ public sealed class RankAllocator : IStatefulStepHook
     public void LoadState(IReadOnlyDictionary<string, Tensor> tensors)
     {
         ClearScores();
-        Keep(null, null);
+        Keep(null);
         using var _ = torch.no_grad();
         var parts = Layout().Parts;
         var total = parts.Sum(x => x.P.numel());
@@ -297,7 +290,6 @@ public sealed class RankAllocator : IStatefulStepHook
                     throw new InvalidDataException($"AdaLoRA rank pattern for '{path}' is not {l.E(adapter).shape[0]} booleans; the checkpoint does not fit this model.");
                 (kept ??= new())[path] = mask.to(l.E(adapter).device).reshape(-1).clone();
             }
-        Keep(kept, null);
-        Step = tensors.TryGetValue("step", out var step) ? step.item<long>() : 0;
+        Keep(kept);
     }
 }

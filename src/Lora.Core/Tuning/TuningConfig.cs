@@ -57,6 +57,10 @@ public sealed record TuningConfig
     /// AdaLoRA: the initial rank of every layer.
     public int InitRank { get; init; } = 12;
 
+    /// The initial AdaLoRA rank when a spec gives only the target: ⌈1.5 × target⌉ (12 at PEFT's
+    /// default target 8), as `lora run` and `lora summary` both use it.
+    public static int DefaultInitRank(int targetRank) => (int)Math.Ceiling(1.5 * targetRank);
+
     /// AdaLoRA: the average rank per layer at the end of the schedule.
     public int TargetRank { get; init; } = 8;
 
