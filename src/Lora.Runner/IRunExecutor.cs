@@ -39,6 +39,8 @@ public sealed class RunContext
     public required string Device { get; init; }
     /// <summary>Progress lines for the console and the run's log.</summary>
     public Action<string> Log { get; init; } = _ => { };
+    /// <summary>Lines for the run's log only (what the console already showed another way).</summary>
+    public Action<string> LogFileOnly { get; init; } = _ => { };
 }
 
 /// <summary>A point of a training curve (one per evaluation).</summary>

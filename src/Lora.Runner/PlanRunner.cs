@@ -73,6 +73,7 @@ public sealed class PlanRunner(ResultsStore store, IRunExecutor executor, TextWr
             BaseArtifactsDir = run.DependsOn is { } d ? store.ArtifactsDir(d) : null,
             Device = device,
             Log = Log,
+            LogFileOnly = logFile.WriteLine,
         };
         log.WriteLine($"run      {run.Hash} {run.Id}");
         var provenance = Provenance.Describe(device, commandLine);

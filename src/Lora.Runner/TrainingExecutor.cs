@@ -54,12 +54,16 @@ public sealed class TrainingExecutor : IRunExecutor
         TrainResult Train(IProgress<TrainingProgress> progress) => data.IsSegmentation
             ? trainer.Resume(data.SegTrain!, data.SegValidation, progress, ct)
             : trainer.Resume(data.Train!, data.Validation, progress, ct);
-        // A live bar on a terminal; plain epoch lines (console and log.txt) otherwise.
-        var epochLog = new Progress(ctx.Log);
+        // A live bar on a terminal (it prints each epoch's end itself); plain epoch lines (console and
+        // log.txt) otherwise.
         bool live = ProgressView.IsInteractive;
-        var result = live ? ProgressView.Run(run.Id, Train) : Train(epochLog);
-        // the live bar owned the console while training: the run's log gets its epoch lines now
-        if (live) foreach (var e in result.Epochs) epochLog.Epoch(e, training.Epochs, result.ImagesPerSecond);
+        var result = live ? ProgressView.Run(run.Id, Train) : Train(new Progress(ctx.Log));
+        // the live bar owned the console while training: log.txt gets the epoch lines now
+        if (live)
+        {
+            var fileLog = new Progress(ctx.LogFileOnly);
+            foreach (var e in result.Epochs) fileLog.Epoch(e, training.Epochs, result.ImagesPerSecond);
+        }
         if (result.ResumedFromStep is long from) ctx.Log($"resumed from the checkpoint at step {from}");
 
         SaveWeights(spec, model, tuned, ctx.ArtifactsDir);
