@@ -67,6 +67,12 @@ let private summaryTests =
             Expect.stringContains out "Trainable params: 519,412\n" "trainable"
             golden "summary_vit_base_adalora_12_8_head.txt" out
         }
+        test "vit_base_patch16_224 LoRA on qkv, proj, fc1, fc2: PEFT's 1,268,836 trainable (the benchmark's lora-all)" {
+            let code, out, _ = lora [ "summary"; "vit_base_patch16_224"; "--classes"; "100"; "--method"; "lora"; "--rank"; "8"; "--targets"; "qkv,proj,fc1,fc2"; "--train"; "head" ]
+            Expect.equal code 0 "ok"
+            Expect.stringContains out "Trainable params: 1,268,836\n" "trainable, as peft_anchor.py's lora-all"
+            Expect.stringContains out "Total params: 87,144,392\n" "total: the base, the frozen head beside its trained copy, the LoRA factors"
+        }
         test "full and head methods; adapter on a ViT" {
             let _, full, _ = lora [ "summary"; "vit_base_patch16_224"; "--classes"; "100"; "--method"; "full" ]
             Expect.stringContains full "Trainable params: 85,875,556\n" "full: everything trains"
@@ -266,6 +272,7 @@ let private predictTests =
                     (x - m) / s)
             let plain = expectedProbabilities id
             let preds = Text.Json.Nodes.JsonNode.Parse(out).AsArray().[0].["predictions"].AsArray()
+            Expect.equal preds.Count 10 "--top-k 10: ten predictions"
             for p in preds do
                 let c = p.["index"].GetValue<int>()
                 Expect.floatClose { absolute = 1e-5; relative = 0.0 } (p.["score"].GetValue<float>()) expected.[1].[c] $"class {c}: normalised"

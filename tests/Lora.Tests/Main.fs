@@ -38,7 +38,7 @@ let all =
 
 [<EntryPoint>]
 let main argv =
-    // Before any convolution: cap oneDNN at AVX2 (its AVX-512 conv backward is wrong on this libtorch build).
+    // Before any convolution: cap oneDNN at SSE4.1 (its AVX-512 and AVX2 conv backward gave wrong gradients on this libtorch build).
     Lora.Core.Training.NativeWorkarounds.Apply()
     // CI reads the plain closing line 'N passed, N failed' alone on a line.
     let mutable counts = None

@@ -190,7 +190,7 @@ let tests =
         // every family runs a bf16 training step end to end: full fine-tuning (all bf16, masters for
         // all) and with the head alone trainable; a dtype mismatch anywhere is an exception here
         for family, json, size, head in families do
-            test $"{family}: bf16 training steps, full and head-only (the rest frozen), finite loss and every trainable moves" {
+            test $"{family}: bf16 training steps, full and head-only (the rest frozen), finite loss and most trainables move" {
                 for fullTuning in [ true; false ] do
                     torch.manual_seed 5L |> ignore
                     use m = Zoo.Create(family, json)

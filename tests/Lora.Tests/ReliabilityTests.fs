@@ -55,7 +55,11 @@ let private fuzzRegressions =
             let dir = fixture ("fuzz-regressions/" + target)
             if Directory.Exists dir then
                 for file in Directory.GetFiles dir |> Array.sort do
-                    test (sprintf "%s/%s" target (Path.GetFileName file)) { rejectsCleanly parse file }
+                    test (sprintf "%s/%s" target (Path.GetFileName file)) {
+                        // each input that once crashed a fuzzer is invalid: it must be rejected, not accepted
+                        let accepted = try parse file; true with :? InvalidDataException -> false
+                        Expect.isFalse accepted $"{file} is invalid and must be rejected"
+                        rejectsCleanly parse file }
         test "every fuzz target has a seed corpus in the repo" {
             for target, _ in parsers do
                 let seeds = Path.Combine(repoRoot, "fuzz", "corpus", target)

@@ -159,7 +159,7 @@ let private layerTests =
                     let l = new LoraLinear(lin)
                     let o = LoraOptions(r, alpha, 0.0, rs)
                     l.AddAdapter("default", o)
-                    l :> TunerLayer, o.Scaling, (fun () -> l.A("default").weight, None, l.B("default").weight)
+                    l :> TunerLayer, alpha / (if rs then sqrt (float r) else float r), (fun () -> l.A("default").weight, None, l.B("default").weight)
             layer.SetActiveAdapters [ "default" ]
             randomise (layer.AdapterParameters "default") seed
             let x = x.detach().requires_grad_(true)
