@@ -1,3 +1,4 @@
+using Lora.Core.Data;
 using System.Diagnostics;
 using Lora.Core.Models;
 using Lora.Core.Tuning;
@@ -98,15 +99,16 @@ public static class Benchmark
         using var x = s.Precision == Precision.BFloat16 ? x0.to(ScalarType.BFloat16) : x0.alias();
         using var y = torch.randint(0, s.Classes, [s.Batch], device: device);
 
+        // fp32 inputs cast per step and the classifier's loss, as the Trainer's classification task
+        var batch = new Batch { Inputs = x0, Targets = y };
+        var inputType = Evaluator.InputType(s.Precision);
         model.train();
         long global = 0;
         void TrainStep()
         {
             using (NewDisposeScope())
             {
-                var logits = model.forward(x);
-                if (logits.dtype != ScalarType.Float32) logits = logits.to(ScalarType.Float32);
-                var loss = step.WithExtraLoss(F.cross_entropy(logits, y));
+                var loss = step.WithExtraLoss(F.cross_entropy(Evaluator.ClassifierForward(model, batch, inputType), y));
                 step.BackwardAndStep(loss, 1e-4);
             }
             step.AfterStep(++global);
