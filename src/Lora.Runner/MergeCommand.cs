@@ -17,7 +17,7 @@ public static class MergeCommand
         using var model = ModelSource.Create(o.Model, args);
         StateDict.Load(model, o.Weights, strict: true);
         var baseKeys = model.state_dict().Keys.ToList();
-        var tuned = AdapterCheckpoint.Load(model, AdapterFolder(o.Adapter));
+        var tuned = AdapterCheckpoint.Load(model, ModelSource.AdapterFolder(o.Adapter));
         var layers = tuned.Layers.Count;
         var merged = tuned.MergeAndUnload();
         var keys = merged.state_dict().Keys.ToList();
@@ -27,12 +27,4 @@ public static class MergeCommand
         stdout.WriteLine($"merged {layers} tuned layer(s) of {o.Adapter} into {o.Weights}: wrote {o.Out} ({keys.Count} tensors)");
         return 0;
     }
-
-    /// The adapter folder; a path to its adapter_model.safetensors or adapter_config.json also works.
-    static string AdapterFolder(string path) =>
-        File.Exists(path) && Path.GetFileName(path) is AdapterCheckpoint.WeightsFile or AdapterCheckpoint.ConfigFile
-            ? Path.GetDirectoryName(Path.GetFullPath(path))!
-            : Directory.Exists(path) ? path
-            : File.Exists(path) ? throw new InvalidDataException($"'{path}' is a file, not an adapter folder (expected a PEFT folder with {AdapterCheckpoint.ConfigFile} and {AdapterCheckpoint.WeightsFile})")
-            : throw new DirectoryNotFoundException($"adapter folder '{path}' does not exist (expected a PEFT folder with {AdapterCheckpoint.ConfigFile} and {AdapterCheckpoint.WeightsFile})");
 }

@@ -1,3 +1,4 @@
+using Lora.Core.Tuning;
 using Lora.Core.Models;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -61,6 +62,14 @@ static class ModelSource
         Flush();
         return string.Join(" ", parts.Select(p => p.EndsWith('.') || p.EndsWith(':') ? p : p + ";")).TrimEnd(';');
     }
+
+    /// The adapter folder; a path to its adapter_model.safetensors or adapter_config.json also works.
+    public static string AdapterFolder(string path) =>
+        File.Exists(path) && Path.GetFileName(path) is AdapterCheckpoint.WeightsFile or AdapterCheckpoint.ConfigFile
+            ? Path.GetDirectoryName(Path.GetFullPath(path))!
+            : Directory.Exists(path) ? path
+            : File.Exists(path) ? throw new InvalidDataException($"'{path}' is a file, not an adapter folder (expected a PEFT folder with {AdapterCheckpoint.ConfigFile} and {AdapterCheckpoint.WeightsFile})")
+            : throw new DirectoryNotFoundException($"adapter folder '{path}' does not exist (expected a PEFT folder with {AdapterCheckpoint.ConfigFile} and {AdapterCheckpoint.WeightsFile})");
 }
 
 /// The model named on the command line does not exist or cannot take the given arguments.

@@ -28,7 +28,7 @@ public static class PredictCommand
         if (model is not (Lora.Core.Models.VisionTransformer or Lora.Core.Models.ConvNeXt or Lora.Core.Models.TinyVit))
             return Bad(stderr, $"{o.Model} ({model.GetType().Name}) is not an image classifier; predict takes a ViT, ConvNeXt or TinyViT");
         StateDict.Load(model, o.Weights, strict: true);
-        if (o.Adapter is not null) AdapterCheckpoint.Load(model, o.Adapter).MergeAndUnload();
+        if (o.Adapter is not null) AdapterCheckpoint.Load(model, ModelSource.AdapterFolder(o.Adapter)).MergeAndUnload();
         var (size, channels) = ModelSource.InputShape(model, args);
         var images = o.Images.ToList();
         if (mean is not null && mean.Length != channels || std is not null && std.Length != channels)

@@ -239,6 +239,8 @@ let private predictTests =
             let expected = expectedProbabilities id
             let code, out, err = lora (args @ [ "--json" ] @ images)
             Expect.equal (code, err) (0, "") "ok"
+            let byConfigPath = args |> List.map (fun a -> if a = fixture "peft_lora_vit_tiny" then Path.Combine(a, "adapter_config.json") else a)
+            Expect.equal (lora (byConfigPath @ [ "--json" ] @ images)) (code, out, err) "--adapter also takes the path of the folder's adapter_config.json, as merge does"
             let json = Text.Json.Nodes.JsonNode.Parse(out).AsArray()
             Expect.equal json.Count 2 "one entry per image"
             for i in 0 .. 1 do
