@@ -28,10 +28,6 @@ public sealed class ConvNorm : nn.Module<Tensor, Tensor>
         using var c = conv.forward(x);
         return bn.forward(c);
     }
-
-    /// ConvNorm with timm's names or MobileSAM's.
-    internal static ConvNorm Make(bool mobileSamNames, long inChs, long outChs, long ks = 1, long stride = 1, long pad = 0, long groups = 1, double bnWeightInit = 1.0, Device? device = null) =>
-        new(inChs, outChs, ks, stride, pad, groups, bnWeightInit, device, mobileSamNames);
 }
 
 /// timm's TinyViT PatchEmbed: two stride-2 ConvNorms with GELU between (overall stride 4).
@@ -64,9 +60,9 @@ public sealed class MBConv : nn.Module<Tensor, Tensor>
     public MBConv(long inChs, long outChs, double expandRatio, Device? device = null, bool mobileSamNames = false) : base(nameof(MBConv))
     {
         var mid = (long)(inChs * expandRatio);
-        conv1 = ConvNorm.Make(mobileSamNames, inChs, mid, 1, device: device);
-        conv2 = ConvNorm.Make(mobileSamNames, mid, mid, 3, 1, 1, groups: mid, device: device);
-        conv3 = ConvNorm.Make(mobileSamNames, mid, outChs, 1, bnWeightInit: 0.0, device: device);
+        conv1 = new ConvNorm(inChs, mid, 1, device: device, mobileSamNames: mobileSamNames);
+        conv2 = new ConvNorm(mid, mid, 3, 1, 1, groups: mid, device: device, mobileSamNames: mobileSamNames);
+        conv3 = new ConvNorm(mid, outChs, 1, bnWeightInit: 0.0, device: device, mobileSamNames: mobileSamNames);
         RegisterComponents();
     }
 
@@ -89,9 +85,9 @@ public sealed class PatchMerging : nn.Module<Tensor, Tensor>
 
     public PatchMerging(long dim, long outDim, Device? device = null, bool mobileSamNames = false, long stride = 2) : base(nameof(PatchMerging))
     {
-        conv1 = ConvNorm.Make(mobileSamNames, dim, outDim, 1, 1, 0, device: device);
-        conv2 = ConvNorm.Make(mobileSamNames, outDim, outDim, 3, stride, 1, groups: outDim, device: device);
-        conv3 = ConvNorm.Make(mobileSamNames, outDim, outDim, 1, 1, 0, device: device);
+        conv1 = new ConvNorm(dim, outDim, 1, 1, 0, device: device, mobileSamNames: mobileSamNames);
+        conv2 = new ConvNorm(outDim, outDim, 3, stride, 1, groups: outDim, device: device, mobileSamNames: mobileSamNames);
+        conv3 = new ConvNorm(outDim, outDim, 1, 1, 0, device: device, mobileSamNames: mobileSamNames);
         RegisterComponents();
     }
 
@@ -232,7 +228,7 @@ public sealed class TinyVitBlock : nn.Module<Tensor, Tensor>, IAdapterHost
         this.windowSize = windowSize;
         attn = new TinyVitAttention(dim, dim / numHeads, numHeads, 1, windowSize, device);
         mlp = new NormMlp(dim, (long)(dim * mlpRatio), device);
-        local_conv = ConvNorm.Make(mobileSamNames, dim, dim, localConvSize, 1, localConvSize / 2, groups: dim, device: device);
+        local_conv = new ConvNorm(dim, dim, localConvSize, 1, localConvSize / 2, groups: dim, device: device, mobileSamNames: mobileSamNames);
         RegisterComponents();
     }
 
