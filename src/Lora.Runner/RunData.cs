@@ -54,11 +54,8 @@ public sealed record RunData(ImageDataset? Train, ImageDataset? Validation, Segm
         else if (source.IsCifar)
         {
             var root = ((DataSource.Cifar)source).path;
-            bool hundred = File.Exists(Path.Combine(root, "train.bin")) || File.Exists(Path.Combine(root, "cifar-100-binary", "train.bin"));
-            var tr = hundred ? Cifar.LoadCifar100(root, true) : Cifar.LoadCifar10(root, true);
-            var te = hundred ? Cifar.LoadCifar100(root, false) : Cifar.LoadCifar10(root, false);
-            var what = $"CIFAR-{(hundred ? 100 : 10)} data set at '{root}'";
-            (trainSet, valSet) = (View(tr, view, what), View(te, view, what));
+            var what = $"CIFAR-{(Cifar.IsCifar100(root) ? 100 : 10)} data set at '{root}'";
+            (trainSet, valSet) = (View(Cifar.Load(root, true), view, what), View(Cifar.Load(root, false), view, what));
         }
         else
         {

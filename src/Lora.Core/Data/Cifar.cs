@@ -70,6 +70,14 @@ public static class Cifar
         return Read([Path.Combine(dir, file)], 2, fine, classes);
     }
 
+    /// Whether <paramref name="root"/> holds CIFAR-100 (train.bin, there or in cifar-100-binary/)
+    /// rather than CIFAR-10's data batches.
+    public static bool IsCifar100(string root) =>
+        File.Exists(Path.Combine(root, "train.bin")) || File.Exists(Path.Combine(root, "cifar-100-binary", "train.bin"));
+
+    /// CIFAR-100 (fine labels) or CIFAR-10, whichever <paramref name="root"/> holds.
+    public static ImageDataset Load(string root, bool train) => IsCifar100(root) ? LoadCifar100(root, train) : LoadCifar10(root, train);
+
     static string Resolve(string root, string sub, string probe)
     {
         if (File.Exists(Path.Combine(root, probe))) return root;
