@@ -39,7 +39,7 @@ public static class BenchCommand
         var setup = new BenchSetup
         {
             Model = o.Model,
-            ModelArgs = o.ModelConfig is null ? ModelArgs.Empty : ModelArgs.FromFile(o.ModelConfig),
+            ModelArgs = ModelSource.Args(o.ModelConfig),
             Batch = o.Batch ?? 64, ImageSize = o.Img ?? 224, Classes = o.Classes ?? 100, Rank = o.Rank ?? 8,
             Device = device, Steps = o.Steps ?? 20, Warmup = o.Warmup ?? 5,
             // bf16 by default on CUDA (the reference runs under bf16 autocast); fp32 on CPU, where
@@ -51,42 +51,44 @@ public static class BenchCommand
         bool isolate = (o.Isolate ?? device != "cpu") && methods.Count > 1;
         foreach (var m in methods)
         {
-            if (isolate)
-            {
-                var j = BenchProcess.Run(o, m, stderr);
-                if (j.ContainsKey("error"))
-                {
-                    failed++;
-                    if (o.Json) stdout.WriteLine(j.ToJsonString());
-                    else stderr.WriteLine($"lora bench: {m}: {j["error"]}");
-                }
-                else
-                {
-                    results.Add(FromJson(j));
-                    if (o.Json) stdout.WriteLine(j.ToJsonString());
-                }
-                continue;
-            }
-            try
-            {
-                var r = Benchmark.Run(m, setup);
-                results.Add(r);
-                if (o.Json) stdout.WriteLine(Json(r).ToJsonString());
-            }
-            catch (Exception e) when (e is ArgumentException or InvalidOperationException or NotSupportedException or ExternalException)
+            var (json, result) = isolate ? FromChild(BenchProcess.Run(o, m, stderr)) : InProcess(m, setup, stderr);
+            if (result is null)
             {
                 failed++;
                 // one line per failed method, like peft_anchor.py's error lines
-                if (o.Json) stdout.WriteLine(new JsonObject { ["impl"] = "lora", ["model"] = o.Model, ["method"] = m, ["error"] = Short(e.Message) }.ToJsonString());
-                else stderr.WriteLine($"lora bench: {m}: {Short(e.Message)}");
-                if (Environment.GetEnvironmentVariable("LORA_DEBUG") is not null) stderr.WriteLine(e);
+                if (!o.Json) stderr.WriteLine($"lora bench: {m}: {json["error"]}");
             }
-            GC.Collect();
-            GC.WaitForPendingFinalizers();
+            else results.Add(result);
+            if (o.Json) stdout.WriteLine(json.ToJsonString());
         }
         if (!o.Json) Table(results, setup, stdout);
         return failed == 0 ? 0 : 1;
     }
+
+    static (JsonObject Json, BenchResult? Result) FromChild(JsonObject j) => (j, j.ContainsKey("error") ? null : FromJson(j));
+
+    static (JsonObject Json, BenchResult? Result) InProcess(string method, BenchSetup setup, TextWriter stderr)
+    {
+        try
+        {
+            var r = Benchmark.Run(method, setup);
+            return (Json(r), r);
+        }
+        catch (Exception e) when (e is ArgumentException or InvalidOperationException or NotSupportedException or ExternalException)
+        {
+            if (Environment.GetEnvironmentVariable("LORA_DEBUG") is not null) stderr.WriteLine(e);
+            return (ErrorJson(setup.Model, method, Short(e.Message)), null);
+        }
+        finally
+        {
+            GC.Collect();
+            GC.WaitForPendingFinalizers();
+        }
+    }
+
+    /// A failed method's line (the reference prints one too).
+    internal static JsonObject ErrorJson(string model, string method, string error) =>
+        new() { ["impl"] = "lora", ["model"] = model, ["method"] = method, ["error"] = error };
 
     static string Short(string message)
     {

@@ -29,11 +29,8 @@ static class BenchProcess
         var result = lines.Where(l => l.TrimStart().StartsWith('{')).Select(l => JsonNode.Parse(l) as JsonObject).LastOrDefault(j => j is not null);
         if (result is not null) return result;
         var last = errText.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).LastOrDefault() ?? "";
-        return new JsonObject
-        {
-            ["impl"] = "lora", ["model"] = o.Model, ["method"] = method,
-            ["error"] = $"the benchmark process exited with code {p.ExitCode} and printed no result{(last.Length > 0 ? ": " + last : "")}",
-        };
+        return BenchCommand.ErrorJson(o.Model, method,
+            $"the benchmark process exited with code {p.ExitCode} and printed no result{(last.Length > 0 ? ": " + last : "")}");
     }
 
     /// The child's command line: the same options, one method, JSON, in its own process.

@@ -91,6 +91,21 @@ let tests =
                     Expect.equal (j["trainable"].GetValue<int64>()) trainable $"{m}: trainable = ParameterSummary"
                     Expect.equal (j["total"].GetValue<int64>()) total $"{m}: total = ParameterSummary"
                     Expect.equal (j["infer_merged"].GetValue<bool>()) (m <> "full" && m <> "adapter") $"{m}: merged for inference where mergeable"
+                let lora = lines |> Array.find (fun j -> string j["method"] = "lora")
+                Expect.equal (lora["trainable"].GetValue<int64>()) 677L "by hand: 2 blocks × (A 2·32 + B 96·2) + the head's copy 32·5 + 5"
+            }
+            test "bench: a method that cannot apply prints its error line, the others still run, exit code 1" {
+                use dir = new TempDir()
+                let cfg = dir.File "convnext.json"
+                File.WriteAllText(cfg, """{"depths": [1, 1], "dims": [8, 16]}""")
+                let code, out, _ = dispatch [ "bench"; "--model"; "convnext"; "--model-config"; cfg; "--batch"; "2"; "--img"; "32"; "--classes"; "3"
+                                              "--rank"; "2"; "--steps"; "1"; "--warmup"; "0"; "--methods"; "lora,full"; "--json" ]
+                Expect.equal code 1 "a method failed"
+                let lines = out.Split('\n', StringSplitOptions.RemoveEmptyEntries) |> Array.map (fun l -> JsonNode.Parse(l).AsObject())
+                Expect.equal (lines |> Array.map (fun j -> string j["method"]) |> List.ofArray) [ "lora"; "full" ] "a line for each"
+                Expect.isTrue (lines[0].ContainsKey "error") "lora: ConvNeXt has no qkv, the line says so"
+                Expect.isFalse (lines[1].ContainsKey "error") "full still ran"
+                Expect.isGreaterThan (lines[1].["train_img_s"].GetValue<float>()) 0.0 "with its figures"
             }
             test "bench --isolate: each method in its own process, the same lines; the table reads them back" {
                 use dir = new TempDir()
