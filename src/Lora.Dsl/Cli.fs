@@ -300,6 +300,9 @@ type CommandLine private () =
 
     static member Parse(args: string[]) : ParseOutcome =
         let line = "lora " + (args |> Array.map CommandLine.Quote |> String.concat " ")
+        // list options take `a,b` as well as `a b`
+        let commaList (values: string list) =
+            values |> List.collect (fun v -> v.Split(',', StringSplitOptions.RemoveEmptyEntries ||| StringSplitOptions.TrimEntries) |> List.ofArray)
         let ok (c: ParsedCommand) = { Command = c; ExitCode = 0; Message = null }
         let fail code msg = { Command = null; ExitCode = code; Message = msg }
         try
@@ -331,7 +334,7 @@ type CommandLine private () =
                 ok (ParsedCommand(CommandKind.Summary, line,
                                   Summary = { Model = a.GetResult Cli.SummaryArgs.Model; Method = a.GetResult(Cli.SummaryArgs.Method, "lora")
                                               Rank = nullable (a.TryGetResult Cli.SummaryArgs.Rank); Alpha = nullable (a.TryGetResult Cli.SummaryArgs.Alpha)
-                                              Targets = a.GetResult(Cli.SummaryArgs.Targets, []); Train = a.GetResult(Cli.SummaryArgs.Train, [])
+                                              Targets = commaList (a.GetResult(Cli.SummaryArgs.Targets, [])); Train = commaList (a.GetResult(Cli.SummaryArgs.Train, []))
                                               Bias = a.GetResult(Cli.SummaryArgs.Bias, "none"); InitRank = nullable (a.TryGetResult Cli.SummaryArgs.Init_Rank)
                                               Classes = nullable (a.TryGetResult Cli.SummaryArgs.Classes); ModelConfig = orNull (a.TryGetResult Cli.SummaryArgs.Model_Config) }))
             | Cli.Merge a ->
@@ -362,7 +365,7 @@ type CommandLine private () =
                     ok (ParsedCommand(CommandKind.Bench, line,
                                       Bench = { Model = a.GetResult Cli.BenchArgs.Model; Batch = nullable (a.TryGetResult Cli.BenchArgs.Batch)
                                                 Img = nullable (a.TryGetResult Cli.BenchArgs.Img); Classes = nullable (a.TryGetResult Cli.BenchArgs.Classes)
-                                                Rank = nullable (a.TryGetResult Cli.BenchArgs.Rank); Methods = a.GetResult(Cli.BenchArgs.Methods, [])
+                                                Rank = nullable (a.TryGetResult Cli.BenchArgs.Rank); Methods = commaList (a.GetResult(Cli.BenchArgs.Methods, []))
                                                 Device = dev; Steps = nullable (a.TryGetResult Cli.BenchArgs.Steps)
                                                 Warmup = nullable (a.TryGetResult Cli.BenchArgs.Warmup); Json = a.Contains Cli.BenchArgs.Json
                                                 Precision = precision; ModelConfig = orNull (a.TryGetResult Cli.BenchArgs.Model_Config)

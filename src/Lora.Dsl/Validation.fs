@@ -49,8 +49,7 @@ module Validation =
         let under (root: string) (sub: string) (file: string) =
             exists (System.IO.Path.Combine(root, file)) || exists (System.IO.Path.Combine(root, sub, file))
         match source with
-        | FashionMnist _ -> Some(10, "Fashion-MNIST")
-        | Composed _ -> Some(10, "Fashion-MNIST")
+        | FashionMnist _ | Composed _ -> Some(10, "Fashion-MNIST")
         | Cifar p when under p "cifar-100-binary" "train.bin" -> Some(100, "CIFAR-100")
         | Cifar p when under p "cifar-10-batches-bin" "data_batch_1.bin" -> Some(10, "CIFAR-10")
         | Cifar _ -> Some(100, "CIFAR")

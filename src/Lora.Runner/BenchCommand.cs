@@ -16,7 +16,7 @@ public static class BenchCommand
 {
     public static int Run(BenchOptions o, TextWriter stdout, TextWriter stderr)
     {
-        var methods = o.Methods.SelectMany(m => m.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)).ToList();
+        var methods = o.Methods.ToList();
         if (methods.Count == 0) methods = ["full", "lora", "lora-all", "adalora"];
         var unknown = methods.Where(m => !Benchmark.Methods.Contains(m)).ToList();
         var errors = new List<string>();

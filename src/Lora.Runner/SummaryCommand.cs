@@ -16,15 +16,14 @@ public static class SummaryCommand
         var args = ModelSource.Args(o.ModelConfig, o.Classes);
         var method = o.Method.ToLowerInvariant();
         using var model = ModelSource.Create(o.Model, args, META);
-        var train = Patterns(o.Train);
+        var train = o.Train.ToList();
         if (method is "full" or "head" && (o.Targets.Length > 0 || o.Rank.HasValue || o.InitRank.HasValue))
             return Bad(stderr, $"--method {method} adds no adapters: drop --targets, --rank and --init-rank");
         string description;
         ParameterSummary summary;
         switch (method)
         {
-            case "full":
-                foreach (var p in model.parameters()) p.requires_grad = true;
+            case "full":   // a fresh model: every parameter trainable
                 summary = ParameterSummary.Of(model);
                 description = "full fine-tuning";
                 break;
@@ -48,10 +47,6 @@ public static class SummaryCommand
         stdout.Write(summary.ToString());
         return 0;
     }
-
-    /// Splits `--targets fc1,fc2` (and `--targets fc1 fc2`) into patterns.
-    static List<string> Patterns(IEnumerable<string> values) =>
-        values.SelectMany(v => v.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)).ToList();
 
     static int Bad(TextWriter stderr, string message)
     {
@@ -83,7 +78,7 @@ public static class SummaryCommand
             case "adapter": m = TuningMethod.Adapter; break;
             default: error = $"--method must be one of full, head, lora, dora, adalora, adapter; got '{o.Method}'"; return null;
         }
-        var targets = Patterns(o.Targets);
+        var targets = o.Targets.ToList();
         if (m == TuningMethod.Adapter && targets.Count > 0)
         {
             error = "the adapter method takes no --targets: it adds a bottleneck to every transformer block (--rank sets its width, default 0.25 × the block's)";

@@ -212,10 +212,10 @@ public sealed class TrainingExecutor : IRunExecutor
     static void SaveWeights(Run spec, nn.Module model, TunedModel? tuned, string dir)
     {
         Directory.CreateDirectory(dir);
+        // an adapter holds all a PEFT-method run trained (modules to save, those trained in place
+        // included); full and head runs save the whole model
         if (tuned is not null) AdapterCheckpoint.Save(tuned, Path.Combine(dir, AdapterFolder));
-        // full and head runs: the whole model; an adapter holds all a PEFT-method run trained
-        // (modules to save, those trained in place included)
-        if (tuned is null) StateDict.Save(model, Path.Combine(dir, ModelFile));
+        else StateDict.Save(model, Path.Combine(dir, ModelFile));
     }
 
     static RunResult ToRunResult(TrainResult r, ParameterSummary summary, TunedModel? tuned)
