@@ -29,18 +29,11 @@ public sealed class BottleneckAdapter : nn.Module<Tensor, Tensor>
 
     public long Dim => fc1.in_features;
 
+    /// In the block's dtype: an fp32 trainable adapter on a bf16 frozen block computes in bf16, as autocast.
     public override Tensor forward(Tensor x)
     {
-        if (fc1.weight!.dtype == x.dtype)
-        {
-            using var h = fc1.forward(x);
-            using var a = act.forward(h);
-            return fc2.forward(a);
-        }
-        // fp32 trainable adapter on a bf16 frozen block: compute in the block's dtype (as autocast)
         using var scope = NewDisposeScope();
-        var t = x.dtype;
-        var y = nn.functional.linear(act.forward(nn.functional.linear(x, fc1.weight.to(t), fc1.bias!.to(t))), fc2.weight!.to(t), fc2.bias!.to(t));
-        return y.MoveToOuterDisposeScope();
+        var h = act.forward(nn.functional.linear(x, TunerLayer.In(fc1.weight!, x), TunerLayer.In(fc1.bias!, x)));
+        return nn.functional.linear(h, TunerLayer.In(fc2.weight!, x), TunerLayer.In(fc2.bias!, x)).MoveToOuterDisposeScope();
     }
 }

@@ -163,10 +163,10 @@ public abstract class TunerLayer : nn.Module<Tensor, Tensor>
                 if (f.GetValue(this) is AdapterSlots slots) register_module(f.Name, slots);
     }
 
-    /// A weight in the dtype of the input it meets, as autocast would: fp32 trainable LoRA weights
+    /// A weight in the dtype of the input it meets, as autocast would: fp32 trainable adapter weights
     /// meet bf16 activations of a frozen bf16 base (the cast is differentiable, so the fp32 weight
     /// gets its gradient). The same tensor when the dtypes already agree.
-    protected static Tensor In(Tensor weight, Tensor x) => weight.dtype == x.dtype ? weight : weight.to(x.dtype);
+    internal static Tensor In(Tensor weight, Tensor x) => weight.dtype == x.dtype ? weight : weight.to(x.dtype);
 
     protected Tensor Dropout(Tensor x, double p) => p > 0 && training ? nn.functional.dropout(x, p, true) : x;
 
