@@ -18,11 +18,7 @@ type Tensor = torch.Tensor
 let tinyVitJson = """{"embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 8}"""
 let tinyArgs = ModelArgs.FromJson(tinyVitJson).With("num_classes", 5L).With("img_size", 16L)
 
-let dispatch (args: string list) =
-    use out = new StringWriter()
-    use err = new StringWriter()
-    let code = Commands.Dispatch(List.toArray args, (fun () -> failwith "bench needs no executor"), out, err)
-    code, out.ToString(), err.ToString()
+
 
 let benchArgs (dir: TempDir) extra =
     let cfg = dir.File "vit.json"
@@ -73,7 +69,7 @@ let tests =
             test "bench --json: one line per method with peft_anchor's fields, counts equal to ParameterSummary" {
                 use dir = new TempDir()
                 let methods = [ "full"; "lora"; "lora-all"; "dora"; "adalora"; "adapter" ]
-                let code, out, err = dispatch (benchArgs dir [ "--methods"; String.Join(",", methods); "--precision"; "bf16"; "--json" ])
+                let code, out, err = runLora (benchArgs dir [ "--methods"; String.Join(",", methods); "--precision"; "bf16"; "--json" ])
                 Expect.equal code 0 $"exit code (stderr: {err})"
                 let lines = out.Split('\n', StringSplitOptions.RemoveEmptyEntries) |> Array.map (fun l -> JsonNode.Parse(l).AsObject())
                 Expect.equal (lines |> Array.map (fun j -> string j["method"]) |> List.ofArray) methods "one line per method, in order"
@@ -98,8 +94,8 @@ let tests =
                 use dir = new TempDir()
                 let cfg = dir.File "convnext.json"
                 File.WriteAllText(cfg, """{"depths": [1, 1], "dims": [8, 16]}""")
-                let code, out, _ = dispatch [ "bench"; "--model"; "convnext"; "--model-config"; cfg; "--batch"; "2"; "--img"; "32"; "--classes"; "3"
-                                              "--rank"; "2"; "--steps"; "1"; "--warmup"; "0"; "--methods"; "lora,full"; "--json" ]
+                let code, out, _ = runLora [ "bench"; "--model"; "convnext"; "--model-config"; cfg; "--batch"; "2"; "--img"; "32"; "--classes"; "3"
+                                             "--rank"; "2"; "--steps"; "1"; "--warmup"; "0"; "--methods"; "lora,full"; "--json" ]
                 Expect.equal code 1 "a method failed"
                 let lines = out.Split('\n', StringSplitOptions.RemoveEmptyEntries) |> Array.map (fun l -> JsonNode.Parse(l).AsObject())
                 Expect.equal (lines |> Array.map (fun j -> string j["method"]) |> List.ofArray) [ "lora"; "full" ] "a line for each"
@@ -109,7 +105,7 @@ let tests =
             }
             test "bench --isolate: each method in its own process, the same lines; the table reads them back" {
                 use dir = new TempDir()
-                let code, out, err = dispatch (benchArgs dir [ "--methods"; "lora,full"; "--isolate"; "--json" ])
+                let code, out, err = runLora (benchArgs dir [ "--methods"; "lora,full"; "--isolate"; "--json" ])
                 Expect.equal code 0 $"exit code (stderr: {err})"
                 let lines = out.Split('\n', StringSplitOptions.RemoveEmptyEntries) |> Array.map (fun l -> JsonNode.Parse(l).AsObject())
                 Expect.equal (lines |> Array.map (fun j -> string j["method"]) |> List.ofArray) [ "lora"; "full" ] "one line per method, in order"
@@ -120,16 +116,16 @@ let tests =
                     Expect.equal (j["total"].GetValue<int64>()) total $"{m}: total"
                     Expect.isGreaterThan (j["train_img_s"].GetValue<float>()) 0.0 $"{m}: training throughput"
                     Expect.equal (string j["peak_source"]) "VmHWM" $"{m}: the child's own peak RSS"
-                let code, out, _ = dispatch (benchArgs dir [ "--methods"; "lora,full"; "--isolate" ])
+                let code, out, _ = runLora (benchArgs dir [ "--methods"; "lora,full"; "--isolate" ])
                 Expect.equal code 0 "table"
                 Expect.equal (out.Split('\n', StringSplitOptions.RemoveEmptyEntries) |> Array.skip 2 |> Array.map (fun l -> l.Split(' ')[0])) [| "lora"; "full" |] "rows from the children's lines"
-                let code, _, err = dispatch (benchArgs dir [ "--isolate"; "--in-process" ])
+                let code, _, err = runLora (benchArgs dir [ "--isolate"; "--in-process" ])
                 Expect.equal code 2 "contradictory flags"
                 Expect.stringContains err "--isolate and --in-process" "named"
             }
             test "bench without --json: a plain table when redirected, one row per method" {
                 use dir = new TempDir()
-                let code, out, _ = dispatch (benchArgs dir [ "--methods"; "lora"; "full" ])
+                let code, out, _ = runLora (benchArgs dir [ "--methods"; "lora"; "full" ])
                 Expect.equal code 0 "exit code"
                 let lines = out.Split('\n', StringSplitOptions.RemoveEmptyEntries)
                 Expect.stringContains lines[0] "cpu, fp32" "the title names the precision (fp32 by default on CPU)"
@@ -138,15 +134,15 @@ let tests =
             }
             test "bench: bad methods, models and sizes are named; --device cuda without CUDA is one line" {
                 use dir = new TempDir()
-                let code, _, err = dispatch (benchArgs dir [ "--methods"; "lora,loha"; "--batch"; "0" ])
+                let code, _, err = runLora (benchArgs dir [ "--methods"; "lora,loha"; "--batch"; "0" ])
                 Expect.equal code 2 "bad input"
                 Expect.stringContains err "unknown method(s) loha" "the method"
                 Expect.stringContains err "--batch must be at least 1" "the size"
-                let code, _, err = dispatch [ "bench"; "--model"; "vit_bace_patch16_224" ]
+                let code, _, err = runLora [ "bench"; "--model"; "vit_bace_patch16_224" ]
                 Expect.equal code 2 "unknown model"
                 Expect.stringContains err "vit_base_patch16_224" "suggests the close name"
                 if not (torch.cuda.is_available()) then
-                    let code, out, err = dispatch [ "bench"; "--model"; "vit"; "--device"; "cuda" ]
+                    let code, out, err = runLora [ "bench"; "--model"; "vit"; "--device"; "cuda" ]
                     Expect.equal code 1 "no CUDA"
                     Expect.equal out "" "nothing on stdout"
                     Expect.equal (err.Trim().Split('\n').Length) 1 $"one line: {err}"

@@ -12,13 +12,6 @@ open Lora.Core.Models
 open Lora.Runner
 open Lora.Tests.Generators
 
-/// Runs `lora ARGS` and returns (exit code, stdout, stderr).
-let lora (args: string list) =
-    use out = new StringWriter()
-    use err = new StringWriter()
-    let code = Commands.Dispatch(List.toArray args, (fun () -> failwith "no executor in these tests"), out, err)
-    code, out.ToString().Replace("\r\n", "\n"), err.ToString().Replace("\r\n", "\n")
-
 let private goldenPath name = Path.Combine(repoRoot, "tests", "Lora.Tests", "golden", name)
 
 /// Compares text with a golden file (rewritten when LORA_UPDATE_GOLDEN=1).
@@ -40,7 +33,7 @@ let oneLine (err: string) =
 let private summaryTests =
     testList "summary" [
         test "convnext_tiny LoRA r=2 on fc1,fc2: tfimm's counts" {
-            let code, out, err = lora [ "summary"; "convnext_tiny"; "--method"; "lora"; "--rank"; "2"; "--targets"; "fc1,fc2" ]
+            let code, out, err = runLora [ "summary"; "convnext_tiny"; "--method"; "lora"; "--rank"; "2"; "--targets"; "fc1,fc2" ]
             Expect.equal (code, err) (0, "") "ok"
             Expect.stringContains out "Total params: 28,721,608\n" "total"
             Expect.stringContains out "Trainable params: 132,480\n" "trainable"
@@ -48,7 +41,7 @@ let private summaryTests =
             golden "summary_convnext_tiny_lora_r2.txt" out
         }
         test "vit_base_patch16_224, 100 classes, LoRA r=8 on qkv, head trained: PEFT's counts" {
-            let code, out, err = lora [ "summary"; "vit_base_patch16_224"; "--classes"; "100"; "--method"; "lora"; "--rank"; "8"; "--targets"; "qkv"; "--train"; "head" ]
+            let code, out, err = runLora [ "summary"; "vit_base_patch16_224"; "--classes"; "100"; "--method"; "lora"; "--rank"; "8"; "--targets"; "qkv"; "--train"; "head" ]
             Expect.equal (code, err) (0, "") "ok"
             Expect.stringContains out "Trainable params: 371,812\n" "trainable"
             Expect.stringContains out "Total params: 86,247,368\n" "total"
@@ -56,39 +49,39 @@ let private summaryTests =
             golden "summary_vit_base_lora_r8_head.txt" out
         }
         test "vit_base_patch16_224 DoRA: 399,460 trainable" {
-            let code, out, _ = lora [ "summary"; "vit_base_patch16_224"; "--classes"; "100"; "--method"; "dora"; "--rank"; "8"; "--targets"; "qkv"; "--train"; "head" ]
+            let code, out, _ = runLora [ "summary"; "vit_base_patch16_224"; "--classes"; "100"; "--method"; "dora"; "--rank"; "8"; "--targets"; "qkv"; "--train"; "head" ]
             Expect.equal code 0 "ok"
             Expect.stringContains out "Trainable params: 399,460\n" "trainable"
             golden "summary_vit_base_dora_r8_head.txt" out
         }
         test "vit_base_patch16_224 AdaLoRA init 12 → 8: 519,412 trainable" {
-            let code, out, _ = lora [ "summary"; "vit_base_patch16_224"; "--classes"; "100"; "--method"; "adalora"; "--init-rank"; "12"; "--rank"; "8"; "--targets"; "qkv"; "--train"; "head" ]
+            let code, out, _ = runLora [ "summary"; "vit_base_patch16_224"; "--classes"; "100"; "--method"; "adalora"; "--init-rank"; "12"; "--rank"; "8"; "--targets"; "qkv"; "--train"; "head" ]
             Expect.equal code 0 "ok"
             Expect.stringContains out "Trainable params: 519,412\n" "trainable"
             golden "summary_vit_base_adalora_12_8_head.txt" out
         }
         test "vit_base_patch16_224 LoRA on qkv, proj, fc1, fc2: PEFT's 1,268,836 trainable (the benchmark's lora-all)" {
-            let code, out, _ = lora [ "summary"; "vit_base_patch16_224"; "--classes"; "100"; "--method"; "lora"; "--rank"; "8"; "--targets"; "qkv,proj,fc1,fc2"; "--train"; "head" ]
+            let code, out, _ = runLora [ "summary"; "vit_base_patch16_224"; "--classes"; "100"; "--method"; "lora"; "--rank"; "8"; "--targets"; "qkv,proj,fc1,fc2"; "--train"; "head" ]
             Expect.equal code 0 "ok"
             Expect.stringContains out "Trainable params: 1,268,836\n" "trainable, as peft_anchor.py's lora-all"
             Expect.stringContains out "Total params: 87,144,392\n" "total: the base, the frozen head beside its trained copy, the LoRA factors"
         }
         test "full and head methods; adapter on a ViT" {
-            let _, full, _ = lora [ "summary"; "vit_base_patch16_224"; "--classes"; "100"; "--method"; "full" ]
+            let _, full, _ = runLora [ "summary"; "vit_base_patch16_224"; "--classes"; "100"; "--method"; "full" ]
             Expect.stringContains full "Trainable params: 85,875,556\n" "full: everything trains"
-            let _, head, _ = lora [ "summary"; "vit_base_patch16_224"; "--classes"; "100"; "--method"; "head" ]
+            let _, head, _ = runLora [ "summary"; "vit_base_patch16_224"; "--classes"; "100"; "--method"; "head" ]
             Expect.stringContains head "Trainable params: 76,900\n" "head: 768·100 + 100"
             Expect.stringContains head "Total params: 85,875,556\n" "head: nothing added"
-            let code, adapter, _ = lora [ "summary"; "vit"; "--model-config"; fixture "vit_tiny_p4_32.json"; "--method"; "adapter" ]
+            let code, adapter, _ = runLora [ "summary"; "vit"; "--model-config"; fixture "vit_tiny_p4_32.json"; "--method"; "adapter" ]
             Expect.equal code 0 "adapter ok"
             // per block: attn and mlp adapters, each 64→16→64 with biases = 2·(64·16 + 16 + 16·64 + 64)
             Expect.stringContains adapter "Trainable params: 8,512\n" "two blocks × two bottlenecks"
-            let _, width8, _ = lora [ "summary"; "vit"; "--model-config"; fixture "vit_tiny_p4_32.json"; "--method"; "adapter"; "--rank"; "8" ]
+            let _, width8, _ = runLora [ "summary"; "vit"; "--model-config"; fixture "vit_tiny_p4_32.json"; "--method"; "adapter"; "--rank"; "8" ]
             // width 8: 4 × (64·8 + 8 + 8·64 + 64)
             Expect.stringContains width8 "Trainable params: 4,384\n" "--rank sets the bottleneck width"
         }
         test "unknown model: the zoo's suggestion, one line, exit 2" {
-            let code, out, err = lora [ "summary"; "convnext_tiy"; "--method"; "lora"; "--rank"; "2"; "--targets"; "fc1" ]
+            let code, out, err = runLora [ "summary"; "convnext_tiy"; "--method"; "lora"; "--rank"; "2"; "--targets"; "fc1" ]
             Expect.equal code 2 "exit 2"
             Expect.equal out "" "nothing on stdout"
             let line = oneLine err
@@ -102,7 +95,7 @@ let private summaryTests =
                   [ "summary"; "convnext_tiny"; "--targets"; "fc1"; "--bias"; "some" ], "--bias must be"
                   [ "summary"; "convnext_tiny"; "--method"; "full"; "--targets"; "fc1" ], "adds no adapters"
                   [ "summary"; "vit"; "--model-config"; fixture "vit_tiny_p4_32.json"; "--method"; "lora"; "--rank"; "80"; "--targets"; "fc2" ], "exceeds min(in_features, out_features)" ] do
-                let code, _, err = lora args
+                let code, _, err = runLora args
                 Expect.equal code 2 $"exit 2 for {args}"
                 Expect.stringContains (oneLine err) expected "message"
         }
@@ -128,7 +121,7 @@ let private mergeTests =
         test "the merged timm checkpoint has timm's keys and reproduces PEFT's merged logits" {
             use dir = new TempDir()
             let out = dir.File "merged.safetensors"
-            let code, stdout, err = lora (mergeArgs (fixture "vit_tiny_p4_32.safetensors") (fixture "peft_lora_vit_tiny") out)
+            let code, stdout, err = runLora (mergeArgs (fixture "vit_tiny_p4_32.safetensors") (fixture "peft_lora_vit_tiny") out)
             Expect.equal (code, err) (0, "") "ok"
             Expect.stringContains stdout "merged 4 tuned layer(s)" "report"
             Expect.equal (headerKeys out) (headerKeys (fixture "vit_tiny_p4_32.safetensors")) "exactly the base file's keys"
@@ -163,7 +156,7 @@ let private mergeTests =
                 use x = torch.randn([| 2L; 3L; 32L; 32L |], generator = g)
                 use tuned = m.call x
                 let out = dir.File "merged.safetensors"
-                let code, _, err = lora (mergeArgs (fixture "vit_tiny_p4_32.safetensors") (dir.File "adapter") out)
+                let code, _, err = runLora (mergeArgs (fixture "vit_tiny_p4_32.safetensors") (dir.File "adapter") out)
                 Expect.equal (code, err) (0, "") $"{name}: ok"
                 Expect.equal (headerKeys out) (headerKeys (fixture "vit_tiny_p4_32.safetensors")) $"{name}: timm's keys"
                 use plain = Zoo.Create("vit", ModelArgs.FromFile(fixture "vit_tiny_p4_32.json"))
@@ -195,7 +188,7 @@ let private mergeTests =
                   "no adapter folder", fixture "vit_tiny_p4_32.safetensors", dir.File "no-adapter", "no-adapter" ]
             for name, weights, adapter, expected in cases do
                 let out = dir.File "merged.safetensors"
-                let code, _, err = lora (mergeArgs weights adapter out)
+                let code, _, err = runLora (mergeArgs weights adapter out)
                 Expect.equal code 1 $"{name}: exit 1"
                 let line = oneLine err
                 Expect.stringStarts line "lora merge: " $"{name}: prefixed"
@@ -205,7 +198,7 @@ let private mergeTests =
         }
         test "unknown model: exit 2, the zoo's suggestion" {
             use dir = new TempDir()
-            let code, _, err = lora [ "merge"; "--model"; "vti"; "--weights"; fixture "vit_tiny_p4_32.safetensors"; "--adapter"; fixture "peft_lora_vit_tiny"; "--out"; dir.File "m.safetensors" ]
+            let code, _, err = runLora [ "merge"; "--model"; "vti"; "--weights"; fixture "vit_tiny_p4_32.safetensors"; "--adapter"; fixture "peft_lora_vit_tiny"; "--out"; dir.File "m.safetensors" ]
             Expect.equal code 2 "exit 2"
             Expect.stringContains (oneLine err) "Unknown model 'vti'. Did you mean: vit" "suggestion"
         }
@@ -237,10 +230,10 @@ let private predictTests =
             let args = [ "predict"; "--model"; "vit"; "--model-config"; fixture "vit_tiny_p4_32.json"; "--weights"; fixture "vit_tiny_p4_32.safetensors"
                          "--adapter"; fixture "peft_lora_vit_tiny"; "--labels"; dir.File "labels.txt"; "--top-k"; "3" ]
             let expected = expectedProbabilities id
-            let code, out, err = lora (args @ [ "--json" ] @ images)
+            let code, out, err = runLora (args @ [ "--json" ] @ images)
             Expect.equal (code, err) (0, "") "ok"
             let byConfigPath = args |> List.map (fun a -> if a = fixture "peft_lora_vit_tiny" then Path.Combine(a, "adapter_config.json") else a)
-            Expect.equal (lora (byConfigPath @ [ "--json" ] @ images)) (code, out, err) "--adapter also takes the path of the folder's adapter_config.json, as merge does"
+            Expect.equal (runLora (byConfigPath @ [ "--json" ] @ images)) (code, out, err) "--adapter also takes the path of the folder's adapter_config.json, as merge does"
             let json = Text.Json.Nodes.JsonNode.Parse(out).AsArray()
             Expect.equal json.Count 2 "one entry per image"
             for i in 0 .. 1 do
@@ -251,7 +244,7 @@ let private predictTests =
                 Expect.equal (preds |> List.map (fun p -> p.["label"].GetValue<string>())) (want |> Array.map (fun (c, _) -> labels.[c]) |> Array.toList) $"image {i}: labels from the file"
                 for p, (_, w) in List.zip preds (Array.toList want) do
                     Expect.floatClose { absolute = 1e-5; relative = 0.0 } (p.["score"].GetValue<float>()) w $"image {i}: score"
-            let code, text, _ = lora (args @ images)
+            let code, text, _ = runLora (args @ images)
             Expect.equal code 0 "text ok"
             let lines = text.TrimEnd('\n').Split('\n')
             Expect.equal lines.Length 8 "per image: its path and 3 lines"
@@ -264,8 +257,8 @@ let private predictTests =
             let image = dir.File "img.png"
             Lora.Core.Data.Png.Write(image, ReadOnlySpan testImages.[1], 3, 32, 32)
             let code, out, err =
-                lora [ "predict"; "--model"; "vit"; "--model-config"; fixture "vit_tiny_p4_32.json"; "--weights"; fixture "vit_tiny_p4_32.safetensors"
-                       "--adapter"; fixture "peft_lora_vit_tiny"; "--top-k"; "10"; "--mean"; "0.5,0.4,0.3"; "--std"; "0.2, 0.25,0.3"; "--json"; image ]
+                runLora [ "predict"; "--model"; "vit"; "--model-config"; fixture "vit_tiny_p4_32.json"; "--weights"; fixture "vit_tiny_p4_32.safetensors"
+                          "--adapter"; fixture "peft_lora_vit_tiny"; "--top-k"; "10"; "--mean"; "0.5,0.4,0.3"; "--std"; "0.2, 0.25,0.3"; "--json"; image ]
             Expect.equal (code, err) (0, "") "ok"
             let expected =
                 expectedProbabilities (fun x ->
@@ -297,7 +290,7 @@ let private predictTests =
                   baseArgs @ [ "--mean"; "a,b,c"; good ], 2, "--mean must be comma-separated numbers"
                   baseArgs @ [ "--std"; "0.5"; good ], 2, "one value per channel (3)"
                   [ "predict"; "--model"; "unet"; "--weights"; fixture "vit_tiny_p4_32.safetensors"; good ], 2, "is not an image classifier" ] do
-                let c, out, err = lora args
+                let c, out, err = runLora args
                 Expect.equal c code $"exit code for {expected}"
                 Expect.equal out "" "nothing on stdout"
                 Expect.stringContains (oneLine err) expected "message"
@@ -332,7 +325,7 @@ let private validateTests =
         test "a class beyond the data set: exit 2, one line with file:line:col, field and the valid range" {
             use dir = new TempDir()
             let spec = specIn dir (twoSteps.Replace("classes: [5, 6, 7, 8, 9]", "classes: [5, 12]"))
-            let code, out, err = lora [ "validate"; spec ]
+            let code, out, err = runLora [ "validate"; spec ]
             Expect.equal (code, out) (2, "") "exit 2, nothing on stdout"
             let lines = err.TrimEnd('\n').Split('\n')
             let line = lines |> Array.find (fun l -> not (l.Contains ": warning: "))
@@ -344,13 +337,13 @@ let private validateTests =
         test "an unused pretrain step: exit 0, ok on stdout, one warning line on stderr" {
             use dir = new TempDir()
             let spec = specIn dir twoSteps
-            let code, out, err = lora [ "validate"; spec ]
+            let code, out, err = runLora [ "validate"; spec ]
             Expect.equal code 0 "warnings do not fail validation"
             Expect.equal out (sprintf "%s: ok (1 experiment(s), 2 run(s))\n" spec) "ok"
             Expect.equal (oneLine err)
                 (sprintf "%s:5:5: warning: pretrain[1]: pretrain step 'spare' is not used by any experiment: use it as a base model, model: { pretrain: spare }, or remove it" spec)
                 "the warning"
-            let code, out, err = lora [ "plan"; spec; "--results"; dir.File "results" ]
+            let code, out, err = runLora [ "plan"; spec; "--results"; dir.File "results" ]
             Expect.equal code 0 "plan goes on"
             Expect.stringContains out "pretrain/used" "the used step is planned"
             Expect.isFalse (out.Contains "spare") "the unused step is not planned"
@@ -359,7 +352,7 @@ let private validateTests =
         test "an unused pretrain step with a typo is an error" {
             use dir = new TempDir()
             let spec = specIn dir (twoSteps.Replace("    dataset: { source: fashion_mnist }\n", "    dataset: { source: fashion_mnist, shots: 0 }\n"))
-            let code, _, err = lora [ "validate"; spec ]
+            let code, _, err = runLora [ "validate"; spec ]
             Expect.equal code 2 "exit 2"
             Expect.stringContains err (sprintf "%s:7:" spec) "located in the unused step"
             Expect.stringContains err "pretrain[1].dataset.shots: shots must be positive, got 0" "field and message"

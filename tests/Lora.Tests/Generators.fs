@@ -27,3 +27,11 @@ type TempDir() =
     member _.File(name: string) = System.IO.Path.Combine(path, name)
     interface System.IDisposable with
         member _.Dispose() = try System.IO.Directory.Delete(path, true) with _ -> ()
+
+/// Runs `lora ARGS` in-process (Commands.Dispatch) for commands that train nothing: (exit code,
+/// stdout, stderr), with Unix line ends.
+let runLora (args: string list) =
+    use out = new System.IO.StringWriter()
+    use err = new System.IO.StringWriter()
+    let code = Lora.Runner.Commands.Dispatch(List.toArray args, (fun () -> failwith "this command needs no run executor"), out, err)
+    code, out.ToString().Replace("\r\n", "\n"), err.ToString().Replace("\r\n", "\n")
