@@ -61,19 +61,9 @@ public static class AdapterCheckpoint
             JsonValue v when v.TryGetValue<string>(out var s) => s,
             var n => throw Wrong(k, "a string", n),
         };
-        double? Num(string k) => root[k] switch
-        {
-            null => null,
-            JsonValue v when v.TryGetValue<double>(out var d) && double.IsFinite(d) => d,
-            var n => throw Wrong(k, "a number", n),
-        };
-        int? Int(string k, int min)
-        {
-            var d = Num(k);
-            if (d is null) return null;
-            if (d != Math.Floor(d.Value) || d < min || d > 1 << 20) throw Wrong(k, $"an integer from {min} to {1 << 20}", root[k]);
-            return (int)d.Value;
-        }
+        double? Num(string k) => root[k] is null ? null : AsNumber(root[k]) ?? throw Wrong(k, "a number", root[k]);
+        int? Int(string k, int min) =>
+            root[k] is null ? null : AsInt(root[k], min) ?? throw Wrong(k, AsNumber(root[k]) is null ? "a number" : $"an integer from {min} to {1 << 20}", root[k]);
         bool Bool(string k) => root[k] switch
         {
             null => false,
@@ -96,7 +86,8 @@ public static class AdapterCheckpoint
             var n => throw Wrong(k, "an object", n),
         };
         static double? AsNumber(JsonNode? n) => n is JsonValue v && v.TryGetValue<double>(out var d) && double.IsFinite(d) ? d : null;
-        static int? AsRank(JsonNode? n) => AsNumber(n) is double d && d == Math.Floor(d) && d >= 0 && d <= 1 << 20 ? (int)d : null;
+        static int? AsInt(JsonNode? n, int min) => AsNumber(n) is double d && d == Math.Floor(d) && d >= min && d <= 1 << 20 ? (int)d : null;
+        static int? AsRank(JsonNode? n) => AsInt(n, 0);
         var peftType = Str("peft_type") ?? throw new InvalidDataException($"'{path}' has no peft_type");
         var method = peftType switch
         {
