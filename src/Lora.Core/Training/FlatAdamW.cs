@@ -119,15 +119,21 @@ public sealed class FlatAdamW : IDisposable
         }
     }
 
+    long zeroGrads;
+
     /// Zeroes every gradient in place (one kernel per group); the gradients stay views of the buffer.
+    /// That they still are is checked at the first call and every 64th after: the check costs two
+    /// native calls per parameter, host work a step would otherwise not do (a replaced gradient stays
+    /// replaced, so it is still found).
     public void ZeroGrad()
     {
-        foreach (var (_, p, g, offset) in parameters)
-        {
-            using var grad = p.grad;
-            if (grad is null || grad.storage_offset() != offset)
-                throw new InvalidOperationException("a parameter's gradient was replaced (zero_grad(set_to_none) or an assignment); FlatAdamW needs the gradients it allocated. Zero them with FlatAdamW.ZeroGrad().");
-        }
+        if (zeroGrads++ % 64 == 0)
+            foreach (var (_, p, g, offset) in parameters)
+            {
+                using var grad = p.grad;
+                if (grad is null || grad.storage_offset() != offset)
+                    throw new InvalidOperationException("a parameter's gradient was replaced (zero_grad(set_to_none) or an assignment); FlatAdamW needs the gradients it allocated. Zero them with FlatAdamW.ZeroGrad().");
+            }
         foreach (var g in groups) g.Grad.zero_();
     }
 
