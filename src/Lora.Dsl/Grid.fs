@@ -28,7 +28,12 @@ module Grid =
         | FromPretrain p -> p.Name
         | Weights(z, path) -> z.Name + "-" + System.IO.Path.GetFileNameWithoutExtension path
 
-    /// Fill the defaults that depend on the rank (alpha = 2 × rank, AdaLoRA init_r = ⌈1.5 × rank⌉).
+    /// AdaLoRA's initial rank when only the target r is given: ⌈1.5 r⌉ (PEFT's 12 at its default 8).
+    let resolveInitRank (r: int) = (3 * r + 1) / 2
+
+    /// Fill the defaults that depend on the rank (alpha = 2 × rank, AdaLoRA init_r = ⌈1.5 × rank⌉,
+    /// written (3r + 1) / 2 in integers): the one place that decides them, for specs, `lora summary`
+    /// and `lora bench` alike (through Lora.Convert).
     let resolveMethod (rank: int option) (m: Method) =
         let lora (o: LoraOptions) =
             match o.Alpha, rank with
@@ -40,7 +45,7 @@ module Grid =
         | AdaLora(o, a) ->
             let a =
                 match a.InitRank, rank with
-                | None, Some r -> { a with InitRank = Some((3 * r + 1) / 2) }
+                | None, Some r -> { a with InitRank = Some(resolveInitRank r) }
                 | _ -> a
             AdaLora(lora o, a)
         | m -> m

@@ -174,7 +174,8 @@ module Validation =
               if a.TFinal < 0 then yield err (at + ".tfinal") (sprintf "tfinal must not be negative, got %d" a.TFinal)
               for name, b in [ "beta1", a.Beta1; "beta2", a.Beta2 ] do
                   if not (b >= 0.0 && b < 1.0) then yield err (at + "." + name) (sprintf "%s must be in [0, 1), got %g" name b)
-              if not (a.OrthReg >= 0.0) then yield err (at + ".orth_reg") (sprintf "orth_reg must not be negative, got %g" a.OrthReg)
+              // PEFT (and the core) reject 0: the regulariser keeps P and Q orthogonal, AdaLoRA's premise
+              if not (a.OrthReg > 0.0) then yield err (at + ".orth_reg") (sprintf "orth_reg must be positive, got %g" a.OrthReg)
           | Adapter a ->
               match a.Ratio with Some r when not (r > 0.0) -> yield err (at + ".ratio") (sprintf "ratio must be positive, got %g" r) | _ -> ()
               if not (a.Scale > 0.0) then yield err (at + ".scale") (sprintf "scale must be positive, got %g" a.Scale)

@@ -480,6 +480,23 @@ module YamlSpec =
           Errors = List.ofSeq r.Errors
           Marks = r.Marks :> Marks }
 
+    /// One method declaration as YAML text ("lora", "adalora: { tinit: 10 }"), read with the vocabulary
+    /// of a spec's `methods:` list (what `lora summary` and `lora bench` take); errors as "field: message".
+    let method (text: string) : Result<Method, string list> =
+        let r = Reader("method")
+        let m =
+            try
+                let stream = YamlStream()
+                stream.Load(new StringReader(text))
+                if stream.Documents.Count = 0 then None else methodDecl r "method" stream.Documents.[0].RootNode
+            with :? YamlException as e ->
+                r.Errors.Add { File = "method"; Line = 1; Column = 1; Field = "method"; Message = sprintf "not valid YAML: %s" e.Message }
+                None
+        match m, List.ofSeq r.Errors with
+        | Some m, [] -> Ok m
+        | None, [] -> Error [ "method: the method is empty" ]
+        | _, errors -> Error [ for e in errors -> sprintf "%s: %s" e.Field e.Message ]
+
     /// Parse YAML text into experiments, structural errors (with line and column) and the marks of
     /// every value read. `file` only labels errors.
     let parse (file: string) (text: string) : Experiment list * SpecError list * Marks =

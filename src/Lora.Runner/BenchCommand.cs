@@ -4,6 +4,7 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using Lora.Core.Models;
 using Lora.Core.Training;
+using Lora.Conversion;
 using Lora.Dsl;
 using Spectre.Console;
 using CorePrecision = Lora.Core.Training.Precision;
@@ -18,9 +19,9 @@ public static class BenchCommand
     {
         var methods = o.Methods.ToList();
         if (methods.Count == 0) methods = ["full", "lora", "lora-all", "adalora"];
-        var unknown = methods.Where(m => !Benchmark.Methods.Contains(m)).ToList();
+        var unknown = methods.Where(m => !BenchMethods.names.Contains(m)).ToList();
         var errors = new List<string>();
-        if (unknown.Count > 0) errors.Add($"--methods: unknown method(s) {string.Join(", ", unknown)}; known: {string.Join(", ", Benchmark.Methods)}");
+        if (unknown.Count > 0) errors.Add($"--methods: unknown method(s) {string.Join(", ", unknown)}; known: {string.Join(", ", BenchMethods.names)}");
         if (!Zoo.Names.Contains(o.Model))
             try { Zoo.Create(o.Model, device: TorchSharp.torch.META).Dispose(); }
             catch (ArgumentException e) { errors.Add($"--model: {e.Message}"); }
@@ -71,7 +72,7 @@ public static class BenchCommand
     {
         try
         {
-            var r = Benchmark.Run(method, setup);
+            var r = Benchmark.Run(method, BenchMethods.apply(method, setup.Rank), setup);
             return (Json(r), r);
         }
         catch (Exception e) when (e is ArgumentException or InvalidOperationException or NotSupportedException or ExternalException)

@@ -85,7 +85,14 @@ public static class Commands
     {
         var experiments = LoadSpec(spec, stderr);
         if (experiments is null) return 2;
-        var runs = Spec.runs(experiments).Select(r => new ResolvedRun(r)).Select(r => r.Hash).Distinct().Count();
+        var all = Spec.runs(experiments).ToList();
+        // the method applied to each run's model on the meta device: what the core would refuse
+        // when the run starts is reported now, as the spec's own errors are
+        var problems = all.DistinctBy(r => new ResolvedRun(r).Hash)
+            .SelectMany(r => Lora.Conversion.ToCore.checkRun(r).Select(e => $"{spec}: {r.Id}: {ModelSource.OneLine(e)}")).ToList();
+        foreach (var p in problems) stderr.WriteLine(p);
+        if (problems.Count > 0) return 2;
+        var runs = all.Select(r => new ResolvedRun(r)).Select(r => r.Hash).Distinct().Count();
         stdout.WriteLine($"{spec}: ok ({experiments.Length} experiment(s), {runs} run(s))");
         return 0;
     }

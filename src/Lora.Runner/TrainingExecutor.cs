@@ -4,6 +4,7 @@ using Lora.Core.IO;
 using Lora.Core.Models;
 using Lora.Core.Training;
 using Lora.Core.Tuning;
+using Lora.Conversion;
 using Lora.Dsl;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -32,7 +33,7 @@ public sealed class TrainingExecutor : IRunExecutor
         // Same seed, same initial weights and adapters: what makes a killed run resumable.
         torch.manual_seed(spec.Seed);
         using var model = BuildModel(spec, ctx, data);
-        var tuned = ApplyMethod(spec, model);
+        var tuned = ToCore.apply(ToCore.ofRun(spec, model), model);
         var summary = ParameterSummary.Of(model);
         ctx.Log($"parameters: {summary.Total:N0} total, {summary.Trainable:N0} trainable");
 
@@ -75,7 +76,7 @@ public sealed class TrainingExecutor : IRunExecutor
     static nn.Module<Tensor, Tensor> BuildModel(Run spec, RunContext ctx, RunData data)
     {
         var zooModel = spec.Model.ZooModel;
-        var args = ArgsOf(zooModel).With("num_classes", (long)data.OutputClasses);
+        var args = ToCore.modelArgs(zooModel).With("num_classes", (long)data.OutputClasses);
         if (!args.Has("in_chans") && data.Channels == 1 && IsFamily(zooModel.Name)) args = args.With("in_chans", 1L);
         var model = Zoo.Create(zooModel.Name, args);
         string? weights = spec.Model switch
@@ -104,83 +105,6 @@ public sealed class TrainingExecutor : IRunExecutor
 
     /// The family names take only what the spec gives; named models keep their own input channels.
     static bool IsFamily(string name) => ZooNames.families.Contains(name);
-
-    static ModelArgs ArgsOf(ZooModel m)
-    {
-        var args = ModelArgs.Empty;
-        foreach (var (key, value) in m.Options)
-            args = args.With(key, value switch
-            {
-                OptionValue.Int i => (object)(long)i.Item,
-                OptionValue.Float f => f.Item,
-                OptionValue.Text t => t.Item,
-                OptionValue.Flag b => b.Item,
-                _ => throw new ArgumentException($"option {key} has an unknown kind"),
-            });
-        return args;
-    }
-
-    static TunedModel? ApplyMethod(Run spec, nn.Module<Tensor, Tensor> model)
-    {
-        var method = spec.Method;
-        // the spec word `head` is the model's own classifier (a segmenter's decoder)
-        var head = Zoo.Classifier(model);
-        switch (method.Kind)
-        {
-            case MethodKind.Full:
-                return null;
-            case MethodKind.Head:
-                foreach (var (name, p) in model.named_parameters())
-                    p.requires_grad = name.StartsWith(head + ".", StringComparison.Ordinal);
-                return null;
-        }
-        IEnumerable<string> Saved(Microsoft.FSharp.Collections.FSharpList<string> names) =>
-            names.Select(n => n == "head" ? head : n);
-        TuningConfig config;
-        if (method.Kind == MethodKind.Adapter)
-        {
-            var a = method.AdapterOptionsOrNull;
-            config = new TuningConfig
-            {
-                Method = TuningMethod.Adapter,
-                AdapterRatio = a.Ratio is null ? 0.25 : a.Ratio.Value,
-                AdapterMlpScale = a.Scale,
-                // Start as the identity so the pretrained features are intact at step 0 (Houlsby et al.).
-                AdapterInitIdentity = true,
-                ModulesToSave = Saved(a.ModulesToSave).ToArray(),
-            };
-            // Without a ratio, the grid's rank is the bottleneck width.
-            if (a.Ratio is null) config = config with { AdapterWidth = spec.RankValue };
-        }
-        else
-        {
-            var o = method.LoraOptionsOrNull;
-            int rank = spec.RankValue;
-            config = new TuningConfig
-            {
-                Method = method.Kind switch { MethodKind.Dora => TuningMethod.Dora, MethodKind.AdaLora => TuningMethod.AdaLora, _ => TuningMethod.Lora },
-                Targets = o.Targets.ToArray(),
-                Rank = rank,
-                Alpha = o.Alpha is null ? 2.0 * rank : o.Alpha.Value,
-                Dropout = o.Dropout,
-                UseRsLora = o.RsLora,
-                Bias = o.Bias.IsLoraOnly ? BiasMode.LoraOnly : o.Bias.IsAllBias ? BiasMode.All : BiasMode.None,
-                ModulesToSave = Saved(o.ModulesToSave).ToArray(),
-            };
-            if (method.Kind == MethodKind.AdaLora)
-            {
-                var ada = method.AdaLoraOptionsOrNull;
-                config = config with
-                {
-                    TargetRank = rank,
-                    InitRank = ada.InitRank is null ? TuningConfig.DefaultInitRank(rank) : ada.InitRank.Value,
-                    TInit = ada.TInit, TFinal = ada.TFinal, DeltaT = ada.DeltaT,
-                    Beta1 = ada.Beta1, Beta2 = ada.Beta2, OrthRegWeight = ada.OrthReg,
-                };
-            }
-        }
-        return Tuner.Apply(model, config);
-    }
 
     /// Grey → RGB when the model wants 3 channels; resize to the spec's image size, else to the
     /// model's fixed input size (ViT), else leave the data's size (convolutional models).

@@ -9,6 +9,7 @@ open Lora.Core.Models
 open Lora.Core.Training
 open Lora.Core.Tuning
 open Lora.Runner
+open Lora.Conversion
 open Lora.Tests.Generators
 open Lora.Tests.ReferenceAdamW
 
@@ -29,7 +30,7 @@ let benchArgs (dir: TempDir) extra =
 /// The parameter counts of the method's configuration applied to a fresh tiny ViT.
 let expectedCounts method rank =
     use model = Zoo.Create("vit", tinyArgs)
-    match Benchmark.Config(method, rank) with
+    match BenchMethods.config method rank model with
     | null -> ()
     | c -> Tuner.Apply(model, c) |> ignore
     let s = ParameterSummary.Of model
@@ -189,7 +190,7 @@ let tests =
             let build () =
                 torch.manual_seed(3L) |> ignore
                 let m = Zoo.Create("vit", tinyArgs)
-                let t = Tuner.Apply(m, Benchmark.Config("lora", 4))
+                let t = Tuner.Apply(m, BenchMethods.config "lora" 4 m)
                 use _ = torch.no_grad()
                 for (_, l) in t.Layers do ((l :?> LoraLinear).B("default").weight.normal_(0.0, 0.1) |> ignore)
                 m
@@ -245,7 +246,7 @@ let tests =
             let build () =
                 torch.manual_seed(5L) |> ignore
                 let m = Zoo.Create("vit", tinyArgs)
-                Tuner.Apply(m, Benchmark.Config("lora-all", 2)) |> ignore
+                Tuner.Apply(m, BenchMethods.config "lora-all" 2 m) |> ignore
                 m
             use a = build ()
             use b = build ()

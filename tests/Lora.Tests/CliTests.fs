@@ -89,11 +89,14 @@ let private summaryTests =
         }
         test "bad options: one line each, exit 2" {
             for args, expected in
-                [ [ "summary"; "convnext_tiny"; "--method"; "lora"; "--rank"; "2" ], "needs --targets"
-                  [ "summary"; "convnext_tiny"; "--method"; "lorax"; "--targets"; "fc1" ], "--method must be one of"
+                // the spec's vocabulary and defaults: targets default to qkv, as in a spec
+                [ [ "summary"; "convnext_tiny"; "--method"; "lora"; "--rank"; "2" ], "target pattern 'qkv' matches no module"
+                  [ "summary"; "convnext_tiny"; "--method"; "lorax"; "--targets"; "fc1" ], "unknown method 'lorax'"
                   [ "summary"; "convnext_tiny"; "--targets"; "qkv" ], "target pattern 'qkv' matches no module"
-                  [ "summary"; "convnext_tiny"; "--targets"; "fc1"; "--bias"; "some" ], "--bias must be"
-                  [ "summary"; "convnext_tiny"; "--method"; "full"; "--targets"; "fc1" ], "adds no adapters"
+                  [ "summary"; "convnext_tiny"; "--targets"; "fc1"; "--bias"; "some" ], "unknown value 'some'"
+                  [ "summary"; "convnext_tiny"; "--method"; "full"; "--targets"; "fc1" ], "full takes no options"
+                  [ "summary"; "convnext_tiny"; "--method"; "lora"; "--targets"; "fc1"; "--init-rank"; "4" ], "'init_rank' does not apply to lora"
+                  [ "summary"; "convnext_tiny"; "--method"; "adalora"; "--targets"; "fc1"; "--rank"; "4"; "--init-rank"; "2" ], "init_rank 2 is below the target rank 4"
                   [ "summary"; "vit"; "--model-config"; fixture "vit_tiny_p4_32.json"; "--method"; "lora"; "--rank"; "80"; "--targets"; "fc2" ], "exceeds min(in_features, out_features)" ] do
                 let code, _, err = runLora args
                 Expect.equal code 2 $"exit 2 for {args}"
@@ -138,9 +141,9 @@ let private mergeTests =
         }
         test "DoRA, AdaLoRA and LoRA with a trained head and biases merge to the tuned model's outputs" {
             let configs =
-                [ "dora", Lora.Core.Tuning.TuningConfig(Method = Lora.Core.Tuning.TuningMethod.Dora, Targets = [| "qkv"; "fc2" |], Rank = 4)
-                  "adalora", Lora.Core.Tuning.TuningConfig(Method = Lora.Core.Tuning.TuningMethod.AdaLora, Targets = [| "qkv" |], InitRank = 6, TargetRank = 4)
-                  "lora+head+bias", Lora.Core.Tuning.TuningConfig(Targets = [| "fc1" |], Rank = 2, ModulesToSave = [| "head" |], Bias = Lora.Core.Tuning.BiasMode.LoraOnly) ]
+                [ "dora", Lora.Core.Tuning.LoraConfig(UseDora = true, Targets = [| "qkv"; "fc2" |], Rank = 4)
+                  "adalora", Lora.Core.Tuning.AdaLoraConfig(Targets = [| "qkv" |], InitRank = 6, TargetRank = 4)
+                  "lora+head+bias", Lora.Core.Tuning.LoraConfig(Targets = [| "fc1" |], Rank = 2, ModulesToSave = [| "head" |], Bias = Lora.Core.Tuning.BiasMode.LoraOnly) ]
             for name, config in configs do
                 use dir = new TempDir()
                 use _ = torch.no_grad()

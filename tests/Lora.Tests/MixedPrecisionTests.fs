@@ -7,6 +7,7 @@ open TorchSharp
 open Lora.Core.Models
 open Lora.Core.Training
 open Lora.Core.Tuning
+open Lora.Conversion
 open Lora.Tests.Generators
 open Lora.Tests.BenchTests
 
@@ -98,7 +99,7 @@ let tests =
 
         test "Apply casts everything but the adapters; RestoreFloat32 puts the masters back, trainable" {
             use m = Zoo.Create("vit", tinyArgs)
-            Tuner.Apply(m, Benchmark.Config("lora", 4)) |> ignore
+            Tuner.Apply(m, BenchMethods.config "lora" 4 m) |> ignore
             let head0 = ((named m)["head.modules_to_save.default.weight"]).detach().clone()
             let exactWeights = MixedPrecision.Apply(m, Precision.BFloat16)
             let trainables = [ for struct (n, p) in m.named_parameters() do if p.requires_grad then n ]
@@ -152,7 +153,7 @@ let tests =
             let run castFactors =
                 torch.manual_seed 9L |> ignore
                 use m = Zoo.Create("vit", tinyArgs)
-                Tuner.Apply(m, Benchmark.Config("lora", 4)) |> ignore
+                Tuner.Apply(m, BenchMethods.config "lora" 4 m) |> ignore
                 let exactWeights =
                     if castFactors then MixedPrecision.Apply(m, Precision.BFloat16)
                     else
@@ -179,12 +180,12 @@ let tests =
             let l0, w0 = run false
             Expect.sequenceEqual l1 l0 "the same losses"
             for (n, a), (_, b) in List.zip w1 w0 do Expect.isTrue (exact a b) $"{n}: the same trained weight"
-            for cfg, name in [ Benchmark.Config("dora", 4), "lora_A.default.weight"
-                               Benchmark.Config("adalora", 4), "lora_A.default" ] do
+            for preset, name in [ "dora", "lora_A.default.weight"
+                                  "adalora", "lora_A.default" ] do
                 use m = Zoo.Create("vit", tinyArgs)
-                Tuner.Apply(m, cfg) |> ignore
+                Tuner.Apply(m, BenchMethods.config preset 4 m) |> ignore
                 MixedPrecision.Apply(m, Precision.BFloat16) |> ignore
-                Expect.equal (named m).["blocks.0.attn.qkv." + name].dtype torch.float32 $"{cfg.Method}: factors stay float32"
+                Expect.equal (named m).["blocks.0.attn.qkv." + name].dtype torch.float32 $"{preset}: factors stay float32"
         }
 
         // every family runs a bf16 training step end to end: full fine-tuning (all bf16, masters for

@@ -181,17 +181,19 @@ let training =
                 let pre = train.SelectClasses(0, 1, 2, 3, 4).Take(500)
                 let tune = train.SelectClasses(5, 6, 7, 8, 9).Take(400)
                 let eval = test.SelectClasses(5, 6, 7, 8, 9).Take(400)
-                for method in [ TuningMethod.Lora; TuningMethod.AdaLora ] do
+                let configs: (string * TuningConfig) list =
+                    [ "LoRA", LoraConfig(Targets = [| "fc1" |], Rank = 4, ModulesToSave = [| "fc2" |])
+                      "AdaLoRA", AdaLoraConfig(Targets = [| "fc1" |], InitRank = 6, TargetRank = 4, ModulesToSave = [| "fc2" |]) ]
+                for method, config in configs do
                     torch.manual_seed(11L) |> ignore
                     let model = new TransferMlp(64L, 5L)
                     Trainer(model, TrainOptions(Epochs = 3, BatchSize = 32, LearningRate = 3e-3, Seed = 1)).Fit(pre) |> ignore
                     let before = Evaluator.Classification(model, eval)
-                    let config = TuningConfig(Method = method, Targets = [| "fc1" |], Rank = 4, InitRank = 6, TargetRank = 4, ModulesToSave = [| "fc2" |])
                     Tuner.Apply(model, config) |> ignore
                     let r = Trainer(model, TrainOptions(Epochs = 4, BatchSize = 32, LearningRate = 1e-2, Seed = 2)).Fit(tune, eval)
                     Expect.isGreaterThan r.Final.Top1.Value 0.5 $"{method}: top-1 {r.Final.Top1.Value} on classes 5-9 (chance 0.2)"
                     Expect.isGreaterThan r.Final.Top1.Value (before.Top1.Value + 0.25) $"{method}: untuned top-1 {before.Top1.Value}"
-                    printfn "transfer %A: untuned top-1 %.3f, tuned %.3f, trainable %d, %.0f img/s" method before.Top1.Value r.Final.Top1.Value r.TrainableParameters r.ImagesPerSecond
+                    printfn "transfer %s: untuned top-1 %.3f, tuned %.3f, trainable %d, %.0f img/s" method before.Top1.Value r.Final.Top1.Value r.TrainableParameters r.ImagesPerSecond
                     Expect.isLessThan r.TrainableParameters 20000L $"{method}: only adapters and the head train ({r.TrainableParameters})"
         }
         test "frozen base (LoRA-like): only trainable parameters change; bf16 frozen weights are recorded" {
@@ -279,7 +281,7 @@ let training =
             let build () =
                 torch.manual_seed 21L |> ignore
                 let m = new TransferMlp(32L, 10L, 64L)
-                let config = TuningConfig(Method = TuningMethod.AdaLora, Targets = [| "fc1"; "fc2" |], InitRank = 6, TargetRank = 2,
+                let config = AdaLoraConfig(Targets = [| "fc1"; "fc2" |], InitRank = 6, TargetRank = 2,
                                           TInit = 2, TFinal = 3, DeltaT = 2, ModulesToSave = [||])
                 m, Tuner.Apply(m, config)
             let state (t: TunedModel) = [ for struct (n, v) in t.Allocator().StateTensors() -> n, v.detach().clone() ]

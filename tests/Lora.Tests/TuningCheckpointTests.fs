@@ -52,7 +52,7 @@ let private roundTrip (config: TuningConfig) (train: TunedModel -> unit) =
 let tests =
     testList "TuningCheckpoint" [
         test "LoRA save → load is the identity, with PEFT keys and config fields" {
-            let keys, json = roundTrip (TuningConfig(Targets = [| "qkv"; "fc1" |], Rank = 2, Alpha = 4.0, ModulesToSave = [| "head" |])) ignore
+            let keys, json = roundTrip (LoraConfig(Targets = [| "qkv"; "fc1" |], Rank = 2, Alpha = 4.0, ModulesToSave = [| "head" |])) ignore
             Expect.contains keys "base_model.model.blocks.0.attn.qkv.lora_A.weight" "lora_A"
             Expect.contains keys "base_model.model.blocks.1.mlp.fc1.lora_B.weight" "lora_B"
             Expect.contains keys "base_model.model.head.weight" "modules_to_save as PEFT saves it"
@@ -61,27 +61,27 @@ let tests =
                 Expect.stringContains json f "config field"
         }
         test "bias modes save the biases PEFT saves" {
-            let keys, json = roundTrip (TuningConfig(Targets = [| "qkv" |], Rank = 2, Bias = BiasMode.LoraOnly)) ignore
+            let keys, json = roundTrip (LoraConfig(Targets = [| "qkv" |], Rank = 2, Bias = BiasMode.LoraOnly)) ignore
             Expect.contains keys "base_model.model.blocks.0.attn.qkv.base_layer.bias" "lora_only: the tuned layer's bias"
             Expect.equal keys.Length 6 "2 × (A, B, bias)"
             Expect.stringContains json "\"bias\": \"lora_only\"" "bias field"
-            let keysAll, _ = roundTrip (TuningConfig(Targets = [| "qkv" |], Rank = 2, Bias = BiasMode.All)) ignore
+            let keysAll, _ = roundTrip (LoraConfig(Targets = [| "qkv" |], Rank = 2, Bias = BiasMode.All)) ignore
             Expect.contains keysAll "base_model.model.blocks.1.mlp.fc2.bias" "all: every bias"
         }
         test "Adapter (bottleneck) save → load is the identity" {
-            let keys, json = roundTrip (TuningConfig(Method = TuningMethod.Adapter)) ignore
+            let keys, json = roundTrip (BottleneckAdapterConfig()) ignore
             Expect.contains keys "base_model.model.blocks.0.adapter_attn.fc1.weight" "adapter key"
             Expect.equal keys.Length (2 * 2 * 4) "2 blocks × 2 adapters × 4 tensors"
             Expect.stringContains json "BOTTLENECK_ADAPTER" "type"
         }
         test "DoRA save → load is the identity (magnitude saved without .weight)" {
-            let keys, json = roundTrip (TuningConfig(Method = TuningMethod.Dora, Targets = [| "qkv" |], Rank = 2)) ignore
+            let keys, json = roundTrip (LoraConfig(UseDora = true, Targets = [| "qkv" |], Rank = 2)) ignore
             Expect.contains keys "base_model.model.blocks.0.attn.qkv.lora_magnitude_vector" "magnitude key"
             Expect.stringContains json "\"use_dora\": true" "use_dora"
         }
         test "AdaLoRA save slices A, E, B to the kept ranks, and load gives the same outputs" {
             let keys, json =
-                roundTrip (TuningConfig(Method = TuningMethod.AdaLora, Targets = [| "qkv" |], InitRank = 4, TargetRank = 2, TotalStep = 3L)) (fun t ->
+                roundTrip (AdaLoraConfig(Targets = [| "qkv" |], InitRank = 4, TargetRank = 2, TotalStep = 3L)) (fun t ->
                     let hook = StepHooks.Of(t.Model) |> Seq.exactlyOne
                     hook.Begin 3L
                     for p in t.TrainableParameters() do p.grad <- torch.randn_like(p)
@@ -92,7 +92,7 @@ let tests =
         }
         test "AdaLoRA saved tensors have the kept ranks" {
             let a = vitTiny ()
-            let t = Tuner.Apply(a, TuningConfig(Method = TuningMethod.AdaLora, Targets = [| "qkv" |], InitRank = 4, TargetRank = 2, TotalStep = 2L))
+            let t = Tuner.Apply(a, AdaLoraConfig(Targets = [| "qkv" |], InitRank = 4, TargetRank = 2, TotalStep = 2L))
             let hook = StepHooks.Of(a) |> Seq.exactlyOne
             for p in t.TrainableParameters() do p.grad <- torch.randn_like(p)
             hook.AfterOptimizerStep 1L
@@ -107,7 +107,7 @@ let tests =
         }
         test "a changed shape and a missing key are both reported, naming the keys; the model is unchanged" {
             let a, b = twin ()
-            let ta = Tuner.Apply(a, TuningConfig(Targets = [| "qkv" |], Rank = 2))
+            let ta = Tuner.Apply(a, LoraConfig(Targets = [| "qkv" |], Rank = 2))
             use dir = new TempDir()
             AdapterCheckpoint.Save(ta, dir.Path)
             let file = Path.Combine(dir.Path, AdapterCheckpoint.WeightsFile)
@@ -127,7 +127,7 @@ let tests =
         test "the real PEFT folder (vit_tiny, r=4, qkv + fc1) loads onto a ViT-shaped model" {
             let m = new ViT(64L, 2, 4L, 32L, 10L, torch.CPU)
             let t = AdapterCheckpoint.Load(m, fixture "peft_lora_vit_tiny")
-            let c = t.Configs.["default"]
+            let c = t.Configs.["default"] :?> LoraConfig
             Expect.equal (c.Rank, c.Alpha, List.ofSeq c.Targets) (4, 8.0, [ "fc1"; "qkv" ]) "config read"
             let file = Safetensors.Load(Path.Combine(fixture "peft_lora_vit_tiny", AdapterCheckpoint.WeightsFile))
             let sd = AdapterCheckpoint.StateDict t

@@ -246,7 +246,7 @@ let private injectionTests =
         test "ViT-B/16 (100 classes) LoRA r=8 on qkv + head: PEFT's counts" {
             let m = vitB meta
             Expect.equal (count m false) 85_875_556L "the mimic has ViT-B's parameter count"
-            let t = Tuner.Apply(m, TuningConfig(Targets = [| "qkv" |], Rank = 8, Alpha = 16.0, ModulesToSave = [| "head" |]))
+            let t = Tuner.Apply(m, LoraConfig(Targets = [| "qkv" |], Rank = 8, Alpha = 16.0, ModulesToSave = [| "head" |]))
             let s = t.Summary()
             Expect.equal s.Trainable 371_812L "trainable"
             Expect.equal s.Total 86_247_368L "total (head counted twice)"
@@ -257,17 +257,17 @@ let private injectionTests =
         }
         test "ViT-B/16 DoRA trainable 399,460; AdaLoRA init 12 trainable 519,412" {
             let m = vitB meta
-            let t = Tuner.Apply(m, TuningConfig(Method = TuningMethod.Dora, Targets = [| "qkv" |], Rank = 8, ModulesToSave = [| "head" |]))
+            let t = Tuner.Apply(m, LoraConfig(UseDora = true, Targets = [| "qkv" |], Rank = 8, ModulesToSave = [| "head" |]))
             Expect.equal (t.Summary().Trainable) 399_460L "DoRA"
             let m2 = vitB meta
-            let t2 = Tuner.Apply(m2, TuningConfig(Method = TuningMethod.AdaLora, Targets = [| "qkv" |], ModulesToSave = [| "head" |]))
+            let t2 = Tuner.Apply(m2, AdaLoraConfig(Targets = [| "qkv" |], ModulesToSave = [| "head" |]))
             Expect.equal (t2.Summary().Trainable) 519_412L "AdaLoRA"
             Expect.equal (StepHooks.Of(m2).Count) 1 "the allocator is attached to the model"
         }
         test "ConvNeXt-T rank 2 on fc1, fc2: 132,480 trainable of 28,721,608" {
             let m = new ConvNeXtT(meta)
             Expect.equal (count m false) 28_589_128L "the mimic has ConvNeXt-T's parameter count"
-            let t = Tuner.Apply(m, TuningConfig(Targets = [| "fc1"; "fc2" |], Rank = 2))
+            let t = Tuner.Apply(m, LoraConfig(Targets = [| "fc1"; "fc2" |], Rank = 2))
             let s = string (t.Summary())
             Expect.stringContains s "Total params: 28,721,608" "total"
             Expect.stringContains s "Trainable params: 132,480" "trainable"
@@ -276,7 +276,7 @@ let private injectionTests =
         test "injection changes the keys as PEFT names them and freezes the rest" {
             let m = vitTiny ()
             let before = keys m
-            let t = Tuner.Apply(m, TuningConfig(Targets = [| "attn.qkv" |], Rank = 2, ModulesToSave = [| "head" |]))
+            let t = Tuner.Apply(m, LoraConfig(Targets = [| "attn.qkv" |], Rank = 2, ModulesToSave = [| "head" |]))
             let after = keys m
             Expect.contains after "blocks.0.attn.qkv.base_layer.weight" "base layer key"
             Expect.contains after "blocks.1.attn.qkv.lora_A.default.weight" "lora_A key"
@@ -306,7 +306,7 @@ let private injectionTests =
             let a, b = twin ()
             let decoder = [ for struct (n, p) in a.named_parameters() do if n.StartsWith "mask_decoder." then n, p.numel() ]
             let baseTotal = count a false
-            let config = TuningConfig(Targets = [| "qkv" |], Rank = 2, ModulesToSave = [| "mask_decoder" |])
+            let config = LoraConfig(Targets = [| "qkv" |], Rank = 2, ModulesToSave = [| "mask_decoder" |])
             let report = Tuner.Match(a, config)
             Expect.equal [ for m in report.TrainedInPlace -> m.Path, m.ModuleType ] [ "mask_decoder", "MaskDecoder" ] "reported as trained in place"
             Expect.isEmpty report.ModulesToSave "not wrapped"
@@ -341,19 +341,19 @@ let private injectionTests =
             use yb = b.call x
             close "masks after load" torch.float32 ya yb
             // only one adapter may train it in place; a module holding tuned layers cannot be
-            let e = throwsMsg<ArgumentException> (fun () -> Tuner.Apply(a, TuningConfig(Targets = [| "qkv" |], Rank = 2, ModulesToSave = [| "mask_decoder" |]), "other") |> ignore)
+            let e = throwsMsg<ArgumentException> (fun () -> Tuner.Apply(a, LoraConfig(Targets = [| "qkv" |], Rank = 2, ModulesToSave = [| "mask_decoder" |]), "other") |> ignore)
             Expect.stringContains e "already trained in place by adapter 'default'" "second adapter refused"
             let c = Lora.Core.Models.Zoo.Create("sam_vit", cfg)
-            let e2 = Tuner.Match(c, TuningConfig(Targets = [| "qkv" |], Rank = 2, ModulesToSave = [| "image_encoder" |])).Errors
+            let e2 = Tuner.Match(c, LoraConfig(Targets = [| "qkv" |], Rank = 2, ModulesToSave = [| "image_encoder" |])).Errors
             Expect.exists e2 (fun m -> m.Contains "'image_encoder' is trained in place" && m.Contains "target 'image_encoder.blocks.0.attn.qkv'") "a module holding a target"
         }
         test "bias modes: lora_only trains the tuned layers' biases, all trains every bias" {
             let m = vitTiny ()
-            Tuner.Apply(m, TuningConfig(Targets = [| "qkv" |], Rank = 2, Bias = BiasMode.LoraOnly)) |> ignore
+            Tuner.Apply(m, LoraConfig(Targets = [| "qkv" |], Rank = 2, Bias = BiasMode.LoraOnly)) |> ignore
             let tb = m.named_parameters() |> Seq.filter (fun struct (n, p) -> p.requires_grad && n.EndsWith "bias") |> Seq.map (fun struct (n, _) -> n) |> Seq.sort |> List.ofSeq
             Expect.equal tb [ "blocks.0.attn.qkv.base_layer.bias"; "blocks.1.attn.qkv.base_layer.bias" ] "lora_only"
             let m2 = vitTiny ()
-            Tuner.Apply(m2, TuningConfig(Targets = [| "qkv" |], Rank = 2, Bias = BiasMode.All)) |> ignore
+            Tuner.Apply(m2, LoraConfig(Targets = [| "qkv" |], Rank = 2, Bias = BiasMode.All)) |> ignore
             let all = m2.named_parameters() |> Seq.filter (fun struct (n, _) -> n.EndsWith "bias") |> Seq.length
             let tb2 = m2.named_parameters() |> Seq.filter (fun struct (n, p) -> p.requires_grad && n.EndsWith "bias") |> Seq.length
             Expect.equal tb2 all "all"
@@ -363,18 +363,18 @@ let private injectionTests =
             let seq = torch.nn.Sequential([| torch.nn.Linear(4L, 6L) :> M; torch.nn.ReLU(); torch.nn.Linear(6L, 3L) |])
             let x = torch.randn(5L, 4L)
             use y0 = seq.forward x
-            let t = Tuner.Apply(seq, TuningConfig(Targets = [| "0"; "2" |], Rank = 2))
+            let t = Tuner.Apply(seq, LoraConfig(Targets = [| "0"; "2" |], Rank = 2))
             Expect.equal (keys seq) [ "0.base_layer.weight"; "0.base_layer.bias"; "0.lora_A.default.weight"; "0.lora_B.default.weight"
                                       "2.base_layer.weight"; "2.base_layer.bias"; "2.lora_A.default.weight"; "2.lora_B.default.weight" ] "keys in order"
             for struct (_, l) in t.Layers do randomise (l.AdapterParameters "default") 2
             use y1 = seq.forward x
             Expect.isGreaterThan (relErr y1 y0) 1e-3 "the Sequential's forward uses the LoRA layers"
             let m = vitTiny ()
-            Tuner.Apply(m, TuningConfig(Targets = [| "re:blocks\\.1\\.mlp\\.fc[12]" |], Rank = 2)) |> ignore
+            Tuner.Apply(m, LoraConfig(Targets = [| "re:blocks\\.1\\.mlp\\.fc[12]" |], Rank = 2)) |> ignore
             let ks = keys m
             Expect.contains ks "blocks.1.mlp.fc2.lora_A.default.weight" "ModuleList child replaced (regex target)"
             Expect.contains ks "blocks.0.mlp.fc2.weight" "block 0 untouched"
-            let report = Tuner.Match(m, TuningConfig(Targets = [| "mlp.fc1" |]))
+            let report = Tuner.Match(m, LoraConfig(Targets = [| "mlp.fc1" |]))
             Expect.equal (report.Targets |> Seq.map (fun x -> x.Path) |> List.ofSeq) [ "blocks.0.mlp.fc1"; "blocks.1.mlp.fc1" ] "Match lists the targets"
             Expect.contains report.Unmatched "blocks.0.attn.qkv" "and the Linear layers it leaves out"
             Expect.isFalse (report.Unmatched |> Seq.contains "blocks.1.mlp.fc2") "a tuned layer is not listed as unmatched"
@@ -384,7 +384,7 @@ let private injectionTests =
             let holder = new ListHolder()
             let x = torch.randn(2L, 4L)
             use y0 = holder.forward x
-            let t = Tuner.Apply(holder, TuningConfig(Targets = [| "layers.1" |], Rank = 2))
+            let t = Tuner.Apply(holder, LoraConfig(Targets = [| "layers.1" |], Rank = 2))
             Expect.equal (keys holder) [ "layers.0.weight"; "layers.0.bias"; "layers.1.base_layer.weight"; "layers.1.base_layer.bias"
                                          "layers.1.lora_A.default.weight"; "layers.1.lora_B.default.weight" ] "keys"
             for struct (_, l) in t.Layers do randomise (l.AdapterParameters "default") 4
@@ -392,31 +392,31 @@ let private injectionTests =
             Expect.isGreaterThan (relErr y1 y0) 1e-3 "forward goes through the LoRA layer"
             let narrow = new NarrowListHolder()
             let before = keys narrow
-            let e = throwsMsg<ArgumentException> (fun () -> Tuner.Apply(narrow, TuningConfig(Targets = [| "layers.0" |], Rank = 2)) |> ignore)
+            let e = throwsMsg<ArgumentException> (fun () -> Tuner.Apply(narrow, LoraConfig(Targets = [| "layers.0" |], Rank = 2)) |> ignore)
             Expect.stringContains e "declare it as Module<Tensor, Tensor>" "says what to change"
             Expect.equal (keys narrow) before "checked before anything changed"
         }
         test "bad configurations are rejected with the pattern or module named" {
             let m = vitTiny ()
             let err cfg = throwsMsg<ArgumentException> (fun () -> Tuner.Apply(m, cfg) |> ignore)
-            Expect.stringContains (err (TuningConfig(Targets = [| "nope" |]))) "'nope' matches no module" "no match"
-            Expect.stringContains (err (TuningConfig(Targets = [| "qkv" |], Rank = 20))) "rank 20 for 'blocks.0.attn.qkv' exceeds" "rank too large"
-            Expect.stringContains (err (TuningConfig(Targets = [| "norm1" |]))) "'blocks.0.norm1' is a LayerNorm" "unsupported type"
-            Expect.stringContains (err (TuningConfig(Method = TuningMethod.AdaLora, Targets = [| "proj" |]))) "patch_embed.proj' is a Conv2d, which AdaLora cannot tune" "AdaLoRA on conv"
-            Expect.stringContains (err (TuningConfig(Targets = [| "qkv" |], RankPattern = readOnlyDict [ "fc9", 2 ]))) "'fc9'" "rank pattern matching nothing"
+            Expect.stringContains (err (LoraConfig(Targets = [| "nope" |]))) "'nope' matches no module" "no match"
+            Expect.stringContains (err (LoraConfig(Targets = [| "qkv" |], Rank = 20))) "rank 20 for 'blocks.0.attn.qkv' exceeds" "rank too large"
+            Expect.stringContains (err (LoraConfig(Targets = [| "norm1" |]))) "'blocks.0.norm1' is a LayerNorm" "unsupported type"
+            Expect.stringContains (err (AdaLoraConfig(Targets = [| "proj" |]))) "patch_embed.proj' is a Conv2d, which AdaLoRA cannot tune" "AdaLoRA on conv"
+            Expect.stringContains (err (LoraConfig(Targets = [| "qkv" |], RankPattern = readOnlyDict [ "fc9", 2 ]))) "'fc9'" "rank pattern matching nothing"
             Expect.isFalse (keys m |> List.exists (fun k -> k.Contains "lora")) "nothing changed"
         }
         test "configuration errors are reported together, naming the fields" {
             let e = throwsMsg<ArgumentException> (fun () ->
-                TuningConfig(Method = TuningMethod.AdaLora, Targets = [| "qkv"; "re:(" |], Dropout = 1.0, InitRank = 4, TargetRank = 6).Validate())
+                AdaLoraConfig(Targets = [| "qkv"; "re:(" |], Dropout = 1.0, InitRank = 4, TargetRank = 6).Validate())
             for part in [ "Dropout must be in [0, 1)"; "TargetRank must be in 1..InitRank (4), got 6"; "'re:(' is not a valid regular expression" ] do
                 Expect.stringContains e part "each problem listed"
-            let e2 = throwsMsg<ArgumentException> (fun () -> TuningConfig(Method = TuningMethod.Adapter, Targets = [| "qkv" |]).Validate())
+            let e2 = throwsMsg<ArgumentException> (fun () -> BottleneckAdapterConfig(Targets = [| "qkv" |]).Validate())
             Expect.stringContains e2 "Targets does not apply to the Adapter method" "bad combination"
         }
         test "per-module rank and alpha patterns" {
             let m = vitTiny ()
-            let t = Tuner.Apply(m, TuningConfig(Targets = [| "qkv" |], Rank = 2, Alpha = 4.0, RankPattern = readOnlyDict [ "blocks.1.attn.qkv", 4 ], AlphaPattern = readOnlyDict [ "blocks.1.attn.qkv", 2.0 ]))
+            let t = Tuner.Apply(m, LoraConfig(Targets = [| "qkv" |], Rank = 2, Alpha = 4.0, RankPattern = readOnlyDict [ "blocks.1.attn.qkv", 4 ], AlphaPattern = readOnlyDict [ "blocks.1.attn.qkv", 2.0 ]))
             let struct (_, l0), struct (_, l1) = t.Layers.[0], t.Layers.[1]
             let l0, l1 = l0 :?> LoraLinear, l1 :?> LoraLinear
             Expect.equal (l0.Options("default").Rank, l1.Options("default").Rank) (2, 4) "ranks"
@@ -432,7 +432,7 @@ let private modelTests =
             m.eval ()
             let plain = keys m
             let x = torch.randn(2L, 3L, 8L, 8L)
-            let t = Tuner.Apply(m, TuningConfig(Targets = [| "qkv"; "fc1"; "patch_embed.proj" |], Rank = 2, ModulesToSave = [| "head" |]))
+            let t = Tuner.Apply(m, LoraConfig(Targets = [| "qkv"; "fc1"; "patch_embed.proj" |], Rank = 2, ModulesToSave = [| "head" |]))
             for struct (_, l) in t.Layers do randomise (l.AdapterParameters "default") 5
             let struct (_, w) = t.SavedModules.[0]
             randomise (w.Copy("default").parameters()) 6
@@ -454,8 +454,8 @@ let private modelTests =
             m.eval ()
             let x = torch.randn(2L, 3L, 8L, 8L)
             use yBase = m.forward x
-            let t = Tuner.Apply(m, TuningConfig(Targets = [| "qkv" |], Rank = 2))
-            Tuner.Apply(m, TuningConfig(Targets = [| "qkv" |], Rank = 3, Alpha = 6.0), "other") |> ignore
+            let t = Tuner.Apply(m, LoraConfig(Targets = [| "qkv" |], Rank = 2))
+            Tuner.Apply(m, LoraConfig(Targets = [| "qkv" |], Rank = 3, Alpha = 6.0), "other") |> ignore
             Expect.equal t.ActiveAdapter (Some "default" |> Option.toObj) "first adapter stays active"
             for struct (_, l) in t.Layers do
                 randomise (l.AdapterParameters "default") 8
@@ -488,7 +488,7 @@ let private modelTests =
             let x = torch.randn(2L, 3L, 8L, 8L)
             use y0 = m.forward x
             let plain = keys m
-            let t = Tuner.Apply(m, TuningConfig(Targets = [| "qkv" |], Rank = 2, Dropout = 0.1))
+            let t = Tuner.Apply(m, LoraConfig(Targets = [| "qkv" |], Rank = 2, Dropout = 0.1))
             m.train ()
             for struct (_, l) in t.Layers do randomise (l.AdapterParameters "default") 12
             use y = m.forward x
@@ -506,8 +506,8 @@ let private modelTests =
         }
         test "deleting the last adapter of a layer puts the base layer back" {
             let m = vitTiny ()
-            let t = Tuner.Apply(m, TuningConfig(Targets = [| "qkv" |], Rank = 2, ModulesToSave = [| "head" |]))
-            Tuner.Apply(m, TuningConfig(Targets = [| "fc1" |], Rank = 2), "b") |> ignore
+            let t = Tuner.Apply(m, LoraConfig(Targets = [| "qkv" |], Rank = 2, ModulesToSave = [| "head" |]))
+            Tuner.Apply(m, LoraConfig(Targets = [| "fc1" |], Rank = 2), "b") |> ignore
             t.DeleteAdapter "default"
             let ks = keys m
             Expect.contains ks "blocks.0.attn.qkv.weight" "qkv back to a Linear"
@@ -521,7 +521,7 @@ let private modelTests =
             m.eval ()
             let x = torch.randn(2L, 3L, 8L, 8L)
             use y0 = m.forward x
-            let t = Tuner.Apply(m, TuningConfig(Method = TuningMethod.Adapter, AdapterInitIdentity = true, ModulesToSave = [| "head" |]))
+            let t = Tuner.Apply(m, BottleneckAdapterConfig(InitIdentity = true, ModulesToSave = [| "head" |]))
             let ks = keys m
             Expect.contains ks "blocks.0.adapter_attn.fc1.weight" "attention adapter registered"
             Expect.contains ks "blocks.1.adapter_mlp.fc2.bias" "MLP adapter registered"
@@ -539,7 +539,7 @@ let private adaloraTests =
     testList "AdaLoRA" [
         test "budget schedule is monotone, starts at init_r·n and ends at target_r·n" {
             let m = vitTiny ()
-            let t = Tuner.Apply(m, TuningConfig(Method = TuningMethod.AdaLora, Targets = [| "qkv"; "fc1" |], InitRank = 6, TargetRank = 2, TInit = 3, TFinal = 4))
+            let t = Tuner.Apply(m, AdaLoraConfig(Targets = [| "qkv"; "fc1" |], InitRank = 6, TargetRank = 2, TInit = 3, TFinal = 4))
             let a = t.Allocator()
             a.Begin 40L
             let budgets = [ for s in 0L .. 40L -> (let struct (b, _) = a.BudgetSchedule s in b) ]
@@ -551,7 +551,7 @@ let private adaloraTests =
             let lin = torch.nn.Linear(4L, 5L)
             let l = new AdaLoraLinear(lin)
             l.AddAdapter("default", 2, 8.0, 0.0)
-            let cfg = TuningConfig(Method = TuningMethod.AdaLora, OrthRegWeight = 0.5)
+            let cfg = AdaLoraConfig(OrthRegWeight = 0.5)
             let alloc = RankAllocator([| struct ("x", l) |], "default", cfg)
             use _ = torch.no_grad ()
             l.A("default").copy_(torch.tensor([| 1.0f; 0.0f; 0.0f; 0.0f; 0.0f; 1.0f; 0.0f; 0.0f |]).view(2L, 4L)) |> ignore
@@ -572,7 +572,7 @@ let private adaloraTests =
                     p.grad <- torch.randn(p.shape, dtype = p.dtype, generator = g)
                 l
             let l1, l2 = mk 1, mk 2
-            let cfg = TuningConfig(Method = TuningMethod.AdaLora, InitRank = 3, TargetRank = 2, TotalStep = 4L)
+            let cfg = AdaLoraConfig(InitRank = 3, TargetRank = 2, TotalStep = 4L)
             let alloc = RankAllocator([| struct ("a", l1); struct ("b", l2) |], "default", cfg)
             // one update from zero: avg = 0.15·ipt, unc = 0.15·|ipt − 0.15·ipt| → score = 0.15·0.15·0.85·ipt²
             let score (p: torch.Tensor) = use ipt = (p * p.grad).abs() in (ipt * ipt * (0.15 * 0.15 * 0.85)).detach().clone()
@@ -603,7 +603,7 @@ let private adaloraTests =
                 l
             let run scoped =
                 let l1, l2 = mk 1, mk 2
-                let cfg = TuningConfig(Method = TuningMethod.AdaLora, InitRank = 3, TargetRank = 1, TotalStep = 8L, TFinal = 2, DeltaT = 1)
+                let cfg = AdaLoraConfig(InitRank = 3, TargetRank = 1, TotalStep = 8L, TFinal = 2, DeltaT = 1)
                 let alloc = RankAllocator([| struct ("a", l1); struct ("b", l2) |], "default", cfg)
                 for step in 1L .. 8L do
                     use scope = if scoped then torch.NewDisposeScope() else null
@@ -627,7 +627,7 @@ let private adaloraTests =
         test "a few training steps mask E down to the target budget and give a rank pattern" {
             torch.manual_seed 11L |> ignore
             let m = vitTiny ()
-            let t = Tuner.Apply(m, TuningConfig(Method = TuningMethod.AdaLora, Targets = [| "qkv"; "fc1" |], InitRank = 4, TargetRank = 2, TotalStep = 6L, TFinal = 1))
+            let t = Tuner.Apply(m, AdaLoraConfig(Targets = [| "qkv"; "fc1" |], InitRank = 4, TargetRank = 2, TotalStep = 6L, TFinal = 1))
             let hook = StepHooks.Of(m) |> Seq.exactlyOne
             hook.Begin 6L
             let opt: torch.optim.Optimizer = torch.optim.SGD(t.TrainableParameters(), 0.05)

@@ -36,36 +36,19 @@ public sealed record BenchResult(
     public double PeakDeviceMiB { get; init; } = double.NaN;
 }
 
-/// Times training steps and inference of the tuning methods on one model with random data, with
-/// the configurations of the reference script (timm + PEFT, ../shared/gpu/peft_anchor.py) and the
+/// Times training steps and inference of a tuning method on one model with random data (`lora
+/// bench` configures the methods as the reference script does: timm + PEFT, ../shared/gpu/peft_anchor.py), with the
 /// training step of <see cref="Trainer"/> (<see cref="TrainingStep"/>: FlatAdamW, bf16 frozen weights).
 public static class Benchmark
 {
-    /// The methods in the order they are usually listed.
-    public static readonly IReadOnlyList<string> Methods = ["full", "lora", "lora-all", "dora", "adalora", "adapter"];
+    /// The reference script's AdaLoRA schedule length (total_step=1000): a benchmark's few steps
+    /// stay in its warm-up, as there.
+    public const long ReferenceTotalSteps = 1000;
 
-    /// The tuning configuration of a method at rank r; null for full fine-tuning. All but full
-    /// train the classifier head (PEFT's modules_to_save).
-    public static TuningConfig? Config(string method, int rank) => method switch
-    {
-        "full" => null,
-        "lora" => new TuningConfig { Method = TuningMethod.Lora, Targets = ["qkv"], Rank = rank, Alpha = 2 * rank, ModulesToSave = ["head"] },
-        "lora-all" => new TuningConfig { Method = TuningMethod.Lora, Targets = ["qkv", "proj", "fc1", "fc2"], Rank = rank, Alpha = 2 * rank, ModulesToSave = ["head"] },
-        "dora" => new TuningConfig { Method = TuningMethod.Dora, Targets = ["qkv"], Rank = rank, Alpha = 2 * rank, ModulesToSave = ["head"] },
-        // PEFT's AdaLoraConfig(init_r=int(1.5 r), target_r=r, total_step=1000, tinit=10, tfinal=10); lora_alpha 8 is PEFT's default
-        "adalora" => new TuningConfig
-        {
-            Method = TuningMethod.AdaLora, Targets = ["qkv"], InitRank = (int)(1.5 * rank), TargetRank = rank, Alpha = 8,
-            TotalStep = 1000, TInit = 10, TFinal = 10, ModulesToSave = ["head"],
-        },
-        // bottleneck width = rank, as `lora run` does when an adapter has no ratio
-        "adapter" => new TuningConfig { Method = TuningMethod.Adapter, AdapterWidth = rank, ModulesToSave = ["head"] },
-        _ => throw new ArgumentException($"unknown benchmark method '{method}'; known: {string.Join(", ", Methods)}"),
-    };
-
-    /// Builds the model with the method, trains Warmup + Steps steps on one random batch (timing the
+    /// Builds the model, applies the method to it (<paramref name="apply"/>: the tuned model, or null
+    /// when the method adds no adapter), trains Warmup + Steps steps on one random batch (timing the
     /// last Steps), then times eval-mode inference (adapters merged where they can be).
-    public static BenchResult Run(string method, BenchSetup s)
+    public static BenchResult Run(string method, Func<nn.Module, TunedModel?> apply, BenchSetup s)
     {
         Devices.Require(s.Device);
         var device = torch.device(s.Device);
@@ -86,15 +69,14 @@ public static class Benchmark
         torch.manual_seed(0);
         var args = s.ModelArgs.With("num_classes", (long)s.Classes).With("img_size", (long)s.ImageSize);
         using var model = Zoo.Create(s.Model, args, device);
-        var config = Config(method, s.Rank);
-        var tuned = config is null ? null : Tuner.Apply(model, config);
+        var tuned = apply(model);
         var summary = ParameterSummary.Of(model);
         var exactWeights = MixedPrecision.Apply(model, s.Precision);
 
         // torch.optim.AdamW's defaults (lr 1e-4 as the reference, weight decay 0.01), no clipping
         using var step = new TrainingStep(model, weightDecay: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, clipGradNorm: 0, masters: exactWeights);
         foreach (var w in exactWeights.Values) w.Dispose();
-        foreach (var h in step.Hooks) h.Begin(s.Warmup + s.Steps);
+        foreach (var h in step.Hooks) h.Begin(ReferenceTotalSteps);
         using var x0 = torch.randn(s.Batch, 3, s.ImageSize, s.ImageSize, device: device);
         using var x = s.Precision == Precision.BFloat16 ? x0.to(ScalarType.BFloat16) : x0.alias();
         using var y = torch.randint(0, s.Classes, [s.Batch], device: device);
@@ -135,7 +117,7 @@ public static class Benchmark
         double median = times.Count > 0 ? times[times.Count / 2] : double.NaN;
 
         model.eval();
-        bool merged = tuned is not null && config!.Method != TuningMethod.Adapter;
+        bool merged = tuned?.ActiveAdapter is { } active && tuned.Configs[active].Method.NotMergeable is null;
         if (merged) tuned!.Merge();
         double inferSeconds;
         using (no_grad())

@@ -45,22 +45,18 @@ public static class MixedPrecision
     /// writes into E and scores |p·∇p|) and convolutions keep float32 factors.
     static void CastLoraFactors(nn.Module model, ScalarType dtype)
     {
-        foreach (var lora in model.modules().OfType<LoraLinear>())
-            foreach (var adapter in lora.AdapterNames.Where(a => !lora.Options(a).UseDora))
-            {
-                CastLeaf(lora.A(adapter), dtype);
-                CastLeaf(lora.B(adapter), dtype);
-            }
+        foreach (var layer in model.modules().OfType<TunerLayer>())
+            foreach (var m in layer.ReducedPrecisionModules()) CastLeaf(m, dtype);
     }
 
     /// Casts every leaf module with floating-point parameters to <paramref name="dtype"/>, leaving the
-    /// adapters of tuning layers and bottleneck adapters as they are.
+    /// adapters of tuning layers (all but base_layer) and adapter modules as they are.
     public static void CastOutsideAdapters(nn.Module root, ScalarType dtype)
     {
         if (!root.children().Any()) { CastLeaf(root, dtype); return; }
         foreach (var (name, child) in root.named_children())
         {
-            if (child is BottleneckAdapter) continue;
+            if (child is IAdapterModule) continue;
             if (root is TunerLayer && name != "base_layer") continue; // adapter slots
             CastOutsideAdapters(child, dtype);
         }

@@ -26,7 +26,7 @@ public static class AdapterCheckpoint
         if (!model.Configs.TryGetValue(adapter, out var config)) throw new ArgumentException($"the model has no adapter named '{adapter}'");
         Directory.CreateDirectory(folder);
         var (tensors, pattern) = Collect(model, adapter, forSave: true);
-        var json = ConfigJson(config, pattern, adapter).ToJsonString(new JsonSerializerOptions { WriteIndented = true });
+        var json = config.Method.WriteConfig(config, pattern, adapter).ToJsonString(new JsonSerializerOptions { WriteIndented = true });
         Safetensors.Save(Path.Combine(folder, WeightsFile), tensors.Select(kv => new KeyValuePair<string, Tensor>(kv.Key, kv.Value.contiguous())),
             new Dictionary<string, string> { ["format"] = "pt" });
         AtomicFile.WriteAllText(Path.Combine(folder, ConfigFile), json);
@@ -50,104 +50,17 @@ public static class AdapterCheckpoint
         }
         catch (JsonException e) { throw new InvalidDataException($"'{path}' is not valid JSON: {e.Message}"); }
         catch (ArgumentException e) { throw new InvalidDataException($"'{path}' is not a valid adapter config: {e.Message}"); }
-        // Every field is read through one of these: a value of the wrong JSON type is an error that
-        // names the field, never an exception from System.Text.Json.
-        string Kind(JsonNode? n) => n is null ? "null" : n.GetValueKind().ToString().ToLowerInvariant();
-        InvalidDataException Wrong(string field, string expected, JsonNode? n) =>
-            new($"'{path}': {field} must be {expected}, got {(n is null ? "null" : n.ToJsonString())} ({Kind(n)})");
-        string? Str(string k) => root[k] switch
-        {
-            null => null,
-            JsonValue v when v.TryGetValue<string>(out var s) => s,
-            var n => throw Wrong(k, "a string", n),
-        };
-        double? Num(string k) => root[k] is null ? null : AsNumber(root[k]) ?? throw Wrong(k, "a number", root[k]);
-        int? Int(string k, int min) =>
-            root[k] is null ? null : AsInt(root[k], min) ?? throw Wrong(k, AsNumber(root[k]) is null ? "a number" : $"an integer from {min} to {1 << 20}", root[k]);
-        bool Bool(string k) => root[k] switch
-        {
-            null => false,
-            JsonValue v when v.TryGetValue<bool>(out var b) => b,
-            var n => throw Wrong(k, "true or false", n),
-        };
-        string Item(string field, JsonNode? x) =>
-            x is JsonValue v && v.TryGetValue<string>(out var s) ? s : throw Wrong(field, "a list of strings", x);
-        List<string> StrList(string k) => root[k] switch
-        {
-            JsonArray a => a.Select(x => Item(k, x)).ToList(),
-            JsonValue v when v.TryGetValue<string>(out var s) => new List<string> { "re:" + s }, // PEFT: a string is a regex over the full path
-            null => new List<string>(),
-            var n => throw Wrong(k, "a list of strings or a regex string", n),
-        };
-        Dictionary<string, T> Pattern<T>(string k, Func<JsonNode?, T?> read) where T : struct => root[k] switch
-        {
-            null => new Dictionary<string, T>(),
-            JsonObject o => o.ToDictionary(kv => kv.Key, kv => read(kv.Value) ?? throw Wrong($"{k}['{kv.Key}']", typeof(T) == typeof(int) ? "an integer" : "a number", kv.Value)),
-            var n => throw Wrong(k, "an object", n),
-        };
-        static double? AsNumber(JsonNode? n) => n is JsonValue v && v.TryGetValue<double>(out var d) && double.IsFinite(d) ? d : null;
-        static int? AsInt(JsonNode? n, int min) => AsNumber(n) is double d && d == Math.Floor(d) && d >= min && d <= 1 << 20 ? (int)d : null;
-        static int? AsRank(JsonNode? n) => AsInt(n, 0);
-        var peftType = Str("peft_type") ?? throw new InvalidDataException($"'{path}' has no peft_type");
-        var method = peftType switch
-        {
-            "LORA" => Bool("use_dora") ? TuningMethod.Dora : TuningMethod.Lora,
-            "ADALORA" => TuningMethod.AdaLora,
-            "BOTTLENECK_ADAPTER" => TuningMethod.Adapter,
-            _ => throw new InvalidDataException($"'{path}': peft_type '{peftType}' is not supported (LORA, ADALORA, BOTTLENECK_ADAPTER are)"),
-        };
-        var bias = Str("bias") switch
-        {
-            null or "none" => BiasMode.None,
-            "lora_only" => BiasMode.LoraOnly,
-            "all" => BiasMode.All,
-            var b => throw new InvalidDataException($"'{path}': bias '{b}' is not one of none, lora_only, all"),
-        };
+        var json = new AdapterConfigReader(root, path);
+        var peftType = json.Str("peft_type") ?? throw new InvalidDataException($"'{path}' has no peft_type");
+        var method = TuningMethods.ByPeftType(peftType)
+            ?? throw new InvalidDataException($"'{path}': peft_type '{peftType}' is not supported ({string.Join(", ", TuningMethods.Registered.Select(m => m.PeftType))} are)");
+        json.Bias();
         foreach (var unsupported in new[] { "layers_to_transform", "layers_pattern", "exclude_modules", "layer_replication", "target_parameters" })
             if (root[unsupported] is JsonNode n && !(n is JsonArray { Count: 0 }))
                 throw new InvalidDataException($"'{path}': {unsupported} is set ({n.ToJsonString()}), which this loader does not support; save the adapter without it");
         if (root["fan_in_fan_out"] is JsonValue f && f.TryGetValue<bool>(out var fifo) && fifo)
             throw new InvalidDataException($"'{path}': fan_in_fan_out = true (GPT-2 Conv1D layers) is not supported");
-        var config = new TuningConfig
-        {
-            Method = method,
-            Targets = method == TuningMethod.Adapter ? Array.Empty<string>() : StrList("target_modules"),
-            Rank = Int("r", 1) ?? 8,
-            Alpha = Num("lora_alpha") ?? 8,
-            Dropout = Num("lora_dropout") ?? 0,
-            UseRsLora = Bool("use_rslora"),
-            // PEFT writes true/false or the name of an initialisation
-            InitGaussian = root["init_lora_weights"] is JsonValue init && init.TryGetValue<string>(out var how) && how == "gaussian",
-            Bias = bias,
-            ModulesToSave = StrList("modules_to_save"),
-            AlphaPattern = Pattern("alpha_pattern", AsNumber),
-            RankPattern = method != TuningMethod.AdaLora ? Pattern("rank_pattern", AsRank) : new Dictionary<string, int>(),
-            InitRank = Int("init_r", 1) ?? 12,
-            TargetRank = Int("target_r", 1) ?? 8,
-            Beta1 = Num("beta1") ?? 0.85,
-            Beta2 = Num("beta2") ?? 0.85,
-            TInit = Int("tinit", 0) ?? 0,
-            TFinal = Int("tfinal", 0) ?? 0,
-            DeltaT = Int("deltaT", 1) ?? 1,
-            OrthRegWeight = Num("orth_reg_weight") ?? 0.5,
-            TotalStep = Int("total_step", 0) ?? 0,
-            AdapterRatio = Num("adapter_ratio") ?? 0.25,
-            AdapterWidth = Int("adapter_width", 0) ?? 0,
-            AdapterMlpScale = Num("adapter_mlp_scale") ?? 0.5,
-        };
-        Dictionary<string, bool[]>? pattern = null;
-        if (method == TuningMethod.AdaLora && root["rank_pattern"] is JsonObject arp && arp.Count > 0)
-        {
-            pattern = new Dictionary<string, bool[]>();
-            foreach (var (k, v) in arp)
-            {
-                var i = k.IndexOf(".lora_E", StringComparison.Ordinal);
-                pattern[i < 0 ? k : k[..i]] = v is JsonArray a
-                    ? a.Select(x => x is JsonValue b && b.TryGetValue<bool>(out var keep) ? keep : throw Wrong($"rank_pattern['{k}']", "a list of booleans", v)).ToArray()
-                    : throw Wrong($"rank_pattern['{k}']", "a list of booleans", v);
-            }
-        }
-        return (config, pattern);
+        return method.ReadConfig(json);
     }
 
     /// Applies the adapter saved in <paramref name="folder"/> to <paramref name="model"/> (creating
@@ -191,8 +104,10 @@ public static class AdapterCheckpoint
         }
     }
 
-    /// PEFT key → live tensor. For a save, AdaLoRA triplets are sliced to the kept ranks (copies);
-    /// for a load, live parameters are returned (already resized by the rank pattern).
+    /// PEFT key → live tensor: each layer's own tensors, the attached parts' (bottleneck adapters),
+    /// the modules to save and the biases the bias mode trains. For a save, AdaLoRA's layers give
+    /// their triplets sliced to the kept ranks (copies); for a load, live parameters (already
+    /// resized by the rank pattern).
     static (Dictionary<string, Tensor> Tensors, Dictionary<string, bool[]>? Pattern) Collect(TunedModel model, string adapter, bool forSave)
     {
         var config = model.Configs[adapter];
@@ -203,34 +118,9 @@ public static class AdapterCheckpoint
         {
             if (!layer.AdapterNames.Contains(adapter)) continue;
             var p = Prefix + path + ".";
-            switch (layer)
-            {
-                case LoraLinear l:
-                    result[p + "lora_A.weight"] = l.A(adapter).weight!;
-                    result[p + "lora_B.weight"] = l.B(adapter).weight!;
-                    if (l.Options(adapter).UseDora) result[p + "lora_magnitude_vector"] = l.lora_magnitude_vector.Module<DoraMagnitude>(adapter).weight;
-                    break;
-                case LoraConv2d c:
-                    result[p + "lora_A.weight"] = c.A(adapter).weight!;
-                    result[p + "lora_B.weight"] = c.B(adapter).weight!;
-                    if (c.Options(adapter).UseDora) result[p + "lora_magnitude_vector"] = c.lora_magnitude_vector.Module<DoraMagnitude>(adapter).weight;
-                    break;
-                case AdaLoraLinear a:
-                    Tensor A = a.A(adapter), E = a.E(adapter), B = a.B(adapter);
-                    if (forSave && fullPattern is not null && fullPattern.TryGetValue(path, out var keep))
-                    {
-                        (usedPattern ??= new())[path] = keep;
-                        if (keep.Length == A.shape[0] && keep.Any(k => !k))
-                        {
-                            using var idx = torch.tensor(Enumerable.Range(0, keep.Length).Where(i => keep[i]).Select(i => (long)i).ToArray(), device: A.device);
-                            A = A.index_select(0, idx); E = E.index_select(0, idx); B = B.index_select(1, idx);
-                        }
-                    }
-                    result[p + "lora_A"] = A;
-                    result[p + "lora_E"] = E;
-                    result[p + "lora_B"] = B;
-                    break;
-            }
+            bool[]? keep = null;
+            if (forSave && fullPattern is not null && fullPattern.TryGetValue(path, out keep)) (usedPattern ??= new())[path] = keep;
+            foreach (var (k, t) in layer.PeftTensors(adapter, keep)) result[p + k] = t;
             if (config.Bias == BiasMode.LoraOnly)
                 foreach (var (n, t) in layer.base_layer.named_parameters()) if (n == "bias") result[p + "base_layer.bias"] = t;
         }
@@ -239,53 +129,12 @@ public static class AdapterCheckpoint
                 foreach (var (n, t) in w.Copy(adapter).named_parameters()) result[Prefix + path + "." + n] = t;
         foreach (var path in model.TrainedInPlace(adapter))
             foreach (var (n, t) in ModuleTree.Get(model.Model, path).named_parameters()) result[Prefix + path + "." + n] = t;
-        if (config.Method == TuningMethod.Adapter)
-            foreach (var (n, t) in model.Model.named_parameters())
-                if (n.Contains("adapter_attn.") || n.Contains("adapter_mlp.")) result[Prefix + n] = t;
+        if (model.Attached(adapter) is { } attached)
+            foreach (var (k, t) in attached.Tensors()) result[Prefix + k] = t;
         if (config.Bias == BiasMode.All)
             foreach (var (n, t) in model.Model.named_parameters())
                 if (n.Split('.')[^1] == "bias" && !n.Contains(".original_module.") && !n.Contains(".modules_to_save."))
                     result.TryAdd(Prefix + n, t);
         return (result, usedPattern);
-    }
-
-    static JsonObject ConfigJson(TuningConfig c, Dictionary<string, bool[]>? pattern, string adapter)
-    {
-        JsonNode? Targets(IReadOnlyList<string> ts) =>
-            ts.Count == 0 ? null
-            : ts.Count == 1 && ModulePattern.IsRegex(ts[0]) ? JsonValue.Create(ts[0][3..])
-            : new JsonArray(ts.Select(t => (JsonNode?)JsonValue.Create(t)).ToArray());
-        var o = new JsonObject
-        {
-            ["peft_type"] = c.Method switch { TuningMethod.AdaLora => "ADALORA", TuningMethod.Adapter => "BOTTLENECK_ADAPTER", _ => "LORA" },
-            ["task_type"] = null,
-            ["base_model_name_or_path"] = null,
-            ["inference_mode"] = true,
-            ["r"] = c.Rank,
-            ["lora_alpha"] = c.Alpha,
-            ["lora_dropout"] = c.Dropout,
-            ["target_modules"] = Targets(c.Targets),
-            ["bias"] = c.Bias switch { BiasMode.LoraOnly => "lora_only", BiasMode.All => "all", _ => "none" },
-            ["modules_to_save"] = c.ModulesToSave.Count == 0 ? null : new JsonArray(c.ModulesToSave.Select(t => (JsonNode?)JsonValue.Create(t)).ToArray()),
-            ["fan_in_fan_out"] = false,
-            ["use_rslora"] = c.UseRsLora,
-            ["use_dora"] = c.Method == TuningMethod.Dora,
-            ["init_lora_weights"] = c.InitGaussian ? JsonValue.Create("gaussian") : JsonValue.Create(true),
-            ["alpha_pattern"] = new JsonObject(c.AlphaPattern.Select(kv => KeyValuePair.Create(kv.Key, (JsonNode?)JsonValue.Create(kv.Value)))),
-        };
-        if (c.Method == TuningMethod.AdaLora)
-        {
-            o["init_r"] = c.InitRank; o["target_r"] = c.TargetRank; o["beta1"] = c.Beta1; o["beta2"] = c.Beta2;
-            o["tinit"] = c.TInit; o["tfinal"] = c.TFinal; o["deltaT"] = c.DeltaT; o["orth_reg_weight"] = c.OrthRegWeight;
-            o["total_step"] = c.TotalStep == 0 ? null : c.TotalStep;
-            o["rank_pattern"] = pattern is null ? null : new JsonObject(pattern.Select(kv => KeyValuePair.Create($"{kv.Key}.lora_E.{adapter}",
-                (JsonNode?)new JsonArray(kv.Value.Select(b => (JsonNode?)JsonValue.Create(b)).ToArray()))));
-        }
-        else o["rank_pattern"] = new JsonObject(c.RankPattern.Select(kv => KeyValuePair.Create(kv.Key, (JsonNode?)JsonValue.Create(kv.Value))));
-        if (c.Method == TuningMethod.Adapter)
-        {
-            o["adapter_ratio"] = c.AdapterRatio; o["adapter_width"] = c.AdapterWidth; o["adapter_mlp_scale"] = c.AdapterMlpScale; o["adapter_init_identity"] = c.AdapterInitIdentity;
-        }
-        return o;
     }
 }

@@ -41,16 +41,3 @@ public sealed class AdapterSlots : nn.Module
             ConditionallyRegisterParameter(adapter, (Tensor)null!);
     }
 }
-
-/// DoRA's learnable magnitude, one entry per output feature (PEFT's DoraLinearLayer: its only
-/// parameter is `weight`, so the in-memory key is `lora_magnitude_vector.default.weight`).
-public sealed class DoraMagnitude : nn.Module
-{
-    public Parameter weight;
-
-    public DoraMagnitude(Tensor magnitude) : base(nameof(DoraMagnitude))
-    {
-        weight = new Parameter(magnitude);
-        RegisterComponents();
-    }
-}

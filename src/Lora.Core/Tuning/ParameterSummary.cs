@@ -22,11 +22,13 @@ public sealed record ParameterSummary(
     {
         var groups = new SortedDictionary<string, (long, long)>(StringComparer.Ordinal);
         var tunedPaths = new List<(string Method, string Path)>();
-        var layerPrefixes = new List<(string Prefix, string Method)>();
+        // module prefix → the group of a parameter under it (named relative to the module)
+        var owners = new List<(string Prefix, Func<string, string> Group)>();
         foreach (var (path, m) in ModuleTree.Descendants(model))
         {
-            if (m is TunerLayer l) { layerPrefixes.Add((path + ".", l.Method)); tunedPaths.Add((l.Method, path)); }
-            else if (m is ModulesToSaveWrapper || trainedInPlace?.Contains(path) == true) { layerPrefixes.Add((path + ".", "modules_to_save")); tunedPaths.Add(("modules_to_save", path)); }
+            if (m is TunerLayer l) { owners.Add((path + ".", l.GroupOf)); tunedPaths.Add((l.Method, path)); }
+            else if (m is ModulesToSaveWrapper || trainedInPlace?.Contains(path) == true) { owners.Add((path + ".", _ => "modules_to_save")); tunedPaths.Add(("modules_to_save", path)); }
+            else if (m is IAdapterModule a) owners.Add((path + ".", _ => a.Group));
         }
         long total = 0, trainable = 0;
         foreach (var (name, p) in model.named_parameters())
@@ -35,15 +37,12 @@ public sealed record ParameterSummary(
             total += n;
             if (p.requires_grad) trainable += n;
             var group = "base";
-            var owner = layerPrefixes.FirstOrDefault(x => name.StartsWith(x.Prefix, StringComparison.Ordinal));
+            var owner = owners.FirstOrDefault(x => name.StartsWith(x.Prefix, StringComparison.Ordinal));
             if (owner.Prefix is not null)
             {
                 var rest = name[owner.Prefix.Length..];
-                group = rest.StartsWith("base_layer.") || rest.StartsWith("original_module.") ? "base"
-                    : rest.StartsWith("lora_magnitude_vector.") ? "DoRA magnitude"
-                    : owner.Method;
+                group = rest.StartsWith("base_layer.") || rest.StartsWith("original_module.") ? "base" : owner.Group(rest);
             }
-            else if (name.Contains("adapter_attn.") || name.Contains("adapter_mlp.")) group = "Adapter";
             if (group == "base" && p.requires_grad && name.EndsWith("bias")) group = "bias";
             var (t, tr) = groups.GetValueOrDefault(group);
             groups[group] = (t + n, tr + (p.requires_grad ? n : 0));

@@ -4,22 +4,12 @@ using static TorchSharp.torch;
 
 namespace Lora.Core.Tuning;
 
-/// How <see cref="TunedModel.AddWeightedAdapter"/> combines LoRA adapters (PEFT's combination_type).
-public enum Combination
-{
-    /// Rank Σrᵢ: A = cat(wᵢ·sᵢ·Aᵢ), B = cat(Bᵢ); ΔW = Σ wᵢ·ΔWᵢ exactly.
-    Cat,
-    /// Same ranks required: A = Σ √wᵢ·sᵢ·Aᵢ, B = Σ √wᵢ·Bᵢ (PEFT's 'linear'; not ΣwᵢΔWᵢ in general).
-    Linear,
-}
-
 /// A model with tuning adapters in it (changed in place), and the operations PEFT offers on it:
 /// several named adapters, switching, disabling, merging, unloading, summaries, checkpoints.
 public sealed class TunedModel
 {
     readonly Dictionary<string, TuningConfig> configs = new();
-    readonly Dictionary<string, List<(IAdapterHost Host, BottleneckAdapter Attn, BottleneckAdapter Mlp)>> hostAdapters = new();
-    readonly Dictionary<string, RankAllocator> allocators = new();
+    readonly Dictionary<string, AttachedAdapter> attached = new();
     readonly Dictionary<string, IReadOnlyList<string>> inPlace = new();
     string? active;
     bool disabled;
@@ -46,36 +36,24 @@ public sealed class TunedModel
     /// The modules to save of an adapter that are trained in place (no wrapper could stand in for them).
     public IReadOnlyList<string> TrainedInPlace(string adapter = "default") => inPlace.GetValueOrDefault(adapter) ?? Array.Empty<string>();
 
-    /// AdaLoRA's allocator for an adapter (attached to <see cref="Model"/> as its step hook).
-    public RankAllocator? Allocator(string adapter = "default") => allocators.GetValueOrDefault(adapter);
+    /// What the adapter's method attached beside its layers (step hook, adapter modules).
+    public AttachedAdapter? Attached(string adapter = "default") => attached.GetValueOrDefault(adapter);
 
-    readonly Dictionary<string, IReadOnlyDictionary<string, bool[]>> loadedPatterns = new();
+    /// AdaLoRA's allocator for an adapter (attached to <see cref="Model"/> as its step hook).
+    public RankAllocator? Allocator(string adapter = "default") => Attached(adapter)?.StepHook as RankAllocator;
 
     /// The current AdaLoRA rank pattern (layer path → kept ranks): the allocator's latest, else the
     /// one a loaded checkpoint came with; null before any allocation.
-    public IReadOnlyDictionary<string, bool[]>? RankPattern(string adapter = "default") =>
-        Allocator(adapter)?.RankPattern ?? loadedPatterns.GetValueOrDefault(adapter);
+    public IReadOnlyDictionary<string, bool[]>? RankPattern(string adapter = "default") => Attached(adapter)?.RankPattern;
 
-    /// Shrinks AdaLoRA layers to the kept ranks of a saved rank pattern (ranknum keeps the initial
-    /// rank, so outputs are those of the masked full-rank adapter), as PEFT's resize_modules_by_rank_pattern.
+    /// Applies a saved rank pattern (AdaLoRA: shrinks its layers to the kept ranks); its step hook
+    /// goes, a loaded adapter is for use, not for further allocation.
     internal void ApplyLoadedRankPattern(string adapter, IReadOnlyDictionary<string, bool[]> pattern)
     {
-        var layers = Layers.Where(l => l.Layer is AdaLoraLinear a && a.AdapterNames.Contains(adapter)).ToList();
-        foreach (var key in pattern.Keys)
-            if (!layers.Any(l => l.Path == key)) throw new InvalidDataException($"rank_pattern names '{key}', which is not an AdaLoRA layer of this model");
-        foreach (var (path, layer) in layers)
-        {
-            if (!pattern.TryGetValue(path, out var keep)) continue;
-            var a = (AdaLoraLinear)layer;
-            if (keep.Length != a.A(adapter).shape[0])
-                throw new InvalidDataException($"rank_pattern for '{path}' has {keep.Length} entries but init_r is {a.A(adapter).shape[0]}");
-            var r = keep.Count(k => k);
-            var w = a.BaseWeight;
-            a.SetTriplets(adapter, torch.zeros(r, a.Base.in_features, dtype: w.dtype, device: w.device),
-                torch.zeros(r, 1, dtype: w.dtype, device: w.device), torch.zeros(a.Base.out_features, r, dtype: w.dtype, device: w.device));
-        }
-        loadedPatterns[adapter] = pattern;
-        if (allocators.Remove(adapter, out var old)) StepHooks.Detach(Model, old); // a loaded adapter is for use, not for further allocation
+        var a = attached[adapter];
+        var hook = a.StepHook;
+        a.LoadRankPattern(this, adapter, pattern);
+        if (hook is not null && !ReferenceEquals(hook, a.StepHook)) StepHooks.Detach(Model, hook);
         MarkTrainable();
     }
 
@@ -83,31 +61,16 @@ public sealed class TunedModel
     {
         if (string.IsNullOrWhiteSpace(name) || name.Contains('.')) throw new ArgumentException($"adapter name '{name}' must be non-empty and contain no '.'");
         if (configs.ContainsKey(name)) throw new ArgumentException($"the model already has an adapter named '{name}'");
+        var method = config.Method;
         var report = Tuner.Match(Model, config);
-        if (report.Errors.Count > 0) throw new ArgumentException($"cannot apply {config.Method} adapter '{name}':\n  " + string.Join("\n  ", report.Errors));
-        if (config.Method == TuningMethod.AdaLora && configs.Values.Any(c => c.Method == TuningMethod.AdaLora))
-            throw new ArgumentException("a model can carry only one AdaLoRA adapter (its rank allocator works on one budget), as in PEFT");
-        if (config.Method == TuningMethod.Adapter && configs.Values.Any(c => c.Method == TuningMethod.Adapter))
-            throw new ArgumentException("a model can carry only one set of bottleneck adapters");
+        if (report.Errors.Count > 0) throw new ArgumentException($"cannot apply {method.NameOf(config)} adapter '{name}':\n  " + string.Join("\n  ", report.Errors));
+        if (method.OnePerModel is { } onlyOne && configs.Values.Any(c => c.Method == method)) throw new ArgumentException(onlyOne);
         if (Layers.Any(l => l.Layer.Merged)) throw new InvalidOperationException("unmerge the model before adding an adapter");
         foreach (var m in report.TrainedInPlace)
             if (inPlace.FirstOrDefault(kv => kv.Value.Contains(m.Path)) is { Key: not null } other)
                 throw new ArgumentException($"'{m.Path}' is already trained in place by adapter '{other.Key}' (only one-tensor layers get a copy per adapter); delete that adapter first");
 
-        foreach (var m in report.Targets)
-        {
-            var current = ModuleTree.Get(Model, m.Path);
-            var layer = current as TunerLayer ?? Wrap(current, config.Method, m.Path);
-            var r = Tuner.RankFor(config, m.Path);
-            var alpha = Tuner.AlphaFor(config, m.Path);
-            switch (layer)
-            {
-                case AdaLoraLinear a: a.AddAdapter(name, config.InitRank, alpha, config.Dropout); break;
-                case LoraLinear l: l.AddAdapter(name, new LoraOptions(r, alpha, config.Dropout, config.UseRsLora, config.InitGaussian, config.Method == TuningMethod.Dora)); break;
-                case LoraConv2d c: c.AddAdapter(name, new LoraOptions(r, alpha, config.Dropout, config.UseRsLora, config.InitGaussian, config.Method == TuningMethod.Dora)); break;
-            }
-            if (!ReferenceEquals(layer, current)) ModuleTree.Replace(Model, m.Path, layer);
-        }
+        method.Inject(Model, name, config, report);
         foreach (var m in report.ModulesToSave)
         {
             var current = ModuleTree.Get(Model, m.Path);
@@ -120,46 +83,12 @@ public sealed class TunedModel
             wrapper.AddAdapter(name);
         }
         inPlace[name] = report.TrainedInPlace.Select(m => m.Path).ToList();
-        if (config.Method == TuningMethod.Adapter)
-        {
-            var list = new List<(IAdapterHost, BottleneckAdapter, BottleneckAdapter)>();
-            foreach (var m in report.AdapterHosts)
-            {
-                var host = (IAdapterHost)ModuleTree.Get(Model, m.Path);
-                var dim = host.AdapterDim ?? InferDim((nn.Module)host, m.Path);
-                var w = ((nn.Module)host).parameters().First();
-                list.Add((host, new BottleneckAdapter(dim, config.AdapterRatio, config.AdapterInitIdentity, w.dtype, w.device, config.AdapterWidth),
-                                new BottleneckAdapter(dim, config.AdapterRatio, config.AdapterInitIdentity, w.dtype, w.device, config.AdapterWidth)));
-            }
-            hostAdapters[name] = list;
-        }
+        var a = method.Attach(this, name, config, report);
+        attached[name] = a;
         configs[name] = config;
-        if (config.Method == TuningMethod.AdaLora)
-        {
-            var layers = Layers.Where(l => l.Layer is AdaLoraLinear a && a.AdapterNames.Contains(name)).Select(l => (l.Path, (AdaLoraLinear)l.Layer)).ToList();
-            var alloc = new RankAllocator(layers, name, config);
-            allocators[name] = alloc;
-            StepHooks.Attach(Model, alloc);
-        }
+        if (a.StepHook is { } hook) StepHooks.Attach(Model, hook);
         if (active is null) SetActiveAdapter(name);
         else ApplyState();
-    }
-
-    static TunerLayer Wrap(nn.Module m, TuningMethod method, string path) => (m, method) switch
-    {
-        (Linear l, TuningMethod.AdaLora) => new AdaLoraLinear(l),
-        (Linear l, _) => new LoraLinear(l),
-        (Conv2d c, TuningMethod.Lora or TuningMethod.Dora) => new LoraConv2d(c),
-        _ => throw new ArgumentException($"'{path}' ({m.GetType().Name}) cannot be tuned with {method}"),
-    };
-
-    static long InferDim(nn.Module host, string path)
-    {
-        foreach (var (name, child) in host.named_children())
-            if (name == "norm1" && child is LayerNorm n) return n.normalized_shape[0];
-        foreach (var (_, child) in host.named_modules())
-            if (child is Linear l) return l.in_features;
-        throw new ArgumentException($"cannot tell the width of adapter host '{path}': implement IAdapterHost.AdapterDim");
     }
 
     /// Makes <paramref name="name"/> the adapter in use (the others stay in the model, unused and frozen).
@@ -186,9 +115,8 @@ public sealed class TunedModel
             if (l.AdapterNames.Count == 0) ModuleTree.Replace(Model, path, l.Unload(merge: false));
         }
         configs.Remove(name);
-        hostAdapters.Remove(name);
         inPlace.Remove(name);
-        if (allocators.Remove(name, out var alloc)) StepHooks.Detach(Model, alloc);
+        if (attached.Remove(name, out var a)) Detach(a);
         foreach (var (path, w) in SavedModules)
         {
             w.DeleteAdapter(name);
@@ -207,12 +135,7 @@ public sealed class TunedModel
             if (!l.ActiveAdapters.SequenceEqual(want)) l.SetActiveAdapters(want);
         }
         foreach (var (_, w) in SavedModules) { w.ActiveAdapter = active; w.AdaptersDisabled = disabled; }
-        foreach (var (name, list) in hostAdapters)
-        {
-            var on = !disabled && name == active;
-            foreach (var (host, attn, mlp) in list)
-                host.SetAdapters(on ? attn : null, on ? mlp : null, configs[name].AdapterMlpScale);
-        }
+        foreach (var (name, a) in attached) a.SetActive(!disabled && name == active);
         MarkTrainable();
     }
 
@@ -235,9 +158,7 @@ public sealed class TunedModel
                 foreach (var p in w.Copy(active).parameters()) p.requires_grad = true;
         foreach (var path in TrainedInPlace(active))
             foreach (var p in ModuleTree.Get(Model, path).parameters()) p.requires_grad = true;
-        if (hostAdapters.TryGetValue(active, out var list))
-            foreach (var (_, a, m) in list)
-                foreach (var p in a.parameters().Concat(m.parameters())) p.requires_grad = true;
+        foreach (var p in attached[active].Parameters()) p.requires_grad = true;
         if (c.Bias == BiasMode.All)
             foreach (var (n, p) in Model.named_parameters())
                 if (n.Split('.').Last() == "bias" && !n.Contains(".original_module.")) p.requires_grad = true;
@@ -248,8 +169,13 @@ public sealed class TunedModel
 
     void CheckMergeable()
     {
-        if (active is not null && configs[active].Method == TuningMethod.Adapter)
-            throw new InvalidOperationException("bottleneck Adapters are not mergeable: they are non-linear (GELU between two Linears) and add no weight to any base layer; keep the adapted model as it is");
+        if (active is not null && configs[active].Method.NotMergeable is { } why) throw new InvalidOperationException(why);
+    }
+
+    void Detach(AttachedAdapter a)
+    {
+        if (a.StepHook is { } hook) StepHooks.Detach(Model, hook);
+        a.Detach();
     }
 
     /// Writes the active adapter into every tuned layer's weight (merging twice is a no-op).
@@ -284,74 +210,21 @@ public sealed class TunedModel
         foreach (var (path, l) in Layers) ModuleTree.Replace(Model, path, l.Unload(merge));
         foreach (var (path, w) in SavedModules)
             ModuleTree.Replace(Model, path, merge && active is not null && w.AdapterNames.Contains(active) ? w.Copy(active) : w.original_module);
-        foreach (var list in hostAdapters.Values)
-            foreach (var (host, _, _) in list) host.SetAdapters(null, null, 0.5);
-        foreach (var a in allocators.Values) StepHooks.Detach(Model, a);
-        allocators.Clear(); hostAdapters.Clear(); configs.Clear(); inPlace.Clear();
+        foreach (var a in attached.Values) Detach(a);
+        attached.Clear(); configs.Clear(); inPlace.Clear();
         active = null;
         foreach (var p in Model.parameters()) p.requires_grad = true;
         Tuner.Forget(Model);
         return Model;
     }
 
-    /// Adds <paramref name="newName"/> = the weighted combination of LoRA adapters (PEFT's
-    /// add_weighted_adapter with 'cat' or 'linear'); the new adapter has alpha = rank (scaling 1).
-    public void AddWeightedAdapter(IReadOnlyList<string> adapters, IReadOnlyList<double> weights, string newName, Combination combination = Combination.Cat)
+    /// Adds an adapter built outside <see cref="AddAdapter"/> (its layers already hold it), e.g. a
+    /// weighted combination of LoRA adapters, and makes the model's state follow.
+    internal void AddBuilt(string name, TuningConfig config)
     {
-        if (adapters.Count == 0 || adapters.Count != weights.Count) throw new ArgumentException("give one weight per adapter, and at least one adapter");
-        foreach (var a in adapters)
-            if (!configs.TryGetValue(a, out var c) || c.Method != TuningMethod.Lora)
-                throw new ArgumentException($"'{a}' is not a plain LoRA adapter of this model; only LoRA adapters (not DoRA/AdaLoRA/Adapter) can be combined");
-        if (configs.ContainsKey(newName)) throw new ArgumentException($"the model already has an adapter named '{newName}'");
-        var layers = Layers.Where(l => adapters.Any(a => l.Layer.AdapterNames.Contains(a))).ToList();
-        int RankOf(TunerLayer l, string a) => l switch { LoraLinear x => x.Options(a).Rank, LoraConv2d x => x.Options(a).Rank, _ => 0 };
-        if (combination == Combination.Linear)
-            foreach (var (path, l) in layers)
-                if (adapters.Select(a => RankOf(l, a)).Distinct().Count() != 1 || adapters.Any(a => !l.AdapterNames.Contains(a)))
-                    throw new ArgumentException($"'linear' combination needs every adapter on '{path}' with the same rank; use Combination.Cat");
-        var first = configs[adapters[0]];
-        var ranks = new Dictionary<string, int>();
-        foreach (var (path, l) in layers)
-        {
-            var present = adapters.Select((a, i) => (a, w: weights[i])).Where(x => l.AdapterNames.Contains(x.a)).ToList();
-            var rank = combination == Combination.Cat ? present.Sum(x => RankOf(l, x.a)) : RankOf(l, present[0].a);
-            var o = new LoraOptions(rank, rank, first.Dropout);
-            ranks[path] = rank;
-            using var _ = torch.no_grad();
-            (Tensor A, Tensor B, double s) Get(string a) => l switch
-            {
-                LoraLinear x => (x.A(a).weight!, x.B(a).weight!, x.Scaling(a)),
-                LoraConv2d x when x.Base.groups == 1 => (x.A(a).weight!, x.B(a).weight!, x.Scaling(a)),
-                _ => throw new ArgumentException($"'{path}' cannot take a weighted combination (grouped convolution)"),
-            };
-            // The factor is held in a Scalar until the op returns: a temporary one (from `t * 0.5`)
-            // may be finalized by the GC while the native op still reads it.
-            static Tensor Scaled(Tensor t, double factor) { using var f = factor.ToScalar(); return t * f; }
-            Tensor newA, newB;
-            if (combination == Combination.Cat)
-            {
-                newA = torch.cat(present.Select(x => { var g = Get(x.a); return Scaled(g.A, x.w * g.s); }).ToList(), 0);
-                newB = torch.cat(present.Select(x => Get(x.a).B).ToList(), 1);
-            }
-            else
-            {
-                newA = present.Select(x => { var g = Get(x.a); return Scaled(g.A, Math.Sqrt(x.w) * g.s); }).Aggregate((p, q) => p + q);
-                newB = present.Select(x => Scaled(Get(x.a).B, Math.Sqrt(x.w))).Aggregate((p, q) => p + q);
-            }
-            switch (l)
-            {
-                case LoraLinear x: x.AddAdapter(newName, o); x.A(newName).weight!.copy_(newA); x.B(newName).weight!.copy_(newB); break;
-                case LoraConv2d x: x.AddAdapter(newName, o); x.A(newName).weight!.copy_(newA); x.B(newName).weight!.copy_(newB); break;
-            }
-        }
-        // Per-layer ranks (and alpha = rank) as exact-path patterns, so a checkpoint describes every layer.
-        var r0 = ranks.Values.GroupBy(r => r).OrderByDescending(g => g.Count()).First().Key;
-        configs[newName] = first with
-        {
-            Targets = ranks.Keys.ToList(), Rank = r0, Alpha = r0, UseRsLora = false, ModulesToSave = Array.Empty<string>(),
-            RankPattern = ranks.Where(kv => kv.Value != r0).ToDictionary(kv => kv.Key, kv => kv.Value),
-            AlphaPattern = ranks.Where(kv => kv.Value != r0).ToDictionary(kv => kv.Key, kv => (double)kv.Value),
-        };
+        if (configs.ContainsKey(name)) throw new ArgumentException($"the model already has an adapter named '{name}'");
+        configs[name] = config;
+        attached[name] = new AttachedAdapter();
         ApplyState();
     }
 

@@ -50,32 +50,7 @@ public static class Tuner
         var errors = new List<string>();
         var modules = ModuleTree.Descendants(model).ToList();
 
-        if (config.Method == TuningMethod.Adapter)
-        {
-            foreach (var (path, m) in modules)
-                if (m is IAdapterHost) matches.Add(new(path, "adapter_host", m.GetType().Name, ""));
-            if (matches.Count == 0)
-                errors.Add($"the Adapter method found no block implementing IAdapterHost in this {model.GetType().Name}");
-        }
-        else
-        {
-            foreach (var pattern in config.Targets)
-            {
-                var hit = modules.Where(m => ModulePattern.Matches(pattern, m.Path)).ToList();
-                if (hit.Count == 0) { errors.Add($"target pattern '{pattern}' matches no module of this {model.GetType().Name}"); continue; }
-                foreach (var (path, m) in hit)
-                {
-                    if (matches.Any(x => x.Path == path)) continue;
-                    var inner = m is TunerLayer tl ? tl.base_layer : m;
-                    matches.Add(new(path, "target", inner.GetType().Name, pattern));
-                    var check = CheckTarget(path, inner, config);
-                    if (check is not null) errors.Add(check);
-                    else if (m is not TunerLayer && ModuleTree.CannotReplace(model, path, typeof(TunerLayer)) is { } why) errors.Add(why);
-                    if (m is TunerLayer existing && !Compatible(existing, config.Method))
-                        errors.Add($"'{path}' already carries a {existing.Method} layer; a {config.Method} adapter cannot be added beside it");
-                }
-            }
-        }
+        config.Method.MatchTargets(model, modules, config, matches, errors);
         foreach (var pattern in config.ModulesToSave)
         {
             var hit = modules.Where(m => ModulePattern.Matches(pattern, m.Path)).ToList();
@@ -90,48 +65,7 @@ public static class Tuner
                 matches.Add(new(path, wrap ? "modules_to_save" : "in_place", m.GetType().Name, pattern));
             }
         }
-        foreach (var p in config.RankPattern.Keys.Concat(config.AlphaPattern.Keys))
-            if (!matches.Any(m => m.Role == "target" && ModulePattern.Matches(p, m.Path)))
-                errors.Add($"rank/alpha pattern '{p}' matches no target module");
         var unmatched = modules.Where(m => m.Module is Linear or Conv2d && !matches.Any(x => x.Path == m.Path)).Select(m => m.Path).ToList();
         return new MatchReport(matches, errors, unmatched);
-    }
-
-    static bool Compatible(TunerLayer layer, TuningMethod method) => (layer, method) switch
-    {
-        (AdaLoraLinear, TuningMethod.AdaLora) => true,
-        (LoraLinear, TuningMethod.Lora or TuningMethod.Dora) => true,
-        (LoraConv2d, TuningMethod.Lora or TuningMethod.Dora) => true,
-        _ => false,
-    };
-
-    internal static int RankFor(TuningConfig c, string path) =>
-        c.Method == TuningMethod.AdaLora ? c.InitRank
-        : c.RankPattern.FirstOrDefault(kv => ModulePattern.Matches(kv.Key, path)) is { Key: not null } kv ? kv.Value : c.Rank;
-
-    internal static double AlphaFor(TuningConfig c, string path) =>
-        c.AlphaPattern.FirstOrDefault(kv => ModulePattern.Matches(kv.Key, path)) is { Key: not null } kv ? kv.Value : c.Alpha;
-
-    static string? CheckTarget(string path, nn.Module m, TuningConfig c)
-    {
-        var r = RankFor(c, path);
-        switch (c.Method, m)
-        {
-            case (TuningMethod.Lora or TuningMethod.Dora or TuningMethod.AdaLora, Linear l):
-                var max = Math.Min(l.in_features, l.out_features);
-                return r > max ? $"rank {r} for '{path}' exceeds min(in_features, out_features) = {max} of Linear({l.in_features}, {l.out_features})" : null;
-            case (TuningMethod.Lora or TuningMethod.Dora, Conv2d conv):
-                var maxc = Math.Min(conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1] / conv.groups, conv.out_channels);
-                if (conv.transposed) return $"'{path}' is a transposed convolution, which LoRA does not support";
-                if (r % conv.groups != 0) return $"rank {r} for '{path}' must be a multiple of the Conv2d's groups ({conv.groups})";
-                return r > Math.Max(maxc, conv.groups) ? $"rank {r} for '{path}' exceeds min(in_channels·kh·kw/groups, out_channels) = {maxc}" : null;
-            default:
-                var supported = c.Method switch
-                {
-                    TuningMethod.Lora or TuningMethod.Dora => "Linear and Conv2d",
-                    _ => "Linear",
-                };
-                return $"'{path}' is a {m.GetType().Name}, which {c.Method} cannot tune (supported: {supported}); narrow the pattern";
-        }
     }
 }

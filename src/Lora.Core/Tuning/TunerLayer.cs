@@ -22,6 +22,22 @@ public abstract class TunerLayer : nn.Module<Tensor, Tensor>
     /// The method this layer implements, for summaries ("LoRA", "DoRA", "AdaLoRA").
     public abstract string Method { get; }
 
+    /// The tuning method whose layer this is (an adapter of the same method can join it).
+    public abstract TuningMethod Owner { get; }
+
+    /// The adapter's tensors under their PEFT keys relative to the layer (`lora_A.weight`,
+    /// `lora_magnitude_vector`, `lora_E`), as a checkpoint stores them. keptRanks (AdaLoRA's rank
+    /// pattern for this layer, or null) asks for copies sliced to the kept ranks.
+    public abstract IEnumerable<(string Key, Tensor Value)> PeftTensors(string adapter, bool[]? keptRanks);
+
+    /// The summary group of one of the layer's own parameters (name relative to the layer, not
+    /// under base_layer): the method's name unless the layer says otherwise (DoRA's magnitude).
+    public virtual string GroupOf(string parameter) => Method;
+
+    /// Adapter modules that may be stored in the frozen base's reduced precision (MixedPrecision);
+    /// the others stay float32 and are cast per forward.
+    public virtual IEnumerable<nn.Module> ReducedPrecisionModules() => [];
+
     /// The weight of the wrapped layer (what merge writes into).
     public abstract Parameter BaseWeight { get; }
 
@@ -126,7 +142,7 @@ public abstract class TunerLayer : nn.Module<Tensor, Tensor>
 
     /// result + extra in result's dtype: under bf16 training the frozen base computes in bf16 and the
     /// adapter's fp32 weights join it there, so the next frozen layer gets bf16.
-    protected static Tensor AddInResultDtype(Tensor result, Tensor extra)
+    internal static Tensor AddInResultDtype(Tensor result, Tensor extra)
     {
         using var scope = torch.NewDisposeScope();
         if (extra.dtype != result.dtype) extra = extra.to(result.dtype);
@@ -137,7 +153,7 @@ public abstract class TunerLayer : nn.Module<Tensor, Tensor>
     /// sum happen in the GEMM's epilogue instead of two elementwise passes (and two allocations) over
     /// the output, forward and backward; its backward touches only the small h and b. The scale goes
     /// into addmm's (single-precision) alpha when it is exact there, else into b.
-    protected static Tensor AddLowRank(Tensor result, Tensor h, Tensor b, double scale)
+    internal static Tensor AddLowRank(Tensor result, Tensor h, Tensor b, double scale)
     {
         using var scope = torch.NewDisposeScope();
         var alpha = (float)scale;

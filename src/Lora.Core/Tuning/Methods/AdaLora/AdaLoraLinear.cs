@@ -27,6 +27,7 @@ public sealed class AdaLoraLinear : TunerLayer
     public Linear Base => (Linear)base_layer;
     public override Parameter BaseWeight => Base.weight!;
     public override string Method => "AdaLoRA";
+    public override TuningMethod Owner => AdaLoraMethod.Instance;
     public override IReadOnlyList<string> AdapterNames => options.Keys.ToList();
     public Parameter A(string adapter) => lora_A.Parameter(adapter);
     public Parameter B(string adapter) => lora_B.Parameter(adapter);
@@ -68,6 +69,19 @@ public sealed class AdaLoraLinear : TunerLayer
         yield return A(adapter);
         yield return E(adapter);
         yield return B(adapter);
+    }
+
+    /// PEFT's keys `lora_A`, `lora_E`, `lora_B` (no `.weight`); with a rank pattern, copies sliced
+    /// to the kept ranks (PEFT saves the pruned triplets).
+    public override IEnumerable<(string Key, Tensor Value)> PeftTensors(string adapter, bool[]? keptRanks)
+    {
+        Tensor a = A(adapter), e = E(adapter), b = B(adapter);
+        if (keptRanks is { } keep && keep.Length == a.shape[0] && keep.Any(k => !k))
+        {
+            using var idx = torch.tensor(Enumerable.Range(0, keep.Length).Where(i => keep[i]).Select(i => (long)i).ToArray(), device: a.device);
+            a = a.index_select(0, idx); e = e.index_select(0, idx); b = b.index_select(1, idx);
+        }
+        return [("lora_A", a), ("lora_E", e), ("lora_B", b)];
     }
 
     protected override void RemoveAdapterCore(string adapter)

@@ -9,7 +9,7 @@ namespace Lora.Core.Tuning;
 /// `lora_A.&lt;adapter&gt;.weight`, `lora_B.&lt;adapter&gt;.weight`, `lora_magnitude_vector.&lt;adapter&gt;.weight`;
 /// the adapter's options; PEFT's initialisation (A Kaiming-uniform, or N(0, 1/r); B zero, so a fresh
 /// adapter leaves the output unchanged; the magnitude ‖W + ΔW‖).
-public abstract class LoraLayer<TFactor> : TunerLayer where TFactor : nn.Module<Tensor, Tensor>
+public abstract class LoraLayer<TFactor> : TunerLayer, ILoraLayer where TFactor : nn.Module<Tensor, Tensor>
 {
 #pragma warning disable IDE1006 // field names are state-dict keys
     public AdapterSlots lora_A = new();
@@ -17,23 +17,26 @@ public abstract class LoraLayer<TFactor> : TunerLayer where TFactor : nn.Module<
     public AdapterSlots lora_magnitude_vector = new();
 #pragma warning restore IDE1006
     protected readonly Dictionary<string, LoraOptions> options = new();
-    // Numbers in tensor ops are held as Scalars (static fields, `using` locals) until the op returns:
-    // a temporary Scalar (from `t * 2.0`) may be finalized by the GC while native code still reads it.
-    protected static readonly Scalar One = 1.ToScalar();
 
     protected LoraLayer(string name, nn.Module<Tensor, Tensor> baseLayer) : base(name, baseLayer) { }
 
-    public override string Method => options.Values.Any(o => o.UseDora) ? "DoRA" : "LoRA";
+    public override TuningMethod Owner => LoraMethod.Instance;
+    public override string Method => options.Values.FirstOrDefault(o => o.Variant != LoraVariant.Plain)?.Variant.Name ?? LoraVariant.Plain.Name;
     public override IReadOnlyList<string> AdapterNames => options.Keys.ToList();
     public LoraOptions Options(string adapter) => options[adapter];
     public TFactor A(string adapter) => lora_A.Module<TFactor>(adapter);
     public TFactor B(string adapter) => lora_B.Module<TFactor>(adapter);
     public double Scaling(string adapter) => options[adapter].Scaling;
     protected static Parameter WeightOf(TFactor factor) => factor.get_parameter("weight")!;
-    protected Parameter Magnitude(string adapter) => lora_magnitude_vector.Module<DoraMagnitude>(adapter).weight;
+    public Parameter WeightA(string adapter) => WeightOf(A(adapter));
+    public Parameter WeightB(string adapter) => WeightOf(B(adapter));
+    public virtual string? CannotCombine => null;
 
     /// ‖W + ΔW‖ as DoRA's magnitude is shaped for this kind of layer, detached.
-    protected abstract Tensor WeightNorm(Tensor weight, string adapter);
+    internal abstract Tensor WeightNorm(Tensor weight, string adapter);
+
+    /// Adds an adapter with these (resolved) options: factors of the base layer's kind.
+    public abstract void AddAdapter(string adapter, LoraOptions o);
 
     protected void RejectExisting(string adapter)
     {
@@ -52,23 +55,37 @@ public abstract class LoraLayer<TFactor> : TunerLayer where TFactor : nn.Module<
         lora_A.AddModule(adapter, a);
         lora_B.AddModule(adapter, b);
         options[adapter] = o;
-        if (o.UseDora)
-        {
-            using var _ = torch.no_grad();
-            lora_magnitude_vector.AddModule(adapter, new DoraMagnitude(WeightNorm(BaseWeight.detach(), adapter)));
-        }
+        o.Variant.Init(this, adapter);
     }
 
-    public override IEnumerable<Parameter> AdapterParameters(string adapter)
+    public override IEnumerable<Parameter> AdapterParameters(string adapter) => PeftTensors(adapter, null).Select(t => (Parameter)t.Value);
+
+    public override IEnumerable<(string Key, Tensor Value)> PeftTensors(string adapter, bool[]? keptRanks)
     {
-        yield return WeightOf(A(adapter));
-        yield return WeightOf(B(adapter));
-        if (options[adapter].UseDora) yield return Magnitude(adapter);
+        yield return ("lora_A.weight", WeightOf(A(adapter)));
+        yield return ("lora_B.weight", WeightOf(B(adapter)));
+        foreach (var (k, p) in options[adapter].Variant.Parameters(this, adapter)) yield return (k, p);
     }
+
+    public override string GroupOf(string parameter) =>
+        parameter.StartsWith("lora_magnitude_vector.", StringComparison.Ordinal) ? "DoRA magnitude" : Method;
 
     protected override void RemoveAdapterCore(string adapter)
     {
         lora_A.Remove(adapter); lora_B.Remove(adapter); lora_magnitude_vector.Remove(adapter);
         options.Remove(adapter);
     }
+}
+
+/// What LoRA layers of every kind offer without their factor type (PEFT's LoraLayer interface).
+public interface ILoraLayer
+{
+    IReadOnlyList<string> AdapterNames { get; }
+    void AddAdapter(string adapter, LoraOptions o);
+    LoraOptions Options(string adapter);
+    double Scaling(string adapter);
+    Parameter WeightA(string adapter);
+    Parameter WeightB(string adapter);
+    /// Why the factors cannot be combined as a weighted adapter (null: they can).
+    string? CannotCombine { get; }
 }

@@ -16,7 +16,7 @@ public sealed class LoraLinear : LoraLayer<Linear>
     public long OutFeatures => Base.out_features;
     public override Parameter BaseWeight => Base.weight!;
 
-    public void AddAdapter(string adapter, LoraOptions o)
+    public override void AddAdapter(string adapter, LoraOptions o)
     {
         RejectExisting(adapter);
         if (o.Rank <= 0) throw new ArgumentException($"LoRA rank must be positive, got {o.Rank}");
@@ -34,7 +34,7 @@ public sealed class LoraLinear : LoraLayer<Linear>
     }
 
     /// Row norms of W + ΔW (one per output feature), detached as in PEFT's DoRA.
-    protected override Tensor WeightNorm(Tensor weight, string adapter)
+    internal override Tensor WeightNorm(Tensor weight, string adapter)
     {
         using var scope = torch.NewDisposeScope();
         var lora = B(adapter).weight!.detach().matmul(A(adapter).weight!.detach());
@@ -42,14 +42,7 @@ public sealed class LoraLinear : LoraLayer<Linear>
         return weight.add(lora, alpha: scaling).norm(1, keepdim: false).detach().MoveToOuterDisposeScope();
     }
 
-    protected override Tensor MergedWeight(Tensor weight, string adapter)
-    {
-        var delta = DeltaWeight(adapter);
-        if (!options[adapter].UseDora) return weight + delta;
-        var m = Magnitude(adapter).detach();
-        var norm = WeightNorm(weight, adapter);
-        return (m / norm).view(-1, 1) * (weight + delta);
-    }
+    protected override Tensor MergedWeight(Tensor weight, string adapter) => options[adapter].Variant.MergedWeight(this, weight, adapter);
 
     protected override Tensor AddAdapterOutput(Tensor result, Tensor x, string adapter)
     {
@@ -57,22 +50,10 @@ public sealed class LoraLinear : LoraLayer<Linear>
         var o = options[adapter];
         var xd = Dropout(x, o.Dropout);
         var h = nn.functional.linear(xd, In(A(adapter).weight!, xd));
-        if (!o.UseDora) return AddLowRank(result, h, In(B(adapter).weight!, xd), o.Scaling).MoveToOuterDisposeScope();
-        var lora = nn.functional.linear(h, In(B(adapter).weight!, xd));
-        return AddInResultDtype(result, DoraOutput(x, xd, lora, adapter, result)).MoveToOuterDisposeScope();
+        return o.Variant.AddOutput(this, result, x, xd, h, adapter).MoveToOuterDisposeScope();
     }
 
-    Tensor DoraOutput(Tensor x, Tensor xd, Tensor lora, string adapter, Tensor baseOutput)
-    {
-        var o = options[adapter];
-        using var scaling = o.Scaling.ToScalar();
-        // PEFT's DoRA: (m/‖W+ΔW‖ − 1)·(x Wᵀ) + m/‖W+ΔW‖ · lora(x) · scaling, the norm without gradient.
-        var m = Magnitude(adapter);
-        var norm = WeightNorm(BaseWeight.detach(), adapter);
-        var scale = (m / norm).view(1, -1);
-        Tensor plain;
-        if (ReferenceEquals(xd, x)) plain = Base.bias is null ? baseOutput : baseOutput - Base.bias;
-        else plain = nn.functional.linear(xd, In(BaseWeight, xd));
-        return (scale - One) * plain + scale * lora * scaling;
-    }
+    /// A and B when the adapter's variant lets them follow the base's precision (plain LoRA).
+    public override IEnumerable<nn.Module> ReducedPrecisionModules() =>
+        AdapterNames.Where(a => options[a].Variant.FactorsFollowBasePrecision).SelectMany(a => new nn.Module[] { A(a), B(a) });
 }

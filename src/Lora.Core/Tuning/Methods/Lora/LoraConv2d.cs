@@ -15,8 +15,9 @@ public sealed class LoraConv2d : LoraLayer<Conv2d>
 
     public Conv2d Base => (Conv2d)base_layer;
     public override Parameter BaseWeight => Base.weight!;
+    public override string? CannotCombine => Base.groups == 1 ? null : "grouped convolution";
 
-    public void AddAdapter(string adapter, LoraOptions o)
+    public override void AddAdapter(string adapter, LoraOptions o)
     {
         RejectExisting(adapter);
         var c = Base;
@@ -36,7 +37,7 @@ public sealed class LoraConv2d : LoraLayer<Conv2d>
 
     /// Norms of W + ΔW over everything but the output channel, shaped (1, out, 1, 1) as PEFT's
     /// conv DoRA magnitude; detached.
-    protected override Tensor WeightNorm(Tensor weight, string adapter)
+    internal override Tensor WeightNorm(Tensor weight, string adapter)
     {
         using var scope = torch.NewDisposeScope();
         using var _ = torch.no_grad();
@@ -44,13 +45,7 @@ public sealed class LoraConv2d : LoraLayer<Conv2d>
         return w.square().sum(new long[] { 1, 2, 3 }, keepdim: true).sqrt().transpose(1, 0).MoveToOuterDisposeScope();
     }
 
-    protected override Tensor MergedWeight(Tensor weight, string adapter)
-    {
-        var delta = DeltaWeight(adapter);
-        if (!options[adapter].UseDora) return weight + delta;
-        var m = Magnitude(adapter).detach();
-        return (m / WeightNorm(weight, adapter)).view(-1, 1, 1, 1) * (weight + delta);
-    }
+    protected override Tensor MergedWeight(Tensor weight, string adapter) => options[adapter].Variant.MergedWeight(this, weight, adapter);
 
     public override Tensor DeltaWeight(string adapter)
     {
@@ -68,22 +63,11 @@ public sealed class LoraConv2d : LoraLayer<Conv2d>
     protected override Tensor AddAdapterOutput(Tensor result, Tensor x, string adapter)
     {
         using var scope = torch.NewDisposeScope();
-        return AddInResultDtype(result, AdapterOutput(x, adapter, result)).MoveToOuterDisposeScope();
-    }
-
-    Tensor AdapterOutput(Tensor x, string adapter, Tensor baseOutput)
-    {
         var o = options[adapter];
         var xd = Dropout(x, o.Dropout);
         using var scaling = o.Scaling.ToScalar();
         var xa = xd.dtype == A(adapter).weight!.dtype ? xd : xd.to(A(adapter).weight!.dtype);
         var lora = B(adapter).forward(A(adapter).forward(xa)).mul(scaling);
-        if (!o.UseDora) return lora;
-        // PEFT's conv DoRA: (m/‖W+ΔW‖ − 1)·conv(x, W) + m/‖W+ΔW‖ · lora(x) · scaling.
-        var m = Magnitude(adapter);
-        var scale = m / WeightNorm(BaseWeight.detach(), adapter);          // (1, out, 1, 1)
-        var plain = ReferenceEquals(xd, x) ? baseOutput : base_layer.forward(xd);
-        if (Base.bias is not null) plain = plain - Base.bias.view(1, -1, 1, 1);
-        return (scale - One) * plain + scale * lora;
+        return o.Variant.AddOutput(this, result, x, xd, lora, adapter).MoveToOuterDisposeScope();
     }
 }

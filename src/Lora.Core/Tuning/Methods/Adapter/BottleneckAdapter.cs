@@ -7,7 +7,7 @@ namespace Lora.Core.Tuning;
 /// The bottleneck adapter of Medical-SAM-Adapter: fc1 (dim → ratio·dim), GELU, fc2 (back to dim).
 /// It has no skip of its own: the host block adds it (x + adapter(x) after attention, and
 /// 0.5·adapter(n) beside the MLP). Not mergeable: it is non-linear.
-public sealed class BottleneckAdapter : nn.Module<Tensor, Tensor>
+public sealed class BottleneckAdapter : nn.Module<Tensor, Tensor>, IAdapterModule
 {
 #pragma warning disable IDE1006
     public Linear fc1;
@@ -28,6 +28,8 @@ public sealed class BottleneckAdapter : nn.Module<Tensor, Tensor>
     }
 
     public long Dim => fc1.in_features;
+
+    public string Group => "Adapter";
 
     /// In the block's dtype: an fp32 trainable adapter on a bf16 frozen block computes in bf16, as autocast.
     public override Tensor forward(Tensor x)

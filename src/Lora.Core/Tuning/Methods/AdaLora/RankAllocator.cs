@@ -12,7 +12,7 @@ public sealed class RankAllocator : IStatefulStepHook
 {
     readonly IReadOnlyList<(string Path, AdaLoraLinear Layer)> layers;
     readonly string adapter;
-    readonly TuningConfig config;
+    readonly AdaLoraConfig config;
     // The importance EMAs of every A, E and B of every layer, in Layout() order, as one flat tensor
     // each (null before the first update): a step updates them with ~10 kernels in all, where PEFT's
     // per-parameter update takes ~10 per parameter (360 for ViT-B's 12 qkv layers), which on a GPU
@@ -30,7 +30,7 @@ public sealed class RankAllocator : IStatefulStepHook
     readonly Scalar beta1, beta2, oneMinusBeta1, oneMinusBeta2;
     static readonly Scalar Zero = 0.0.ToScalar();
 
-    public RankAllocator(IReadOnlyList<(string Path, AdaLoraLinear Layer)> layers, string adapter, TuningConfig config)
+    public RankAllocator(IReadOnlyList<(string Path, AdaLoraLinear Layer)> layers, string adapter, AdaLoraConfig config)
     {
         this.layers = layers;
         this.adapter = adapter;
@@ -123,7 +123,7 @@ public sealed class RankAllocator : IStatefulStepHook
 
     public void AfterOptimizerStep(long globalStep)
     {
-        if (TotalStep <= 0) throw new InvalidOperationException("AdaLoRA's rank allocator needs the total step count: set TuningConfig.TotalStep or call Begin(totalSteps) first");
+        if (TotalStep <= 0) throw new InvalidOperationException("AdaLoRA's rank allocator needs the total step count: set AdaLoraConfig.TotalStep or call Begin(totalSteps) first");
         var end = TotalStep - config.TFinal;
         if (globalStep < end)
         {

@@ -1,0 +1,41 @@
+/// The methods `lora bench` compares, configured as the reference script configures them
+/// (../shared/gpu/peft_anchor.py: timm + PEFT), written in a spec's method vocabulary and converted
+/// by ToCore like any spec's method; the rank is the bench's --rank.
+module Lora.Conversion.BenchMethods
+
+open System
+open Lora.Core.Tuning
+open TorchSharp
+
+let presets =
+    [ "full", "full"
+      "lora", "lora: { targets: [qkv], modules_to_save: [head] }"
+      "lora-all", "lora: { targets: [qkv, proj, fc1, fc2], modules_to_save: [head] }"
+      "dora", "dora: { targets: [qkv], modules_to_save: [head] }"
+      // PEFT's AdaLoraConfig(init_r=⌈1.5 r⌉, target_r=r, tinit=10, tfinal=10); lora_alpha 8 is PEFT's default
+      "adalora", "adalora: { targets: [qkv], alpha: 8, tinit: 10, tfinal: 10, modules_to_save: [head] }"
+      // bottleneck width = rank, as `lora run` does when an adapter has no ratio
+      "adapter", "adapter: { modules_to_save: [head] }" ]
+
+/// The preset names, in the order they are usually listed.
+let names = presets |> List.map fst
+
+/// A preset at a rank on a model, in Core's terms.
+let methodOn (name: string) (rank: int) (model: torch.nn.Module) : CoreMethod =
+    let text =
+        match List.tryFind (fun (n, _) -> n = name) presets with
+        | Some(_, t) -> t
+        | None -> raise (ArgumentException(sprintf "unknown benchmark method '%s'; known: %s" name (String.Join(", ", names))))
+    match ToCore.parseMethod text (Some rank) with
+    | Ok m -> ToCore.methodOf (lazy (Lora.Core.Models.Zoo.Classifier model)) (if m.UsesRank then Some rank else None) m
+    | Error e -> raise (ArgumentException(String.Join("; ", e)))
+
+/// The tuning configuration of a preset on a model, or null when it adds no adapter (full).
+let config (name: string) (rank: int) (model: torch.nn.Module) : TuningConfig =
+    match methodOn name rank model with
+    | CoreMethod.Tune c -> c
+    | CoreMethod.TrainAll | CoreMethod.TrainOnly _ -> null
+
+/// What Benchmark.Run applies to its model: the tuned model, or null.
+let apply (name: string, rank: int) : Func<torch.nn.Module, TunedModel> =
+    Func<_, _>(fun model -> ToCore.apply (methodOn name rank model) model)

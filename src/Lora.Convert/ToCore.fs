@@ -1,0 +1,125 @@
+/// The one conversion from a spec's records to Lora.Core's objects, used by `run`, `validate`,
+/// `summary` and `bench`: each default and limit of a method is decided here (or in Grid.resolveMethod
+/// for those that depend on the rank), and matching on the spec's unions is exhaustive, so a new
+/// method or option kind does not compile until it is converted.
+module Lora.Conversion.ToCore
+
+open System
+open Lora.Dsl
+open Lora.Core.Models
+open Lora.Core.Tuning
+open TorchSharp
+
+/// A zoo model's options as model arguments (integers as int64, as the zoo reads them).
+let modelArgs (z: ZooModel) : ModelArgs =
+    z.Options
+    |> Map.fold (fun (args: ModelArgs) key value ->
+        let v: obj =
+            match value with
+            | Int i -> int64 i
+            | Float f -> f
+            | Text t -> t
+            | Flag b -> b
+        args.With(key, v)) ModelArgs.Empty
+
+let private bias b =
+    match b with
+    | NoBias -> BiasMode.None
+    | LoraOnly -> BiasMode.LoraOnly
+    | AllBias -> BiasMode.All
+
+/// The spec's word `head` is the model's own classifier (a segmenter's decoder).
+let private saved (classifier: Lazy<string>) (names: string list) : string[] =
+    names |> List.map (fun n -> if n = "head" then classifier.Value else n) |> Array.ofList
+
+let private lora (classifier: Lazy<string>) (rank: int) (o: Lora.Dsl.LoraOptions) (variant: LoraVariant) =
+    LoraConfig(Targets = Array.ofList o.Targets, Rank = rank, Alpha = defaultArg o.Alpha (2.0 * float rank), Dropout = o.Dropout,
+               UseRsLora = o.RsLora, Bias = bias o.Bias, ModulesToSave = saved classifier o.ModulesToSave, Variant = variant)
+
+/// A method at a rank (None for the methods without one) on a model whose classifier is
+/// `classifier` (asked for only when the method names `head`). The rank-dependent defaults are
+/// Grid.resolveMethod's.
+let methodOf (classifier: Lazy<string>) (rank: int option) (m: Method) : CoreMethod =
+    let r = defaultArg rank 0
+    match Grid.resolveMethod rank m with
+    | Full -> CoreMethod.TrainAll
+    | Head -> CoreMethod.TrainOnly [ classifier.Value ]
+    | Lora o -> CoreMethod.Tune(lora classifier r o LoraVariant.Plain)
+    | Dora o -> CoreMethod.Tune(lora classifier r o LoraVariant.Dora)
+    | AdaLora(o, a) ->
+        CoreMethod.Tune(
+            AdaLoraConfig(Targets = Array.ofList o.Targets, TargetRank = r, InitRank = defaultArg a.InitRank (Grid.resolveInitRank r),
+                          Alpha = defaultArg o.Alpha (2.0 * float r), Dropout = o.Dropout, UseRsLora = o.RsLora, Bias = bias o.Bias,
+                          ModulesToSave = saved classifier o.ModulesToSave, TInit = a.TInit, TFinal = a.TFinal, DeltaT = a.DeltaT,
+                          Beta1 = a.Beta1, Beta2 = a.Beta2, OrthRegWeight = a.OrthReg))
+    | Adapter a ->
+        // Start as the identity so the pretrained features are intact at step 0 (Houlsby et al.);
+        // without a ratio, the grid's rank is the bottleneck width.
+        match a.Ratio with
+        | Some ratio ->
+            CoreMethod.Tune(BottleneckAdapterConfig(Ratio = ratio, MlpScale = a.Scale, InitIdentity = true, ModulesToSave = saved classifier a.ModulesToSave))
+        | None ->
+            CoreMethod.Tune(BottleneckAdapterConfig(Width = r, MlpScale = a.Scale, InitIdentity = true, ModulesToSave = saved classifier a.ModulesToSave))
+
+/// A run's method on its model.
+let ofRun (run: Run) (model: torch.nn.Module) : CoreMethod =
+    methodOf (lazy (Zoo.Classifier model)) (run.Rank |> Option.map (fun k -> k.Value)) run.Method
+
+/// Freezes every parameter but those under a module matching one of the patterns (the module or
+/// one of its ancestors matches, by ModulePattern's rules); returns how many elements train.
+let trainOnly (modules: string seq) (model: torch.nn.Module) : int64 =
+    let modules = List.ofSeq modules
+    let mutable trained = 0L
+    for struct (name, p) in model.named_parameters () do
+        let parts = name.Split '.'
+        let ancestors = [ for i in 1 .. parts.Length - 1 -> String.Join(".", parts, 0, i) ]
+        p.requires_grad <- ancestors |> List.exists (fun path -> modules |> List.exists (fun m -> ModulePattern.Matches(m, path)))
+        if p.requires_grad then trained <- trained + p.numel ()
+    trained
+
+/// Applies the method to the model; the tuned model, or null when the method adds no adapter.
+let apply (m: CoreMethod) (model: torch.nn.Module) : TunedModel =
+    match m with
+    | CoreMethod.TrainAll -> null
+    | CoreMethod.TrainOnly modules ->
+        if trainOnly modules model = 0L then
+            raise (ArgumentException(sprintf "no parameter of this %s is under %s; name the modules to train" (model.GetType().Name) (String.Join(", ", modules))))
+        null
+    | CoreMethod.Tune c -> Tuner.Apply(model, c)
+
+/// Every problem applying the method to the model would meet, without changing it (`validate`
+/// runs it on a meta-device model).
+let check (m: CoreMethod) (model: torch.nn.Module) : string list =
+    match m with
+    | CoreMethod.TrainAll -> []
+    | CoreMethod.TrainOnly modules ->
+        let any =
+            model.named_modules ()
+            |> Seq.exists (fun struct (path, _) -> path <> "" && modules |> List.exists (fun p -> ModulePattern.Matches(p, path)))
+        if any then [] else [ sprintf "no module of this %s matches %s" (model.GetType().Name) (String.Join(", ", modules)) ]
+    | CoreMethod.Tune c ->
+        try List.ofSeq (Tuner.Match(model, c).Errors)
+        with :? ArgumentException as e -> [ e.Message ]
+
+/// A method given on the command line (`lora summary --method`, a `lora bench` preset) in a spec's
+/// YAML vocabulary ("lora", "adalora: { tinit: 10 }"), checked as a spec's method is, with the
+/// rank-dependent defaults filled in.
+let parseMethod (text: string) (rank: int option) : Result<Method, string list> =
+    match YamlSpec.method text with
+    | Error e -> Error e
+    | Ok m ->
+        match Validation.method "method" (Option.toList rank) m with
+        | [] -> Ok(Grid.resolveMethod rank m)
+        | errors -> Error [ for e in errors -> sprintf "%s: %s" e.Field e.Message ]
+
+/// Every problem the run's method would meet on its model, found on the meta device (no memory,
+/// no data): `lora validate` reports them before any run starts. The class count is the spec's
+/// class subset when it has one (only the classifier's shape depends on it).
+let checkRun (run: Run) : string list =
+    let zoo = run.Model.ZooModel
+    let classes = match run.Dataset.Classes with Some cs -> cs.Length | None -> 10
+    let args = (modelArgs zoo).With("num_classes", int64 (max 1 classes))
+    try
+        use model = Zoo.Create(zoo.Name, args, torch.META)
+        check (ofRun run model) model
+    with :? ArgumentException as e -> [ e.Message ]

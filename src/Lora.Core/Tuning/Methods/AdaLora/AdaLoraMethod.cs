@@ -1,0 +1,130 @@
+using System.Text.Json.Nodes;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Lora.Core.Tuning;
+
+/// AdaLoRA on Linear layers, as PEFT's AdaLoraModel: SVD-form adapters whose ranks a
+/// <see cref="RankAllocator"/> (the step hook) prunes to a global budget.
+public sealed class AdaLoraMethod : TuningMethod
+{
+    public static readonly AdaLoraMethod Instance = new();
+
+    AdaLoraMethod() { }
+
+    public override string Name => "AdaLoRA";
+    public override string PeftType => "ADALORA";
+    public override string? OnePerModel => "a model can carry only one AdaLoRA adapter (its rank allocator works on one budget), as in PEFT";
+
+    public override void MatchTargets(nn.Module model, IReadOnlyList<(string Path, nn.Module Module)> modules, TuningConfig config,
+                                      List<ModuleMatch> matches, List<string> errors)
+    {
+        base.MatchTargets(model, modules, config, matches, errors);
+        LoraMethod.CheckPatterns((LoraConfig)config, matches, errors);
+    }
+
+    protected override string? CheckTarget(string path, nn.Module m, TuningConfig config) => m switch
+    {
+        Linear l => LoraMethod.LinearRankCheck(path, l, ((AdaLoraConfig)config).InitRank),
+        _ => $"'{path}' is a {m.GetType().Name}, which AdaLoRA cannot tune (supported: Linear); narrow the pattern",
+    };
+
+    protected override TunerLayer CreateLayer(nn.Module module, string path) =>
+        module is Linear l ? new AdaLoraLinear(l) : base.CreateLayer(module, path);
+
+    protected override void AddAdapter(TunerLayer layer, string adapter, TuningConfig config, string path)
+    {
+        var c = (AdaLoraConfig)config;
+        ((AdaLoraLinear)layer).AddAdapter(adapter, c.InitRank, c.AlphaFor(path), c.Dropout);
+    }
+
+    public override AttachedAdapter Attach(TunedModel model, string adapter, TuningConfig config, MatchReport report) =>
+        new AdaLoraAttachment(new RankAllocator(Layers(model, adapter), adapter, (AdaLoraConfig)config));
+
+    static List<(string Path, AdaLoraLinear Layer)> Layers(TunedModel model, string adapter) =>
+        model.Layers.Where(l => l.Layer is AdaLoraLinear a && a.AdapterNames.Contains(adapter)).Select(l => (l.Path, (AdaLoraLinear)l.Layer)).ToList();
+
+    /// The allocator while training; a loaded rank pattern replaces it (a loaded adapter is for use,
+    /// not for further allocation).
+    sealed class AdaLoraAttachment(RankAllocator allocator) : AttachedAdapter
+    {
+        RankAllocator? allocator = allocator;
+        IReadOnlyDictionary<string, bool[]>? loaded;
+
+        public override IStepHook? StepHook => allocator;
+        public override IReadOnlyDictionary<string, bool[]>? RankPattern => allocator?.RankPattern ?? loaded;
+
+        /// Shrinks the layers to the kept ranks (ranknum keeps the initial rank, so outputs are
+        /// those of the masked full-rank adapter), as PEFT's resize_modules_by_rank_pattern.
+        public override void LoadRankPattern(TunedModel model, string adapter, IReadOnlyDictionary<string, bool[]> pattern)
+        {
+            var layers = Layers(model, adapter);
+            foreach (var key in pattern.Keys)
+                if (!layers.Any(l => l.Path == key)) throw new InvalidDataException($"rank_pattern names '{key}', which is not an AdaLoRA layer of this model");
+            foreach (var (path, a) in layers)
+            {
+                if (!pattern.TryGetValue(path, out var keep)) continue;
+                if (keep.Length != a.A(adapter).shape[0])
+                    throw new InvalidDataException($"rank_pattern for '{path}' has {keep.Length} entries but init_r is {a.A(adapter).shape[0]}");
+                var r = keep.Count(k => k);
+                var w = a.BaseWeight;
+                a.SetTriplets(adapter, torch.zeros(r, a.Base.in_features, dtype: w.dtype, device: w.device),
+                    torch.zeros(r, 1, dtype: w.dtype, device: w.device), torch.zeros(a.Base.out_features, r, dtype: w.dtype, device: w.device));
+            }
+            loaded = pattern;
+            allocator = null;
+        }
+    }
+
+    public override (TuningConfig Config, IReadOnlyDictionary<string, bool[]>? RankPattern) ReadConfig(AdapterConfigReader json)
+    {
+        var config = new AdaLoraConfig
+        {
+            Targets = json.StrList("target_modules"),
+            Bias = json.Bias(),
+            ModulesToSave = json.StrList("modules_to_save"),
+            Rank = json.Int("r", 1) ?? 8,
+            Alpha = json.Num("lora_alpha") ?? 8,
+            Dropout = json.Num("lora_dropout") ?? 0,
+            UseRsLora = json.Bool("use_rslora"),
+            InitGaussian = LoraMethod.InitGaussian(json),
+            AlphaPattern = json.Pattern("alpha_pattern", AdapterConfigReader.AsNumber),
+            InitRank = json.Int("init_r", 1) ?? 12,
+            TargetRank = json.Int("target_r", 1) ?? 8,
+            Beta1 = json.Num("beta1") ?? 0.85,
+            Beta2 = json.Num("beta2") ?? 0.85,
+            TInit = json.Int("tinit", 0) ?? 0,
+            TFinal = json.Int("tfinal", 0) ?? 0,
+            DeltaT = json.Int("deltaT", 1) ?? 1,
+            OrthRegWeight = json.Num("orth_reg_weight") ?? 0.5,
+            TotalStep = json.Int("total_step", 0) ?? 0,
+        };
+        Dictionary<string, bool[]>? pattern = null;
+        // PEFT's AdaLoRA rank_pattern: "<layer>.lora_E.<adapter>" → kept ranks
+        if (json["rank_pattern"] is JsonObject arp && arp.Count > 0)
+        {
+            pattern = new Dictionary<string, bool[]>();
+            foreach (var (k, v) in arp)
+            {
+                var i = k.IndexOf(".lora_E", StringComparison.Ordinal);
+                pattern[i < 0 ? k : k[..i]] = v is JsonArray a
+                    ? a.Select(x => x is JsonValue b && b.TryGetValue<bool>(out var keep) ? keep : throw json.Wrong($"rank_pattern['{k}']", "a list of booleans", v)).ToArray()
+                    : throw json.Wrong($"rank_pattern['{k}']", "a list of booleans", v);
+            }
+        }
+        return (config, pattern);
+    }
+
+    public override JsonObject WriteConfig(TuningConfig config, IReadOnlyDictionary<string, bool[]>? rankPattern, string adapter)
+    {
+        var c = (AdaLoraConfig)config;
+        var o = LoraMethod.Instance.LoraFields(c, Header());
+        o["init_r"] = c.InitRank; o["target_r"] = c.TargetRank; o["beta1"] = c.Beta1; o["beta2"] = c.Beta2;
+        o["tinit"] = c.TInit; o["tfinal"] = c.TFinal; o["deltaT"] = c.DeltaT; o["orth_reg_weight"] = c.OrthRegWeight;
+        o["total_step"] = c.TotalStep == 0 ? null : c.TotalStep;
+        o["rank_pattern"] = rankPattern is null ? null : new JsonObject(rankPattern.Select(kv => KeyValuePair.Create($"{kv.Key}.lora_E.{adapter}",
+            (JsonNode?)new JsonArray(kv.Value.Select(b => (JsonNode?)JsonValue.Create(b)).ToArray()))));
+        return o;
+    }
+}
