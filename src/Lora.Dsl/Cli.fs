@@ -203,19 +203,6 @@ module Cli =
                 | Version -> "print the version"
 
 /// Parsed options per command, shaped for C# (strings may be null, numbers Nullable).
-type CommandKind =
-    | Validate = 0
-    | Plan = 1
-    | Run = 2
-    | Tables = 3
-    | Summary = 4
-    | Merge = 5
-    | Predict = 6
-    | Bench = 7
-    | Submit = 8
-    | Status = 9
-    | Version = 10
-
 type ValidateOptions = { Spec: string }
 type PlanOptions = { Spec: string; Results: string; Json: bool }
 type RunOptions =
@@ -252,22 +239,55 @@ type SubmitOptions =
     { Spec: string; Results: string; Partition: string; GpusPerTask: Nullable<int>; Time: string; MaxParallel: Nullable<int>; DryRun: bool }
 type StatusOptions = { Spec: string; Results: string }
 
-/// A parsed command line: Kind says which option record is set (the others are null).
+/// A parsed command with its options.
+type Command =
+    | Validate of ValidateOptions
+    | Plan of PlanOptions
+    | Run of RunOptions
+    | Tables of TablesOptions
+    | Summary of SummaryOptions
+    | Merge of MergeOptions
+    | Predict of PredictOptions
+    | Bench of BenchOptions
+    | Submit of SubmitOptions
+    | Status of StatusOptions
+    | Version
+
+/// What C# does with each command: one method per command, so that a new command is a compile
+/// error in every handler rather than a case a switch forgets.
+type ICommandHandler<'T> =
+    abstract Validate: ValidateOptions -> 'T
+    abstract Plan: PlanOptions -> 'T
+    abstract Run: RunOptions -> 'T
+    abstract Tables: TablesOptions -> 'T
+    abstract Summary: SummaryOptions -> 'T
+    abstract Merge: MergeOptions -> 'T
+    abstract Predict: PredictOptions -> 'T
+    abstract Bench: BenchOptions -> 'T
+    abstract Submit: SubmitOptions -> 'T
+    abstract Status: StatusOptions -> 'T
+    abstract Version: unit -> 'T
+
+/// A parsed command line: the command and the line as given.
 [<AllowNullLiteral>]
-type ParsedCommand(kind: CommandKind, commandLine: string) =
-    member _.Kind = kind
+type ParsedCommand(command: Command, commandLine: string) =
+    member _.Command = command
     /// The arguments as given, quoted where needed (logged into each result).
     member _.CommandLine = commandLine
-    member val Validate: ValidateOptions = Unchecked.defaultof<_> with get, set
-    member val Plan: PlanOptions = Unchecked.defaultof<_> with get, set
-    member val Run: RunOptions = Unchecked.defaultof<_> with get, set
-    member val Tables: TablesOptions = Unchecked.defaultof<_> with get, set
-    member val Summary: SummaryOptions = Unchecked.defaultof<_> with get, set
-    member val Merge: MergeOptions = Unchecked.defaultof<_> with get, set
-    member val Predict: PredictOptions = Unchecked.defaultof<_> with get, set
-    member val Bench: BenchOptions = Unchecked.defaultof<_> with get, set
-    member val Submit: SubmitOptions = Unchecked.defaultof<_> with get, set
-    member val Status: StatusOptions = Unchecked.defaultof<_> with get, set
+
+    member _.Accept<'T>(handler: ICommandHandler<'T>) : 'T =
+        match command with
+        | Validate o -> handler.Validate o
+        | Plan o -> handler.Plan o
+        | Run o -> handler.Run o
+        | Tables o -> handler.Tables o
+        | Summary o -> handler.Summary o
+        | Merge o -> handler.Merge o
+        | Predict o -> handler.Predict o
+        | Bench o -> handler.Bench o
+        | Submit o -> handler.Submit o
+        | Status o -> handler.Status o
+        | Version -> handler.Version()
 
 /// Result of parsing: a command, or a message to print with the exit code (0 for --help, 2 for errors).
 type ParseOutcome =
@@ -311,43 +331,37 @@ type CommandLine private () =
                 match d with
                 | None | Some "cpu" | Some "cuda" -> Ok(orNull d)
                 | Some other -> Error(sprintf "--device must be cpu or cuda, got '%s'" other)
-            if r.Contains Cli.LoraArgs.Version then ok (ParsedCommand(CommandKind.Version, line)) else
+            if r.Contains Cli.LoraArgs.Version then ok (ParsedCommand(Command.Version, line)) else
             match r.GetSubCommand() with
-            | Cli.Validate a -> ok (ParsedCommand(CommandKind.Validate, line, Validate = { Spec = a.GetResult Cli.ValidateArgs.Spec }))
+            | Cli.Validate a -> ok (ParsedCommand(Command.Validate { Spec = a.GetResult Cli.ValidateArgs.Spec }, line))
             | Cli.Plan a ->
-                ok (ParsedCommand(CommandKind.Plan, line,
-                                  Plan = { Spec = a.GetResult Cli.PlanArgs.Spec; Results = a.GetResult(Cli.PlanArgs.Results, defaultResults); Json = a.Contains Cli.PlanArgs.Json }))
+                ok (ParsedCommand(Command.Plan { Spec = a.GetResult Cli.PlanArgs.Spec; Results = a.GetResult(Cli.PlanArgs.Results, defaultResults); Json = a.Contains Cli.PlanArgs.Json }, line))
             | Cli.Run a ->
                 let shard = a.TryGetResult Cli.RunArgs.Shard |> Option.map CommandLine.ParseShard
                 match shard, device (a.TryGetResult Cli.RunArgs.Device) with
                 | Some(Error m), _ | _, Error m -> fail 2 (m + "\n" + parser.GetSubCommandParser(Cli.Run).PrintUsage())
                 | shard, Ok dev ->
                     let i, n = match shard with Some(Ok s) -> s | _ -> 0, 1
-                    ok (ParsedCommand(CommandKind.Run, line,
-                                      Run = { Spec = a.GetResult Cli.RunArgs.Spec; Results = a.GetResult(Cli.RunArgs.Results, defaultResults); Device = dev
-                                              Only = orNull (a.TryGetResult Cli.RunArgs.Only); ShardIndex = i; ShardCount = n; Force = a.Contains Cli.RunArgs.Force
-                                              Tables = orNull (a.TryGetResult Cli.RunArgs.Write_Tables) }))
+                    ok (ParsedCommand(Command.Run { Spec = a.GetResult Cli.RunArgs.Spec; Results = a.GetResult(Cli.RunArgs.Results, defaultResults); Device = dev
+                                                    Only = orNull (a.TryGetResult Cli.RunArgs.Only); ShardIndex = i; ShardCount = n; Force = a.Contains Cli.RunArgs.Force
+                                                    Tables = orNull (a.TryGetResult Cli.RunArgs.Write_Tables) }, line))
             | Cli.Tables a ->
-                ok (ParsedCommand(CommandKind.Tables, line,
-                                  Tables = { Results = a.GetResult(Cli.TablesArgs.Results, defaultResults); Out = a.GetResult(Cli.TablesArgs.Out, "paper-tables") }))
+                ok (ParsedCommand(Command.Tables { Results = a.GetResult(Cli.TablesArgs.Results, defaultResults); Out = a.GetResult(Cli.TablesArgs.Out, "paper-tables") }, line))
             | Cli.Summary a ->
-                ok (ParsedCommand(CommandKind.Summary, line,
-                                  Summary = { Model = a.GetResult Cli.SummaryArgs.Model; Method = a.GetResult(Cli.SummaryArgs.Method, "lora")
-                                              Rank = nullable (a.TryGetResult Cli.SummaryArgs.Rank); Alpha = nullable (a.TryGetResult Cli.SummaryArgs.Alpha)
-                                              Targets = commaList (a.GetResult(Cli.SummaryArgs.Targets, [])); Train = commaList (a.GetResult(Cli.SummaryArgs.Train, []))
-                                              Bias = a.GetResult(Cli.SummaryArgs.Bias, "none"); InitRank = nullable (a.TryGetResult Cli.SummaryArgs.Init_Rank)
-                                              Classes = nullable (a.TryGetResult Cli.SummaryArgs.Classes); ModelConfig = orNull (a.TryGetResult Cli.SummaryArgs.Model_Config) }))
+                ok (ParsedCommand(Command.Summary { Model = a.GetResult Cli.SummaryArgs.Model; Method = a.GetResult(Cli.SummaryArgs.Method, "lora")
+                                                    Rank = nullable (a.TryGetResult Cli.SummaryArgs.Rank); Alpha = nullable (a.TryGetResult Cli.SummaryArgs.Alpha)
+                                                    Targets = commaList (a.GetResult(Cli.SummaryArgs.Targets, [])); Train = commaList (a.GetResult(Cli.SummaryArgs.Train, []))
+                                                    Bias = a.GetResult(Cli.SummaryArgs.Bias, "none"); InitRank = nullable (a.TryGetResult Cli.SummaryArgs.Init_Rank)
+                                                    Classes = nullable (a.TryGetResult Cli.SummaryArgs.Classes); ModelConfig = orNull (a.TryGetResult Cli.SummaryArgs.Model_Config) }, line))
             | Cli.Merge a ->
-                ok (ParsedCommand(CommandKind.Merge, line,
-                                  Merge = { Model = a.GetResult Cli.MergeArgs.Model; ModelConfig = orNull (a.TryGetResult Cli.MergeArgs.Model_Config)
-                                            Weights = a.GetResult Cli.MergeArgs.Weights; Adapter = a.GetResult Cli.MergeArgs.Adapter; Out = a.GetResult Cli.MergeArgs.Out }))
+                ok (ParsedCommand(Command.Merge { Model = a.GetResult Cli.MergeArgs.Model; ModelConfig = orNull (a.TryGetResult Cli.MergeArgs.Model_Config)
+                                                  Weights = a.GetResult Cli.MergeArgs.Weights; Adapter = a.GetResult Cli.MergeArgs.Adapter; Out = a.GetResult Cli.MergeArgs.Out }, line))
             | Cli.Predict a ->
-                ok (ParsedCommand(CommandKind.Predict, line,
-                                  Predict = { Images = a.GetResult(Cli.PredictArgs.Images, []); Model = a.GetResult Cli.PredictArgs.Model
-                                              ModelConfig = orNull (a.TryGetResult Cli.PredictArgs.Model_Config); Weights = orNull (a.TryGetResult Cli.PredictArgs.Weights)
-                                              Adapter = orNull (a.TryGetResult Cli.PredictArgs.Adapter); Labels = orNull (a.TryGetResult Cli.PredictArgs.Labels)
-                                              TopK = a.GetResult(Cli.PredictArgs.Top_K, 5); Json = a.Contains Cli.PredictArgs.Json
-                                              Mean = orNull (a.TryGetResult Cli.PredictArgs.Mean); Std = orNull (a.TryGetResult Cli.PredictArgs.Std) }))
+                ok (ParsedCommand(Command.Predict { Images = a.GetResult(Cli.PredictArgs.Images, []); Model = a.GetResult Cli.PredictArgs.Model
+                                                    ModelConfig = orNull (a.TryGetResult Cli.PredictArgs.Model_Config); Weights = orNull (a.TryGetResult Cli.PredictArgs.Weights)
+                                                    Adapter = orNull (a.TryGetResult Cli.PredictArgs.Adapter); Labels = orNull (a.TryGetResult Cli.PredictArgs.Labels)
+                                                    TopK = a.GetResult(Cli.PredictArgs.Top_K, 5); Json = a.Contains Cli.PredictArgs.Json
+                                                    Mean = orNull (a.TryGetResult Cli.PredictArgs.Mean); Std = orNull (a.TryGetResult Cli.PredictArgs.Std) }, line))
             | Cli.Bench a ->
                 let precision =
                     match a.TryGetResult Cli.BenchArgs.Precision with
@@ -362,24 +376,21 @@ type CommandLine private () =
                 match device (a.TryGetResult Cli.BenchArgs.Device), precision, isolate with
                 | Error m, _, _ | _, Error m, _ | _, _, Error m -> fail 2 m
                 | Ok dev, Ok precision, Ok isolate ->
-                    ok (ParsedCommand(CommandKind.Bench, line,
-                                      Bench = { Model = a.GetResult Cli.BenchArgs.Model; Batch = nullable (a.TryGetResult Cli.BenchArgs.Batch)
-                                                Img = nullable (a.TryGetResult Cli.BenchArgs.Img); Classes = nullable (a.TryGetResult Cli.BenchArgs.Classes)
-                                                Rank = nullable (a.TryGetResult Cli.BenchArgs.Rank); Methods = commaList (a.GetResult(Cli.BenchArgs.Methods, []))
-                                                Device = dev; Steps = nullable (a.TryGetResult Cli.BenchArgs.Steps)
-                                                Warmup = nullable (a.TryGetResult Cli.BenchArgs.Warmup); Json = a.Contains Cli.BenchArgs.Json
-                                                Precision = precision; ModelConfig = orNull (a.TryGetResult Cli.BenchArgs.Model_Config)
-                                                Isolate = isolate }))
+                    ok (ParsedCommand(Command.Bench { Model = a.GetResult Cli.BenchArgs.Model; Batch = nullable (a.TryGetResult Cli.BenchArgs.Batch)
+                                                      Img = nullable (a.TryGetResult Cli.BenchArgs.Img); Classes = nullable (a.TryGetResult Cli.BenchArgs.Classes)
+                                                      Rank = nullable (a.TryGetResult Cli.BenchArgs.Rank); Methods = commaList (a.GetResult(Cli.BenchArgs.Methods, []))
+                                                      Device = dev; Steps = nullable (a.TryGetResult Cli.BenchArgs.Steps)
+                                                      Warmup = nullable (a.TryGetResult Cli.BenchArgs.Warmup); Json = a.Contains Cli.BenchArgs.Json
+                                                      Precision = precision; ModelConfig = orNull (a.TryGetResult Cli.BenchArgs.Model_Config)
+                                                      Isolate = isolate }, line))
             | Cli.Submit a ->
-                ok (ParsedCommand(CommandKind.Submit, line,
-                                  Submit = { Spec = a.GetResult Cli.SubmitArgs.Spec; Results = a.GetResult(Cli.SubmitArgs.Results, defaultResults)
-                                             Partition = orNull (a.TryGetResult Cli.SubmitArgs.Partition); GpusPerTask = nullable (a.TryGetResult Cli.SubmitArgs.Gpus_Per_Task)
-                                             Time = orNull (a.TryGetResult Cli.SubmitArgs.Time); MaxParallel = nullable (a.TryGetResult Cli.SubmitArgs.Max_Parallel)
-                                             DryRun = a.Contains Cli.SubmitArgs.Dry_Run }))
+                ok (ParsedCommand(Command.Submit { Spec = a.GetResult Cli.SubmitArgs.Spec; Results = a.GetResult(Cli.SubmitArgs.Results, defaultResults)
+                                                   Partition = orNull (a.TryGetResult Cli.SubmitArgs.Partition); GpusPerTask = nullable (a.TryGetResult Cli.SubmitArgs.Gpus_Per_Task)
+                                                   Time = orNull (a.TryGetResult Cli.SubmitArgs.Time); MaxParallel = nullable (a.TryGetResult Cli.SubmitArgs.Max_Parallel)
+                                                   DryRun = a.Contains Cli.SubmitArgs.Dry_Run }, line))
             | Cli.Status a ->
-                ok (ParsedCommand(CommandKind.Status, line,
-                                  Status = { Spec = a.GetResult Cli.StatusArgs.Spec; Results = a.GetResult(Cli.StatusArgs.Results, defaultResults) }))
-            | Cli.Version -> ok (ParsedCommand(CommandKind.Version, line))
+                ok (ParsedCommand(Command.Status { Spec = a.GetResult Cli.StatusArgs.Spec; Results = a.GetResult(Cli.StatusArgs.Results, defaultResults) }, line))
+            | Cli.Version -> ok (ParsedCommand(Command.Version, line))
         with
         | :? ArguParseException as e when e.ErrorCode = ErrorCode.HelpText -> fail 0 e.Message
         | :? ArguParseException as e -> fail 2 e.Message

@@ -83,15 +83,6 @@ type AdapterOptions =
 
     static member Defaults = { Ratio = None; Scale = 1.0; ModulesToSave = [ "head" ] }
 
-/// How C# code tells the methods apart without F# pattern matching.
-type MethodKind =
-    | Full = 0
-    | Head = 1
-    | Lora = 2
-    | Dora = 3
-    | AdaLora = 4
-    | Adapter = 5
-
 type Method =
     /// every parameter trains
     | Full
@@ -102,33 +93,15 @@ type Method =
     | AdaLora of LoraOptions * AdaLoraOptions
     | Adapter of AdapterOptions
 
-    member m.Kind =
-        match m with
-        | Full -> MethodKind.Full
-        | Head -> MethodKind.Head
-        | Lora _ -> MethodKind.Lora
-        | Dora _ -> MethodKind.Dora
-        | AdaLora _ -> MethodKind.AdaLora
-        | Adapter _ -> MethodKind.Adapter
-
     /// Lower-case name used in tables, run names and YAML (full, head, lora, dora, adalora, adapter).
-    member m.Name = m.Kind.ToString().ToLowerInvariant()
-
-    /// The LoRA options of lora/dora/adalora, or null (for C#).
-    member m.LoraOptionsOrNull =
+    member m.Name =
         match m with
-        | Lora o | Dora o | AdaLora(o, _) -> o
-        | _ -> Unchecked.defaultof<_>
-
-    member m.AdaLoraOptionsOrNull =
-        match m with
-        | AdaLora(_, a) -> a
-        | _ -> Unchecked.defaultof<_>
-
-    member m.AdapterOptionsOrNull =
-        match m with
-        | Adapter a -> a
-        | _ -> Unchecked.defaultof<_>
+        | Full -> "full"
+        | Head -> "head"
+        | Lora _ -> "lora"
+        | Dora _ -> "dora"
+        | AdaLora _ -> "adalora"
+        | Adapter _ -> "adapter"
 
     /// Whether the grid's ranks multiply this method.
     member m.UsesRank =
@@ -155,12 +128,16 @@ type DataSource =
     | SegmentationPairs of path: string
     | Composed of ComposedSegmentation
 
-    /// The folder this source reads, if any.
-    member s.PathOrNull =
+    /// For C#: one function per source kind (a folder is null for the installed Fashion-MNIST), so
+    /// that a new kind is a compile error there too.
+    member s.Match<'T>(fashionMnist: System.Func<string, 'T>, cifar: System.Func<string, 'T>, imageFolder: System.Func<string, 'T>,
+                       segmentationPairs: System.Func<string, 'T>, composed: System.Func<ComposedSegmentation, 'T>) : 'T =
         match s with
-        | FashionMnist p -> Option.toObj p
-        | Cifar p | ImageFolder p | SegmentationPairs p -> p
-        | Composed c -> Option.toObj c.Path
+        | FashionMnist p -> fashionMnist.Invoke(Option.toObj p)
+        | Cifar p -> cifar.Invoke p
+        | ImageFolder p -> imageFolder.Invoke p
+        | SegmentationPairs p -> segmentationPairs.Invoke p
+        | Composed c -> composed.Invoke c
 
 /// A view of a data set: a class subset, shots per class, size limits, a validation split.
 type DatasetView =

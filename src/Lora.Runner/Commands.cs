@@ -16,30 +16,31 @@ public static class Commands
             (parsed.ExitCode == 0 ? stdout : stderr).WriteLine(parsed.Message);
             return parsed.ExitCode;
         }
-        var c = parsed.Command;
         try
         {
-            return c.Kind switch
-            {
-                CommandKind.Validate => Validate(c.Validate.Spec, stdout, stderr),
-                CommandKind.Plan => PlanCommand(c.Plan, stdout, stderr),
-                CommandKind.Run => RunCommand(c.Run, executorFactory(), c.CommandLine, stdout, stderr, ct),
-                CommandKind.Tables => TablesCommand(c.Tables, stdout),
-                CommandKind.Submit => Slurm.PlanToSlurm.Submit(c.Submit, stdout, stderr),
-                CommandKind.Status => Slurm.PlanToSlurm.Status(c.Status, stdout, stderr),
-                CommandKind.Bench => BenchCommand.Run(c.Bench, stdout, stderr),
-                CommandKind.Version => Print(stdout, $"lora {Lora.Dsl.Version.value}"),
-                CommandKind.Summary => Guarded("summary", () => SummaryCommand.Run(c.Summary, stdout, stderr), stderr),
-                CommandKind.Merge => Guarded("merge", () => MergeCommand.Run(c.Merge, stdout), stderr),
-                CommandKind.Predict => Guarded("predict", () => PredictCommand.Run(c.Predict, stdout, stderr), stderr),
-                _ => NotYet(c.Kind, stderr),
-            };
+            return parsed.Command.Accept(new Handler(executorFactory, parsed.Command.CommandLine, stdout, stderr, ct));
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidDataException)
         {
             stderr.WriteLine($"lora: {e.Message}");
             return 1;
         }
+    }
+
+    /// One method per command (a new command does not compile until it is handled here).
+    sealed class Handler(Func<IRunExecutor> executorFactory, string commandLine, TextWriter stdout, TextWriter stderr, CancellationToken ct) : ICommandHandler<int>
+    {
+        public int Validate(ValidateOptions o) => Commands.Validate(o.Spec, stdout, stderr);
+        public int Plan(PlanOptions o) => PlanCommand(o, stdout, stderr);
+        public int Run(RunOptions o) => RunCommand(o, executorFactory(), commandLine, stdout, stderr, ct);
+        public int Tables(TablesOptions o) => TablesCommand(o, stdout);
+        public int Submit(SubmitOptions o) => Slurm.PlanToSlurm.Submit(o, stdout, stderr);
+        public int Status(StatusOptions o) => Slurm.PlanToSlurm.Status(o, stdout, stderr);
+        public int Bench(BenchOptions o) => BenchCommand.Run(o, stdout, stderr);
+        public int Version() => Print(stdout, $"lora {Lora.Dsl.Version.value}");
+        public int Summary(SummaryOptions o) => Guarded("summary", () => SummaryCommand.Run(o, stdout, stderr), stderr);
+        public int Merge(MergeOptions o) => Guarded("merge", () => MergeCommand.Run(o, stdout), stderr);
+        public int Predict(PredictOptions o) => Guarded("predict", () => PredictCommand.Run(o, stdout, stderr), stderr);
     }
 
     static int Print(TextWriter w, string line) { w.WriteLine(line); return 0; }
@@ -62,12 +63,6 @@ public static class Commands
             stderr.WriteLine($"lora {command}: {e.GetType().Name}: {ModelSource.OneLine(e.Message)}");
             return 1;
         }
-    }
-
-    static int NotYet(CommandKind kind, TextWriter stderr)
-    {
-        stderr.WriteLine($"lora {kind.ToString().ToLowerInvariant()}: not yet implemented");
-        return 1;
     }
 
     /// <summary>Loads and checks a spec; prints every warning ("FILE:LINE:COL: warning: ...") and every

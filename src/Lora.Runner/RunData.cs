@@ -22,48 +22,49 @@ public sealed record RunData(ImageDataset? Train, ImageDataset? Validation, Segm
 
     public static RunData Load(DatasetView view, Task task, int? imageSize)
     {
-        var source = view.Source;
-        if (source.IsComposed)
+        RunData Classification(ImageDataset trainSet, ImageDataset valSet) =>
+            new(Limit(trainSet, view.LimitTrain, view.Seed), Limit(valSet, view.LimitVal, view.Seed + 1), null, null);
+        void NoSegmentation()
         {
-            var c = ((DataSource.Composed)source).Item;
-            var (train, test) = (Fashion(OptionModule.ToObj(c.Path), true), Fashion(OptionModule.ToObj(c.Path), false));
-            var what = FashionName(OptionModule.ToObj(c.Path));
-            (train, test) = (View(train, view, what), View(test, view, what));
-            var opts = new ComposeOptions(Canvas: c.Canvas, MinObjects: 1, MaxObjects: Math.Max(1, c.Objects));
-            var segTrain = Lora.Core.Data.ComposedSegmentation.Create(train, Opt(view.LimitTrain) ?? 1000, view.Seed, opts);
-            var segVal = Lora.Core.Data.ComposedSegmentation.Create(test, Opt(view.LimitVal) ?? 200, view.Seed + 1, opts);
-            return new RunData(null, null, segTrain, segVal);
+            if (task.IsSegmentation)
+                throw new InvalidDataException($"a segmentation run needs a segmentation data set (composed or segmentation pairs), not {view.Source}");
         }
-        if (source.IsSegmentationPairs)
-        {
-            var path = ((DataSource.SegmentationPairs)source).path;
-            var all = SegmentationFolder.Load(path, imageSize ?? 64);
-            var (tr, va) = all.Split(view.ValFraction, view.Seed);
-            return new RunData(null, null, Limit(tr, view.LimitTrain, view.Seed), Limit(va, view.LimitVal, view.Seed));
-        }
-        if (task.IsSegmentation)
-            throw new InvalidDataException($"a segmentation run needs a segmentation data set (composed or segmentation pairs), not {source}");
-
-        ImageDataset trainSet, valSet;
-        if (source.IsFashionMnist)
-        {
-            var path = OptionModule.ToObj(((DataSource.FashionMnist)source).path);
-            var what = FashionName(path);
-            (trainSet, valSet) = (View(Fashion(path, true), view, what), View(Fashion(path, false), view, what));
-        }
-        else if (source.IsCifar)
-        {
-            var root = ((DataSource.Cifar)source).path;
-            var what = $"CIFAR-{(Cifar.IsCifar100(root) ? 100 : 10)} data set at '{root}'";
-            (trainSet, valSet) = (View(Cifar.Load(root, true), view, what), View(Cifar.Load(root, false), view, what));
-        }
-        else
-        {
-            var root = ((DataSource.ImageFolder)source).path;
-            var all = View(ImageFolder.Load(root, imageSize ?? 224), view, $"image folder '{root}'");
-            (trainSet, valSet) = all.Split(view.ValFraction, view.Seed);
-        }
-        return new RunData(Limit(trainSet, view.LimitTrain, view.Seed), Limit(valSet, view.LimitVal, view.Seed + 1), null, null);
+        return view.Source.Match(
+            fashionMnist: path =>
+            {
+                NoSegmentation();
+                var what = FashionName(path);
+                return Classification(View(Fashion(path, true), view, what), View(Fashion(path, false), view, what));
+            },
+            cifar: root =>
+            {
+                NoSegmentation();
+                var what = $"CIFAR-{(Cifar.IsCifar100(root) ? 100 : 10)} data set at '{root}'";
+                return Classification(View(Cifar.Load(root, true), view, what), View(Cifar.Load(root, false), view, what));
+            },
+            imageFolder: root =>
+            {
+                NoSegmentation();
+                var all = View(ImageFolder.Load(root, imageSize ?? 224), view, $"image folder '{root}'");
+                var (trainSet, valSet) = all.Split(view.ValFraction, view.Seed);
+                return Classification(trainSet, valSet);
+            },
+            segmentationPairs: path =>
+            {
+                var all = SegmentationFolder.Load(path, imageSize ?? 64);
+                var (tr, va) = all.Split(view.ValFraction, view.Seed);
+                return new RunData(null, null, Limit(tr, view.LimitTrain, view.Seed), Limit(va, view.LimitVal, view.Seed));
+            },
+            composed: c =>
+            {
+                var path = OptionModule.ToObj(c.Path);
+                var what = FashionName(path);
+                var (train, test) = (View(Fashion(path, true), view, what), View(Fashion(path, false), view, what));
+                var opts = new ComposeOptions(Canvas: c.Canvas, MinObjects: 1, MaxObjects: Math.Max(1, c.Objects));
+                var segTrain = Lora.Core.Data.ComposedSegmentation.Create(train, Opt(view.LimitTrain) ?? 1000, view.Seed, opts);
+                var segVal = Lora.Core.Data.ComposedSegmentation.Create(test, Opt(view.LimitVal) ?? 200, view.Seed + 1, opts);
+                return new RunData(null, null, segTrain, segVal);
+            });
     }
 
     static ImageDataset Fashion(string? path, bool train)

@@ -119,7 +119,7 @@ let unitTests =
         test "alpha defaults to 2 × rank, AdaLoRA init_r to ⌈1.5 × rank⌉" {
             let e = experiment { name "t"; model (zoo "vit_tiny_patch16_224" []); dataset fashionMnist; methods [ lora; adalora ]; ranks [ 4; 5 ] }
             let runs = Grid.expand e
-            let alphas = runs |> List.map (fun r -> r.Method.LoraOptionsOrNull.Alpha)
+            let alphas = runs |> List.map (fun r -> match r.Method with Lora o | Dora o | AdaLora(o, _) -> o.Alpha | _ -> None)
             Expect.equal alphas [ Some 8.0; Some 10.0; Some 8.0; Some 10.0 ] "alpha"
             let inits = runs |> List.choose (fun r -> match r.Method with AdaLora(_, a) -> a.InitRank | _ -> None)
             Expect.equal inits [ 6; 8 ] "init_r"
@@ -461,15 +461,14 @@ let cliTests =
         test "run with every option" {
             let o = CommandLine.Parse [| "run"; "spec.yaml"; "--results"; "r"; "--device"; "cuda"; "--only"; "q/lora-*"; "--shard"; "1/4"; "--force"; "--write-tables"; "pt" |]
             Expect.equal o.ExitCode 0 "parsed"
-            Expect.equal o.Command.Kind CommandKind.Run "kind"
-            Expect.equal o.Command.Run { Spec = "spec.yaml"; Results = "r"; Device = "cuda"; Only = "q/lora-*"; ShardIndex = 1; ShardCount = 4; Force = true; Tables = "pt" } "options"
+            Expect.equal o.Command.Command (Command.Run { Spec = "spec.yaml"; Results = "r"; Device = "cuda"; Only = "q/lora-*"; ShardIndex = 1; ShardCount = 4; Force = true; Tables = "pt" }) "options"
             Expect.equal o.Command.CommandLine "lora run spec.yaml --results r --device cuda --only 'q/lora-*' --shard 1/4 --force --write-tables pt" "command line quoted back"
         }
         test "defaults" {
             let o = CommandLine.Parse [| "run"; "s.yaml" |]
-            Expect.equal o.Command.Run { Spec = "s.yaml"; Results = "results"; Device = null; Only = null; ShardIndex = 0; ShardCount = 1; Force = false; Tables = null } "defaults"
+            Expect.equal o.Command.Command (Command.Run { Spec = "s.yaml"; Results = "results"; Device = null; Only = null; ShardIndex = 0; ShardCount = 1; Force = false; Tables = null }) "defaults"
             let t = CommandLine.Parse [| "tables" |]
-            Expect.equal t.Command.Tables { Results = "results"; Out = "paper-tables" } "tables defaults"
+            Expect.equal t.Command.Command (Command.Tables { Results = "results"; Out = "paper-tables" }) "tables defaults"
         }
         test "errors exit 2 with usage" {
             for args in [ [| "run" |]; [| "run"; "s.yaml"; "--shard"; "4/4" |]; [| "run"; "s.yaml"; "--device"; "tpu" |]; [| "fly" |]; [| "plan"; "s.yaml"; "--bogus" |] ] do
@@ -480,23 +479,24 @@ let cliTests =
         }
         test "every subcommand parses" {
             let cases =
-                [ [| "validate"; "s.yaml" |], CommandKind.Validate
-                  [| "plan"; "s.yaml"; "--json" |], CommandKind.Plan
-                  [| "summary"; "convnext_tiny"; "--method"; "lora"; "--rank"; "2"; "--targets"; "qkv"; "fc1"; "--bias"; "lora_only"; "--classes"; "10" |], CommandKind.Summary
-                  [| "merge"; "--model"; "vit"; "--weights"; "w.safetensors"; "--adapter"; "a"; "--out"; "m.safetensors" |], CommandKind.Merge
-                  [| "predict"; "--model"; "vit"; "--top-k"; "3"; "--json"; "a.png"; "b.png" |], CommandKind.Predict
-                  [| "bench"; "--model"; "vit"; "--methods"; "lora"; "dora"; "--steps"; "5"; "--device"; "cpu" |], CommandKind.Bench
-                  [| "submit"; "s.yaml"; "--partition"; "gpu"; "--gpus-per-task"; "1"; "--time"; "01:00:00"; "--max-parallel"; "4"; "--dry-run" |], CommandKind.Submit
-                  [| "status"; "s.yaml"; "--results"; "r" |], CommandKind.Status ]
+                [ [| "validate"; "s.yaml" |], "Validate"
+                  [| "plan"; "s.yaml"; "--json" |], "Plan"
+                  [| "summary"; "convnext_tiny"; "--method"; "lora"; "--rank"; "2"; "--targets"; "qkv"; "fc1"; "--bias"; "lora_only"; "--classes"; "10" |], "Summary"
+                  [| "merge"; "--model"; "vit"; "--weights"; "w.safetensors"; "--adapter"; "a"; "--out"; "m.safetensors" |], "Merge"
+                  [| "predict"; "--model"; "vit"; "--top-k"; "3"; "--json"; "a.png"; "b.png" |], "Predict"
+                  [| "bench"; "--model"; "vit"; "--methods"; "lora"; "dora"; "--steps"; "5"; "--device"; "cpu" |], "Bench"
+                  [| "submit"; "s.yaml"; "--partition"; "gpu"; "--gpus-per-task"; "1"; "--time"; "01:00:00"; "--max-parallel"; "4"; "--dry-run" |], "Submit"
+                  [| "status"; "s.yaml"; "--results"; "r" |], "Status" ]
             for args, kind in cases do
                 let o = CommandLine.Parse args
                 Expect.equal o.ExitCode 0 (sprintf "%s: %s" (String.Join(" ", args)) o.Message)
-                Expect.equal o.Command.Kind kind "kind"
-            let p = (CommandLine.Parse [| "predict"; "--model"; "vit"; "--top-k"; "3"; "a.png"; "b.png" |]).Command.Predict
+                let name = match o.Command.Command with Command.Validate _ -> "Validate" | Plan _ -> "Plan" | Summary _ -> "Summary" | Merge _ -> "Merge" | Predict _ -> "Predict" | Bench _ -> "Bench" | Submit _ -> "Submit" | Status _ -> "Status" | other -> sprintf "%A" other
+                Expect.equal name kind "kind"
+            let p = match (CommandLine.Parse [| "predict"; "--model"; "vit"; "--top-k"; "3"; "a.png"; "b.png" |]).Command.Command with Predict p -> p | c -> failtestf "%A" c
             Expect.equal (p.Images, p.TopK) ([ "a.png"; "b.png" ], 3) "predict images"
-            let s = (CommandLine.Parse [| "summary"; "convnext_tiny"; "--rank"; "2"; "--init-rank"; "3" |]).Command.Summary
+            let s = match (CommandLine.Parse [| "summary"; "convnext_tiny"; "--rank"; "2"; "--init-rank"; "3" |]).Command.Command with Summary s -> s | c -> failtestf "%A" c
             Expect.equal (s.Model, s.Rank, s.InitRank, s.Method) ("convnext_tiny", Nullable 2, Nullable 3, "lora") "summary"
-            let sub = (CommandLine.Parse [| "submit"; "s.yaml"; "--dry-run"; "--gpus-per-task"; "2" |]).Command.Submit
+            let sub = match (CommandLine.Parse [| "submit"; "s.yaml"; "--dry-run"; "--gpus-per-task"; "2" |]).Command.Command with Submit s -> s | c -> failtestf "%A" c
             Expect.equal (sub.DryRun, sub.GpusPerTask, sub.Results) (true, Nullable 2, "results") "submit"
         }
         test "--help exits 0 with usage" {
