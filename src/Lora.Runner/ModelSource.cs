@@ -24,14 +24,13 @@ static class ModelSource
         catch (ArgumentException e) { throw new BadModelException(e.Message); }
     }
 
-    /// The image size and channels a classifier expects (timm's default 224 where the model does
-    /// not fix it, e.g. ConvNeXt; an img_size argument overrides).
-    public static (int Size, int Channels) InputShape(nn.Module model, ModelArgs args) => model switch
+    /// The image size and channels a classifier expects, from its card (timm's default 224 where
+    /// the model does not fix its size, e.g. ConvNeXt; an img_size argument overrides).
+    public static (int Size, int Channels) InputShape(nn.Module model, ModelArgs args)
     {
-        VisionTransformer v => ((int)v.Config.img_size, (int)v.Config.in_chans),
-        ConvNeXt c => ((int)args.Long("img_size", 224), (int)c.Config.in_chans),
-        _ => ((int)args.Long("img_size", 224), (int)args.Long("in_chans", 3)),
-    };
+        var card = Zoo.Card(model);
+        return ((int)(card.InputSize ?? args.Long("img_size", 224)), (int)card.InChans);
+    }
 
     /// A multi-line message (e.g. a strict load's key listings) as one line: each heading with at
     /// most three of its items.

@@ -25,8 +25,8 @@ public static class PredictCommand
         var args = ModelSource.Args(o.ModelConfig);
         var labels = o.Labels is null ? null : Predictor.ReadLabels(o.Labels);
         using var model = ModelSource.Create(o.Model, args);
-        if (model is not (Lora.Core.Models.VisionTransformer or Lora.Core.Models.ConvNeXt or Lora.Core.Models.TinyVit))
-            return Bad(stderr, $"{o.Model} ({model.GetType().Name}) is not an image classifier; predict takes a ViT, ConvNeXt or TinyViT");
+        if (Lora.Core.Models.Zoo.Card(model).Task != Lora.Core.Models.ModelTask.Classification)
+            return Bad(stderr, $"{o.Model} ({model.GetType().Name}) is not an image classifier; predict takes a classifier of the zoo (ViT, ConvNeXt, TinyViT)");
         StateDict.Load(model, o.Weights, strict: true);
         if (o.Adapter is not null) AdapterCheckpoint.Load(model, ModelSource.AdapterFolder(o.Adapter)).MergeAndUnload();
         var (size, channels) = ModelSource.InputShape(model, args);

@@ -61,11 +61,18 @@ public static class Tables
         "lora" => "LoRA", "dora" => "DoRA", "adalora" => "AdaLoRA", "adapter" => "Adapter", "full" => "Full", "head" => "Head", _ => m,
     };
 
-    static string BackboneOf(Row r) => r.Backbone ?? r.Zoo switch
+    /// The spec's backbone option, else the zoo entry's card (SAM's encoder, UNet), else the zoo name.
+    static string BackboneOf(Row r) => r.Backbone ?? CardBackbone(r.Zoo) ?? r.Zoo;
+
+    static readonly System.Collections.Concurrent.ConcurrentDictionary<string, string?> backbones = new();
+
+    /// The backbone label of a zoo entry's card (built on the meta device: no memory), or null.
+    static string? CardBackbone(string zoo) => backbones.GetOrAdd(zoo, name =>
     {
-        "sam_vit" or "sam_vit_b" or "sam_vit_l" or "sam_vit_h" or "sam_vit_s" => "ViT",
-        "sam_tiny_vit" or "mobile_sam" => "TinyViT", "unet" => "UNet", var z => z,
-    };
+        if (!Lora.Core.Models.Zoo.Names.Contains(name)) return null;
+        using var m = Lora.Core.Models.Zoo.Create(name, device: TorchSharp.torch.META);
+        return Lora.Core.Models.Zoo.Card(m).Backbone;
+    });
 
     /// <summary>Writes every table and curve under <paramref name="outDir"/>; returns the files written or checked.</summary>
     public static IReadOnlyList<string> Generate(ResultsStore store, string outDir)

@@ -110,22 +110,14 @@ public sealed class TrainingExecutor : IRunExecutor
     /// model's fixed input size (ViT), else leave the data's size (convolutional models).
     static Transforms InputTransforms(nn.Module model, RunData data, int? imageSize)
     {
-        var (inChans, size) = model switch
-        {
-            VisionTransformer v => (v.Config.in_chans, (long?)v.Config.img_size),
-            ConvNeXt c => (c.Config.in_chans, null),
-            UNet u => (u.Config.in_chans, null),
-            TinyVit t => (t.Config.in_chans, null),
-            Sam sam => (sam.Config.in_chans, null), // SAM resizes to its own input size
-            _ => (3L, null),
-        };
-        bool grey = data.Channels == 1 && inChans == 3;
+        var card = Zoo.Card(model);
+        bool grey = data.Channels == 1 && card.InChans == 3;
         int channels = grey ? 3 : data.Channels;
         return new Transforms(
-            Size: imageSize is int wanted && wanted != data.Height ? wanted : size is long s && s != data.Height ? (int)s : null,
+            Size: imageSize is int wanted && wanted != data.Height ? wanted : card.InputSize is long s && s != data.Height ? (int)s : null,
             GreyToRgb: grey,
-            Mean: Enumerable.Repeat(0.5f, channels).ToArray(),
-            Std: Enumerable.Repeat(0.5f, channels).ToArray());
+            Mean: card.Mean.Take(channels).Concat(Enumerable.Repeat(card.Mean[^1], Math.Max(0, channels - card.Mean.Count))).ToArray(),
+            Std: card.Std.Take(channels).Concat(Enumerable.Repeat(card.Std[^1], Math.Max(0, channels - card.Std.Count))).ToArray());
     }
 
     static CorePrecision PrecisionOf(Lora.Dsl.Precision p) =>

@@ -117,4 +117,19 @@ let tests =
             let code, _, err = runLora [ "validate"; ok ]
             Expect.equal (code, err) (0, "") "rank 4 passes"
         }
+        test "every zoo entry carries a model card: channels, size, normalisation, classifier, task" {
+            for name in Zoo.Names do
+                use m = Zoo.Create(name, device = torch.META)
+                let card = Zoo.Card m
+                Expect.equal card.Classifier (Zoo.Classifier m) $"{name}: the card names the classifier"
+                Expect.equal (card.Mean.Count, card.Std.Count) (int card.InChans, int card.InChans) $"{name}: one mean and std per channel"
+                let segmenter = name = "unet" || name.StartsWith "sam" || name = "mobile_sam"
+                Expect.equal card.Task (if segmenter then ModelTask.Segmentation else ModelTask.Classification) $"{name}: task"
+            use vit = Zoo.Create("vit_base_patch16_224", device = torch.META)
+            Expect.equal (Zoo.Card vit).InputSize (System.Nullable 224L) "ViT fixes its input size"
+            use conv = Zoo.Create("convnext_tiny", device = torch.META)
+            Expect.isFalse (Zoo.Card conv).InputSize.HasValue "ConvNeXt takes any size"
+            use mobile = Zoo.Create("mobile_sam", device = torch.META)
+            Expect.equal (Zoo.Card mobile).Backbone "TinyViT" "the tables' backbone label"
+        }
     ]

@@ -88,10 +88,10 @@ public sealed record ConvNeXtConfig(long in_chans = 3, long num_classes = 1000, 
 }
 
 /// timm's ConvNeXt: patchify stem (4×4 stride-4 conv, LayerNorm2d), four stages, norm head.
-public sealed class ConvNeXt : nn.Module<Tensor, Tensor>, IHasClassifier
+public sealed class ConvNeXt : nn.Module<Tensor, Tensor>, IHasModelCard
 {
     public ConvNeXtConfig Config { get; }
-    public string Classifier => "head";
+    public ModelCard Card => ModelCard.Of(Config.in_chans, null, "head", ModelTask.Classification);
     private nn.Module<Tensor, Tensor> stem;
     private ModuleList<ConvNeXtStage> stages;
     private NormClassifierHead head;

@@ -547,10 +547,11 @@ public sealed record SamConfig(
 
 /// A SAM-style promptable segmenter: image_encoder, prompt_encoder, mask_decoder with
 /// segment-anything's keys. As a Module it segments images with no prompt.
-public sealed class Sam : nn.Module<Tensor, Tensor>, IPromptableSegmenter, IHasClassifier
+public sealed class Sam : nn.Module<Tensor, Tensor>, IPromptableSegmenter, IHasModelCard
 {
     public SamConfig Config { get; }
-    public string Classifier => "mask_decoder";
+    /// SAM resizes to its own input size itself: no fixed size for the data.
+    public ModelCard Card => ModelCard.Of(Config.in_chans, null, "mask_decoder", ModelTask.Segmentation, Config.encoder == "vit" ? "ViT" : "TinyViT");
     private nn.Module<Tensor, Tensor> image_encoder;
     private PromptEncoder prompt_encoder;
     private MaskDecoder mask_decoder;

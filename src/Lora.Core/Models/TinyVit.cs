@@ -307,10 +307,10 @@ public sealed record TinyVitConfig(
 }
 
 /// timm's TinyVit: conv patch embedding, an MBConv stage, windowed-attention stages, norm head.
-public sealed class TinyVit : nn.Module<Tensor, Tensor>, IHasClassifier
+public sealed class TinyVit : nn.Module<Tensor, Tensor>, IHasModelCard
 {
     public TinyVitConfig Config { get; }
-    public string Classifier => "head";
+    public ModelCard Card => ModelCard.Of(Config.in_chans, null, "head", ModelTask.Classification);
     private TinyVitPatchEmbed patch_embed;
     private ModuleList<nn.Module<Tensor, Tensor>> stages;
     private NormClassifierHead head;

@@ -60,10 +60,10 @@ public sealed record UNetConfig(long in_chans = 3, long num_classes = 1, long ba
 
 /// A plain UNet for image → mask logits [N, num_classes, H, W]: encoder DoubleConvs with max-pooling,
 /// decoder with transposed-conv upsampling and skip concatenations, a final 1×1 conv.
-public sealed class UNet : nn.Module<Tensor, Tensor>, IHasClassifier
+public sealed class UNet : nn.Module<Tensor, Tensor>, IHasModelCard
 {
     public UNetConfig Config { get; }
-    public string Classifier => "outc";
+    public ModelCard Card => ModelCard.Of(Config.in_chans, null, "outc", ModelTask.Segmentation, "UNet");
     private DoubleConv inc;
     private ModuleList<DoubleConv> downs;
     private ModuleList<UpBlock> ups;

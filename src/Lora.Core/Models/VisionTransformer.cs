@@ -109,10 +109,10 @@ public sealed record VitConfig(
 }
 
 /// timm's VisionTransformer (class token, learned position embedding, pre-norm blocks, token pooling).
-public sealed class VisionTransformer : nn.Module<Tensor, Tensor>, IHasClassifier
+public sealed class VisionTransformer : nn.Module<Tensor, Tensor>, IHasModelCard
 {
     public VitConfig Config { get; }
-    public string Classifier => "head";
+    public ModelCard Card => ModelCard.Of(Config.in_chans, Config.img_size, "head", ModelTask.Classification);
     private PatchEmbed patch_embed;
     private Parameter cls_token;
     private Parameter pos_embed;

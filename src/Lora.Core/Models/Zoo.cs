@@ -52,6 +52,10 @@ public static class Zoo
     public static nn.Module<Tensor, Tensor> Create(string name, string jsonArgs, Device? device = null) =>
         Create(name, ModelArgs.FromJson(jsonArgs), device);
 
+    /// The model's card (<see cref="IHasModelCard"/>: input channels and size, normalisation, classifier, task).
+    public static ModelCard Card(nn.Module model) => model is IHasModelCard c ? c.Card
+        : throw new ArgumentException($"{model.GetType().Name} has no model card (it does not implement IHasModelCard)");
+
     /// The model's head module path (<see cref="IHasClassifier"/>, timm's pretrained_cfg['classifier']).
     public static string Classifier(nn.Module model) => model is IHasClassifier c ? c.Classifier
         : throw new ArgumentException($"{model.GetType().Name} names no classifier module (it does not implement IHasClassifier): name the modules to train explicitly");
