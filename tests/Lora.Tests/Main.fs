@@ -22,6 +22,7 @@ let all =
         TuningCheckpointTests.tests
         ZooTests.tests
         ZooTests.dslKnowsTheZoo
+        ResNetTests.tests
         DataTests.tests
         TrainingTests.tests
         DslTests.tests
