@@ -23,6 +23,7 @@ let all =
         ZooTests.tests
         ZooTests.dslKnowsTheZoo
         ResNetTests.tests
+        ZooExportTests.tests
         DataTests.tests
         TrainingTests.tests
         DslTests.tests
