@@ -111,6 +111,20 @@ let tests =
                 let err = relErr tuned got
                 Expect.isLessThanOrEqual err tol $"{family}: relative error {err}"
         }
+        testPropertyWithConfig { Generators.config with maxTest = 9 } "random small ViT, ConvNeXt and ResNet configs: ONNX Runtime equals the forward"
+          <| fun (familySeed: FsCheck.NonNegativeInt) (depthSeed: FsCheck.PositiveInt) (widthSeed: FsCheck.PositiveInt) (oneChannel: bool) ->
+            let depth = 1 + depthSeed.Get % 2
+            let w = 1 + widthSeed.Get % 3
+            let chans = if oneChannel then 1L else 3L
+            let name, json, size =
+                match familySeed.Get % 3 with
+                | 0 -> "vit", $"""{{"img_size": 16, "patch_size": 4, "in_chans": {chans}, "embed_dim": {8 * w}, "depth": {depth}, "num_heads": {w}, "num_classes": 3}}""", 16L
+                | 1 -> "convnext", $"""{{"in_chans": {chans}, "depths": [{depth}, 1], "dims": [{8 * w}, 16], "num_classes": 3}}""", 32L
+                | _ -> "resnet", $"""{{"in_chans": {chans}, "block": "{if w = 2 then "Bottleneck" else "BasicBlock"}", "layers": [{depth}, 1, 1], "channels": [{4 * w}, 8, 12], "num_classes": 3}}""", 40L
+            use m = Zoo.Create(name, json)
+            perturbNorms m
+            use x = torch.randn(2L, chans, size, size)
+            exportAndCompare m x <= tol
         test "initializers carry timm's state-dict keys" {
             use m = loaded "resnet" "resnet_basic_narrow"
             use dir = new Generators.TempDir()
@@ -121,13 +135,16 @@ let tests =
             for kv in m.state_dict() do
                 if not (kv.Key.EndsWith "num_batches_tracked") then Expect.contains names kv.Key "initializer"
             Expect.equal model.OpsetImport[0].Version 17L "opset 17"
+            Expect.equal (ZooExport.DefaultInputShape m) [| 1L; 3L; 224L; 224L |] "ResNet's default input shape"
+            use vit = Zoo.Create("vit", """{"img_size": 28, "patch_size": 4, "in_chans": 1, "embed_dim": 16, "depth": 1, "num_heads": 2}""")
+            Expect.equal (ZooExport.DefaultInputShape vit) [| 1L; 1L; 28L; 28L |] "a ViT's own size"
         }
         test "an unmergeable adapter, an unmerged LoRA and an unknown family: clear errors naming the module, no file written" {
             use dir = new Generators.TempDir()
             let path = dir.File "x.onnx"
             let refuse (m: torch.nn.Module) (shape: int64[]) =
                 Expect.isFalse (ZooExport.CanExport m) "CanExport says no"
-                let e = Expect.throwsT<NotSupportedException> (fun () -> ZooExport.Export(m, shape, path))
+                Expect.throwsT<NotSupportedException> (fun () -> ZooExport.Export(m, shape, path)) "Export refuses it"
                 Expect.isFalse (File.Exists path) "no file"
                 Expect.isEmpty (Directory.GetFiles dir.Path) "no temporary file left"
                 ZooExport.Problem m |> Option.ofObj |> Option.defaultValue ""
@@ -150,9 +167,9 @@ let tests =
             File.WriteAllText(path, "old")
             use m = Zoo.Create("vit", """{"img_size": 16, "patch_size": 4, "embed_dim": 16, "depth": 1, "num_heads": 2, "num_classes": 3}""")
             m.train()
-            let e = Expect.throwsT<ArgumentException> (fun () -> ZooExport.Export(m, [| 1L; 3L; 20L; 20L |], path))
+            Expect.throwsT<ArgumentException> (fun () -> ZooExport.Export(m, [| 1L; 3L; 20L; 20L |], path)) "the ViT's size check speaks"
             Expect.equal (File.ReadAllText path) "old" "the old file is untouched"
-            Expect.throwsT<ArgumentException> (fun () -> ZooExport.Export(m, [| 3L; 16L; 16L |], path)) |> ignore
+            Expect.throwsT<ArgumentException> (fun () -> ZooExport.Export(m, [| 3L; 16L; 16L |], path)) "a shape of rank 3 is refused"
             ZooExport.Export(m, [| 1L; 3L; 16L; 16L |], path)
             Expect.isTrue m.training "still in training mode"
             Expect.notEqual (File.ReadAllText path) "old" "replaced on success"
