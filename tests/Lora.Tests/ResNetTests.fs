@@ -74,11 +74,11 @@ let tests =
             let e = ZooTests.argError (fun () -> Zoo.Create("resnet", """{"block": "Basic"}""") |> ignore)
             Expect.stringContains e "\"BasicBlock\" or \"Bottleneck\"" "says what it takes"
         }
-        for method in [ TuningMethod.Lora; TuningMethod.Dora ] do
+        for method in [ "LoRA"; "DoRA" ] do
             test $"{method} on the 3×3 convolutions: merged forward equals unmerged, unload restores the keys" {
                 use m = narrow "resnet_bottleneck_narrow"
                 let before = keysAndShapes m
-                let t = Tuner.Apply(m, TuningConfig(Method = method, Targets = [| "conv2" |], Rank = 4, Alpha = 8.0))
+                let t = Tuner.Apply(m, LoraConfig(UseDora = (method = "DoRA"), Targets = [| "conv2" |], Rank = 4, Alpha = 8.0))
                 Expect.equal (t.Layers.Count) 5 "one tuning layer per block's conv2"
                 perturbLoraB m
                 m.eval()
@@ -97,7 +97,7 @@ let tests =
             }
         test "AdaLoRA rejects the convolutions with a clear error (it supports Linear only)" {
             use m = Zoo.Create("resnet", """{"layers": [1, 1, 1, 1], "channels": [8, 8, 8, 8], "num_classes": 3}""")
-            let r = Tuner.Match(m, TuningConfig(Method = TuningMethod.AdaLora, Targets = [| "conv2" |]))
+            let r = Tuner.Match(m, AdaLoraConfig(Targets = [| "conv2" |]))
             Expect.isNonEmpty r.Errors "AdaLoRA on Conv2d is reported"
         }
     ]

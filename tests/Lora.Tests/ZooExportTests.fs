@@ -94,11 +94,11 @@ let tests =
         }
         test "after LoRA merge-and-unload (ViT qkv+fc1, ConvNeXt fc1+fc2, ResNet DoRA on conv2): ONNX Runtime equals the tuned forward" {
             for family, fx, targets, meth, size, chans in
-                [ "vit", "vit_tiny_p4_32", [| "qkv"; "fc1" |], TuningMethod.Lora, 32L, 3L
-                  "convnext", "convnext_t_64", [| "fc1"; "fc2" |], TuningMethod.Lora, 64L, 3L
-                  "resnet", "resnet_bottleneck_narrow", [| "conv2" |], TuningMethod.Dora, 48L, 1L ] do
+                [ "vit", "vit_tiny_p4_32", [| "qkv"; "fc1" |], false, 32L, 3L
+                  "convnext", "convnext_t_64", [| "fc1"; "fc2" |], false, 64L, 3L
+                  "resnet", "resnet_bottleneck_narrow", [| "conv2" |], true, 48L, 1L ] do
                 use m = loaded family fx
-                let t = Tuner.Apply(m, TuningConfig(Method = meth, Targets = targets, Rank = 4, Alpha = 8.0))
+                let t = Tuner.Apply(m, LoraConfig(UseDora = meth, Targets = targets, Rank = 4, Alpha = 8.0))
                 ResNetTests.perturbLoraB m
                 use x = torch.randn(2L, chans, size, size)
                 use tuned = eval m x
@@ -149,12 +149,12 @@ let tests =
                 Expect.isEmpty (Directory.GetFiles dir.Path) "no temporary file left"
                 ZooExport.Problem m |> Option.ofObj |> Option.defaultValue ""
             use vit = Zoo.Create("vit", """{"img_size": 16, "patch_size": 4, "embed_dim": 16, "depth": 1, "num_heads": 2, "num_classes": 3}""")
-            Tuner.Apply(vit, TuningConfig(Method = TuningMethod.Adapter)) |> ignore
+            Tuner.Apply(vit, BottleneckAdapterConfig()) |> ignore
             let msg = refuse vit [| 1L; 3L; 16L; 16L |]
             Expect.stringContains msg "blocks.0" "names the block"
             Expect.stringContains msg "bottleneck adapter" "says what cannot be merged"
             use cnx = Zoo.Create("convnext", """{"depths": [1, 1], "dims": [8, 16], "num_classes": 3}""")
-            Tuner.Apply(cnx, TuningConfig(Targets = [| "fc1" |], Rank = 2)) |> ignore
+            Tuner.Apply(cnx, LoraConfig(Targets = [| "fc1" |], Rank = 2)) |> ignore
             let msg2 = refuse cnx [| 1L; 3L; 32L; 32L |]
             Expect.stringContains msg2 "stages.0.blocks.0.mlp.fc1" "names the layer"
             Expect.stringContains msg2 "merge" "says to merge first"

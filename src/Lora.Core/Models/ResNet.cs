@@ -98,10 +98,10 @@ public sealed record ResNetConfig(
 /// timm's ResNet (= torchvision's): 7×7 stride-2 stem conv, BN, ReLU, 3×3 stride-2 max pool,
 /// stages layer1..layerN (each stage after the first halves the resolution), global average pool
 /// (so any input size its strides allow), fc.
-public sealed class ResNet : nn.Module<Tensor, Tensor>, IHasClassifier
+public sealed class ResNet : nn.Module<Tensor, Tensor>, IHasModelCard
 {
     public ResNetConfig Config { get; }
-    public string Classifier => "fc";
+    public ModelCard Card => ModelCard.Of(Config.in_chans, null, "fc", ModelTask.Classification);
     private nn.Module<Tensor, Tensor> conv1;
     private nn.Module<Tensor, Tensor> bn1;
     private readonly List<Sequential> stages = new();

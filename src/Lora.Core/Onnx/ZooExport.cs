@@ -44,13 +44,14 @@ public static class ZooExport
     /// The input shape a command exports with when none is given: [1, in_chans, img_size, img_size]
     /// for a ViT (its positional embedding fixes the size), [1, in_chans, 224, 224] for ConvNeXt and
     /// ResNet (timm's default input size; their pooling takes other sizes in PyTorch, but the file is fixed).
-    public static long[] DefaultInputShape(nn.Module model) => model switch
+    /// Read from the model's card.
+    public static long[] DefaultInputShape(nn.Module model)
     {
-        VisionTransformer v => new[] { 1, v.Config.in_chans, v.Config.img_size, v.Config.img_size },
-        ConvNeXt c => new[] { 1, c.Config.in_chans, 224L, 224L },
-        ResNet r => new[] { 1, r.Config.in_chans, 224L, 224L },
-        _ => throw new NotSupportedException($"Cannot export to ONNX: {Problem(model)}."),
-    };
+        if (model is not (VisionTransformer or ConvNeXt or ResNet)) throw new NotSupportedException($"Cannot export to ONNX: {Problem(model)}.");
+        var card = Zoo.Card(model);
+        var size = card.InputSize ?? 224L;
+        return new[] { 1, card.InChans, size, size };
+    }
 
     /// Writes the model's eval-mode forward for inputs shaped inputShape ([N, C, H, W]; N stays
     /// symbolic in the file) to path, atomically. The model is left as it was (mode and weights).
