@@ -5,7 +5,8 @@
 #      example (the ```csharp block of README.md, verbatim), with no step beyond `dotnet add package`;
 #   3. `dotnet tool install --add-source FEED lora`, then `lora --help` and the main job (the README's
 #      quickstart, limited to one tuned run and the pretrain step it needs);
-#   4. an F# script that starts with #r "nuget: Lora.Dsl" declares experiments (dotnet fsi).
+#   4. an F# script that starts with #r "nuget: Lora.Dsl" declares experiments (dotnet fsi), and
+#      experiments/*.fsx evaluate on their own through their editor preamble.
 # Lines of its own start with "package:"; exit code 0 when every step passed.
 # Packages restored here go to a private NUGET_PACKAGES (the user's cache is only read, as a
 # fallback folder), so an old copy of the same version never hides a change.
@@ -94,6 +95,12 @@ if (cd "$work" && dotnet fsi --quiet check.fsx) > "$work/fsx.log" 2>&1 && grep -
     if [ "$same" = 10 ]; then echo "package: the F# script declared the main job's 10 runs, with the hashes of results/"
     else cat "$work/fsx.log"; fail "the F# script's runs: $same of 10 have the committed results' hashes"; fi
 else cat "$work/fsx.log"; fail "the F# script with #r \"nuget: Lora.Dsl\""; fi
+# the repository's experiment scripts as an editor sees them: their #r preamble (skipped by
+# `lora run`) references the built Lora.Dsl, and they type-check and evaluate without the runner
+for f in experiments/*.fsx; do
+    if dotnet fsi --quiet --exec "$f" > "$work/editor.log" 2>&1; then echo "package: $f evaluates on its own (the editor's view)"
+    else cat "$work/editor.log"; fail "$f does not evaluate outside lora run"; fi
+done
 
 echo
 echo "package: took ${SECONDS}s"
