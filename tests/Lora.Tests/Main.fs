@@ -23,6 +23,8 @@ let all =
         PeftConfigTests.tests
         ZooTests.tests
         ZooTests.dslKnowsTheZoo
+        ResNetTests.tests
+        ZooExportTests.tests
         DataTests.tests
         TrainingTests.tests
         DslTests.tests
