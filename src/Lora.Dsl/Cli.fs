@@ -175,7 +175,13 @@ module Cli =
                 | Spec _ -> "the experiment spec (.yaml, .yml or .fsx)"
                 | Results _ -> "the results folder (default: results)"
 
+    type HelpArgs =
+        | [<MainCommand>] Command of command: string
+        interface IArgParserTemplate with
+            member a.Usage = match a with Command _ -> "the command to describe (validate, plan, run, ...)"
+
     type LoraArgs =
+        | [<CliPrefix(CliPrefix.None)>] Help of ParseResults<HelpArgs>
         | [<CliPrefix(CliPrefix.None)>] Validate of ParseResults<ValidateArgs>
         | [<CliPrefix(CliPrefix.None)>] Plan of ParseResults<PlanArgs>
         | [<CliPrefix(CliPrefix.None)>] Run of ParseResults<RunArgs>
@@ -190,6 +196,7 @@ module Cli =
         interface IArgParserTemplate with
             member a.Usage =
                 match a with
+                | Help _ -> "this list, or a command's options (lora help run)"
                 | Validate _ -> "check a spec; every problem on its own line (exit 2 if any)"
                 | Plan _ -> "show the runs of a spec, their dependencies and whether they are done"
                 | Run _ -> "run what is missing, in dependency order"
@@ -319,6 +326,12 @@ type CommandLine private () =
         else "'" + arg.Replace("'", "'\\''") + "'"
 
     static member Parse(args: string[]) : ParseOutcome =
+        match args with
+        // `lora help CMD` is `lora CMD --help`: Argu's usage of that command
+        | [| "help"; cmd |] when not (cmd.StartsWith "-") -> CommandLine.Parse [| cmd; "--help" |]
+        | _ -> CommandLine.ParseCommand args
+
+    static member private ParseCommand(args: string[]) : ParseOutcome =
         let line = "lora " + (args |> Array.map CommandLine.Quote |> String.concat " ")
         // list options take `a,b` as well as `a b`
         let commaList (values: string list) =
@@ -333,6 +346,7 @@ type CommandLine private () =
                 | Some other -> Error(sprintf "--device must be cpu or cuda, got '%s'" other)
             if r.Contains Cli.LoraArgs.Version then ok (ParsedCommand(Command.Version, line)) else
             match r.GetSubCommand() with
+            | Cli.Help _ -> fail 0 (parser.PrintUsage())
             | Cli.Validate a -> ok (ParsedCommand(Command.Validate { Spec = a.GetResult Cli.ValidateArgs.Spec }, line))
             | Cli.Plan a ->
                 ok (ParsedCommand(Command.Plan { Spec = a.GetResult Cli.PlanArgs.Spec; Results = a.GetResult(Cli.PlanArgs.Results, defaultResults); Json = a.Contains Cli.PlanArgs.Json }, line))

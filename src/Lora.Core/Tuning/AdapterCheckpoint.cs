@@ -26,6 +26,12 @@ public static class AdapterCheckpoint
         if (!model.Configs.TryGetValue(adapter, out var config)) throw new ArgumentException($"the model has no adapter named '{adapter}'");
         Directory.CreateDirectory(folder);
         var (tensors, pattern) = Collect(model, adapter, forSave: true);
+        // the method's own fixes of what PEFT's config classes require (AdaLoRA's total_step)
+        if (model.Attached(adapter) is { } attached) config = attached.ConfigToSave(config);
+        // PEFT's modules_to_save are names matched as suffixes: a regular expression is written
+        // as the module paths it matched
+        if (config.ModulesToSave.Any(ModulePattern.IsRegex))
+            config = config with { ModulesToSave = PeftModuleNames(model, config.ModulesToSave) };
         var json = config.Method.WriteConfig(config, pattern, adapter).ToJsonString(new JsonSerializerOptions { WriteIndented = true });
         Safetensors.Save(Path.Combine(folder, WeightsFile), tensors.Select(kv => new KeyValuePair<string, Tensor>(kv.Key, kv.Value.contiguous())),
             new Dictionary<string, string> { ["format"] = "pt" });
@@ -136,5 +142,12 @@ public static class AdapterCheckpoint
                 if (n.Split('.')[^1] == "bias" && !n.Contains(".original_module.") && !n.Contains(".modules_to_save."))
                     result.TryAdd(Prefix + n, t);
         return (result, usedPattern);
+    }
+
+    static IReadOnlyList<string> PeftModuleNames(TunedModel model, IReadOnlyList<string> patterns)
+    {
+        var paths = model.Model.named_modules().Select(m => m.name)
+            .Where(n => n.Length > 0 && !n.Contains(".original_module") && !n.Contains(".modules_to_save")).ToList();
+        return patterns.SelectMany(p => ModulePattern.IsRegex(p) ? paths.Where(n => ModulePattern.Matches(p, n)) : [p]).Distinct().ToList();
     }
 }

@@ -97,9 +97,12 @@ public abstract class TuningMethod
         ["inference_mode"] = true,
     };
 
+    /// PEFT's target_modules: a list of names/dotted suffixes, or one regular expression that must
+    /// match the whole path; with any regex among the targets, all become one alternation.
     protected static JsonNode? TargetsJson(IReadOnlyList<string> ts) =>
         ts.Count == 0 ? null
-        : ts.Count == 1 && ModulePattern.IsRegex(ts[0]) ? JsonValue.Create(ts[0][3..])
+        : ts.Any(ModulePattern.IsRegex) ? JsonValue.Create(string.Join("|", ts.Select(t =>
+            ModulePattern.IsRegex(t) ? (ts.Count == 1 ? t[3..] : $"(?:{t[3..]})") : $"(?:.*\\.)?{System.Text.RegularExpressions.Regex.Escape(t)}")))
         : new JsonArray(ts.Select(t => (JsonNode?)JsonValue.Create(t)).ToArray());
 
     protected static JsonNode BiasJson(BiasMode b) => JsonValue.Create(b switch { BiasMode.LoraOnly => "lora_only", BiasMode.All => "all", _ => "none" });
@@ -120,6 +123,9 @@ public class AttachedAdapter
     /// Applies a saved rank pattern (a loaded checkpoint's); only AdaLoRA has one.
     public virtual void LoadRankPattern(TunedModel model, string adapter, IReadOnlyDictionary<string, bool[]> pattern) =>
         throw new InvalidDataException("rank_pattern with kept ranks applies to AdaLoRA adapters only");
+
+    /// The configuration as a checkpoint saves it (AdaLoRA: the total step the training loop set).
+    public virtual TuningConfig ConfigToSave(TuningConfig config) => config;
 
     /// Turns the attached parts on or off (the adapter became active or inactive, or disabled).
     public virtual void SetActive(bool on) { }

@@ -49,6 +49,14 @@ public sealed class AdaLoraMethod : TuningMethod
     /// not for further allocation).
     sealed class AdaLoraAttachment(RankAllocator allocator) : AttachedAdapter
     {
+        /// PEFT's AdaLoraConfig needs total_step &gt; 0 with tinit &lt; total_step - tfinal: a TotalStep
+        /// left to the training loop is saved as the loop set it, or (never trained) as the shortest
+        /// schedule PEFT accepts.
+        public override TuningConfig ConfigToSave(TuningConfig config) =>
+            config is AdaLoraConfig { TotalStep: <= 0 } c
+                ? c with { TotalStep = this.allocator?.TotalStep is long t && t > 0 ? t : c.TInit + c.TFinal + 1 }
+                : config;
+
         RankAllocator? allocator = allocator;
         IReadOnlyDictionary<string, bool[]>? loaded;
 

@@ -65,7 +65,7 @@ public sealed class BottleneckAdapterMethod : TuningMethod
 
         public override IEnumerable<Parameter> Parameters() => hosts.SelectMany(h => h.Attn.parameters().Concat(h.Mlp.parameters()));
 
-        /// `<block>.adapter_attn.fc1.weight`, as the host registers them.
+        /// `&lt;block&gt;.adapter_attn.fc1.weight`, as the host registers them.
         public override IEnumerable<(string Key, Tensor Value)> Tensors() =>
             hosts.SelectMany(h => h.Attn.named_parameters().Select(p => ($"{h.Path}.adapter_attn.{p.name}", (Tensor)p.parameter))
                                     .Concat(h.Mlp.named_parameters().Select(p => ($"{h.Path}.adapter_mlp.{p.name}", (Tensor)p.parameter))));
