@@ -34,6 +34,7 @@ let all =
         ReliabilityTests.tests
         BenchTests.tests
         MixedPrecisionTests.tests
+        OnnxTests.tests
     ]
 
 [<EntryPoint>]
