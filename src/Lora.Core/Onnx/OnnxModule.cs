@@ -9,15 +9,16 @@ namespace Lora.Core.Onnx;
 /// How to import a graph. NumClasses: a new head (replaces the final Gemm/MatMul classifier, or is
 /// appended as global average pooling + Linear to a featurizer); null keeps the graph's own output.
 /// Rename: module paths to use instead of the derived ones (e.g. torchvision's for a CNTK ResNet).
-public sealed record OnnxImportOptions(long? NumClasses = null, IReadOnlyDictionary<string, string>? Rename = null);
+public sealed record OnnxImportOptions(long? NumClasses = null, IReadOnlyDictionary<string, string>? Rename = null, PixelPreprocessing? Preprocessing = null);
 
 /// An ONNX graph as a TorchSharp module. Weighted nodes are ordinary nn modules (Conv2d, Linear,
 /// BatchNorm2d, LayerNorm) under readable paths, so tuners inject into them with the usual target
 /// patterns; every other node is interpreted in graph order (<see cref="OnnxOps"/>). Float
 /// initializers that interpreted nodes read (ViT's class token and position embedding) are
 /// parameters; values computable at import time are folded once.
-public sealed class OnnxModule : nn.Module<Tensor, Tensor>, IReplaceableChildren, IHasClassifier
+public sealed class OnnxModule : nn.Module<Tensor, Tensor>, IReplaceableChildren, IHasClassifier, IOwnsPreprocessing
 {
+    readonly PixelPreprocessing? pre;
     readonly ScopeTable table;
     readonly OnnxGraph graph;
     /// Per node: its layer, or null (interpreted), and whether it was folded at import time.
@@ -54,6 +55,12 @@ public sealed class OnnxModule : nn.Module<Tensor, Tensor>, IReplaceableChildren
         folded = new bool[nodes.Count];
         globalPool = new bool[nodes.Count];
         output = graph.Output;
+        pre = options.Preprocessing;
+        if (pre is not null)
+        {
+            register_buffer("mean_image", pre.MeanImage.clone(), persistent: false);
+            register_buffer("mean_pixel", pre.MeanImage.mean([0L, 2L, 3L], keepdim: true), persistent: false);
+        }
 
         var consumers = new Dictionary<string, List<int>>();
         for (var i = 0; i < nodes.Count; i++)
@@ -181,11 +188,25 @@ public sealed class OnnxModule : nn.Module<Tensor, Tensor>, IReplaceableChildren
 
     static string FirstLine(string message) => message.Split('\n')[0].Trim();
 
+    /// The model's own preprocessing, when it has some (<see cref="IOwnsPreprocessing"/>).
+    public PixelPreprocessing? Preprocessing => pre;
+
+    Tensor Preprocess(Tensor x)
+    {
+        var mean = get_buffer("mean_image")!;
+        if (x.shape[1] == 1 && mean.shape[1] == 3) x = x.expand(-1, 3, -1, -1);
+        using var scale = torch.tensor(pre!.Scale, x.dtype, x.device);
+        var y = x * scale;
+        if (pre.ReverseChannels) y = y.flip(1);
+        var fits = x.shape[2] == mean.shape[2] && x.shape[3] == mean.shape[3];
+        return y - (fits ? mean : get_buffer("mean_pixel")!).to(y.dtype);
+    }
+
     public override Tensor forward(Tensor input)
     {
         using var scope = torch.NewDisposeScope();
         var nodes = graph.Graph.Node;
-        var values = new Dictionary<string, Tensor> { [graph.Input] = input };
+        var values = new Dictionary<string, Tensor> { [graph.Input] = pre is null ? input : Preprocess(input) };
         var named = named_parameters().ToDictionary(p => p.name, p => (Tensor)p.parameter);
         foreach (var b in bufferNames.Values) named[b] = get_buffer(b)!;
         Tensor? Value(string v) =>
