@@ -84,9 +84,167 @@ let mlnetTests =
         }
     ]
 
+/// ONNX Runtime's output for an ONNX model held in memory.
+let ortForwardBytes (bytes: byte[]) (input: torch.Tensor) =
+    use tmp = new TempDir()
+    IO.File.WriteAllBytes(tmp.File "m.onnx", bytes)
+    ortForward (tmp.File "m.onnx") input
+
+/// Makes every LoRA B (and DoRA magnitude) non-zero so that merging changes the weights.
+let perturbAdapters (m: torch.nn.Module) =
+    use _ = torch.no_grad()
+    for struct (name, p) in m.named_parameters() do
+        if name.Contains "lora_B" then p.normal_(0.0, 0.05) |> ignore
+
+let exportRoundTrip (name: string) (classes: int64) (targets: string[]) (method: Lora.Core.Tuning.TuningMethod) (shape: int64[]) =
+    let m = new OnnxModule(OnnxGraph.Read(onnxFixture name), OnnxImportOptions(NumClasses = Nullable classes))
+    let t = Lora.Core.Tuning.Tuner.Apply(m, Lora.Core.Tuning.TuningConfig(Method = method, Targets = targets, Rank = 2, ModulesToSave = [| m.Classifier |]))
+    perturbAdapters m
+    m.eval() |> ignore
+    torch.manual_seed 11L |> ignore
+    let x = torch.randn(shape)
+    use _ = torch.no_grad()
+    let unmerged: torch.Tensor = m.call x
+    let merged = t.MergeAndUnload() :?> OnnxModule
+    merged.eval() |> ignore
+    let ours: torch.Tensor = merged.call x
+    Expect.isLessThan (relErr ours unmerged) 1e-4 "merged = unmerged"
+    let ort = ortForwardBytes (OnnxExport.ToBytes merged) x
+    Expect.sequenceEqual ort.shape [| shape.[0]; classes |] "the exported head has the new class count"
+    Expect.isLessThan (relErr ort ours) 1e-4 $"{name}: the exported merged model in ONNX Runtime = our forward"
+
+/// A fixture with one node changed, as bytes.
+let edited name (edit: Onnx.ModelProto -> unit) =
+    let m = Onnx.ModelProto.Parser.ParseFrom(IO.File.ReadAllBytes(onnxFixture name))
+    edit m
+    Google.Protobuf.MessageExtensions.ToByteArray m
+
+let importError (bytes: byte[]) =
+    try
+        use _ = new OnnxModule(OnnxGraph.Parse(bytes, "test.onnx"))
+        failtest "expected an import error"
+        ""
+    with :? OnnxImportException as e -> e.Message
+
+let exportTests =
+    testList "export" [
+        test "LoRA on a ResNet's convolutions, new 5-class fc: merged export runs in ONNX Runtime and equals our forward" {
+            exportRoundTrip "resnet_basic_op13" 5L [| "re:layer\\d\\.0\\.conv[12]" |] Lora.Core.Tuning.TuningMethod.Lora [| 2L; 3L; 32L; 32L |]
+        }
+        test "DoRA on a BatchNorm ResNet (BatchNormalization nodes kept)" {
+            exportRoundTrip "resnet_bottleneck_bn_op15" 3L [| "conv2" |] Lora.Core.Tuning.TuningMethod.Dora [| 2L; 3L; 32L; 32L |]
+        }
+        test "LoRA on a ViT's MatMul linears (opset 17: LayerNormalization), new head" {
+            exportRoundTrip "vit_op17" 4L [| "in_proj"; "mlp.0" |] Lora.Core.Tuning.TuningMethod.Lora [| 2L; 3L; 32L; 32L |]
+        }
+        test "AdaLoRA on a ViT (opset 13)" {
+            exportRoundTrip "vit_op13" 6L [| "mlp.0"; "mlp.3" |] Lora.Core.Tuning.TuningMethod.AdaLora [| 2L; 3L; 32L; 32L |]
+        }
+        test "resnet18_mlnet with a new head exports its preprocessing and head; ONNX Runtime agrees at 224 px" {
+            use _ = torch.no_grad()
+            use m = Zoo.Create("resnet18_mlnet", ModelArgs.Empty.With("num_classes", 10L)) :?> OnnxModule
+            m.eval() |> ignore
+            torch.manual_seed 5L |> ignore
+            let x = torch.rand(1L, 3L, 224L, 224L)
+            let ours: torch.Tensor = m.call x
+            let ort = ortForwardBytes (OnnxExport.ToBytes m) x
+            Expect.isLessThan (relErr ort ours) 1e-4 "ONNX Runtime on the export = our forward"
+        }
+        test "lora forward and lora export on the command line agree with ONNX Runtime; a failed export writes nothing" {
+            use tmp = new TempDir()
+            torch.manual_seed 2L |> ignore
+            let x = torch.randn(2L, 3L, 32L, 32L)
+            Lora.Core.IO.Safetensors.Save(tmp.File "in.safetensors", [ Collections.Generic.KeyValuePair("input", x) ])
+            IO.File.WriteAllText(tmp.File "cfg.json", """{"num_classes": 7}""")
+            let model = onnxFixture "mobilenet_v2_op14"
+            // the new head's weights, so that both commands use the same ones
+            do
+                use m7 = new OnnxModule(OnnxGraph.Read model, OnnxImportOptions(NumClasses = Nullable 7L))
+                Lora.Core.IO.StateDict.Save(m7, tmp.File "w.safetensors")
+            let code, _, err = runLora [ "forward"; "--model"; model; "--input"; tmp.File "in.safetensors"; "--out"; tmp.File "out.safetensors" ]
+            Expect.equal code 0 $"forward exits 0 ({err})"
+            let out = Lora.Core.IO.Safetensors.Load(tmp.File "out.safetensors").["output"]
+            Expect.isLessThan (relErr out (ortForward model x)) 1e-4 "lora forward = ONNX Runtime"
+            let code, _, err = runLora [ "export"; "--model"; model; "--model-config"; tmp.File "cfg.json"; "--weights"; tmp.File "w.safetensors"; "--out"; tmp.File "m.onnx" ]
+            Expect.equal code 0 $"export exits 0 ({err})"
+            let code, _, err = runLora [ "forward"; "--model"; model; "--model-config"; tmp.File "cfg.json"; "--weights"; tmp.File "w.safetensors"; "--input"; tmp.File "in.safetensors"; "--out"; tmp.File "out7.safetensors" ]
+            Expect.equal code 0 $"forward with a new head exits 0 ({err})"
+            let out7 = Lora.Core.IO.Safetensors.Load(tmp.File "out7.safetensors").["output"]
+            Expect.sequenceEqual out7.shape [| 2L; 7L |] "7 classes"
+            Expect.isLessThan (relErr (ortForward (tmp.File "m.onnx") x) out7) 1e-4 "the export in ONNX Runtime = lora forward"
+            let code, _, err = runLora [ "export"; "--model"; "vit_tiny_patch16_224"; "--out"; tmp.File "zoo.onnx" ]
+            Expect.equal code 1 "a zoo model cannot be exported yet"
+            Expect.stringContains err "not yet supported" "says so"
+            Expect.isFalse (IO.File.Exists(tmp.File "zoo.onnx")) "no file written"
+            Expect.equal (IO.Directory.GetFiles(tmp.Path).Length) 6 "no temporary file left either"
+        }
+    ]
+
+let errorTests =
+    testList "bad files" [
+        test "a file that is not ONNX is a one-line error" {
+            let e = importError [| 1uy; 2uy; 3uy; 0xffuy |]
+            Expect.stringContains e "is not an ONNX model" "says what"
+            Expect.isFalse (e.Contains "\n") "one line"
+        }
+        test "an unsupported op names the op, the node and the opset" {
+            let e = importError (edited "resnet_basic_op13" (fun m -> (m.Graph.Node |> Seq.find (fun n -> n.OpType = "Relu")).OpType <- "Celu"))
+            Expect.stringContains e "Celu" "the op"
+            Expect.stringContains e "opset 13" "the opset"
+            Expect.stringContains e "/relu/" "the node"
+        }
+        test "a convolution whose weight the graph computes is a dynamic-weight error" {
+            let e = importError (edited "resnet_basic_op13" (fun m ->
+                let convs = m.Graph.Node |> Seq.filter (fun n -> n.OpType = "Conv") |> Seq.toArray
+                convs.[1].Input.[1] <- convs.[0].Output.[0]))
+            Expect.stringContains e "dynamic weight" "says what"
+            Expect.stringContains e "Conv" "the op"
+        }
+        test "lora forward on a bad file exits 1 with one line, no stack trace" {
+            use tmp = new TempDir()
+            IO.File.WriteAllText(tmp.File "bad.onnx", "not a model")
+            Lora.Core.IO.Safetensors.Save(tmp.File "in.safetensors", [ Collections.Generic.KeyValuePair("input", torch.zeros(1L, 3L, 8L, 8L)) ])
+            let code, _, err = runLora [ "forward"; "--model"; tmp.File "bad.onnx"; "--input"; tmp.File "in.safetensors"; "--out"; tmp.File "o.safetensors" ]
+            Expect.equal code 1 "exit 1"
+            Expect.equal (err.Trim().Split('\n').Length) 1 "one line"
+            Expect.isFalse (err.Contains "   at ") "no stack trace"
+        }
+    ]
+
+let tuningTests =
+    testList "tuning an imported graph" [
+        test "LoRA targets an imported ViT's linears by their torch names; a fresh adapter changes nothing" {
+            use _ = torch.no_grad()
+            use m = new OnnxModule(OnnxGraph.Read(onnxFixture "vit_op17"))
+            m.eval() |> ignore
+            let x = torch.randn(2L, 3L, 32L, 32L)
+            let before: torch.Tensor = m.call x
+            let report = Lora.Core.Tuning.Tuner.Match(m, Lora.Core.Tuning.TuningConfig(Targets = [| "self_attention.in_proj"; "out_proj" |], Rank = 2))
+            Expect.isEmpty report.Errors "no problem"
+            let expected =
+                set [ for i in 0 .. 1 do
+                        $"encoder.layers.encoder_layer_{i}.self_attention.in_proj"
+                        $"encoder.layers.encoder_layer_{i}.self_attention.out_proj" ]
+            Expect.equal (report.Targets |> Seq.map (fun t -> t.Path) |> Set.ofSeq) expected "the readable paths"
+            let _t = Lora.Core.Tuning.Tuner.Apply(m, Lora.Core.Tuning.TuningConfig(Targets = [| "in_proj"; "out_proj" |], Rank = 2))
+            m.eval() |> ignore
+            let after: torch.Tensor = m.call x
+            Expect.isLessThan (relErr after before) 1e-6 "B = 0: the same output"
+            Expect.isTrue (m.named_parameters() |> Seq.exists (fun struct (n, _) -> n = "encoder.layers.encoder_layer_0.self_attention.in_proj.lora_A.default.weight")) "PEFT-style parameter names"
+        }
+        test "full fine-tuning trains the class token and position embedding too" {
+            use m = new OnnxModule(OnnxGraph.Read(onnxFixture "vit_op13"))
+            let names = m.named_parameters() |> Seq.map (fun struct (n, _) -> n) |> Set.ofSeq
+            Expect.isTrue (names.Contains "class_token" && names.Contains "encoder.pos_embedding") $"{names}"
+        }
+    ]
+
 let tests =
     testList "Onnx" [
         mlnetTests
+        exportTests
+        errorTests
+        tuningTests
         testList "import equals ONNX Runtime" [
             for name, shape in fixtures -> test name { importAndCompare name shape }
         ]

@@ -188,6 +188,9 @@ public sealed class OnnxModule : nn.Module<Tensor, Tensor>, IReplaceableChildren
 
     static string FirstLine(string message) => message.Split('\n')[0].Trim();
 
+    /// Float initializers of interpreted nodes and the parameter paths that hold them.
+    public IReadOnlyDictionary<string, string> ParameterPaths => parameterNames;
+
     /// The model's own preprocessing, when it has some (<see cref="IOwnsPreprocessing"/>).
     public PixelPreprocessing? Preprocessing => pre;
 
