@@ -115,7 +115,7 @@ module Cli =
         interface IArgParserTemplate with
             member a.Usage =
                 match a with
-                | Model _ -> "an .onnx file (zoo models: not yet)"
+                | Model _ -> "an .onnx file, resnet18_mlnet, or a ViT, ConvNeXt or ResNet zoo model"
                 | Model_Config _ -> "a JSON file of model options (num_classes, ...)"
                 | Weights _ -> "the model's safetensors file"
                 | Adapter _ -> "an adapter folder, merged into the weights"

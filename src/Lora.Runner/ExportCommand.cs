@@ -18,14 +18,17 @@ public static class ExportCommand
         return 0;
     }
 
-    /// The one place a model is matched to its ONNX writer. Imported graphs write their own graph
-    /// back; zoo architectures (ViT, ConvNeXt, ResNet) plug in here when their exporter lands.
+    /// The one place a model is matched to its ONNX writer: imported graphs write their own graph
+    /// back; zoo architectures (ViT, ConvNeXt, ResNet) go through ZooExport at their default input size.
     public static void WriteOnnx(nn.Module<Tensor, Tensor> merged, string modelName, string path)
     {
         switch (merged)
         {
             case OnnxModule imported: OnnxExport.Write(imported, path); break;
-            default: throw new NotSupportedException($"exporting the zoo model '{modelName}' ({merged.GetType().Name}) to ONNX is not yet supported; export works for models imported from .onnx files (and resnet18_mlnet)");
+            default:
+                if (ZooExport.Problem(merged) is { } why) throw new NotSupportedException($"cannot export {modelName} to ONNX: {why}");
+                ZooExport.Export(merged, ZooExport.DefaultInputShape(merged), path);
+                break;
         }
     }
 }

@@ -15,6 +15,8 @@ public static class StateDict
     /// nothing is copied unless the whole file fits.
     /// Keys for which <paramref name="skip"/> returns true are left as the model has them (used to
     /// transfer a backbone whose classifier head has another number of classes).
+    /// BatchNorm's num_batches_tracked counters may be absent (torchvision's and many timm
+    /// checkpoints drop them; PyTorch's BatchNorm loads such files too): the model keeps its own.
     public static LoadReport Load(nn.Module module, string path, bool strict = true, Func<string, bool>? skip = null)
     {
         var source = Safetensors.Load(path);
@@ -26,7 +28,7 @@ public static class StateDict
                 foreach (var k in source.Keys.Where(skip).ToList()) { source[k].Dispose(); source.Remove(k); }
                 target = target.Where(kv => !skip(kv.Key)).ToDictionary(kv => kv.Key, kv => kv.Value);
             }
-            var missing = target.Keys.Where(k => !source.ContainsKey(k)).ToList();
+            var missing = target.Keys.Where(k => !source.ContainsKey(k) && !k.EndsWith(".num_batches_tracked", StringComparison.Ordinal)).ToList();
             var unexpected = source.Keys.Where(k => !target.ContainsKey(k)).ToList();
             var wrongShape = target.Where(kv => source.TryGetValue(kv.Key, out var s) && !s.shape.SequenceEqual(kv.Value.shape))
                 .Select(kv => $"{kv.Key} (file [{string.Join(", ", source[kv.Key].shape)}], model [{string.Join(", ", kv.Value.shape)}])")
