@@ -37,6 +37,7 @@ let all =
         ReliabilityTests.tests
         BenchTests.tests
         MixedPrecisionTests.tests
+        OnnxTests.tests
     ]
 
 [<EntryPoint>]
