@@ -10,7 +10,7 @@ namespace Lora.Core.Onnx;
 /// to native calls are held in `using` variables so no finaliser frees one during the call.
 public static class OnnxOps
 {
-    /// The operators <see cref="Run"/> interprets (the weighted ones are in <see cref="OnnxLayers"/>).
+    /// The operators <see cref="Run"/> interprets (the weighted ones are in <see cref="OnnxLayer"/>).
     public static readonly IReadOnlySet<string> Supported = new HashSet<string>
     {
         "Identity", "Dropout", "Constant", "ConstantOfShape", "Cast", "Shape", "Gather", "Unsqueeze", "Squeeze",
