@@ -89,6 +89,38 @@ module Cli =
                 | Adapter _ -> "the adapter folder or safetensors file"
                 | Out _ -> "the merged safetensors file to write"
 
+    type ForwardArgs =
+        | [<Mandatory>] Model of model: string
+        | Model_Config of path: string
+        | Weights of path: string
+        | Adapter of path: string
+        | [<Mandatory>] Input of path: string
+        | [<Mandatory>] Out of path: string
+        interface IArgParserTemplate with
+            member a.Usage =
+                match a with
+                | Model _ -> "a zoo model name or an .onnx file"
+                | Model_Config _ -> "a JSON file of model options (num_classes, ...)"
+                | Weights _ -> "the model's safetensors file"
+                | Adapter _ -> "an adapter folder to apply"
+                | Input _ -> "a safetensors file with the tensor 'input'"
+                | Out _ -> "the safetensors file to write, with the tensor 'output' (fp32)"
+
+    type ExportArgs =
+        | [<Mandatory>] Model of model: string
+        | Model_Config of path: string
+        | Weights of path: string
+        | Adapter of path: string
+        | [<Mandatory>] Out of path: string
+        interface IArgParserTemplate with
+            member a.Usage =
+                match a with
+                | Model _ -> "an .onnx file, resnet18_mlnet, or a ViT, ConvNeXt or ResNet zoo model"
+                | Model_Config _ -> "a JSON file of model options (num_classes, ...)"
+                | Weights _ -> "the model's safetensors file"
+                | Adapter _ -> "an adapter folder, merged into the weights"
+                | Out _ -> "the .onnx file to write"
+
     type PredictArgs =
         | [<MainCommand>] Images of images: string list
         | [<Mandatory>] Model of model: string
@@ -189,6 +221,8 @@ module Cli =
         | [<CliPrefix(CliPrefix.None)>] Summary of ParseResults<SummaryArgs>
         | [<CliPrefix(CliPrefix.None)>] Merge of ParseResults<MergeArgs>
         | [<CliPrefix(CliPrefix.None)>] Predict of ParseResults<PredictArgs>
+        | [<CliPrefix(CliPrefix.None)>] Forward of ParseResults<ForwardArgs>
+        | [<CliPrefix(CliPrefix.None)>] Export of ParseResults<ExportArgs>
         | [<CliPrefix(CliPrefix.None)>] Bench of ParseResults<BenchArgs>
         | [<CliPrefix(CliPrefix.None)>] Submit of ParseResults<SubmitArgs>
         | [<CliPrefix(CliPrefix.None)>] Status of ParseResults<StatusArgs>
@@ -204,6 +238,8 @@ module Cli =
                 | Summary _ -> "parameter summary of a zoo model with a tuning method"
                 | Merge _ -> "merge an adapter into its base model's weights"
                 | Predict _ -> "classify images: top-k labels with scores"
+                | Forward _ -> "the eval-mode forward of a tensor (parity checks against other frameworks)"
+                | Export _ -> "write the merged model as an ONNX file"
                 | Bench _ -> "time training steps of the methods on one model"
                 | Submit _ -> "submit the plan to Slurm: one job array per dependency level"
                 | Status _ -> "pending/running/done/failed per run (results folder and Slurm)"
@@ -229,6 +265,8 @@ type SummaryOptions =
     { Model: string; Method: string; Rank: Nullable<int>; Alpha: Nullable<float>; Targets: string list; Train: string list
       Bias: string; InitRank: Nullable<int>; Classes: Nullable<int>; ModelConfig: string }
 type MergeOptions = { Model: string; ModelConfig: string; Weights: string; Adapter: string; Out: string }
+type ForwardOptions = { Model: string; ModelConfig: string; Weights: string; Adapter: string; Input: string; Out: string }
+type ExportOptions = { Model: string; ModelConfig: string; Weights: string; Adapter: string; Out: string }
 type PredictOptions =
     { Images: string list; Model: string; ModelConfig: string; Weights: string; Adapter: string; Labels: string; TopK: int; Json: bool
       /// the --mean and --std texts as given (null: no normalisation)
@@ -255,6 +293,8 @@ type Command =
     | Summary of SummaryOptions
     | Merge of MergeOptions
     | Predict of PredictOptions
+    | Forward of ForwardOptions
+    | Export of ExportOptions
     | Bench of BenchOptions
     | Submit of SubmitOptions
     | Status of StatusOptions
@@ -270,6 +310,8 @@ type ICommandHandler<'T> =
     abstract Summary: SummaryOptions -> 'T
     abstract Merge: MergeOptions -> 'T
     abstract Predict: PredictOptions -> 'T
+    abstract Forward: ForwardOptions -> 'T
+    abstract Export: ExportOptions -> 'T
     abstract Bench: BenchOptions -> 'T
     abstract Submit: SubmitOptions -> 'T
     abstract Status: StatusOptions -> 'T
@@ -291,6 +333,8 @@ type ParsedCommand(command: Command, commandLine: string) =
         | Summary o -> handler.Summary o
         | Merge o -> handler.Merge o
         | Predict o -> handler.Predict o
+        | Forward o -> handler.Forward o
+        | Export o -> handler.Export o
         | Bench o -> handler.Bench o
         | Submit o -> handler.Submit o
         | Status o -> handler.Status o
@@ -370,6 +414,14 @@ type CommandLine private () =
             | Cli.Merge a ->
                 ok (ParsedCommand(Command.Merge { Model = a.GetResult Cli.MergeArgs.Model; ModelConfig = orNull (a.TryGetResult Cli.MergeArgs.Model_Config)
                                                   Weights = a.GetResult Cli.MergeArgs.Weights; Adapter = a.GetResult Cli.MergeArgs.Adapter; Out = a.GetResult Cli.MergeArgs.Out }, line))
+            | Cli.Forward a ->
+                ok (ParsedCommand(Command.Forward { Model = a.GetResult Cli.ForwardArgs.Model; ModelConfig = orNull (a.TryGetResult Cli.ForwardArgs.Model_Config)
+                                                    Weights = orNull (a.TryGetResult Cli.ForwardArgs.Weights); Adapter = orNull (a.TryGetResult Cli.ForwardArgs.Adapter)
+                                                    Input = a.GetResult Cli.ForwardArgs.Input; Out = a.GetResult Cli.ForwardArgs.Out }, line))
+            | Cli.Export a ->
+                ok (ParsedCommand(Command.Export { Model = a.GetResult Cli.ExportArgs.Model; ModelConfig = orNull (a.TryGetResult Cli.ExportArgs.Model_Config)
+                                                   Weights = orNull (a.TryGetResult Cli.ExportArgs.Weights); Adapter = orNull (a.TryGetResult Cli.ExportArgs.Adapter)
+                                                   Out = a.GetResult Cli.ExportArgs.Out }, line))
             | Cli.Predict a ->
                 ok (ParsedCommand(Command.Predict { Images = a.GetResult(Cli.PredictArgs.Images, []); Model = a.GetResult Cli.PredictArgs.Model
                                                     ModelConfig = orNull (a.TryGetResult Cli.PredictArgs.Model_Config); Weights = orNull (a.TryGetResult Cli.PredictArgs.Weights)

@@ -20,7 +20,7 @@ public static class Commands
         {
             return parsed.Command.Accept(new Handler(executorFactory, parsed.Command.CommandLine, stdout, stderr, ct));
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidDataException)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidDataException or Lora.Core.Onnx.OnnxImportException)
         {
             stderr.WriteLine($"lora: {e.Message}");
             return 1;
@@ -41,6 +41,8 @@ public static class Commands
         public int Summary(SummaryOptions o) => Guarded("summary", () => SummaryCommand.Run(o, stdout, stderr), stderr);
         public int Merge(MergeOptions o) => Guarded("merge", () => MergeCommand.Run(o, stdout), stderr);
         public int Predict(PredictOptions o) => Guarded("predict", () => PredictCommand.Run(o, stdout, stderr), stderr);
+        public int Forward(ForwardOptions o) => Guarded("forward", () => ForwardCommand.Run(o, stdout), stderr);
+        public int Export(ExportOptions o) => Guarded("export", () => ExportCommand.Run(o, stdout), stderr);
     }
 
     static int Print(TextWriter w, string line) { w.WriteLine(line); return 0; }
@@ -53,7 +55,7 @@ public static class Commands
         try { return body(); }
         catch (BadModelException e) { stderr.WriteLine($"lora {command}: {ModelSource.OneLine(e.Message)}"); return 2; }
         catch (OperationCanceledException) { throw; }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidDataException or ArgumentException)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidDataException or ArgumentException or NotSupportedException or InvalidOperationException or Lora.Core.Onnx.OnnxImportException)
         {
             stderr.WriteLine($"lora {command}: {ModelSource.OneLine(e.Message)}");
             return 1;

@@ -38,6 +38,7 @@ let all =
         BenchTests.tests
         MixedPrecisionTests.tests
         ConversionTests.tests
+        OnnxTests.tests
     ]
 
 [<EntryPoint>]
