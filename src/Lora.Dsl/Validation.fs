@@ -38,6 +38,25 @@ module DataDefaults =
 module Validation =
     let private err field message = { File = ""; Line = 0; Column = 0; Field = field; Message = message }
 
+    /// A name that becomes part of run ids, file names and terminal output: no control or format
+    /// characters (NUL, the ESC of a terminal escape sequence, bidirectional overrides), no path
+    /// separators or wildcards, not "." or "..".
+    let nameProblem (name: string) =
+        let hidden (c: char) =
+            System.Char.IsControl c
+            || (match System.Globalization.CharUnicodeInfo.GetUnicodeCategory c with
+                | System.Globalization.UnicodeCategory.Format
+                | System.Globalization.UnicodeCategory.LineSeparator
+                | System.Globalization.UnicodeCategory.ParagraphSeparator -> true
+                | _ -> false)
+        let shown = name |> String.collect (fun c -> if hidden c then sprintf "\\u%04x" (int c) else string c)
+        if System.String.IsNullOrWhiteSpace name then Some "must not be empty"
+        else match name |> Seq.tryFind hidden with
+             | Some c -> Some(sprintf "name '%s' holds the control character U+%04X: use letters, digits and punctuation" shown (int c))
+             | None when name.IndexOfAny([| '/'; '\\'; '*'; '?' |]) >= 0 -> Some(sprintf "name '%s' must not contain / \\ * or ?" name)
+             | None when name = "." || name = ".." -> Some(sprintf "name '%s' is not a usable name" name)
+             | None -> None
+
     /// Does a file or folder exist (relative paths from the working directory)?
     let pathExists (p: string) = System.IO.File.Exists p || System.IO.Directory.Exists p
 
@@ -138,6 +157,7 @@ module Validation =
 
     let pretrain exists (at: string) (p: Pretrain) =
         [ if System.String.IsNullOrWhiteSpace p.Name then yield err (at + ".name") "a pretrain step needs a name"
+          else match nameProblem p.Name with Some m -> yield err (at + ".name") m | None -> ()
           yield! zooModel (at + ".model") p.Model
           yield! dataset exists (at + ".dataset") p.Task p.Dataset
           yield! training (at + ".") p.Training ]
@@ -184,8 +204,7 @@ module Validation =
     /// Every problem of one experiment; `at` is its path ("experiments[0]").
     let experiment (exists: string -> bool) (at: string) (e: Experiment) =
         [ if System.String.IsNullOrWhiteSpace e.Name then yield err (at + ".name") "an experiment needs a name"
-          elif e.Name.IndexOfAny([| '/'; '\\'; '*'; '?' |]) >= 0 then
-              yield err (at + ".name") (sprintf "name '%s' must not contain / \\ * or ?" e.Name)
+          else match nameProblem e.Name with Some m -> yield err (at + ".name") m | None -> ()
           if List.isEmpty e.Models then yield err (at + ".models") "no model: add model (zoo \"vit_tiny_patch16_224\" [])"
           for i, m in List.indexed e.Models do yield! baseModel exists (sprintf "%s.models[%d]" at i) m
           if List.isEmpty e.Datasets then yield err (at + ".datasets") "no dataset: add a dataset"

@@ -59,7 +59,9 @@ public static class Commands
         }
         catch (Exception e)
         {
-            stderr.WriteLine($"lora {command}: {e.GetType().Name}: {ModelSource.OneLine(e.Message)}");
+            var inner = Lora.Core.Training.NativeError.Unwrap(e);
+            var kind = inner is System.Runtime.InteropServices.ExternalException or IOException or InvalidDataException or ArgumentException ? "" : inner.GetType().Name + ": ";
+            stderr.WriteLine($"lora {command}: {kind}{Lora.Core.Training.NativeError.Summary(inner)}");
             return 1;
         }
     }

@@ -32,6 +32,7 @@ let all =
         CliTests.tests
         GcStressTests.tests
         ReliabilityTests.tests
+        HostileInputTests.tests
         BenchTests.tests
         MixedPrecisionTests.tests
     ]

@@ -27,6 +27,10 @@ public static class Predictor
             long classes = logits.shape[1];
             if (labels is not null && labels.Count != classes)
                 throw new ArgumentException($"{labels.Count} labels given but the model predicts {classes} classes.");
+            var finite = logits.isfinite().all(1).data<bool>().ToArray();
+            var broken = Array.IndexOf(finite, false);
+            if (broken >= 0)
+                throw new InvalidDataException($"the model's scores for image {broken + 1} are NaN or infinite: its weights or adapter are broken (no prediction reported)");
             var (values, indexes) = logits.softmax(1).topk((int)Math.Min(k, classes), dim: 1);
             var p = values.data<float>().ToArray();
             var ix = indexes.data<long>().ToArray();
