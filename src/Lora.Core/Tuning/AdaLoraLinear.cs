@@ -1,3 +1,4 @@
+using Lora.Core.Training;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -80,7 +81,7 @@ public sealed class AdaLoraLinear : TunerLayer
     {
         using var scope = torch.NewDisposeScope();
         using var scaling = Scaling(adapter).ToScalar();
-        var d = B(adapter).matmul(A(adapter) * E(adapter)) * scaling / (RankNum(adapter) + Eps);
+        var d = B(adapter).matmul(A(adapter) * E(adapter)) * scaling / RankNum(adapter).Plus(Eps);
         return d.MoveToOuterDisposeScope();
     }
 
@@ -90,7 +91,7 @@ public sealed class AdaLoraLinear : TunerLayer
         using var scope = torch.NewDisposeScope();
         var xd = Dropout(x, options[adapter].dropout);
         using var scaling = Scaling(adapter).ToScalar();
-        var e = E(adapter) * scaling / (RankNum(adapter) + Eps);
+        var e = E(adapter) * scaling / RankNum(adapter).Plus(Eps);
         var h = xd.matmul(In(A(adapter) * e, xd).t());
         return AddLowRank(result, h, In(B(adapter), xd), 1.0).MoveToOuterDisposeScope();
     }

@@ -1,3 +1,4 @@
+using Lora.Core.Training;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -40,16 +41,16 @@ public sealed class LoraConv2d : LoraLayer<Conv2d>
     {
         using var scope = torch.NewDisposeScope();
         using var _ = torch.no_grad();
-        var w = weight + DeltaWeight(adapter).detach();
+        var w = weight.Plus(DeltaWeight(adapter).detach());
         return w.square().sum(new long[] { 1, 2, 3 }, keepdim: true).sqrt().transpose(1, 0).MoveToOuterDisposeScope();
     }
 
     protected override Tensor MergedWeight(Tensor weight, string adapter)
     {
         var delta = DeltaWeight(adapter);
-        if (!options[adapter].UseDora) return weight + delta;
+        if (!options[adapter].UseDora) return weight.Plus(delta);
         var m = Magnitude(adapter).detach();
-        return (m / WeightNorm(weight, adapter)).view(-1, 1, 1, 1) * (weight + delta);
+        return (m / WeightNorm(weight, adapter)).view(-1, 1, 1, 1) * weight.Plus(delta);
     }
 
     public override Tensor DeltaWeight(string adapter)
@@ -84,6 +85,6 @@ public sealed class LoraConv2d : LoraLayer<Conv2d>
         var scale = m / WeightNorm(BaseWeight.detach(), adapter);          // (1, out, 1, 1)
         var plain = ReferenceEquals(xd, x) ? baseOutput : base_layer.forward(xd);
         if (Base.bias is not null) plain = plain - Base.bias.view(1, -1, 1, 1);
-        return (scale - One) * plain + scale * lora;
+        return ((scale - One) * plain).Plus(scale * lora);
     }
 }

@@ -1,3 +1,4 @@
+using Lora.Core.Training;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -45,10 +46,10 @@ public sealed class LoraLinear : LoraLayer<Linear>
     protected override Tensor MergedWeight(Tensor weight, string adapter)
     {
         var delta = DeltaWeight(adapter);
-        if (!options[adapter].UseDora) return weight + delta;
+        if (!options[adapter].UseDora) return weight.Plus(delta);
         var m = Magnitude(adapter).detach();
         var norm = WeightNorm(weight, adapter);
-        return (m / norm).view(-1, 1) * (weight + delta);
+        return (m / norm).view(-1, 1) * weight.Plus(delta);
     }
 
     protected override Tensor AddAdapterOutput(Tensor result, Tensor x, string adapter)
@@ -73,6 +74,6 @@ public sealed class LoraLinear : LoraLayer<Linear>
         Tensor plain;
         if (ReferenceEquals(xd, x)) plain = Base.bias is null ? baseOutput : baseOutput - Base.bias;
         else plain = nn.functional.linear(xd, In(BaseWeight, xd));
-        return (scale - One) * plain + scale * lora * scaling;
+        return ((scale - One) * plain).Plus(scale * lora * scaling);
     }
 }

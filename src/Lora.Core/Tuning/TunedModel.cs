@@ -1,3 +1,4 @@
+using Lora.Core.Training;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -335,8 +336,8 @@ public sealed class TunedModel
             }
             else
             {
-                newA = present.Select(x => { var g = Get(x.a); return Scaled(g.A, Math.Sqrt(x.w) * g.s); }).Aggregate((p, q) => p + q);
-                newB = present.Select(x => Scaled(Get(x.a).B, Math.Sqrt(x.w))).Aggregate((p, q) => p + q);
+                newA = present.Select(x => { var g = Get(x.a); return Scaled(g.A, Math.Sqrt(x.w) * g.s); }).Aggregate((p, q) => p.Plus(q));
+                newB = present.Select(x => Scaled(Get(x.a).B, Math.Sqrt(x.w))).Aggregate((p, q) => p.Plus(q));
             }
             switch (l)
             {

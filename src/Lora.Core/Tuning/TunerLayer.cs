@@ -1,3 +1,4 @@
+using Lora.Core.Training;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -48,7 +49,7 @@ public abstract class TunerLayer : nn.Module<Tensor, Tensor>
     protected abstract Tensor AddAdapterOutput(Tensor result, Tensor x, string adapter);
 
     /// The merged weight for one adapter given the current weight (W + ΔW; DoRA rescales).
-    protected virtual Tensor MergedWeight(Tensor weight, string adapter) => weight + DeltaWeight(adapter);
+    protected virtual Tensor MergedWeight(Tensor weight, string adapter) => weight.Plus(DeltaWeight(adapter));
 
     public void SetActiveAdapters(IEnumerable<string> adapters)
     {
@@ -130,7 +131,7 @@ public abstract class TunerLayer : nn.Module<Tensor, Tensor>
     {
         using var scope = torch.NewDisposeScope();
         if (extra.dtype != result.dtype) extra = extra.to(result.dtype);
-        return result.add(extra).MoveToOuterDisposeScope();
+        return result.Plus(extra).MoveToOuterDisposeScope();
     }
 
     /// result + (h · bᵀ) · scale over the flattened leading dimensions, as one addmm: the scale and the
