@@ -34,6 +34,15 @@ module DataDefaults =
     /// Debian's dataset-fashion-mnist package.
     let fashionMnist = "/usr/share/datasets/fashion-mnist"
 
+/// Sizes refused up front, so that no run fails later inside libtorch (or a spec takes minutes to expand).
+module Limits =
+    let maxRuns = 10000
+    let maxBatch = 65536
+    let maxImageSize = 4096
+    let maxRank = 4096
+    /// BottleneckAdapter.MaxRatio in Lora.Core
+    let maxAdapterRatio = 4.0
+
 /// Checks of records (however they were built). Every check runs; nothing stops at the first error.
 module Validation =
     let private err field message = { File = ""; Line = 0; Column = 0; Field = field; Message = message }
@@ -140,7 +149,12 @@ module Validation =
           match d.LimitTrain with Some s when s <= 0 -> yield err (at + ".limit_train") (sprintf "limit_train must be positive, got %d" s) | _ -> ()
           match d.LimitVal with Some s when s <= 0 -> yield err (at + ".limit_val") (sprintf "limit_val must be positive, got %d" s) | _ -> ()
           if not (d.ValFraction >= 0.0 && d.ValFraction < 1.0) then
-              yield err (at + ".val_fraction") (sprintf "val_fraction must be in [0, 1), got %g" d.ValFraction) ]
+              yield err (at + ".val_fraction") (sprintf "val_fraction must be in [0, 1), got %g" d.ValFraction)
+          else
+              match d.Source with
+              | ImageFolder _ | SegmentationPairs _ when d.ValFraction = 0.0 ->
+                  yield err (at + ".val_fraction") "val_fraction 0 leaves no validation images: this source is split into training and validation by it (e.g. 0.1)"
+              | _ -> () ]
 
     let training (at: string) (t: Training) =
         [ if t.Epochs < 1 then yield err (at + "epochs") (sprintf "epochs must be at least 1, got %d" t.Epochs)
@@ -151,8 +165,10 @@ module Validation =
           // caught here rather than when the run starts (after any pretraining it depends on)
           if t.Precision = Fp16 then
               yield err (at + "precision") "precision fp16 is not supported (no autocast or loss scaling in TorchSharp): use bf16 (fp32 master weights) or fp32"
+          if t.Batch > Limits.maxBatch then yield err (at + "batch") (sprintf "batch %d is more than the %d allowed" t.Batch Limits.maxBatch)
           match t.ImageSize with
           | Some s when s <= 0 -> yield err (at + "image_size") (sprintf "image_size must be positive, got %d" s)
+          | Some s when s > Limits.maxImageSize -> yield err (at + "image_size") (sprintf "image_size %d is more than the %d allowed" s Limits.maxImageSize)
           | _ -> () ]
 
     let pretrain exists (at: string) (p: Pretrain) =
@@ -196,10 +212,18 @@ module Validation =
                   if not (b >= 0.0 && b < 1.0) then yield err (at + "." + name) (sprintf "%s must be in [0, 1), got %g" name b)
               if not (a.OrthReg >= 0.0) then yield err (at + ".orth_reg") (sprintf "orth_reg must not be negative, got %g" a.OrthReg)
           | Adapter a ->
-              match a.Ratio with Some r when not (r > 0.0) -> yield err (at + ".ratio") (sprintf "ratio must be positive, got %g" r) | _ -> ()
+              match a.Ratio with
+              | Some r when not (r > 0.0 && r <= Limits.maxAdapterRatio) ->
+                  yield err (at + ".ratio") (sprintf "ratio must be in (0, %g] (the bottleneck's width over the block's), got %g" Limits.maxAdapterRatio r)
+              | _ -> ()
               if not (a.Scale > 0.0) then yield err (at + ".scale") (sprintf "scale must be positive, got %g" a.Scale)
           if m.UsesRank && List.isEmpty ranks then
               yield err at (sprintf "%s needs ranks: add e.g. ranks [4; 8]" m.Name) ]
+
+    /// Grid.size without overflow (a spec can multiply long lists).
+    let private runCount (e: Experiment) =
+        let perMethod = e.Methods |> List.sumBy (fun m -> if m.UsesRank then int64 e.Ranks.Length else 1L)
+        int64 e.Models.Length * int64 e.Datasets.Length * int64 e.Seeds.Length * perMethod
 
     /// Every problem of one experiment; `at` is its path ("experiments[0]").
     let experiment (exists: string -> bool) (at: string) (e: Experiment) =
@@ -214,18 +238,27 @@ module Validation =
           for i, r in List.indexed e.Ranks do
               match Rank.Create r with
               | Error msg -> yield err (sprintf "%s.ranks[%d]" at i) msg
+              | Ok _ when r > Limits.maxRank -> yield err (sprintf "%s.ranks[%d]" at i) (sprintf "rank %d is more than the %d allowed" r Limits.maxRank)
               | Ok _ -> ()
           if List.distinct e.Ranks <> e.Ranks then yield err (at + ".ranks") "ranks has duplicates"
           if List.isEmpty e.Seeds then yield err (at + ".seeds") "seeds is empty: give at least one seed"
           if List.distinct e.Seeds <> e.Seeds then yield err (at + ".seeds") "seeds has duplicates"
           yield! training (at + ".") e.Training
-          let names = Grid.expand e |> List.map (fun r -> r.Name)
-          for n in names |> List.countBy id |> List.filter (fun (_, c) -> c > 1) |> List.map fst do
-              yield err (at + ".methods") (sprintf "two runs would be named '%s': a method, model or dataset is listed twice" n) ]
+          // counted before anything is expanded: a few lines of spec can describe millions of runs
+          let size = runCount e
+          if size > int64 Limits.maxRuns then
+              yield err at (sprintf "the grid expands to %d runs (models × datasets × methods and ranks × seeds), more than the %d allowed: split it" size Limits.maxRuns)
+          else
+              let names = Grid.expand e |> List.map (fun r -> r.Name)
+              for n in names |> List.countBy id |> List.filter (fun (_, c) -> c > 1) |> List.map fst do
+                  yield err (at + ".methods") (sprintf "two runs would be named '%s': a method, model or dataset is listed twice" n) ]
 
     /// Every problem of a suite of experiments (paths "experiments[i]...").
     let suite (exists: string -> bool) (es: Experiment list) =
         [ for i, e in List.indexed es do yield! experiment exists (sprintf "experiments[%d]" i) e
+          let total = es |> List.sumBy runCount
+          if total > int64 Limits.maxRuns && es |> List.forall (fun e -> runCount e <= int64 Limits.maxRuns) then
+              yield err "experiments" (sprintf "the spec expands to %d runs, more than the %d allowed: split it" total Limits.maxRuns)
           for n in es |> List.map (fun e -> e.Name) |> List.countBy id |> List.filter (fun (_, c) -> c > 1) |> List.map fst do
               yield err "experiments" (sprintf "two experiments are named '%s'" n)
           // one name, one pretrain: a name used for two different configurations would share results

@@ -76,6 +76,10 @@ public static class Commands
     /// problem on its own line to <paramref name="stderr"/>. Warnings do not stop the command.</summary>
     public static FSharpList<Experiment>? LoadSpec(string path, TextWriter stderr)
     {
+        // a FIFO, /dev/zero or a huge file is refused before the spec reader opens it
+        if (File.Exists(path) && !Directory.Exists(path))
+            try { Lora.Core.IO.InputFile.Check(path, Lora.Core.IO.InputFile.MaxTextBytes, "spec"); }
+            catch (InvalidDataException e) { stderr.WriteLine($"{path}: spec: {e.Message}"); return null; }
         var check = Spec.check(path);
         foreach (var w in check.Warnings) stderr.WriteLine(w.ToWarningString());
         if (check.Result.IsOk) return check.Result.ResultValue;
@@ -83,8 +87,16 @@ public static class Commands
         return null;
     }
 
+    /// An .fsx spec is F# code: loading it runs it, with the user's rights. Said before it runs.
+    static void NoteScript(string spec, string verb, TextWriter stderr)
+    {
+        if (spec.EndsWith(".fsx", StringComparison.OrdinalIgnoreCase))
+            stderr.WriteLine($"note: {spec} is an F# script: {verb} runs its code, with your rights; run only scripts you trust (YAML specs and adapter configs are never executed)");
+    }
+
     public static int Validate(string spec, TextWriter stdout, TextWriter stderr)
     {
+        NoteScript(spec, "validating it", stderr);
         var experiments = LoadSpec(spec, stderr);
         if (experiments is null) return 2;
         var runs = Spec.runs(experiments).Select(r => new ResolvedRun(r)).Select(r => r.Hash).Distinct().Count();
@@ -94,6 +106,7 @@ public static class Commands
 
     public static int PlanCommand(PlanOptions o, TextWriter stdout, TextWriter stderr)
     {
+        NoteScript(o.Spec, "planning it", stderr);
         var experiments = LoadSpec(o.Spec, stderr);
         if (experiments is null) return 2;
         var store = new ResultsStore(o.Results);

@@ -259,9 +259,206 @@ let private refusedNumbers =
         }
     ]
 
+// ---------------------------------------------------------------------------------------------
+// (c) no hangs, no unbounded memory
+
+/// A PNG whose header claims width × height (the pixel data is a 2×2 image's).
+let private lyingPng (width: int) (height: int) =
+    let png = Lora.Core.Data.Png.Encode(ReadOnlySpan(Array.create 12 7uy), 3, 2, 2)
+    let be (v: int) = [| byte (v >>> 24); byte (v >>> 16); byte (v >>> 8); byte v |]
+    (be width).CopyTo(png, 16)
+    (be height).CopyTo(png, 20)
+    let crc (bytes: byte[]) =
+        let mutable c = 0xFFFFFFFFu
+        for b in bytes do
+            c <- c ^^^ uint32 b
+            for _ in 1 .. 8 do c <- if c &&& 1u <> 0u then 0xEDB88320u ^^^ (c >>> 1) else c >>> 1
+        ~~~c
+    (be (int (crc png.[12..28]))).CopyTo(png, 29)
+    png
+
+let private mkfifo (path: string) =
+    use p = Diagnostics.Process.Start("mkfifo", path)
+    p.WaitForExit()
+    Expect.equal p.ExitCode 0 "mkfifo"
+
+let private bounded =
+    testList "bounded" [
+        test "a catastrophically backtracking target pattern returns (non-backtracking engine); backreferences still work" {
+            let path = String('a', 40) + "!"
+            Expect.isFalse (Lora.Core.Tuning.ModulePattern.Matches("re:(a+)+$", path)) "(a+)+$ on 40 a's and a '!' returns, no match"
+            Expect.isTrue (Lora.Core.Tuning.ModulePattern.Matches(@"re:(blocks)\.\d+\.\1?attn", "blocks.3.attn")) "a backreference falls back to the timed engine"
+        }
+        test "adapter sizes are bounded by the model's dimensions before anything is allocated" {
+            let before = GC.GetTotalAllocatedBytes true
+            Expect.throwsT<ArgumentException> (fun () -> new Lora.Core.Tuning.BottleneckAdapter(64L, width = 1048576L) |> ignore) "adapter_width 1048576 on 64"
+            Expect.throwsT<ArgumentException> (fun () -> new Lora.Core.Tuning.BottleneckAdapter(64L, 20000.0) |> ignore) "adapter_ratio 20000"
+            Expect.throwsT<ArgumentException> (fun () -> new Lora.Core.Tuning.BottleneckAdapter(64L, 1e300) |> ignore) "adapter_ratio 1e300"
+            let lora = new Lora.Core.Tuning.LoraLinear(torch.nn.Linear(8L, 6L))
+            Expect.throwsT<ArgumentException> (fun () -> lora.AddAdapter("default", Lora.Core.Tuning.LoraOptions(1048576, 8.0))) "rank 1048576 on Linear(8, 6)"
+            Expect.isLessThan (GC.GetTotalAllocatedBytes true - before) (64L * 1024L * 1024L) "under 64 MiB allocated"
+        }
+        test "merge with an adapter config claiming r = 1048576: a one-line error, not gigabytes" {
+            use dir = new TempDir()
+            let adapter = adapterWith dir "huge-r" ignore
+            let cfg = Path.Combine(adapter, "adapter_config.json")
+            File.WriteAllText(cfg, Text.RegularExpressions.Regex.Replace(File.ReadAllText cfg, "\"r\": \\d+", "\"r\": 1048576"))
+            let code, _, err = runLora (mergeArgs adapter (dir.File "m.safetensors"))
+            Expect.equal code 1 "exit 1"
+            Expect.stringContains err "rank 1048576" err
+            Expect.stringContains err "exceeds" err
+        }
+        test "a grid of 20,000 runs is refused with its count, before expanding" {
+            use dir = new TempDir()
+            let spec = dir.File "grid.yaml"
+            let ranks = String.Join(", ", [ 1 .. 100 ])
+            let seeds = String.Join(", ", [ 1 .. 100 ])
+            File.WriteAllText(spec, $"experiments:\n  - name: big\n    model: {{ zoo: vit }}\n    dataset: {{ source: fashion_mnist, path: \"{dir.Path}\" }}\n    methods: [ lora, dora ]\n    ranks: [ {ranks} ]\n    seeds: [ {seeds} ]\n")
+            let code, _, err = runLora [ "validate"; spec ]
+            Expect.equal code 2 "exit 2"
+            Expect.stringContains err "20000 runs" "the count"
+        }
+        test "an image whose header claims 10000x10000 is refused from the header" {
+            use dir = new TempDir()
+            let path = dir.File "huge.png"
+            File.WriteAllBytes(path, lyingPng 10000 10000)
+            let e = Expect.throwsC (fun () -> Lora.Core.Data.ImageFile.Read(path, 3) |> ignore) id
+            Expect.isTrue (e :? InvalidDataException) $"InvalidDataException, got {e.GetType().Name}"
+            Expect.stringContains e.Message "10000x10000" "names the size"
+        }
+        test "non-regular and oversized inputs are refused before reading: /dev/zero, a FIFO, a huge file" {
+            use dir = new TempDir()
+            let fifo = dir.File "fifo"
+            mkfifo fifo
+            let huge = dir.File "huge.txt"
+            do use f = File.Create huge in f.SetLength(InputFile.MaxTextBytes + 1L) // sparse
+            for path, kind in [ "/dev/zero", "character device"; fifo, "FIFO" ] do
+                let e = Expect.throwsC (fun () -> InputFile.Check(path, InputFile.MaxTextBytes, "spec") |> ignore) id
+                Expect.stringContains e.Message kind $"{path}: says what it is"
+            Expect.throwsT<InvalidDataException> (fun () -> InputFile.Check(huge, InputFile.MaxTextBytes, "labels file") |> ignore) "over the limit"
+            // through the commands: a spec, an image, labels, an adapter config
+            let code, _, err = runLora [ "validate"; "/dev/zero" ]
+            Expect.equal code 2 "validate /dev/zero: exit 2"
+            Expect.stringContains err "character device" "validate /dev/zero: says why"
+            let code, _, err = runLora [ "predict"; "--model"; "vit"; "--model-config"; fixture "vit_tiny_p4_32.json"; "--weights"; fixture "vit_tiny_p4_32.safetensors"; fifo ]
+            Expect.equal code 1 $"predict on a FIFO: exit 1 ({err})"
+            Expect.stringContains err "FIFO" "predict on a FIFO: says why"
+            let code, _, err = runLora [ "predict"; "--model"; "vit"; "--model-config"; fixture "vit_tiny_p4_32.json"; "--weights"; fixture "vit_tiny_p4_32.safetensors"; "--labels"; huge; "/dev/zero" ]
+            Expect.equal code 1 "huge labels: exit 1"
+            Expect.stringContains err "labels file" "huge labels: says which"
+            let adapter = Directory.CreateDirectory(dir.File "adapter").FullName
+            mkfifo (Path.Combine(adapter, "adapter_config.json"))
+            let code, _, err = runLora (mergeArgs adapter (dir.File "m.safetensors"))
+            Expect.equal code 1 "merge with a FIFO config: exit 1"
+            Expect.stringContains err "FIFO" "merge with a FIFO config: says why"
+        }
+        test "a weights file with an extra 1 GiB tensor is refused from its header, without reading it" {
+            use dir = new TempDir()
+            let path = dir.File "extra.safetensors"
+            let tensors = Safetensors.Load(fixture "vit_tiny_p4_32.safetensors")
+            tensors.["junk"] <- torch.zeros(1L)
+            Safetensors.Save(path, tensors, readOnlyDict [ "room", String('x', 64) ])
+            // widen junk to 1 GiB in the header (and the file, sparsely) after the fact
+            let bytes = File.ReadAllBytes path
+            let n = int (BitConverter.ToUInt64(bytes, 0))
+            let header = Text.Encoding.UTF8.GetString(bytes, 8, n)
+            let node = JsonNode.Parse(header).AsObject()
+            node.Remove "__metadata__" |> ignore
+            let junk = node.["junk"].AsObject()
+            let begin' = junk.["data_offsets"].[0].GetValue<int64>()
+            let gib = 1L <<< 30
+            if begin' + 4L <> int64 (bytes.Length - 8 - n) then failtest "junk is not the last tensor"
+            junk.["shape"] <- JsonArray(JsonValue.Create(gib / 4L))
+            junk.["data_offsets"] <- JsonArray(JsonValue.Create begin', JsonValue.Create(begin' + gib))
+            let newHeader = Text.Encoding.UTF8.GetBytes(node.ToJsonString().PadRight(n))
+            Expect.equal newHeader.Length n "header kept its length"
+            do
+                use f = new FileStream(path, FileMode.Open)
+                f.Position <- 8L
+                f.Write(newHeader, 0, n)
+                f.SetLength(8L + int64 n + begin' + gib)
+            use model = Lora.Core.Models.Zoo.Create("vit", Lora.Core.Models.ModelArgs.FromFile(fixture "vit_tiny_p4_32.json"))
+            let before = GC.GetTotalAllocatedBytes true
+            let e = Expect.throwsC (fun () -> StateDict.Load(model, path, strict = true) |> ignore) id
+            Expect.stringContains e.Message "unexpected key" "decided from the header"
+            Expect.isLessThan (GC.GetTotalAllocatedBytes true - before) (256L * 1024L * 1024L) "the 1 GiB tensor was never read"
+        }
+    ]
+
+// ---------------------------------------------------------------------------------------------
+// (d) messages for people
+
+let private messages =
+    testList "messages" [
+        test "sizes are refused by validate: image_size, batch, adapter ratio, val_fraction 0 on an image folder" {
+            use dir = new TempDir()
+            let images = Directory.CreateDirectory(dir.File "images").FullName
+            for field, value, expected in
+                [ "image_size", "1000000", "image_size 1000000 is more than"
+                  "batch", "2000000000", "batch 2000000000 is more than" ] do
+                let spec = dir.File "spec.yaml"
+                File.WriteAllText(spec, $"experiments:\n  - name: e\n    model: {{ zoo: vit }}\n    dataset: {{ source: fashion_mnist, path: \"{dir.Path}\" }}\n    methods: [ head ]\n    {field}: {value}\n")
+                let code, _, err = runLora [ "validate"; spec ]
+                Expect.equal code 2 $"{field}: exit 2"
+                Expect.stringContains err expected $"{field}: says why"
+                Expect.stringContains err (spec + ":6:") $"{field}: located"
+            let spec = dir.File "spec.yaml"
+            File.WriteAllText(spec, $"experiments:\n  - name: e\n    model: {{ zoo: vit }}\n    dataset: {{ source: image_folder, path: \"{images}\", val_fraction: 0 }}\n    methods: [ head, {{ adapter: {{ ratio: 20000 }} }} ]\n")
+            let code, _, err = runLora [ "validate"; spec ]
+            Expect.equal code 2 "exit 2"
+            Expect.stringContains err "val_fraction 0 leaves no validation images" "val_fraction"
+            Expect.stringContains err "ratio must be in (0, 4]" "adapter ratio"
+        }
+        test "an empty validation split says why" {
+            let e = Expect.throwsC (fun () -> Lora.Core.Data.Seeded.SplitIndices(3, 0.1, 0) |> ignore) id
+            Expect.stringContains e.Message "leaves no validation item" "explained"
+        }
+        test "a spec path that is a folder says so" {
+            use dir = new TempDir()
+            let code, _, err = runLora [ "validate"; dir.Path ]
+            Expect.equal code 2 "exit 2"
+            Expect.stringContains err "is a folder" "says so"
+        }
+        test "a truncated PNG names the problem; an image folder's bad image is not wrapped in AggregateException" {
+            use dir = new TempDir()
+            let good = Lora.Core.Data.Png.Encode(ReadOnlySpan(Array.create (3 * 16 * 16) 9uy), 3, 16, 16)
+            let cls = Directory.CreateDirectory(dir.File "root/cat").FullName
+            for i in 0 .. 7 do File.WriteAllBytes(Path.Combine(cls, $"{i}.png"), good)
+            File.WriteAllBytes(Path.Combine(cls, "broken.png"), good.[.. good.Length / 2])
+            let e = Expect.throwsC (fun () -> Lora.Core.Data.ImageFolder.Load(dir.File "root", 8) |> ignore) id
+            Expect.isTrue (e :? InvalidDataException) $"InvalidDataException, got {e.GetType().Name}: {e.Message}"
+            Expect.stringContains e.Message "broken.png" "names the file"
+            Expect.isFalse (e.Message.Contains "(   )" || e.Message.Contains "One or more errors") $"a message for people: {e.Message}"
+        }
+        test "a native error is one line without libtorch's stack trace" {
+            let native = Runtime.InteropServices.ExternalException("invalid argument: sizes [1000000, 3] too large\nException raised from empty_cpu at aten/src/ATen/Empty.cpp:10 (most recent call first):\nframe #0: c10::Error::Error(...) + 0x1\nframe #1: at::empty + 0x2")
+            let line = Lora.Core.Training.NativeError.Summary(AggregateException(native))
+            Expect.equal line "libtorch: invalid argument: sizes [1000000, 3] too large" "first line only, unwrapped"
+        }
+    ]
+
+// ---------------------------------------------------------------------------------------------
+// (f) an .fsx spec is code
+
+let private trustedCode =
+    testList "trusted code" [
+        test "validate and plan on an .fsx say that they run the script" {
+            use dir = new TempDir()
+            let spec = dir.File "spec.fsx"
+            File.WriteAllText(spec, "42\n")
+            for command in [ "validate"; "plan" ] do
+                let _, _, err = runLora [ command; spec ]
+                Expect.stringContains err "is an F# script" $"{command}: says it"
+                Expect.stringContains err "runs its code" $"{command}: says it runs"
+        }
+    ]
+
 let tests =
     testSequenced <| testList "HostileInput" [
         writesInside
         noFalseSuccess
         refusedNumbers
+        bounded
+        messages
+        trustedCode
     ]

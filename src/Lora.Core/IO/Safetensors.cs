@@ -74,7 +74,8 @@ public static class Safetensors
     static FileStream OpenRead(string path)
     {
         if (!File.Exists(path)) throw new FileNotFoundException($"{path}: no such safetensors file", path);
-        return new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read);
+        return InputFile.OpenRead(path, long.MaxValue, "safetensors file"); // a regular file; its size is checked against its header
+
     }
 
     static Header ReadHeader(FileStream fs, string path)

@@ -71,6 +71,6 @@ public static class Predictor
     /// Labels from a text file, one per line (blank lines ignored).
     public static IReadOnlyList<string> ReadLabels(string path) =>
         File.Exists(path)
-            ? File.ReadAllLines(path).Select(l => l.Trim()).Where(l => l.Length > 0).ToArray()
+            ? Lora.Core.IO.InputFile.ReadAllLines(path, Lora.Core.IO.InputFile.MaxTextBytes, "labels file").Select(l => l.Trim()).Where(l => l.Length > 0).ToArray()
             : throw new FileNotFoundException($"labels file not found: {path}", path);
 }

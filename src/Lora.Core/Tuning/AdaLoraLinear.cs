@@ -43,6 +43,7 @@ public sealed class AdaLoraLinear : TunerLayer
     {
         if (options.ContainsKey(adapter)) throw new ArgumentException($"adapter '{adapter}' already exists on this layer");
         if (rank < 0) throw new ArgumentException($"AdaLoRA rank must not be negative, got {rank}");
+        CheckRankFits(rank, Base.in_features, Base.out_features, "Linear");
         var w = BaseWeight;
         var a = torch.empty(rank, Base.in_features, dtype: w.dtype, device: w.device);
         var b = torch.empty(Base.out_features, rank, dtype: w.dtype, device: w.device);

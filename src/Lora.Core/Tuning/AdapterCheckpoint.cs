@@ -45,7 +45,7 @@ public static class AdapterCheckpoint
         try
         {
             // duplicate keys are refused while parsing (JsonObject would otherwise throw lazily, at any depth)
-            root = JsonNode.Parse(File.ReadAllText(path), documentOptions: new JsonDocumentOptions { AllowDuplicateProperties = false }) as JsonObject
+            root = JsonNode.Parse(InputFile.ReadAllText(path, InputFile.MaxTextBytes, "adapter config"), documentOptions: new JsonDocumentOptions { AllowDuplicateProperties = false }) as JsonObject
                 ?? throw new InvalidDataException($"'{path}' must hold one JSON object ({{\"peft_type\": ..., \"r\": ...}})");
         }
         catch (JsonException e) { throw new InvalidDataException($"'{path}' is not valid JSON: {e.Message}"); }

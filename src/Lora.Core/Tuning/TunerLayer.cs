@@ -169,6 +169,15 @@ public abstract class TunerLayer : nn.Module<Tensor, Tensor>
     /// gets its gradient). The same tensor when the dtypes already agree.
     internal static Tensor In(Tensor weight, Tensor x) => weight.dtype == x.dtype ? weight : weight.to(x.dtype);
 
+    /// A rank is bounded by the layer before anything is allocated: no rank above min(in, out) adds
+    /// expressiveness, and a config's `r: 1048576` would allocate gigabytes for a 64-wide layer. The
+    /// bound, in + out, leaves room for any sensible choice.
+    protected static void CheckRankFits(int rank, long inFeatures, long outFeatures, string layer)
+    {
+        if (rank > inFeatures + outFeatures)
+            throw new ArgumentException($"rank {rank} is larger than this {layer} can use ({inFeatures} in, {outFeatures} out: at most {inFeatures + outFeatures}); lower r or its rank_pattern entry");
+    }
+
     protected Tensor Dropout(Tensor x, double p) => p > 0 && training ? nn.functional.dropout(x, p, true) : x;
 
     protected override void Dispose(bool disposing)
