@@ -213,8 +213,9 @@ module Validation =
               if not (a.OrthReg >= 0.0) then yield err (at + ".orth_reg") (sprintf "orth_reg must not be negative, got %g" a.OrthReg)
           | Adapter a ->
               match a.Ratio with
-              | Some r when not (r > 0.0 && r <= Limits.maxAdapterRatio) ->
-                  yield err (at + ".ratio") (sprintf "ratio must be in (0, %g] (the bottleneck's width over the block's), got %g" Limits.maxAdapterRatio r)
+              | Some r when not (r > 0.0) -> yield err (at + ".ratio") (sprintf "ratio must be positive, got %g" r)
+              | Some r when not (r <= Limits.maxAdapterRatio) ->
+                  yield err (at + ".ratio") (sprintf "ratio must be at most %g (the bottleneck's width over the block's), got %g" Limits.maxAdapterRatio r)
               | _ -> ()
               if not (a.Scale > 0.0) then yield err (at + ".scale") (sprintf "scale must be positive, got %g" a.Scale)
           if m.UsesRank && List.isEmpty ranks then

@@ -18,8 +18,10 @@ type Tensor = torch.Tensor
 let underGcPressure (n: int) (f: int -> bool) =
     let mutable stop = false
     let gc = Thread((fun () ->
+                        // generation 0 only: the temporaries at stake die young, and a full collection
+                        // without pause would stall every other test running in parallel
                         while not (Volatile.Read &stop) do
-                            GC.Collect()
+                            GC.Collect(0, GCCollectionMode.Forced, true)
                             GC.WaitForPendingFinalizers()), IsBackground = true)
     gc.Start()
     let mutable wrong = 0
@@ -95,8 +97,17 @@ let convGradientError (seed: int) =
     List.map2 (fun (a: Tensor) (b: Tensor) -> ((a - b).abs().max().item<float>()) / (b.abs().max().item<float>() + 1e-12)) g32 g64
     |> List.max
 
+[<System.Runtime.InteropServices.DllImport("libc")>]
+extern nativeint getenv(string name)
+
 let tests =
     testList "GcStress" [
+        test "NativeWorkarounds leaves ONEDNN_MAX_CPU_ISA as the process started with it" {
+            Lora.Core.Training.NativeWorkarounds.Apply()
+            if OperatingSystem.IsLinux() then
+                let native = Runtime.InteropServices.Marshal.PtrToStringAnsi(getenv "ONEDNN_MAX_CPU_ISA")
+                Expect.equal native (Environment.GetEnvironmentVariable "ONEDNN_MAX_CPU_ISA") "the C environment holds the user's value (or none)"
+        }
         // Issue 17.9: oneDNN is no longer capped (NativeWorkarounds). This is the check that the cap
         // was guarding against: fp32 conv weight gradients against fp64 at the default ISA.
         test "conv weight gradients: fp32 equals fp64 at oneDNN's default ISA (200 trials, batch 2-16)" {

@@ -407,7 +407,7 @@ let private messages =
             let code, _, err = runLora [ "validate"; spec ]
             Expect.equal code 2 "exit 2"
             Expect.stringContains err "val_fraction 0 leaves no validation images" "val_fraction"
-            Expect.stringContains err "ratio must be in (0, 4]" "adapter ratio"
+            Expect.stringContains err "ratio must be at most 4" "adapter ratio"
         }
         test "an empty validation split says why" {
             let e = Expect.throwsC (fun () -> Lora.Core.Data.Seeded.SplitIndices(3, 0.1, 0) |> ignore) id

@@ -23,7 +23,7 @@ public static class ImageFile
         try { info = ImageInfo.FromStream(new MemoryStream(bytes, writable: false)); }
         catch (Exception e) when (e is not IOException and not UnauthorizedAccessException) { info = null; }
         if (info is not { Width: > 0, Height: > 0 } header)
-            throw new InvalidDataException($"{path}: not a PNG, JPEG or BMP image, or one too large to decode (its header cannot be read)");
+            throw new InvalidDataException($"{path}: cannot decode the image (its header is not a PNG, JPEG or BMP one, or claims an image too large to decode)");
         long pixels = (long)header.Width * header.Height;
         if (pixels > MaxPixels)
             throw new InvalidDataException($"{path}: the image is {header.Width}x{header.Height}, more than the {MaxPixels:N0} pixels allowed; resize it first");
