@@ -6,12 +6,13 @@ module ZooNames =
     /// Named configurations (timm names).
     let named =
         [ "vit_tiny_patch16_224"; "vit_small_patch16_224"; "vit_base_patch16_224"; "vit_large_patch16_224"
+          "resnet18"; "resnet34"; "resnet50"
           "convnext_tiny"; "convnext_small"; "convnext_base"; "tiny_vit_5m_224"; "tiny_vit_11m_224"; "tiny_vit_21m_224"
           "sam_vit_b"; "sam_vit_l"; "sam_vit_h"; "sam_vit_s"; "mobile_sam" ]
 
     /// Families configured entirely by options (img_size, patch_size, embed_dim, depth, ...).
     /// (A test checks that named @ families is exactly Lora.Core's Zoo.Names.)
-    let families = [ "vit"; "convnext"; "tiny_vit"; "unet"; "sam_vit"; "sam_tiny_vit" ]
+    let families = [ "vit"; "convnext"; "resnet"; "tiny_vit"; "unet"; "sam_vit"; "sam_tiny_vit" ]
 
     let all = named @ families
 

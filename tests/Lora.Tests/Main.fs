@@ -22,6 +22,8 @@ let all =
         TuningCheckpointTests.tests
         ZooTests.tests
         ZooTests.dslKnowsTheZoo
+        ResNetTests.tests
+        ZooExportTests.tests
         DataTests.tests
         TrainingTests.tests
         DslTests.tests

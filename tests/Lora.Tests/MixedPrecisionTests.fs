@@ -20,6 +20,7 @@ let private named (m: torch.nn.Module) = m.named_parameters() |> Seq.map (fun st
 let private families =
     [ "vit", tinyVitJson.Replace("}", ", \"img_size\": 16}"), 16L, "head."
       "convnext", """{"depths": [1, 1], "dims": [8, 16], "num_classes": 3}""", 32L, "head."
+      "resnet", """{"layers": [1, 1], "channels": [8, 16], "num_classes": 3}""", 32L, "fc."
       "tiny_vit", """{"num_classes": 3, "embed_dims": [8, 16, 16, 16], "depths": [1, 1, 1, 1], "num_heads": [1, 2, 2, 2], "window_sizes": [4, 4, 4, 2]}""", 64L, "head."
       "unet", """{"in_chans": 3, "num_classes": 1, "base_width": 4, "depth": 2}""", 16L, "outc."
       "sam_vit", """{"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "window_size": 2, "global_attn_indexes": [1],

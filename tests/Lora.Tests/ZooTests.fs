@@ -91,7 +91,7 @@ let registryTests =
         }
         test "every model names its classifier (timm's pretrained_cfg['classifier']): a module holding every class-count-shaped parameter" {
             // SAM's mask decoder predicts masks whatever the class count; every other model's head has one output per class
-            let expected (name: string) = if name.StartsWith "sam" || name = "mobile_sam" then "mask_decoder" elif name = "unet" then "outc" else "head"
+            let expected (name: string) = if name.StartsWith "sam" || name = "mobile_sam" then "mask_decoder" elif name = "unet" then "outc" elif name.StartsWith "resnet" then "fc" else "head"
             for name in Zoo.Names do
                 use a = Zoo.Create(name, ModelArgs.Empty.With("num_classes", 3L), torch.META)
                 use b = Zoo.Create(name, ModelArgs.Empty.With("num_classes", 7L), torch.META)

@@ -15,6 +15,8 @@ public static class StateDict
     /// nothing is copied unless the whole file fits.
     /// Keys for which <paramref name="skip"/> returns true are left as the model has them (used to
     /// transfer a backbone whose classifier head has another number of classes).
+    /// BatchNorm's num_batches_tracked counters may be absent (torchvision's and many timm
+    /// checkpoints drop them; PyTorch's BatchNorm loads such files too): the model keeps its own.
     public static LoadReport Load(nn.Module module, string path, bool strict = true, Func<string, bool>? skip = null)
     {
         var target = module.state_dict();
@@ -23,7 +25,7 @@ public static class StateDict
         void Check(Safetensors.Header header)
         {
             var file = header.Entries.Where(e => skip is null || !skip(e.Name)).ToDictionary(e => e.Name, e => e.Shape, StringComparer.Ordinal);
-            var missing = target.Keys.Where(k => !file.ContainsKey(k)).ToList();
+            var missing = target.Keys.Where(k => !file.ContainsKey(k) && !k.EndsWith(".num_batches_tracked", StringComparison.Ordinal)).ToList();
             var unexpected = file.Keys.Where(k => !target.ContainsKey(k)).ToList();
             var wrongShape = target.Where(kv => file.TryGetValue(kv.Key, out var s) && !s.SequenceEqual(kv.Value.shape))
                 .Select(kv => $"{kv.Key} (file [{string.Join(", ", file[kv.Key])}], model [{string.Join(", ", kv.Value.shape)}])")
@@ -40,14 +42,14 @@ public static class StateDict
         var source = Safetensors.Load(path, Check);
         try
         {
-            var missingKeys = target.Keys.Where(k => !source.ContainsKey(k)).ToList();
+            var missingKeys = target.Keys.Where(k => !source.ContainsKey(k) && !k.EndsWith(".num_batches_tracked", StringComparison.Ordinal)).ToList();
             var unexpectedKeys = source.Keys.Where(k => !target.ContainsKey(k) && (skip is null || !skip(k))).ToList();
             using (no_grad())
             {
                 foreach (var (key, t) in target)
                     if (source.TryGetValue(key, out var s))
                     {
-                        using var converted = s.to(t.dtype, t.device); // held across copy_ (see NativeLifetimes)
+                        using var converted = s.to(t.dtype, t.device); // held across copy_ (see HeldScalars)
                         t.copy_(converted);
                     }
             }

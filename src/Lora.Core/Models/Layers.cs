@@ -64,6 +64,8 @@ public sealed class LayerNorm2d : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
+    internal double Eps => eps;
+
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();

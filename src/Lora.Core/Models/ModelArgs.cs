@@ -71,6 +71,12 @@ public sealed class ModelArgs
         _ => throw Bad(key, v, "true or false"),
     };
 
+    public string String(string key, string fallback) => !values.TryGetValue(key, out var v) ? fallback : v switch
+    {
+        string s => s,
+        _ => throw Bad(key, v, "a string"),
+    };
+
     public long[] Longs(string key, long[] fallback)
     {
         if (!values.TryGetValue(key, out var v)) return fallback;

@@ -45,6 +45,9 @@ public sealed class Attention : nn.Module<Tensor, Tensor>
 
     internal void InitTimm(Device? device) { Init.Linear(qkv, device); Init.Linear(proj, device); }
 
+    /// Attention heads (ONNX export rebuilds the head split).
+    internal long NumHeads => numHeads;
+
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();

@@ -19,6 +19,10 @@ public static class Zoo
         ["convnext_tiny"] = (a, d) => new ConvNeXt(ConvNeXtArgs(a, ConvNeXtModels.convnext_tiny), d),
         ["convnext_small"] = (a, d) => new ConvNeXt(ConvNeXtArgs(a, ConvNeXtModels.convnext_small), d),
         ["convnext_base"] = (a, d) => new ConvNeXt(ConvNeXtArgs(a, ConvNeXtModels.convnext_base), d),
+        ["resnet"] = (a, d) => new ResNet(ResNetArgs(a, new ResNetConfig()), d),
+        ["resnet18"] = (a, d) => new ResNet(ResNetArgs(a, ResNetModels.resnet18), d),
+        ["resnet34"] = (a, d) => new ResNet(ResNetArgs(a, ResNetModels.resnet34), d),
+        ["resnet50"] = (a, d) => new ResNet(ResNetArgs(a, ResNetModels.resnet50), d),
         ["tiny_vit"] = (a, d) => new TinyVit(TinyVitArgs(a, new TinyVitConfig()), d),
         ["tiny_vit_5m_224"] = (a, d) => new TinyVit(TinyVitArgs(a, TinyVitModels.tiny_vit_5m_224), d),
         ["tiny_vit_11m_224"] = (a, d) => new TinyVit(TinyVitArgs(a, TinyVitModels.tiny_vit_11m_224), d),
@@ -102,6 +106,11 @@ public static class Zoo
     private static ConvNeXtConfig ConvNeXtArgs(ModelArgs a, ConvNeXtConfig d) => new(
         in_chans: a.Long("in_chans", d.in_chans), num_classes: a.Long("num_classes", d.num_classes),
         depths: a.Longs("depths", d.Depths), dims: a.Longs("dims", d.Dims));
+
+    private static ResNetConfig ResNetArgs(ModelArgs a, ResNetConfig d) => new(
+        block: a.String("block", d.block), layers: a.Longs("layers", d.Layers), channels: a.Longs("channels", d.Channels),
+        in_chans: a.Long("in_chans", d.in_chans), num_classes: a.Long("num_classes", d.num_classes),
+        base_width: a.Long("base_width", d.base_width));
 
     private static TinyVitConfig TinyVitArgs(ModelArgs a, TinyVitConfig d) => new(
         in_chans: a.Long("in_chans", d.in_chans), num_classes: a.Long("num_classes", d.num_classes),
