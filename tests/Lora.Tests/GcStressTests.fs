@@ -100,8 +100,10 @@ let convGradientError (seed: int) =
 [<System.Runtime.InteropServices.DllImport("libc")>]
 extern nativeint getenv(string name)
 
+// Sequenced: Expecto runs these after the parallel tests, one at a time, so the forced collections
+// do not land on other tests' own temporaries (test code is not held to the lifetime rules).
 let tests =
-    testList "GcStress" [
+    testSequenced <| testList "GcStress" [
         test "NativeWorkarounds leaves ONEDNN_MAX_CPU_ISA as the process started with it" {
             Lora.Core.Training.NativeWorkarounds.Apply()
             if OperatingSystem.IsLinux() then
