@@ -5,18 +5,20 @@ using Microsoft.Build.Framework;
 using Microsoft.Build.Utilities;
 
 /// Sets VER_FLG_WEAK in the .gnu.version_r entry of one symbol version (e.g. GLIBCXX_3.4.32) of ELF64
-/// shared objects, when the host's libstdc++ does not define that version.
+/// shared objects, when the host's libstdc++ does not define that version, or always (a package's copy
+/// runs on hosts other than the one that built it; a weak need is harmless where the version exists).
 public class MarkVersionNeedWeak : Task
 {
     [Required] public ITaskItem[] Files { get; set; } = Array.Empty<ITaskItem>();
     [Required] public string Version { get; set; } = "";
+    public bool Always { get; set; }
 
     const uint SHT_GNU_VERNEED = 0x6FFFFFFE;
     const ushort VER_FLG_WEAK = 0x2;
 
     public override bool Execute()
     {
-        if (HostHasVersion())
+        if (!Always && HostHasVersion())
         {
             Log.LogMessage(MessageImportance.Low, $"host libstdc++ defines {Version}: TorchSharp natives left as they are");
             return true;
@@ -34,7 +36,9 @@ public class MarkVersionNeedWeak : Task
                     File.WriteAllBytes(tmp, data);
                     File.Copy(tmp, path, true);
                     File.Delete(tmp);
-                    Log.LogMessage(MessageImportance.High, $"{path}: host libstdc++ lacks {Version}; marked that version need weak so it loads");
+                    Log.LogMessage(MessageImportance.High, Always
+                        ? $"{path}: marked {Version} need weak, so it loads where libstdc++ lacks that version"
+                        : $"{path}: host libstdc++ lacks {Version}; marked that version need weak so it loads");
                 }
             }
             catch (Exception e)

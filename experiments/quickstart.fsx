@@ -1,7 +1,12 @@
 // Quickstart: pretrain a small ViT on Fashion-MNIST classes 0-4, then tune it on classes 5-9 with
 // every method. Same records (and run hashes) as quickstart.yaml.
 //   lora plan experiments/quickstart.fsx
-// The runner evaluates this script with Lora.Dsl referenced and opened.
+// For editors (completion, type checks): the built Lora.Dsl. `lora run` defines LORA_RUNNER and
+// references Lora.Dsl itself. (From the package instead: #r "nuget: Lora.Dsl".)
+#if !LORA_RUNNER
+#r "../src/Lora.Dsl/bin/Release/net10.0/Lora.Dsl.dll"
+open Lora.Dsl
+#endif
 
 let vitFmnist =
     pretrain {

@@ -5,6 +5,12 @@
 //   3. tfimm: the parameter summary of every model × method (written by `lora tables` from the runs).
 //   lora run experiments/seed-tables.fsx --device cuda --write-tables paper-tables
 // experiments/seed-segmentation-cpu.yaml is table 1 at a size a CPU finishes in minutes.
+// For editors (completion, type checks): the built Lora.Dsl. `lora run` defines LORA_RUNNER and
+// references Lora.Dsl itself. (From the package instead: #r "nuget: Lora.Dsl".)
+#if !LORA_RUNNER
+#r "../src/Lora.Dsl/bin/Release/net10.0/Lora.Dsl.dll"
+open Lora.Dsl
+#endif
 
 let segmentationData objectClasses = composedSegmentation 256 3 |> classes objectClasses |> limit 8000 1000
 let imageEncoderLinears = [ "re:image_encoder\\.(blocks|layers)\\..*\\.(qkv|proj|lin1|lin2|fc1|fc2)" ]

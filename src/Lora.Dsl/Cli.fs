@@ -89,6 +89,38 @@ module Cli =
                 | Adapter _ -> "the adapter folder or safetensors file"
                 | Out _ -> "the merged safetensors file to write"
 
+    type ForwardArgs =
+        | [<Mandatory>] Model of model: string
+        | Model_Config of path: string
+        | Weights of path: string
+        | Adapter of path: string
+        | [<Mandatory>] Input of path: string
+        | [<Mandatory>] Out of path: string
+        interface IArgParserTemplate with
+            member a.Usage =
+                match a with
+                | Model _ -> "a zoo model name or an .onnx file"
+                | Model_Config _ -> "a JSON file of model options (num_classes, ...)"
+                | Weights _ -> "the model's safetensors file"
+                | Adapter _ -> "an adapter folder to apply"
+                | Input _ -> "a safetensors file with the tensor 'input'"
+                | Out _ -> "the safetensors file to write, with the tensor 'output' (fp32)"
+
+    type ExportArgs =
+        | [<Mandatory>] Model of model: string
+        | Model_Config of path: string
+        | Weights of path: string
+        | Adapter of path: string
+        | [<Mandatory>] Out of path: string
+        interface IArgParserTemplate with
+            member a.Usage =
+                match a with
+                | Model _ -> "an .onnx file, resnet18_mlnet, or a ViT, ConvNeXt or ResNet zoo model"
+                | Model_Config _ -> "a JSON file of model options (num_classes, ...)"
+                | Weights _ -> "the model's safetensors file"
+                | Adapter _ -> "an adapter folder, merged into the weights"
+                | Out _ -> "the .onnx file to write"
+
     type PredictArgs =
         | [<MainCommand>] Images of images: string list
         | [<Mandatory>] Model of model: string
@@ -175,7 +207,13 @@ module Cli =
                 | Spec _ -> "the experiment spec (.yaml, .yml or .fsx)"
                 | Results _ -> "the results folder (default: results)"
 
+    type HelpArgs =
+        | [<MainCommand>] Command of command: string
+        interface IArgParserTemplate with
+            member a.Usage = match a with Command _ -> "the command to describe (validate, plan, run, ...)"
+
     type LoraArgs =
+        | [<CliPrefix(CliPrefix.None)>] Help of ParseResults<HelpArgs>
         | [<CliPrefix(CliPrefix.None)>] Validate of ParseResults<ValidateArgs>
         | [<CliPrefix(CliPrefix.None)>] Plan of ParseResults<PlanArgs>
         | [<CliPrefix(CliPrefix.None)>] Run of ParseResults<RunArgs>
@@ -183,6 +221,8 @@ module Cli =
         | [<CliPrefix(CliPrefix.None)>] Summary of ParseResults<SummaryArgs>
         | [<CliPrefix(CliPrefix.None)>] Merge of ParseResults<MergeArgs>
         | [<CliPrefix(CliPrefix.None)>] Predict of ParseResults<PredictArgs>
+        | [<CliPrefix(CliPrefix.None)>] Forward of ParseResults<ForwardArgs>
+        | [<CliPrefix(CliPrefix.None)>] Export of ParseResults<ExportArgs>
         | [<CliPrefix(CliPrefix.None)>] Bench of ParseResults<BenchArgs>
         | [<CliPrefix(CliPrefix.None)>] Submit of ParseResults<SubmitArgs>
         | [<CliPrefix(CliPrefix.None)>] Status of ParseResults<StatusArgs>
@@ -190,6 +230,7 @@ module Cli =
         interface IArgParserTemplate with
             member a.Usage =
                 match a with
+                | Help _ -> "this list, or a command's options (lora help run)"
                 | Validate _ -> "check a spec; every problem on its own line (exit 2 if any)"
                 | Plan _ -> "show the runs of a spec, their dependencies and whether they are done"
                 | Run _ -> "run what is missing, in dependency order"
@@ -197,6 +238,8 @@ module Cli =
                 | Summary _ -> "parameter summary of a zoo model with a tuning method"
                 | Merge _ -> "merge an adapter into its base model's weights"
                 | Predict _ -> "classify images: top-k labels with scores"
+                | Forward _ -> "the eval-mode forward of a tensor (parity checks against other frameworks)"
+                | Export _ -> "write the merged model as an ONNX file"
                 | Bench _ -> "time training steps of the methods on one model"
                 | Submit _ -> "submit the plan to Slurm: one job array per dependency level"
                 | Status _ -> "pending/running/done/failed per run (results folder and Slurm)"
@@ -215,6 +258,8 @@ type CommandKind =
     | Submit = 8
     | Status = 9
     | Version = 10
+    | Forward = 11
+    | Export = 12
 
 type ValidateOptions = { Spec: string }
 type PlanOptions = { Spec: string; Results: string; Json: bool }
@@ -235,6 +280,8 @@ type SummaryOptions =
     { Model: string; Method: string; Rank: Nullable<int>; Alpha: Nullable<float>; Targets: string list; Train: string list
       Bias: string; InitRank: Nullable<int>; Classes: Nullable<int>; ModelConfig: string }
 type MergeOptions = { Model: string; ModelConfig: string; Weights: string; Adapter: string; Out: string }
+type ForwardOptions = { Model: string; ModelConfig: string; Weights: string; Adapter: string; Input: string; Out: string }
+type ExportOptions = { Model: string; ModelConfig: string; Weights: string; Adapter: string; Out: string }
 type PredictOptions =
     { Images: string list; Model: string; ModelConfig: string; Weights: string; Adapter: string; Labels: string; TopK: int; Json: bool
       /// the --mean and --std texts as given (null: no normalisation)
@@ -265,6 +312,8 @@ type ParsedCommand(kind: CommandKind, commandLine: string) =
     member val Summary: SummaryOptions = Unchecked.defaultof<_> with get, set
     member val Merge: MergeOptions = Unchecked.defaultof<_> with get, set
     member val Predict: PredictOptions = Unchecked.defaultof<_> with get, set
+    member val Forward: ForwardOptions = Unchecked.defaultof<_> with get, set
+    member val Export: ExportOptions = Unchecked.defaultof<_> with get, set
     member val Bench: BenchOptions = Unchecked.defaultof<_> with get, set
     member val Submit: SubmitOptions = Unchecked.defaultof<_> with get, set
     member val Status: StatusOptions = Unchecked.defaultof<_> with get, set
@@ -299,6 +348,12 @@ type CommandLine private () =
         else "'" + arg.Replace("'", "'\\''") + "'"
 
     static member Parse(args: string[]) : ParseOutcome =
+        match args with
+        // `lora help CMD` is `lora CMD --help`: Argu's usage of that command
+        | [| "help"; cmd |] when not (cmd.StartsWith "-") -> CommandLine.Parse [| cmd; "--help" |]
+        | _ -> CommandLine.ParseCommand args
+
+    static member private ParseCommand(args: string[]) : ParseOutcome =
         let line = "lora " + (args |> Array.map CommandLine.Quote |> String.concat " ")
         // list options take `a,b` as well as `a b`
         let commaList (values: string list) =
@@ -313,6 +368,7 @@ type CommandLine private () =
                 | Some other -> Error(sprintf "--device must be cpu or cuda, got '%s'" other)
             if r.Contains Cli.LoraArgs.Version then ok (ParsedCommand(CommandKind.Version, line)) else
             match r.GetSubCommand() with
+            | Cli.Help _ -> fail 0 (parser.PrintUsage())
             | Cli.Validate a -> ok (ParsedCommand(CommandKind.Validate, line, Validate = { Spec = a.GetResult Cli.ValidateArgs.Spec }))
             | Cli.Plan a ->
                 ok (ParsedCommand(CommandKind.Plan, line,
@@ -341,6 +397,16 @@ type CommandLine private () =
                 ok (ParsedCommand(CommandKind.Merge, line,
                                   Merge = { Model = a.GetResult Cli.MergeArgs.Model; ModelConfig = orNull (a.TryGetResult Cli.MergeArgs.Model_Config)
                                             Weights = a.GetResult Cli.MergeArgs.Weights; Adapter = a.GetResult Cli.MergeArgs.Adapter; Out = a.GetResult Cli.MergeArgs.Out }))
+            | Cli.Forward a ->
+                ok (ParsedCommand(CommandKind.Forward, line,
+                                  Forward = { Model = a.GetResult Cli.ForwardArgs.Model; ModelConfig = orNull (a.TryGetResult Cli.ForwardArgs.Model_Config)
+                                              Weights = orNull (a.TryGetResult Cli.ForwardArgs.Weights); Adapter = orNull (a.TryGetResult Cli.ForwardArgs.Adapter)
+                                              Input = a.GetResult Cli.ForwardArgs.Input; Out = a.GetResult Cli.ForwardArgs.Out }))
+            | Cli.Export a ->
+                ok (ParsedCommand(CommandKind.Export, line,
+                                  Export = { Model = a.GetResult Cli.ExportArgs.Model; ModelConfig = orNull (a.TryGetResult Cli.ExportArgs.Model_Config)
+                                             Weights = orNull (a.TryGetResult Cli.ExportArgs.Weights); Adapter = orNull (a.TryGetResult Cli.ExportArgs.Adapter)
+                                             Out = a.GetResult Cli.ExportArgs.Out }))
             | Cli.Predict a ->
                 ok (ParsedCommand(CommandKind.Predict, line,
                                   Predict = { Images = a.GetResult(Cli.PredictArgs.Images, []); Model = a.GetResult Cli.PredictArgs.Model

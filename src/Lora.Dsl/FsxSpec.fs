@@ -5,7 +5,7 @@ open System.IO
 open FSharp.Compiler.Interactive.Shell
 
 /// F# specs (.fsx) evaluated in-process by FSharp.Compiler.Service, with Lora.Dsl referenced and
-/// opened: no build step. The script binds `experiments` (a list of experiments, or one experiment).
+/// opened and LORA_RUNNER defined: no build step. The script binds `experiments` (a list of experiments, or one experiment).
 module FsxSpec =
     let private err file message = { File = file; Line = 0; Column = 0; Field = "script"; Message = message }
 
@@ -44,7 +44,9 @@ module FsxSpec =
     let evaluateAll (path: string) : Result<Experiment list * (string * Pretrain) list, SpecError list> =
         let full = Path.GetFullPath path
         let dsl = typeof<Experiment>.Assembly.Location
-        let argv = [| "fsi"; "--noninteractive"; "--nologo"; "--gui-"; "--optimize-"; "-r:" + dsl |]
+        // LORA_RUNNER: a script's editor preamble (#if !LORA_RUNNER #r ".../Lora.Dsl.dll" #endif) is
+        // skipped here, where this very Lora.Dsl is referenced and opened
+        let argv = [| "fsi"; "--noninteractive"; "--nologo"; "--gui-"; "--optimize-"; "--define:LORA_RUNNER"; "-r:" + dsl |]
         use out = new StringWriter()
         use errOut = new StringWriter()
         let config = FsiEvaluationSession.GetDefaultConfiguration()

@@ -1,4 +1,13 @@
 namespace Lora.Dsl
 
+open System.Reflection
+
+type internal VersionMarker = class end
+
 module Version =
-    let value = "0.1.0"
+    /// The packages' version (Version in Directory.Build.props), as this assembly records it.
+    let value =
+        let asm = typeof<VersionMarker>.Assembly
+        match asm.GetCustomAttribute<AssemblyInformationalVersionAttribute>() with
+        | null -> string (asm.GetName().Version)
+        | a -> a.InformationalVersion

@@ -8,7 +8,8 @@ module ZooNames =
         [ "vit_tiny_patch16_224"; "vit_small_patch16_224"; "vit_base_patch16_224"; "vit_large_patch16_224"
           "resnet18"; "resnet34"; "resnet50"
           "convnext_tiny"; "convnext_small"; "convnext_base"; "tiny_vit_5m_224"; "tiny_vit_11m_224"; "tiny_vit_21m_224"
-          "sam_vit_b"; "sam_vit_l"; "sam_vit_h"; "sam_vit_s"; "mobile_sam" ]
+          "sam_vit_b"; "sam_vit_l"; "sam_vit_h"; "sam_vit_s"; "mobile_sam"
+          "resnet18_mlnet" ]
 
     /// Families configured entirely by options (img_size, patch_size, embed_dim, depth, ...).
     /// (A test checks that named @ families is exactly Lora.Core's Zoo.Names.)

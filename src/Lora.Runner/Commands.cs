@@ -32,10 +32,12 @@ public static class Commands
                 CommandKind.Summary => Guarded("summary", () => SummaryCommand.Run(c.Summary, stdout, stderr), stderr),
                 CommandKind.Merge => Guarded("merge", () => MergeCommand.Run(c.Merge, stdout), stderr),
                 CommandKind.Predict => Guarded("predict", () => PredictCommand.Run(c.Predict, stdout, stderr), stderr),
+                CommandKind.Forward => Guarded("forward", () => ForwardCommand.Run(c.Forward, stdout), stderr),
+                CommandKind.Export => Guarded("export", () => ExportCommand.Run(c.Export, stdout), stderr),
                 _ => NotYet(c.Kind, stderr),
             };
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidDataException)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidDataException or Lora.Core.Onnx.OnnxImportException)
         {
             stderr.WriteLine($"lora: {e.Message}");
             return 1;
@@ -52,7 +54,7 @@ public static class Commands
         try { return body(); }
         catch (BadModelException e) { stderr.WriteLine($"lora {command}: {ModelSource.OneLine(e.Message)}"); return 2; }
         catch (OperationCanceledException) { throw; }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidDataException or ArgumentException)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidDataException or ArgumentException or NotSupportedException or InvalidOperationException or Lora.Core.Onnx.OnnxImportException)
         {
             stderr.WriteLine($"lora {command}: {ModelSource.OneLine(e.Message)}");
             return 1;

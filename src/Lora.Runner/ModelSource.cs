@@ -20,8 +20,21 @@ static class ModelSource
     /// (the user's command line is wrong, exit code 2), not a file problem.
     public static nn.Module<Tensor, Tensor> Create(string name, ModelArgs args, Device? device = null)
     {
+        if (IsOnnx(name)) return ImportOnnx(name, args, device);
         try { return Zoo.Create(name, args, device); }
         catch (ArgumentException e) { throw new BadModelException(e.Message); }
+    }
+
+    /// `--model PATH.onnx`: an ONNX file rather than a zoo name.
+    public static bool IsOnnx(string model) => model.EndsWith(".onnx", StringComparison.OrdinalIgnoreCase);
+
+    /// An imported ONNX graph; num_classes (from --model-config or --classes) gives it a new head.
+    public static Lora.Core.Onnx.OnnxModule ImportOnnx(string path, ModelArgs args, Device? device = null)
+    {
+        var m = new Lora.Core.Onnx.OnnxModule(Lora.Core.Onnx.OnnxGraph.Read(path),
+            new Lora.Core.Onnx.OnnxImportOptions(NumClasses: args.Has("num_classes") ? args.Long("num_classes", 0) : null));
+        if (device is not null) m.to(device);
+        return m;
     }
 
     /// The image size and channels a classifier expects (timm's default 224 where the model does

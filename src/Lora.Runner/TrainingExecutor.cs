@@ -200,8 +200,9 @@ public sealed class TrainingExecutor : IRunExecutor
         return new Transforms(
             Size: imageSize is int wanted && wanted != data.Height ? wanted : size is long s && s != data.Height ? (int)s : null,
             GreyToRgb: grey,
-            Mean: Enumerable.Repeat(0.5f, channels).ToArray(),
-            Std: Enumerable.Repeat(0.5f, channels).ToArray());
+            // a model that does its own preprocessing (resnet18_mlnet) takes the pixels in [0, 1]
+            Mean: model is IOwnsPreprocessing ? null : Enumerable.Repeat(0.5f, channels).ToArray(),
+            Std: model is IOwnsPreprocessing ? null : Enumerable.Repeat(0.5f, channels).ToArray());
     }
 
     static CorePrecision PrecisionOf(Lora.Dsl.Precision p) =>

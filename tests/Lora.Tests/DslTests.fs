@@ -503,6 +503,19 @@ let cliTests =
             Expect.equal o.ExitCode 0 "help"
             Expect.stringContains o.Message "plan" "lists subcommands"
         }
+        test "lora help lists the commands; lora help CMD shows that command's options" {
+            let all = CommandLine.Parse [| "help" |]
+            Expect.equal all.ExitCode 0 "help exits 0"
+            let commands = [ "validate"; "plan"; "run"; "tables"; "summary"; "merge"; "predict"; "bench"; "submit"; "status" ]
+            for c in commands do
+                Expect.stringContains all.Message c $"help lists {c}"
+                let one = CommandLine.Parse [| "help"; c |]
+                Expect.equal one.ExitCode 0 $"help {c} exits 0"
+                Expect.stringContains one.Message $"USAGE: lora {c}" $"help {c} is {c}'s usage"
+            Expect.stringContains (CommandLine.Parse [| "help"; "run" |]).Message "--only" "run's options"
+            let bad = CommandLine.Parse [| "help"; "nosuch" |]
+            Expect.equal bad.ExitCode 2 "an unknown command is bad input"
+        }
     ]
 
 /// Hand-edited specs: random cuts, duplications and junk in a real spec never crash the reader; every

@@ -20,6 +20,7 @@ let all =
         SafetensorsTests.tests
         TuningTests.tests
         TuningCheckpointTests.tests
+        PeftConfigTests.tests
         ZooTests.tests
         ZooTests.dslKnowsTheZoo
         ResNetTests.tests
@@ -37,6 +38,7 @@ let all =
         HostileInputTests.tests
         BenchTests.tests
         MixedPrecisionTests.tests
+        OnnxTests.tests
     ]
 
 [<EntryPoint>]

@@ -482,6 +482,22 @@ let private modelTests =
             use yA2 = m.forward x
             Expect.isTrue (same yA2 yA) "default adapter unchanged by the others"
         }
+        test "linear combination is PEFT's: A = Σ √(w·s)·Aᵢ and B = Σ √(w·s)·Bᵢ" {
+            let m = vitTiny ()
+            let t = Tuner.Apply(m, TuningConfig(Targets = [| "qkv" |], Rank = 2, Alpha = 2.0))
+            Tuner.Apply(m, TuningConfig(Targets = [| "qkv" |], Rank = 2, Alpha = 8.0), "other") |> ignore
+            for struct (_, l) in t.Layers do
+                randomise (l.AdapterParameters "default") 21
+                randomise (l.AdapterParameters "other") 22
+            t.AddWeightedAdapter([| "default"; "other" |], [| 0.7; 0.3 |], "mix", Combination.Linear)
+            for struct (_, l) in t.Layers do
+                let x = l :?> LoraLinear
+                let part (a: string) (w: float) (f: string -> torch.Tensor) = f a * sqrt (w * x.Scaling a)
+                use a = part "default" 0.7 (fun n -> x.A(n).weight) + part "other" 0.3 (fun n -> x.A(n).weight)
+                use b = part "default" 0.7 (fun n -> x.B(n).weight) + part "other" 0.3 (fun n -> x.B(n).weight)
+                use d = l.DeltaWeight "mix"
+                close "linear" torch.float32 d (b.matmul a)
+        }
         test "gradients reach only the adapter; Unload restores the original layers and outputs" {
             let m = vitTiny ()
             m.eval ()

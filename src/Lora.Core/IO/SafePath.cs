@@ -3,7 +3,7 @@ namespace Lora.Core.IO;
 /// Writes inside a folder this program owns (a results folder, a tables folder) stay inside it.
 ///
 /// A results folder is committed to git, so a cloned repository can carry symbolic links in it
-/// (`results/<hash>/run.lock -> ~/.bashrc`): opening such a path "open or create" would write
+/// (`results/&lt;hash&gt;/run.lock -> ~/.bashrc`): opening such a path "open or create" would write
 /// through the link. Every folder and file the runner writes under its root is checked here first:
 /// no link anywhere between the root and the file, and the path must lie under the root. The root
 /// itself is the user's choice and may be a link.

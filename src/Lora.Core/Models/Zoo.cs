@@ -34,6 +34,7 @@ public static class Zoo
         ["sam_vit_s"] = (a, d) => new Sam(SamArgs(a, SamModels.sam_vit_s), d),
         ["mobile_sam"] = (a, d) => new Sam(SamArgs(a, SamModels.mobile_sam), d),
         ["sam_tiny_vit"] = (a, d) => new Sam(SamArgs(a, SamModels.sam_tiny_vit), d),
+        ["resnet18_mlnet"] = (a, d) => Onnx.MlNetResNet18.Create(a, d),
         ["unet"] = (a, d) => new UNet(new UNetConfig(
             in_chans: a.Long("in_chans", 3), num_classes: a.Long("num_classes", 1),
             base_width: a.Long("base_width", 32), depth: a.Long("depth", 4)), d),

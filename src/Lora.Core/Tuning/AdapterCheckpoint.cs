@@ -26,6 +26,15 @@ public static class AdapterCheckpoint
         if (!model.Configs.TryGetValue(adapter, out var config)) throw new ArgumentException($"the model has no adapter named '{adapter}'");
         Directory.CreateDirectory(folder);
         var (tensors, pattern) = Collect(model, adapter, forSave: true);
+        // PEFT's AdaLoraConfig needs total_step > 0 with tinit < total_step - tfinal: a TotalStep
+        // left to the training loop is saved as the loop set it, or (never trained) as the
+        // shortest schedule PEFT accepts.
+        if (config.Method == TuningMethod.AdaLora && config.TotalStep <= 0)
+            config = config with { TotalStep = model.Allocator(adapter)?.TotalStep is long t && t > 0 ? t : config.TInit + config.TFinal + 1 };
+        // PEFT's modules_to_save are names matched as suffixes: a regular expression is written
+        // as the module paths it matched
+        if (config.ModulesToSave.Any(ModulePattern.IsRegex))
+            config = config with { ModulesToSave = PeftModuleNames(model, config.ModulesToSave) };
         var json = ConfigJson(config, pattern, adapter).ToJsonString(new JsonSerializerOptions { WriteIndented = true });
         Safetensors.Save(Path.Combine(folder, WeightsFile), tensors.Select(kv => new KeyValuePair<string, Tensor>(kv.Key, kv.Value.contiguous())),
             new Dictionary<string, string> { ["format"] = "pt" });
@@ -254,11 +263,21 @@ public static class AdapterCheckpoint
         return (result, usedPattern);
     }
 
+    static IReadOnlyList<string> PeftModuleNames(TunedModel model, IReadOnlyList<string> patterns)
+    {
+        var paths = model.Model.named_modules().Select(m => m.name)
+            .Where(n => n.Length > 0 && !n.Contains(".original_module") && !n.Contains(".modules_to_save")).ToList();
+        return patterns.SelectMany(p => ModulePattern.IsRegex(p) ? paths.Where(n => ModulePattern.Matches(p, n)) : [p]).Distinct().ToList();
+    }
+
     static JsonObject ConfigJson(TuningConfig c, Dictionary<string, bool[]>? pattern, string adapter)
     {
+        // PEFT's target_modules: a list of names/dotted suffixes, or one regular expression that
+        // must match the whole path; with any regex among the targets, all become one alternation
         JsonNode? Targets(IReadOnlyList<string> ts) =>
             ts.Count == 0 ? null
-            : ts.Count == 1 && ModulePattern.IsRegex(ts[0]) ? JsonValue.Create(ts[0][3..])
+            : ts.Any(ModulePattern.IsRegex) ? JsonValue.Create(string.Join("|", ts.Select(t =>
+                ModulePattern.IsRegex(t) ? (ts.Count == 1 ? t[3..] : $"(?:{t[3..]})") : $"(?:.*\\.)?{System.Text.RegularExpressions.Regex.Escape(t)}")))
             : new JsonArray(ts.Select(t => (JsonNode?)JsonValue.Create(t)).ToArray());
         var o = new JsonObject
         {

@@ -73,6 +73,8 @@ public static class ModuleTree
             CheckAssignable(list.GetType().GetGenericArguments()[0], rtype, path);
             if (!dryRun) list[int.Parse(name)] = replacement;
         }
+        else if (parent is IReplaceableChildren table)
+            table.ReplaceChild(name, replacement, dryRun);
         else if (IsGeneric(parent.GetType(), typeof(ModuleDict<>)))
             throw new ArgumentException($"'{path}' sits in a ModuleDict, whose entries cannot be replaced in place; use a custom module or ModuleList");
         else

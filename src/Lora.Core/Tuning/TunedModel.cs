@@ -10,7 +10,8 @@ public enum Combination
 {
     /// Rank Σrᵢ: A = cat(wᵢ·sᵢ·Aᵢ), B = cat(Bᵢ); ΔW = Σ wᵢ·ΔWᵢ exactly.
     Cat,
-    /// Same ranks required: A = Σ √wᵢ·sᵢ·Aᵢ, B = Σ √wᵢ·Bᵢ (PEFT's 'linear'; not ΣwᵢΔWᵢ in general).
+    /// Same ranks required: A = Σ √(wᵢ·sᵢ)·Aᵢ, B = Σ √(wᵢ·sᵢ)·Bᵢ (PEFT's 'linear', its task arithmetic
+    /// with weights √(wᵢ·sᵢ); not ΣwᵢΔWᵢ in general).
     Linear,
 }
 
@@ -336,8 +337,9 @@ public sealed class TunedModel
             }
             else
             {
-                newA = present.Select(x => { var g = Get(x.a); return Scaled(g.A, Math.Sqrt(x.w) * g.s); }).Aggregate((p, q) => p.Plus(q));
-                newB = present.Select(x => Scaled(Get(x.a).B, Math.Sqrt(x.w))).Aggregate((p, q) => p.Plus(q));
+                // PEFT: valid_weights = √(weight · scaling), on A and on B alike
+                newA = present.Select(x => { var g = Get(x.a); return Scaled(g.A, Math.Sqrt(x.w * g.s)); }).Aggregate((p, q) => p.Plus(q));
+                newB = present.Select(x => { var g = Get(x.a); return Scaled(g.B, Math.Sqrt(x.w * g.s)); }).Aggregate((p, q) => p.Plus(q));
             }
             switch (l)
             {

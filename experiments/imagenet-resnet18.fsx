@@ -1,0 +1,21 @@
+// The main job's second experiment: adapt ML.NET's ImageNet ResNet-18 (real pretrained weights,
+// from NuGet: zoo name resnet18_mlnet) to all ten Fashion-MNIST classes. Same records (and run
+// hashes) as imagenet-resnet18.yaml.
+//   lora plan experiments/imagenet-resnet18.fsx
+// The runner evaluates this script with Lora.Dsl referenced and opened.
+
+// LoRA and DoRA on the 3×3 convolutions of the residual blocks (the new fc head trains too)
+let convs3x3 = { LoraOptions.Defaults with Targets = [ @"re:layer\d\.\d\.conv[12]" ] }
+
+let experiments =
+    [ experiment {
+          name "imagenet-resnet18"
+          model (zoo "resnet18_mlnet" [])
+          dataset (fashionMnist |> limit 1000 500)
+          imageSize 32
+          methods [ full; head; Lora convs3x3; Dora convs3x3 ]
+          ranks [ 4; 8 ]
+          epochs 3
+          batch 64
+          lr 1e-3
+      } ]

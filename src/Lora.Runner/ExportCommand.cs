@@ -1,0 +1,34 @@
+using Lora.Core.Onnx;
+using Lora.Dsl;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Lora.Runner;
+
+/// `lora export --model M [--model-config J] [--weights W] [--adapter A] --out model.onnx`: the
+/// merged model (as merge-and-unload gives it) as an ONNX file. Nothing is written unless the whole
+/// export succeeds (atomic write); the inputs are only read.
+public static class ExportCommand
+{
+    public static int Run(ExportOptions o, TextWriter stdout)
+    {
+        using var model = ForwardCommand.Load(o.Model, o.ModelConfig, o.Weights, o.Adapter);
+        WriteOnnx(model, o.Model, o.Out);
+        stdout.WriteLine($"exported {o.Model}{(o.Adapter is null ? "" : $" with {o.Adapter} merged")}: wrote {o.Out}");
+        return 0;
+    }
+
+    /// The one place a model is matched to its ONNX writer: imported graphs write their own graph
+    /// back; zoo architectures (ViT, ConvNeXt, ResNet) go through ZooExport at their default input size.
+    public static void WriteOnnx(nn.Module<Tensor, Tensor> merged, string modelName, string path)
+    {
+        switch (merged)
+        {
+            case OnnxModule imported: OnnxExport.Write(imported, path); break;
+            default:
+                if (ZooExport.Problem(merged) is { } why) throw new NotSupportedException($"cannot export {modelName} to ONNX: {why}");
+                ZooExport.Export(merged, ZooExport.DefaultInputShape(merged), path);
+                break;
+        }
+    }
+}

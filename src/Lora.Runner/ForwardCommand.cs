@@ -1,0 +1,37 @@
+using Lora.Core.IO;
+using Lora.Core.Tuning;
+using Lora.Dsl;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Lora.Runner;
+
+/// `lora forward --model M [--model-config J] [--weights W] [--adapter A] --input in.safetensors --out out.safetensors`:
+/// the eval-mode forward of the tensor `input`, written as the tensor `output` (fp32): how users
+/// check parity with another framework (the tests check imported graphs against ONNX Runtime).
+public static class ForwardCommand
+{
+    public static int Run(ForwardOptions o, TextWriter stdout)
+    {
+        using var model = Load(o.Model, o.ModelConfig, o.Weights, o.Adapter);
+        var tensors = Safetensors.Load(o.Input);
+        if (!tensors.TryGetValue("input", out var input))
+            throw new InvalidDataException($"'{o.Input}' has no tensor named 'input' (it has {string.Join(", ", tensors.Keys.Take(5))})");
+        using var _ = torch.no_grad();
+        using var x = input.to(ScalarType.Float32);
+        using var y = model.call(x).to(ScalarType.Float32);
+        Safetensors.Save(o.Out, [new("output", y)]);
+        stdout.WriteLine($"forward of {o.Model} on input [{string.Join(", ", x.shape)}]: wrote {o.Out} (output [{string.Join(", ", y.shape)}])");
+        return 0;
+    }
+
+    /// The model in eval mode: --weights loaded strictly, then --adapter merged in (merge-and-unload).
+    public static nn.Module<Tensor, Tensor> Load(string name, string? modelConfig, string? weights, string? adapter)
+    {
+        var model = ModelSource.Create(name, ModelSource.Args(modelConfig));
+        if (weights is not null) StateDict.Load(model, weights, strict: true);
+        if (adapter is not null) model = (nn.Module<Tensor, Tensor>)AdapterCheckpoint.Load(model, ModelSource.AdapterFolder(adapter)).MergeAndUnload();
+        model.eval();
+        return model;
+    }
+}
