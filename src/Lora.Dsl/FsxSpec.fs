@@ -96,7 +96,9 @@ module Spec =
     let checkWith (exists: string -> bool) (path: string) : SpecCheck =
         let fileErr m = { Result = Error [ { File = path; Line = 0; Column = 0; Field = "spec"; Message = m } ]; Warnings = [] }
         let outcome errs experiments = match errs with [] -> Ok experiments | errs -> Error errs
-        if not (File.Exists path) then fileErr "spec file not found"
+        if Directory.Exists path then fileErr "this is a folder, not a spec file: give the path of a .yaml or .fsx file"
+        elif not (File.Exists path) then fileErr "spec file not found"
+        elif FileInfo(path).Length > 16L * 1024L * 1024L then fileErr (sprintf "the spec is %d bytes, more than the 16 MiB allowed" (FileInfo(path).Length))
         else
             match Path.GetExtension(path).ToLowerInvariant() with
             | ".yaml" | ".yml" ->

@@ -34,9 +34,37 @@ module DataDefaults =
     /// Debian's dataset-fashion-mnist package.
     let fashionMnist = "/usr/share/datasets/fashion-mnist"
 
+/// Sizes refused up front, so that no run fails later inside libtorch (or a spec takes minutes to expand).
+module Limits =
+    let maxRuns = 10000
+    let maxBatch = 65536
+    let maxImageSize = 4096
+    let maxRank = 4096
+    /// BottleneckAdapter.MaxRatio in Lora.Core
+    let maxAdapterRatio = 4.0
+
 /// Checks of records (however they were built). Every check runs; nothing stops at the first error.
 module Validation =
     let private err field message = { File = ""; Line = 0; Column = 0; Field = field; Message = message }
+
+    /// A name that becomes part of run ids, file names and terminal output: no control or format
+    /// characters (NUL, the ESC of a terminal escape sequence, bidirectional overrides), no path
+    /// separators or wildcards, not "." or "..".
+    let nameProblem (name: string) =
+        let hidden (c: char) =
+            System.Char.IsControl c
+            || (match System.Globalization.CharUnicodeInfo.GetUnicodeCategory c with
+                | System.Globalization.UnicodeCategory.Format
+                | System.Globalization.UnicodeCategory.LineSeparator
+                | System.Globalization.UnicodeCategory.ParagraphSeparator -> true
+                | _ -> false)
+        let shown = name |> String.collect (fun c -> if hidden c then sprintf "\\u%04x" (int c) else string c)
+        if System.String.IsNullOrWhiteSpace name then Some "must not be empty"
+        else match name |> Seq.tryFind hidden with
+             | Some c -> Some(sprintf "name '%s' holds the control character U+%04X: use letters, digits and punctuation" shown (int c))
+             | None when name.IndexOfAny([| '/'; '\\'; '*'; '?' |]) >= 0 -> Some(sprintf "name '%s' must not contain / \\ * or ?" name)
+             | None when name = "." || name = ".." -> Some(sprintf "name '%s' is not a usable name" name)
+             | None -> None
 
     /// Does a file or folder exist (relative paths from the working directory)?
     let pathExists (p: string) = System.IO.File.Exists p || System.IO.Directory.Exists p
@@ -121,7 +149,12 @@ module Validation =
           match d.LimitTrain with Some s when s <= 0 -> yield err (at + ".limit_train") (sprintf "limit_train must be positive, got %d" s) | _ -> ()
           match d.LimitVal with Some s when s <= 0 -> yield err (at + ".limit_val") (sprintf "limit_val must be positive, got %d" s) | _ -> ()
           if not (d.ValFraction >= 0.0 && d.ValFraction < 1.0) then
-              yield err (at + ".val_fraction") (sprintf "val_fraction must be in [0, 1), got %g" d.ValFraction) ]
+              yield err (at + ".val_fraction") (sprintf "val_fraction must be in [0, 1), got %g" d.ValFraction)
+          else
+              match d.Source with
+              | ImageFolder _ | SegmentationPairs _ when d.ValFraction = 0.0 ->
+                  yield err (at + ".val_fraction") "val_fraction 0 leaves no validation images: this source is split into training and validation by it (e.g. 0.1)"
+              | _ -> () ]
 
     let training (at: string) (t: Training) =
         [ if t.Epochs < 1 then yield err (at + "epochs") (sprintf "epochs must be at least 1, got %d" t.Epochs)
@@ -132,12 +165,15 @@ module Validation =
           // caught here rather than when the run starts (after any pretraining it depends on)
           if t.Precision = Fp16 then
               yield err (at + "precision") "precision fp16 is not supported (no autocast or loss scaling in TorchSharp): use bf16 (fp32 master weights) or fp32"
+          if t.Batch > Limits.maxBatch then yield err (at + "batch") (sprintf "batch %d is more than the %d allowed" t.Batch Limits.maxBatch)
           match t.ImageSize with
           | Some s when s <= 0 -> yield err (at + "image_size") (sprintf "image_size must be positive, got %d" s)
+          | Some s when s > Limits.maxImageSize -> yield err (at + "image_size") (sprintf "image_size %d is more than the %d allowed" s Limits.maxImageSize)
           | _ -> () ]
 
     let pretrain exists (at: string) (p: Pretrain) =
         [ if System.String.IsNullOrWhiteSpace p.Name then yield err (at + ".name") "a pretrain step needs a name"
+          else match nameProblem p.Name with Some m -> yield err (at + ".name") m | None -> ()
           yield! zooModel (at + ".model") p.Model
           yield! dataset exists (at + ".dataset") p.Task p.Dataset
           yield! training (at + ".") p.Training ]
@@ -177,16 +213,24 @@ module Validation =
               // PEFT (and the core) reject 0: the regulariser keeps P and Q orthogonal, AdaLoRA's premise
               if not (a.OrthReg > 0.0) then yield err (at + ".orth_reg") (sprintf "orth_reg must be positive, got %g" a.OrthReg)
           | Adapter a ->
-              match a.Ratio with Some r when not (r > 0.0) -> yield err (at + ".ratio") (sprintf "ratio must be positive, got %g" r) | _ -> ()
+              match a.Ratio with
+              | Some r when not (r > 0.0) -> yield err (at + ".ratio") (sprintf "ratio must be positive, got %g" r)
+              | Some r when not (r <= Limits.maxAdapterRatio) ->
+                  yield err (at + ".ratio") (sprintf "ratio must be at most %g (the bottleneck's width over the block's), got %g" Limits.maxAdapterRatio r)
+              | _ -> ()
               if not (a.Scale > 0.0) then yield err (at + ".scale") (sprintf "scale must be positive, got %g" a.Scale)
           if m.UsesRank && List.isEmpty ranks then
               yield err at (sprintf "%s needs ranks: add e.g. ranks [4; 8]" m.Name) ]
 
+    /// Grid.size without overflow (a spec can multiply long lists).
+    let private runCount (e: Experiment) =
+        let perMethod = e.Methods |> List.sumBy (fun m -> if m.UsesRank then int64 e.Ranks.Length else 1L)
+        int64 e.Models.Length * int64 e.Datasets.Length * int64 e.Seeds.Length * perMethod
+
     /// Every problem of one experiment; `at` is its path ("experiments[0]").
     let experiment (exists: string -> bool) (at: string) (e: Experiment) =
         [ if System.String.IsNullOrWhiteSpace e.Name then yield err (at + ".name") "an experiment needs a name"
-          elif e.Name.IndexOfAny([| '/'; '\\'; '*'; '?' |]) >= 0 then
-              yield err (at + ".name") (sprintf "name '%s' must not contain / \\ * or ?" e.Name)
+          else match nameProblem e.Name with Some m -> yield err (at + ".name") m | None -> ()
           if List.isEmpty e.Models then yield err (at + ".models") "no model: add model (zoo \"vit_tiny_patch16_224\" [])"
           for i, m in List.indexed e.Models do yield! baseModel exists (sprintf "%s.models[%d]" at i) m
           if List.isEmpty e.Datasets then yield err (at + ".datasets") "no dataset: add a dataset"
@@ -196,18 +240,27 @@ module Validation =
           for i, r in List.indexed e.Ranks do
               match Rank.Create r with
               | Error msg -> yield err (sprintf "%s.ranks[%d]" at i) msg
+              | Ok _ when r > Limits.maxRank -> yield err (sprintf "%s.ranks[%d]" at i) (sprintf "rank %d is more than the %d allowed" r Limits.maxRank)
               | Ok _ -> ()
           if List.distinct e.Ranks <> e.Ranks then yield err (at + ".ranks") "ranks has duplicates"
           if List.isEmpty e.Seeds then yield err (at + ".seeds") "seeds is empty: give at least one seed"
           if List.distinct e.Seeds <> e.Seeds then yield err (at + ".seeds") "seeds has duplicates"
           yield! training (at + ".") e.Training
-          let names = Grid.expand e |> List.map (fun r -> r.Name)
-          for n in names |> List.countBy id |> List.filter (fun (_, c) -> c > 1) |> List.map fst do
-              yield err (at + ".methods") (sprintf "two runs would be named '%s': a method, model or dataset is listed twice" n) ]
+          // counted before anything is expanded: a few lines of spec can describe millions of runs
+          let size = runCount e
+          if size > int64 Limits.maxRuns then
+              yield err at (sprintf "the grid expands to %d runs (models × datasets × methods and ranks × seeds), more than the %d allowed: split it" size Limits.maxRuns)
+          else
+              let names = Grid.expand e |> List.map (fun r -> r.Name)
+              for n in names |> List.countBy id |> List.filter (fun (_, c) -> c > 1) |> List.map fst do
+                  yield err (at + ".methods") (sprintf "two runs would be named '%s': a method, model or dataset is listed twice" n) ]
 
     /// Every problem of a suite of experiments (paths "experiments[i]...").
     let suite (exists: string -> bool) (es: Experiment list) =
         [ for i, e in List.indexed es do yield! experiment exists (sprintf "experiments[%d]" i) e
+          let total = es |> List.sumBy runCount
+          if total > int64 Limits.maxRuns && es |> List.forall (fun e -> runCount e <= int64 Limits.maxRuns) then
+              yield err "experiments" (sprintf "the spec expands to %d runs, more than the %d allowed: split it" total Limits.maxRuns)
           for n in es |> List.map (fun e -> e.Name) |> List.countBy id |> List.filter (fun (_, c) -> c > 1) |> List.map fst do
               yield err "experiments" (sprintf "two experiments are named '%s'" n)
           // one name, one pretrain: a name used for two different configurations would share results

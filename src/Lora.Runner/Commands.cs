@@ -62,7 +62,9 @@ public static class Commands
         }
         catch (Exception e)
         {
-            stderr.WriteLine($"lora {command}: {e.GetType().Name}: {ModelSource.OneLine(e.Message)}");
+            var inner = Lora.Core.Training.NativeError.Unwrap(e);
+            var kind = inner is System.Runtime.InteropServices.ExternalException or IOException or InvalidDataException or ArgumentException ? "" : inner.GetType().Name + ": ";
+            stderr.WriteLine($"lora {command}: {kind}{Lora.Core.Training.NativeError.Summary(inner)}");
             return 1;
         }
     }
@@ -71,6 +73,10 @@ public static class Commands
     /// problem on its own line to <paramref name="stderr"/>. Warnings do not stop the command.</summary>
     public static FSharpList<Experiment>? LoadSpec(string path, TextWriter stderr)
     {
+        // a FIFO, /dev/zero or a huge file is refused before the spec reader opens it
+        if (File.Exists(path) && !Directory.Exists(path))
+            try { Lora.Core.IO.InputFile.Check(path, Lora.Core.IO.InputFile.MaxTextBytes, "spec"); }
+            catch (InvalidDataException e) { stderr.WriteLine($"{path}: spec: {e.Message}"); return null; }
         var check = Spec.check(path);
         foreach (var w in check.Warnings) stderr.WriteLine(w.ToWarningString());
         if (check.Result.IsOk) return check.Result.ResultValue;
@@ -78,8 +84,16 @@ public static class Commands
         return null;
     }
 
+    /// An .fsx spec is F# code: loading it runs it, with the user's rights. Said before it runs.
+    static void NoteScript(string spec, string verb, TextWriter stderr)
+    {
+        if (spec.EndsWith(".fsx", StringComparison.OrdinalIgnoreCase))
+            stderr.WriteLine($"note: {spec} is an F# script: {verb} runs its code, with your rights; run only scripts you trust (YAML specs and adapter configs are never executed)");
+    }
+
     public static int Validate(string spec, TextWriter stdout, TextWriter stderr)
     {
+        NoteScript(spec, "validating it", stderr);
         var experiments = LoadSpec(spec, stderr);
         if (experiments is null) return 2;
         var all = Spec.runs(experiments).ToList();
@@ -96,6 +110,7 @@ public static class Commands
 
     public static int PlanCommand(PlanOptions o, TextWriter stdout, TextWriter stderr)
     {
+        NoteScript(o.Spec, "planning it", stderr);
         var experiments = LoadSpec(o.Spec, stderr);
         if (experiments is null) return 2;
         var store = new ResultsStore(o.Results);

@@ -54,7 +54,7 @@ public sealed class Plan
     {
         if (r.Hash.StartsWith(pattern, StringComparison.OrdinalIgnoreCase)) return true;
         var regex = "^" + Regex.Escape(pattern).Replace(@"\*", ".*").Replace(@"\?", ".") + "$";
-        return Regex.IsMatch(r.Id, regex) || Regex.IsMatch(r.Run.Spec.Name, regex);
+        return Lora.Core.IO.SafeRegex.IsMatch(regex, r.Id) || Lora.Core.IO.SafeRegex.IsMatch(regex, r.Run.Spec.Name);
     }
 
     /// <summary>

@@ -1,4 +1,5 @@
 using Lora.Core.IO;
+using Lora.Core.Training;
 using System.Diagnostics;
 using System.Text.Json;
 using System.Text.Json.Nodes;
@@ -36,6 +37,8 @@ public sealed class PlanRunner(ResultsStore store, IRunExecutor executor, TextWr
                 blocked++;
                 continue;
             }
+            // an I/O error here (a full disk, a link in the run's folders) is not contention: it
+            // propagates and stops the plan with the OS's reason (exit 1)
             using var claim = store.TryClaim(run.Hash);
             if (claim is null)
             {
@@ -58,13 +61,13 @@ public sealed class PlanRunner(ResultsStore store, IRunExecutor executor, TextWr
     bool RunOne(ResolvedRun run, string? deviceOverride, string commandLine, CancellationToken ct)
     {
         var resultDir = store.ResultDir(run.Hash);
-        var artifacts = store.ArtifactsDir(run.Hash);
+        var artifacts = SafePath.CreateDirectory(store.ArtifactsRoot, store.ArtifactsDir(run.Hash));
         AtomicFile.CleanStaleTemps(resultDir);
-        Directory.CreateDirectory(artifacts);
         AtomicFile.CleanStaleTemps(artifacts);
         if (File.Exists(store.FailedPath(run.Hash))) File.Delete(store.FailedPath(run.Hash));
+        // never truncated or followed: whatever stood at log.txt is removed and a new file created
+        using var logFile = new StreamWriter(SafePath.CreateFresh(store.ArtifactsRoot, store.LogPath(run.Hash))) { AutoFlush = true };
         var device = deviceOverride ?? Canonical.deviceName(run.Spec.Training.Device);
-        using var logFile = new StreamWriter(store.LogPath(run.Hash), append: false) { AutoFlush = true };
         void Log(string line) { log.WriteLine($"  {line}"); logFile.WriteLine(line); }
         var ctx = new RunContext
         {
@@ -78,22 +81,24 @@ public sealed class PlanRunner(ResultsStore store, IRunExecutor executor, TextWr
         log.WriteLine($"run      {run.Hash} {run.Id}");
         var provenance = Provenance.Describe(device, commandLine);
         var clock = Stopwatch.StartNew();
-        RunResult result;
         try
         {
-            result = executor.Execute(run, ctx, ct);
+            var result = executor.Execute(run, ctx, ct);
+            RunResultCheck.RequireFinite(result);
+            var metrics = MetricsJson(run, result, clock.Elapsed.TotalSeconds, provenance);
+            AtomicFile.WriteAllText(store.MetricsPath(run.Hash), metrics.ToJsonString(Indented) + "\n");
+            return true;
         }
         catch (OperationCanceledException) { throw; }
         catch (Exception e)
         {
-            Log($"failed: {e.Message}");
-            AtomicFile.WriteAllText(store.FailedPath(run.Hash), $"{run.Id} failed: {e.Message}\n\n{e}\n");
-            log.WriteLine($"failed   {run.Hash} {run.Id}: {e.Message} (log: {store.LogPath(run.Hash)})");
+            var message = NativeError.Summary(e);
+            Log($"failed: {message}");
+            try { AtomicFile.WriteAllText(store.FailedPath(run.Hash), $"{run.Id} failed: {message}\n\n{e}\n"); }
+            catch (Exception w) when (w is IOException or UnauthorizedAccessException) { Log($"(failed.txt not written: {w.Message})"); }
+            log.WriteLine($"failed   {run.Hash} {run.Id}: {message} (log: {store.LogPath(run.Hash)})");
             return false;
         }
-        var metrics = MetricsJson(run, result, clock.Elapsed.TotalSeconds, provenance);
-        AtomicFile.WriteAllText(store.MetricsPath(run.Hash), metrics.ToJsonString(Indented) + "\n");
-        return true;
     }
 
     /// <summary>The metrics.json document of a finished run.</summary>

@@ -7,7 +7,7 @@ public static class Program
 
     public static int Main(string[] args)
     {
-        // Before any tensor exists: oneDNN reads its ISA cap once (see NativeWorkarounds).
+        // Before any tensor exists (see NativeWorkarounds).
         Lora.Core.Training.NativeWorkarounds.Apply();
         using var cts = new CancellationTokenSource();
         Console.CancelKeyPress += (_, e) => { e.Cancel = true; cts.Cancel(); };

@@ -1,3 +1,4 @@
+using Lora.Core.IO;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 
@@ -46,36 +47,56 @@ public sealed class ResultsStore
     public bool IsClaimed(string hash)
     {
         var path = Path.Combine(ResultDir(hash), LockFile);
-        if (!File.Exists(path)) return false;
+        if (!File.Exists(path) || new FileInfo(path).LinkTarget is not null) return false;
         try
         {
-            using var fs = new FileStream(path, FileMode.Open, FileAccess.ReadWrite, FileShare.None);
+            using var fs = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.None);
             return false;
         }
-        catch (IOException) { return true; }
-        catch (UnauthorizedAccessException) { return false; }
+        catch (IOException e) when (IsSharingViolation(e)) { return true; }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return false; }
     }
 
     /// <summary>
     /// Claims a run for this process: the lock file is held open exclusively (an advisory lock the OS
-    /// releases when the process dies, so a killed runner never blocks a rerun). Null if another runner holds it.
+    /// releases when the process dies, so a killed runner never blocks a rerun). Null if another runner
+    /// holds it. Any other failure (a full disk, a symbolic link in the run's folders, a folder that
+    /// cannot be created) throws with the OS's reason: it is not "someone else is on it".
     /// </summary>
     public RunClaim? TryClaim(string hash)
     {
-        var dir = ResultDir(hash);
-        Directory.CreateDirectory(dir);
+        var dir = SafePath.CreateDirectory(Root, ResultDir(hash));
+        SafePath.RefuseLinksUnder(Root, dir);
+        SafePath.RefuseLinksUnder(ArtifactsRoot, ArtifactsDir(hash));
         var path = Path.Combine(dir, LockFile);
+        FileStream? fs = null;
+        bool created = false;
         try
         {
-            var fs = new FileStream(path, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
-            fs.SetLength(0);
-            var note = System.Text.Encoding.UTF8.GetBytes($"{Environment.ProcessId}@{Environment.MachineName}\n");
-            fs.Write(note);
-            fs.Flush();
+            // an existing lock (left by a killed runner) is opened as it is, never truncated
+            try { fs = new FileStream(path, FileMode.CreateNew, FileAccess.ReadWrite, FileShare.None); created = true; }
+            catch (IOException) when (File.Exists(path)) { fs = new FileStream(path, FileMode.Open, FileAccess.ReadWrite, FileShare.None); }
+            if (created)
+            {
+                fs.Write(System.Text.Encoding.UTF8.GetBytes($"{Environment.ProcessId}@{Environment.MachineName}\n"));
+                fs.Flush();
+            }
             return new RunClaim(fs, path);
         }
-        catch (IOException) { return null; }
+        catch (IOException e) when (IsSharingViolation(e)) { fs?.Dispose(); return null; }
+        catch
+        {
+            fs?.Dispose();
+            if (created) try { File.Delete(path); } catch (IOException) { }
+            throw;
+        }
     }
+
+    /// A lock another process holds: on Unix .NET's flock fails with EWOULDBLOCK, whose errno is the
+    /// HResult (11 on Linux, 35 on macOS); on Windows ERROR_SHARING_VIOLATION. Every other
+    /// IOException (ENOSPC, EIO, EROFS...) is a real failure.
+    static bool IsSharingViolation(IOException e) =>
+        OperatingSystem.IsWindows() ? (e.HResult & 0xFFFF) == 32 : e.HResult == (OperatingSystem.IsLinux() ? 11 : 35);
 
     /// <summary>Every metrics.json under the root, ordered by hash (so tables do not depend on directory order).</summary>
     public IReadOnlyList<JsonObject> LoadAll()

@@ -22,7 +22,10 @@ public static class Tables
         string Dataset, string Task, int Seed, double? Accuracy, double? Dice, double? MIoU, long? Total, long? Trainable,
         double? TrainSeconds, long? PeakMemory, IReadOnlyList<(double X, double Loss, double? Metric)> Curve, string? Backbone);
 
-    static string? Str(JsonNode? n) => n is JsonValue v && v.TryGetValue<string>(out var s) ? s : null;
+    // Every name read back is printable (a results folder may come from anyone's clone); the
+    // experiment's is also one file name, since tables and curves are named after it.
+    static string? Raw(JsonNode? n) => n is JsonValue v && v.TryGetValue<string>(out var s) ? s : null;
+    static string? Str(JsonNode? n) => Raw(n) is { } s ? SafeName.Printable(s) : null;
     static double? Num(JsonNode? n) => n is JsonValue v && v.TryGetValue<double>(out var d) ? d : null;
     static long? Long(JsonNode? n) => Num(n) is { } d ? (long)d : null;
 
@@ -37,7 +40,7 @@ public static class Tables
         var opts = o["config"]?["model"]?["options"] as JsonObject;
         var backbone = Str(opts?["backbone"]) ?? Str(opts?["encoder"]);
         return new Row(
-            Str(o["hash"]) ?? "", Str(l["kind"]) ?? "tuning", Str(l["experiment"]) ?? "", Str(l["name"]) ?? "",
+            Str(o["hash"]) ?? "", Str(l["kind"]) ?? "tuning", SafeName.ForFile(Raw(l["experiment"]) ?? ""), Str(l["name"]) ?? "",
             Str(l["method"]) ?? "", (int)(Num(l["rank"]) ?? 0), Str(l["model"]) ?? "", Str(l["zoo"]) ?? "",
             Str(l["dataset"]) ?? "", Str(l["task"]) ?? "classification", (int)(Num(l["seed"]) ?? 0),
             Num(m["accuracy"]), Num(m["dice"]), Num(m["miou"]), Long(o["params"]?["total"]), Long(o["params"]?["trainable"]),
@@ -80,6 +83,7 @@ public static class Tables
         var rows = store.LoadAll().Select(ToRow).ToList();
         var files = new List<string>();
         Directory.CreateDirectory(outDir);
+        string Out(string name) => SafePath.Inside(outDir, Path.Combine(outDir, name));
         var tunes = rows.Where(r => r.Kind == "tuning").ToList();
         foreach (var group in tunes.GroupBy(r => r.Experiment).OrderBy(g => g.Key, StringComparer.Ordinal))
         {
@@ -103,18 +107,18 @@ public static class Tables
             if (curves.Count > 0)
             {
                 var metricName = isSeg ? "DICE" : "accuracy";
-                files.Add(Curves.Write(Path.Combine(outDir, "curves", exp + "-loss.png"), $"{exp}: training loss", "train loss",
+                files.Add(Curves.Write(Out(Path.Combine("curves", exp + "-loss.png")), $"{exp}: training loss", "train loss",
                     curves.Select(r => (Label(r), r.Curve.Select(p => (p.X, (double?)p.Loss)).ToList())).ToList()));
-                files.Add(Curves.Write(Path.Combine(outDir, "curves", exp + "-metric.png"), $"{exp}: validation {metricName}", metricName,
+                files.Add(Curves.Write(Out(Path.Combine("curves", exp + "-metric.png")), $"{exp}: validation {metricName}", metricName,
                     curves.Select(r => (Label(r), r.Curve.Select(p => (p.X, p.Metric)).ToList())).ToList()));
                 sb.Append($"\n![loss per mode](curves/{exp}-loss.png)\n\n![{metricName} per mode](curves/{exp}-metric.png)\n");
             }
-            files.Add(WriteIfChanged(Path.Combine(outDir, exp + ".md"), sb.ToString()));
+            files.Add(WriteIfChanged(Out(exp + ".md"), sb.ToString()));
         }
 
         var accuracy = AccuracyGrid(tunes.Where(r => r.Task == "classification").ToList());
-        if (accuracy.Length > 0) files.Add(WriteIfChanged(Path.Combine(outDir, "accuracy.md"), accuracy));
-        if (tunes.Count > 0) files.Add(WriteIfChanged(Path.Combine(outDir, "parameters.md"), Parameters(tunes)));
+        if (accuracy.Length > 0) files.Add(WriteIfChanged(Out("accuracy.md"), accuracy));
+        if (tunes.Count > 0) files.Add(WriteIfChanged(Out("parameters.md"), Parameters(tunes)));
         return files;
     }
 

@@ -105,7 +105,7 @@ let methodOf (maxRank: int) (kind: string) =
         }
     | _ ->
         gen {
-            let! ratio = Gen.optionOf nice
+            let! ratio = Gen.optionOf (Gen.choose (1, 3988) |> Gen.map (fun i -> float i / 997.0)) // (0, 4]: Limits.maxAdapterRatio
             let! scale = nice
             let! save = Gen.elements [ [ "head" ]; [] ]
             return Adapter { Ratio = ratio; Scale = scale; ModulesToSave = save }

@@ -35,6 +35,7 @@ let all =
         CliTests.tests
         GcStressTests.tests
         ReliabilityTests.tests
+        HostileInputTests.tests
         BenchTests.tests
         MixedPrecisionTests.tests
         ConversionTests.tests
@@ -43,7 +44,7 @@ let all =
 
 [<EntryPoint>]
 let main argv =
-    // Before any convolution: cap oneDNN at SSE4.1 (its AVX-512 and AVX2 conv backward gave wrong gradients on this libtorch build).
+    // Before any tensor: c10's log level (see NativeWorkarounds).
     Lora.Core.Training.NativeWorkarounds.Apply()
     // CI reads the plain closing line 'N passed, N failed' alone on a line.
     let mutable counts = None

@@ -18,7 +18,7 @@ public static class Cifar
         foreach (var f in files)
         {
             if (!File.Exists(f)) throw new FileNotFoundException($"CIFAR batch file not found: {f}", f);
-            var len = new FileInfo(f).Length;
+            var len = Lora.Core.IO.InputFile.Check(f, 2 * Lora.Core.IO.InputFile.GiB, "CIFAR batch file");
             if (len == 0 || len % rec != 0)
                 throw new InvalidDataException(
                     $"{f}: {len} bytes is not a whole number of {rec}-byte CIFAR records ({labelBytes} label byte(s) + 3072 pixels); " +
@@ -87,5 +87,5 @@ public static class Cifar
     }
 
     static IReadOnlyList<string> ReadNames(string path) =>
-        File.ReadAllLines(path).Select(l => l.Trim()).Where(l => l.Length > 0).ToArray();
+        Lora.Core.IO.InputFile.ReadAllLines(path, Lora.Core.IO.InputFile.MaxTextBytes, "CIFAR class names").Select(l => l.Trim()).Where(l => l.Length > 0).ToArray();
 }

@@ -20,6 +20,7 @@ public static class IdxReader
     public static IdxArray Read(string path)
     {
         if (!File.Exists(path)) throw new FileNotFoundException($"IDX file not found: {path}", path);
+        Lora.Core.IO.InputFile.Check(path, 4 * Lora.Core.IO.InputFile.GiB, "IDX file");
         byte[] raw;
         try
         {

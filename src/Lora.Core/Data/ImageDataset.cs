@@ -126,6 +126,9 @@ public static class Seeded
         if (validationFraction <= 0 || validationFraction >= 1)
             throw new ArgumentOutOfRangeException(nameof(validationFraction), $"the validation fraction must be in (0, 1), got {validationFraction}.");
         int nv = (int)Math.Round(n * validationFraction);
+        if (nv == 0 || nv == n)
+            throw new InvalidDataException($"splitting {n} item(s) with val_fraction {validationFraction} leaves {(nv == 0 ? "no validation" : "no training")} item: " +
+                (nv == 0 ? "raise val_fraction or add images" : "lower val_fraction or add images"));
         var perm = Permutation(n, seed);
         var va = perm.Take(nv).Order().ToArray();
         var tr = perm.Skip(nv).Order().ToArray();

@@ -21,7 +21,7 @@ public static class ImageFolder
         }
         int n = channels * size * size;
         var px = new byte[(long)files.Count * n];
-        Parallel.For(0, files.Count, i =>
+        ImageFile.ForEachParallel(files.Count, i =>
         {
             var (p, h, w) = ImageFile.Read(files[i].Path, channels);
             ImageFile.ResizeBilinear(p, channels, h, w, size, size).CopyTo(px, (long)i * n);

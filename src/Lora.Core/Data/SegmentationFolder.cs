@@ -22,7 +22,7 @@ public static class SegmentationFolder
         int n = images.Length, isz = channels * size * size, msz = size * size;
         var im = new byte[(long)n * isz];
         var ms = new byte[(long)n * msz];
-        Parallel.For(0, n, i =>
+        ImageFile.ForEachParallel(n, i =>
         {
             var (p, h, w) = ImageFile.Read(images[i], channels);
             ImageFile.ResizeBilinear(p, channels, h, w, size, size).CopyTo(im, (long)i * isz);

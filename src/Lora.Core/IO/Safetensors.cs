@@ -30,12 +30,18 @@ public static class Safetensors
     /// A validated header: tensor entries in file order, metadata, and where the data starts.
     public sealed record Header(IReadOnlyList<Entry> Entries, IReadOnlyDictionary<string, string> Metadata, long DataStart);
 
-    public static Dictionary<string, Tensor> Load(string path) => LoadWithMetadata(path).Tensors;
+    /// <param name="check">runs on the validated header before any tensor data is read: a file
+    /// that does not fit (an unexpected 1.5 GB tensor) is refused without reading it</param>
+    public static Dictionary<string, Tensor> Load(string path, Action<Header>? check = null) => LoadWithMetadata(path, check).Tensors;
 
-    public static (Dictionary<string, Tensor> Tensors, Dictionary<string, string> Metadata) LoadWithMetadata(string path)
+    /// Whether an entry's dtype is a floating-point one (weights; not int8, uint8 or bool).
+    public static bool IsFloat(Entry e) => e.DType is "F64" or "F32" or "F16" or "BF16";
+
+    public static (Dictionary<string, Tensor> Tensors, Dictionary<string, string> Metadata) LoadWithMetadata(string path, Action<Header>? check = null)
     {
         using var fs = OpenRead(path);
         var header = ReadHeader(fs, path);
+        check?.Invoke(header);
         var result = new Dictionary<string, Tensor>(StringComparer.Ordinal);
         try
         {
@@ -68,7 +74,8 @@ public static class Safetensors
     static FileStream OpenRead(string path)
     {
         if (!File.Exists(path)) throw new FileNotFoundException($"{path}: no such safetensors file", path);
-        return new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read);
+        return InputFile.OpenRead(path, long.MaxValue, "safetensors file"); // a regular file; its size is checked against its header
+
     }
 
     static Header ReadHeader(FileStream fs, string path)

@@ -1,3 +1,4 @@
+using Lora.Core.Training;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -30,7 +31,7 @@ public sealed class ConvNeXtBlock : nn.Module<Tensor, Tensor>
         y = mlp.forward(norm.forward(y)).permute(0, 3, 1, 2);
         // gamma is held by this (non-leaf) block and stays float32 under bf16 training: join y's dtype
         y = y * gamma.to(y.dtype).reshape(1, -1, 1, 1);
-        return (y + x).MoveToOuterDisposeScope();
+        return y.Plus(x).MoveToOuterDisposeScope();
     }
 }
 

@@ -41,7 +41,7 @@ public sealed class ModelArgs
     public static ModelArgs FromFile(string path)
     {
         if (!File.Exists(path)) throw new FileNotFoundException($"Model config file '{path}' does not exist.", path);
-        return FromJson(File.ReadAllText(path), path);
+        return FromJson(Lora.Core.IO.InputFile.ReadAllText(path, Lora.Core.IO.InputFile.MaxTextBytes, "model config"), path);
     }
 
     private static object Convert(JsonElement e) => e.ValueKind switch

@@ -1,3 +1,4 @@
+using Lora.Core.Training;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -34,7 +35,7 @@ public sealed class BasicBlock : nn.Module<Tensor, Tensor>
         var y = nn.functional.relu(bn1.forward(conv1.forward(x)));
         y = bn2.forward(conv2.forward(y));
         var shortcut = downsample is null ? x : downsample.forward(x);
-        return nn.functional.relu(y + shortcut).MoveToOuterDisposeScope();
+        return nn.functional.relu(y.Plus(shortcut)).MoveToOuterDisposeScope();
     }
 }
 
@@ -73,7 +74,7 @@ public sealed class Bottleneck : nn.Module<Tensor, Tensor>
         y = nn.functional.relu(bn2.forward(conv2.forward(y)));
         y = bn3.forward(conv3.forward(y));
         var shortcut = downsample is null ? x : downsample.forward(x);
-        return nn.functional.relu(y + shortcut).MoveToOuterDisposeScope();
+        return nn.functional.relu(y.Plus(shortcut)).MoveToOuterDisposeScope();
     }
 }
 

@@ -1,3 +1,4 @@
+using Lora.Core.Training;
 using Lora.Core.Tuning;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -68,7 +69,8 @@ public sealed class SamEncoderAttention : nn.Module<Tensor, Tensor>
         using Scalar n = size, offset = size - 1;
         using var q = arange(n, device: table.device).unsqueeze(1);
         using var k = arange(n, device: table.device).unsqueeze(0);
-        using var idx = q - k + offset;
+        using var diff = q - k;
+        using var idx = diff.Plus(offset);
         return table.index(idx);
     }
 
@@ -85,7 +87,7 @@ public sealed class SamEncoderAttention : nn.Module<Tensor, Tensor>
             var rq = parts[0].reshape(b * numHeads, h, w, hd);
             var relH = einsum("bhwc,hkc->bhwk", rq, RelPos(h, rel_pos_h).to(rq.dtype));
             var relW = einsum("bhwc,wkc->bhwk", rq, RelPos(w, rel_pos_w).to(rq.dtype));
-            bias = (relH.unsqueeze(-1) + relW.unsqueeze(-2)).reshape(b, numHeads, h * w, h * w);
+            bias = relH.unsqueeze(-1).Plus(relW.unsqueeze(-2)).reshape(b, numHeads, h * w, h * w);
         }
         var o = nn.functional.scaled_dot_product_attention(parts[0], parts[1], parts[2], bias);
         return proj.forward(o.transpose(1, 2).reshape(b, h, w, c)).MoveToOuterDisposeScope();
@@ -140,11 +142,11 @@ public sealed class SamEncoderBlock : nn.Module<Tensor, Tensor>, IAdapterHost
             if (padB > 0 || padR > 0) y = y.index(TensorIndex.Colon, TensorIndex.Slice(0, h), TensorIndex.Slice(0, w)).contiguous();
         }
         else y = attn.forward(y);
-        x = x + y;
-        if (adapter_attn is not null) x = x + adapter_attn.forward(x);
+        x = x.Plus(y);
+        if (adapter_attn is not null) x = x.Plus(adapter_attn.forward(x));
         var n = norm2.forward(x);
-        x = x + mlp.forward(n);
-        if (adapter_mlp is not null) x = x + adapter_mlp.forward(n) * mlpScale;
+        x = x.Plus(mlp.forward(n));
+        if (adapter_mlp is not null) x = x.Plus(adapter_mlp.forward(n) * mlpScale);
         return x.MoveToOuterDisposeScope();
     }
 }
@@ -188,7 +190,7 @@ public sealed class ImageEncoderViT : nn.Module<Tensor, Tensor>
         using var scope = NewDisposeScope();
         var t = patch_embed.forward(x); // [B, N, C]
         long b = t.shape[0], g = pos_embed.shape[1];
-        var y = t.view(b, g, g, -1) + pos_embed.to(t.dtype); // float32 under bf16 training (non-leaf)
+        var y = t.view(b, g, g, -1).Plus(pos_embed.to(t.dtype)); // float32 under bf16 training (non-leaf)
         foreach (var blk in blocks) y = blk.forward(y);
         return neck.forward(y.permute(0, 3, 1, 2)).MoveToOuterDisposeScope();
     }
@@ -308,7 +310,7 @@ public sealed class PromptEncoder : nn.Module
         if (points is not null)
         {
             if (labels is null) throw new ArgumentException("Point prompts need pointLabels ([N, P], 1 foreground, 0 background).");
-            var p = points.to(dev).to_type(ScalarType.Float32) + Half;
+            var p = points.to(dev).to_type(ScalarType.Float32).Plus(Half);
             var l = labels.to(dev).to_type(ScalarType.Int64);
             if (boxes is null)
             {
@@ -319,17 +321,17 @@ public sealed class PromptEncoder : nn.Module
             var e = pe_layer.ForwardWithCoords(p, imgH, imgW);
             var lf = l.unsqueeze(-1);
             e = where(lf == Padding, zeros_like(e), e);
-            e = e + (lf == Padding).to_type(ScalarType.Float32) * not_a_point_embed.weight!;
-            e = e + (lf == Background).to_type(ScalarType.Float32) * point_embeddings[0].weight!;
-            e = e + (lf == Foreground).to_type(ScalarType.Float32) * point_embeddings[1].weight!;
+            e = e.Plus((lf == Padding).to_type(ScalarType.Float32) * not_a_point_embed.weight!);
+            e = e.Plus((lf == Background).to_type(ScalarType.Float32) * point_embeddings[0].weight!);
+            e = e.Plus((lf == Foreground).to_type(ScalarType.Float32) * point_embeddings[1].weight!);
             parts.Add(e);
         }
         if (boxes is not null)
         {
-            var corners = (boxes.to(dev).to_type(ScalarType.Float32) + Half).reshape(-1, 2, 2);
+            var corners = boxes.to(dev).to_type(ScalarType.Float32).Plus(Half).reshape(-1, 2, 2);
             var e = pe_layer.ForwardWithCoords(corners, imgH, imgW);
             var add = cat(new[] { point_embeddings[2].weight!, point_embeddings[3].weight! }, 0).unsqueeze(0);
-            parts.Add(e + add);
+            parts.Add(e.Plus(add));
         }
         var sparse = parts.Count > 0 ? cat(parts.ToArray(), 1) : empty(batch, 0, embedDim, device: dev);
         var dense = no_mask_embed.weight!.reshape(1, -1, 1, 1).expand(batch, -1, gridH, gridW);
@@ -401,14 +403,14 @@ public sealed class TwoWayAttentionBlock : nn.Module
     {
         using var scope = NewDisposeScope();
         if (skipFirstLayerPe) queries = self_attn.forward(queries, queries, queries);
-        else { var q0 = queries + queryPe; queries = queries + self_attn.forward(q0, q0, queries); }
+        else { var q0 = queries.Plus(queryPe); queries = queries.Plus(self_attn.forward(q0, q0, queries)); }
         queries = norm1.forward(queries);
-        var q = queries + queryPe;
-        var k = keys + keyPe;
-        queries = norm2.forward(queries + cross_attn_token_to_image.forward(q, k, keys));
-        queries = norm3.forward(queries + mlp.forward(queries));
-        q = queries + queryPe;
-        keys = norm4.forward(keys + cross_attn_image_to_token.forward(k, q, queries));
+        var q = queries.Plus(queryPe);
+        var k = keys.Plus(keyPe);
+        queries = norm2.forward(queries.Plus(cross_attn_token_to_image.forward(q, k, keys)));
+        queries = norm3.forward(queries.Plus(mlp.forward(queries)));
+        q = queries.Plus(queryPe);
+        keys = norm4.forward(keys.Plus(cross_attn_image_to_token.forward(k, q, queries)));
         return (queries.MoveToOuterDisposeScope(), keys.MoveToOuterDisposeScope());
     }
 }
@@ -437,9 +439,9 @@ public sealed class TwoWayTransformer : nn.Module
         var keyPe = imagePe.flatten(2).permute(0, 2, 1);
         var queries = tokens;
         foreach (var layer in layers) (queries, keys) = layer.Forward(queries, keys, tokens, keyPe);
-        var q = queries + tokens;
-        var k = keys + keyPe;
-        queries = norm_final_attn.forward(queries + final_attn_token_to_image.forward(q, k, keys));
+        var q = queries.Plus(tokens);
+        var k = keys.Plus(keyPe);
+        queries = norm_final_attn.forward(queries.Plus(final_attn_token_to_image.forward(q, k, keys)));
         return (queries.MoveToOuterDisposeScope(), keys.MoveToOuterDisposeScope());
     }
 }
@@ -503,7 +505,7 @@ public sealed class MaskDecoder : nn.Module
         long b = image.shape[0];
         var output = cat(new[] { iou_token.weight!, mask_tokens.weight! }, 0).unsqueeze(0).expand(b, -1, -1);
         var tokens = cat(new[] { output, sparse }, 1);
-        var src = image + dense;
+        var src = image.Plus(dense);
         var pos = imagePe.expand(b, -1, -1, -1);
         var (hs, keys) = transformer.Forward(src, pos, tokens);
         var iouOut = hs.select(1, 0);

@@ -1,3 +1,4 @@
+using Lora.Core.Training;
 using Lora.Core.Tuning;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -71,7 +72,7 @@ public sealed class MBConv : nn.Module<Tensor, Tensor>
         using var scope = NewDisposeScope();
         var y = nn.functional.gelu(conv1.forward(x));
         y = nn.functional.gelu(conv2.forward(y));
-        y = conv3.forward(y) + x;
+        y = conv3.forward(y).Plus(x);
         return nn.functional.gelu(y).MoveToOuterDisposeScope();
     }
 }
@@ -259,12 +260,12 @@ public sealed class TinyVitBlock : nn.Module<Tensor, Tensor>, IAdapterHost
                 y = y.index(TensorIndex.Colon, TensorIndex.Slice(0, h), TensorIndex.Slice(0, w)).contiguous();
             a = y;
         }
-        x = x + a;
-        if (adapter_attn is not null) x = x + adapter_attn.forward(x);
+        x = x.Plus(a);
+        if (adapter_attn is not null) x = x.Plus(adapter_attn.forward(x));
         var t = local_conv.forward(x.permute(0, 3, 1, 2)).reshape(b, c, l).transpose(1, 2);
         var n = mlp.Norm(t);
-        var o = t + mlp.ForwardNormed(n);
-        if (adapter_mlp is not null) o = o + adapter_mlp.forward(n) * mlpScale;
+        var o = t.Plus(mlp.ForwardNormed(n));
+        if (adapter_mlp is not null) o = o.Plus(adapter_mlp.forward(n) * mlpScale);
         return o.view(b, h, w, c).MoveToOuterDisposeScope();
     }
 }

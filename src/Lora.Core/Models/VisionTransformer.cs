@@ -1,3 +1,4 @@
+using Lora.Core.Training;
 using Lora.Core.Tuning;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -94,11 +95,11 @@ public sealed class Block : nn.Module<Tensor, Tensor>, IAdapterHost
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
-        x = x + attn.forward(norm1.forward(x));
-        if (adapter_attn is not null) x = x + adapter_attn.forward(x);
+        x = x.Plus(attn.forward(norm1.forward(x)));
+        if (adapter_attn is not null) x = x.Plus(adapter_attn.forward(x));
         var n = norm2.forward(x);
-        x = x + mlp.forward(n);
-        if (adapter_mlp is not null) x = x + adapter_mlp.forward(n) * mlpScale;
+        x = x.Plus(mlp.forward(n));
+        if (adapter_mlp is not null) x = x.Plus(adapter_mlp.forward(n) * mlpScale);
         return x.MoveToOuterDisposeScope();
     }
 }
@@ -156,7 +157,7 @@ public sealed class VisionTransformer : nn.Module<Tensor, Tensor>, IHasModelCard
         var stem = patch_embed.WeightType;
         var t = patch_embed.forward(x.dtype == stem ? x : x.to(stem));
         var cls = cls_token.to(t.dtype).expand(t.shape[0], -1, -1);
-        t = cat(new[] { cls, t }, 1) + pos_embed.to(t.dtype);
+        t = cat(new[] { cls, t }, 1).Plus(pos_embed.to(t.dtype));
         foreach (var b in blocks) t = b.forward(t);
         return norm.forward(t).MoveToOuterDisposeScope();
     }

@@ -1,3 +1,4 @@
+using Lora.Core.Training;
 using Onnx;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -123,7 +124,7 @@ public static class OnnxOps
             case "Equal": return [X(0).eq(Align(X(1), X(0)))];
             case "Less": return [X(0).lt(Align(X(1), X(0)))];
             case "Greater": return [X(0).gt(Align(X(1), X(0)))];
-            case "Add": return [X(0) + Align(X(1), X(0))];
+            case "Add": return [X(0).Plus(Align(X(1), X(0)))];
             case "Sub": return [X(0) - Align(X(1), X(0))];
             case "Mul": return [X(0) * Align(X(1), X(0))];
             // ONNX integer division truncates; torch's / would give floats

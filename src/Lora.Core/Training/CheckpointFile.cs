@@ -41,7 +41,7 @@ public static class CheckpointFile
     {
         try
         {
-            using var r = new BinaryReader(File.OpenRead(path), Encoding.UTF8);
+            using var r = new BinaryReader(InputFile.OpenRead(path, long.MaxValue, "training checkpoint"), Encoding.UTF8);
             if (!r.ReadBytes(Magic.Length).AsSpan().SequenceEqual(Magic))
                 throw new InvalidDataException($"{path} is not a Lora training checkpoint.");
             var version = r.ReadInt32();

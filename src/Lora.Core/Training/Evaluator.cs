@@ -116,8 +116,8 @@ public static class Evaluator
             var bce = F.binary_cross_entropy_with_logits(logits, t);
             var p = logits.sigmoid();
             var inter = (p * t).sum([1, 2, 3]);
-            var den = p.sum([1, 2, 3]) + t.sum([1, 2, 3]);
-            return bce + (inter.mul(two).add_(one) / den.add(one)).neg().add_(one).mean();
+            var den = p.sum([1, 2, 3]).Plus(t.sum([1, 2, 3]));
+            return bce.Plus((inter.mul(two).PlusInPlace(one) / den.Plus(one)).neg().PlusInPlace(one).mean());
         }
         else
         {
@@ -127,8 +127,8 @@ public static class Evaluator
             var oh = F.one_hot(masks, k).permute(0, 3, 1, 2).to(ScalarType.Float32);
             var inter = (p * oh).sum([2, 3]);
             var den = p.sum([2, 3]) + oh.sum([2, 3]);
-            var dice = inter.mul(two).add_(one) / den.add(one);
-            return ce + dice[.., 1..].neg().add_(one).mean();
+            var dice = inter.mul(two).PlusInPlace(one) / den.Plus(one);
+            return ce.Plus(dice[.., 1..].neg().PlusInPlace(one).mean());
         }
     }
 }

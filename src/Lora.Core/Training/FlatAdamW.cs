@@ -113,7 +113,7 @@ public sealed class FlatAdamW : IDisposable
             if (weightDecay != 0 && g.DecayNumel > 0) weights.narrow(0, 0, g.DecayNumel).mul_(decay);
             g.M.mul_(b1).add_(grad, alpha: b1c);
             g.V.mul_(b2).addcmul_(grad, grad, value: b2c);
-            var denom = g.V.sqrt().mul_(invSqrtBc2).add_(epsilon);
+            var denom = g.V.sqrt().mul_(invSqrtBc2).PlusInPlace(epsilon);
             weights.addcdiv_(g.M, denom, value: stepSize);
             if (g.Master is not null) g.Data.copy_(g.Master);
         }
@@ -148,7 +148,7 @@ public sealed class FlatAdamW : IDisposable
         var norms = groups.Select(g => (g.Master is null ? g.Grad : g.Grad.to(float32)).norm().to(float32)).ToArray();
         var total = norms.Length == 1 ? norms[0] : stack(norms).norm();
         using Scalar max = maxNorm, tiny = 1e-6, one = 1.0;
-        var coef = total.add(tiny).reciprocal_().mul_(max).clamp_max_(one);
+        var coef = total.Plus(tiny).reciprocal_().mul_(max).clamp_max_(one);
         foreach (var g in groups) g.Grad.mul_(coef.to(g.Grad.dtype));
         return total.MoveToOuterDisposeScope();
     }

@@ -27,6 +27,10 @@ public static class Predictor
             long classes = logits.shape[1];
             if (labels is not null && labels.Count != classes)
                 throw new ArgumentException($"{labels.Count} labels given but the model predicts {classes} classes.");
+            var finite = logits.isfinite().all(1).data<bool>().ToArray();
+            var broken = Array.IndexOf(finite, false);
+            if (broken >= 0)
+                throw new InvalidDataException($"the model's scores for image {broken + 1} are NaN or infinite: its weights or adapter are broken (no prediction reported)");
             var (values, indexes) = logits.softmax(1).topk((int)Math.Min(k, classes), dim: 1);
             var p = values.data<float>().ToArray();
             var ix = indexes.data<long>().ToArray();
@@ -67,6 +71,6 @@ public static class Predictor
     /// Labels from a text file, one per line (blank lines ignored).
     public static IReadOnlyList<string> ReadLabels(string path) =>
         File.Exists(path)
-            ? File.ReadAllLines(path).Select(l => l.Trim()).Where(l => l.Length > 0).ToArray()
+            ? Lora.Core.IO.InputFile.ReadAllLines(path, Lora.Core.IO.InputFile.MaxTextBytes, "labels file").Select(l => l.Trim()).Where(l => l.Length > 0).ToArray()
             : throw new FileNotFoundException($"labels file not found: {path}", path);
 }

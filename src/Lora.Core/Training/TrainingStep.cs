@@ -37,7 +37,7 @@ public sealed class TrainingStep : IDisposable
     public Tensor WithExtraLoss(Tensor loss)
     {
         foreach (var h in Hooks)
-            if (h.ExtraLoss() is Tensor extra) loss = loss + extra;
+            if (h.ExtraLoss() is Tensor extra) loss = loss.Plus(extra);
         return loss;
     }
 

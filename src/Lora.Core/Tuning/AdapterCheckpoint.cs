@@ -51,7 +51,7 @@ public static class AdapterCheckpoint
         try
         {
             // duplicate keys are refused while parsing (JsonObject would otherwise throw lazily, at any depth)
-            root = JsonNode.Parse(File.ReadAllText(path), documentOptions: new JsonDocumentOptions { AllowDuplicateProperties = false }) as JsonObject
+            root = JsonNode.Parse(InputFile.ReadAllText(path, InputFile.MaxTextBytes, "adapter config"), documentOptions: new JsonDocumentOptions { AllowDuplicateProperties = false }) as JsonObject
                 ?? throw new InvalidDataException($"'{path}' must hold one JSON object ({{\"peft_type\": ..., \"r\": ...}})");
         }
         catch (JsonException e) { throw new InvalidDataException($"'{path}' is not valid JSON: {e.Message}"); }
@@ -77,7 +77,9 @@ public static class AdapterCheckpoint
         var (config, pattern) = ReadConfig(folder);
         var weightsPath = Path.Combine(folder, WeightsFile);
         if (!File.Exists(weightsPath)) throw new FileNotFoundException($"no {WeightsFile} in '{folder}'", weightsPath);
-        var file = Safetensors.Load(weightsPath);
+        // checked from the header: no tensor data is read from a file that does not fit
+        var header = Safetensors.ReadHeader(weightsPath).Entries.ToDictionary(e => e.Name, StringComparer.Ordinal);
+        Dictionary<string, Tensor>? file = null;
         var tuned = Tuner.Apply(model, config, adapterName);
         try
         {
@@ -86,14 +88,17 @@ public static class AdapterCheckpoint
             var problems = new List<string>();
             foreach (var (k, live) in expected)
             {
-                if (!file.TryGetValue(k, out var t)) problems.Add($"missing key '{k}' (expected shape [{string.Join(", ", live.shape)}])");
-                else if (!t.shape.SequenceEqual(live.shape))
-                    problems.Add($"key '{k}' has shape [{string.Join(", ", t.shape)}] but the model needs [{string.Join(", ", live.shape)}]");
+                if (!header.TryGetValue(k, out var t)) problems.Add($"missing key '{k}' (expected shape [{string.Join(", ", live.shape)}])");
+                else if (!t.Shape.SequenceEqual(live.shape))
+                    problems.Add($"key '{k}' has shape [{string.Join(", ", t.Shape)}] but the model needs [{string.Join(", ", live.shape)}]");
+                // an int8 or bool tensor would be cast silently into a different adapter
+                else if (!Safetensors.IsFloat(t)) problems.Add($"key '{k}' has dtype {t.DType}: adapter weights must be floating point");
             }
-            foreach (var k in file.Keys.Where(k => !expected.ContainsKey(k)).Order())
+            foreach (var k in header.Keys.Where(k => !expected.ContainsKey(k)).Order())
                 problems.Add($"unexpected key '{k}' (no such tuning parameter in the model with this config)");
             if (problems.Count > 0)
                 throw new InvalidDataException($"the adapter in '{folder}' does not fit this {model.GetType().Name}:\n  " + string.Join("\n  ", problems));
+            file = Safetensors.Load(weightsPath);
             using (torch.no_grad())
                 foreach (var (k, live) in expected) live.copy_(file[k]);
             return tuned;
@@ -106,7 +111,7 @@ public static class AdapterCheckpoint
         }
         finally
         {
-            foreach (var t in file.Values) t.Dispose();
+            if (file is not null) foreach (var t in file.Values) t.Dispose();
         }
     }
 

@@ -1,3 +1,4 @@
+using Lora.Core.Training;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -64,7 +65,7 @@ public abstract class TunerLayer : nn.Module<Tensor, Tensor>
     protected abstract Tensor AddAdapterOutput(Tensor result, Tensor x, string adapter);
 
     /// The merged weight for one adapter given the current weight (W + ΔW; DoRA rescales).
-    protected virtual Tensor MergedWeight(Tensor weight, string adapter) => weight + DeltaWeight(adapter);
+    protected virtual Tensor MergedWeight(Tensor weight, string adapter) => weight.Plus(DeltaWeight(adapter));
 
     public void SetActiveAdapters(IEnumerable<string> adapters)
     {
@@ -146,7 +147,7 @@ public abstract class TunerLayer : nn.Module<Tensor, Tensor>
     {
         using var scope = torch.NewDisposeScope();
         if (extra.dtype != result.dtype) extra = extra.to(result.dtype);
-        return result.add(extra).MoveToOuterDisposeScope();
+        return result.Plus(extra).MoveToOuterDisposeScope();
     }
 
     /// result + (h · bᵀ) · scale over the flattened leading dimensions, as one addmm: the scale and the
@@ -183,6 +184,15 @@ public abstract class TunerLayer : nn.Module<Tensor, Tensor>
     /// meet bf16 activations of a frozen bf16 base (the cast is differentiable, so the fp32 weight
     /// gets its gradient). The same tensor when the dtypes already agree.
     internal static Tensor In(Tensor weight, Tensor x) => weight.dtype == x.dtype ? weight : weight.to(x.dtype);
+
+    /// A rank is bounded by the layer before anything is allocated: no rank above min(in, out) adds
+    /// expressiveness, and a config's `r: 1048576` would allocate gigabytes for a 64-wide layer. The
+    /// bound, in + out, leaves room for any sensible choice.
+    protected static void CheckRankFits(int rank, long inFeatures, long outFeatures, string layer)
+    {
+        if (rank > inFeatures + outFeatures)
+            throw new ArgumentException($"rank {rank} is larger than this {layer} can use ({inFeatures} in, {outFeatures} out: at most {inFeatures + outFeatures}); lower r or its rank_pattern entry");
+    }
 
     protected Tensor Dropout(Tensor x, double p) => p > 0 && training ? nn.functional.dropout(x, p, true) : x;
 

@@ -39,7 +39,7 @@ public abstract record TuningConfig
         foreach (var p in Patterns())
             if (string.IsNullOrWhiteSpace(p)) errors.Add("a module pattern is empty");
             else if (ModulePattern.IsRegex(p))
-                try { _ = new System.Text.RegularExpressions.Regex(p[3..]); }
+                try { _ = Lora.Core.IO.SafeRegex.Create("^(?:" + p[3..] + ")$"); }
                 catch (ArgumentException e) { errors.Add($"pattern '{p}' is not a valid regular expression: {e.Message}"); }
         if (errors.Count > 0) throw new ArgumentException("invalid tuning configuration: " + string.Join("; ", errors));
     }
@@ -73,7 +73,7 @@ public static class ModulePattern
 
     public static bool Matches(string pattern, string path) =>
         IsRegex(pattern)
-            ? System.Text.RegularExpressions.Regex.IsMatch(path, "^(?:" + pattern[3..] + ")$")
+            ? Lora.Core.IO.SafeRegex.IsMatch("^(?:" + pattern[3..] + ")$", path)
             : path == pattern || path.EndsWith("." + pattern, StringComparison.Ordinal);
 
     /// The value of the first pattern matching the path, or the fallback (PEFT's rank/alpha_pattern).

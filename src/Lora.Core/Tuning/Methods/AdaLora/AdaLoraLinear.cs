@@ -1,3 +1,4 @@
+using Lora.Core.Training;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -43,6 +44,7 @@ public sealed class AdaLoraLinear : TunerLayer
     {
         if (options.ContainsKey(adapter)) throw new ArgumentException($"adapter '{adapter}' already exists on this layer");
         if (rank < 0) throw new ArgumentException($"AdaLoRA rank must not be negative, got {rank}");
+        CheckRankFits(rank, Base.in_features, Base.out_features, "Linear");
         var w = BaseWeight;
         var a = torch.empty(rank, Base.in_features, dtype: w.dtype, device: w.device);
         var b = torch.empty(Base.out_features, rank, dtype: w.dtype, device: w.device);
@@ -94,7 +96,7 @@ public sealed class AdaLoraLinear : TunerLayer
     {
         using var scope = torch.NewDisposeScope();
         using var scaling = Scaling(adapter).ToScalar();
-        var d = B(adapter).matmul(A(adapter) * E(adapter)) * scaling / (RankNum(adapter) + Eps);
+        var d = B(adapter).matmul(A(adapter) * E(adapter)) * scaling / RankNum(adapter).Plus(Eps);
         return d.MoveToOuterDisposeScope();
     }
 
@@ -104,7 +106,7 @@ public sealed class AdaLoraLinear : TunerLayer
         using var scope = torch.NewDisposeScope();
         var xd = Dropout(x, options[adapter].dropout);
         using var scaling = Scaling(adapter).ToScalar();
-        var e = E(adapter) * scaling / (RankNum(adapter) + Eps);
+        var e = E(adapter) * scaling / RankNum(adapter).Plus(Eps);
         var h = xd.matmul(In(A(adapter) * e, xd).t());
         return AddLowRank(result, h, In(B(adapter), xd), 1.0).MoveToOuterDisposeScope();
     }

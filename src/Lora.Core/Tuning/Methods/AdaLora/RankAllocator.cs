@@ -1,3 +1,4 @@
+using Lora.Core.Training;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -115,7 +116,7 @@ public sealed class RankAllocator : IStatefulStepHook
             var cov = group.Key.IsA ? stack.bmm(stack.transpose(1, 2)) : stack.transpose(1, 2).bmm(stack);
             var eye = torch.eye(cov.shape[1], cov.shape[2], dtype: cov.dtype, device: cov.device);
             var norms = (cov - eye).flatten(1).norm(1).sum();                         // Σ Frobenius norms
-            sum = sum is null ? norms : sum + norms;
+            sum = sum is null ? norms : sum.Plus(norms);
         }
         using var weight = (config.OrthRegWeight / factors.Count).ToScalar();
         return (sum! * weight).MoveToOuterDisposeScope();
@@ -153,8 +154,8 @@ public sealed class RankAllocator : IStatefulStepHook
         var ipt = (p * g).abs();
         var oldIpt = avgIpt is not null && avgIpt.numel() == ipt.numel() ? avgIpt : torch.zeros_like(ipt);
         var oldUnc = avgUnc is not null && avgUnc.numel() == ipt.numel() ? avgUnc : torch.zeros_like(ipt);
-        var newIpt = oldIpt * beta1 + ipt * oneMinusBeta1;
-        var newUnc = oldUnc * beta2 + (ipt - newIpt).abs() * oneMinusBeta2;
+        var newIpt = (oldIpt * beta1).Plus(ipt * oneMinusBeta1);
+        var newUnc = (oldUnc * beta2).Plus((ipt - newIpt).abs() * oneMinusBeta2);
         ClearScores();
         avgIpt = newIpt.DetachFromDisposeScope();
         avgUnc = newUnc.DetachFromDisposeScope();
@@ -193,7 +194,7 @@ public sealed class RankAllocator : IStatefulStepHook
                 var a = score.narrow(0, g.Offset, nA).view(g.Count, g.Rank, g.In).mean(new long[] { 2 });
                 var e = score.narrow(0, g.Offset + nA, nE).view(g.Count, g.Rank);
                 var b = score.narrow(0, g.Offset + nA + nE, g.Count * g.Out * g.Rank).view(g.Count, g.Out, g.Rank).mean(new long[] { 1 });
-                scores = e + a + b;
+                scores = e.Plus(a).Plus(b);
             }
             for (var j = 0; j < g.Layers.Count; j++) result[g.Layers[j]] = scores[j];
         }

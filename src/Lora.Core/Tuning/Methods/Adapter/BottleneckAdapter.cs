@@ -15,11 +15,20 @@ public sealed class BottleneckAdapter : nn.Module<Tensor, Tensor>, IAdapterModul
 #pragma warning restore IDE1006
     readonly GELU act = nn.GELU();
 
+    /// The widest bottleneck allowed, as a multiple of the block's width.
+    public const int MaxRatio = 4;
+
     /// <param name="width">the bottleneck width; 0 takes it from <paramref name="ratio"/> × dim</param>
     public BottleneckAdapter(long dim, double ratio = 0.25, bool initIdentity = false, ScalarType? dtype = null, Device? device = null, long width = 0)
         : base(nameof(BottleneckAdapter))
     {
+        // bounded by the block before allocating: a config's adapter_width 1048576 (or adapter_ratio
+        // 20000) on a 64-wide block would take gigabytes
+        if (!(ratio > 0 && ratio <= MaxRatio) && width <= 0)
+            throw new ArgumentException($"adapter_ratio {ratio} must be in (0, {MaxRatio}] (a bottleneck at most {MaxRatio}x the block's width {dim})");
         var hidden = width > 0 ? width : Math.Max(1L, (long)(dim * ratio));
+        if (hidden > MaxRatio * dim)
+            throw new ArgumentException($"adapter_width {hidden} is more than {MaxRatio}x the block's width {dim} (at most {MaxRatio * dim})");
         fc1 = nn.Linear(dim, hidden, dtype: dtype, device: device);
         fc2 = nn.Linear(hidden, dim, dtype: dtype, device: device);
         if (initIdentity)

@@ -1,3 +1,4 @@
+using Lora.Core.Training;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -33,14 +34,14 @@ sealed class DoraVariant : LoraVariant
         var delta = layer.DeltaWeight(adapter);
         var m = Magnitude(layer, adapter).detach();
         var norm = layer.WeightNorm(weight, adapter);
-        return (m / norm).view(-1, 1) * (weight + delta);
+        return (m / norm).view(-1, 1) * weight.Plus(delta);
     }
 
     internal override Tensor MergedWeight(LoraConv2d layer, Tensor weight, string adapter)
     {
         var delta = layer.DeltaWeight(adapter);
         var m = Magnitude(layer, adapter).detach();
-        return (m / layer.WeightNorm(weight, adapter)).view(-1, 1, 1, 1) * (weight + delta);
+        return (m / layer.WeightNorm(weight, adapter)).view(-1, 1, 1, 1) * weight.Plus(delta);
     }
 
     internal override Tensor AddOutput(LoraLinear layer, Tensor result, Tensor x, Tensor xd, Tensor h, string adapter)
@@ -51,7 +52,7 @@ sealed class DoraVariant : LoraVariant
         var scale = (Magnitude(layer, adapter) / layer.WeightNorm(layer.BaseWeight.detach(), adapter)).view(1, -1);
         var b = layer.Base.bias;
         var plain = ReferenceEquals(xd, x) ? (b is null ? result : result - b) : nn.functional.linear(xd, TunerLayer.In(layer.BaseWeight, xd));
-        return TunerLayer.AddInResultDtype(result, (scale - One) * plain + scale * lora * scaling);
+        return TunerLayer.AddInResultDtype(result, ((scale - One) * plain).Plus(scale * lora * scaling));
     }
 
     internal override Tensor AddOutput(LoraConv2d layer, Tensor result, Tensor x, Tensor xd, Tensor lora, string adapter)
@@ -60,7 +61,7 @@ sealed class DoraVariant : LoraVariant
         var scale = Magnitude(layer, adapter) / layer.WeightNorm(layer.BaseWeight.detach(), adapter);   // (1, out, 1, 1)
         var plain = ReferenceEquals(xd, x) ? result : layer.base_layer.forward(xd);
         if (layer.Base.bias is not null) plain = plain - layer.Base.bias.view(1, -1, 1, 1);
-        return TunerLayer.AddInResultDtype(result, (scale - One) * plain + scale * lora);
+        return TunerLayer.AddInResultDtype(result, ((scale - One) * plain).Plus(scale * lora));
     }
 }
 

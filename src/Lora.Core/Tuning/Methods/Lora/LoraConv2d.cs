@@ -1,3 +1,4 @@
+using Lora.Core.Training;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -24,6 +25,7 @@ public sealed class LoraConv2d : LoraLayer<Conv2d>
         var g = c.groups;
         if (o.Rank <= 0 || o.Rank % g != 0)
             throw new ArgumentException($"LoRA rank {o.Rank} on a Conv2d with groups={g} must be a positive multiple of {g}, so that ΔW keeps the grouped structure exactly");
+        CheckRankFits(o.Rank, c.in_channels * c.kernel_size[0] * c.kernel_size[1], c.out_channels, "Conv2d");
         var w = BaseWeight;
         var k = (c.kernel_size[0], c.kernel_size[1]);
         var stride = (c.stride[0], c.stride[1]);
@@ -41,7 +43,7 @@ public sealed class LoraConv2d : LoraLayer<Conv2d>
     {
         using var scope = torch.NewDisposeScope();
         using var _ = torch.no_grad();
-        var w = weight + DeltaWeight(adapter).detach();
+        var w = weight.Plus(DeltaWeight(adapter).detach());
         return w.square().sum(new long[] { 1, 2, 3 }, keepdim: true).sqrt().transpose(1, 0).MoveToOuterDisposeScope();
     }
 

@@ -1,3 +1,4 @@
+using Lora.Core.Training;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -20,6 +21,7 @@ public sealed class LoraLinear : LoraLayer<Linear>
     {
         RejectExisting(adapter);
         if (o.Rank <= 0) throw new ArgumentException($"LoRA rank must be positive, got {o.Rank}");
+        CheckRankFits(o.Rank, InFeatures, OutFeatures, "Linear");
         var w = BaseWeight;
         Register(adapter, o,
                  nn.Linear(InFeatures, o.Rank, hasBias: false, device: w.device, dtype: w.dtype),

@@ -1,3 +1,4 @@
+using Lora.Core.Training;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -41,8 +42,8 @@ sealed class PlainLora : LoraVariant
     public override string Name => "LoRA";
     public override bool FactorsFollowBasePrecision => true;
 
-    internal override Tensor MergedWeight(LoraLinear layer, Tensor weight, string adapter) => weight + layer.DeltaWeight(adapter);
-    internal override Tensor MergedWeight(LoraConv2d layer, Tensor weight, string adapter) => weight + layer.DeltaWeight(adapter);
+    internal override Tensor MergedWeight(LoraLinear layer, Tensor weight, string adapter) => weight.Plus(layer.DeltaWeight(adapter));
+    internal override Tensor MergedWeight(LoraConv2d layer, Tensor weight, string adapter) => weight.Plus(layer.DeltaWeight(adapter));
 
     internal override Tensor AddOutput(LoraLinear layer, Tensor result, Tensor x, Tensor xd, Tensor h, string adapter) =>
         TunerLayer.AddLowRank(result, h, TunerLayer.In(layer.B(adapter).weight!, xd), layer.Scaling(adapter));

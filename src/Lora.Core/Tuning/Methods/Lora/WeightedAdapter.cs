@@ -1,3 +1,4 @@
+using Lora.Core.Training;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -55,8 +56,8 @@ public static class WeightedAdapter
             else
             {
                 // PEFT: valid_weights = √(weight · scaling), on A and on B alike
-                newA = present.Select(x => { var g = Get(x.a); return Scaled(g.A, Math.Sqrt(x.w * g.s)); }).Aggregate((p, q) => p + q);
-                newB = present.Select(x => { var g = Get(x.a); return Scaled(g.B, Math.Sqrt(x.w * g.s)); }).Aggregate((p, q) => p + q);
+                newA = present.Select(x => { var g = Get(x.a); return Scaled(g.A, Math.Sqrt(x.w * g.s)); }).Aggregate((p, q) => p.Plus(q));
+                newB = present.Select(x => { var g = Get(x.a); return Scaled(g.B, Math.Sqrt(x.w * g.s)); }).Aggregate((p, q) => p.Plus(q));
             }
             l.AddAdapter(newName, o);
             l.WeightA(newName).copy_(newA);
