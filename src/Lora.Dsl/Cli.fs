@@ -22,7 +22,7 @@ module Cli =
                 | Json -> "print a JSON array (hash, name, dependsOn, status per run) instead of a table"
 
     type RunArgs =
-        | [<MainCommand; ExactlyOnce>] Spec of spec: string
+        | [<MainCommand; ExactlyOnce>] Spec of spec: string list
         | Results of dir: string
         | Device of device: string
         | Only of pattern: string
@@ -33,7 +33,7 @@ module Cli =
             member a.Usage =
                 match a with
                 | Write_Tables _ -> "afterwards, regenerate the tables and curves from the results folder into this folder (e.g. paper-tables)"
-                | Spec _ -> "the experiment spec (.yaml, .yml or .fsx)"
+                | Spec _ -> "one or more experiment specs (.yaml, .yml or .fsx), run as one plan"
                 | Results _ -> "the results folder (default: results)"
                 | Device _ -> "cpu or cuda: overrides the spec's device (not part of the run's hash)"
                 | Only _ -> "run only runs whose id (experiment/name) or hash matches this pattern (* and ? wildcards)"
@@ -249,7 +249,8 @@ module Cli =
 type ValidateOptions = { Spec: string }
 type PlanOptions = { Spec: string; Results: string; Json: bool }
 type RunOptions =
-    { Spec: string
+    { /// one or more specs, compiled into one plan
+      Specs: string list
       Results: string
       /// "cpu", "cuda" or null (the spec's)
       Device: string
@@ -400,7 +401,7 @@ type CommandLine private () =
                 | Some(Error m), _ | _, Error m -> fail 2 (m + "\n" + parser.GetSubCommandParser(Cli.Run).PrintUsage())
                 | shard, Ok dev ->
                     let i, n = match shard with Some(Ok s) -> s | _ -> 0, 1
-                    ok (ParsedCommand(Command.Run { Spec = a.GetResult Cli.RunArgs.Spec; Results = a.GetResult(Cli.RunArgs.Results, defaultResults); Device = dev
+                    ok (ParsedCommand(Command.Run { Specs = a.GetResult Cli.RunArgs.Spec; Results = a.GetResult(Cli.RunArgs.Results, defaultResults); Device = dev
                                                     Only = orNull (a.TryGetResult Cli.RunArgs.Only); ShardIndex = i; ShardCount = n; Force = a.Contains Cli.RunArgs.Force
                                                     Tables = orNull (a.TryGetResult Cli.RunArgs.Write_Tables) }, line))
             | Cli.Tables a ->

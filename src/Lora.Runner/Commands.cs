@@ -147,14 +147,16 @@ public static class Commands
 
     public static int RunCommand(RunOptions o, IRunExecutor executor, string commandLine, TextWriter stdout, TextWriter stderr, CancellationToken ct = default)
     {
-        var experiments = LoadSpec(o.Spec, stderr);
-        if (experiments is null) return 2;
+        // several specs make one plan (the README's main job runs two), each checked in full first
+        var loaded = o.Specs.Select(spec => LoadSpec(spec, stderr)).ToList();
+        if (loaded.Any(e => e is null)) return 2;
+        var experiments = ListModule.OfSeq<Experiment>(loaded.SelectMany(e => e!));
         var store = new ResultsStore(o.Results);
         var plan = Plan.Compile(experiments, store);
         var selected = plan.Select(o.Only, o.ShardIndex, o.ShardCount);
         if (o.Only is not null && !plan.Runs.Any(r => Plan.Matches(o.Only, r)))
         {
-            stderr.WriteLine($"--only '{o.Only}' matches no run; `lora plan {o.Spec}` lists them");
+            stderr.WriteLine($"--only '{o.Only}' matches no run; `lora plan {string.Join(" ", o.Specs)}` lists them");
             return 2;
         }
         var forced = o.Force

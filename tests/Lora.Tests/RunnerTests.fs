@@ -44,7 +44,7 @@ let quickstartIn (dir: TempDir) =
     spec
 
 let runOpts spec results =
-    { Spec = spec; Results = results; Device = null; Only = null; ShardIndex = 0; ShardCount = 1; Force = false; Tables = null }
+    { Specs = [ spec ]; Results = results; Device = null; Only = null; ShardIndex = 0; ShardCount = 1; Force = false; Tables = null }
 
 let run (o: RunOptions) (ex: IRunExecutor) =
     use out = new StringWriter()
@@ -63,6 +63,22 @@ let allFiles (dir: string) = if Directory.Exists dir then Directory.GetFiles(dir
 
 let runTests =
     testList "run" [
+        test "several specs make one plan: the README's main job runs the quickstart and the ImageNet ResNet-18 spec in one command" {
+            use dir = new TempDir()
+            let spec = quickstartIn dir
+            let text = File.ReadAllText(Path.Combine(repoRoot, "experiments", "imagenet-resnet18.yaml"))
+            let second = dir.File "imagenet-resnet18.yaml"
+            File.WriteAllText(second, text.Replace("      source: fashion_mnist", sprintf "      source: fashion_mnist\n      path: \"%s\"" (dir.File "fmnist")))
+            let results = dir.File "results"
+            let ex = FakeExecutor()
+            let code, log = run { runOpts spec results with Specs = [ spec; second ] } ex
+            Expect.equal code 0 log
+            Expect.equal ex.Calls.Length 17 "11 quickstart runs and 6 ResNet-18 runs"
+            Expect.isTrue (ex.Calls |> List.exists (fun c -> c = "imagenet-resnet18/lora-r4")) "the second spec's runs ran"
+            let code, log = run { runOpts spec results with Specs = [ spec; dir.File "missing.yaml" ] } ex
+            Expect.equal code 2 "a bad second spec stops the command before anything runs"
+            Expect.equal ex.Calls.Length 17 "nothing more ran"
+        }
         test "runs every run in dependency order, writes metrics, then skips them all" {
             use dir = new TempDir()
             let spec = quickstartIn dir
