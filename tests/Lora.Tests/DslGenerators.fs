@@ -44,7 +44,8 @@ let dataset (task: Task) =
         let! shots = Gen.optionOf (Gen.choose (1, 50))
         let! lt = Gen.optionOf (Gen.choose (1, 5000))
         let! lv = Gen.optionOf (Gen.choose (1, 500))
-        let! vf = fraction
+        // never 0: a source split by val_fraction needs validation images (Validation refuses 0)
+        let! vf = fraction |> Gen.map (fun f -> if f = 0.0 then 0.1 else f)
         let! seed = Gen.choose (0, 9)
         // segmentation pairs have no class labels to select or count shots of
         let classes, shots = match source with SegmentationPairs _ -> None, None | _ -> classes, shots

@@ -340,7 +340,9 @@ let training =
             Expect.stringContains lines[lines.Length - 1] "img/s ETA 00:00:00 | val loss " "throughput, ETA, validation"
             Expect.stringContains lines[lines.Length - 1] "top-1 " "accuracy"
         }
-        test "segmentation on composed Fashion-MNIST-style canvases: DICE well above the untrained model; box prompts reach a promptable model" {
+        // sequenced: it seeds torch's global generator, which tests running beside it draw from (an
+        // unlucky initialisation then starts at DICE 0.98 and the "well above" check fails)
+        testSequenced <| test "segmentation on composed Fashion-MNIST-style canvases: DICE well above the untrained model; box prompts reach a promptable model" {
             let src =
                 match fashion.Force() with
                 | Some(train, _) -> train.Take(300)
