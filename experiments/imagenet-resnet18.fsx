@@ -2,7 +2,12 @@
 // from NuGet: zoo name resnet18_mlnet) to all ten Fashion-MNIST classes. Same records (and run
 // hashes) as imagenet-resnet18.yaml.
 //   lora plan experiments/imagenet-resnet18.fsx
-// The runner evaluates this script with Lora.Dsl referenced and opened.
+// For editors (completion, type checks): the built Lora.Dsl. `lora run` defines LORA_RUNNER and
+// references Lora.Dsl itself. (From the package instead: #r "nuget: Lora.Dsl".)
+#if !LORA_RUNNER
+#r "../src/Lora.Dsl/bin/Release/net10.0/Lora.Dsl.dll"
+open Lora.Dsl
+#endif
 
 // LoRA and DoRA on the 3×3 convolutions of the residual blocks (the new fc head trains too)
 let convs3x3 = { LoraOptions.Defaults with Targets = [ @"re:layer\d\.\d\.conv[12]" ] }
