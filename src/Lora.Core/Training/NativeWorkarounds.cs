@@ -6,13 +6,17 @@ namespace Lora.Core.Training;
 
 /// Work-arounds for the native libraries, applied once before the first tensor operation.
 ///
-/// oneDNN is left at its default instruction set. It was capped at SSE4.1 (ONEDNN_MAX_CPU_ISA)
-/// after float32 convolution weight gradients came out wrong or NaN on an AVX-512 machine; the
-/// cause was not oneDNN but native object lifetimes: tensors and implicit Scalars finalised by the
-/// garbage collector while a native call still used them (see HeldScalars). With every native
-/// object held across its call, fp32 conv gradients equal fp64's at the default ISA, also under
-/// forced collections (GcStressTests), and the cap cost 11-27 % of a ConvNeXt training step. No
-/// ISA is proven wrong, so none is capped; an ONEDNN_MAX_CPU_ISA the user sets is oneDNN's to read.
+/// oneDNN is capped at SSE4.1 (ONEDNN_MAX_CPU_ISA) unless the user sets that variable; the value
+/// ALL lifts the cap. The cap was first set after fp32 convolution weight gradients came out wrong
+/// or NaN on an AVX-512 machine; that cause was native object lifetimes, not oneDNN (tensors and
+/// implicit Scalars finalised by the garbage collector mid-call, see HeldScalars): with every
+/// native object held, fp32 conv gradients equal fp64's at the default ISA, also under forced
+/// collections (GcStressTests). The cap stays for bit-reproducibility: uncapped, one CI run of
+/// the kill/resume test (2026-12-01) gave a resumed run whose validation loss differed from the
+/// uninterrupted run's in the 7th digit, which never happened in the capped runs before it.
+/// It costs 11-27 % of a ConvNeXt CPU training step (docs/benchmarks.md). oneDNN reads the variable
+/// from the C environment once, at its first use, so it is set natively (.NET's
+/// Environment.SetEnvironmentVariable does not reach it on Linux) before any convolution runs.
 ///
 /// c10's log level is raised to ERROR, as TORCH_CPP_LOG_LEVEL=ERROR does in PyTorch (libtorch
 /// reads that variable only when Python starts it): bf16 convolutions on some CPUs ask NNPACK
@@ -21,12 +25,23 @@ namespace Lora.Core.Training;
 /// not c10 log lines and still show.
 public static class NativeWorkarounds
 {
+    /// The instruction set oneDNN is capped at when the user sets none.
+    public const string Isa = "SSE41";
+
     static int applied;
+
+    [DllImport("libc", EntryPoint = "setenv")]
+    static extern int SetEnv(string name, string value, int overwrite);
 
     public static void Apply()
     {
         if (Interlocked.Exchange(ref applied, 1) == 1) return;
         if (!OperatingSystem.IsLinux()) return;
+        if (Environment.GetEnvironmentVariable("ONEDNN_MAX_CPU_ISA") is null)
+        {
+            try { SetEnv("ONEDNN_MAX_CPU_ISA", Isa, 0); }
+            catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException) { }
+        }
         if (Environment.GetEnvironmentVariable("TORCH_CPP_LOG_LEVEL") is null) SetC10LogLevel(2);
     }
 
