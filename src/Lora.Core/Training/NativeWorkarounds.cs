@@ -14,7 +14,7 @@ namespace Lora.Core.Training;
 /// collections (GcStressTests). The cap stays for bit-reproducibility: uncapped, one CI run of
 /// the kill/resume test (2026-12-01) gave a resumed run whose validation loss differed from the
 /// uninterrupted run's in the 7th digit, which never happened in the capped runs before it.
-/// It costs 11-27 % of a ConvNeXt CPU training step (docs/benchmarks.md). oneDNN reads the variable
+/// It costs 11-27 % of a ConvNeXt-T CPU training step (measured for issue 17). oneDNN reads the variable
 /// from the C environment once, at its first use, so it is set natively (.NET's
 /// Environment.SetEnvironmentVariable does not reach it on Linux) before any convolution runs.
 ///
