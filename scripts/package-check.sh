@@ -14,7 +14,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1 TERM=dumb
-work=$(mktemp -d /tmp/lora-package-check.XXXXXX)
+work=$(mktemp -d -t lora-package-check.XXXXXX)   # under $TMPDIR
 trap 'rm -rf "$work"' EXIT
 feed=$work/feed
 cache=${NUGET_PACKAGES:-$HOME/.nuget/packages}
