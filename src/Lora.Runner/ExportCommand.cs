@@ -12,7 +12,7 @@ public static class ExportCommand
 {
     public static int Run(ExportOptions o, TextWriter stdout)
     {
-        using var model = ForwardCommand.Load(o.Model, o.ModelConfig, o.Weights, o.Adapter);
+        using var model = ModelSource.LoadMerged(o.Model, o.ModelConfig, o.Weights, o.Adapter);
         WriteOnnx(model, o.Model, o.Out);
         stdout.WriteLine($"exported {o.Model}{(o.Adapter is null ? "" : $" with {o.Adapter} merged")}: wrote {o.Out}");
         return 0;

@@ -13,7 +13,7 @@ public static class ForwardCommand
 {
     public static int Run(ForwardOptions o, TextWriter stdout)
     {
-        using var model = Load(o.Model, o.ModelConfig, o.Weights, o.Adapter);
+        using var model = ModelSource.LoadMerged(o.Model, o.ModelConfig, o.Weights, o.Adapter);
         var tensors = Safetensors.Load(o.Input);
         if (!tensors.TryGetValue("input", out var input))
             throw new InvalidDataException($"'{o.Input}' has no tensor named 'input' (it has {string.Join(", ", tensors.Keys.Take(5))})");
@@ -23,15 +23,5 @@ public static class ForwardCommand
         Safetensors.Save(o.Out, [new("output", y)]);
         stdout.WriteLine($"forward of {o.Model} on input [{string.Join(", ", x.shape)}]: wrote {o.Out} (output [{string.Join(", ", y.shape)}])");
         return 0;
-    }
-
-    /// The model in eval mode: --weights loaded strictly, then --adapter merged in (merge-and-unload).
-    public static nn.Module<Tensor, Tensor> Load(string name, string? modelConfig, string? weights, string? adapter)
-    {
-        var model = ModelSource.Create(name, ModelSource.Args(modelConfig));
-        if (weights is not null) StateDict.Load(model, weights, strict: true);
-        if (adapter is not null) model = (nn.Module<Tensor, Tensor>)AdapterCheckpoint.Load(model, ModelSource.AdapterFolder(adapter)).MergeAndUnload();
-        model.eval();
-        return model;
     }
 }

@@ -1,3 +1,4 @@
+using Lora.Core.IO;
 using Lora.Core.Tuning;
 using Lora.Core.Models;
 using TorchSharp;
@@ -5,7 +6,7 @@ using static TorchSharp.torch;
 
 namespace Lora.Runner;
 
-/// What the model commands (summary, merge, predict) share: a zoo model from a name, an optional
+/// What the model commands (summary, merge, predict, forward, export) share: a zoo model from a name, an optional
 /// JSON file of timm constructor arguments and a class count; and errors shortened to one line.
 static class ModelSource
 {
@@ -82,6 +83,16 @@ static class ModelSource
             : Directory.Exists(path) ? path
             : File.Exists(path) ? throw new InvalidDataException($"'{path}' is a file, not an adapter folder (expected a PEFT folder with {AdapterCheckpoint.ConfigFile} and {AdapterCheckpoint.WeightsFile})")
             : throw new DirectoryNotFoundException($"adapter folder '{path}' does not exist (expected a PEFT folder with {AdapterCheckpoint.ConfigFile} and {AdapterCheckpoint.WeightsFile})");
+
+    /// The model in eval mode: --weights loaded strictly, then --adapter merged in (merge-and-unload).
+    public static nn.Module<Tensor, Tensor> LoadMerged(string name, string? modelConfig, string? weights, string? adapter)
+    {
+        var model = Create(name, Args(modelConfig));
+        if (weights is not null) StateDict.Load(model, weights, strict: true);
+        if (adapter is not null) model = (nn.Module<Tensor, Tensor>)AdapterCheckpoint.Load(model, AdapterFolder(adapter)).MergeAndUnload();
+        model.eval();
+        return model;
+    }
 }
 
 /// The model named on the command line does not exist or cannot take the given arguments.
