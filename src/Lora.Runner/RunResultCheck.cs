@@ -12,7 +12,7 @@ public static class RunResultCheck
         foreach (var c in r.Curve)
             foreach (var (name, value) in new[] { ("training loss", (double?)c.TrainLoss), ("validation loss", c.ValLoss), ("validation metric", c.ValMetric) })
                 if (value is { } v && !double.IsFinite(v))
-                    throw new InvalidDataException($"the {name} is {v} at epoch {c.Epoch} (step {c.Step}): the model diverged on the validation data; lower the learning rate or check the data");
+                    throw new InvalidDataException($"the {name} is {v} at epoch {c.Epoch} (step {c.Step}): the model diverged; lower the learning rate or check the data");
         if (!double.IsFinite(r.TrainSeconds)) throw new InvalidDataException($"the training time is {r.TrainSeconds}");
     }
 }
