@@ -249,7 +249,7 @@ let private expectSameResults (expected: string) (actual: string) (what: string)
     let leftovers =
         Array.append (filesUnder actual) (filesUnder (actual + "-artifacts"))
         |> Array.filter (fun f -> f.Contains ".tmp" || f.EndsWith ResultsStore.LockFile || f.Contains "checkpoint")
-    Expect.isEmpty leftovers (what + ": no temporary, lock or checkpoint file left")
+    Expect.isEmpty leftovers (sprintf "%s: no temporary, lock or checkpoint file left (found %A)" what leftovers)
 
 /// The uninterrupted run every other result is compared with (run once, shared by the tests).
 let private baseline =

@@ -218,8 +218,11 @@ let runTests =
             Expect.equal (File.ReadAllText path) "old" "old content intact"
             Expect.equal (allFiles (dir.File "sub") |> List.map Path.GetFileName) [ "metrics.json" ] "still no temp file"
             File.WriteAllText(dir.File "sub/.metrics.json.tmp-dead", "partial")
+            // a writer killed inside a subfolder (a run's adapter/) leaves its temp file there
+            Directory.CreateDirectory(dir.File "sub/adapter") |> ignore
+            File.WriteAllText(dir.File "sub/adapter/.adapter_model.safetensors.tmp-dead", "partial")
             AtomicFile.CleanStaleTemps(dir.File "sub")
-            Expect.equal (allFiles (dir.File "sub") |> List.map Path.GetFileName) [ "metrics.json" ] "a killed writer's temp file is cleaned"
+            Expect.equal (allFiles (dir.File "sub") |> List.map Path.GetFileName) [ "metrics.json" ] "a killed writer's temp files are cleaned, in subfolders too"
         }
         test "dispatcher: stubs, bad specs and usage errors" {
             use out = new StringWriter()

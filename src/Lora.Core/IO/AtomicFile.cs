@@ -31,11 +31,13 @@ public static class AtomicFile
 
     public static void WriteAllBytes(string path, byte[] bytes) => Write(path, fs => fs.Write(bytes));
 
-    /// Removes the temporary files a killed process left behind in dir.
+    /// Removes the temporary files a killed process left behind in dir and its subfolders (an
+    /// adapter folder is written inside a run's folder). Links are not followed.
     public static void CleanStaleTemps(string dir)
     {
         if (!Directory.Exists(dir)) return;
-        foreach (var f in Directory.EnumerateFiles(dir, ".*.tmp-*"))
+        var walk = new EnumerationOptions { RecurseSubdirectories = true, AttributesToSkip = FileAttributes.ReparsePoint, IgnoreInaccessible = true };
+        foreach (var f in Directory.EnumerateFiles(dir, ".*.tmp-*", walk))
             try { File.Delete(f); } catch (IOException) { }
     }
 }
