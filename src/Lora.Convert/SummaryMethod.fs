@@ -6,6 +6,7 @@ module Lora.Conversion.SummaryMethod
 open System
 open System.Text.Json
 open Lora.Dsl
+open Lora.CommandLine
 open Lora.Core.Tuning
 open TorchSharp
 

@@ -8,6 +8,7 @@ open System.Text.Json.Nodes
 open Expecto
 open TorchSharp
 open Lora.Dsl
+open Lora.CommandLine
 open Lora.Core.Models
 open Lora.Core.Tuning
 open Lora.Conversion

@@ -6,6 +6,7 @@ open Expecto
 open FsCheck
 open FsCheck.FSharp
 open Lora.Dsl
+open Lora.CommandLine
 open Lora.Tests.Generators
 
 /// The same experiment, built through the computation expression.

@@ -7,6 +7,7 @@ open System.IO
 open System.Text.RegularExpressions
 open Expecto
 open Lora.Runner
+open Lora.CommandLine
 open Lora.Tests.Generators
 
 /// The quickstart with every size cut down (same methods, ranks and models).

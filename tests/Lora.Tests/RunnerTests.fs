@@ -7,6 +7,7 @@ open System.Text.Json.Nodes
 open System.Threading
 open Expecto
 open Lora.Dsl
+open Lora.CommandLine
 open Lora.Runner
 open Lora.Core.IO
 open Lora.Tests.Generators

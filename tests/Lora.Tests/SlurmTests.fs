@@ -368,7 +368,7 @@ let commands =
             let spec = Path.Combine(repoRoot, "scripts", "slurm-tiny.yaml")
             let results = dir.File "results"
             let fake = FakeSlurm()
-            let o : Lora.Dsl.SubmitOptions =
+            let o : Lora.CommandLine.SubmitOptions =
                 { Spec = spec; Results = results; Partition = "debug"; GpusPerTask = Nullable 1; Time = "10"
                   MaxParallel = Nullable 2; DryRun = false }
             let out, err = new StringWriter(), new StringWriter()

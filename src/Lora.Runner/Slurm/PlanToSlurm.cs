@@ -1,3 +1,4 @@
+using Lora.CommandLine;
 using Lora.Dsl;
 
 namespace Lora.Runner.Slurm;

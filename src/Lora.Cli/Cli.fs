@@ -1,4 +1,4 @@
-namespace Lora.Dsl
+namespace Lora.CommandLine
 
 open System
 open Argu

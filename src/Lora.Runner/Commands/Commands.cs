@@ -1,5 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using Lora.CommandLine;
 using Lora.Dsl;
 using Microsoft.FSharp.Collections;
 
@@ -10,7 +11,7 @@ public static class Commands
 {
     public static int Dispatch(string[] args, Func<IRunExecutor> executorFactory, TextWriter stdout, TextWriter stderr, CancellationToken ct = default)
     {
-        var parsed = CommandLine.Parse(args);
+        var parsed = Lora.CommandLine.CommandLine.Parse(args);
         if (parsed.Command is null)
         {
             (parsed.ExitCode == 0 ? stdout : stderr).WriteLine(parsed.Message);

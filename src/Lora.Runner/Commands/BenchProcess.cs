@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Runtime.InteropServices;
 using System.Text.Json.Nodes;
+using Lora.CommandLine;
 using Lora.Dsl;
 
 namespace Lora.Runner;

@@ -1,5 +1,6 @@
 using Lora.Conversion;
 using Lora.Core.Tuning;
+using Lora.CommandLine;
 using Lora.Dsl;
 using TorchSharp;
 using static TorchSharp.torch;

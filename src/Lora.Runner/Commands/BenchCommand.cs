@@ -5,6 +5,7 @@ using System.Text.Json.Nodes;
 using Lora.Core.Models;
 using Lora.Core.Training;
 using Lora.Conversion;
+using Lora.CommandLine;
 using Lora.Dsl;
 using Spectre.Console;
 using CorePrecision = Lora.Core.Training.Precision;

@@ -1,4 +1,5 @@
 using Lora.Core.Onnx;
+using Lora.CommandLine;
 using Lora.Dsl;
 using TorchSharp;
 using static TorchSharp.torch;

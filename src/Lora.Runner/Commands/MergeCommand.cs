@@ -1,5 +1,6 @@
 using Lora.Core.IO;
 using Lora.Core.Tuning;
+using Lora.CommandLine;
 using Lora.Dsl;
 using static TorchSharp.torch;
 

@@ -4,6 +4,7 @@ using System.Text.Json.Nodes;
 using Lora.Core.IO;
 using Lora.Core.Training;
 using Lora.Core.Tuning;
+using Lora.CommandLine;
 using Lora.Dsl;
 
 namespace Lora.Runner;
