@@ -80,14 +80,22 @@ module Cli =
         | [<Mandatory>] Weights of path: string
         | [<Mandatory>] Adapter of path: string
         | [<Mandatory>] Out of path: string
+        | Weight of weight: float
+        | Combination of kind: string
+        | Svd_Rank of rank: int
+        | Svd_Clamp of quantile: float
         interface IArgParserTemplate with
             member a.Usage =
                 match a with
                 | Model _ -> "a zoo model name"
                 | Model_Config _ -> "a JSON file of model options"
                 | Weights _ -> "the base model's safetensors file"
-                | Adapter _ -> "the adapter folder or safetensors file"
+                | Adapter _ -> "the adapter folder or safetensors file (repeat for several, combined with --weight)"
                 | Out _ -> "the merged safetensors file to write"
+                | Weight _ -> "the weight of the --adapter at the same position (one per adapter; default 1)"
+                | Combination _ -> "how several adapters combine: cat (default; exact Σ wᵢ·ΔWᵢ), linear or svd (PEFT's add_weighted_adapter)"
+                | Svd_Rank _ -> "the rank of an svd combination (default: the largest source rank)"
+                | Svd_Clamp _ -> "svd: clamp both factors to ± this quantile of their entries (PEFT's svd_clamp)"
 
     type ForwardArgs =
         | [<Mandatory>] Model of model: string
@@ -96,13 +104,23 @@ module Cli =
         | Adapter of path: string
         | [<Mandatory>] Input of path: string
         | [<Mandatory>] Out of path: string
+        | Weight of weight: float
+        | Combination of kind: string
+        | Svd_Rank of rank: int
+        | Svd_Clamp of quantile: float
+        | Disable_Adapter
         interface IArgParserTemplate with
             member a.Usage =
                 match a with
                 | Model _ -> "a zoo model name or an .onnx file"
                 | Model_Config _ -> "a JSON file of model options (num_classes, ...)"
                 | Weights _ -> "the model's safetensors file"
-                | Adapter _ -> "an adapter folder to apply"
+                | Adapter _ -> "an adapter folder to apply (repeat for several, combined with --weight)"
+                | Weight _ -> "the weight of the --adapter at the same position (one per adapter; default 1)"
+                | Combination _ -> "how several adapters combine: cat (default; exact Σ wᵢ·ΔWᵢ), linear or svd (PEFT's add_weighted_adapter)"
+                | Svd_Rank _ -> "the rank of an svd combination (default: the largest source rank)"
+                | Svd_Clamp _ -> "svd: clamp both factors to ± this quantile of their entries (PEFT's svd_clamp)"
+                | Disable_Adapter -> "load the adapters, then disable them: the base model's output (a check)"
                 | Input _ -> "a safetensors file with the tensor 'input'"
                 | Out _ -> "the safetensors file to write, with the tensor 'output' (fp32)"
 
@@ -112,13 +130,23 @@ module Cli =
         | Weights of path: string
         | Adapter of path: string
         | [<Mandatory>] Out of path: string
+        | Weight of weight: float
+        | Combination of kind: string
+        | Svd_Rank of rank: int
+        | Svd_Clamp of quantile: float
+        | Disable_Adapter
         interface IArgParserTemplate with
             member a.Usage =
                 match a with
                 | Model _ -> "an .onnx file, resnet18_mlnet, or a ViT, ConvNeXt or ResNet zoo model"
                 | Model_Config _ -> "a JSON file of model options (num_classes, ...)"
                 | Weights _ -> "the model's safetensors file"
-                | Adapter _ -> "an adapter folder, merged into the weights"
+                | Adapter _ -> "an adapter folder, merged into the weights (repeat for several, combined with --weight)"
+                | Weight _ -> "the weight of the --adapter at the same position (one per adapter; default 1)"
+                | Combination _ -> "how several adapters combine: cat (default; exact Σ wᵢ·ΔWᵢ), linear or svd (PEFT's add_weighted_adapter)"
+                | Svd_Rank _ -> "the rank of an svd combination (default: the largest source rank)"
+                | Svd_Clamp _ -> "svd: clamp both factors to ± this quantile of their entries (PEFT's svd_clamp)"
+                | Disable_Adapter -> "load the adapters, then disable them: export the base model (a check)"
                 | Out _ -> "the .onnx file to write"
 
     type PredictArgs =
@@ -132,6 +160,11 @@ module Cli =
         | Mean of values: string
         | Std of values: string
         | Json
+        | Weight of weight: float
+        | Combination of kind: string
+        | Svd_Rank of rank: int
+        | Svd_Clamp of quantile: float
+        | Disable_Adapter
         interface IArgParserTemplate with
             member a.Usage =
                 match a with
@@ -139,12 +172,38 @@ module Cli =
                 | Model _ -> "a zoo model name"
                 | Model_Config _ -> "a JSON file of model options"
                 | Weights _ -> "the model's safetensors file"
-                | Adapter _ -> "an adapter to apply"
+                | Adapter _ -> "an adapter to apply (repeat for several, combined with --weight)"
+                | Weight _ -> "the weight of the --adapter at the same position (one per adapter; default 1)"
+                | Combination _ -> "how several adapters combine: cat (default; exact Σ wᵢ·ΔWᵢ), linear or svd (PEFT's add_weighted_adapter)"
+                | Svd_Rank _ -> "the rank of an svd combination (default: the largest source rank)"
+                | Svd_Clamp _ -> "svd: clamp both factors to ± this quantile of their entries (PEFT's svd_clamp)"
+                | Disable_Adapter -> "load the adapters, then disable them: the base model's predictions (a check)"
                 | Labels _ -> "a text file with one label per line"
                 | Top_K _ -> "how many labels per image (default 5)"
                 | Mean _ -> "per-channel mean subtracted from pixels in [0, 1], comma-separated, or 'imagenet' (default: none)"
                 | Std _ -> "per-channel standard deviation to divide by, comma-separated, or 'imagenet' (default: none)"
                 | Json -> "print JSON instead of text"
+
+    type CombineArgs =
+        | [<Mandatory>] Model of model: string
+        | Model_Config of path: string
+        | [<Mandatory>] Adapter of path: string
+        | [<Mandatory>] Out of dir: string
+        | Weight of weight: float
+        | Combination of kind: string
+        | Svd_Rank of rank: int
+        | Svd_Clamp of quantile: float
+        interface IArgParserTemplate with
+            member a.Usage =
+                match a with
+                | Model _ -> "the zoo model the adapters were trained on"
+                | Model_Config _ -> "a JSON file of model options"
+                | Adapter _ -> "an adapter folder (repeat: the adapters to combine)"
+                | Out _ -> "the adapter folder to write (adapter_config.json + adapter_model.safetensors, loadable by PEFT)"
+                | Weight _ -> "the weight of the --adapter at the same position (one per adapter; default 1)"
+                | Combination _ -> "how several adapters combine: cat (default; exact Σ wᵢ·ΔWᵢ), linear or svd (PEFT's add_weighted_adapter)"
+                | Svd_Rank _ -> "the rank of an svd combination (default: the largest source rank)"
+                | Svd_Clamp _ -> "svd: clamp both factors to ± this quantile of their entries (PEFT's svd_clamp)"
 
     type BenchArgs =
         | [<Mandatory>] Model of model: string
@@ -223,6 +282,7 @@ module Cli =
         | [<CliPrefix(CliPrefix.None)>] Predict of ParseResults<PredictArgs>
         | [<CliPrefix(CliPrefix.None)>] Forward of ParseResults<ForwardArgs>
         | [<CliPrefix(CliPrefix.None)>] Export of ParseResults<ExportArgs>
+        | [<CliPrefix(CliPrefix.None)>] Combine of ParseResults<CombineArgs>
         | [<CliPrefix(CliPrefix.None)>] Bench of ParseResults<BenchArgs>
         | [<CliPrefix(CliPrefix.None)>] Submit of ParseResults<SubmitArgs>
         | [<CliPrefix(CliPrefix.None)>] Status of ParseResults<StatusArgs>
@@ -240,6 +300,7 @@ module Cli =
                 | Predict _ -> "classify images: top-k labels with scores"
                 | Forward _ -> "the eval-mode forward of a tensor (parity checks against other frameworks)"
                 | Export _ -> "write the merged model as an ONNX file"
+                | Combine _ -> "combine several LoRA adapters with weights into one adapter folder (PEFT's add_weighted_adapter)"
                 | Bench _ -> "time training steps of the methods on one model"
                 | Submit _ -> "submit the plan to Slurm: one job array per dependency level"
                 | Status _ -> "pending/running/done/failed per run (results folder and Slurm)"
@@ -265,14 +326,33 @@ type TablesOptions = { Results: string; Out: string }
 type SummaryOptions =
     { Model: string; Method: string; Rank: Nullable<int>; Alpha: Nullable<float>; Targets: string list; Train: string list
       Bias: string; InitRank: Nullable<int>; Classes: Nullable<int>; ModelConfig: string }
-type MergeOptions = { Model: string; ModelConfig: string; Weights: string; Adapter: string; Out: string }
-type ForwardOptions = { Model: string; ModelConfig: string; Weights: string; Adapter: string; Input: string; Out: string }
-type ExportOptions = { Model: string; ModelConfig: string; Weights: string; Adapter: string; Out: string }
+/// The adapters of a model command: one or several --adapter, their --weight, how they combine.
+type AdapterChoice =
+    { /// every --adapter in order (empty: none)
+      Paths: string list
+      /// one per path, or empty (every weight 1)
+      Weights: float list
+      /// "cat", "linear" or "svd"
+      Combination: string
+      SvdRank: Nullable<int>
+      SvdClamp: Nullable<float>
+      /// --disable-adapter: loaded, then disabled (the base model's outputs)
+      Disabled: bool }
+    /// Several adapters, or one with a weight other than 1: a weighted combination.
+    member c.Combined = c.Paths.Length > 1 || c.Weights |> List.exists (fun w -> w <> 1.0)
+type MergeOptions = { Model: string; ModelConfig: string; Weights: string; Adapter: string; Out: string
+                      Adapters: AdapterChoice }
+type ForwardOptions = { Model: string; ModelConfig: string; Weights: string; Adapter: string; Input: string; Out: string
+                        Adapters: AdapterChoice }
+type ExportOptions = { Model: string; ModelConfig: string; Weights: string; Adapter: string; Out: string
+                       Adapters: AdapterChoice }
+type CombineOptions = { Model: string; ModelConfig: string; Out: string; Adapters: AdapterChoice }
 type PredictOptions =
     { Images: string list; Model: string; ModelConfig: string; Weights: string; Adapter: string; Labels: string; TopK: int; Json: bool
       /// the --mean and --std texts as given (null: no normalisation)
       Mean: string
-      Std: string }
+      Std: string
+      Adapters: AdapterChoice }
 type BenchOptions =
     { Model: string; Batch: Nullable<int>; Img: Nullable<int>; Classes: Nullable<int>; Rank: Nullable<int>; Methods: string list
       Device: string; Steps: Nullable<int>; Warmup: Nullable<int>; Json: bool
@@ -296,6 +376,7 @@ type Command =
     | Predict of PredictOptions
     | Forward of ForwardOptions
     | Export of ExportOptions
+    | Combine of CombineOptions
     | Bench of BenchOptions
     | Submit of SubmitOptions
     | Status of StatusOptions
@@ -313,6 +394,7 @@ type ICommandHandler<'T> =
     abstract Predict: PredictOptions -> 'T
     abstract Forward: ForwardOptions -> 'T
     abstract Export: ExportOptions -> 'T
+    abstract Combine: CombineOptions -> 'T
     abstract Bench: BenchOptions -> 'T
     abstract Submit: SubmitOptions -> 'T
     abstract Status: StatusOptions -> 'T
@@ -336,6 +418,7 @@ type ParsedCommand(command: Command, commandLine: string) =
         | Predict o -> handler.Predict o
         | Forward o -> handler.Forward o
         | Export o -> handler.Export o
+        | Combine o -> handler.Combine o
         | Bench o -> handler.Bench o
         | Submit o -> handler.Submit o
         | Status o -> handler.Status o
@@ -365,6 +448,21 @@ type CommandLine private () =
             | (true, i), (true, n) when n >= 1 && i >= 0 && i < n -> Ok(i, n)
             | _ -> bad ()
         | _ -> bad ()
+
+    /// The adapters of a model command, checked: one --weight per --adapter (or none), a known
+    /// combination, the svd options only with svd, --disable-adapter only with an adapter.
+    static member AdapterChoice(paths: string list, weights: float list, combination: string option, svdRank: int option, svdClamp: float option, disabled: bool) : Result<AdapterChoice, string> =
+        let choice = { Paths = paths; Weights = weights; Combination = defaultArg combination "cat"; SvdRank = Option.toNullable svdRank
+                       SvdClamp = Option.toNullable svdClamp; Disabled = disabled }
+        if not weights.IsEmpty && weights.Length <> paths.Length then
+            Error(sprintf "give one --weight per --adapter, in the same order (got %d adapter(s), %d weight(s))" paths.Length weights.Length)
+        elif not (List.contains choice.Combination [ "cat"; "linear"; "svd" ]) then
+            Error(sprintf "--combination must be cat, linear or svd, got '%s'" choice.Combination)
+        elif paths.IsEmpty && (combination.IsSome || disabled) then Error "--combination and --disable-adapter need at least one --adapter"
+        elif (svdRank.IsSome || svdClamp.IsSome) && choice.Combination <> "svd" then Error "--svd-rank and --svd-clamp go with --combination svd"
+        elif svdRank |> Option.exists (fun r -> r < 1) then Error(sprintf "--svd-rank must be at least 1, got %d" svdRank.Value)
+        elif svdClamp |> Option.exists (fun q -> not (q >= 0.0 && q <= 1.0)) then Error(sprintf "--svd-clamp is a quantile in [0, 1], got %g" svdClamp.Value)
+        else Ok choice
 
     static member Quote(arg: string) =
         if arg <> "" && arg |> Seq.forall (fun c -> Char.IsLetterOrDigit c || "-_./=:,@+".Contains c) then arg
@@ -413,22 +511,47 @@ type CommandLine private () =
                                                     Bias = a.GetResult(Cli.SummaryArgs.Bias, "none"); InitRank = nullable (a.TryGetResult Cli.SummaryArgs.Init_Rank)
                                                     Classes = nullable (a.TryGetResult Cli.SummaryArgs.Classes); ModelConfig = orNull (a.TryGetResult Cli.SummaryArgs.Model_Config) }, line))
             | Cli.Merge a ->
+                match CommandLine.AdapterChoice(a.GetResults Cli.MergeArgs.Adapter, a.GetResults Cli.MergeArgs.Weight, a.TryGetResult Cli.MergeArgs.Combination,
+                                                a.TryGetResult Cli.MergeArgs.Svd_Rank, a.TryGetResult Cli.MergeArgs.Svd_Clamp, false) with
+                | Error m -> fail 2 m
+                | Ok adapters ->
                 ok (ParsedCommand(Command.Merge { Model = a.GetResult Cli.MergeArgs.Model; ModelConfig = orNull (a.TryGetResult Cli.MergeArgs.Model_Config)
-                                                  Weights = a.GetResult Cli.MergeArgs.Weights; Adapter = a.GetResult Cli.MergeArgs.Adapter; Out = a.GetResult Cli.MergeArgs.Out }, line))
+                                                  Weights = a.GetResult Cli.MergeArgs.Weights; Adapter = List.head adapters.Paths; Out = a.GetResult Cli.MergeArgs.Out
+                                                  Adapters = adapters }, line))
+            | Cli.Combine a ->
+                match CommandLine.AdapterChoice(a.GetResults Cli.CombineArgs.Adapter, a.GetResults Cli.CombineArgs.Weight, a.TryGetResult Cli.CombineArgs.Combination,
+                                                a.TryGetResult Cli.CombineArgs.Svd_Rank, a.TryGetResult Cli.CombineArgs.Svd_Clamp, false) with
+                | Error m -> fail 2 m
+                | Ok adapters ->
+                ok (ParsedCommand(Command.Combine { Model = a.GetResult Cli.CombineArgs.Model; ModelConfig = orNull (a.TryGetResult Cli.CombineArgs.Model_Config)
+                                                    Out = a.GetResult Cli.CombineArgs.Out; Adapters = adapters }, line))
             | Cli.Forward a ->
+                match CommandLine.AdapterChoice(a.GetResults Cli.ForwardArgs.Adapter, a.GetResults Cli.ForwardArgs.Weight, a.TryGetResult Cli.ForwardArgs.Combination,
+                                                a.TryGetResult Cli.ForwardArgs.Svd_Rank, a.TryGetResult Cli.ForwardArgs.Svd_Clamp, a.Contains Cli.ForwardArgs.Disable_Adapter) with
+                | Error m -> fail 2 m
+                | Ok adapters ->
                 ok (ParsedCommand(Command.Forward { Model = a.GetResult Cli.ForwardArgs.Model; ModelConfig = orNull (a.TryGetResult Cli.ForwardArgs.Model_Config)
-                                                    Weights = orNull (a.TryGetResult Cli.ForwardArgs.Weights); Adapter = orNull (a.TryGetResult Cli.ForwardArgs.Adapter)
-                                                    Input = a.GetResult Cli.ForwardArgs.Input; Out = a.GetResult Cli.ForwardArgs.Out }, line))
+                                                    Weights = orNull (a.TryGetResult Cli.ForwardArgs.Weights); Adapter = orNull (List.tryHead adapters.Paths)
+                                                    Input = a.GetResult Cli.ForwardArgs.Input; Out = a.GetResult Cli.ForwardArgs.Out; Adapters = adapters }, line))
             | Cli.Export a ->
+                match CommandLine.AdapterChoice(a.GetResults Cli.ExportArgs.Adapter, a.GetResults Cli.ExportArgs.Weight, a.TryGetResult Cli.ExportArgs.Combination,
+                                                a.TryGetResult Cli.ExportArgs.Svd_Rank, a.TryGetResult Cli.ExportArgs.Svd_Clamp, a.Contains Cli.ExportArgs.Disable_Adapter) with
+                | Error m -> fail 2 m
+                | Ok adapters ->
                 ok (ParsedCommand(Command.Export { Model = a.GetResult Cli.ExportArgs.Model; ModelConfig = orNull (a.TryGetResult Cli.ExportArgs.Model_Config)
-                                                   Weights = orNull (a.TryGetResult Cli.ExportArgs.Weights); Adapter = orNull (a.TryGetResult Cli.ExportArgs.Adapter)
-                                                   Out = a.GetResult Cli.ExportArgs.Out }, line))
+                                                   Weights = orNull (a.TryGetResult Cli.ExportArgs.Weights); Adapter = orNull (List.tryHead adapters.Paths)
+                                                   Out = a.GetResult Cli.ExportArgs.Out; Adapters = adapters }, line))
             | Cli.Predict a ->
+                match CommandLine.AdapterChoice(a.GetResults Cli.PredictArgs.Adapter, a.GetResults Cli.PredictArgs.Weight, a.TryGetResult Cli.PredictArgs.Combination,
+                                                a.TryGetResult Cli.PredictArgs.Svd_Rank, a.TryGetResult Cli.PredictArgs.Svd_Clamp, a.Contains Cli.PredictArgs.Disable_Adapter) with
+                | Error m -> fail 2 m
+                | Ok adapters ->
                 ok (ParsedCommand(Command.Predict { Images = a.GetResult(Cli.PredictArgs.Images, []); Model = a.GetResult Cli.PredictArgs.Model
                                                     ModelConfig = orNull (a.TryGetResult Cli.PredictArgs.Model_Config); Weights = orNull (a.TryGetResult Cli.PredictArgs.Weights)
-                                                    Adapter = orNull (a.TryGetResult Cli.PredictArgs.Adapter); Labels = orNull (a.TryGetResult Cli.PredictArgs.Labels)
+                                                    Adapter = orNull (List.tryHead adapters.Paths); Labels = orNull (a.TryGetResult Cli.PredictArgs.Labels)
                                                     TopK = a.GetResult(Cli.PredictArgs.Top_K, 5); Json = a.Contains Cli.PredictArgs.Json
-                                                    Mean = orNull (a.TryGetResult Cli.PredictArgs.Mean); Std = orNull (a.TryGetResult Cli.PredictArgs.Std) }, line))
+                                                    Mean = orNull (a.TryGetResult Cli.PredictArgs.Mean); Std = orNull (a.TryGetResult Cli.PredictArgs.Std)
+                                                    Adapters = adapters }, line))
             | Cli.Bench a ->
                 let precision =
                     match a.TryGetResult Cli.BenchArgs.Precision with

@@ -34,6 +34,7 @@ let all =
         EndToEndTests.tests
         SlurmTests.tests
         CliTests.tests
+        CliAdapterTests.tests
         GcStressTests.tests
         ReliabilityTests.tests
         HostileInputTests.tests

@@ -13,9 +13,9 @@ public static class ExportCommand
 {
     public static int Run(ExportOptions o, TextWriter stdout)
     {
-        using var model = ModelSource.LoadMerged(o.Model, o.ModelConfig, o.Weights, o.Adapter);
+        using var model = ModelSource.LoadMerged(o.Model, o.ModelConfig, o.Weights, o.Adapters, plain: true);
         WriteOnnx(model, o.Model, o.Out);
-        stdout.WriteLine($"exported {o.Model}{(o.Adapter is null ? "" : $" with {o.Adapter} merged")}: wrote {o.Out}");
+        stdout.WriteLine($"exported {o.Model}{(o.Adapter is null ? "" : o.Adapters.Disabled ? " (adapters disabled)" : $" with {ModelSource.Describe(o.Adapters)} merged")}: wrote {o.Out}");
         return 0;
     }
 

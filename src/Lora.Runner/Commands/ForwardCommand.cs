@@ -14,7 +14,7 @@ public static class ForwardCommand
 {
     public static int Run(ForwardOptions o, TextWriter stdout)
     {
-        using var model = ModelSource.LoadMerged(o.Model, o.ModelConfig, o.Weights, o.Adapter);
+        using var model = ModelSource.LoadMerged(o.Model, o.ModelConfig, o.Weights, o.Adapters);
         var tensors = Safetensors.Load(o.Input);
         if (!tensors.TryGetValue("input", out var input))
             throw new InvalidDataException($"'{o.Input}' has no tensor named 'input' (it has {string.Join(", ", tensors.Keys.Take(5))})");

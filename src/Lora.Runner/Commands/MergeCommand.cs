@@ -6,8 +6,9 @@ using static TorchSharp.torch;
 
 namespace Lora.Runner;
 
-/// `lora merge --model NAME --weights base.safetensors --adapter DIR --out merged.safetensors`:
-/// loads timm weights (strict) and a PEFT adapter folder, merges the adapter into the weights and
+/// `lora merge --model NAME --weights base.safetensors --adapter DIR [--adapter DIR2 --weight 0.7
+/// --weight 0.3 --combination cat|linear|svd] --out merged.safetensors`: loads timm weights (strict)
+/// and PEFT adapter folders (several are combined first), merges the adapter into the weights and
 /// writes a plain timm checkpoint with exactly the base file's keys. The output is written in one
 /// atomic step at the end, so a failure leaves no file behind.
 public static class MergeCommand
@@ -18,14 +19,14 @@ public static class MergeCommand
         using var model = ModelSource.Create(o.Model, args);
         StateDict.Load(model, o.Weights, strict: true);
         var baseKeys = model.state_dict().Keys.ToList();
-        var tuned = AdapterCheckpoint.Load(model, ModelSource.AdapterFolder(o.Adapter));
+        var tuned = ModelSource.ApplyAdapters(model, o.Adapters)!;
         var layers = tuned.Layers.Count;
         var merged = tuned.MergeAndUnload();
         var keys = merged.state_dict().Keys.ToList();
         if (!keys.Order(StringComparer.Ordinal).SequenceEqual(baseKeys.Order(StringComparer.Ordinal)))
             throw new InvalidDataException($"merging left keys that are not the base model's ({string.Join(", ", keys.Except(baseKeys).Take(3))}); nothing was written");
         StateDict.Save(merged, o.Out, new Dictionary<string, string> { ["format"] = "pt" });
-        stdout.WriteLine($"merged {layers} tuned layer(s) of {o.Adapter} into {o.Weights}: wrote {o.Out} ({keys.Count} tensors)");
+        stdout.WriteLine($"merged {layers} tuned layer(s) of {ModelSource.Describe(o.Adapters)} into {o.Weights}: wrote {o.Out} ({keys.Count} tensors)");
         return 0;
     }
 }

@@ -29,13 +29,13 @@ public static class PredictCommand
         if (Lora.Core.Models.Zoo.Card(model).Task != Lora.Core.Models.ModelTask.Classification)
             return Bad(stderr, $"{o.Model} ({model.GetType().Name}) is not an image classifier; predict takes a classifier of the zoo (ViT, ConvNeXt, TinyViT)");
         StateDict.Load(model, o.Weights, strict: true);
-        if (o.Adapter is not null) AdapterCheckpoint.Load(model, ModelSource.AdapterFolder(o.Adapter)).MergeAndUnload();
+        var predictor = ModelSource.MergeAdapters(model, o.Adapters);
         var (size, channels) = ModelSource.InputShape(model, args);
         var images = o.Images.ToList();
         if (mean is not null && mean.Length != channels || std is not null && std.Length != channels)
             return Bad(stderr, $"--mean and --std need one value per channel ({channels}) of {o.Model}");
         using var x = Predictor.LoadImages(images, size, channels, mean, std);
-        var top = Predictor.TopK(model, x, o.TopK, labels);
+        var top = Predictor.TopK(predictor, x, o.TopK, labels);
         if (o.Json)
         {
             var array = new JsonArray(images.Select((img, i) => (JsonNode?)new JsonObject

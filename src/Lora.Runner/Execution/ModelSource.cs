@@ -93,6 +93,83 @@ static class ModelSource
         model.eval();
         return model;
     }
+
+    /// The name of the adapter a weighted combination of the command line's adapters gets.
+    public const string CombinedName = "combined";
+
+    /// The model in eval mode: --weights loaded strictly, then the command line's adapters (one, or
+    /// several combined) merged in (merge-and-unload); with --disable-adapter they stay in the model,
+    /// disabled (forward and predict run through the disabled layers), or are unloaded when
+    /// <paramref name="plain"/> (export needs plain layers).
+    public static nn.Module<Tensor, Tensor> LoadMerged(string name, string? modelConfig, string? weights, Lora.CommandLine.AdapterChoice adapters, bool plain = false)
+    {
+        var model = Create(name, Args(modelConfig));
+        if (weights is not null) StateDict.Load(model, weights, strict: true);
+        model = MergeAdapters(model, adapters, plain);
+        model.eval();
+        return model;
+    }
+
+    /// The model with the command line's adapters merged in (see <see cref="LoadMerged(string, string?, string?, Lora.CommandLine.AdapterChoice, bool)"/>).
+    public static nn.Module<Tensor, Tensor> MergeAdapters(nn.Module<Tensor, Tensor> model, Lora.CommandLine.AdapterChoice adapters, bool plain = false)
+    {
+        if (ApplyAdapters(model, adapters) is not { } tuned) return model;
+        if (adapters.Disabled) return plain ? (nn.Module<Tensor, Tensor>)tuned.Unload() : model;
+        return (nn.Module<Tensor, Tensor>)tuned.MergeAndUnload();
+    }
+
+    /// The command line's adapters applied to the model (its weights already loaded): none → null;
+    /// one with weight 1 → loaded as it is (any method); several, or a weight other than 1 → combined
+    /// (<see cref="Combine"/>); --disable-adapter → then disabled.
+    public static TunedModel? ApplyAdapters(nn.Module model, Lora.CommandLine.AdapterChoice adapters)
+    {
+        if (adapters.Paths.IsEmpty) return null;
+        var tuned = adapters.Combined ? Combine(model, adapters) : AdapterCheckpoint.Load(model, AdapterFolder(adapters.Paths.Head));
+        if (adapters.Disabled) tuned.DisableAdapters();
+        return tuned;
+    }
+
+    /// Loads each adapter under its folder's name and adds their weighted combination (PEFT's
+    /// add_weighted_adapter) as the active adapter <see cref="CombinedName"/>; its modules to save
+    /// (a trained head) are the first adapter's that has them. Adapters that train biases are
+    /// refused: each would write its own into the one base layer.
+    public static TunedModel Combine(nn.Module model, Lora.CommandLine.AdapterChoice adapters)
+    {
+        var folders = adapters.Paths.Select(AdapterFolder).ToList();
+        foreach (var f in folders)
+            if (AdapterCheckpoint.ReadConfig(f).Config.Bias != BiasMode.None)
+                throw new ArgumentException($"'{f}' trains biases (bias is not none): combined adapters would overwrite each other's biases in the base layers; merge it alone");
+        var names = AdapterNames(folders);
+        TunedModel tuned = null!;
+        for (int i = 0; i < folders.Count; i++) tuned = AdapterCheckpoint.Load(model, folders[i], names[i]);
+        var weights = adapters.Weights.IsEmpty ? names.Select(_ => 1.0).ToList() : adapters.Weights.ToList();
+        var combination = adapters.Combination switch { "linear" => Combination.Linear, "svd" => Combination.Svd, _ => Combination.Cat };
+        var heads = names.FirstOrDefault(n => tuned.Configs[n].ModulesToSave.Count > 0);
+        tuned.AddWeightedAdapter(names, weights, CombinedName, combination, adapters.SvdRank, adapters.SvdClamp, heads);
+        tuned.SetActiveAdapter(CombinedName);
+        return tuned;
+    }
+
+    /// An adapter name per folder: its folder name ('.' → '_'), made unique.
+    static List<string> AdapterNames(IEnumerable<string> folders)
+    {
+        var names = new List<string>();
+        foreach (var f in folders)
+        {
+            var stem = Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(f))).Replace('.', '_');
+            if (stem.Length == 0 || stem == CombinedName) stem = "adapter";
+            var name = stem;
+            for (int k = 2; names.Contains(name); k++) name = $"{stem}_{k}";
+            names.Add(name);
+        }
+        return names;
+    }
+
+    /// The adapters and weights as a short text: "a ×0.7 + b ×0.3 (svd)", or the one path.
+    public static string Describe(Lora.CommandLine.AdapterChoice adapters, bool weighted = false) =>
+        !adapters.Combined && !weighted ? string.Join(", ", adapters.Paths)
+        : string.Join(" + ", adapters.Paths.Select((p, i) => $"{p} ×{(adapters.Weights.IsEmpty ? 1.0 : adapters.Weights[i]).ToString(System.Globalization.CultureInfo.InvariantCulture)}"))
+          + $" ({adapters.Combination})";
 }
 
 /// The model named on the command line does not exist or cannot take the given arguments.
