@@ -110,6 +110,26 @@ let tests =
             use enabled = forward [ "--weights"; vitWeights; "--adapter"; x.B ] inp (d.File "o6.safetensors")
             Expect.isGreaterThan ((plain - enabled).abs().max().ToDouble()) 1e-5 "the adapter does change the output"
         }
+        test "predict: several adapters = the merged weights; disabled = the base; lora help combine" {
+            let x = adapters ()
+            use _ = x.Dir
+            let d = x.Dir
+            let px = Array.init (3 * 32 * 32) (fun i -> byte ((i * 13 + i / 1024 * 50) % 256))
+            Lora.Core.Data.Png.Write(d.File "img.png", System.ReadOnlySpan px, 3, 32, 32)
+            let predict (args: string list) =
+                let code, out, err = runLora ([ "predict"; "--model"; "vit"; "--model-config"; vitConfig; "--top-k"; "10"; "--json" ] @ args @ [ d.File "img.png" ])
+                Expect.equal (code, err) (0, "") $"predict {args}"
+                // the scores only: the image path is the same
+                out
+            merge [ x.A; x.B ] [ "--weight"; "0.7"; "--weight"; "0.3" ] (d.File "mab.safetensors") |> ignore
+            let viaMerge = predict [ "--weights"; d.File "mab.safetensors" ]
+            let viaAdapters = predict [ "--weights"; vitWeights; "--adapter"; x.A; "--adapter"; x.B; "--weight"; "0.7"; "--weight"; "0.3" ]
+            Expect.equal viaAdapters viaMerge "same predictions (scores to 6 digits)"
+            Expect.equal (predict [ "--weights"; vitWeights; "--adapter"; x.B; "--disable-adapter" ]) (predict [ "--weights"; vitWeights ]) "disabled = base"
+            let help = Lora.CommandLine.CommandLine.Parse [| "help"; "combine" |]
+            Expect.equal help.ExitCode 0 "help combine"
+            Expect.stringContains help.Message "--svd-rank" "combine's options"
+        }
         test "combine: a PEFT adapter folder that merges as the combination does; the trained head comes along" {
             let x = adapters ()
             use _ = x.Dir
