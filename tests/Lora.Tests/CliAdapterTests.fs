@@ -130,6 +130,20 @@ let tests =
             Expect.equal help.ExitCode 0 "help combine"
             Expect.stringContains help.Message "--svd-rank" "combine's options"
         }
+        test "export: several adapters = the merged weights' ONNX file, byte for byte; disabled = the base's" {
+            let x = adapters ()
+            use _ = x.Dir
+            let d = x.Dir
+            let export (args: string list) (out: string) =
+                let code, _, err = runLora ([ "export"; "--model"; "vit"; "--model-config"; vitConfig; "--out"; d.File out ] @ args)
+                Expect.equal (code, err) (0, "") $"export {args}"
+                File.ReadAllBytes(d.File out)
+            merge [ x.A; x.B ] [ "--weight"; "0.7"; "--weight"; "0.3"; "--combination"; "svd" ] (d.File "mab.safetensors") |> ignore
+            Expect.equal (export [ "--weights"; vitWeights; "--adapter"; x.A; "--adapter"; x.B; "--weight"; "0.7"; "--weight"; "0.3"; "--combination"; "svd" ] "e1.onnx")
+                         (export [ "--weights"; d.File "mab.safetensors" ] "e2.onnx") "combined = merged"
+            Expect.equal (export [ "--weights"; vitWeights; "--adapter"; x.A; "--adapter"; x.H; "--disable-adapter" ] "e3.onnx")
+                         (export [ "--weights"; vitWeights ] "e4.onnx") "disabled = base"
+        }
         test "combine: a PEFT adapter folder that merges as the combination does; the trained head comes along" {
             let x = adapters ()
             use _ = x.Dir
