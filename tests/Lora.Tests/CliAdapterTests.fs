@@ -178,7 +178,7 @@ let tests =
                 Expect.stringContains err expected $"{extra}: says why"
             for extra, expected in
                 [ [ "--adapter"; x.A; "--adapter"; x.B; "--combination"; "linear" ], "needs the same rank"
-                  [ "--adapter"; x.A; "--adapter"; x.Dora ], "DoRA adapters cannot be combined"
+                  [ "--adapter"; x.A; "--adapter"; x.Dora ], $"'{x.Dora}' is a DoRA adapter: its magnitude vector has no weighted combination"
                   [ "--adapter"; x.A; "--weight"; "-1" ], "must not be negative" ] do
                 let code, _, err = run extra
                 Expect.equal code 1 $"{extra}: exit 1"

@@ -154,6 +154,25 @@ let private behaviour =
             let trainable = m.named_parameters() |> Seq.filter (fun struct (_, p) -> p.requires_grad) |> Seq.map (fun struct (n, _) -> n) |> List.ofSeq
             Expect.all trainable (fun n -> n.Contains ".mix") "only the combined adapter trains"
         }
+        test "AdaptersDisabledScope: the base output inside, the adapter's after (PEFT's disable_adapter context)" {
+            let m, t, _ = twoAdapters 3 996 1 2 4 4 false
+            use _ = m
+            m.eval ()
+            use x = torch.randn([| 2L; 5L |], dtype = torch.float64, generator = new torch.Generator(5UL))
+            use y = m.forward x
+            using (t.AdaptersDisabledScope()) (fun _ ->
+                t.DisableAdapters()   // nested disabling inside the scope is undone by it too
+                use yb = m.forward x
+                t.EnableAdapters()
+                t.DisableAdapters()
+                Expect.isGreaterThan (rel y yb) 1e-6 "disabled: another output")
+            Expect.isFalse t.AdaptersDisabled "enabled again"
+            use y2 = m.forward x
+            Expect.equal (rel y2 y) 0.0 "the adapter's output again"
+            t.DisableAdapters()
+            using (t.AdaptersDisabledScope()) ignore
+            Expect.isTrue t.AdaptersDisabled "disabled before: disabled after"
+        }
         test "refused with a clear message" {
             let m, t, _ = twoAdapters 7 996 1 2 4 4 false   // fc 5→5, conv 3→4 3×3: ranks 2 and 3
             use _ = m

@@ -107,6 +107,21 @@ public sealed class TunedModel
 
     public void EnableAdapters() { disabled = false; ApplyState(); }
 
+    /// PEFT's `with model.disable_adapter():` — the base model alone until the scope is disposed,
+    /// then the adapters as they were (still disabled if they were before).
+    public IDisposable AdaptersDisabledScope()
+    {
+        var was = disabled;
+        DisableAdapters();
+        return new Restore(() => { disabled = was; ApplyState(); });
+    }
+
+    sealed class Restore(Action undo) : IDisposable
+    {
+        bool done;
+        public void Dispose() { if (!done) { done = true; undo(); } }
+    }
+
     public void DeleteAdapter(string name)
     {
         if (!configs.ContainsKey(name)) throw new ArgumentException($"no adapter named '{name}'");

@@ -145,7 +145,14 @@ static class ModelSource
         var weights = adapters.Weights.IsEmpty ? names.Select(_ => 1.0).ToList() : adapters.Weights.ToList();
         var combination = adapters.Combination switch { "linear" => Combination.Linear, "svd" => Combination.Svd, _ => Combination.Cat };
         var heads = names.FirstOrDefault(n => tuned.Configs[n].ModulesToSave.Count > 0);
-        tuned.AddWeightedAdapter(names, weights, CombinedName, combination, adapters.SvdRank, adapters.SvdClamp, heads);
+        try { tuned.AddWeightedAdapter(names, weights, CombinedName, combination, adapters.SvdRank, adapters.SvdClamp, heads); }
+        catch (ArgumentException e)
+        {
+            // the user named folders, not adapters: say which folder
+            var message = e.Message;
+            for (int i = 0; i < names.Count; i++) message = message.Replace($"'{names[i]}'", $"'{adapters.Paths[i]}'");
+            throw new ArgumentException(message, e);
+        }
         tuned.SetActiveAdapter(CombinedName);
         return tuned;
     }
