@@ -247,7 +247,7 @@ let writeResult (results: string) (hash: string) (experiment: string) (name: str
     let q (x: string) = Text.Json.JsonSerializer.Serialize x
     let metricsJson = metrics |> List.map (fun (k, v) -> sprintf "%s: %s" (q k) (v.ToString("R", Globalization.CultureInfo.InvariantCulture))) |> String.concat ", "
     let text =
-        sprintf """{"hash": %s, "labels": {"kind": "tuning", "experiment": %s, "name": %s, "method": %s, "rank": %d, "model": %s, "zoo": %s, "dataset": %s, "task": %s, "seed": 0},
+        sprintf """{"hash": %s, "id": "e/n", "labels": {"kind": "tuning", "experiment": %s, "name": %s, "method": %s, "rank": %d, "model": %s, "zoo": %s, "dataset": %s, "task": %s, "seed": 0},
  "metrics": {%s}, "params": {"total": 1000, "trainable": %d}, "timings": {"train_seconds": 1.25}, "peak_memory_bytes": %s, "curve": []}"""
             (q hash) (q experiment) (q name) (q methodName) rank (q model) (q zoo) (q dataset) (q task) metricsJson (10 * (rank + 1))
             (match peak with Some p -> string p | None -> "null")

@@ -132,7 +132,7 @@ public static class Commands
         var rows = plan.Runs.Select(r => new[]
         {
             r.Hash, r.Id, r.Run.DependsOn ?? "-",
-            r.Status == RunStatus.Failed ? $"failed (log: {store.LogPath(r.Hash)})"
+            r.Status == RunState.Failed ? $"failed (log: {store.LogPath(r.Hash)})"
             : slurmFailed.TryGetValue(r.Hash, out var slurmLog) ? $"failed in Slurm (log: {slurmLog})"
             : r.Status.ToString().ToLowerInvariant(),
         }).ToList();
@@ -141,7 +141,7 @@ public static class Commands
         string Line(string[] cells) => string.Join("  ", cells.Select((c, i) => i == cells.Length - 1 ? c : c.PadRight(widths[i]))).TrimEnd();
         stdout.WriteLine(Line(header));
         foreach (var r in rows) stdout.WriteLine(Line(r));
-        var done = plan.Runs.Count(r => r.Status == RunStatus.Done);
+        var done = plan.Runs.Count(r => r.Status == RunState.Done);
         stdout.WriteLine($"{plan.Runs.Count} runs in {plan.Levels.Count} level(s): {done} done, {plan.Runs.Count - done} to run");
         return 0;
     }

@@ -24,27 +24,22 @@ public static class Tables
 
     // Every name read back is printable (a results folder may come from anyone's clone); the
     // experiment's is also one file name, since tables and curves are named after it.
-    static string? Raw(JsonNode? n) => n is JsonValue v && v.TryGetValue<string>(out var s) ? s : null;
-    static string? Str(JsonNode? n) => Raw(n) is { } s ? SafeName.Printable(s) : null;
-    static double? Num(JsonNode? n) => n is JsonValue v && v.TryGetValue<double>(out var d) ? d : null;
-    static long? Long(JsonNode? n) => Num(n) is { } d ? (long)d : null;
+    static string P(string s) => SafeName.Printable(s);
+    static string? Str(JsonNode? n) => n is JsonValue v && v.TryGetValue<string>(out var s) ? SafeName.Printable(s) : null;
 
-    public static Row ToRow(JsonObject o)
+    public static Row ToRow(RunRecord o)
     {
-        var l = o["labels"] as JsonObject ?? new JsonObject();
-        var m = o["metrics"] as JsonObject ?? new JsonObject();
-        var curve = (o["curve"] as JsonArray ?? [])
-            .OfType<JsonObject>()
-            .Select(p => (X: Num(p["step"]) is { } s && s > 0 ? s : Num(p["epoch"]) ?? 0, Loss: Num(p["train_loss"]) ?? double.NaN, Metric: Num(p["val_metric"])))
+        var l = o.Labels;
+        double? M(string name) => o.Metrics.TryGetValue(name, out var v) ? v : null;
+        var curve = o.Curve
+            .Select(p => (X: p.Step > 0 ? (double)p.Step : p.Epoch, Loss: p.TrainLoss, Metric: p.ValMetric))
             .ToList();
-        var opts = o["config"]?["model"]?["options"] as JsonObject;
+        var opts = o.Config?["model"]?["options"] as JsonObject;
         var backbone = Str(opts?["backbone"]) ?? Str(opts?["encoder"]);
         return new Row(
-            Str(o["hash"]) ?? "", Str(l["kind"]) ?? "tuning", SafeName.ForFile(Raw(l["experiment"]) ?? ""), Str(l["name"]) ?? "",
-            Str(l["method"]) ?? "", (int)(Num(l["rank"]) ?? 0), Str(l["model"]) ?? "", Str(l["zoo"]) ?? "",
-            Str(l["dataset"]) ?? "", Str(l["task"]) ?? "classification", (int)(Num(l["seed"]) ?? 0),
-            Num(m["accuracy"]), Num(m["dice"]), Num(m["miou"]), Long(o["params"]?["total"]), Long(o["params"]?["trainable"]),
-            Num(o["timings"]?["train_seconds"]), Long(o["peak_memory_bytes"]), curve, backbone);
+            P(o.Hash), P(l.Kind), SafeName.ForFile(l.Experiment), P(l.Name), P(l.Method), l.Rank, P(l.Model), P(l.Zoo),
+            P(l.Dataset), P(l.Task), l.Seed, M("accuracy"), M("dice"), M("miou"), o.Params.Total, o.Params.Trainable,
+            o.Timings.TrainSeconds, o.PeakMemoryBytes, curve, backbone);
     }
 
     static int MethodIndex(string m) { var i = Array.IndexOf(MethodOrder, m); return i < 0 ? MethodOrder.Length : i; }
