@@ -135,7 +135,7 @@ let experiment (name: string) =
         let! datasets = Gen.listOfLength nData (dataset task)
         let! seeds = Gen.subListOf [ 0; 1; 7 ] |> Gen.filter (List.isEmpty >> not)
         let! t = training
-        return { Name = name; Models = models; Datasets = datasets; Task = task; Methods = methods; Ranks = ranks; Seeds = seeds; Training = t }
+        return { Name = name; Models = models; Datasets = datasets; Task = task; Methods = methods; Ranks = ranks; Seeds = seeds; Training = t; Tables = [] }
     }
     // two identical models or datasets would give two runs one name: validation rejects that
     |> Gen.filter (fun e -> List.distinct (List.map Grid.modelLabel e.Models) = List.map Grid.modelLabel e.Models

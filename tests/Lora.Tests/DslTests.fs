@@ -469,7 +469,7 @@ let cliTests =
             let o = CommandLine.Parse [| "run"; "s.yaml" |]
             Expect.equal o.Command.Command (Command.Run { Specs = [ "s.yaml" ]; Results = "results"; Device = null; Only = null; ShardIndex = 0; ShardCount = 1; Force = false; Tables = null }) "defaults"
             let t = CommandLine.Parse [| "tables" |]
-            Expect.equal t.Command.Command (Command.Tables { Results = "results"; Out = "paper-tables" }) "tables defaults"
+            Expect.equal t.Command.Command (Command.Tables { Results = "results"; Out = "paper-tables"; Specs = [] }) "tables defaults"
         }
         test "errors exit 2 with usage" {
             for args in [ [| "run" |]; [| "run"; "s.yaml"; "--shard"; "4/4" |]; [| "run"; "s.yaml"; "--device"; "tpu" |]; [| "fly" |]; [| "plan"; "s.yaml"; "--bogus" |] ] do

@@ -5,6 +5,7 @@ open System
 open System.IO
 open Expecto
 open Lora.Runner
+open Lora.Dsl
 open Lora.Tests.Generators
 
 let private committed () =
@@ -68,4 +69,123 @@ let levelTests =
         }
     ]
 
-let tests = testList "Results" [ recordTests; levelTests ]
+/// A synthetic record (no training): one seed of one variant.
+let writeSeed (results: string) (experiment: string) (variant: string) (methodName: string) (rank: int) (seed: int) (metrics: (string * float) list) =
+    let q (x: string) = Text.Json.JsonSerializer.Serialize x
+    let num (v: float) = v.ToString("R", Globalization.CultureInfo.InvariantCulture)
+    let hash = sprintf "%s-%s-%d" experiment variant seed
+    let name = sprintf "%s-s%d" variant seed
+    let m = metrics |> List.map (fun (k, v) -> sprintf "%s: %s" (q k) (num v)) |> String.concat ", "
+    let text =
+        sprintf """{"hash": %s, "id": %s, "labels": {"kind": "tuning", "experiment": %s, "name": %s, "method": %s, "rank": %d, "model": "vit", "zoo": "vit", "dataset": "fmnist", "task": "classification", "seed": %d},
+ "metrics": {%s}, "params": {"total": 1000, "trainable": %d}, "timings": {"train_seconds": 2.0}, "peak_memory_bytes": 1048576,
+ "curve": [{"epoch": 0, "step": 0, "train_loss": 2.0}, {"epoch": 1, "step": 10, "train_loss": 1.0, "val_metric": %s}]}"""
+            (q hash) (q (experiment + "/" + name)) (q experiment) (q name) (q methodName) rank seed m (10 * (rank + 1))
+            (num (metrics |> List.tryFind (fun (k, _) -> k = "accuracy") |> Option.map snd |> Option.defaultValue 0.5))
+    Directory.CreateDirectory(Path.Combine(results, hash)) |> ignore
+    File.WriteAllText(Path.Combine(results, hash, "metrics.json"), text)
+
+/// lora-r4 beats full by 10 points on every seed; dora-r4 has only two seeds.
+let private threeSeeds (results: string) =
+    for s, acc in [ 0, 0.5; 1, 0.6; 2, 0.7 ] do
+        writeSeed results "e" "full" "full" 0 s [ "accuracy", acc ]
+        writeSeed results "e" "lora-r4" "lora" 4 s [ "accuracy", acc + 0.1 ]
+    for s, acc in [ 0, 0.55; 1, 0.65 ] do writeSeed results "e" "dora-r4" "dora" 4 s [ "accuracy", acc ]
+
+let private tableLines (dir: TempDir) name =
+    File.ReadAllLines(Path.Combine(dir.File "t", name)) |> Array.filter (fun l -> l.StartsWith "| ")
+
+let private specWithTables (dir: TempDir) (tables: string) =
+    let spec = dir.File "s.yaml"
+    File.WriteAllText(spec, "experiments:\n  - name: e\n    model: vit\n    dataset: { source: fashion_mnist }\n    methods: [full, lora]\n    ranks: [4]\n" + tables)
+    spec
+
+let aggregateTests =
+    testList "seeds aggregate" [
+        test "a cell over several seeds shows mean ± std and n; the best mean of a column is bold; per-seed values stay" {
+            use dir = new TempDir()
+            let results = dir.File "results"
+            threeSeeds results
+            Tables.Generate(ResultsStore(results), dir.File "t") |> ignore
+            let lines = tableLines dir "e.md"
+            Expect.equal lines.[0] "| method | rank | trainable params | accuracy | train time | peak memory |" "default header"
+            Expect.equal lines.[2] "| full | — | 10 | 60.00 ± 10.00% (n=3) | 2.0 ± 0.0 s (n=3) | 1.0 ± 0.0 MiB (n=3) |" "full: one row for three seeds"
+            Expect.equal lines.[3] "| lora | 4 | 50 | **70.00 ± 10.00% (n=3)** | 2.0 ± 0.0 s (n=3) | 1.0 ± 0.0 MiB (n=3) |" "lora: the best accuracy, bold; equal times and memory: none is best"
+            Expect.equal lines.[4] "| dora | 4 | 50 | 60.00 ± 7.07% (n=2) | 2.0 ± 0.0 s (n=2) | 1.0 ± 0.0 MiB (n=2) |" "dora: two seeds"
+            Expect.equal lines.Length 5 "header, separator, three rows"
+            Expect.equal (ResultsStore(results).LoadAll().Count) 8 "every seed's record stays"
+        }
+        test "one seed: no ±, no n, no bold (today's layout)" {
+            use dir = new TempDir()
+            let results = dir.File "results"
+            writeSeed results "e" "full" "full" 0 0 [ "accuracy", 0.5 ]
+            writeSeed results "e" "lora-r4" "lora" 4 0 [ "accuracy", 0.6 ]
+            Tables.Generate(ResultsStore(results), dir.File "t") |> ignore
+            Expect.equal (tableLines dir "e.md").[3] "| lora | 4 | 50 | 60.00% | 2.0 s | 1.0 MiB |" "plain"
+        }
+        test "a baseline adds the per-seed paired difference (mean ± std of the differences, not of the means)" {
+            use dir = new TempDir()
+            let results = dir.File "results"
+            threeSeeds results
+            let spec = specWithTables dir "    tables:\n      - name: main\n        rows: [mode]\n        cells: [accuracy]\n        baseline: full\n"
+            let code, _, err = runLora [ "tables"; "--results"; results; "--out"; dir.File "t"; "--spec"; spec ]
+            Expect.equal code 0 err
+            let lines = tableLines dir "e.md"
+            Expect.equal lines.[0] "| mode | accuracy | Δ accuracy vs full |" "header"
+            Expect.equal lines.[2] "| Full | 60.00 ± 10.00% (n=3) | — |" "the baseline has no difference"
+            Expect.equal lines.[3] "| LoRA r4 | **70.00 ± 10.00% (n=3)** | +10.00 ± 0.00 pp (n=3) |" "paired: the same 10 points on every seed"
+            Expect.equal lines.[4] "| DoRA r4 | 60.00 ± 7.07% (n=2) | +5.00 ± 0.00 pp (n=2) |" "paired over the seeds both have"
+        }
+    ]
+
+let declaredTests =
+    testList "declared tables" [
+        test "rows × columns with filters, an aggregate, a format and headers (the ModelScope layout)" {
+            use dir = new TempDir()
+            let results = dir.File "results"
+            threeSeeds results
+            let spec =
+                specWithTables dir
+                    ("    tables:\n      - name: grid\n        caption: Accuracy, mean over seeds\n        rows: [{ method: Method }]\n        columns: [rank]\n"
+                     + "        cells: [{ metric: accuracy, aggregate: mean, format: F3 }]\n        filters: { method: [lora, full] }\n")
+            let code, _, err = runLora [ "tables"; "--results"; results; "--out"; dir.File "t"; "--spec"; spec ]
+            Expect.equal code 0 err
+            let text = File.ReadAllText(Path.Combine(dir.File "t", "e.md"))
+            Expect.stringContains text "Accuracy, mean over seeds\n\n| Method | — | 4 |\n| --- | ---: | ---: |\n" "caption and header"
+            Expect.stringContains text "| full | 0.600 | — |\n| lora | — | 0.700 |\n| Average | — | — |\n" "cells (a column with one value has no best)"
+        }
+        test "the F# builder gives the same declaration as YAML" {
+            use dir = new TempDir()
+            let spec =
+                specWithTables dir
+                    "    tables:\n      - name: seg\n        rows: [{ model: Baseline }, backbone, mode]\n        cells: [dice, { metric: miou, header: mIoU }]\n        order: [model, mode]\n        baseline: lora\n"
+            let yaml = (Spec.load spec |> function Ok es -> es | Error e -> failwithf "%A" e).Head.Tables
+            let fs =
+                [ table "seg" [ Table.rows [ "model"; "backbone"; "mode" ]; Table.headers [ "model", "Baseline" ]
+                                Table.cellsOf [ TableCell.Of "dice"; { TableCell.Of "miou" with Header = Some "mIoU" } ]
+                                Table.orderBy [ "model"; "mode" ]; Table.baseline "lora" ] ]
+            Expect.equal yaml fs "same records"
+        }
+        test "an unknown metric, axis, format or aggregate is an error at its line and column" {
+            use dir = new TempDir()
+            let spec =
+                specWithTables dir
+                    "    tables:\n      - name: bad\n        rows: [methd]\n        cells: [acuracy, { metric: dice, format: pct, aggregate: median }]\n"
+            let code, _, err = runLora [ "validate"; spec ]
+            Expect.equal code 2 err
+            Expect.stringContains err "s.yaml:9:16: experiments[0].tables[0].rows[0]: unknown axis 'methd' (did you mean method?)" "axis"
+            Expect.stringContains err "s.yaml:10:17: experiments[0].tables[0].cells[0].metric: unknown metric 'acuracy' (did you mean accuracy?)" "metric"
+            Expect.stringContains err "unknown format 'pct'" "format"
+            Expect.stringContains err "unknown value 'median'" "aggregate"
+        }
+        test "tables are not part of a run's hash" {
+            use dir = new TempDir()
+            let plain = specWithTables dir ""
+            let hashes spec = (Spec.load spec |> function Ok es -> es | Error e -> failwithf "%A" e) |> Spec.runs |> List.map (fun r -> ResolvedRun(r).Hash)
+            let before = hashes plain
+            let withTable = specWithTables dir "    tables:\n      - name: t\n        rows: [mode]\n        cells: [accuracy]\n"
+            Expect.equal (hashes withTable) before "same hashes"
+        }
+    ]
+
+let tests = testList "Results" [ recordTests; levelTests; aggregateTests; declaredTests ]
