@@ -23,14 +23,22 @@ public static class Curves
     public static IEnumerable<string> WriteExperiment(string lossPath, string metricPath, string experiment, string metricName, IReadOnlyList<RunRecord> runs)
     {
         // AdaLoRA optimises its task loss plus an orthogonal regulariser: the chart compares task losses
-        var loss = SeriesOf(runs, p => p.TaskLoss ?? p.TrainLoss);
-        var metric = SeriesOf(runs, p => p.ValMetric);
+        var loss = SeriesOf(runs, p => p.TaskLoss ?? p.TrainLoss, LossPoints);
+        var metric = SeriesOf(runs, p => p.ValMetric, r => r.Curve);
         yield return Write(lossPath, $"{experiment}: training loss", "train loss (task loss)", loss);
         yield return Write(metricPath, $"{experiment}: validation {metricName}", metricName, metric);
     }
 
     /// <summary>One series per variant, in table order; a point is the mean (and std) over the seeds that have it.</summary>
-    public static IReadOnlyList<Series> SeriesOf(IReadOnlyList<RunRecord> runs, Func<CurvePoint, double?> y)
+    /// The training-loss points of a run: its every-N-steps points and step 0 when it has them (newer
+    /// records), else its epoch ends (an epoch's mean would zig-zag against the windows' means).
+    public static IEnumerable<CurvePoint> LossPoints(RunRecord r)
+    {
+        static bool Window(CurvePoint p) => p.Step > 0 && p.ValLoss is null && p.ValMetric is null;
+        return r.Curve.Any(Window) ? r.Curve.Where(p => p.Step == 0 || Window(p)) : r.Curve;
+    }
+
+    public static IReadOnlyList<Series> SeriesOf(IReadOnlyList<RunRecord> runs, Func<CurvePoint, double?> y, Func<RunRecord, IEnumerable<CurvePoint>> points)
     {
         var variants = runs.Where(r => r.Curve.Count > 0)
             .GroupBy(TableAxes.Variant, StringComparer.Ordinal)
@@ -44,13 +52,13 @@ public static class Curves
             var method = v.First().Labels.Method;
             var k = style.GetValueOrDefault(method);
             style[method] = k + 1;
-            var points = v.SelectMany(r => r.Curve.Select(p => (X: (double)p.Step, Y: y(p))))
+            var series = v.SelectMany(r => points(r).Select(p => (X: (double)p.Step, Y: y(p))))
                 .Where(p => p.Y is { } value && double.IsFinite(value))
                 .GroupBy(p => p.X).OrderBy(g => g.Key)
                 .Select(g => CellStats.Of(g.Select(p => p.Y!.Value).ToList()) is { } s ? (g.Key, s.Mean, s.Std) : (g.Key, double.NaN, 0))
                 .ToList();
             var seeds = v.Select(r => r.Labels.Seed).Distinct().Count();
-            list.Add(new Series(seeds > 1 ? $"{v.Key} (n={seeds})" : v.Key, method, k, points));
+            list.Add(new Series(seeds > 1 ? $"{v.Key} (n={seeds})" : v.Key, method, k, series));
         }
         return list;
     }
