@@ -188,4 +188,39 @@ let declaredTests =
         }
     ]
 
-let tests = testList "Results" [ recordTests; levelTests; aggregateTests; declaredTests ]
+let curveTests =
+    testList "curves" [
+        test "a run's curve: step 0, a point per window of steps, each epoch's end; the task loss apart from the regulariser" {
+            let losses = [| for s in 1L .. 48L -> Lora.Core.Training.StepLoss(s, (if s <= 24L then 1 else 2), 2.0 / float s, 1e-3, Nullable(1.5 / float s)) |]
+            let v e = Lora.Core.Training.EvalMetrics(10, 1.0 / float e, Nullable(0.5 + 0.1 * float e))
+            let epochs = [| Lora.Core.Training.EpochMetrics(1, 24L, 0.9, v 1); Lora.Core.Training.EpochMetrics(2, 48L, 0.5, v 2) |]
+            let r =
+                Lora.Core.Training.TrainResult(v 1, losses, epochs, 48L, TimeSpan.FromSeconds 1.0, 1.0, 1.0, "VmHWM",
+                                               Lora.Core.Training.Precision.Float32, "cpu", 10L, Nullable(), InitialValidation = v 0)
+            let curve = TrainingExecutor.CurveOf r |> List.ofSeq
+            let first = curve.Head
+            Expect.equal (first.Step, first.TrainLoss, first.ValMetric) (0L, 2.0, Nullable 0.5) "step 0: the first batch's loss at the initial weights, the validation before training"
+            let windows = curve |> List.filter (fun p -> p.Step > 0L && not p.ValMetric.HasValue)
+            Expect.equal (windows |> List.map (fun p -> p.Step)) [ 2L .. 2L .. 48L ] "24 windows of 2 steps"
+            Expect.floatClose Accuracy.high windows.Head.TrainLoss ((2.0 + 1.0) / 2.0) "the window's mean loss"
+            Expect.floatClose Accuracy.high windows.Head.TaskLoss.Value ((1.5 + 0.75) / 2.0) "its task loss"
+            Expect.floatClose Accuracy.high windows.Head.Regularizer.Value (1.5 - 1.125) "the regulariser is the difference"
+            Expect.equal (curve |> List.filter (fun p -> p.Step > 0L && p.ValMetric.HasValue) |> List.map (fun p -> p.Epoch, p.TrainLoss)) [ 1, 0.9; 2, 0.5 ] "epoch ends"
+            Expect.equal (curve |> List.map (fun p -> p.Step)) (curve |> List.map (fun p -> p.Step) |> List.sort) "ordered by step"
+        }
+        test "a series is the mean over seeds at each step, with its std; the loss chart takes the windows of newer records" {
+            use dir = new TempDir()
+            let results = dir.File "results"
+            threeSeeds results
+            let runs = ResultsStore(results).LoadAll() |> Seq.filter (fun r -> r.Labels.Method = "lora") |> List.ofSeq
+            let series = Curves.SeriesOf(ResizeArray runs, (fun p -> Option.toNullable (if p.ValMetric.HasValue then Some p.ValMetric.Value else None)), (fun r -> r.Curve :> seq<_>))
+            Expect.equal series.Count 1 "one line for the variant"
+            Expect.equal series.[0].Label "lora-r4 (n=3)" "labelled with n"
+            let struct (x, mean, std) = series.[0].Points |> Seq.exactlyOne
+            Expect.equal x 10.0 "the epoch's step"
+            Expect.floatClose Accuracy.high mean 0.7 "mean"
+            Expect.floatClose Accuracy.high std 0.1 "std"
+        }
+    ]
+
+let tests = testList "Results" [ recordTests; levelTests; aggregateTests; declaredTests; curveTests ]
