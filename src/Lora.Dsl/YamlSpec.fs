@@ -661,6 +661,30 @@ module YamlSpec =
             line ("    scale: " + f a.Scale)
             line ("    modules_to_save: " + flowStrs a.ModulesToSave)
 
+    let private writeTables (sb: StringBuilder) (ts: TableDecl list) =
+        let axis (a: TableAxis) = match a.Header with Some h -> sprintf "{ %s: %s }" (q a.Axis) (q h) | None -> q a.Axis
+        let axes (xs: TableAxis list) = "[" + String.concat ", " (List.map axis xs) + "]"
+        let aggregate a = TableVocabulary.aggregates |> List.find (fun (_, x) -> x = a) |> fst
+        let cell (c: TableCell) =
+            [ yield "metric: " + q c.Metric
+              yield "aggregate: " + aggregate c.Aggregate
+              match c.Format with Some x -> yield "format: " + q x | None -> ()
+              match c.Header with Some x -> yield "header: " + q x | None -> () ]
+            |> String.concat ", " |> sprintf "{ %s }"
+        if not ts.IsEmpty then
+            sb.AppendLine "    tables:" |> ignore
+            for t in ts do
+                sb.AppendLine("      - name: " + q t.Name) |> ignore
+                let line (s: string) = sb.AppendLine("        " + s) |> ignore
+                t.Caption |> Option.iter (fun c -> line ("caption: " + q c))
+                line ("rows: " + axes t.Rows)
+                line ("columns: " + axes t.Columns)
+                line ("cells: [" + String.concat ", " (List.map cell t.Cells) + "]")
+                if not t.Filters.IsEmpty then
+                    line ("filters: { " + String.concat ", " [ for k, vs in t.Filters -> q k + ": " + flowStrs vs ] + " }")
+                line ("order: " + flowStrs t.Order)
+                t.Baseline |> Option.iter (fun b -> line ("baseline: " + q b))
+
     /// YAML text for experiments, every field explicit (pretrain steps inline); `parse` reads it back
     /// into equal records.
     let write (experiments: Experiment list) =
@@ -694,4 +718,5 @@ module YamlSpec =
             line ("ranks: " + flowInts e.Ranks)
             line ("seeds: " + flowInts e.Seeds)
             writeTraining sb "    " e.Training
+            writeTables sb e.Tables
         sb.ToString()

@@ -27,6 +27,7 @@ let rebuild (e: Experiment) =
         device e.Training.Device
         precision e.Training.Precision
         imageSize e.Training.ImageSize.Value
+        tables e.Tables
     }
 
 let parseOk (text: string) =
@@ -426,7 +427,7 @@ let specTests =
             Expect.equal fsx yaml "same records"
             Expect.equal (hashes fsx) (hashes yaml) "same hashes"
             let runs = Spec.runs yaml
-            Expect.equal runs.Length 11 "pretrain + full + head + 4 methods × 2 ranks"
+            Expect.equal runs.Length 31 "pretrain + 3 seeds × (full + head + 4 methods × 2 ranks)"
             Expect.equal (runs |> List.map (fun r -> r.Method.Name) |> List.distinct) [ "full"; "head"; "lora"; "dora"; "adalora"; "adapter" ] "all methods"
             // an F# spec with an error reports where it is
             use dir = new TempDir()

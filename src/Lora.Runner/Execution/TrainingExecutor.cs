@@ -81,11 +81,8 @@ public sealed class TrainingExecutor : IRunExecutor
     {
         if (baseline is not long b || r.PeakMemoryBytes is not long peak || r.Extra.GetValueOrDefault("peak_memory_source") != MemorySources.Process)
             return r;
-        var extra = new Dictionary<string, string>(r.Extra)
-        {
-            ["peak_memory_source"] = MemorySources.AboveBaseline,
-            ["peak_memory_baseline_bytes"] = b.ToString(CultureInfo.InvariantCulture),
-        };
+        // the baseline itself is not kept: it differs between two runs of one configuration
+        var extra = new Dictionary<string, string>(r.Extra) { ["peak_memory_source"] = MemorySources.AboveBaseline };
         return new RunResult
         {
             Metrics = r.Metrics, Curve = r.Curve, TotalParams = r.TotalParams, TrainableParams = r.TrainableParams,
