@@ -65,6 +65,12 @@ let experiments =
           lr 1e-3
           device Cuda
           precision Bf16
+          // Medical-SAM-Adapter: Baseline | Backbone | mode | DICE | mIoU | Memory, and LoRA's gain over the Adapter
+          tables [ table "medical-sam-adapter" [
+                       Table.rows [ "model"; "backbone"; "mode" ]; Table.headers [ "model", "Baseline"; "backbone", "Backbone" ]
+                       Table.cellsOf [ { TableCell.Of "dice" with Header = Some "DICE" }; { TableCell.Of "miou" with Header = Some "mIoU" }
+                                       { TableCell.Of "memory" with Header = Some "Memory" } ]
+                       Table.orderBy [ "model"; "mode" ]; Table.baseline "adapter" ] ]
       }
       experiment {
           name "seed-classification"
@@ -81,4 +87,15 @@ let experiments =
           imageSize 224
           device Cuda
           precision Bf16
+          tables [
+              // ModelScope: accuracy per data set view (rows) × backbone (columns), one table per mode
+              for m in [ "full"; "head"; "lora" ] ->
+                  table ("modelscope-" + m) [
+                      Table.caption $"Accuracy of {m} per data set and backbone (mean ± std over seeds)"
+                      Table.rows [ "dataset" ]; Table.columns [ "model" ]; Table.cells [ "accuracy" ]; Table.filter "method" [ m ] ]
+              // tfimm: the parameter summary of every model × method
+              table "tfimm-parameters" [
+                  Table.rows [ "model"; "method"; "rank" ]
+                  Table.cellsOf [ TableCell.Of "total"; TableCell.Of "trainable"; { TableCell.Of "frozen" with Header = Some "non-trainable" } ]
+                  Table.orderBy [ "model"; "method"; "rank" ] ] ]
       } ]

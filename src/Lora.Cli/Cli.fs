@@ -43,11 +43,13 @@ module Cli =
     type TablesArgs =
         | Results of dir: string
         | Out of dir: string
+        | Spec of spec: string
         interface IArgParserTemplate with
             member a.Usage =
                 match a with
                 | Results _ -> "the results folder (default: results)"
                 | Out _ -> "where the tables and plots go (default: paper-tables)"
+                | Spec _ -> "a spec whose experiments' declared tables (tables:) replace their default layout; repeatable"
 
     type SummaryArgs =
         | [<MainCommand; ExactlyOnce>] Model of model: string
@@ -322,7 +324,11 @@ type RunOptions =
       Force: bool
       /// null = do not regenerate tables after the run
       Tables: string }
-type TablesOptions = { Results: string; Out: string }
+type TablesOptions =
+    { Results: string
+      Out: string
+      /// specs whose experiments' declared tables are used (empty: default layouts)
+      Specs: string list }
 type SummaryOptions =
     { Model: string; Method: string; Rank: Nullable<int>; Alpha: Nullable<float>; Targets: string list; Train: string list
       Bias: string; InitRank: Nullable<int>; Classes: Nullable<int>; ModelConfig: string }
@@ -503,7 +509,8 @@ type CommandLine private () =
                                                     Only = orNull (a.TryGetResult Cli.RunArgs.Only); ShardIndex = i; ShardCount = n; Force = a.Contains Cli.RunArgs.Force
                                                     Tables = orNull (a.TryGetResult Cli.RunArgs.Write_Tables) }, line))
             | Cli.Tables a ->
-                ok (ParsedCommand(Command.Tables { Results = a.GetResult(Cli.TablesArgs.Results, defaultResults); Out = a.GetResult(Cli.TablesArgs.Out, "paper-tables") }, line))
+                ok (ParsedCommand(Command.Tables { Results = a.GetResult(Cli.TablesArgs.Results, defaultResults); Out = a.GetResult(Cli.TablesArgs.Out, "paper-tables")
+                                                   Specs = a.GetResults Cli.TablesArgs.Spec }, line))
             | Cli.Summary a ->
                 ok (ParsedCommand(Command.Summary { Model = a.GetResult Cli.SummaryArgs.Model; Method = a.GetResult(Cli.SummaryArgs.Method, "lora")
                                                     Rank = nullable (a.TryGetResult Cli.SummaryArgs.Rank); Alpha = nullable (a.TryGetResult Cli.SummaryArgs.Alpha)

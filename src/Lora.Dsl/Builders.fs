@@ -48,7 +48,7 @@ module Builders =
     type ExperimentBuilder() =
         member _.Yield(_: unit) : Experiment =
             { Name = ""; Models = []; Datasets = []; Task = Classification; Methods = []; Ranks = []; Seeds = [ 0 ]
-              Training = Training.Defaults }
+              Training = Training.Defaults; Tables = [] }
 
         /// Checks everything that does not read the disk (paths are checked when a spec file is loaded).
         member _.Run(e: Experiment) =
@@ -91,6 +91,9 @@ module Builders =
         member _.Precision(e: Experiment, value: Precision) = { e with Training = { e.Training with Precision = value } }
         [<CustomOperation("imageSize")>]
         member _.ImageSize(e: Experiment, value: int) = { e with Training = { e.Training with ImageSize = Some value } }
+        /// Tables of the results: `tables [ table "dice" [ rows [ "model"; "mode" ]; cells [ "dice"; "miou" ] ] ]`.
+        [<CustomOperation("tables")>]
+        member _.Tables(e: Experiment, value: TableDecl list) = { e with Tables = value }
 
     /// `pretrain { name "..."; model (zoo "vit" [...]); dataset ...; epochs 2 }`: trains a zoo model
     /// from scratch; `fromPretrain` makes it the base of an experiment.
@@ -133,6 +136,32 @@ module Builders =
         member _.Precision(p: Pretrain, value: Precision) = { p with Training = { p.Training with Precision = value } }
         [<CustomOperation("imageSize")>]
         member _.ImageSize(p: Pretrain, value: int) = { p with Training = { p.Training with ImageSize = Some value } }
+
+    /// One part of a table declaration: `table "dice" [ Table.rows [ "model" ]; Table.cells [ "dice" ]; Table.baseline "lora" ]`.
+    type TablePart = TableDecl -> TableDecl
+
+    /// A table declaration from its parts (the same record YAML's tables: entries read into).
+    let table (name: string) (parts: TablePart list) = parts |> List.fold (fun t f -> f t) (TableDecl.Of name)
+
+    /// The parts of a table declaration.
+    [<RequireQualifiedAccess>]
+    module Table =
+        /// Row axes: "method", "mode", "rank", "model", "backbone", "dataset", "variant", "seed", "config.<field>".
+        let rows (axes: string list) : TablePart = fun t -> { t with Rows = axes |> List.map TableAxis.Of }
+        /// Column axes (then one cell): one column per value.
+        let columns (axes: string list) : TablePart = fun t -> { t with Columns = axes |> List.map TableAxis.Of }
+        /// Cells by metric name, mean ± std over seeds in the metric's own format.
+        let cells (metrics: string list) : TablePart = fun t -> { t with Cells = metrics |> List.map TableCell.Of }
+        /// Cells given in full: { TableCell.Of "dice" with Aggregate = Mean; Format = Some "F3"; Header = Some "DICE" }.
+        let cellsOf (cs: TableCell list) : TablePart = fun t -> { t with Cells = cs }
+        /// Headers of row or column axes: headers [ "model", "Baseline" ].
+        let headers (pairs: (string * string) list) : TablePart = fun t ->
+            let rename (a: TableAxis) = match List.tryFind (fun (k, _) -> k = a.Axis) pairs with Some(_, h) -> { a with Header = Some h } | None -> a
+            { t with Rows = List.map rename t.Rows; Columns = List.map rename t.Columns }
+        let caption (text: string) : TablePart = fun t -> { t with Caption = Some text }
+        let filter (axis: string) (values: string list) : TablePart = fun t -> { t with Filters = t.Filters @ [ axis, values ] }
+        let orderBy (axes: string list) : TablePart = fun t -> { t with Order = axes }
+        let baseline (methodOrVariant: string) : TablePart = fun t -> { t with Baseline = Some methodOrVariant }
 
     let experiment = ExperimentBuilder()
     let pretrain = PretrainBuilder()

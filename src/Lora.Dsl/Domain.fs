@@ -190,6 +190,53 @@ type BaseModel =
         | Zoo m | Weights(m, _) -> m
         | FromPretrain p -> p.Model
 
+/// How a table cell sums up the runs that fall into it (usually one per seed).
+type CellAggregate =
+    /// the mean
+    | Mean
+    /// mean ± sample standard deviation, with n when more than one run (the default)
+    | MeanStd
+    /// the largest value
+    | Max
+
+/// One value shown per cell: a metric of the run record (accuracy, dice, trainable, memory, ...; see
+/// TableVocabulary), how runs are aggregated, its number format (None = the metric's own) and header.
+type TableCell =
+    { Metric: string
+      Aggregate: CellAggregate
+      Format: string option
+      Header: string option }
+
+    static member Of(metric) = { Metric = metric; Aggregate = MeanStd; Format = None; Header = None }
+
+/// A row or column axis of a table (method, mode, rank, model, backbone, dataset, variant, seed,
+/// config.<path>; see TableVocabulary) and its header.
+type TableAxis =
+    { Axis: string
+      Header: string option }
+
+    static member Of(axis) = { Axis = axis; Header = None }
+
+/// A table declared as data: what its rows and columns are, what a cell shows, which runs it keeps.
+/// Part of the experiment, never of a run's hash: changing a table reruns nothing.
+type TableDecl =
+    { /// names the file: <experiment>.md for the first table, <experiment>-<name>.md for the others
+      Name: string
+      Caption: string option
+      Rows: TableAxis list
+      /// empty: one column per cell; else one column per value of these axes (then exactly one cell)
+      Columns: TableAxis list
+      Cells: TableCell list
+      /// keep only runs whose axis value is one of these
+      Filters: (string * string list) list
+      /// the axes rows are sorted by (empty: the row axes, in order)
+      Order: string list
+      /// a method (or variant) to compare with: adds a Δ column of per-seed paired differences
+      Baseline: string option }
+
+    static member Of(name) =
+        { Name = name; Caption = None; Rows = []; Columns = []; Cells = []; Filters = []; Order = []; Baseline = None }
+
 /// An experiment as declared: every list is a grid axis.
 type Experiment =
     { Name: string
@@ -199,7 +246,9 @@ type Experiment =
       Methods: Method list
       Ranks: int list
       Seeds: int list
-      Training: Training }
+      Training: Training
+      /// tables of its results (empty: the default layout for its task)
+      Tables: TableDecl list }
 
 type RunKind =
     | Pretraining

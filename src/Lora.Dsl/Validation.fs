@@ -227,6 +227,38 @@ module Validation =
         let perMethod = e.Methods |> List.sumBy (fun m -> if m.UsesRank then int64 e.Ranks.Length else 1L)
         int64 e.Models.Length * int64 e.Datasets.Length * int64 e.Seeds.Length * perMethod
 
+    /// Every problem of an experiment's table declarations (`at` is "experiments[0].tables").
+    let tables (at: string) (ts: TableDecl list) =
+        let axis (p: string) (a: string) =
+            [ if not (TableVocabulary.isAxis a) then
+                  yield err p (sprintf "unknown axis '%s'%s; expected one of %s, or config.<field>" a
+                                 (ZooNames.didYouMean TableVocabulary.axes a) (String.concat ", " TableVocabulary.axes)) ]
+        [ for i, t in List.indexed ts do
+              let here = sprintf "%s[%d]" at i
+              if System.String.IsNullOrWhiteSpace t.Name then yield err (here + ".name") "a table needs a name"
+              else match nameProblem t.Name with Some m -> yield err (here + ".name") m | None -> ()
+              if List.isEmpty t.Rows then yield err (here + ".rows") "a table needs rows: e.g. rows: [method, rank]"
+              for j, a in List.indexed t.Rows do yield! axis (sprintf "%s.rows[%d]" here j) a.Axis
+              for j, a in List.indexed t.Columns do yield! axis (sprintf "%s.columns[%d]" here j) a.Axis
+              if List.isEmpty t.Cells then yield err (here + ".cells") "a table needs cells: e.g. cells: [accuracy]"
+              if not (List.isEmpty t.Columns) && t.Cells.Length > 1 then
+                  yield err (here + ".cells") "a table with columns shows one cell metric per column value: give one cell"
+              for j, c in List.indexed t.Cells do
+                  let p = sprintf "%s.cells[%d]" here j
+                  if not (List.contains c.Metric TableVocabulary.metricNames) then
+                      yield err (p + ".metric") (sprintf "unknown metric '%s'%s; expected one of %s" c.Metric
+                                                    (ZooNames.didYouMean TableVocabulary.metricNames c.Metric) (String.concat ", " TableVocabulary.metricNames))
+                  match c.Format with
+                  | Some f when not (List.contains f TableVocabulary.formats || TableVocabulary.isNumericFormat f) ->
+                      yield err (p + ".format") (sprintf "unknown format '%s'; expected one of %s, or a numeric format such as F3" f (String.concat ", " TableVocabulary.formats))
+                  | _ -> ()
+              for a, _ in t.Filters do yield! axis (sprintf "%s.filters.%s" here a) a
+              for j, a in List.indexed t.Order do yield! axis (sprintf "%s.order[%d]" here j) a
+              if t.Baseline.IsSome && not (List.isEmpty t.Columns) then
+                  yield err (here + ".baseline") "a baseline adds a Δ column: it needs a table without columns (one column per cell)"
+          for n in ts |> List.map (fun t -> t.Name) |> List.countBy id |> List.filter (fun (_, c) -> c > 1) |> List.map fst do
+              yield err at (sprintf "two tables are named '%s'" n) ]
+
     /// Every problem of one experiment; `at` is its path ("experiments[0]").
     let experiment (exists: string -> bool) (at: string) (e: Experiment) =
         [ if System.String.IsNullOrWhiteSpace e.Name then yield err (at + ".name") "an experiment needs a name"
@@ -246,6 +278,7 @@ module Validation =
           if List.isEmpty e.Seeds then yield err (at + ".seeds") "seeds is empty: give at least one seed"
           if List.distinct e.Seeds <> e.Seeds then yield err (at + ".seeds") "seeds has duplicates"
           yield! training (at + ".") e.Training
+          yield! tables (at + ".tables") e.Tables
           // counted before anything is expanded: a few lines of spec can describe millions of runs
           let size = runCount e
           if size > int64 Limits.maxRuns then

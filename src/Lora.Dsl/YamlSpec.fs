@@ -357,8 +357,61 @@ module YamlSpec =
                 r.Error(n, path, "a model needs zoo: NAME (optionally with options and weights) or pretrain: STEP")
                 None
 
+    /// A table axis: `method`, or `{ model: Baseline }` (the axis with its header).
+    let private tableAxis (r: Reader) path (n: YamlNode) =
+        match n with
+        | :? YamlScalarNode -> readStr r path n |> Option.map TableAxis.Of
+        | :? YamlMappingNode as m when m.Children.Count = 1 ->
+            let kv = Seq.head m.Children
+            match kv.Key with
+            | :? YamlScalarNode as k -> Some { Axis = k.Value; Header = readStr r path kv.Value }
+            | _ -> r.Error(n, path, "an axis is a name (method) or a name with its header ({ model: Baseline })"); None
+        | _ -> r.Error(n, path, sprintf "an axis is a name (method) or a name with its header ({ model: Baseline }), got %s" (kindOf n)); None
+
+    /// A table cell: `accuracy`, or `{ metric: dice, aggregate: mean, format: F3, header: DICE }`.
+    let private tableCell (r: Reader) path (n: YamlNode) =
+        match n with
+        | :? YamlScalarNode -> readStr r (path + ".metric") n |> Option.map TableCell.Of
+        | _ ->
+            let fs = fields r path n [ "metric"; "aggregate"; "format"; "header" ] (fun _ -> None)
+            match opt fs path "metric" (readStr r) with
+            | Some m ->
+                Some
+                    { Metric = m
+                      Aggregate = opt fs path "aggregate" (fun p n -> choice r p n TableVocabulary.aggregates) |> Option.defaultValue MeanStd
+                      Format = opt fs path "format" (readStr r)
+                      Header = opt fs path "header" (readStr r) }
+            | None -> (if not (fs.ContainsKey "metric") then r.Error(n, path + ".metric", "a cell needs a metric")); None
+
+    let private tableDecl (r: Reader) path (n: YamlNode) =
+        let fs = fields r path n [ "name"; "caption"; "rows"; "columns"; "cells"; "filters"; "order"; "baseline" ] (fun _ -> None)
+        let filters =
+            match Map.tryFind "filters" fs with
+            | Some (:? YamlMappingNode as m) ->
+                [ for KeyValue(k, v) in m.Children do
+                      match k with
+                      | :? YamlScalarNode as ks ->
+                          let p = path + ".filters." + ks.Value
+                          r.Mark(p, k)
+                          let values =
+                              match v with
+                              | :? YamlSequenceNode -> list r p v (readStr r) |> Option.defaultValue []
+                              | _ -> readStr r p v |> Option.toList
+                          yield ks.Value, values
+                      | _ -> r.Error(k, path + ".filters", "a filter is axis: [values]") ]
+            | Some fn when not (isNullNode fn) -> r.Error(fn, path + ".filters", sprintf "expected a mapping axis: [values], got %s" (kindOf fn)); []
+            | _ -> []
+        { Name = opt fs path "name" (readStr r) |> Option.defaultValue ""
+          Caption = opt fs path "caption" (readStr r)
+          Rows = opt fs path "rows" (fun p n -> list r p n (tableAxis r)) |> Option.defaultValue []
+          Columns = opt fs path "columns" (fun p n -> list r p n (tableAxis r)) |> Option.defaultValue []
+          Cells = opt fs path "cells" (fun p n -> list r p n (tableCell r)) |> Option.defaultValue []
+          Filters = filters
+          Order = opt fs path "order" (fun p n -> list r p n (readStr r)) |> Option.defaultValue []
+          Baseline = opt fs path "baseline" (readStr r) }
+
     let private experimentKeys =
-        [ "name"; "model"; "models"; "dataset"; "datasets"; "task"; "methods"; "ranks"; "seed"; "seeds" ] @ trainingKeys
+        [ "name"; "model"; "models"; "dataset"; "datasets"; "task"; "methods"; "ranks"; "seed"; "seeds"; "tables" ] @ trainingKeys
 
     let private experimentOf (r: Reader) named path (n: YamlNode) =
         let fs = fields r path n experimentKeys (fun _ -> None)
@@ -385,7 +438,8 @@ module YamlSpec =
             | None, Some ss -> ss
             | Some s, Some _ -> r.Error(fs.["seeds"], path + ".seeds", "give either seed or seeds, not both"); [ s ]
             | None, None -> [ 0 ]
-          Training = training r path fs }
+          Training = training r path fs
+          Tables = opt fs path "tables" (fun p n -> list r p n (fun p n -> Some(tableDecl r p n))) |> Option.defaultValue [] }
 
     /// Nesting deeper than this is refused before building the node tree: YamlDotNet builds it
     /// recursively, and a file of 50,000 '[' would overflow the stack (an uncatchable crash).
@@ -607,6 +661,30 @@ module YamlSpec =
             line ("    scale: " + f a.Scale)
             line ("    modules_to_save: " + flowStrs a.ModulesToSave)
 
+    let private writeTables (sb: StringBuilder) (ts: TableDecl list) =
+        let axis (a: TableAxis) = match a.Header with Some h -> sprintf "{ %s: %s }" (q a.Axis) (q h) | None -> q a.Axis
+        let axes (xs: TableAxis list) = "[" + String.concat ", " (List.map axis xs) + "]"
+        let aggregate a = TableVocabulary.aggregates |> List.find (fun (_, x) -> x = a) |> fst
+        let cell (c: TableCell) =
+            [ yield "metric: " + q c.Metric
+              yield "aggregate: " + aggregate c.Aggregate
+              match c.Format with Some x -> yield "format: " + q x | None -> ()
+              match c.Header with Some x -> yield "header: " + q x | None -> () ]
+            |> String.concat ", " |> sprintf "{ %s }"
+        if not ts.IsEmpty then
+            sb.AppendLine "    tables:" |> ignore
+            for t in ts do
+                sb.AppendLine("      - name: " + q t.Name) |> ignore
+                let line (s: string) = sb.AppendLine("        " + s) |> ignore
+                t.Caption |> Option.iter (fun c -> line ("caption: " + q c))
+                line ("rows: " + axes t.Rows)
+                line ("columns: " + axes t.Columns)
+                line ("cells: [" + String.concat ", " (List.map cell t.Cells) + "]")
+                if not t.Filters.IsEmpty then
+                    line ("filters: { " + String.concat ", " [ for k, vs in t.Filters -> q k + ": " + flowStrs vs ] + " }")
+                line ("order: " + flowStrs t.Order)
+                t.Baseline |> Option.iter (fun b -> line ("baseline: " + q b))
+
     /// YAML text for experiments, every field explicit (pretrain steps inline); `parse` reads it back
     /// into equal records.
     let write (experiments: Experiment list) =
@@ -640,4 +718,5 @@ module YamlSpec =
             line ("ranks: " + flowInts e.Ranks)
             line ("seeds: " + flowInts e.Seeds)
             writeTraining sb "    " e.Training
+            writeTables sb e.Tables
         sb.ToString()

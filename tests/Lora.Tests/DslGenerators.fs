@@ -113,6 +113,30 @@ let methodOf (maxRank: int) (kind: string) =
         }
 
 /// A valid experiment: 1-2 models, 1-2 datasets, 1-4 distinct methods, 1-3 ranks, 1-2 seeds.
+/// A valid table declaration (words from the vocabulary; headers and captions with hostile text).
+let tableDecl (name: string) =
+    gen {
+        let axis = gen {
+            let! a = Gen.elements (TableVocabulary.axes @ [ "config.training.lr" ])
+            let! h = Gen.optionOf textGen
+            return { Axis = a; Header = h } }
+        let! rows = Gen.choose (1, 3) >>= fun n -> Gen.listOfLength n axis
+        let! grid = Gen.elements [ true; false ]
+        let! columns = if grid then Gen.listOfLength 1 axis else Gen.constant []
+        let cell = gen {
+            let! m = Gen.elements TableVocabulary.metricNames
+            let! a = Gen.elements [ Mean; MeanStd; Max ]
+            let! f = Gen.optionOf (Gen.elements (TableVocabulary.formats @ [ "F3" ]))
+            let! h = Gen.optionOf textGen
+            return { Metric = m; Aggregate = a; Format = f; Header = h } }
+        let! cells = if grid then Gen.listOfLength 1 cell else Gen.choose (1, 3) >>= fun n -> Gen.listOfLength n cell
+        let! caption = Gen.optionOf textGen
+        let! filters = Gen.elements [ []; [ "method", [ "lora"; "full" ] ]; [ "dataset", [ "a: b" ] ] ]
+        let! order = Gen.elements [ []; [ "model"; "mode" ] ]
+        let! baseline = if grid then Gen.constant None else Gen.optionOf (Gen.elements [ "lora"; "full" ])
+        return { Name = name; Caption = caption; Rows = rows; Columns = columns; Cells = cells; Filters = filters; Order = order; Baseline = baseline }
+    }
+
 let experiment (name: string) =
     gen {
         let! task = Gen.elements [ Classification; Segmentation ]
@@ -135,7 +159,9 @@ let experiment (name: string) =
         let! datasets = Gen.listOfLength nData (dataset task)
         let! seeds = Gen.subListOf [ 0; 1; 7 ] |> Gen.filter (List.isEmpty >> not)
         let! t = training
-        return { Name = name; Models = models; Datasets = datasets; Task = task; Methods = methods; Ranks = ranks; Seeds = seeds; Training = t }
+        let! nTables = Gen.choose (0, 2)
+        let! tables = [ for i in 1 .. nTables -> tableDecl (sprintf "t%d" i) ] |> Gen.sequenceToList
+        return { Name = name; Models = models; Datasets = datasets; Task = task; Methods = methods; Ranks = ranks; Seeds = seeds; Training = t; Tables = tables }
     }
     // two identical models or datasets would give two runs one name: validation rejects that
     |> Gen.filter (fun e -> List.distinct (List.map Grid.modelLabel e.Models) = List.map Grid.modelLabel e.Models

@@ -27,6 +27,7 @@ let rebuild (e: Experiment) =
         device e.Training.Device
         precision e.Training.Precision
         imageSize e.Training.ImageSize.Value
+        tables e.Tables
     }
 
 let parseOk (text: string) =
@@ -426,7 +427,7 @@ let specTests =
             Expect.equal fsx yaml "same records"
             Expect.equal (hashes fsx) (hashes yaml) "same hashes"
             let runs = Spec.runs yaml
-            Expect.equal runs.Length 11 "pretrain + full + head + 4 methods × 2 ranks"
+            Expect.equal runs.Length 31 "pretrain + 3 seeds × (full + head + 4 methods × 2 ranks)"
             Expect.equal (runs |> List.map (fun r -> r.Method.Name) |> List.distinct) [ "full"; "head"; "lora"; "dora"; "adalora"; "adapter" ] "all methods"
             // an F# spec with an error reports where it is
             use dir = new TempDir()
@@ -469,7 +470,7 @@ let cliTests =
             let o = CommandLine.Parse [| "run"; "s.yaml" |]
             Expect.equal o.Command.Command (Command.Run { Specs = [ "s.yaml" ]; Results = "results"; Device = null; Only = null; ShardIndex = 0; ShardCount = 1; Force = false; Tables = null }) "defaults"
             let t = CommandLine.Parse [| "tables" |]
-            Expect.equal t.Command.Command (Command.Tables { Results = "results"; Out = "paper-tables" }) "tables defaults"
+            Expect.equal t.Command.Command (Command.Tables { Results = "results"; Out = "paper-tables"; Specs = [] }) "tables defaults"
         }
         test "errors exit 2 with usage" {
             for args in [ [| "run" |]; [| "run"; "s.yaml"; "--shard"; "4/4" |]; [| "run"; "s.yaml"; "--device"; "tpu" |]; [| "fly" |]; [| "plan"; "s.yaml"; "--bogus" |] ] do

@@ -104,7 +104,14 @@ let private writesInside =
                 labels.["experiment"] <- JsonValue.Create experiment
                 labels.["name"] <- JsonValue.Create name
                 labels.["method"] <- JsonValue.Create "lora"
+                for k in [ "model"; "zoo"; "dataset"; "task" ] do labels.[k] <- JsonValue.Create "x"
+                labels.["rank"] <- JsonValue.Create 4
+                labels.["seed"] <- JsonValue.Create 0
                 o.["labels"] <- labels
+                o.["id"] <- JsonValue.Create(experiment + "/" + name)
+                o.["metrics"] <- JsonObject()
+                o.["params"] <- JsonNode.Parse """{"total": 10, "trainable": 1}"""
+                o.["timings"] <- JsonNode.Parse """{"train_seconds": 1.0}"""
                 let curve = JsonArray()
                 let p = JsonObject()
                 p.["epoch"] <- JsonValue.Create 1

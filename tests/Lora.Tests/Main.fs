@@ -30,6 +30,7 @@ let all =
         TrainingTests.tests
         DslTests.tests
         RunnerTests.tests
+        ResultsTests.tests
         ParityTests.tests
         EndToEndTests.tests
         SlurmTests.tests

@@ -208,7 +208,7 @@ let private maskedTable (file: string) =
     let header = lines |> Array.tryFind (fun l -> l.StartsWith "| " && l.Contains "train time")
     let cols =
         match header with
-        | Some h -> h.Split('|') |> Array.indexed |> Array.choose (fun (i, c) -> if c.Trim() = "train time" || c.Trim() = "peak memory" then Some i else None)
+        | Some h -> h.Split('|') |> Array.indexed |> Array.choose (fun (i, c) -> if c.Trim() = "train time" || c.Trim().StartsWith "peak memory" then Some i else None)
         | None -> [||]
     lines |> Array.map (fun l ->
         if l.StartsWith "| " && not (l.StartsWith "| ---") && cols.Length > 0 then

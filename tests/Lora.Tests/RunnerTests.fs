@@ -38,7 +38,8 @@ type FakeExecutor(?fail: string list, ?delayMs: int, ?calls: ConcurrentQueue<str
 
 /// The quickstart spec with Fashion-MNIST pointed at an existing folder (so the tests do not need the package).
 let quickstartIn (dir: TempDir) =
-    let text = File.ReadAllText(Path.Combine(repoRoot, "experiments", "quickstart.yaml"))
+    // one seed: these tests count and name the runs of one seed
+    let text = File.ReadAllText(Path.Combine(repoRoot, "experiments", "quickstart.yaml")).Replace("seeds: [0, 1, 2]", "seed: 0")
     let data = Directory.CreateDirectory(dir.File "fmnist").FullName
     let spec = dir.File "quickstart.yaml"
     File.WriteAllText(spec, text.Replace("      source: fashion_mnist", sprintf "      source: fashion_mnist\n      path: \"%s\"" data))
@@ -247,7 +248,7 @@ let writeResult (results: string) (hash: string) (experiment: string) (name: str
     let q (x: string) = Text.Json.JsonSerializer.Serialize x
     let metricsJson = metrics |> List.map (fun (k, v) -> sprintf "%s: %s" (q k) (v.ToString("R", Globalization.CultureInfo.InvariantCulture))) |> String.concat ", "
     let text =
-        sprintf """{"hash": %s, "labels": {"kind": "tuning", "experiment": %s, "name": %s, "method": %s, "rank": %d, "model": %s, "zoo": %s, "dataset": %s, "task": %s, "seed": 0},
+        sprintf """{"hash": %s, "id": "e/n", "labels": {"kind": "tuning", "experiment": %s, "name": %s, "method": %s, "rank": %d, "model": %s, "zoo": %s, "dataset": %s, "task": %s, "seed": 0},
  "metrics": {%s}, "params": {"total": 1000, "trainable": %d}, "timings": {"train_seconds": 1.25}, "peak_memory_bytes": %s, "curve": []}"""
             (q hash) (q experiment) (q name) (q methodName) rank (q model) (q zoo) (q dataset) (q task) metricsJson (10 * (rank + 1))
             (match peak with Some p -> string p | None -> "null")

@@ -5,6 +5,7 @@ open System.IO
 open System.Collections.Generic
 open Expecto
 open FsCheck
+open Lora.Runner
 open Lora.Runner.Slurm
 open Lora.Tests.Generators
 

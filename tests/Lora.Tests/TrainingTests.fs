@@ -241,6 +241,23 @@ let training =
             Expect.stringContains meta "\"Step\":2" "the checkpoint of step 2 stays"
             for t in tensors.Values do t.Dispose()
         }
+        // the step-0 point of a curve must not change the run it is taken from
+        testSequenced <| test "evaluating before the first step changes no weight, loss or metric" {
+            let data = synthetic 256 5
+            let struct (tr, va) = data.Split(0.25, 1)
+            let options atStart = TrainOptions(Epochs = 2, BatchSize = 32, LearningRate = 5e-3, WarmupSteps = 3, Seed = 9, EvalAtStart = atStart,
+                                               TrainTransforms = Transforms(CropPadding = 1, HorizontalFlip = true))
+            let plain = mlp 5 64L
+            let r0 = Trainer(plain, options false).Fit(tr, va)
+            let evaluated = mlp 5 64L
+            let r1 = Trainer(evaluated, options true).Fit(tr, va)
+            Expect.isNull (box r0.InitialValidation) "no step-0 evaluation unless asked"
+            Expect.isNotNull (box r1.InitialValidation) "a step-0 evaluation"
+            for (n, a), (_, b) in List.zip (parametersOf plain) (parametersOf evaluated) do
+                Expect.isTrue (same a b) $"{n} identical"
+            Expect.sequenceEqual r1.LossCurve r0.LossCurve "same loss curve"
+            Expect.equal r1.Final r0.Final "same validation metrics"
+        }
         // Sequenced: dropout and initialisation draw from torch's global generator, which tests
         // running in parallel would share.
         testSequenced <| test "kill at random steps and resume: bit-identical weights, curves and metrics" {

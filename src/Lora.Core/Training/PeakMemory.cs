@@ -61,12 +61,17 @@ public sealed class PeakMemory : IDisposable
         Nvml.TryDevice(index, out var d) && Nvml.Used(d) is long used ? used / 1048576.0 : null;
 
     /// VmHWM of this process in bytes, or null off Linux.
-    public static long? ProcessPeakBytes()
+    public static long? ProcessPeakBytes() => StatusBytes("VmHWM:");
+
+    /// VmRSS of this process in bytes (what it holds now), or null off Linux.
+    public static long? ProcessResidentBytes() => StatusBytes("VmRSS:");
+
+    static long? StatusBytes(string field)
     {
         try
         {
             foreach (var line in File.ReadLines("/proc/self/status"))
-                if (line.StartsWith("VmHWM:"))
+                if (line.StartsWith(field))
                     return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]) * 1024;
         }
         catch (IOException) { }

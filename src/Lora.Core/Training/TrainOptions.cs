@@ -34,6 +34,8 @@ public sealed record TrainOptions
     /// "cpu", "cuda" or "cuda:N".
     public string Device { get; init; } = "cpu";
     public bool EvalEveryEpoch { get; init; } = true;
+    /// Also evaluate before the first step (a curve's step-0 point); it changes no training step.
+    public bool EvalAtStart { get; init; }
     /// Folder for the checkpoint of the trainable state; null: no checkpoints (and no resume).
     public string? CheckpointDir { get; init; }
     /// Also checkpoint every N steps within an epoch (0: only at the end of each epoch).

@@ -6,8 +6,9 @@ public sealed record EvalMetrics(
     int Count, double Loss, double? Top1 = null, double? Top5 = null, double? Dice = null, double? MIoU = null,
     IReadOnlyList<double>? DicePerClass = null, IReadOnlyList<double>? IouPerClass = null);
 
-/// The loss of one optimisation step (1-based) and the learning rate it used.
-public sealed record StepLoss(long Step, int Epoch, double Loss, double LearningRate);
+/// The loss of one optimisation step (1-based) and the learning rate it used. <see cref="TaskLoss"/>:
+/// the loss without the method's regulariser (AdaLoRA's orthogonal term), when it adds one.
+public sealed record StepLoss(long Step, int Epoch, double Loss, double LearningRate, double? TaskLoss = null);
 
 /// One epoch's summary: mean training loss and, when evaluated, the validation metrics.
 public sealed record EpochMetrics(int Epoch, long Step, double TrainLoss, EvalMetrics? Validation);
@@ -25,7 +26,11 @@ public sealed record TrainResult(
     Precision Precision,
     string Device,
     long TrainableParameters,
-    long? ResumedFromStep);
+    long? ResumedFromStep)
+{
+    /// The validation metrics before the first step (<see cref="TrainOptions.EvalAtStart"/>), or null.
+    public EvalMetrics? InitialValidation { get; init; }
+}
 
 /// Progress of a run, reported after every step (and with <see cref="EpochEnd"/> after each epoch's
 /// evaluation).

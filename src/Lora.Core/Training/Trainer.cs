@@ -98,21 +98,26 @@ public sealed class Trainer
         var clock = new Stopwatch();
         long trainableCount = optimizer.Numel;
         int readEvery = o.LossReadEvery > 0 ? o.LossReadEvery : device.type == DeviceType.CUDA ? 8 : 1;
-        var pending = new List<(long Step, int Epoch, double Lr, Tensor Loss)>();
+        var pending = new List<(long Step, int Epoch, double Lr, Tensor Loss, Tensor? Task)>();
         void ReadLosses()
         {
             if (pending.Count == 0) return;
             float[] values;
             using (var all = stack(pending.Select(p => p.Loss).ToArray()).to(ScalarType.Float32).cpu()) values = all.data<float>().ToArray();
+            float[]? tasks = null;
+            if (pending.All(p => p.Task is not null))
+                using (var all = stack(pending.Select(p => p.Task!).ToArray()).to(ScalarType.Float32).cpu()) tasks = all.data<float>().ToArray();
             var read = pending.ToArray();
-            foreach (var p in read) p.Loss.Dispose();
+            foreach (var p in read) { p.Loss.Dispose(); p.Task?.Dispose(); }
             pending.Clear();
             for (int i = 0; i < read.Length; i++)
             {
                 if (!double.IsFinite(values[i])) throw new TrainingDivergedException(read[i].Step, read[i].Epoch, values[i], lastGood);
-                st.LossCurve.Add(new StepLoss(read[i].Step, read[i].Epoch + 1, values[i], read[i].Lr));
+                st.LossCurve.Add(new StepLoss(read[i].Step, read[i].Epoch + 1, values[i], read[i].Lr, tasks?[i]));
             }
         }
+        if (o.EvalAtStart && st.Step == 0 && task.HasValidation)
+            st.InitialValidation ??= task.Evaluate(model, evalLoader, inputType, o);
         model.train();
         try
         {
@@ -130,20 +135,25 @@ public sealed class Trainer
                         using (torch.random.manual_seed(stepSeed)) { }
                         if (device.type == DeviceType.CUDA) torch.cuda.manual_seed_all(stepSeed);
                         double lr = LearningRateAt(o, st.Step, total);
-                        var loss = training.WithExtraLoss(task.Loss(model, batch, inputType, o));
+                        var taskLoss = task.Loss(model, batch, inputType, o);
+                        var loss = training.WithExtraLoss(taskLoss);
+                        // a regulariser was added (AdaLoRA): the task loss is kept apart for the curves
+                        var regularized = !ReferenceEquals(loss, taskLoss);
                         if (readEvery == 1)
                         {
                             // read before the update: a diverged step changes nothing
                             double value = loss.item<float>();
                             if (!double.IsFinite(value))
                                 throw new TrainingDivergedException(st.Step + 1, epoch, value, lastGood);
+                            double? taskValue = regularized ? taskLoss.item<float>() : null;
                             training.BackwardAndStep(loss, lr);
                             st.Step++;
-                            st.LossCurve.Add(new StepLoss(st.Step, epoch + 1, value, lr));
+                            st.LossCurve.Add(new StepLoss(st.Step, epoch + 1, value, lr, taskValue));
                         }
                         else
                         {
-                            pending.Add((st.Step + 1, epoch, lr, loss.detach().DetachFromDisposeScope()));
+                            pending.Add((st.Step + 1, epoch, lr, loss.detach().DetachFromDisposeScope(),
+                                regularized ? taskLoss.detach().DetachFromDisposeScope() : null));
                             training.BackwardAndStep(loss, lr);
                             st.Step++;
                         }
@@ -186,7 +196,7 @@ public sealed class Trainer
         return new TrainResult(
             final, st.LossCurve.ToArray(), st.Epochs.ToArray(), st.Step, TimeSpan.FromSeconds(seconds),
             seconds > 0 ? st.Images / seconds : 0, memory.PeakMiB, memory.Source, o.Precision, device.ToString(),
-            trainableCount, resumedFrom);
+            trainableCount, resumedFrom) { InitialValidation = st.InitialValidation };
     }
 
     static TrainingProgress Progress(RunState st, Stopwatch clock, int epoch, long total, EpochMetrics? end)
@@ -211,6 +221,7 @@ public sealed class Trainer
         public long Images { get; set; }
         public List<StepLoss> LossCurve { get; set; } = [];
         public List<EpochMetrics> Epochs { get; set; } = [];
+        public EvalMetrics? InitialValidation { get; set; }
     }
 
     static readonly JsonSerializerOptions json = new() { NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals };
@@ -221,6 +232,7 @@ public sealed class Trainer
         {
             Step = st.Step, TotalSteps = st.TotalSteps, StepsPerEpoch = st.StepsPerEpoch, Seed = st.Seed, BatchSize = st.BatchSize,
             TrainSeconds = st.TrainSeconds + clock.Elapsed.TotalSeconds, Images = st.Images, LossCurve = st.LossCurve, Epochs = st.Epochs,
+            InitialValidation = st.InitialValidation,
         };
         using var scope = NewDisposeScope(); // what hooks create for StateTensors()
         var tensors = new List<(string, Tensor)>();

@@ -34,7 +34,7 @@ public static class Commands
         public int Validate(ValidateOptions o) => Commands.Validate(o.Spec, stdout, stderr);
         public int Plan(PlanOptions o) => PlanCommand(o, stdout, stderr);
         public int Run(RunOptions o) => RunCommand(o, executorFactory(), commandLine, stdout, stderr, ct);
-        public int Tables(TablesOptions o) => TablesCommand(o, stdout);
+        public int Tables(TablesOptions o) => TablesCommand(o, stdout, stderr);
         public int Submit(SubmitOptions o) => Slurm.PlanToSlurm.Submit(o, stdout, stderr);
         public int Status(StatusOptions o) => Slurm.PlanToSlurm.Status(o, stdout, stderr);
         public int Bench(BenchOptions o) => BenchCommand.Run(o, stdout, stderr);
@@ -133,7 +133,7 @@ public static class Commands
         var rows = plan.Runs.Select(r => new[]
         {
             r.Hash, r.Id, r.Run.DependsOn ?? "-",
-            r.Status == RunStatus.Failed ? $"failed (log: {store.LogPath(r.Hash)})"
+            r.Status == RunState.Failed ? $"failed (log: {store.LogPath(r.Hash)})"
             : slurmFailed.TryGetValue(r.Hash, out var slurmLog) ? $"failed in Slurm (log: {slurmLog})"
             : r.Status.ToString().ToLowerInvariant(),
         }).ToList();
@@ -142,7 +142,7 @@ public static class Commands
         string Line(string[] cells) => string.Join("  ", cells.Select((c, i) => i == cells.Length - 1 ? c : c.PadRight(widths[i]))).TrimEnd();
         stdout.WriteLine(Line(header));
         foreach (var r in rows) stdout.WriteLine(Line(r));
-        var done = plan.Runs.Count(r => r.Status == RunStatus.Done);
+        var done = plan.Runs.Count(r => r.Status == RunState.Done);
         stdout.WriteLine($"{plan.Runs.Count} runs in {plan.Levels.Count} level(s): {done} done, {plan.Runs.Count - done} to run");
         return 0;
     }
@@ -166,15 +166,26 @@ public static class Commands
             : [];
         var summary = new PlanRunner(store, executor, stdout).Execute(selected, o.Device, forced, commandLine, ct);
         // Tables come from whatever results exist, so they are worth regenerating after a partial run too.
-        if (o.Tables is not null) TablesCommand(new TablesOptions(o.Results, o.Tables), stdout);
+        if (o.Tables is not null) WriteTables(store, o.Tables, experiments, stdout);
         return summary.Ok ? 0 : 1;
     }
 
-    public static int TablesCommand(TablesOptions o, TextWriter stdout)
+    public static int TablesCommand(TablesOptions o, TextWriter stdout, TextWriter stderr)
     {
-        var files = Tables.Generate(new ResultsStore(o.Results), o.Out);
-        foreach (var f in files) stdout.WriteLine(Path.GetRelativePath(Directory.GetCurrentDirectory(), f));
-        if (files.Count == 0) stdout.WriteLine($"no results in {o.Results}: nothing to tabulate");
+        var loaded = o.Specs.Select(spec => LoadSpec(spec, stderr)).ToList();
+        if (loaded.Any(e => e is null)) return 2;
+        WriteTables(new ResultsStore(o.Results), o.Out, loaded.SelectMany(e => e!), stdout);
         return 0;
+    }
+
+    /// Tables from whatever results exist; an experiment among <paramref name="experiments"/> that declares
+    /// tables gets those instead of its default layout.
+    static void WriteTables(ResultsStore store, string outDir, IEnumerable<Experiment> experiments, TextWriter stdout)
+    {
+        var declared = experiments.Where(e => !e.Tables.IsEmpty)
+            .GroupBy(e => e.Name).ToDictionary(g => g.Key, g => (IReadOnlyList<TableDecl>)g.First().Tables.ToList());
+        var files = Tables.Generate(store, outDir, declared);
+        foreach (var f in files) stdout.WriteLine(Path.GetRelativePath(Directory.GetCurrentDirectory(), f));
+        if (files.Count == 0) stdout.WriteLine($"no results in {Path.GetRelativePath(Directory.GetCurrentDirectory(), store.Root)}: nothing to tabulate");
     }
 }

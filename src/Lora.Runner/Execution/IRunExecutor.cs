@@ -43,9 +43,6 @@ public sealed class RunContext
     public Action<string> LogFileOnly { get; init; } = _ => { };
 }
 
-/// <summary>A point of a training curve (one per evaluation).</summary>
-public sealed record CurvePoint(int Epoch, long Step, double TrainLoss, double? ValLoss, double? ValMetric);
-
 /// <summary>What an executor reports back. Metric names: accuracy (classification, 0..1), dice and miou (segmentation, 0..1), loss.</summary>
 public sealed class RunResult
 {
@@ -58,6 +55,10 @@ public sealed class RunResult
     public long? PeakMemoryBytes { get; init; }
     /// <summary>Anything else worth keeping (e.g. AdaLoRA's final rank pattern), written under "extra".</summary>
     public IReadOnlyDictionary<string, string> Extra { get; init; } = new Dictionary<string, string>();
+    /// <summary>The epoch whose metrics <see cref="Metrics"/> holds when it is not the last (best-epoch selection), or null.</summary>
+    public int? SelectedEpoch { get; init; }
+    /// <summary>How <see cref="SelectedEpoch"/> was chosen, for people; null without selection.</summary>
+    public string? Selection { get; init; }
 }
 
 /// <summary>The seam between the runner and training: the lead implements this against Lora.Core.</summary>

@@ -1,7 +1,6 @@
 using Lora.Core.IO;
 using Lora.Core.Training;
 using System.Diagnostics;
-using System.Text.Json;
 using System.Text.Json.Nodes;
 using Lora.Dsl;
 
@@ -15,8 +14,6 @@ public sealed record RunSummary(int Ran, int Skipped, int Failed, int Blocked)
 /// <summary>Executes the selected runs of a plan in dependency order, one claim and one atomic result each.</summary>
 public sealed class PlanRunner(ResultsStore store, IRunExecutor executor, TextWriter log)
 {
-    static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
-
     /// <param name="forced">hashes to run again even if done (--force applies to the runs --only matched, not to their bases)</param>
     public RunSummary Execute(IReadOnlyList<PlannedRun> selected, string? deviceOverride, IReadOnlySet<string> forced, string commandLine, CancellationToken ct = default)
     {
@@ -85,8 +82,7 @@ public sealed class PlanRunner(ResultsStore store, IRunExecutor executor, TextWr
         {
             var result = executor.Execute(run, ctx, ct);
             RunResultCheck.RequireFinite(result);
-            var metrics = MetricsJson(run, result, clock.Elapsed.TotalSeconds, provenance);
-            AtomicFile.WriteAllText(store.MetricsPath(run.Hash), metrics.ToJsonString(Indented) + "\n");
+            store.Save(Record(run, result, clock.Elapsed.TotalSeconds, provenance));
             return true;
         }
         catch (OperationCanceledException) { throw; }
@@ -101,47 +97,38 @@ public sealed class PlanRunner(ResultsStore store, IRunExecutor executor, TextWr
         }
     }
 
-    /// <summary>The metrics.json document of a finished run.</summary>
-    public static JsonObject MetricsJson(ResolvedRun run, RunResult r, double wallSeconds, JsonObject provenance)
+    /// <summary>The record (metrics.json) of a finished run.</summary>
+    public static RunRecord Record(ResolvedRun run, RunResult r, double wallSeconds, JsonObject provenance)
     {
         var s = run.Spec;
-        var metrics = new JsonObject();
-        foreach (var kv in r.Metrics.OrderBy(kv => kv.Key, StringComparer.Ordinal)) metrics[kv.Key] = kv.Value;
-        var extra = new JsonObject();
-        foreach (var kv in r.Extra.OrderBy(kv => kv.Key, StringComparer.Ordinal)) extra[kv.Key] = kv.Value;
-        return new JsonObject
+        return new RunRecord
         {
-            ["hash"] = run.Hash,
-            ["id"] = run.Id,
-            ["labels"] = new JsonObject
+            Hash = run.Hash,
+            Id = run.Id,
+            Labels = new RunLabels
             {
-                ["kind"] = s.Kind.IsPretraining ? "pretraining" : "tuning",
-                ["experiment"] = s.Experiment,
-                ["name"] = s.Name,
-                ["method"] = s.Method.Name,
-                ["rank"] = s.RankValue,
-                ["model"] = Grid.modelLabel(s.Model),
-                ["zoo"] = s.Model.ZooModel.Name,
-                ["dataset"] = Grid.datasetLabel(s.Dataset),
-                ["task"] = Canonical.taskName(s.Task),
-                ["seed"] = s.Seed,
+                Kind = s.Kind.IsPretraining ? "pretraining" : "tuning",
+                Experiment = s.Experiment,
+                Name = s.Name,
+                Method = s.Method.Name,
+                Rank = s.RankValue,
+                Model = Grid.modelLabel(s.Model),
+                Zoo = s.Model.ZooModel.Name,
+                Dataset = Grid.datasetLabel(s.Dataset),
+                Task = Canonical.taskName(s.Task),
+                Seed = s.Seed,
             },
-            ["depends_on"] = run.DependsOn,
-            ["config"] = JsonNode.Parse(run.ConfigJson),
-            ["metrics"] = metrics,
-            ["params"] = new JsonObject { ["total"] = r.TotalParams, ["trainable"] = r.TrainableParams },
-            ["timings"] = new JsonObject { ["train_seconds"] = r.TrainSeconds, ["wall_seconds"] = Math.Round(wallSeconds, 3) },
-            ["peak_memory_bytes"] = r.PeakMemoryBytes,
-            ["curve"] = new JsonArray(r.Curve.Select(c => (JsonNode)new JsonObject
-            {
-                ["epoch"] = c.Epoch,
-                ["step"] = c.Step,
-                ["train_loss"] = c.TrainLoss,
-                ["val_loss"] = c.ValLoss,
-                ["val_metric"] = c.ValMetric,
-            }).ToArray()),
-            ["extra"] = extra,
-            ["provenance"] = provenance,
+            DependsOn = run.DependsOn,
+            Config = JsonNode.Parse(run.ConfigJson)!.AsObject(),
+            Metrics = new SortedDictionary<string, double>(r.Metrics.ToDictionary(), StringComparer.Ordinal),
+            Params = new RunParams { Total = r.TotalParams, Trainable = r.TrainableParams },
+            Timings = new RunTimings { TrainSeconds = r.TrainSeconds, WallSeconds = Math.Round(wallSeconds, 3) },
+            PeakMemoryBytes = r.PeakMemoryBytes,
+            Curve = r.Curve,
+            Extra = new SortedDictionary<string, string>(r.Extra.ToDictionary(), StringComparer.Ordinal),
+            Provenance = provenance,
+            SelectedEpoch = r.SelectedEpoch,
+            Selection = r.Selection,
         };
     }
 }

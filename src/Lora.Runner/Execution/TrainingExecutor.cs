@@ -27,6 +27,8 @@ public sealed class TrainingExecutor : IRunExecutor
     {
         var spec = run.Spec;
         var training = spec.Training;
+        // on CPU, the run's memory is its peak above what the process held before it began
+        var baseline = PeakMemory.ProcessResidentBytes();
         var data = RunData.Load(spec.Dataset, spec.Task, OptionInt(training.ImageSize));
         ctx.Log($"data: {data.TrainCount} training items, {data.Height}x{data.Height}x{data.Channels}, {data.OutputClasses} output class(es)");
 
@@ -50,6 +52,7 @@ public sealed class TrainingExecutor : IRunExecutor
             CheckpointDir = Path.Combine(ctx.ArtifactsDir, CheckpointFolder),
             CheckpointEverySteps = 10,
             TrainTransforms = InputTransforms(model, data, OptionInt(training.ImageSize)),
+            EvalAtStart = true,
         };
         var trainer = new Trainer(model, options);
         TrainResult Train(IProgress<TrainingProgress> progress) => data.IsSegmentation
@@ -70,7 +73,55 @@ public sealed class TrainingExecutor : IRunExecutor
         SaveWeights(spec, model, tuned, ctx.ArtifactsDir);
         // The final weights are saved: the checkpoint is no longer needed to resume.
         Directory.Delete(options.CheckpointDir, recursive: true);
-        return ToRunResult(result, summary, tuned);
+        return AboveBaseline(ToRunResult(result, summary, tuned), baseline);
+    }
+
+    /// A CPU peak (the process's VmHWM) less the resident set before the run: the run's own share.
+    static RunResult AboveBaseline(RunResult r, long? baseline)
+    {
+        if (baseline is not long b || r.PeakMemoryBytes is not long peak || r.Extra.GetValueOrDefault("peak_memory_source") != MemorySources.Process)
+            return r;
+        // the baseline itself is not kept: it differs between two runs of one configuration
+        var extra = new Dictionary<string, string>(r.Extra) { ["peak_memory_source"] = MemorySources.AboveBaseline };
+        return new RunResult
+        {
+            Metrics = r.Metrics, Curve = r.Curve, TotalParams = r.TotalParams, TrainableParams = r.TrainableParams,
+            TrainSeconds = r.TrainSeconds, PeakMemoryBytes = Math.Max(0, peak - b), Extra = extra,
+            SelectedEpoch = r.SelectedEpoch, Selection = r.Selection,
+        };
+    }
+
+    /// About this many training-loss points per run, whatever its length (cheap: the trainer keeps every step's loss).
+    const int CurvePoints = 24;
+
+    /// The curve: step 0 (the first batch's loss at the initial weights, and the validation before
+    /// training), the mean training loss of every window of N steps, and each epoch's end with its validation.
+    public static IReadOnlyList<CurvePoint> CurveOf(TrainResult r)
+    {
+        static double? Reg(double loss, double? task) => task is double t ? loss - t : null;
+        var points = new List<CurvePoint>();
+        if (r.LossCurve.Count > 0)
+        {
+            var first = r.LossCurve[0];
+            var v0 = r.InitialValidation;
+            points.Add(new CurvePoint(0, 0, first.Loss, v0?.Loss, v0?.Top1 ?? v0?.Dice) { TaskLoss = first.TaskLoss, Regularizer = Reg(first.Loss, first.TaskLoss) });
+        }
+        var every = Math.Max(1, (int)Math.Ceiling(r.LossCurve.Count / (double)CurvePoints));
+        foreach (var window in r.LossCurve.Chunk(every))
+        {
+            var last = window[^1];
+            var loss = window.Average(s => s.Loss);
+            double? task = window.All(s => s.TaskLoss is not null) ? window.Average(s => s.TaskLoss!.Value) : null;
+            points.Add(new CurvePoint(last.Epoch, last.Step, loss, null, null) { TaskLoss = task, Regularizer = Reg(loss, task) });
+        }
+        foreach (var e in r.Epochs)
+        {
+            var losses = r.LossCurve.Where(s => s.Epoch == e.Epoch).ToList();
+            double? task = losses.Count > 0 && losses.All(s => s.TaskLoss is not null) ? losses.Average(s => s.TaskLoss!.Value) : null;
+            points.Add(new CurvePoint(e.Epoch, e.Step, e.TrainLoss, e.Validation?.Loss, e.Validation?.Top1 ?? e.Validation?.Dice)
+                { TaskLoss = task, Regularizer = Reg(e.TrainLoss, task) });
+        }
+        return points.OrderBy(p => p.Step).ThenBy(p => p.ValMetric is null ? 0 : 1).ToList();
     }
 
     static nn.Module<Tensor, Tensor> BuildModel(Run spec, RunContext ctx, RunData data)
@@ -153,7 +204,7 @@ public sealed class TrainingExecutor : IRunExecutor
         return new RunResult
         {
             Metrics = metrics,
-            Curve = r.Epochs.Select(e => new CurvePoint(e.Epoch, e.Step, e.TrainLoss, e.Validation?.Loss, e.Validation?.Top1 ?? e.Validation?.Dice)).ToList(),
+            Curve = CurveOf(r),
             TotalParams = summary.Total,
             TrainableParams = summary.Trainable,
             TrainSeconds = r.TrainTime.TotalSeconds,

@@ -6,7 +6,7 @@ using Microsoft.FSharp.Collections;
 namespace Lora.Runner;
 
 /// <summary>A run in a plan: its level in the dependency graph (0 = no dependency) and its status.</summary>
-public sealed record PlannedRun(ResolvedRun Run, int Level, RunStatus Status)
+public sealed record PlannedRun(ResolvedRun Run, int Level, RunState Status)
 {
     public string Hash => Run.Hash;
     public string Id => Run.Id;
@@ -32,17 +32,9 @@ public sealed class Plan
         foreach (var r in runs)
             if (byHash.TryAdd(r.Hash, r)) order.Add(r);
 
-        var levels = new Dictionary<string, int>();
-        int LevelOf(ResolvedRun r, int depth)
-        {
-            if (levels.TryGetValue(r.Hash, out var l)) return l;
-            if (depth > order.Count) throw new InvalidOperationException($"dependency cycle at {r.Id}");
-            l = r.DependsOn is { } d && byHash.TryGetValue(d, out var dep) ? LevelOf(dep, depth + 1) + 1 : 0;
-            levels[r.Hash] = l;
-            return l;
-        }
+        var levels = DependencyLevels.Of(order, r => r.Hash, r => r.DependsOn is { } d ? [d] : [], r => $"'{r.Id}' ({r.Hash})");
         var planned = order
-            .Select((r, i) => (r, i, level: LevelOf(r, 0)))
+            .Select((r, i) => (r, i, level: levels[i]))
             .OrderBy(x => x.level).ThenBy(x => x.i)
             .Select(x => new PlannedRun(x.r, x.level, store.StatusOf(x.r.Hash)))
             .ToList();

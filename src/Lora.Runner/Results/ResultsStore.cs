@@ -1,10 +1,10 @@
 using Lora.Core.IO;
-using System.Text.Json;
-using System.Text.Json.Nodes;
 
 namespace Lora.Runner;
 
-public enum RunStatus { Pending, Running, Done, Failed }
+/// <summary>A run's state, locally and in Slurm alike: pending (not started, or queued), running, done
+/// (its record exists), failed (it ended without one).</summary>
+public enum RunState { Pending, Running, Done, Failed }
 
 /// <summary>
 /// The results folder: results/&lt;hash&gt;/metrics.json (committed, small text), and beside it
@@ -35,12 +35,12 @@ public sealed class ResultsStore
 
     public bool IsDone(string hash) => File.Exists(MetricsPath(hash));
 
-    public RunStatus StatusOf(string hash)
+    public RunState StatusOf(string hash)
     {
-        if (IsDone(hash)) return RunStatus.Done;
-        if (IsClaimed(hash)) return RunStatus.Running;
-        if (File.Exists(FailedPath(hash))) return RunStatus.Failed;
-        return RunStatus.Pending;
+        if (IsDone(hash)) return RunState.Done;
+        if (IsClaimed(hash)) return RunState.Running;
+        if (File.Exists(FailedPath(hash))) return RunState.Failed;
+        return RunState.Pending;
     }
 
     /// <summary>Whether another runner holds the run's claim right now (a lock file held open).</summary>
@@ -98,26 +98,25 @@ public sealed class ResultsStore
     static bool IsSharingViolation(IOException e) =>
         OperatingSystem.IsWindows() ? (e.HResult & 0xFFFF) == 32 : e.HResult == (OperatingSystem.IsLinux() ? 11 : 35);
 
-    /// <summary>Every metrics.json under the root, ordered by hash (so tables do not depend on directory order).</summary>
-    public IReadOnlyList<JsonObject> LoadAll()
+    /// <summary>Every run record under the root, ordered by hash (so tables do not depend on directory order).
+    /// A file that is not a valid record is an error naming it.</summary>
+    public IReadOnlyList<RunRecord> LoadAll()
     {
         if (!Directory.Exists(Root)) return [];
-        var list = new List<JsonObject>();
+        var list = new List<RunRecord>();
         foreach (var dir in Directory.GetDirectories(Root).OrderBy(d => Path.GetFileName(d), StringComparer.Ordinal))
         {
             var file = Path.Combine(dir, MetricsFile);
-            if (!File.Exists(file)) continue;
-            try
-            {
-                if (JsonNode.Parse(File.ReadAllText(file)) is JsonObject o) list.Add(o);
-            }
-            catch (JsonException e)
-            {
-                throw new InvalidDataException($"{file}: not valid JSON ({e.Message}); delete it to rerun that run", e);
-            }
+            if (File.Exists(file)) list.Add(RunRecordJson.ReadFile(file));
         }
         return list;
     }
+
+    /// <summary>The record of a finished run, or null when it has none yet.</summary>
+    public RunRecord? Load(string hash) => IsDone(hash) ? RunRecordJson.ReadFile(MetricsPath(hash)) : null;
+
+    /// <summary>Writes a finished run's record atomically (last: its existence is what "done" means).</summary>
+    public void Save(RunRecord record) => AtomicFile.WriteAllText(MetricsPath(record.Hash), RunRecordJson.Write(record));
 }
 
 /// <summary>A held claim; disposing releases it and removes the lock file.</summary>

@@ -19,8 +19,8 @@ public sealed record SlurmRun(string Hash, string Name, IReadOnlyList<string> De
     }
 }
 
-/// Splits a plan's runs into levels of its dependency graph: level 0 needs nothing, level k needs
-/// only runs of levels below k (pretraining first, tunes after). Each level becomes one job array.
+/// Splits a plan's runs into the levels of its dependency graph (<see cref="DependencyLevels"/>, as the
+/// plan does) after checking what Slurm needs of them. Each level becomes one job array.
 public static class SlurmLevels
 {
     public static IReadOnlyList<IReadOnlyList<SlurmRun>> FromRuns(IReadOnlyList<SlurmRun> runs)
@@ -40,27 +40,12 @@ public static class SlurmLevels
                     throw new ArgumentException(
                         $"run '{run.Name}' ({run.Hash}) depends on {dep}, which is not a run of this plan.");
 
-        var level = new Dictionary<string, int>(StringComparer.Ordinal);
-        var visiting = new HashSet<string>(StringComparer.Ordinal);
-        int LevelOf(SlurmRun run)
-        {
-            if (level.TryGetValue(run.Hash, out var known)) return known;
-            if (!visiting.Add(run.Hash))
-                throw new ArgumentException(
-                    $"the plan's dependencies form a cycle through run '{run.Name}' ({run.Hash}): no order can run it.");
-            var l = 0;
-            foreach (var dep in run.DependsOn) l = Math.Max(l, LevelOf(byHash[dep]) + 1);
-            visiting.Remove(run.Hash);
-            level[run.Hash] = l;
-            return l;
-        }
-
+        var level = DependencyLevels.Of(runs, r => r.Hash, r => r.DependsOn, r => $"'{r.Name}' ({r.Hash})");
         var levels = new List<List<SlurmRun>>();
-        foreach (var run in runs)
+        for (var i = 0; i < runs.Count; i++)
         {
-            var l = LevelOf(run);
-            while (levels.Count <= l) levels.Add([]);
-            levels[l].Add(run);
+            while (levels.Count <= level[i]) levels.Add([]);
+            levels[level[i]].Add(runs[i]);
         }
         return levels;
     }

@@ -1,9 +1,5 @@
 namespace Lora.Runner.Slurm;
 
-/// A run's state for people: pending (not submitted, or queued), running, done (results exist),
-/// failed (its Slurm task ended without results).
-public enum RunState { Pending, Running, Done, Failed }
-
 /// One run's state. JobId and LogPath come from the latest submission, when there was one.
 /// InSlurm: Slurm itself reports the task as queued or running (a resubmission leaves it alone).
 public sealed record SlurmRunStatus(SlurmRun Run, RunState State, string? JobId, string? LogPath, string Detail, bool InSlurm = false);
@@ -31,20 +27,12 @@ public sealed record SlurmStatusReport(IReadOnlyList<SlurmRunStatus> Runs, IRead
     }
 }
 
-/// Where results live: a run is done when results/<hash>/metrics.json exists (written last and
-/// atomically by `lora run`).
-public static class ResultsLayout
-{
-    public static bool IsDone(string resultsDir, string hash) =>
-        File.Exists(Path.Combine(resultsDir, hash, "metrics.json"));
-}
-
 /// Combines the results folder, jobs.json, squeue and (where accounting storage exists) sacct.
 public sealed class SlurmStatus(ICommandRunner commands)
 {
     public SlurmStatusReport Read(IReadOnlyList<SlurmRun> runs, string resultsDir, Func<string, bool>? isDone = null)
     {
-        isDone ??= hash => ResultsLayout.IsDone(resultsDir, hash);
+        isDone ??= new ResultsStore(resultsDir).IsDone;
         var ledger = JobLedger.Load(resultsDir);
         var notes = new List<string>();
         var asked = runs.Where(r => !isDone(r.Hash) && ledger.ContainsKey(r.Hash)).ToList();
@@ -113,7 +101,7 @@ public sealed class SlurmStatus(ICommandRunner commands)
             TaskPhase.Queued => new(run, RunState.Pending, task.JobId, task.Log, $"queued ({slurmState})", InSlurm: true),
             TaskPhase.Running => new(run, RunState.Running, task.JobId, task.Log, $"running; log: {task.Log}", InSlurm: true),
             TaskPhase.Succeeded => new(run, RunState.Failed, task.JobId, task.Log,
-                $"task completed but wrote no {Path.Combine(run.Hash, "metrics.json")}; {log}"),
+                $"task completed but wrote no {Path.Combine(run.Hash, ResultsStore.MetricsFile)}; {log}"),
             TaskPhase.Failed => new(run, RunState.Failed, task.JobId, task.Log, $"{slurmState}; {log}"),
             _ when slurmState is not null && inQueue => new(run, RunState.Pending, task.JobId, task.Log, $"in the queue as {slurmState}", InSlurm: true),
             _ => new(run, RunState.Failed, task.JobId, task.Log, $"left the queue without results; {log}"),
