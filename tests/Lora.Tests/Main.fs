@@ -20,6 +20,7 @@ let all =
         SafetensorsTests.tests
         TuningTests.tests
         TuningCheckpointTests.tests
+        MethodZooTests.tests
         PeftConfigTests.tests
         ZooTests.tests
         ZooTests.dslKnowsTheZoo

@@ -129,7 +129,7 @@ public sealed class LoKrMethod : LycorisMethod
         {
             DecomposeBoth = json.Bool("decompose_both"),
             DecomposeFactor = (int)(json.Num("decompose_factor") ?? -1),
-            LycorisInit = json.Str("init_weights") is "lycoris",
+            LycorisInit = json["init_weights"] is JsonValue v && v.TryGetValue<string>(out var how) && how == "lycoris",
         }), null);
 
     public override JsonObject WriteConfig(TuningConfig config, IReadOnlyDictionary<string, bool[]>? rankPattern, string adapter)

@@ -1,0 +1,309 @@
+/// The method zoo beside LoRA: BitFit, LN tuning, (IA)³, SSF, LoHa, LoKr. For each: a fresh adapter
+/// changes nothing, merged forward = unmerged forward, unmerge restores every merged base tensor
+/// exactly (FsCheck over shapes, ranks and options, in float64 and float32), the forward matches a
+/// reference written from the paper's / PEFT's formula, checkpoints round-trip in PEFT's keys, and
+/// summaries count what the formula says.
+module Lora.Tests.MethodZooTests
+
+open System.IO
+open Expecto
+open TorchSharp
+open TorchSharp.Modules
+open Lora.Core.Tuning
+open Lora.Tests.Generators
+open Lora.Tests.TuningModels
+
+let private dtypeOf (b: bool) = if b then torch.float64 else torch.float32
+let private tol (dt: torch.ScalarType) = if dt = torch.float64 then 1e-9 else 2e-4
+
+let private relErr (a: torch.Tensor) (b: torch.Tensor) =
+    use d = (a - b).abs().max()
+    use m = b.abs().max()
+    d.ToDouble() / (1.0 + m.ToDouble())
+
+let private close name dt (a: torch.Tensor) (b: torch.Tensor) =
+    Expect.sequenceEqual a.shape b.shape (name + ": shape")
+    let e = relErr a b
+    Expect.isLessThan e (tol dt) (sprintf "%s: relative error %g" name e)
+
+let private same (a: torch.Tensor) (b: torch.Tensor) =
+    a.shape = b.shape && (use d = (a - b).abs().max() in d.ToDouble() = 0.0)
+
+let private randomise (ps: Parameter seq) (seed: int) =
+    use g = new torch.Generator(uint64 (abs seed))
+    use _ = torch.no_grad ()
+    for p in ps do
+        use r = torch.randn(p.shape, dtype = p.dtype, generator = g)
+        p.copy_(r * 0.3 + (if p.shape.Length = 1 || p.shape |> Array.filter ((<>) 1L) |> Array.length <= 1 then 1.0 else 0.0)) |> ignore
+
+/// The base module's own parameters (weight, bias), cloned.
+let private baseTensors (l: TunerLayer) =
+    l.base_layer.named_parameters() |> Seq.map (fun struct (n, p) -> n, p.detach().clone()) |> List.ofSeq
+
+/// A fresh adapter is the base; merged = unmerged; unmerge restores the weight and bias bit for bit.
+let private contract (l: TunerLayer) (x: torch.Tensor) (yBase: torch.Tensor) (exact: bool) dt (reference: unit -> torch.Tensor) seed =
+    l.SetActiveAdapters [ "default" ]
+    l.eval ()
+    use y0 = l.forward x
+    if exact then Expect.isTrue (same y0 yBase) "a fresh adapter leaves the output unchanged"
+    else close "a fresh adapter leaves the output unchanged" dt y0 yBase
+    randomise (l.AdapterParameters "default") seed
+    use y = l.forward x
+    use yr = reference ()
+    close "forward vs the formula" dt y yr
+    let before = baseTensors l
+    l.Merge()
+    l.Merge()
+    use ym = l.forward x
+    close "merged vs unmerged" dt ym y
+    l.Unmerge()
+    for (n, t) in before do
+        let now = l.base_layer.named_parameters() |> Seq.find (fun struct (m, _) -> m = n) |> fun struct (_, p) -> p
+        Expect.isTrue (same now t) (sprintf "unmerge restores %s exactly" n)
+    use y2 = l.forward x
+    Expect.isTrue (same y2 y) "forward after unmerge is the unmerged forward"
+
+let private sizes (a: int) (b: int) = int64 (abs a % 7 + 2), int64 (abs b % 7 + 2)
+
+let private linear seed a b f64 =
+    let dt = dtypeOf f64
+    let i, o = sizes a b
+    let lin = torch.nn.Linear(i, o, dtype = dt)
+    randomise (lin.parameters ()) (seed + 1)
+    use g = new torch.Generator(uint64 (abs seed))
+    lin, torch.randn([| 3L; 2L; i |], dtype = dt, generator = g), dt
+
+let private conv seed (a: byte) (b: byte) (k: byte) f64 =
+    let dt = dtypeOf f64
+    let i, o = sizes (int a) (int b)
+    let k = int64 (int k % 3 + 1)
+    let c = torch.nn.Conv2d(i, o, k, stride = 1L + int64 (int a % 2), padding = int64 (int b % 2), dtype = dt)
+    randomise (c.parameters ()) (seed + 1)
+    use g = new torch.Generator(uint64 (abs seed))
+    c, torch.randn([| 2L; i; 5L; 5L |], dtype = dt, generator = g), dt
+
+let private conv2dWith (c: Conv2d) (x: torch.Tensor) (w: torch.Tensor) =
+    torch.nn.functional.conv2d(x, w, null, c.stride, c.padding, c.dilation, c.groups)
+
+let private slot (s: AdapterSlots) = s.Parameter "default" :> torch.Tensor
+
+let private layerTests =
+    testList "layers" [
+        testProp "BitFit on Linear, Conv2d, LayerNorm: y = base(x) + Δb; merges into the bias" (fun (seed: int) (a: byte) (b: byte) (k: byte) (f64: bool) (kind: byte) ->
+            let m, x, dt =
+                match int kind % 3 with
+                | 0 -> let l, x, dt = linear seed (int a) (int b) f64 in (l :> torch.nn.Module<torch.Tensor, torch.Tensor>), x, dt
+                | 1 -> let c, x, dt = conv seed a b k f64 in (c :> torch.nn.Module<torch.Tensor, torch.Tensor>), x, dt
+                | _ ->
+                    let dt = dtypeOf f64
+                    let n = torch.nn.LayerNorm([| int64 (int a % 7 + 2) |], dtype = dt)
+                    randomise (n.parameters ()) (seed + 1)
+                    use g = new torch.Generator(uint64 (abs seed))
+                    n, torch.randn([| 3L; int64 (int a % 7 + 2) |], dtype = dt, generator = g), dt
+            use yBase = m.forward x
+            let l = new BitFitLayer(m)
+            l.AddAdapter "default"
+            contract l x yBase true dt (fun () ->
+                let d = slot l.bitfit_bias
+                if m :? Conv2d then yBase + d.view(1L, -1L, 1L, 1L) else yBase + d) seed)
+
+        testProp "LN tuning: the copy's affine replaces the norm's; merge writes weight and bias" (fun (seed: int) (a: byte) (f64: bool) ->
+            let dt = dtypeOf f64
+            let c = int64 (int a % 7 + 2)
+            let n = torch.nn.LayerNorm([| c |], dtype = dt)
+            randomise (n.parameters ()) (seed + 1)
+            use g = new torch.Generator(uint64 (abs seed))
+            let x = torch.randn([| 3L; 2L; c |], dtype = dt, generator = g)
+            use yBase = n.forward x
+            let l = new LnTuningLayer(n)
+            l.AddAdapter "default"
+            contract l x yBase true dt (fun () ->
+                let aff = l.Copy "default"
+                use mu = x.mean([| -1L |], keepdim = true)
+                use var = x.var([| -1L |], unbiased = false, keepdim = true)
+                (x - mu) / (var + 1e-5).sqrt() * aff.weight + aff.bias) seed)
+
+        testProp "(IA)³ Linear: output scaling, or input scaling on a feed-forward layer" (fun (seed: int) (a: byte) (b: byte) (f64: bool) (ff: bool) ->
+            let lin, x, dt = linear seed (int a) (int b) f64
+            use yBase = lin.forward x
+            let l = new Ia3Layer(lin, ff)
+            l.AddAdapter("default", true)
+            contract l x yBase true dt (fun () ->
+                let v = slot l.ia3_l
+                if ff then lin.forward (x * v.flatten()) else yBase * v.flatten()) seed)
+
+        testProp "(IA)³ Conv2d: output scaling, or input scaling on a feed-forward layer" (fun (seed: int) (a: byte) (b: byte) (k: byte) (f64: bool) (ff: bool) ->
+            let c, x, dt = conv seed a b k f64
+            use yBase = c.forward x
+            let l = new Ia3Layer(c, ff)
+            l.AddAdapter("default", true)
+            contract l x yBase true dt (fun () ->
+                let v = slot l.ia3_l
+                if ff then c.forward (x * v) else yBase * v) seed)
+
+        testProp "SSF on Linear, Conv2d, LayerNorm: y = γ ⊙ base(x) + β; folds into weight and bias" (fun (seed: int) (a: byte) (b: byte) (k: byte) (f64: bool) (kind: byte) ->
+            let m, x, dt =
+                match int kind % 3 with
+                | 0 -> let l, x, dt = linear seed (int a) (int b) f64 in (l :> torch.nn.Module<torch.Tensor, torch.Tensor>), x, dt
+                | 1 -> let c, x, dt = conv seed a b k f64 in (c :> torch.nn.Module<torch.Tensor, torch.Tensor>), x, dt
+                | _ ->
+                    let dt = dtypeOf f64
+                    let n = torch.nn.LayerNorm([| int64 (int a % 7 + 2) |], dtype = dt)
+                    randomise (n.parameters ()) (seed + 1)
+                    use g = new torch.Generator(uint64 (abs seed))
+                    n, torch.randn([| 3L; int64 (int a % 7 + 2) |], dtype = dt, generator = g), dt
+            use yBase = m.forward x
+            let l = new SsfLayer(m)
+            l.AddAdapter("default", 0.0)
+            contract l x yBase true dt (fun () ->
+                let g, s = slot l.ssf_scale, slot l.ssf_shift
+                if m :? Conv2d then yBase * g.view(1L, -1L, 1L, 1L) + s.view(1L, -1L, 1L, 1L) else yBase * g + s) seed)
+
+        testProp "LoHa Linear: ΔW = (w1a·w1b) ⊙ (w2a·w2b) · α/r" (fun (seed: int) (a: byte) (b: byte) (c: byte) (f64: bool) ->
+            let lin, x, dt = linear seed (int a) (int b) f64
+            let r = int c % 4 + 1
+            use yBase = lin.forward x
+            let l = new LoHaLayer(lin)
+            l.AddAdapter("default", r, 3.0, LoHaConfig(Targets = [| "x" |]))
+            contract l x yBase true dt (fun () ->
+                let dw = (slot l.hada_w1_a).matmul(slot l.hada_w1_b) * (slot l.hada_w2_a).matmul(slot l.hada_w2_b) * (3.0 / float r)
+                yBase + x.matmul(dw.t())) seed)
+
+        testProp "LoHa Conv2d, flattened or CP (effective conv2d)" (fun (seed: int) (a: byte) (b: byte) (k: byte) (c: byte) (f64: bool) (eff: bool) ->
+            let cv, x, dt = conv seed a b k f64
+            let r = int c % 3 + 1
+            use yBase = cv.forward x
+            let l = new LoHaLayer(cv)
+            l.AddAdapter("default", r, 2.0, LoHaConfig(Targets = [| "x" |], UseEffectiveConv2d = eff))
+            let cp = eff && cv.kernel_size.[0] <> 1L
+            Expect.equal (l.hada_t1.Contains "default") cp "CP cores exactly for a k×k kernel with effective conv2d"
+            contract l x yBase true dt (fun () ->
+                let w = cv.weight
+                let rebuild (t: AdapterSlots) (wa: AdapterSlots) (wb: AdapterSlots) =
+                    if cp then
+                        // Σ_ij t[i,j,k,l] · wb[j,c] · wa[i,o], as nested products
+                        let tb = torch.tensordot(slot t, slot wb, [| 1L |], [| 0L |])          // (i, k, l, c)
+                        torch.tensordot(slot wa, tb, [| 0L |], [| 0L |]).permute(0L, 3L, 1L, 2L) // (o, c, k, l)
+                    else (slot wa).matmul(slot wb).reshape(w.shape)
+                let dw = rebuild l.hada_t1 l.hada_w1_a l.hada_w1_b * rebuild l.hada_t2 l.hada_w2_a l.hada_w2_b * (2.0 / float r)
+                yBase + conv2dWith cv x dw) seed)
+
+        testProp "LoKr Linear: ΔW = w1 ⊗ w2 · α/r over decompositions" (fun (seed: int) (a: byte) (b: byte) (c: byte) (f64: bool) (both: bool) ->
+            let dt = dtypeOf f64
+            let i, o = int64 (int a % 4 + 1) * 4L, int64 (int b % 4 + 1) * 6L
+            let lin = torch.nn.Linear(i, o, dtype = dt)
+            randomise (lin.parameters ()) (seed + 1)
+            use g = new torch.Generator(uint64 (abs seed))
+            let x = torch.randn([| 3L; i |], dtype = dt, generator = g)
+            let r = int c % 4 + 1
+            use yBase = lin.forward x
+            let l = new LoKrLayer(lin)
+            l.AddAdapter("default", r, 2.0, LoKrConfig(Targets = [| "x" |], DecomposeBoth = both))
+            contract l x yBase true dt (fun () ->
+                let w1 = if l.lokr_w1.Contains "default" then slot l.lokr_w1 else (slot l.lokr_w1_a).matmul(slot l.lokr_w1_b)
+                let w2 = if l.lokr_w2.Contains "default" then slot l.lokr_w2 else (slot l.lokr_w2_a).matmul(slot l.lokr_w2_b)
+                // the Kronecker product by its definition: K[i·b + k, j·d + l] = w1[i, j] · w2[k, l]
+                let k = (w1.unsqueeze(1L).unsqueeze(3L) * w2.unsqueeze(0L).unsqueeze(2L)).reshape(o, i)
+                yBase + x.matmul((k * (2.0 / float r)).t())) seed)
+
+        testProp "LoKr Conv2d: full, low-rank or CP right factor" (fun (seed: int) (a: byte) (b: byte) (k: byte) (c: byte) (f64: bool) (eff: bool) ->
+            let cv, x, dt = conv seed a b k f64
+            let r = int c % 3 + 1
+            use yBase = cv.forward x
+            let l = new LoKrLayer(cv)
+            l.AddAdapter("default", r, 2.0, LoKrConfig(Targets = [| "x" |], UseEffectiveConv2d = eff))
+            contract l x yBase true dt (fun () ->
+                let dw = l.DeltaWeight "default"
+                Expect.sequenceEqual dw.shape cv.weight.shape "ΔW has the kernel's shape"
+                yBase + conv2dWith cv x dw) seed)
+
+        test "LoKr's factorization is PEFT's (its docstring examples)" {
+            for d, f, expected in [ 256L, -1, (16L, 16L); 128L, -1, (8L, 16L); 127L, -1, (1L, 127L); 128L, 4, (4L, 32L); 192L, -1, (12L, 16L) ] do
+                Expect.equal (let struct (m, n) = LoKrLayer.Factorization(d, f) in (m, n)) expected (sprintf "factorization(%d, %d)" d f)
+        }
+    ]
+
+/// A zoo model-shaped ViT with every method, its checkpoint in PEFT's keys, and summaries.
+let private twin () =
+    let a = vitTiny ()
+    let b = vitTiny ()
+    use _ = torch.no_grad ()
+    let sa = a.state_dict ()
+    for KeyValue(k, v) in b.state_dict () do v.copy_(sa.[k]) |> ignore
+    a.eval (); b.eval ()
+    a, b
+
+let private configs : (string * TuningConfig * string list) list =
+    [ "BitFit", BitFitConfig(ModulesToSave = [| "head" |]), [ "blocks.0.attn.qkv.bitfit_bias"; "blocks.1.norm2.bitfit_bias"; "head.weight" ]
+      "LN tuning", LnTuningConfig(), [ "blocks.0.norm1.ln_tuning_layers.weight"; "norm.ln_tuning_layers.bias" ]
+      "(IA)³", Ia3Config(Targets = [| "qkv"; "fc2" |], FeedforwardModules = [| "fc2" |]), [ "blocks.0.attn.qkv.ia3_l"; "blocks.1.mlp.fc2.ia3_l" ]
+      "SSF", SsfConfig(ModulesToSave = [| "head" |]), [ "patch_embed.proj.ssf_scale"; "blocks.0.mlp.fc1.ssf_shift" ]
+      "LoHa", LoHaConfig(Targets = [| "qkv"; "proj" |], Rank = 2), [ "blocks.0.attn.qkv.hada_w1_a"; "blocks.1.attn.proj.hada_w2_b" ]
+      "LoHa, effective conv2d", LoHaConfig(Targets = [| "patch_embed.proj"; "qkv" |], Rank = 2, UseEffectiveConv2d = true), [ "patch_embed.proj.hada_t1"; "patch_embed.proj.hada_t2" ]
+      "LoKr", LoKrConfig(Targets = [| "qkv"; "patch_embed.proj" |], Rank = 2, DecomposeBoth = true), [ "blocks.0.attn.qkv.lokr_w1_a"; "patch_embed.proj.lokr_w2" ] ]
+
+let private modelTests =
+    testList "models" [
+        for name, config, keys in configs do
+            test $"{name}: save → load gives the same outputs, in PEFT's keys; merged = unmerged on the model" {
+                let a, b = twin ()
+                let ta = Tuner.Apply(a, config)
+                use x = torch.randn(2L, 3L, 8L, 8L)
+                use y0 = a.forward x
+                for struct (_, l) in ta.Layers do randomise (l.AdapterParameters "default") 7
+                use ya = a.forward x
+                Expect.isGreaterThan (relErr ya y0) 1e-6 "trained adapters change the output"
+                use dir = new TempDir()
+                AdapterCheckpoint.Save(ta, dir.Path)
+                let saved = AdapterCheckpoint.StateDict(ta).Keys |> Set.ofSeq
+                for k in keys do Expect.contains saved ("base_model.model." + k) "PEFT key"
+                let tb = AdapterCheckpoint.Load(b, dir.Path)
+                use yb = b.forward x
+                close "loaded" torch.float32 yb ya
+                Expect.equal (AdapterCheckpoint.StateDict(tb).Keys |> Set.ofSeq) saved "same keys"
+                Expect.equal (tb.Summary().Trainable) (ta.Summary().Trainable) "same trainable count"
+                ta.Merge()
+                use ym = a.forward x
+                close "merged model" torch.float32 ym ya
+                ta.Unmerge()
+                let plain = ta.Unload() :?> torch.nn.Module<torch.Tensor, torch.Tensor>
+                use yu = plain.forward x
+                Expect.isTrue (same yu y0) "unloading restores the base model exactly"
+            }
+        test "summary counts are the formulas" {
+            let count (c: TuningConfig) = (Tuner.Apply(vitTiny (), c).Summary()).Trainable
+            // vitTiny: dim 16, 2 blocks, mlp 64, patch 4 (3 → 16 conv 4×4), head 16 → 5
+            let d, blocks, h = 16L, 2L, 64L
+            let perBlockBiases = d + 3L * d + d + d + h + d   // norm1, qkv, proj, norm2, fc1, fc2
+            Expect.equal (count (BitFitConfig())) (d + blocks * perBlockBiases + d + 5L) "every bias: patch, blocks, norm, head"
+            Expect.equal (count (LnTuningConfig())) ((2L * blocks + 1L) * 2L * d) "weight + bias of every LayerNorm"
+            Expect.equal (count (SsfConfig())) (2L * (d + blocks * perBlockBiases + d + 5L)) "scale + shift per output channel of every layer"
+            Expect.equal (count (Ia3Config(Targets = [| "qkv"; "fc2" |], FeedforwardModules = [| "fc2" |]))) (blocks * (3L * d + h)) "qkv outputs + fc2 inputs"
+            Expect.equal (count (LoHaConfig(Targets = [| "qkv" |], Rank = 2))) (blocks * 2L * (3L * d * 2L + 2L * d)) "2 × (out·r + r·in)"
+            // LoKr on qkv (48 × 16), r 2: 48 = 6·8, 16 = 4·4; w1 (6, 4) full; r < 8/2: w2 = (8, 2)·(2, 4)
+            Expect.equal (count (LoKrConfig(Targets = [| "qkv" |], Rank = 2))) (blocks * (6L * 4L + 8L * 2L + 2L * 4L)) "w1 + w2_a + w2_b"
+        }
+        test "a method on a model it does not fit says what would fit" {
+            let resnetLike = torch.nn.Sequential([| ("conv", torch.nn.Conv2d(3L, 4L, 3L) :> torch.nn.Module<torch.Tensor, torch.Tensor>); ("bn", torch.nn.BatchNorm2d(4L)) |])
+            let e = Tuner.Match(resnetLike, LnTuningConfig()).Errors |> String.concat "; "
+            Expect.stringContains e "bitfit or ssf" "LN tuning on a BatchNorm model points to BitFit and SSF"
+            let e2 = Tuner.Match(vitTiny (), Ia3Config(Targets = [| "norm1" |])).Errors |> String.concat "; "
+            Expect.stringContains e2 "supported: Linear and Conv2d" "(IA)³ on a LayerNorm"
+            Expect.throwsT<System.ArgumentException> (fun () -> Tuner.Match(vitTiny (), Ia3Config(Targets = [| "qkv" |], FeedforwardModules = [| "fc2" |])) |> ignore)
+                "feed-forward modules must be targets (PEFT's subset rule)"
+        }
+        test "BitFit, LN tuning and SSF name the modules they tuned in their checkpoints (PEFT has no default targets for timm models)" {
+            let t = Tuner.Apply(vitTiny (), LnTuningConfig())
+            use dir = new TempDir()
+            AdapterCheckpoint.Save(t, dir.Path)
+            let json = File.ReadAllText(Path.Combine(dir.Path, AdapterCheckpoint.ConfigFile))
+            Expect.stringContains json "blocks.1.norm2" "target_modules lists the norms"
+            let struct (c, _) = AdapterCheckpoint.ReadConfig dir.Path
+            Expect.equal c.Targets.Count 5 "4 block norms + the final norm"
+        }
+        test "non-mergeable? none of these: every one merges" {
+            for _, c, _ in configs do Expect.isNull c.Method.NotMergeable $"{c.Method.Name} merges"
+        }
+    ]
+
+let tests = testList "MethodZoo" [ layerTests; modelTests ]
