@@ -306,4 +306,59 @@ let private modelTests =
         }
     ]
 
-let tests = testList "MethodZoo" [ layerTests; modelTests ]
+/// The methods in the spec vocabulary: YAML options, conversion to Core, and validate's errors.
+let private specTests =
+    testList "specs" [
+        test "every method parses from YAML with its options and converts to its Core config" {
+            let conv text rank =
+                match Lora.Conversion.ToCore.parseMethod text rank with
+                | Ok m -> m, Lora.Conversion.ToCore.methodOf (lazy "head") rank m
+                | Error e -> failtestf "%s: %A" text e
+            let cfg (_, c) = match c with Lora.Conversion.CoreMethod.Tune c -> c | _ -> failtest "a tuning config"
+            Expect.equal (cfg (conv "bitfit" None)).Method.Name "BitFit" "bitfit"
+            Expect.equal (cfg (conv "ln_tuning: { targets: [norm1] }" None)).Targets.[0] "norm1" "ln_tuning targets"
+            let ia3 = cfg (conv "ia3" None) :?> Ia3Config
+            Expect.sequenceEqual ia3.FeedforwardModules [ "fc2" ] "PEFT's ViT feed-forward default"
+            Expect.sequenceEqual ia3.ModulesToSave [ "head" ] "head trains"
+            Expect.isEmpty (cfg (conv "ia3: { targets: [qkv] }" None) :?> Ia3Config).FeedforwardModules "own targets: no default feed-forward"
+            let ssf = cfg (conv "ssf: { modules_to_save: [] }" None)
+            Expect.isEmpty ssf.ModulesToSave "ssf without head"
+            let loha = cfg (conv "loha: { effective_conv2d: true }" (Some 4)) :?> LoHaConfig
+            Expect.equal (loha.Rank, loha.Alpha, loha.UseEffectiveConv2d) (4, 8.0, true) "rank from the grid, alpha 2 × rank"
+            let lokr = cfg (conv "lokr: { alpha: 3, decompose_both: true, decompose_factor: 4 }" (Some 2)) :?> LoKrConfig
+            Expect.equal (lokr.Alpha, lokr.DecomposeBoth, lokr.DecomposeFactor) (3.0, true, 4) "LoKr options"
+        }
+        test "wrong options are located errors naming what applies" {
+            let err text = match Lora.Dsl.YamlSpec.method text with Error e -> String.concat "; " e | Ok _ -> failtestf "%s parsed" text
+            Expect.stringContains (err "bitfit: { alpha: 4 }") "option of" "alpha is not BitFit's"
+            Expect.stringContains (err "ia3: { feedforward: fc2 }") "expected a list" "feedforward is a list"
+            Expect.stringContains (err "lokr: { decompose_factor: x }") "an integer" "decompose_factor"
+            match Lora.Conversion.ToCore.parseMethod "ia3: { targets: [qkv], feedforward: [fc2] }" None with
+            | Error e -> Expect.stringContains (String.concat "; " e) "not among the targets" "PEFT's subset rule, before any model"
+            | Ok _ -> failtest "feed-forward outside the targets must fail"
+        }
+        test "validate: a method on a zoo model it does not fit says what would fit" {
+            let run (m: Lora.Dsl.Method) zoo =
+                let e: Lora.Dsl.Experiment =
+                    { Name = "x"; Models = [ Lora.Dsl.Zoo { Name = zoo; Options = Map.empty } ]; Datasets = [ Lora.Dsl.Builders.fashionMnist ]
+                      Task = Lora.Dsl.Classification; Methods = [ m ]; Ranks = [ 2 ]; Seeds = [ 0 ]; Training = Lora.Dsl.Training.Defaults }
+                Lora.Dsl.Grid.expand e |> List.head |> Lora.Conversion.ToCore.checkRun |> String.concat "; "
+            Expect.stringContains (run Lora.Dsl.Builders.lnTuning "resnet18") "bitfit or ssf" "LN tuning on a ResNet"
+            Expect.equal (run Lora.Dsl.Builders.bitfit "resnet18") "" "BitFit fits a ResNet"
+            Expect.equal (run Lora.Dsl.Builders.ssf "convnext_tiny") "" "SSF fits a ConvNeXt"
+            Expect.stringContains (run Lora.Dsl.Builders.ia3 "resnet18") "matches no module" "(IA)³'s ViT targets on a ResNet"
+        }
+        test "the new methods' runs hash apart, and a LoRA run's canonical form has none of their fields" {
+            let runOf m : Lora.Dsl.Run =
+                { Kind = Lora.Dsl.Tuning; Experiment = "x"; Name = "n"; Model = Lora.Dsl.Zoo { Name = "vit"; Options = Map.empty }
+                  Dataset = Lora.Dsl.Builders.fashionMnist; Task = Lora.Dsl.Classification; Method = m; Rank = None; Seed = 0
+                  Training = Lora.Dsl.Training.Defaults }
+            let methods = (let b = Lora.Dsl.Builders.bitfit in [ b; Lora.Dsl.Builders.lnTuning; Lora.Dsl.Builders.ia3; Lora.Dsl.Builders.ssf; Lora.Dsl.Builders.loha; Lora.Dsl.Builders.lokr; Lora.Dsl.Builders.lora ])
+            let hashes = methods |> List.map (runOf >> Lora.Dsl.Canonical.hash)
+            Expect.equal (List.distinct hashes).Length methods.Length "distinct hashes"
+            let loraJson = Lora.Dsl.Canonical.json (runOf Lora.Dsl.Builders.lora)
+            for f in [ "feedforward"; "effective_conv2d"; "decompose" ] do Expect.isFalse (loraJson.Contains f) $"no {f} in LoRA's form"
+        }
+    ]
+
+let tests = testList "MethodZoo" [ layerTests; modelTests; specTests ]
