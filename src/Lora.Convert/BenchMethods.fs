@@ -24,7 +24,8 @@ let presets =
       "ia3", "ia3: { targets: [qkv, fc2], feedforward: [fc2], modules_to_save: [head] }"
       // PEFT's LoHaConfig / LoKrConfig default alpha 8
       "loha", "loha: { targets: [qkv], alpha: 8, modules_to_save: [head] }"
-      "lokr", "lokr: { targets: [qkv], alpha: 8, modules_to_save: [head] }" ]
+      "lokr", "lokr: { targets: [qkv], alpha: 8, modules_to_save: [head] }"
+      "vera", "vera: { targets: [qkv], modules_to_save: [head] }" ]
 
 /// The preset names, in the order they are usually listed.
 let names = presets |> List.map fst

@@ -76,6 +76,10 @@ let methodOf (classifier: Lazy<string>) (rank: int option) (m: Method) : CoreMet
             LoKrConfig(Targets = Array.ofList o.LycorisTargets, Rank = r, Alpha = defaultArg o.LycorisAlpha (2.0 * float r),
                        UseEffectiveConv2d = o.EffectiveConv2d, ModulesToSave = saved classifier o.LycorisModulesToSave,
                        DecomposeBoth = o.DecomposeBoth, DecomposeFactor = o.DecomposeFactor))
+    | Vera o ->
+        CoreMethod.Tune(
+            VeraConfig(Targets = Array.ofList o.VeraTargets, Rank = r, ModulesToSave = saved classifier o.VeraModulesToSave,
+                       DInitial = o.DInitial, ProjectionPrngKey = o.ProjectionPrngKey))
 
 /// A run's method on its model.
 let ofRun (run: Run) (model: torch.nn.Module) : CoreMethod =

@@ -132,7 +132,12 @@ module Canonical =
                       "effective_conv2d", JBool o.EffectiveConv2d ]
                     @ (match m with
                        | LoKr _ -> [ "decompose_both", JBool o.DecomposeBoth; "decompose_factor", JInt(int64 o.DecomposeFactor) ]
-                       | _ -> []))
+                       | _ -> [])
+                | Vera o ->
+                    [ "targets", strs o.VeraTargets
+                      "modules_to_save", strs o.VeraModulesToSave
+                      "d_initial", JFloat o.DInitial
+                      "projection_prng_key", JInt(int64 o.ProjectionPrngKey) ])
         )
 
     let hashOf (text: string) =

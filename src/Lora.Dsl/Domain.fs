@@ -74,6 +74,17 @@ type LycorisOptions =
         { LycorisAlpha = None; LycorisTargets = [ "qkv" ]; LycorisModulesToSave = [ "head" ]; EffectiveConv2d = false
           DecomposeBoth = false; DecomposeFactor = -1 }
 
+/// VeRA (PEFT VeraConfig); the grid's rank is r of the shared random matrices.
+type VeraOptions =
+    { VeraTargets: string list
+      VeraModulesToSave: string list
+      /// d_initial: λ_d's starting value
+      DInitial: float
+      /// projection_prng_key: the seed of the shared A and B
+      ProjectionPrngKey: int }
+
+    static member Defaults = { VeraTargets = [ "qkv" ]; VeraModulesToSave = [ "head" ]; DInitial = 0.1; ProjectionPrngKey = 0 }
+
 /// Options shared by LoRA, DoRA and AdaLoRA (PEFT LoraConfig names in comments).
 type LoraOptions =
     { /// lora_alpha; None = 2 × rank (filled in when the grid expands)
@@ -138,6 +149,7 @@ type Method =
     | Ssf of LayerOptions
     | LoHa of LycorisOptions
     | LoKr of LycorisOptions
+    | Vera of VeraOptions
 
     /// Lower-case name used in tables, run names and YAML (full, head, lora, dora, adalora, adapter).
     member m.Name =
@@ -154,6 +166,7 @@ type Method =
         | Ssf _ -> "ssf"
         | LoHa _ -> "loha"
         | LoKr _ -> "lokr"
+        | Vera _ -> "vera"
 
     /// Whether the grid's ranks multiply this method.
     member m.UsesRank =

@@ -251,7 +251,8 @@ module YamlSpec =
     let private ia3Keys = [ "targets"; "feedforward"; "modules_to_save" ]
     let private lohaKeys = [ "alpha"; "targets"; "modules_to_save"; "effective_conv2d" ]
     let private lokrKeys = lohaKeys @ [ "decompose_both"; "decompose_factor" ]
-    let private methodNames = [ "full"; "head"; "lora"; "dora"; "adalora"; "adapter"; "bitfit"; "ln_tuning"; "ia3"; "ssf"; "loha"; "lokr" ]
+    let private veraKeys = [ "targets"; "modules_to_save"; "d_initial"; "projection_prng_key" ]
+    let private methodNames = [ "full"; "head"; "lora"; "dora"; "adalora"; "adapter"; "bitfit"; "ln_tuning"; "ia3"; "ssf"; "loha"; "lokr"; "vera" ]
 
     let private keysOf name =
         match name with
@@ -262,6 +263,7 @@ module YamlSpec =
         | "ia3" -> ia3Keys
         | "loha" -> lohaKeys
         | "lokr" -> lokrKeys
+        | "vera" -> veraKeys
         | _ -> []
 
     let private strList (r: Reader) fs path key = opt fs path key (fun p n -> list r p n (readStr r))
@@ -280,6 +282,14 @@ module YamlSpec =
           // PEFT's ViT feed-forward default applies with its default targets only
           Feedforward = strList r fs path "feedforward" |> Option.defaultValue (if targets.IsNone then d.Feedforward else [])
           Ia3ModulesToSave = strList r fs path "modules_to_save" |> Option.defaultValue d.Ia3ModulesToSave }
+
+    /// vera: { targets, modules_to_save, d_initial, projection_prng_key }.
+    let private veraOptions (r: Reader) path (fs: Map<string, YamlNode>) : VeraOptions =
+        let d = VeraOptions.Defaults
+        { VeraTargets = strList r fs path "targets" |> Option.defaultValue d.VeraTargets
+          VeraModulesToSave = strList r fs path "modules_to_save" |> Option.defaultValue d.VeraModulesToSave
+          DInitial = opt fs path "d_initial" (readFloat r) |> Option.defaultValue d.DInitial
+          ProjectionPrngKey = opt fs path "projection_prng_key" (readInt r) |> Option.defaultValue d.ProjectionPrngKey }
 
     /// loha, lokr: { alpha, targets, modules_to_save, effective_conv2d[, decompose_both, decompose_factor] }.
     let private lycorisOptions (r: Reader) path (fs: Map<string, YamlNode>) : LycorisOptions =
@@ -336,6 +346,7 @@ module YamlSpec =
             | "ia3" -> Some(Ia3(ia3Options r path fs))
             | "loha" -> Some(LoHa(lycorisOptions r path fs))
             | "lokr" -> Some(LoKr(lycorisOptions r path fs))
+            | "vera" -> Some(Vera(veraOptions r path fs))
             | _ ->
                 let d = AdapterOptions.Defaults
                 Some(
@@ -665,6 +676,12 @@ module YamlSpec =
             if m.IsLoKr then
                 line ("    decompose_both: " + (if o.DecomposeBoth then "true" else "false"))
                 line (sprintf "    decompose_factor: %d" o.DecomposeFactor)
+        | Vera o ->
+            line "- vera:"
+            line ("    targets: " + flowStrs o.VeraTargets)
+            line ("    modules_to_save: " + flowStrs o.VeraModulesToSave)
+            line ("    d_initial: " + f o.DInitial)
+            line (sprintf "    projection_prng_key: %d" o.ProjectionPrngKey)
 
     /// YAML text for experiments, every field explicit (pretrain steps inline); `parse` reads it back
     /// into equal records.

@@ -130,6 +130,14 @@ let methodOf (maxRank: int) (kind: string) =
                   DecomposeBoth = (kind = "lokr" && both); DecomposeFactor = (if kind = "lokr" then factor else -1) }
             return (if kind = "loha" then LoHa o else LoKr o)
         }
+    | "vera" ->
+        gen {
+            let! targets = Gen.elements [ [ "qkv" ]; [ "qkv"; "fc1" ] ]
+            let! save = Gen.elements [ [ "head" ]; [] ]
+            let! d = nice
+            let! key = Gen.choose (0, 1000)
+            return Vera { VeraTargets = targets; VeraModulesToSave = save; DInitial = d; ProjectionPrngKey = key }
+        }
     | _ ->
         gen {
             let! ratio = Gen.optionOf (Gen.choose (1, 3988) |> Gen.map (fun i -> float i / 997.0)) // (0, 4]: Limits.maxAdapterRatio
@@ -143,7 +151,7 @@ let experiment (name: string) =
     gen {
         let! task = Gen.elements [ Classification; Segmentation ]
         let! ranks = Gen.subListOf [ 1; 2; 4; 8; 16 ] |> Gen.filter (List.isEmpty >> not) |> Gen.bind Gen.shuffle |> Gen.map List.ofArray
-        let! kinds = Gen.subListOf [ "full"; "head"; "lora"; "dora"; "adalora"; "adapter"; "bitfit"; "ln_tuning"; "ia3"; "ssf"; "loha"; "lokr" ] |> Gen.filter (List.isEmpty >> not)
+        let! kinds = Gen.subListOf [ "full"; "head"; "lora"; "dora"; "adalora"; "adapter"; "bitfit"; "ln_tuning"; "ia3"; "ssf"; "loha"; "lokr"; "vera" ] |> Gen.filter (List.isEmpty >> not)
         let! methods = kinds |> List.map (methodOf (List.max ranks)) |> Gen.sequenceToList
         let! nModels = Gen.choose (1, 2)
         let! models =

@@ -217,6 +217,29 @@ let private layerTests =
                 Expect.sequenceEqual dw.shape cv.weight.shape "ΔW has the kernel's shape"
                 yBase + conv2dWith cv x dw) seed)
 
+        testProp "VeRA Linear: y = base(x) + λb ⊙ B[:out] (λd ⊙ A[:, :in] x)" (fun (seed: int) (a: byte) (b: byte) (c: byte) (f64: bool) ->
+            let lin, x, dt = linear seed (int a) (int b) f64
+            let r = int c % 5 + 1
+            use yBase = lin.forward x
+            let struct (pa, pb) = VeraMethod.Projections(r, lin.in_features + 3L, lin.out_features + 2L, seed)
+            let pa, pb = pa.to_type(dt), pb.to_type(dt)
+            let l = new VeraLayer(lin)
+            l.AddAdapter("default", pa, pb, VeraConfig(Targets = [| "x" |], Rank = r))
+            Expect.isTrue (same (l.LambdaD "default") (torch.full(int64 r, 0.1, dtype = dt))) "λd starts at d_initial"
+            contract l x yBase true dt (fun () ->
+                let sa = pa.narrow(1L, 0L, lin.in_features)
+                let sb = pb.narrow(0L, 0L, lin.out_features)
+                yBase + (x.matmul(sa.t()) * l.LambdaD "default").matmul(sb.t()) * l.LambdaB "default") seed)
+
+        test "VeRA's shared matrices are PEFT's draw (torch CPU generator, Kaiming-uniform, A then B)" {
+            // torch 1.13: g = torch.Generator().manual_seed(0); peft.tuners.vera.model._kaiming_init((2, 3), g), then ((4, 2), g)
+            let struct (a, b) = VeraMethod.Projections(2, 3L, 4L, 0)
+            let expectA = torch.tensor([| -0.010587962344288826f; 0.75864577293396f; -1.1639615297317505f; -1.040774941444397f; -0.5446904897689819f; 0.3792317807674408f |]).view(2L, 3L)
+            let expectB = torch.tensor([| -0.03431743383407593f; 1.3733248710632324f; -0.15370918810367584f; 0.4583223760128021f; -0.5234484076499939f; -0.34046122431755066f; -1.6547120809555054f; -1.1471062898635864f |]).view(4L, 2L)
+            Expect.isLessThan (relErr a expectA) 1e-6 "vera_A as PyTorch draws it"
+            Expect.isLessThan (relErr b expectB) 1e-6 "vera_B as PyTorch draws it"
+        }
+
         test "LoKr's factorization is PEFT's (its docstring examples)" {
             for d, f, expected in [ 256L, -1, (16L, 16L); 128L, -1, (8L, 16L); 127L, -1, (1L, 127L); 128L, 4, (4L, 32L); 192L, -1, (12L, 16L) ] do
                 Expect.equal (let struct (m, n) = LoKrLayer.Factorization(d, f) in (m, n)) expected (sprintf "factorization(%d, %d)" d f)
@@ -240,6 +263,7 @@ let private configs : (string * TuningConfig * string list) list =
       "SSF", SsfConfig(ModulesToSave = [| "head" |]), [ "patch_embed.proj.ssf_scale"; "blocks.0.mlp.fc1.ssf_shift" ]
       "LoHa", LoHaConfig(Targets = [| "qkv"; "proj" |], Rank = 2), [ "blocks.0.attn.qkv.hada_w1_a"; "blocks.1.attn.proj.hada_w2_b" ]
       "LoHa, effective conv2d", LoHaConfig(Targets = [| "patch_embed.proj"; "qkv" |], Rank = 2, UseEffectiveConv2d = true), [ "patch_embed.proj.hada_t1"; "patch_embed.proj.hada_t2" ]
+      "VeRA", VeraConfig(Targets = [| "qkv"; "fc1" |], Rank = 4), [ "blocks.0.attn.qkv.vera_lambda_b"; "blocks.1.mlp.fc1.vera_lambda_d" ]
       "LoKr", LoKrConfig(Targets = [| "qkv"; "patch_embed.proj" |], Rank = 2, DecomposeBoth = true), [ "blocks.0.attn.qkv.lokr_w1_a"; "patch_embed.proj.lokr_w2" ] ]
 
 let private modelTests =
@@ -257,6 +281,9 @@ let private modelTests =
                 AdapterCheckpoint.Save(ta, dir.Path)
                 let saved = AdapterCheckpoint.StateDict(ta).Keys |> Set.ofSeq
                 for k in keys do Expect.contains saved ("base_model.model." + k) "PEFT key"
+                if config :? VeraConfig then
+                    Expect.contains saved "base_model.vera_A" "VeRA's shared A, where PEFT saves it"
+                    Expect.contains saved "base_model.vera_B" "VeRA's shared B"
                 let tb = AdapterCheckpoint.Load(b, dir.Path)
                 use yb = b.forward x
                 close "loaded" torch.float32 yb ya
@@ -281,6 +308,7 @@ let private modelTests =
             Expect.equal (count (Ia3Config(Targets = [| "qkv"; "fc2" |], FeedforwardModules = [| "fc2" |]))) (blocks * (3L * d + h)) "qkv outputs + fc2 inputs"
             Expect.equal (count (LoHaConfig(Targets = [| "qkv" |], Rank = 2))) (blocks * 2L * (3L * d * 2L + 2L * d)) "2 × (out·r + r·in)"
             // LoKr on qkv (48 × 16), r 2: 48 = 6·8, 16 = 4·4; w1 (6, 4) full; r < 8/2: w2 = (8, 2)·(2, 4)
+            Expect.equal (count (VeraConfig(Targets = [| "qkv"; "fc1" |], Rank = 4))) (blocks * ((3L * d + 4L) + (h + 4L))) "λb (out) + λd (r) per layer; A and B are frozen buffers"
             Expect.equal (count (LoKrConfig(Targets = [| "qkv" |], Rank = 2))) (blocks * (6L * 4L + 8L * 2L + 2L * 4L)) "w1 + w2_a + w2_b"
         }
         test "a method on a model it does not fit says what would fit" {
