@@ -25,7 +25,9 @@ let presets =
       // PEFT's LoHaConfig / LoKrConfig default alpha 8
       "loha", "loha: { targets: [qkv], alpha: 8, modules_to_save: [head] }"
       "lokr", "lokr: { targets: [qkv], alpha: 8, modules_to_save: [head] }"
-      "vera", "vera: { targets: [qkv], modules_to_save: [head] }" ]
+      "vera", "vera: { targets: [qkv], modules_to_save: [head] }"
+      // bottleneck width = rank
+      "adaptformer", "adaptformer: { modules_to_save: [head] }" ]
 
 /// The preset names, in the order they are usually listed.
 let names = presets |> List.map fst

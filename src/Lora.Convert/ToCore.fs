@@ -76,6 +76,8 @@ let methodOf (classifier: Lazy<string>) (rank: int option) (m: Method) : CoreMet
             LoKrConfig(Targets = Array.ofList o.LycorisTargets, Rank = r, Alpha = defaultArg o.LycorisAlpha (2.0 * float r),
                        UseEffectiveConv2d = o.EffectiveConv2d, ModulesToSave = saved classifier o.LycorisModulesToSave,
                        DecomposeBoth = o.DecomposeBoth, DecomposeFactor = o.DecomposeFactor))
+    | AdaptFormer o ->
+        CoreMethod.Tune(AdaptFormerConfig(Width = r, Scale = o.AdaptFormerScale, ModulesToSave = saved classifier o.AdaptFormerModulesToSave))
     | Vera o ->
         CoreMethod.Tune(
             VeraConfig(Targets = Array.ofList o.VeraTargets, Rank = r, ModulesToSave = saved classifier o.VeraModulesToSave,

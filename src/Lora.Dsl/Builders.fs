@@ -19,6 +19,7 @@ module Builders =
     let loha = LoHa LycorisOptions.Defaults
     let lokr = LoKr LycorisOptions.Defaults
     let vera = Vera VeraOptions.Defaults
+    let adaptformer = AdaptFormer AdaptFormerOptions.Defaults
 
     /// A zoo model with options: zoo "vit" [ "img_size", Int 28; "patch_size", Int 4 ].
     let zoo (name: string) (options: (string * OptionValue) list) = Zoo { Name = name; Options = Map.ofList options }

@@ -137,7 +137,8 @@ module Canonical =
                     [ "targets", strs o.VeraTargets
                       "modules_to_save", strs o.VeraModulesToSave
                       "d_initial", JFloat o.DInitial
-                      "projection_prng_key", JInt(int64 o.ProjectionPrngKey) ])
+                      "projection_prng_key", JInt(int64 o.ProjectionPrngKey) ]
+                | AdaptFormer o -> [ "scale", JFloat o.AdaptFormerScale; "modules_to_save", strs o.AdaptFormerModulesToSave ])
         )
 
     let hashOf (text: string) =

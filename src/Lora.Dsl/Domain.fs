@@ -85,6 +85,14 @@ type VeraOptions =
 
     static member Defaults = { VeraTargets = [ "qkv" ]; VeraModulesToSave = [ "head" ]; DInitial = 0.1; ProjectionPrngKey = 0 }
 
+/// AdaptFormer; the grid's rank is the bottleneck width.
+type AdaptFormerOptions =
+    { /// s, the scale of the MLP-parallel bottleneck
+      AdaptFormerScale: float
+      AdaptFormerModulesToSave: string list }
+
+    static member Defaults = { AdaptFormerScale = 0.1; AdaptFormerModulesToSave = [ "head" ] }
+
 /// Options shared by LoRA, DoRA and AdaLoRA (PEFT LoraConfig names in comments).
 type LoraOptions =
     { /// lora_alpha; None = 2 × rank (filled in when the grid expands)
@@ -150,6 +158,8 @@ type Method =
     | LoHa of LycorisOptions
     | LoKr of LycorisOptions
     | Vera of VeraOptions
+    /// a scaled ReLU bottleneck parallel to each block's MLP (Chen et al.)
+    | AdaptFormer of AdaptFormerOptions
 
     /// Lower-case name used in tables, run names and YAML (full, head, lora, dora, adalora, adapter).
     member m.Name =
@@ -167,6 +177,7 @@ type Method =
         | LoHa _ -> "loha"
         | LoKr _ -> "lokr"
         | Vera _ -> "vera"
+        | AdaptFormer _ -> "adaptformer"
 
     /// Whether the grid's ranks multiply this method.
     member m.UsesRank =

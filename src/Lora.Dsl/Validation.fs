@@ -225,6 +225,8 @@ module Validation =
               for f in o.Feedforward do
                   if not (List.contains f o.Ia3Targets) then
                       yield err (at + ".feedforward") (sprintf "feedforward module '%s' is not among the targets (PEFT: feedforward_modules ⊆ target_modules)" f)
+          | AdaptFormer o ->
+              if not (o.AdaptFormerScale > 0.0) then yield err (at + ".scale") (sprintf "scale must be positive, got %g" o.AdaptFormerScale)
           | Vera o ->
               if List.isEmpty o.VeraTargets then yield err (at + ".targets") "targets is empty: name at least one module (e.g. qkv)"
               if o.ProjectionPrngKey < 0 then yield err (at + ".projection_prng_key") (sprintf "projection_prng_key must not be negative, got %d" o.ProjectionPrngKey)

@@ -251,8 +251,9 @@ module YamlSpec =
     let private ia3Keys = [ "targets"; "feedforward"; "modules_to_save" ]
     let private lohaKeys = [ "alpha"; "targets"; "modules_to_save"; "effective_conv2d" ]
     let private lokrKeys = lohaKeys @ [ "decompose_both"; "decompose_factor" ]
+    let private adaptformerKeys = [ "scale"; "modules_to_save" ]
     let private veraKeys = [ "targets"; "modules_to_save"; "d_initial"; "projection_prng_key" ]
-    let private methodNames = [ "full"; "head"; "lora"; "dora"; "adalora"; "adapter"; "bitfit"; "ln_tuning"; "ia3"; "ssf"; "loha"; "lokr"; "vera" ]
+    let private methodNames = [ "full"; "head"; "lora"; "dora"; "adalora"; "adapter"; "bitfit"; "ln_tuning"; "ia3"; "ssf"; "loha"; "lokr"; "vera"; "adaptformer" ]
 
     let private keysOf name =
         match name with
@@ -264,6 +265,7 @@ module YamlSpec =
         | "loha" -> lohaKeys
         | "lokr" -> lokrKeys
         | "vera" -> veraKeys
+        | "adaptformer" -> adaptformerKeys
         | _ -> []
 
     let private strList (r: Reader) fs path key = opt fs path key (fun p n -> list r p n (readStr r))
@@ -290,6 +292,12 @@ module YamlSpec =
           VeraModulesToSave = strList r fs path "modules_to_save" |> Option.defaultValue d.VeraModulesToSave
           DInitial = opt fs path "d_initial" (readFloat r) |> Option.defaultValue d.DInitial
           ProjectionPrngKey = opt fs path "projection_prng_key" (readInt r) |> Option.defaultValue d.ProjectionPrngKey }
+
+    /// adaptformer: { scale, modules_to_save } (the grid's rank is the bottleneck width).
+    let private adaptformerOptions (r: Reader) path (fs: Map<string, YamlNode>) : AdaptFormerOptions =
+        let d = AdaptFormerOptions.Defaults
+        { AdaptFormerScale = opt fs path "scale" (readFloat r) |> Option.defaultValue d.AdaptFormerScale
+          AdaptFormerModulesToSave = strList r fs path "modules_to_save" |> Option.defaultValue d.AdaptFormerModulesToSave }
 
     /// loha, lokr: { alpha, targets, modules_to_save, effective_conv2d[, decompose_both, decompose_factor] }.
     let private lycorisOptions (r: Reader) path (fs: Map<string, YamlNode>) : LycorisOptions =
@@ -347,6 +355,7 @@ module YamlSpec =
             | "loha" -> Some(LoHa(lycorisOptions r path fs))
             | "lokr" -> Some(LoKr(lycorisOptions r path fs))
             | "vera" -> Some(Vera(veraOptions r path fs))
+            | "adaptformer" -> Some(AdaptFormer(adaptformerOptions r path fs))
             | _ ->
                 let d = AdapterOptions.Defaults
                 Some(
@@ -682,6 +691,10 @@ module YamlSpec =
             line ("    modules_to_save: " + flowStrs o.VeraModulesToSave)
             line ("    d_initial: " + f o.DInitial)
             line (sprintf "    projection_prng_key: %d" o.ProjectionPrngKey)
+        | AdaptFormer o ->
+            line "- adaptformer:"
+            line ("    scale: " + f o.AdaptFormerScale)
+            line ("    modules_to_save: " + flowStrs o.AdaptFormerModulesToSave)
 
     /// YAML text for experiments, every field explicit (pretrain steps inline); `parse` reads it back
     /// into equal records.

@@ -329,6 +329,35 @@ let private modelTests =
             let struct (c, _) = AdapterCheckpoint.ReadConfig dir.Path
             Expect.equal c.Targets.Count 5 "4 block norms + the final norm"
         }
+        test "AdaptFormer: fresh is the base; the checkpoint round-trips in its keys; it refuses to merge; counts" {
+            let a, b = twin ()
+            use x = torch.randn(2L, 3L, 8L, 8L)
+            use y0 = a.forward x
+            let ta = Tuner.Apply(a, AdaptFormerConfig(Width = 4, ModulesToSave = [| "head" |]))
+            use yFresh = a.forward x
+            Expect.isTrue (same yFresh y0) "up_proj zero: a fresh AdaptFormer adds nothing"
+            randomise (ta.Attached("default").Parameters()) 11
+            use ya = a.forward x
+            Expect.isGreaterThan (relErr ya y0) 1e-6 "trained adapters change the output"
+            use dir = new TempDir()
+            AdapterCheckpoint.Save(ta, dir.Path)
+            let keys = AdapterCheckpoint.StateDict(ta).Keys |> Set.ofSeq
+            Expect.contains keys "base_model.model.blocks.1.adapter_mlp.down_proj.weight" "AdaptFormer key"
+            Expect.isFalse (keys |> Set.exists (fun k -> k.Contains "adapter_attn")) "no attention-side adapter"
+            let tb = AdapterCheckpoint.Load(b, dir.Path)
+            use yb = b.forward x
+            close "loaded" torch.float32 yb ya
+            let e = Expect.throwsC (fun () -> ta.Merge()) (fun e -> e.Message)
+            Expect.stringContains e "not mergeable" "says why"
+            // 2 blocks × (down 16·4 + 4, up 4·16 + 16) + head (16·5 + 5)
+            Expect.equal (tb.Summary().Trainable) (2L * (16L * 4L + 4L + 4L * 16L + 16L) + 16L * 5L + 5L) "the formula"
+            let m = new AdaptFormerModule(6L, 3L)
+            randomise (m.parameters ()) 3
+            use z = torch.randn(2L, 6L)
+            use zr = torch.nn.functional.linear(torch.nn.functional.relu(torch.nn.functional.linear(z, m.down_proj.weight, m.down_proj.bias)), m.up_proj.weight, m.up_proj.bias)
+            use zm = m.forward z
+            close "up(relu(down(x)))" torch.float32 zm zr
+        }
         test "non-mergeable? none of these: every one merges" {
             for _, c, _ in configs do Expect.isNull c.Method.NotMergeable $"{c.Method.Name} merges"
         }

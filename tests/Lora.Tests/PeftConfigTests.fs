@@ -42,7 +42,7 @@ let private required check = function None -> false | Some v -> check v
 /// PeftType names PEFT's PeftConfig.from_pretrained can load (the ones relevant here) and this
 /// project's own.
 let peftTypes = set [ "LORA"; "ADALORA"; "IA3"; "LOHA"; "LOKR"; "LN_TUNING"; "VERA" ]
-let ownTypes = set [ "BOTTLENECK_ADAPTER"; "BITFIT"; "SSF" ]
+let ownTypes = set [ "BOTTLENECK_ADAPTER"; "BITFIT"; "SSF"; "ADAPTFORMER" ]
 /// PEFT's LoHaConfig and LoKrConfig (src/peft/tuners/{loha,lokr}/config.py, lycoris_utils.LycorisConfig)
 let private lycoris = [ "LOHA"; "LOKR" ]
 /// the PEFT types beside LoRA's: their PeftConfig fields and required target_modules
@@ -126,6 +126,8 @@ let rules : Rule list =
       rule [ "VERA" ] "d_initial" "a number" (fun v _ -> optional isNum v)
       rule [ "VERA" ] "bias" "none, all or vera_only" (fun v _ -> optional (fun v -> isStr v && List.contains (str v) [ "none"; "all"; "vera_only" ]) v)
       rule [ "VERA" ] "init_weights" "a bool" (fun v _ -> optional isBool v)
+      rule [ "ADAPTFORMER" ] "ffn_num" "an int > 0" (fun v _ -> required (fun v -> isInt v && num v > 0.0) v)
+      rule [ "ADAPTFORMER" ] "ffn_adapter_scalar" "a number > 0" (fun v _ -> required (fun v -> isNum v && num v > 0.0) v)
       rule [ "BITFIT"; "SSF" ] "target_modules" "the list of tuned modules" (fun v _ -> required (fun v -> isList isName v && v.AsArray().Count > 0) v)
       rule [ "SSF" ] "init_std" "a number >= 0" (fun v _ -> required (fun v -> isNum v && num v >= 0.0) v)
       rule [ "BOTTLENECK_ADAPTER" ] "adapter_ratio" "a number > 0" (fun v _ -> required (fun v -> isNum v && num v > 0.0) v)
@@ -167,6 +169,7 @@ let private configs : (string * TuningConfig * (TunedModel -> unit)) list =
       "LoHa", LoHaConfig(Targets = [| "qkv" |], Rank = 2, Alpha = 4.0), ignore
       "LoHa, effective conv2d", LoHaConfig(Targets = [| "patch_embed.proj" |], Rank = 2, UseEffectiveConv2d = true), ignore
       "LoKr", LoKrConfig(Targets = [| "qkv"; "fc1" |], Rank = 2, DecomposeBoth = true), ignore
+      "AdaptFormer", AdaptFormerConfig(Width = 4, ModulesToSave = [| "head" |]), ignore
       "VeRA", VeraConfig(Targets = [| "qkv"; "fc1" |], Rank = 4, ModulesToSave = [| "head" |]), ignore ]
 
 let tests =
