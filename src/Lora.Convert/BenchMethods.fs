@@ -27,7 +27,10 @@ let presets =
       "lokr", "lokr: { targets: [qkv], alpha: 8, modules_to_save: [head] }"
       "vera", "vera: { targets: [qkv], modules_to_save: [head] }"
       // bottleneck width = rank
-      "adaptformer", "adaptformer: { modules_to_save: [head] }" ]
+      "adaptformer", "adaptformer: { modules_to_save: [head] }"
+      // prompt tokens = rank
+      "vpt", "vpt: { modules_to_save: [head] }"
+      "vpt-deep", "vpt: { deep: true, modules_to_save: [head] }" ]
 
 /// The preset names, in the order they are usually listed.
 let names = presets |> List.map fst

@@ -76,6 +76,7 @@ let methodOf (classifier: Lazy<string>) (rank: int option) (m: Method) : CoreMet
             LoKrConfig(Targets = Array.ofList o.LycorisTargets, Rank = r, Alpha = defaultArg o.LycorisAlpha (2.0 * float r),
                        UseEffectiveConv2d = o.EffectiveConv2d, ModulesToSave = saved classifier o.LycorisModulesToSave,
                        DecomposeBoth = o.DecomposeBoth, DecomposeFactor = o.DecomposeFactor))
+    | Vpt o -> CoreMethod.Tune(VptConfig(Tokens = r, Deep = o.VptDeep, ModulesToSave = saved classifier o.VptModulesToSave))
     | AdaptFormer o ->
         CoreMethod.Tune(AdaptFormerConfig(Width = r, Scale = o.AdaptFormerScale, ModulesToSave = saved classifier o.AdaptFormerModulesToSave))
     | Vera o ->

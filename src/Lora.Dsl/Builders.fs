@@ -20,6 +20,8 @@ module Builders =
     let lokr = LoKr LycorisOptions.Defaults
     let vera = Vera VeraOptions.Defaults
     let adaptformer = AdaptFormer AdaptFormerOptions.Defaults
+    let vptShallow = Vpt VptOptions.Defaults
+    let vptDeep = Vpt { VptOptions.Defaults with VptDeep = true }
 
     /// A zoo model with options: zoo "vit" [ "img_size", Int 28; "patch_size", Int 4 ].
     let zoo (name: string) (options: (string * OptionValue) list) = Zoo { Name = name; Options = Map.ofList options }

@@ -138,7 +138,8 @@ module Canonical =
                       "modules_to_save", strs o.VeraModulesToSave
                       "d_initial", JFloat o.DInitial
                       "projection_prng_key", JInt(int64 o.ProjectionPrngKey) ]
-                | AdaptFormer o -> [ "scale", JFloat o.AdaptFormerScale; "modules_to_save", strs o.AdaptFormerModulesToSave ])
+                | AdaptFormer o -> [ "scale", JFloat o.AdaptFormerScale; "modules_to_save", strs o.AdaptFormerModulesToSave ]
+                | Vpt o -> [ "deep", JBool o.VptDeep; "modules_to_save", strs o.VptModulesToSave ])
         )
 
     let hashOf (text: string) =

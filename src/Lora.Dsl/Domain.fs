@@ -93,6 +93,14 @@ type AdaptFormerOptions =
 
     static member Defaults = { AdaptFormerScale = 0.1; AdaptFormerModulesToSave = [ "head" ] }
 
+/// VPT; the grid's rank is the number of prompt tokens.
+type VptOptions =
+    { /// deep VPT (prompts before every block) rather than shallow (before the first)
+      VptDeep: bool
+      VptModulesToSave: string list }
+
+    static member Defaults = { VptDeep = false; VptModulesToSave = [ "head" ] }
+
 /// Options shared by LoRA, DoRA and AdaLoRA (PEFT LoraConfig names in comments).
 type LoraOptions =
     { /// lora_alpha; None = 2 × rank (filled in when the grid expands)
@@ -160,6 +168,8 @@ type Method =
     | Vera of VeraOptions
     /// a scaled ReLU bottleneck parallel to each block's MLP (Chen et al.)
     | AdaptFormer of AdaptFormerOptions
+    /// VPT shallow or deep: learned prompt tokens in the ViT encoder (Jia et al.)
+    | Vpt of VptOptions
 
     /// Lower-case name used in tables, run names and YAML (full, head, lora, dora, adalora, adapter).
     member m.Name =
@@ -178,6 +188,8 @@ type Method =
         | LoKr _ -> "lokr"
         | Vera _ -> "vera"
         | AdaptFormer _ -> "adaptformer"
+        // shallow and deep runs of one grid need distinct names
+        | Vpt o -> if o.VptDeep then "vpt_deep" else "vpt"
 
     /// Whether the grid's ranks multiply this method.
     member m.UsesRank =

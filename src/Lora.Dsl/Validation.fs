@@ -225,6 +225,9 @@ module Validation =
               for f in o.Feedforward do
                   if not (List.contains f o.Ia3Targets) then
                       yield err (at + ".feedforward") (sprintf "feedforward module '%s' is not among the targets (PEFT: feedforward_modules ⊆ target_modules)" f)
+          | Vpt _ ->
+              for r in ranks do
+                  if r > 1024 then yield err at (sprintf "VPT takes at most 1024 prompt tokens (the rank), got %d" r)
           | AdaptFormer o ->
               if not (o.AdaptFormerScale > 0.0) then yield err (at + ".scale") (sprintf "scale must be positive, got %g" o.AdaptFormerScale)
           | Vera o ->

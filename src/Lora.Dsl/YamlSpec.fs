@@ -251,9 +251,10 @@ module YamlSpec =
     let private ia3Keys = [ "targets"; "feedforward"; "modules_to_save" ]
     let private lohaKeys = [ "alpha"; "targets"; "modules_to_save"; "effective_conv2d" ]
     let private lokrKeys = lohaKeys @ [ "decompose_both"; "decompose_factor" ]
+    let private vptKeys = [ "deep"; "modules_to_save" ]
     let private adaptformerKeys = [ "scale"; "modules_to_save" ]
     let private veraKeys = [ "targets"; "modules_to_save"; "d_initial"; "projection_prng_key" ]
-    let private methodNames = [ "full"; "head"; "lora"; "dora"; "adalora"; "adapter"; "bitfit"; "ln_tuning"; "ia3"; "ssf"; "loha"; "lokr"; "vera"; "adaptformer" ]
+    let private methodNames = [ "full"; "head"; "lora"; "dora"; "adalora"; "adapter"; "bitfit"; "ln_tuning"; "ia3"; "ssf"; "loha"; "lokr"; "vera"; "adaptformer"; "vpt" ]
 
     let private keysOf name =
         match name with
@@ -266,6 +267,7 @@ module YamlSpec =
         | "lokr" -> lokrKeys
         | "vera" -> veraKeys
         | "adaptformer" -> adaptformerKeys
+        | "vpt" -> vptKeys
         | _ -> []
 
     let private strList (r: Reader) fs path key = opt fs path key (fun p n -> list r p n (readStr r))
@@ -298,6 +300,12 @@ module YamlSpec =
         let d = AdaptFormerOptions.Defaults
         { AdaptFormerScale = opt fs path "scale" (readFloat r) |> Option.defaultValue d.AdaptFormerScale
           AdaptFormerModulesToSave = strList r fs path "modules_to_save" |> Option.defaultValue d.AdaptFormerModulesToSave }
+
+    /// vpt: { deep, modules_to_save } (the grid's rank is the number of prompt tokens).
+    let private vptOptions (r: Reader) path (fs: Map<string, YamlNode>) : VptOptions =
+        let d = VptOptions.Defaults
+        { VptDeep = opt fs path "deep" (readBool r) |> Option.defaultValue d.VptDeep
+          VptModulesToSave = strList r fs path "modules_to_save" |> Option.defaultValue d.VptModulesToSave }
 
     /// loha, lokr: { alpha, targets, modules_to_save, effective_conv2d[, decompose_both, decompose_factor] }.
     let private lycorisOptions (r: Reader) path (fs: Map<string, YamlNode>) : LycorisOptions =
@@ -356,6 +364,7 @@ module YamlSpec =
             | "lokr" -> Some(LoKr(lycorisOptions r path fs))
             | "vera" -> Some(Vera(veraOptions r path fs))
             | "adaptformer" -> Some(AdaptFormer(adaptformerOptions r path fs))
+            | "vpt" -> Some(Vpt(vptOptions r path fs))
             | _ ->
                 let d = AdapterOptions.Defaults
                 Some(
@@ -695,6 +704,10 @@ module YamlSpec =
             line "- adaptformer:"
             line ("    scale: " + f o.AdaptFormerScale)
             line ("    modules_to_save: " + flowStrs o.AdaptFormerModulesToSave)
+        | Vpt o ->
+            line "- vpt:"
+            line ("    deep: " + (if o.VptDeep then "true" else "false"))
+            line ("    modules_to_save: " + flowStrs o.VptModulesToSave)
 
     /// YAML text for experiments, every field explicit (pretrain steps inline); `parse` reads it back
     /// into equal records.

@@ -130,6 +130,12 @@ let methodOf (maxRank: int) (kind: string) =
                   DecomposeBoth = (kind = "lokr" && both); DecomposeFactor = (if kind = "lokr" then factor else -1) }
             return (if kind = "loha" then LoHa o else LoKr o)
         }
+    | "vpt" ->
+        gen {
+            let! deep = Gen.elements [ true; false ]
+            let! save = Gen.elements [ [ "head" ]; [] ]
+            return Vpt { VptDeep = deep; VptModulesToSave = save }
+        }
     | "adaptformer" ->
         gen {
             let! s = nice
@@ -157,7 +163,7 @@ let experiment (name: string) =
     gen {
         let! task = Gen.elements [ Classification; Segmentation ]
         let! ranks = Gen.subListOf [ 1; 2; 4; 8; 16 ] |> Gen.filter (List.isEmpty >> not) |> Gen.bind Gen.shuffle |> Gen.map List.ofArray
-        let! kinds = Gen.subListOf [ "full"; "head"; "lora"; "dora"; "adalora"; "adapter"; "bitfit"; "ln_tuning"; "ia3"; "ssf"; "loha"; "lokr"; "vera"; "adaptformer" ] |> Gen.filter (List.isEmpty >> not)
+        let! kinds = Gen.subListOf [ "full"; "head"; "lora"; "dora"; "adalora"; "adapter"; "bitfit"; "ln_tuning"; "ia3"; "ssf"; "loha"; "lokr"; "vera"; "adaptformer"; "vpt" ] |> Gen.filter (List.isEmpty >> not)
         let! methods = kinds |> List.map (methodOf (List.max ranks)) |> Gen.sequenceToList
         let! nModels = Gen.choose (1, 2)
         let! models =

@@ -358,6 +358,39 @@ let private modelTests =
             use zm = m.forward z
             close "up(relu(down(x)))" torch.float32 zm zr
         }
+        test "VPT on the zoo's ViT: fresh prompts change the output, but no weight; shallow and deep count, round-trip and refuse to merge" {
+            let make () =
+                let args = Lora.Core.Models.ModelArgs.Empty.With("img_size", 8L).With("patch_size", 4L).With("embed_dim", 16L).With("depth", 2L).With("num_heads", 2L).With("num_classes", 3L)
+                Lora.Core.Models.Zoo.Create("vit", args, torch.CPU)
+            for deep in [ false; true ] do
+                let a = make ()
+                let b = make ()
+                let sa = a.state_dict ()
+                do
+                    use _ = torch.no_grad ()
+                    for KeyValue(k, v) in b.state_dict () do v.copy_(sa.[k]) |> ignore
+                a.eval (); b.eval ()
+                use x = torch.randn(2L, 3L, 8L, 8L)
+                let fa = a
+                use y0 = fa.forward x
+                let ta = Tuner.Apply(a, VptConfig(Tokens = 3, Deep = deep))
+                use ya = fa.forward x
+                Expect.sequenceEqual ya.shape y0.shape "same output shape (the prompts' outputs are dropped)"
+                Expect.isGreaterThan (relErr ya y0) 1e-7 "prompts take part in attention"
+                Expect.equal (ta.Summary().Trainable) ((if deep then 2L else 1L) * 3L * 16L) "layers × tokens × dim"
+                use dir = new TempDir()
+                AdapterCheckpoint.Save(ta, dir.Path)
+                Expect.contains (AdapterCheckpoint.StateDict(ta).Keys |> Set.ofSeq) "base_model.model.prompt.prompt_embeddings" "key"
+                let json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(dir.Path, AdapterCheckpoint.ConfigFile))).AsObject()
+                Expect.equal (PeftConfigTests.violations json) [] "VPT's adapter_config.json passes its rules"
+                AdapterCheckpoint.Load(b, dir.Path) |> ignore
+                use yb = b.forward x
+                close "loaded" torch.float32 yb ya
+                Expect.throwsT<System.InvalidOperationException> (fun () -> ta.Merge()) "VPT cannot merge"
+                ta.DisableAdapters()
+                use yOff = fa.forward x
+                Expect.isTrue (same yOff y0) "disabled: the base model exactly"
+        }
         test "non-mergeable? none of these: every one merges" {
             for _, c, _ in configs do Expect.isNull c.Method.NotMergeable $"{c.Method.Name} merges"
         }

@@ -14,7 +14,7 @@ public static class Tables
 {
     public const string Missing = "—";
     static readonly CultureInfo Inv = CultureInfo.InvariantCulture;
-    static readonly string[] MethodOrder = ["full", "head", "lora", "dora", "adalora", "adapter", "bitfit", "ln_tuning", "ia3", "ssf", "loha", "lokr", "vera", "adaptformer"];
+    static readonly string[] MethodOrder = ["full", "head", "lora", "dora", "adalora", "adapter", "bitfit", "ln_tuning", "ia3", "ssf", "loha", "lokr", "vera", "adaptformer", "vpt", "vpt_deep"];
 
     /// <summary>A result as the tables see it.</summary>
     public sealed record Row(
@@ -61,7 +61,7 @@ public static class Tables
 
     static string DisplayMethod(string m) => m switch
     {
-        "lora" => "LoRA", "dora" => "DoRA", "adalora" => "AdaLoRA", "adapter" => "Adapter", "bitfit" => "BitFit", "ln_tuning" => "LN tuning", "ia3" => "(IA)³", "ssf" => "SSF", "loha" => "LoHa", "lokr" => "LoKr", "vera" => "VeRA", "adaptformer" => "AdaptFormer", "full" => "Full", "head" => "Head", _ => m,
+        "lora" => "LoRA", "dora" => "DoRA", "adalora" => "AdaLoRA", "adapter" => "Adapter", "bitfit" => "BitFit", "ln_tuning" => "LN tuning", "ia3" => "(IA)³", "ssf" => "SSF", "loha" => "LoHa", "lokr" => "LoKr", "vera" => "VeRA", "adaptformer" => "AdaptFormer", "vpt" => "VPT-shallow", "vpt_deep" => "VPT-deep", "full" => "Full", "head" => "Head", _ => m,
     };
 
     /// The spec's backbone option, else the zoo entry's card (SAM's encoder, UNet), else the zoo name.
