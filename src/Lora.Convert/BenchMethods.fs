@@ -15,7 +15,22 @@ let presets =
       // PEFT's AdaLoraConfig(init_r=⌈1.5 r⌉, target_r=r, tinit=10, tfinal=10); lora_alpha 8 is PEFT's default
       "adalora", "adalora: { targets: [qkv], alpha: 8, tinit: 10, tfinal: 10, modules_to_save: [head] }"
       // bottleneck width = rank, as `lora run` does when an adapter has no ratio
-      "adapter", "adapter: { modules_to_save: [head] }" ]
+      "adapter", "adapter: { modules_to_save: [head] }"
+      // every bias / norm / layer the method fits (outside the head), as the papers tune them
+      "bitfit", "bitfit: { modules_to_save: [head] }"
+      "ln_tuning", "ln_tuning: { modules_to_save: [head] }"
+      "ssf", "ssf: { modules_to_save: [head] }"
+      // PEFT's ViT setting in timm's names
+      "ia3", "ia3: { targets: [qkv, fc2], feedforward: [fc2], modules_to_save: [head] }"
+      // PEFT's LoHaConfig / LoKrConfig default alpha 8
+      "loha", "loha: { targets: [qkv], alpha: 8, modules_to_save: [head] }"
+      "lokr", "lokr: { targets: [qkv], alpha: 8, modules_to_save: [head] }"
+      "vera", "vera: { targets: [qkv], modules_to_save: [head] }"
+      // bottleneck width = rank
+      "adaptformer", "adaptformer: { modules_to_save: [head] }"
+      // prompt tokens = rank
+      "vpt", "vpt: { modules_to_save: [head] }"
+      "vpt-deep", "vpt: { deep: true, modules_to_save: [head] }" ]
 
 /// The preset names, in the order they are usually listed.
 let names = presets |> List.map fst

@@ -60,6 +60,29 @@ let methodOf (classifier: Lazy<string>) (rank: int option) (m: Method) : CoreMet
             CoreMethod.Tune(BottleneckAdapterConfig(Ratio = ratio, MlpScale = a.Scale, InitIdentity = true, ModulesToSave = saved classifier a.ModulesToSave))
         | None ->
             CoreMethod.Tune(BottleneckAdapterConfig(Width = r, MlpScale = a.Scale, InitIdentity = true, ModulesToSave = saved classifier a.ModulesToSave))
+    | BitFit o -> CoreMethod.Tune(BitFitConfig(Targets = Array.ofList o.LayerTargets, ModulesToSave = saved classifier o.LayerModulesToSave))
+    | LnTuning o -> CoreMethod.Tune(LnTuningConfig(Targets = Array.ofList o.LayerTargets, ModulesToSave = saved classifier o.LayerModulesToSave))
+    | Ssf o -> CoreMethod.Tune(SsfConfig(Targets = Array.ofList o.LayerTargets, ModulesToSave = saved classifier o.LayerModulesToSave))
+    | Ia3 o ->
+        CoreMethod.Tune(Ia3Config(Targets = Array.ofList o.Ia3Targets, FeedforwardModules = Array.ofList o.Feedforward,
+                                  ModulesToSave = saved classifier o.Ia3ModulesToSave))
+    // alpha defaults to 2 × rank, as LoRA's
+    | LoHa o ->
+        CoreMethod.Tune(
+            LoHaConfig(Targets = Array.ofList o.LycorisTargets, Rank = r, Alpha = defaultArg o.LycorisAlpha (2.0 * float r),
+                       UseEffectiveConv2d = o.EffectiveConv2d, ModulesToSave = saved classifier o.LycorisModulesToSave))
+    | LoKr o ->
+        CoreMethod.Tune(
+            LoKrConfig(Targets = Array.ofList o.LycorisTargets, Rank = r, Alpha = defaultArg o.LycorisAlpha (2.0 * float r),
+                       UseEffectiveConv2d = o.EffectiveConv2d, ModulesToSave = saved classifier o.LycorisModulesToSave,
+                       DecomposeBoth = o.DecomposeBoth, DecomposeFactor = o.DecomposeFactor))
+    | Vpt o -> CoreMethod.Tune(VptConfig(Tokens = r, Deep = o.VptDeep, ModulesToSave = saved classifier o.VptModulesToSave))
+    | AdaptFormer o ->
+        CoreMethod.Tune(AdaptFormerConfig(Width = r, Scale = o.AdaptFormerScale, ModulesToSave = saved classifier o.AdaptFormerModulesToSave))
+    | Vera o ->
+        CoreMethod.Tune(
+            VeraConfig(Targets = Array.ofList o.VeraTargets, Rank = r, ModulesToSave = saved classifier o.VeraModulesToSave,
+                       DInitial = o.DInitial, ProjectionPrngKey = o.ProjectionPrngKey))
 
 /// A run's method on its model.
 let ofRun (run: Run) (model: torch.nn.Module) : CoreMethod =

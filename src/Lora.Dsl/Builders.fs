@@ -12,6 +12,16 @@ module Builders =
     let dora = Dora LoraOptions.Defaults
     let adalora = AdaLora(LoraOptions.Defaults, AdaLoraOptions.Defaults)
     let adapter = Adapter AdapterOptions.Defaults
+    let bitfit = BitFit LayerOptions.Defaults
+    let lnTuning = LnTuning LayerOptions.Defaults
+    let ia3 = Ia3 Ia3Options.Defaults
+    let ssf = Ssf LayerOptions.Defaults
+    let loha = LoHa LycorisOptions.Defaults
+    let lokr = LoKr LycorisOptions.Defaults
+    let vera = Vera VeraOptions.Defaults
+    let adaptformer = AdaptFormer AdaptFormerOptions.Defaults
+    let vptShallow = Vpt VptOptions.Defaults
+    let vptDeep = Vpt { VptOptions.Defaults with VptDeep = true }
 
     /// A zoo model with options: zoo "vit" [ "img_size", Int 28; "patch_size", Int 4 ].
     let zoo (name: string) (options: (string * OptionValue) list) = Zoo { Name = name; Options = Map.ofList options }

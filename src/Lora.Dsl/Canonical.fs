@@ -122,7 +122,24 @@ module Canonical =
                         "beta1", JFloat a.Beta1
                         "beta2", JFloat a.Beta2
                         "orth_reg", JFloat a.OrthReg ]
-                | Adapter a -> [ "ratio", opt JFloat a.Ratio; "scale", JFloat a.Scale; "modules_to_save", strs a.ModulesToSave ])
+                | Adapter a -> [ "ratio", opt JFloat a.Ratio; "scale", JFloat a.Scale; "modules_to_save", strs a.ModulesToSave ]
+                | BitFit o | LnTuning o | Ssf o -> [ "targets", strs o.LayerTargets; "modules_to_save", strs o.LayerModulesToSave ]
+                | Ia3 o -> [ "targets", strs o.Ia3Targets; "feedforward", strs o.Feedforward; "modules_to_save", strs o.Ia3ModulesToSave ]
+                | LoHa o | LoKr o ->
+                    [ "alpha", opt JFloat o.LycorisAlpha
+                      "targets", strs o.LycorisTargets
+                      "modules_to_save", strs o.LycorisModulesToSave
+                      "effective_conv2d", JBool o.EffectiveConv2d ]
+                    @ (match m with
+                       | LoKr _ -> [ "decompose_both", JBool o.DecomposeBoth; "decompose_factor", JInt(int64 o.DecomposeFactor) ]
+                       | _ -> [])
+                | Vera o ->
+                    [ "targets", strs o.VeraTargets
+                      "modules_to_save", strs o.VeraModulesToSave
+                      "d_initial", JFloat o.DInitial
+                      "projection_prng_key", JInt(int64 o.ProjectionPrngKey) ]
+                | AdaptFormer o -> [ "scale", JFloat o.AdaptFormerScale; "modules_to_save", strs o.AdaptFormerModulesToSave ]
+                | Vpt o -> [ "deep", JBool o.VptDeep; "modules_to_save", strs o.VptModulesToSave ])
         )
 
     let hashOf (text: string) =

@@ -38,6 +38,69 @@ type Bias =
     | LoraOnly
     | AllBias
 
+/// BitFit, LN tuning and SSF: the layers they tune, or every layer they fit (outside
+/// modules_to_save) when no targets are named.
+type LayerOptions =
+    { /// target_modules; [] = every layer the method fits
+      LayerTargets: string list
+      LayerModulesToSave: string list }
+
+    static member Defaults = { LayerTargets = []; LayerModulesToSave = [ "head" ] }
+
+/// (IA)³ (PEFT IA3Config): the targets and, among them, the feed-forward ones whose input is scaled.
+type Ia3Options =
+    { Ia3Targets: string list
+      /// feedforward_modules (a subset of the targets)
+      Feedforward: string list
+      Ia3ModulesToSave: string list }
+
+    /// PEFT's setting for ViTs (query/value/output.dense, output.dense feed-forward) in timm's names
+    static member Defaults = { Ia3Targets = [ "qkv"; "fc2" ]; Feedforward = [ "fc2" ]; Ia3ModulesToSave = [ "head" ] }
+
+/// LoHa and LoKr (PEFT LoHaConfig / LoKrConfig); the grid's rank is r.
+type LycorisOptions =
+    { /// alpha; None = 2 × rank (as LoRA's)
+      LycorisAlpha: float option
+      LycorisTargets: string list
+      LycorisModulesToSave: string list
+      /// use_effective_conv2d: CP-decomposed k×k convolutions
+      EffectiveConv2d: bool
+      /// LoKr's decompose_both (ignored by LoHa)
+      DecomposeBoth: bool
+      /// LoKr's decompose_factor, -1 = near the square root (ignored by LoHa)
+      DecomposeFactor: int }
+
+    static member Defaults =
+        { LycorisAlpha = None; LycorisTargets = [ "qkv" ]; LycorisModulesToSave = [ "head" ]; EffectiveConv2d = false
+          DecomposeBoth = false; DecomposeFactor = -1 }
+
+/// VeRA (PEFT VeraConfig); the grid's rank is r of the shared random matrices.
+type VeraOptions =
+    { VeraTargets: string list
+      VeraModulesToSave: string list
+      /// d_initial: λ_d's starting value
+      DInitial: float
+      /// projection_prng_key: the seed of the shared A and B
+      ProjectionPrngKey: int }
+
+    static member Defaults = { VeraTargets = [ "qkv" ]; VeraModulesToSave = [ "head" ]; DInitial = 0.1; ProjectionPrngKey = 0 }
+
+/// AdaptFormer; the grid's rank is the bottleneck width.
+type AdaptFormerOptions =
+    { /// s, the scale of the MLP-parallel bottleneck
+      AdaptFormerScale: float
+      AdaptFormerModulesToSave: string list }
+
+    static member Defaults = { AdaptFormerScale = 0.1; AdaptFormerModulesToSave = [ "head" ] }
+
+/// VPT; the grid's rank is the number of prompt tokens.
+type VptOptions =
+    { /// deep VPT (prompts before every block) rather than shallow (before the first)
+      VptDeep: bool
+      VptModulesToSave: string list }
+
+    static member Defaults = { VptDeep = false; VptModulesToSave = [ "head" ] }
+
 /// Options shared by LoRA, DoRA and AdaLoRA (PEFT LoraConfig names in comments).
 type LoraOptions =
     { /// lora_alpha; None = 2 × rank (filled in when the grid expands)
@@ -92,6 +155,21 @@ type Method =
     | Dora of LoraOptions
     | AdaLora of LoraOptions * AdaLoraOptions
     | Adapter of AdapterOptions
+    /// only biases train (Ben Zaken et al.)
+    | BitFit of LayerOptions
+    /// the norms' affine parameters train (PEFT's LN tuning)
+    | LnTuning of LayerOptions
+    /// (IA)³: learned output (or feed-forward input) scaling vectors
+    | Ia3 of Ia3Options
+    /// SSF: learned per-channel scale and shift after each layer
+    | Ssf of LayerOptions
+    | LoHa of LycorisOptions
+    | LoKr of LycorisOptions
+    | Vera of VeraOptions
+    /// a scaled ReLU bottleneck parallel to each block's MLP (Chen et al.)
+    | AdaptFormer of AdaptFormerOptions
+    /// VPT shallow or deep: learned prompt tokens in the ViT encoder (Jia et al.)
+    | Vpt of VptOptions
 
     /// Lower-case name used in tables, run names and YAML (full, head, lora, dora, adalora, adapter).
     member m.Name =
@@ -102,12 +180,23 @@ type Method =
         | Dora _ -> "dora"
         | AdaLora _ -> "adalora"
         | Adapter _ -> "adapter"
+        | BitFit _ -> "bitfit"
+        | LnTuning _ -> "ln_tuning"
+        | Ia3 _ -> "ia3"
+        | Ssf _ -> "ssf"
+        | LoHa _ -> "loha"
+        | LoKr _ -> "lokr"
+        | Vera _ -> "vera"
+        | AdaptFormer _ -> "adaptformer"
+        // shallow and deep runs of one grid need distinct names
+        | Vpt o -> if o.VptDeep then "vpt_deep" else "vpt"
 
     /// Whether the grid's ranks multiply this method.
     member m.UsesRank =
         match m with
         | Full | Head -> false
         | Adapter a -> a.Ratio.IsNone
+        | BitFit _ | LnTuning _ | Ia3 _ | Ssf _ -> false
         | _ -> true
 
 /// Composed segmentation: Fashion-MNIST objects placed on a canvas, masks from their pixels.

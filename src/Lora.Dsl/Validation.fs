@@ -219,6 +219,25 @@ module Validation =
                   yield err (at + ".ratio") (sprintf "ratio must be at most %g (the bottleneck's width over the block's), got %g" Limits.maxAdapterRatio r)
               | _ -> ()
               if not (a.Scale > 0.0) then yield err (at + ".scale") (sprintf "scale must be positive, got %g" a.Scale)
+          | BitFit _ | LnTuning _ | Ssf _ -> ()
+          | Ia3 o ->
+              if List.isEmpty o.Ia3Targets then yield err (at + ".targets") "targets is empty: name at least one module (e.g. qkv, fc2)"
+              for f in o.Feedforward do
+                  if not (List.contains f o.Ia3Targets) then
+                      yield err (at + ".feedforward") (sprintf "feedforward module '%s' is not among the targets (PEFT: feedforward_modules ⊆ target_modules)" f)
+          | Vpt _ ->
+              for r in ranks do
+                  if r > 1024 then yield err at (sprintf "VPT takes at most 1024 prompt tokens (the rank), got %d" r)
+          | AdaptFormer o ->
+              if not (o.AdaptFormerScale > 0.0) then yield err (at + ".scale") (sprintf "scale must be positive, got %g" o.AdaptFormerScale)
+          | Vera o ->
+              if List.isEmpty o.VeraTargets then yield err (at + ".targets") "targets is empty: name at least one module (e.g. qkv)"
+              if o.ProjectionPrngKey < 0 then yield err (at + ".projection_prng_key") (sprintf "projection_prng_key must not be negative, got %d" o.ProjectionPrngKey)
+          | LoHa o | LoKr o ->
+              match o.LycorisAlpha with Some a when not (a > 0.0) -> yield err (at + ".alpha") (sprintf "alpha must be positive, got %g" a) | _ -> ()
+              if List.isEmpty o.LycorisTargets then yield err (at + ".targets") "targets is empty: name at least one module (e.g. qkv)"
+              if o.DecomposeFactor = 0 || o.DecomposeFactor < -1 then
+                  yield err (at + ".decompose_factor") (sprintf "decompose_factor must be positive or -1, got %d" o.DecomposeFactor)
           if m.UsesRank && List.isEmpty ranks then
               yield err at (sprintf "%s needs ranks: add e.g. ranks [4; 8]" m.Name) ]
 

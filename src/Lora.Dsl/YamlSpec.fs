@@ -247,14 +247,75 @@ module YamlSpec =
     let private loraKeys = [ "alpha"; "dropout"; "targets"; "rslora"; "bias"; "modules_to_save" ]
     let private adaloraKeys = [ "init_rank"; "tinit"; "tfinal"; "delta_t"; "beta1"; "beta2"; "orth_reg" ]
     let private adapterKeys = [ "ratio"; "scale"; "modules_to_save" ]
-    let private methodNames = [ "full"; "head"; "lora"; "dora"; "adalora"; "adapter" ]
+    let private layerKeys = [ "targets"; "modules_to_save" ]
+    let private ia3Keys = [ "targets"; "feedforward"; "modules_to_save" ]
+    let private lohaKeys = [ "alpha"; "targets"; "modules_to_save"; "effective_conv2d" ]
+    let private lokrKeys = lohaKeys @ [ "decompose_both"; "decompose_factor" ]
+    let private vptKeys = [ "deep"; "modules_to_save" ]
+    let private adaptformerKeys = [ "scale"; "modules_to_save" ]
+    let private veraKeys = [ "targets"; "modules_to_save"; "d_initial"; "projection_prng_key" ]
+    let private methodNames = [ "full"; "head"; "lora"; "dora"; "adalora"; "adapter"; "bitfit"; "ln_tuning"; "ia3"; "ssf"; "loha"; "lokr"; "vera"; "adaptformer"; "vpt" ]
 
     let private keysOf name =
         match name with
         | "lora" | "dora" -> loraKeys
         | "adalora" -> loraKeys @ adaloraKeys
         | "adapter" -> adapterKeys
+        | "bitfit" | "ln_tuning" | "ssf" -> layerKeys
+        | "ia3" -> ia3Keys
+        | "loha" -> lohaKeys
+        | "lokr" -> lokrKeys
+        | "vera" -> veraKeys
+        | "adaptformer" -> adaptformerKeys
+        | "vpt" -> vptKeys
         | _ -> []
+
+    let private strList (r: Reader) fs path key = opt fs path key (fun p n -> list r p n (readStr r))
+
+    /// bitfit, ln_tuning, ssf: { targets, modules_to_save } (no targets: every layer the method fits).
+    let private layerOptions (r: Reader) path (fs: Map<string, YamlNode>) : LayerOptions =
+        let d = LayerOptions.Defaults
+        { LayerTargets = strList r fs path "targets" |> Option.defaultValue d.LayerTargets
+          LayerModulesToSave = strList r fs path "modules_to_save" |> Option.defaultValue d.LayerModulesToSave }
+
+    /// ia3: { targets, feedforward, modules_to_save }.
+    let private ia3Options (r: Reader) path (fs: Map<string, YamlNode>) : Ia3Options =
+        let d = Ia3Options.Defaults
+        let targets = strList r fs path "targets"
+        { Ia3Targets = targets |> Option.defaultValue d.Ia3Targets
+          // PEFT's ViT feed-forward default applies with its default targets only
+          Feedforward = strList r fs path "feedforward" |> Option.defaultValue (if targets.IsNone then d.Feedforward else [])
+          Ia3ModulesToSave = strList r fs path "modules_to_save" |> Option.defaultValue d.Ia3ModulesToSave }
+
+    /// vera: { targets, modules_to_save, d_initial, projection_prng_key }.
+    let private veraOptions (r: Reader) path (fs: Map<string, YamlNode>) : VeraOptions =
+        let d = VeraOptions.Defaults
+        { VeraTargets = strList r fs path "targets" |> Option.defaultValue d.VeraTargets
+          VeraModulesToSave = strList r fs path "modules_to_save" |> Option.defaultValue d.VeraModulesToSave
+          DInitial = opt fs path "d_initial" (readFloat r) |> Option.defaultValue d.DInitial
+          ProjectionPrngKey = opt fs path "projection_prng_key" (readInt r) |> Option.defaultValue d.ProjectionPrngKey }
+
+    /// adaptformer: { scale, modules_to_save } (the grid's rank is the bottleneck width).
+    let private adaptformerOptions (r: Reader) path (fs: Map<string, YamlNode>) : AdaptFormerOptions =
+        let d = AdaptFormerOptions.Defaults
+        { AdaptFormerScale = opt fs path "scale" (readFloat r) |> Option.defaultValue d.AdaptFormerScale
+          AdaptFormerModulesToSave = strList r fs path "modules_to_save" |> Option.defaultValue d.AdaptFormerModulesToSave }
+
+    /// vpt: { deep, modules_to_save } (the grid's rank is the number of prompt tokens).
+    let private vptOptions (r: Reader) path (fs: Map<string, YamlNode>) : VptOptions =
+        let d = VptOptions.Defaults
+        { VptDeep = opt fs path "deep" (readBool r) |> Option.defaultValue d.VptDeep
+          VptModulesToSave = strList r fs path "modules_to_save" |> Option.defaultValue d.VptModulesToSave }
+
+    /// loha, lokr: { alpha, targets, modules_to_save, effective_conv2d[, decompose_both, decompose_factor] }.
+    let private lycorisOptions (r: Reader) path (fs: Map<string, YamlNode>) : LycorisOptions =
+        let d = LycorisOptions.Defaults
+        { LycorisAlpha = opt fs path "alpha" (readFloat r)
+          LycorisTargets = strList r fs path "targets" |> Option.defaultValue d.LycorisTargets
+          LycorisModulesToSave = strList r fs path "modules_to_save" |> Option.defaultValue d.LycorisModulesToSave
+          EffectiveConv2d = opt fs path "effective_conv2d" (readBool r) |> Option.defaultValue d.EffectiveConv2d
+          DecomposeBoth = opt fs path "decompose_both" (readBool r) |> Option.defaultValue d.DecomposeBoth
+          DecomposeFactor = opt fs path "decompose_factor" (readInt r) |> Option.defaultValue d.DecomposeFactor }
 
     let private methodDecl (r: Reader) path (n: YamlNode) =
         let build name (opts: YamlNode option) =
@@ -295,6 +356,15 @@ module YamlSpec =
                           OrthReg = opt fs path "orth_reg" (readFloat r) |> Option.defaultValue d.OrthReg }
                     )
                 )
+            | "bitfit" -> Some(BitFit(layerOptions r path fs))
+            | "ln_tuning" -> Some(LnTuning(layerOptions r path fs))
+            | "ssf" -> Some(Ssf(layerOptions r path fs))
+            | "ia3" -> Some(Ia3(ia3Options r path fs))
+            | "loha" -> Some(LoHa(lycorisOptions r path fs))
+            | "lokr" -> Some(LoKr(lycorisOptions r path fs))
+            | "vera" -> Some(Vera(veraOptions r path fs))
+            | "adaptformer" -> Some(AdaptFormer(adaptformerOptions r path fs))
+            | "vpt" -> Some(Vpt(vptOptions r path fs))
             | _ ->
                 let d = AdapterOptions.Defaults
                 Some(
@@ -660,6 +730,38 @@ module YamlSpec =
             a.Ratio |> Option.iter (fun x -> line ("    ratio: " + f x))
             line ("    scale: " + f a.Scale)
             line ("    modules_to_save: " + flowStrs a.ModulesToSave)
+        | BitFit o | LnTuning o | Ssf o ->
+            line ("- " + m.Name + ":")
+            line ("    targets: " + flowStrs o.LayerTargets)
+            line ("    modules_to_save: " + flowStrs o.LayerModulesToSave)
+        | Ia3 o ->
+            line "- ia3:"
+            line ("    targets: " + flowStrs o.Ia3Targets)
+            line ("    feedforward: " + flowStrs o.Feedforward)
+            line ("    modules_to_save: " + flowStrs o.Ia3ModulesToSave)
+        | LoHa o | LoKr o ->
+            line ("- " + m.Name + ":")
+            o.LycorisAlpha |> Option.iter (fun a -> line ("    alpha: " + f a))
+            line ("    targets: " + flowStrs o.LycorisTargets)
+            line ("    modules_to_save: " + flowStrs o.LycorisModulesToSave)
+            line ("    effective_conv2d: " + (if o.EffectiveConv2d then "true" else "false"))
+            if m.IsLoKr then
+                line ("    decompose_both: " + (if o.DecomposeBoth then "true" else "false"))
+                line (sprintf "    decompose_factor: %d" o.DecomposeFactor)
+        | Vera o ->
+            line "- vera:"
+            line ("    targets: " + flowStrs o.VeraTargets)
+            line ("    modules_to_save: " + flowStrs o.VeraModulesToSave)
+            line ("    d_initial: " + f o.DInitial)
+            line (sprintf "    projection_prng_key: %d" o.ProjectionPrngKey)
+        | AdaptFormer o ->
+            line "- adaptformer:"
+            line ("    scale: " + f o.AdaptFormerScale)
+            line ("    modules_to_save: " + flowStrs o.AdaptFormerModulesToSave)
+        | Vpt o ->
+            line "- vpt:"
+            line ("    deep: " + (if o.VptDeep then "true" else "false"))
+            line ("    modules_to_save: " + flowStrs o.VptModulesToSave)
 
     let private writeTables (sb: StringBuilder) (ts: TableDecl list) =
         let axis (a: TableAxis) = match a.Header with Some h -> sprintf "{ %s: %s }" (q a.Axis) (q h) | None -> q a.Axis

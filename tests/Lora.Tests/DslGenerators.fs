@@ -104,6 +104,52 @@ let methodOf (maxRank: int) (kind: string) =
             let! orth = nice
             return AdaLora(o, { InitRank = init; TInit = ti; TFinal = tf; DeltaT = dt; Beta1 = b1; Beta2 = b2; OrthReg = orth })
         }
+    | "bitfit" | "ln_tuning" | "ssf" ->
+        gen {
+            let! targets = Gen.elements [ []; [ "qkv" ]; [ "norm1"; "norm2" ] ]
+            let! save = Gen.elements [ [ "head" ]; [] ]
+            let o: LayerOptions = { LayerTargets = targets; LayerModulesToSave = save }
+            return (match kind with "bitfit" -> BitFit o | "ln_tuning" -> LnTuning o | _ -> Ssf o)
+        }
+    | "ia3" ->
+        gen {
+            let! targets, ff = Gen.elements [ [ "qkv"; "fc2" ], [ "fc2" ]; [ "qkv" ], []; [ "fc1"; "fc2" ], [ "fc1"; "fc2" ] ]
+            let! save = Gen.elements [ [ "head" ]; [] ]
+            return Ia3 { Ia3Targets = targets; Feedforward = ff; Ia3ModulesToSave = save }
+        }
+    | "loha" | "lokr" ->
+        gen {
+            let! alpha = Gen.optionOf nice
+            let! targets = Gen.elements [ [ "qkv" ]; [ "qkv"; "proj" ] ]
+            let! save = Gen.elements [ [ "head" ]; [] ]
+            let! eff = Gen.elements [ true; false ]
+            let! both = Gen.elements [ true; false ]
+            let! factor = Gen.elements [ -1; 2; 4 ]
+            let o: LycorisOptions =
+                { LycorisAlpha = alpha; LycorisTargets = targets; LycorisModulesToSave = save; EffectiveConv2d = eff
+                  DecomposeBoth = (kind = "lokr" && both); DecomposeFactor = (if kind = "lokr" then factor else -1) }
+            return (if kind = "loha" then LoHa o else LoKr o)
+        }
+    | "vpt" ->
+        gen {
+            let! deep = Gen.elements [ true; false ]
+            let! save = Gen.elements [ [ "head" ]; [] ]
+            return Vpt { VptDeep = deep; VptModulesToSave = save }
+        }
+    | "adaptformer" ->
+        gen {
+            let! s = nice
+            let! save = Gen.elements [ [ "head" ]; [] ]
+            return AdaptFormer { AdaptFormerScale = s; AdaptFormerModulesToSave = save }
+        }
+    | "vera" ->
+        gen {
+            let! targets = Gen.elements [ [ "qkv" ]; [ "qkv"; "fc1" ] ]
+            let! save = Gen.elements [ [ "head" ]; [] ]
+            let! d = nice
+            let! key = Gen.choose (0, 1000)
+            return Vera { VeraTargets = targets; VeraModulesToSave = save; DInitial = d; ProjectionPrngKey = key }
+        }
     | _ ->
         gen {
             let! ratio = Gen.optionOf (Gen.choose (1, 3988) |> Gen.map (fun i -> float i / 997.0)) // (0, 4]: Limits.maxAdapterRatio
@@ -141,7 +187,7 @@ let experiment (name: string) =
     gen {
         let! task = Gen.elements [ Classification; Segmentation ]
         let! ranks = Gen.subListOf [ 1; 2; 4; 8; 16 ] |> Gen.filter (List.isEmpty >> not) |> Gen.bind Gen.shuffle |> Gen.map List.ofArray
-        let! kinds = Gen.subListOf [ "full"; "head"; "lora"; "dora"; "adalora"; "adapter" ] |> Gen.filter (List.isEmpty >> not)
+        let! kinds = Gen.subListOf [ "full"; "head"; "lora"; "dora"; "adalora"; "adapter"; "bitfit"; "ln_tuning"; "ia3"; "ssf"; "loha"; "lokr"; "vera"; "adaptformer"; "vpt" ] |> Gen.filter (List.isEmpty >> not)
         let! methods = kinds |> List.map (methodOf (List.max ranks)) |> Gen.sequenceToList
         let! nModels = Gen.choose (1, 2)
         let! models =

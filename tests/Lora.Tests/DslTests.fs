@@ -222,7 +222,7 @@ let errorCases =
       "option of another method", r "methods: [lora]" "methods: [{lora: {ratio: 0.5}}]", "experiments[0].methods[0].ratio", "ratio", 0,
       "'ratio' does not apply to lora (it is an option of adapter)"
       "options on full", r "methods: [lora]" "methods: [{full: {alpha: 2}}]", "experiments[0].methods[0].alpha", "alpha", 0,
-      "full takes no options ('alpha' is an option of lora, dora, adalora)"
+      "full takes no options ('alpha' is an option of lora, dora, adalora, loha, lokr)"
       "unknown field", baseSpec + "    epoch: 3\n", "experiments[0].epoch", "epoch:", 0, "unknown field 'epoch' (did you mean epochs?)"
       "dataset path that does not exist", dataset "{ source: cifar, path: missing/cifar }", "experiments[0].datasets[0].path",
       "missing/cifar", 0, "CIFAR data set not found at 'missing/cifar'"

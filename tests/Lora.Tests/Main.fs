@@ -21,6 +21,7 @@ let all =
         TuningTests.tests
         TuningCheckpointTests.tests
         WeightedAdapterTests.tests
+        MethodZooTests.tests
         PeftConfigTests.tests
         ZooTests.tests
         ZooTests.dslKnowsTheZoo

@@ -41,8 +41,13 @@ let private required check = function None -> false | Some v -> check v
 
 /// PeftType names PEFT's PeftConfig.from_pretrained can load (the ones relevant here) and this
 /// project's own.
-let peftTypes = set [ "LORA"; "ADALORA" ]
-let ownTypes = set [ "BOTTLENECK_ADAPTER" ]
+let peftTypes = set [ "LORA"; "ADALORA"; "IA3"; "LOHA"; "LOKR"; "LN_TUNING"; "VERA" ]
+let ownTypes = set [ "BOTTLENECK_ADAPTER"; "BITFIT"; "SSF"; "ADAPTFORMER"; "VPT" ]
+/// PEFT's LoHaConfig and LoKrConfig (src/peft/tuners/{loha,lokr}/config.py, lycoris_utils.LycorisConfig)
+let private lycoris = [ "LOHA"; "LOKR" ]
+/// the PEFT types beside LoRA's: their PeftConfig fields and required target_modules
+let private others = [ "IA3"; "LOHA"; "LOKR"; "LN_TUNING"; "VERA" ]
+let private strSet (n: JsonNode) = n.AsArray() |> Seq.map str |> Set.ofSeq
 
 let rules : Rule list =
     [ rule (lora @ List.ofSeq ownTypes) "peft_type" "a PeftType name" (fun v _ -> required isStr v)
@@ -88,10 +93,49 @@ let rules : Rule list =
               n ti < num t - n tf
           | _ -> true)
       rule [ "ADALORA" ] "rank_pattern" "null or a dict of bool lists" (fun v _ -> optional (isDict (isList isBool)) v)
-      rule (List.ofSeq ownTypes) "adapter_ratio" "a number > 0" (fun v _ -> required (fun v -> isNum v && num v > 0.0) v)
-      rule (List.ofSeq ownTypes) "adapter_width" "null or an int >= 0 (0: from adapter_ratio)" (fun v _ -> optional (fun v -> isInt v && num v >= 0.0) v)
-      rule (List.ofSeq ownTypes) "adapter_mlp_scale" "a number" (fun v _ -> required isNum v)
-      rule (List.ofSeq ownTypes) "adapter_init_identity" "a bool" (fun v _ -> required isBool v) ]
+      rule others "peft_type" "a PeftType name" (fun v _ -> required isStr v)
+      rule others "task_type" "null (a vision model has no TaskType)" (fun v _ -> optional (fun _ -> false) v)
+      rule others "inference_mode" "a bool" (fun v _ -> optional isBool v)
+      rule others "target_modules" "a list of names/suffixes or one regex string; required for a timm model (PEFT has no default for it)"
+          (fun v _ -> required (fun v -> (isStr v && str v <> "") || (isList isName v && v.AsArray().Count > 0)) v)
+      rule others "modules_to_save" "null or a list of module names (matched as suffixes, no regex)" (fun v _ -> optional (isList isName) v)
+      rule others "exclude_modules" "null, a list of names or a regex string" (fun v _ -> optional (fun v -> isStr v || isList isName v) v)
+      rule [ "IA3" ] "feedforward_modules" "a list of names or a regex string" (fun v _ -> optional (fun v -> isStr v || isList isName v) v)
+      rule [ "IA3" ] "feedforward_modules" "a subset of target_modules (IA3Config.__post_init__)" (fun v c ->
+          match v, field c "target_modules" with
+          | Some f, Some t when (f :? JsonArray) && (t :? JsonArray) -> Set.isSubset (strSet f) (strSet t)
+          | _ -> true)
+      rule [ "IA3" ] "fan_in_fan_out" "a bool" (fun v _ -> optional isBool v)
+      rule [ "IA3" ] "init_ia3_weights" "a bool" (fun v _ -> optional isBool v)
+      rule lycoris "r" "an int > 0 (update_layer)" (fun v _ -> required (fun v -> isInt v && num v > 0.0) v)
+      rule lycoris "alpha" "a number" (fun v _ -> required isNum v)
+      rule lycoris "rank_dropout" "a number in [0, 1]" (fun v _ -> optional (fun v -> isNum v && num v >= 0.0 && num v <= 1.0) v)
+      rule lycoris "module_dropout" "a number in [0, 1]" (fun v _ -> optional (fun v -> isNum v && num v >= 0.0 && num v <= 1.0) v)
+      rule lycoris "use_effective_conv2d" "a bool" (fun v _ -> optional isBool v)
+      rule lycoris "rank_pattern" "a dict of ints > 0" (fun v _ -> optional (isDict (fun r -> isInt r && num r > 0.0)) v)
+      rule lycoris "alpha_pattern" "a dict of numbers" (fun v _ -> optional (isDict isNum) v)
+      rule [ "LOHA" ] "init_weights" "a bool" (fun v _ -> optional isBool v)
+      rule [ "LOKR" ] "init_weights" "a bool or lycoris" (fun v _ -> optional (fun v -> isBool v || (isStr v && str v = "lycoris")) v)
+      rule [ "LOKR" ] "decompose_both" "a bool" (fun v _ -> optional isBool v)
+      rule [ "LOKR" ] "decompose_factor" "an int, -1 or > 0" (fun v _ -> optional (fun v -> isInt v && (num v = -1.0 || num v > 0.0)) v)
+      rule [ "LOKR" ] "rank_dropout_scale" "a bool" (fun v _ -> optional isBool v)
+      rule [ "VERA" ] "r" "an int > 0" (fun v _ -> required (fun v -> isInt v && num v > 0.0) v)
+      rule [ "VERA" ] "projection_prng_key" "an int" (fun v _ -> optional isInt v)
+      rule [ "VERA" ] "save_projection" "a bool" (fun v _ -> optional isBool v)
+      rule [ "VERA" ] "vera_dropout" "a number in [0, 1)" (fun v _ -> optional (fun v -> isNum v && num v >= 0.0 && num v < 1.0) v)
+      rule [ "VERA" ] "d_initial" "a number" (fun v _ -> optional isNum v)
+      rule [ "VERA" ] "bias" "none, all or vera_only" (fun v _ -> optional (fun v -> isStr v && List.contains (str v) [ "none"; "all"; "vera_only" ]) v)
+      rule [ "VERA" ] "init_weights" "a bool" (fun v _ -> optional isBool v)
+      rule [ "ADAPTFORMER" ] "ffn_num" "an int > 0" (fun v _ -> required (fun v -> isInt v && num v > 0.0) v)
+      rule [ "ADAPTFORMER" ] "ffn_adapter_scalar" "a number > 0" (fun v _ -> required (fun v -> isNum v && num v > 0.0) v)
+      rule [ "VPT" ] "num_tokens" "an int > 0" (fun v _ -> required (fun v -> isInt v && num v > 0.0) v)
+      rule [ "VPT" ] "vpt_type" "shallow or deep" (fun v _ -> required (fun v -> isStr v && List.contains (str v) [ "shallow"; "deep" ]) v)
+      rule [ "BITFIT"; "SSF" ] "target_modules" "the list of tuned modules" (fun v _ -> required (fun v -> isList isName v && v.AsArray().Count > 0) v)
+      rule [ "SSF" ] "init_std" "a number >= 0" (fun v _ -> required (fun v -> isNum v && num v >= 0.0) v)
+      rule [ "BOTTLENECK_ADAPTER" ] "adapter_ratio" "a number > 0" (fun v _ -> required (fun v -> isNum v && num v > 0.0) v)
+      rule [ "BOTTLENECK_ADAPTER" ] "adapter_width" "null or an int >= 0 (0: from adapter_ratio)" (fun v _ -> optional (fun v -> isInt v && num v >= 0.0) v)
+      rule [ "BOTTLENECK_ADAPTER" ] "adapter_mlp_scale" "a number" (fun v _ -> required isNum v)
+      rule [ "BOTTLENECK_ADAPTER" ] "adapter_init_identity" "a bool" (fun v _ -> required isBool v) ]
 
 /// Every rule the config breaks, as "field: rule"; an unknown peft_type is one problem.
 let violations (config: JsonObject) : string list =
@@ -119,7 +163,16 @@ let private configs : (string * TuningConfig * (TunedModel -> unit)) list =
       "AdaLoRA, after the training loop set its steps",
       AdaLoraConfig(Targets = [| "qkv" |], InitRank = 4, TargetRank = 2, TInit = 3, TFinal = 2),
       (fun (t: TunedModel) -> (StepHooks.Of(t.Model) |> Seq.exactlyOne).Begin 40L)
-      "Adapter", BottleneckAdapterConfig(ModulesToSave = [| "head" |]), ignore ]
+      "Adapter", BottleneckAdapterConfig(ModulesToSave = [| "head" |]), ignore
+      "BitFit", BitFitConfig(ModulesToSave = [| "head" |]), ignore
+      "LN tuning", LnTuningConfig(), ignore
+      "(IA)³", Ia3Config(Targets = [| "qkv"; "fc2" |], FeedforwardModules = [| "fc2" |], ModulesToSave = [| "head" |]), ignore
+      "SSF", SsfConfig(), ignore
+      "LoHa", LoHaConfig(Targets = [| "qkv" |], Rank = 2, Alpha = 4.0), ignore
+      "LoHa, effective conv2d", LoHaConfig(Targets = [| "patch_embed.proj" |], Rank = 2, UseEffectiveConv2d = true), ignore
+      "LoKr", LoKrConfig(Targets = [| "qkv"; "fc1" |], Rank = 2, DecomposeBoth = true), ignore
+      "AdaptFormer", AdaptFormerConfig(Width = 4, ModulesToSave = [| "head" |]), ignore
+      "VeRA", VeraConfig(Targets = [| "qkv"; "fc1" |], Rank = 4, ModulesToSave = [| "head" |]), ignore ]
 
 let tests =
     testList "PeftConfig" [

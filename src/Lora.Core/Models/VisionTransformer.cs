@@ -113,7 +113,7 @@ public sealed record VitConfig(
 }
 
 /// timm's VisionTransformer (class token, learned position embedding, pre-norm blocks, token pooling).
-public sealed class VisionTransformer : nn.Module<Tensor, Tensor>, IHasModelCard
+public sealed class VisionTransformer : nn.Module<Tensor, Tensor>, IHasModelCard, IPromptHost
 {
     public VitConfig Config { get; }
     public ModelCard Card => ModelCard.Of(Config.in_chans, Config.img_size, "head", ModelTask.Classification);
@@ -123,6 +123,8 @@ public sealed class VisionTransformer : nn.Module<Tensor, Tensor>, IHasModelCard
     private ModuleList<Block> blocks;
     private nn.Module<Tensor, Tensor> norm;
     private nn.Module<Tensor, Tensor> head;
+    // VPT's prompt tokens (IPromptHost), registered as "prompt" while set
+    private VisualPrompts? prompt;
 
     public VisionTransformer(VitConfig config, Device? device = null) : base(nameof(VisionTransformer))
     {
@@ -146,6 +148,15 @@ public sealed class VisionTransformer : nn.Module<Tensor, Tensor>, IHasModelCard
 
     public IReadOnlyList<Block> Blocks => blocks.ToList();
 
+    public (long Dim, int Depth, long PatchArea) PromptShape => (Config.embed_dim, (int)Config.depth, Config.patch_size * Config.patch_size);
+
+    public void SetPrompts(VisualPrompts? prompts)
+    {
+        if (prompt is not null) register_module("prompt", null!);
+        if (prompts is not null) register_module("prompt", prompts);
+        prompt = prompts;
+    }
+
     /// Normalised tokens [B, 1 + N, C] before pooling.
     public Tensor ForwardFeatures(Tensor x)
     {
@@ -158,7 +169,24 @@ public sealed class VisionTransformer : nn.Module<Tensor, Tensor>, IHasModelCard
         var t = patch_embed.forward(x.dtype == stem ? x : x.to(stem));
         var cls = cls_token.to(t.dtype).expand(t.shape[0], -1, -1);
         t = cat(new[] { cls, t }, 1).Plus(pos_embed.to(t.dtype));
-        foreach (var b in blocks) t = b.forward(t);
+        if (prompt is null)
+            foreach (var b in blocks) t = b.forward(t);
+        else
+        {
+            // VPT: [cls, prompts, patches]; deep VPT replaces the prompt outputs before each later block
+            long batch = t.shape[0], n = prompt.Tokens;
+            t = cat(new[] { t.narrow(1, 0, 1), prompt.At(0, batch, t.dtype), t.narrow(1, 1, t.shape[1] - 1) }, 1);
+            var i = 0;
+            foreach (var b in blocks)
+            {
+                if (i > 0 && prompt.Deep)
+                    t = cat(new[] { t.narrow(1, 0, 1), prompt.At(i, batch, t.dtype), t.narrow(1, 1 + n, t.shape[1] - 1 - n) }, 1);
+                t = b.forward(t);
+                i++;
+            }
+            // the prompts' outputs are dropped: the sequence is the model's own again
+            t = cat(new[] { t.narrow(1, 0, 1), t.narrow(1, 1 + n, t.shape[1] - 1 - n) }, 1);
+        }
         return norm.forward(t).MoveToOuterDisposeScope();
     }
 

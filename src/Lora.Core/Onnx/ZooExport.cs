@@ -28,6 +28,7 @@ public static class ZooExport
             var what = m switch
             {
                 BottleneckAdapter => "a bottleneck adapter, which adds layers that cannot be merged into the weights: ONNX export takes merged models only (LoRA, DoRA, AdaLoRA after merge-and-unload)",
+                IAdapterModule a => $"a {a.Group} adapter, which cannot be merged into the weights: ONNX export takes merged models only",
                 TunerLayer t => $"a {t.GetType().Name} (a tuning layer): merge it into the weights first (merge-and-unload), then export",
                 ModulesToSaveWrapper => "a modules-to-save wrapper: merge-and-unload the tuned model first, then export",
                 Conv2d or Linear or LayerNorm or LayerNorm2d or BatchNorm2d or Identity or Sequential or ModuleList<ConvNeXtStage> or ModuleList<ConvNeXtBlock> or ModuleList<Block>

@@ -20,6 +20,10 @@ public static class AdapterCheckpoint
     public const string WeightsFile = "adapter_model.safetensors";
     const string Prefix = "base_model.model.";
 
+    /// An attached tensor's key that starts with this is saved as it is, not under the model's
+    /// prefix (VeRA's shared `base_model.vera_A`, which PEFT keeps beside the model).
+    public const string OutsideModel = "base_model.";
+
     /// Writes the adapter's config and weights into <paramref name="folder"/> (created if needed).
     public static void Save(TunedModel model, string folder, string adapter = "default")
     {
@@ -141,7 +145,7 @@ public static class AdapterCheckpoint
         foreach (var path in model.TrainedInPlace(adapter))
             foreach (var (n, t) in ModuleTree.Get(model.Model, path).named_parameters()) result[Prefix + path + "." + n] = t;
         if (model.Attached(adapter) is { } attached)
-            foreach (var (k, t) in attached.Tensors()) result[Prefix + k] = t;
+            foreach (var (k, t) in attached.Tensors()) result[k.StartsWith(OutsideModel, StringComparison.Ordinal) ? k : Prefix + k] = t;
         if (config.Bias == BiasMode.All)
             foreach (var (n, t) in model.Model.named_parameters())
                 if (n.Split('.')[^1] == "bias" && !n.Contains(".original_module.") && !n.Contains(".modules_to_save."))

@@ -16,7 +16,7 @@ public abstract class TunerLayer : nn.Module<Tensor, Tensor>
 
     readonly List<string> active = new();
     readonly List<string> merged = new();
-    Tensor? weightBeforeMerge;
+    List<Tensor>? weightBeforeMerge;
 
     protected TunerLayer(string name, nn.Module<Tensor, Tensor> baseLayer) : base(name) => base_layer = baseLayer;
 
@@ -67,6 +67,13 @@ public abstract class TunerLayer : nn.Module<Tensor, Tensor>
     /// The merged weight for one adapter given the current weight (W + ΔW; DoRA rescales).
     protected virtual Tensor MergedWeight(Tensor weight, string adapter) => weight.Plus(DeltaWeight(adapter));
 
+    /// The base tensors a merge writes into: the weight, and the bias too for the methods that scale
+    /// or shift a layer's output ((IA)³, SSF, LN tuning, BitFit). All are kept before the first merge.
+    protected virtual IReadOnlyList<Tensor> MergeTargets => [BaseWeight];
+
+    /// The merged values of <see cref="MergeTargets"/> (same order) for one adapter, given their current values.
+    protected virtual IReadOnlyList<Tensor> MergedValues(IReadOnlyList<Tensor> current, string adapter) => [MergedWeight(current[0], adapter)];
+
     public void SetActiveAdapters(IEnumerable<string> adapters)
     {
         var list = adapters.ToList();
@@ -94,10 +101,11 @@ public abstract class TunerLayer : nn.Module<Tensor, Tensor>
         {
             if (merged.Contains(a)) continue;
             if (!AdapterNames.Contains(a)) throw new ArgumentException($"the layer has no adapter named '{a}'");
-            weightBeforeMerge ??= BaseWeight.detach().clone();
+            var targets = MergeTargets;
+            weightBeforeMerge ??= targets.Select(t => t.detach().clone()).ToList();
             using var scope = torch.NewDisposeScope();
-            var w = MergedWeight(BaseWeight.detach(), a);
-            BaseWeight.copy_(w);
+            var values = MergedValues(targets.Select(t => t.detach()).ToList(), a);
+            for (var i = 0; i < targets.Count; i++) targets[i].copy_(values[i]);
             merged.Add(a);
         }
     }
@@ -106,8 +114,10 @@ public abstract class TunerLayer : nn.Module<Tensor, Tensor>
     public void Unmerge()
     {
         if (weightBeforeMerge is null) return;
-        using (torch.no_grad()) BaseWeight.copy_(weightBeforeMerge);
-        weightBeforeMerge.Dispose();
+        var targets = MergeTargets;
+        using (torch.no_grad())
+            for (var i = 0; i < targets.Count; i++) targets[i].copy_(weightBeforeMerge[i]);
+        foreach (var t in weightBeforeMerge) t.Dispose();
         weightBeforeMerge = null;
         merged.Clear();
     }
@@ -117,7 +127,7 @@ public abstract class TunerLayer : nn.Module<Tensor, Tensor>
     public nn.Module<Tensor, Tensor> Unload(bool merge)
     {
         if (merge) Merge(); else Unmerge();
-        weightBeforeMerge?.Dispose();
+        weightBeforeMerge?.ForEach(t => t.Dispose());
         weightBeforeMerge = null;
         merged.Clear();
         return base_layer;
@@ -198,7 +208,7 @@ public abstract class TunerLayer : nn.Module<Tensor, Tensor>
 
     protected override void Dispose(bool disposing)
     {
-        if (disposing) weightBeforeMerge?.Dispose();
+        if (disposing) weightBeforeMerge?.ForEach(t => t.Dispose());
         base.Dispose(disposing);
     }
 }

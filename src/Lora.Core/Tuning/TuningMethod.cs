@@ -31,7 +31,12 @@ public abstract class TuningMethod
     /// Adds the modules the configuration targets to <paramref name="matches"/> (role "target") and
     /// every problem to <paramref name="errors"/>. The default matches the target patterns.
     public virtual void MatchTargets(nn.Module model, IReadOnlyList<(string Path, nn.Module Module)> modules, TuningConfig config,
-                                     List<ModuleMatch> matches, List<string> errors)
+                                     List<ModuleMatch> matches, List<string> errors) =>
+        MatchPatterns(model, modules, config, matches, errors);
+
+    /// The default matching: every module a target pattern names.
+    protected void MatchPatterns(nn.Module model, IReadOnlyList<(string Path, nn.Module Module)> modules, TuningConfig config,
+                       List<ModuleMatch> matches, List<string> errors)
     {
         foreach (var pattern in config.Targets)
         {
@@ -49,6 +54,29 @@ public abstract class TuningMethod
                     errors.Add($"'{path}' already carries a {existing.Method} layer; a {NameOf(config)} adapter cannot be added beside it");
             }
         }
+    }
+
+    /// The target patterns, or with none every module <see cref="CheckTarget"/> accepts outside the
+    /// modules to save (BitFit's every bias, LN tuning's every norm, SSF's every layer); `kinds` says
+    /// what was looked for when nothing fits.
+    protected void MatchTargetsOrAll(nn.Module model, IReadOnlyList<(string Path, nn.Module Module)> modules, TuningConfig config,
+                                     List<ModuleMatch> matches, List<string> errors, string kinds)
+    {
+        if (config.Targets.Count > 0) { MatchPatterns(model, modules, config, matches, errors); return; }
+        bool Saved(string path) => config.ModulesToSave.Any(p =>
+            ModulePattern.Matches(p, path) || modules.Any(m => path.StartsWith(m.Path + ".", StringComparison.Ordinal) && ModulePattern.Matches(p, m.Path)));
+        bool Inside(string path) => modules.Any(m => m.Module is TunerLayer or ModulesToSaveWrapper && path.StartsWith(m.Path + ".", StringComparison.Ordinal));
+        foreach (var (path, m) in modules)
+        {
+            if (path.Length == 0 || Inside(path) || Saved(path)) continue;
+            var inner = m is TunerLayer tl ? tl.base_layer : m;
+            if (m is TunerLayer other && other.Owner != this) continue;
+            if (CheckTarget(path, inner, config) is not null) continue;
+            if (m is not TunerLayer && ModuleTree.CannotReplace(model, path, typeof(TunerLayer)) is not null) continue;
+            matches.Add(new(path, "target", inner.GetType().Name, ""));
+        }
+        if (!matches.Any(x => x.Role == "target"))
+            errors.Add($"{Name} found no {kinds} in this {model.GetType().Name} to tune");
     }
 
     /// The name of the configured method ("DoRA" for LoRA's DoRA variant).
@@ -144,7 +172,8 @@ public class AttachedAdapter
 public static class TuningMethods
 {
     public static readonly IReadOnlyList<TuningMethod> Registered =
-        [LoraMethod.Instance, AdaLoraMethod.Instance, BottleneckAdapterMethod.Instance];
+        [LoraMethod.Instance, AdaLoraMethod.Instance, BottleneckAdapterMethod.Instance,
+         BitFitMethod.Instance, LnTuningMethod.Instance, Ia3Method.Instance, SsfMethod.Instance, LoHaMethod.Instance, LoKrMethod.Instance, VeraMethod.Instance, AdaptFormerMethod.Instance, VptMethod.Instance];
 
     /// The method saved under a peft_type, or null.
     public static TuningMethod? ByPeftType(string peftType) => Registered.FirstOrDefault(m => m.PeftType == peftType);
