@@ -75,14 +75,18 @@ module Cli =
                 | Model_Config _ -> "a JSON file of model options (img_size, patch_size, ...)"
 
     type MergeArgs =
-        | [<Mandatory>] Model of model: string
+        | Model of model: string
+        | [<CustomCommandLine("--run")>] From_Run of run: string
+        | Results of dir: string
         | Model_Config of path: string
-        | [<Mandatory>] Weights of path: string
-        | [<Mandatory>] Adapter of path: string
+        | Weights of path: string
+        | Adapter of path: string
         | [<Mandatory>] Out of path: string
         interface IArgParserTemplate with
             member a.Usage =
                 match a with
+                | From_Run _ -> "a finished run (its hash or results/HASH folder): model, weights and adapter from its model card"
+                | Results _ -> "the results folder a --run hash is looked up in (default: results)"
                 | Model _ -> "a zoo model name"
                 | Model_Config _ -> "a JSON file of model options"
                 | Weights _ -> "the base model's safetensors file"
@@ -90,7 +94,9 @@ module Cli =
                 | Out _ -> "the merged safetensors file to write"
 
     type ForwardArgs =
-        | [<Mandatory>] Model of model: string
+        | Model of model: string
+        | [<CustomCommandLine("--run")>] From_Run of run: string
+        | Results of dir: string
         | Model_Config of path: string
         | Weights of path: string
         | Adapter of path: string
@@ -100,6 +106,8 @@ module Cli =
             member a.Usage =
                 match a with
                 | Model _ -> "a zoo model name or an .onnx file"
+                | From_Run _ -> "a finished run (its hash or results/HASH folder): model, weights and adapter from its model card"
+                | Results _ -> "the results folder a --run hash is looked up in (default: results)"
                 | Model_Config _ -> "a JSON file of model options (num_classes, ...)"
                 | Weights _ -> "the model's safetensors file"
                 | Adapter _ -> "an adapter folder to apply"
@@ -107,7 +115,9 @@ module Cli =
                 | Out _ -> "the safetensors file to write, with the tensor 'output' (fp32)"
 
     type ExportArgs =
-        | [<Mandatory>] Model of model: string
+        | Model of model: string
+        | [<CustomCommandLine("--run")>] From_Run of run: string
+        | Results of dir: string
         | Model_Config of path: string
         | Weights of path: string
         | Adapter of path: string
@@ -116,6 +126,8 @@ module Cli =
             member a.Usage =
                 match a with
                 | Model _ -> "an .onnx file, resnet18_mlnet, or a ViT, ConvNeXt or ResNet zoo model"
+                | From_Run _ -> "a finished run (its hash or results/HASH folder): model, weights and adapter from its model card"
+                | Results _ -> "the results folder a --run hash is looked up in (default: results)"
                 | Model_Config _ -> "a JSON file of model options (num_classes, ...)"
                 | Weights _ -> "the model's safetensors file"
                 | Adapter _ -> "an adapter folder, merged into the weights"
@@ -123,7 +135,9 @@ module Cli =
 
     type PredictArgs =
         | [<MainCommand>] Images of images: string list
-        | [<Mandatory>] Model of model: string
+        | Model of model: string
+        | [<CustomCommandLine("--run")>] From_Run of run: string
+        | Results of dir: string
         | Model_Config of path: string
         | Weights of path: string
         | Adapter of path: string
@@ -137,13 +151,15 @@ module Cli =
                 match a with
                 | Images _ -> "image files to classify"
                 | Model _ -> "a zoo model name"
+                | From_Run _ -> "a finished run (its hash or results/HASH folder): model, weights, adapter, input size, mean/std and labels from its model card"
+                | Results _ -> "the results folder a --run hash is looked up in (default: results)"
                 | Model_Config _ -> "a JSON file of model options"
                 | Weights _ -> "the model's safetensors file"
                 | Adapter _ -> "an adapter to apply"
                 | Labels _ -> "a text file with one label per line"
                 | Top_K _ -> "how many labels per image (default 5)"
-                | Mean _ -> "per-channel mean subtracted from pixels in [0, 1], comma-separated, or 'imagenet' (default: none)"
-                | Std _ -> "per-channel standard deviation to divide by, comma-separated, or 'imagenet' (default: none)"
+                | Mean _ -> "per-channel mean subtracted from pixels in [0, 1], comma-separated, or 'imagenet' (default: the run's card with --run, else none)"
+                | Std _ -> "per-channel standard deviation to divide by, comma-separated, or 'imagenet' (default: the run's card with --run, else none)"
                 | Json -> "print JSON instead of text"
 
     type BenchArgs =
@@ -265,14 +281,29 @@ type TablesOptions = { Results: string; Out: string }
 type SummaryOptions =
     { Model: string; Method: string; Rank: Nullable<int>; Alpha: Nullable<float>; Targets: string list; Train: string list
       Bias: string; InitRank: Nullable<int>; Classes: Nullable<int>; ModelConfig: string }
-type MergeOptions = { Model: string; ModelConfig: string; Weights: string; Adapter: string; Out: string }
-type ForwardOptions = { Model: string; ModelConfig: string; Weights: string; Adapter: string; Input: string; Out: string }
-type ExportOptions = { Model: string; ModelConfig: string; Weights: string; Adapter: string; Out: string }
+type MergeOptions =
+    { Model: string; ModelConfig: string; Weights: string; Adapter: string; Out: string
+      /// --run HASH|DIR (null: none) and the results folder it is looked up in
+      Run: string
+      Results: string }
+type ForwardOptions =
+    { Model: string; ModelConfig: string; Weights: string; Adapter: string; Input: string; Out: string
+      /// --run HASH|DIR (null: none) and the results folder it is looked up in
+      Run: string
+      Results: string }
+type ExportOptions =
+    { Model: string; ModelConfig: string; Weights: string; Adapter: string; Out: string
+      /// --run HASH|DIR (null: none) and the results folder it is looked up in
+      Run: string
+      Results: string }
 type PredictOptions =
     { Images: string list; Model: string; ModelConfig: string; Weights: string; Adapter: string; Labels: string; TopK: int; Json: bool
       /// the --mean and --std texts as given (null: no normalisation)
       Mean: string
-      Std: string }
+      Std: string
+      /// --run HASH|DIR (null: none) and the results folder it is looked up in
+      Run: string
+      Results: string }
 type BenchOptions =
     { Model: string; Batch: Nullable<int>; Img: Nullable<int>; Classes: Nullable<int>; Rank: Nullable<int>; Methods: string list
       Device: string; Steps: Nullable<int>; Warmup: Nullable<int>; Json: bool
@@ -413,18 +444,22 @@ type CommandLine private () =
                                                     Bias = a.GetResult(Cli.SummaryArgs.Bias, "none"); InitRank = nullable (a.TryGetResult Cli.SummaryArgs.Init_Rank)
                                                     Classes = nullable (a.TryGetResult Cli.SummaryArgs.Classes); ModelConfig = orNull (a.TryGetResult Cli.SummaryArgs.Model_Config) }, line))
             | Cli.Merge a ->
-                ok (ParsedCommand(Command.Merge { Model = a.GetResult Cli.MergeArgs.Model; ModelConfig = orNull (a.TryGetResult Cli.MergeArgs.Model_Config)
-                                                  Weights = a.GetResult Cli.MergeArgs.Weights; Adapter = a.GetResult Cli.MergeArgs.Adapter; Out = a.GetResult Cli.MergeArgs.Out }, line))
+                ok (ParsedCommand(Command.Merge { Model = orNull (a.TryGetResult Cli.MergeArgs.Model); ModelConfig = orNull (a.TryGetResult Cli.MergeArgs.Model_Config)
+                                                  Weights = orNull (a.TryGetResult Cli.MergeArgs.Weights); Adapter = orNull (a.TryGetResult Cli.MergeArgs.Adapter); Out = a.GetResult Cli.MergeArgs.Out
+                                                  Run = orNull (a.TryGetResult Cli.MergeArgs.From_Run); Results = a.GetResult(Cli.MergeArgs.Results, defaultResults) }, line))
             | Cli.Forward a ->
-                ok (ParsedCommand(Command.Forward { Model = a.GetResult Cli.ForwardArgs.Model; ModelConfig = orNull (a.TryGetResult Cli.ForwardArgs.Model_Config)
+                ok (ParsedCommand(Command.Forward { Model = orNull (a.TryGetResult Cli.ForwardArgs.Model); ModelConfig = orNull (a.TryGetResult Cli.ForwardArgs.Model_Config)
                                                     Weights = orNull (a.TryGetResult Cli.ForwardArgs.Weights); Adapter = orNull (a.TryGetResult Cli.ForwardArgs.Adapter)
-                                                    Input = a.GetResult Cli.ForwardArgs.Input; Out = a.GetResult Cli.ForwardArgs.Out }, line))
+                                                    Input = a.GetResult Cli.ForwardArgs.Input; Out = a.GetResult Cli.ForwardArgs.Out
+                                                    Run = orNull (a.TryGetResult Cli.ForwardArgs.From_Run); Results = a.GetResult(Cli.ForwardArgs.Results, defaultResults) }, line))
             | Cli.Export a ->
-                ok (ParsedCommand(Command.Export { Model = a.GetResult Cli.ExportArgs.Model; ModelConfig = orNull (a.TryGetResult Cli.ExportArgs.Model_Config)
+                ok (ParsedCommand(Command.Export { Model = orNull (a.TryGetResult Cli.ExportArgs.Model); ModelConfig = orNull (a.TryGetResult Cli.ExportArgs.Model_Config)
                                                    Weights = orNull (a.TryGetResult Cli.ExportArgs.Weights); Adapter = orNull (a.TryGetResult Cli.ExportArgs.Adapter)
-                                                   Out = a.GetResult Cli.ExportArgs.Out }, line))
+                                                   Out = a.GetResult Cli.ExportArgs.Out
+                                                   Run = orNull (a.TryGetResult Cli.ExportArgs.From_Run); Results = a.GetResult(Cli.ExportArgs.Results, defaultResults) }, line))
             | Cli.Predict a ->
-                ok (ParsedCommand(Command.Predict { Images = a.GetResult(Cli.PredictArgs.Images, []); Model = a.GetResult Cli.PredictArgs.Model
+                ok (ParsedCommand(Command.Predict { Images = a.GetResult(Cli.PredictArgs.Images, []); Model = orNull (a.TryGetResult Cli.PredictArgs.Model)
+                                                    Run = orNull (a.TryGetResult Cli.PredictArgs.From_Run); Results = a.GetResult(Cli.PredictArgs.Results, defaultResults)
                                                     ModelConfig = orNull (a.TryGetResult Cli.PredictArgs.Model_Config); Weights = orNull (a.TryGetResult Cli.PredictArgs.Weights)
                                                     Adapter = orNull (a.TryGetResult Cli.PredictArgs.Adapter); Labels = orNull (a.TryGetResult Cli.PredictArgs.Labels)
                                                     TopK = a.GetResult(Cli.PredictArgs.Top_K, 5); Json = a.Contains Cli.PredictArgs.Json

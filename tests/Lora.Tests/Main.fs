@@ -40,6 +40,7 @@ let all =
         MixedPrecisionTests.tests
         ConversionTests.tests
         OnnxTests.tests
+        RunCardTests.tests
     ]
 
 [<EntryPoint>]

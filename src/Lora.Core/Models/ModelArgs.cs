@@ -20,6 +20,14 @@ public sealed class ModelArgs
     /// A copy with one argument set (numbers, bools, strings, or arrays of numbers).
     public ModelArgs With(string key, object value) => new(new Dictionary<string, object>(values) { [key] = value });
 
+    /// A copy with every argument of <paramref name="over"/> set over these.
+    public ModelArgs With(ModelArgs over)
+    {
+        var d = new Dictionary<string, object>(values);
+        foreach (var kv in over.values) d[kv.Key] = kv.Value;
+        return new(d);
+    }
+
     public static ModelArgs FromDictionary(IReadOnlyDictionary<string, object> values) => new(values.ToDictionary(kv => kv.Key, kv => kv.Value));
 
     /// Parses a JSON object such as {"img_size": 32, "depths": [1, 1, 2, 1]}.
@@ -37,6 +45,9 @@ public sealed class ModelArgs
             return new ModelArgs(d);
         }
     }
+
+    /// The arguments as a JSON object that <see cref="FromJson"/> reads back (a run's model card keeps them).
+    public string ToJson() => JsonSerializer.Serialize(values.OrderBy(kv => kv.Key, StringComparer.Ordinal).ToDictionary(kv => kv.Key, kv => kv.Value));
 
     public static ModelArgs FromFile(string path)
     {

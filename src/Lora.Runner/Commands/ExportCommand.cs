@@ -6,16 +6,22 @@ using static TorchSharp.torch;
 
 namespace Lora.Runner;
 
-/// `lora export --model M [--model-config J] [--weights W] [--adapter A] --out model.onnx`: the
+/// `lora export --model M [--model-config J] [--weights W] [--adapter A] --out model.onnx` (or
+/// `--run HASH|DIR` for a finished run's model): the
 /// merged model (as merge-and-unload gives it) as an ONNX file. Nothing is written unless the whole
 /// export succeeds (atomic write); the inputs are only read.
 public static class ExportCommand
 {
     public static int Run(ExportOptions o, TextWriter stdout)
     {
-        using var model = ModelSource.LoadMerged(o.Model, o.ModelConfig, o.Weights, o.Adapter);
-        WriteOnnx(model, o.Model, o.Out);
-        stdout.WriteLine($"exported {o.Model}{(o.Adapter is null ? "" : $" with {o.Adapter} merged")}: wrote {o.Out}");
+        if (ModelSource.OneOf(o.Model, o.Run) is { } which) throw new BadModelException(which);
+        var run = o.Run is null ? null : RunLocation.Resolve(o.Run, o.Results);
+        using var model = run is null
+            ? ModelSource.LoadMerged(o.Model, o.ModelConfig, o.Weights, o.Adapter)
+            : RunModel.Load(run, new RunOverrides(o.ModelConfig, o.Weights, o.Adapter), mustMerge: true);
+        var name = o.Model ?? run!.Card.Model;
+        WriteOnnx(model, name, o.Out);
+        stdout.WriteLine($"exported {(run is null ? o.Model : $"run {run.Card.Id}")}{(o.Adapter is null && run?.Card.Weights != RunCard.AdapterWeights ? "" : " with its adapter merged")}: wrote {o.Out}");
         return 0;
     }
 

@@ -58,6 +58,8 @@ public sealed class RunResult
     public long? PeakMemoryBytes { get; init; }
     /// <summary>Anything else worth keeping (e.g. AdaLoRA's final rank pattern), written under "extra".</summary>
     public IReadOnlyDictionary<string, string> Extra { get; init; } = new Dictionary<string, string>();
+    /// <summary>The run's model card, written as model-card.json beside metrics.json (null: none).</summary>
+    public RunCard? Card { get; init; }
 }
 
 /// <summary>The seam between the runner and training: the lead implements this against Lora.Core.</summary>

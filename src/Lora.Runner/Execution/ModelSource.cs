@@ -84,6 +84,21 @@ static class ModelSource
             : File.Exists(path) ? throw new InvalidDataException($"'{path}' is a file, not an adapter folder (expected a PEFT folder with {AdapterCheckpoint.ConfigFile} and {AdapterCheckpoint.WeightsFile})")
             : throw new DirectoryNotFoundException($"adapter folder '{path}' does not exist (expected a PEFT folder with {AdapterCheckpoint.ConfigFile} and {AdapterCheckpoint.WeightsFile})");
 
+    /// "give --model or --run" when neither or both are given, else null.
+    public static string? OneOf(string? model, string? run) =>
+        model is null && run is null ? "give --model NAME (with its weights) or --run HASH (a finished run)"
+        : model is not null && run is not null ? "give --model or --run, not both (a run's card names its model)"
+        : null;
+
+    /// An adapter folder applied to the model: merged (merge-and-unload) when the method can merge;
+    /// otherwise kept as it is, or refused with the method's reason when <paramref name="mustMerge"/>.
+    public static nn.Module<Tensor, Tensor> ApplyAdapter(nn.Module<Tensor, Tensor> model, string adapter, bool mustMerge)
+    {
+        var tuned = AdapterCheckpoint.Load(model, AdapterFolder(adapter));
+        bool mergeable = tuned.ActiveAdapter is not { } a || tuned.Configs[a].Method.NotMergeable is null;
+        return mergeable || mustMerge ? (nn.Module<Tensor, Tensor>)tuned.MergeAndUnload() : model;
+    }
+
     /// The model in eval mode: --weights loaded strictly, then --adapter merged in (merge-and-unload).
     public static nn.Module<Tensor, Tensor> LoadMerged(string name, string? modelConfig, string? weights, string? adapter)
     {

@@ -86,6 +86,8 @@ public sealed class PlanRunner(ResultsStore store, IRunExecutor executor, TextWr
             var result = executor.Execute(run, ctx, ct);
             RunResultCheck.RequireFinite(result);
             var metrics = MetricsJson(run, result, clock.Elapsed.TotalSeconds, provenance);
+            // the card first: metrics.json is what marks the run done
+            if (result.Card is { } card) RunCard.Write(store.CardPath(run.Hash), card);
             AtomicFile.WriteAllText(store.MetricsPath(run.Hash), metrics.ToJsonString(Indented) + "\n");
             return true;
         }

@@ -32,7 +32,8 @@ public sealed class TrainingExecutor : IRunExecutor
 
         // Same seed, same initial weights and adapters: what makes a killed run resumable.
         torch.manual_seed(spec.Seed);
-        using var model = BuildModel(spec, ctx, data);
+        var (built, args) = BuildModel(spec, ctx, data);
+        using var model = built;
         var tuned = ToCore.apply(ToCore.ofRun(spec, model), model);
         var summary = ParameterSummary.Of(model);
         ctx.Log($"parameters: {summary.Total:N0} total, {summary.Trainable:N0} trainable");
@@ -51,6 +52,7 @@ public sealed class TrainingExecutor : IRunExecutor
             CheckpointEverySteps = 10,
             TrainTransforms = InputTransforms(model, data, OptionInt(training.ImageSize)),
         };
+        var card = CardOf(run, args, model, data, options.TrainTransforms, tuned);
         var trainer = new Trainer(model, options);
         TrainResult Train(IProgress<TrainingProgress> progress) => data.IsSegmentation
             ? trainer.Resume(data.SegTrain!, data.SegValidation, progress, ct)
@@ -70,10 +72,43 @@ public sealed class TrainingExecutor : IRunExecutor
         SaveWeights(spec, model, tuned, ctx.ArtifactsDir);
         // The final weights are saved: the checkpoint is no longer needed to resume.
         Directory.Delete(options.CheckpointDir, recursive: true);
-        return ToRunResult(result, summary, tuned);
+        return ToRunResult(result, summary, tuned, card);
     }
 
-    static nn.Module<Tensor, Tensor> BuildModel(Run spec, RunContext ctx, RunData data)
+    /// The run's model card: what `predict`, `merge`, `forward`, `export` and `eval` rebuild it from.
+    static RunCard CardOf(ResolvedRun run, ModelArgs args, nn.Module model, RunData data, Transforms transforms, TunedModel? tuned)
+    {
+        var spec = run.Spec;
+        var card = Zoo.Card(model);
+        var classes = data.Train?.Classes.ToArray()
+            ?? Enumerable.Range(0, data.SegTrain!.NumClasses).Select(i => i == 0 ? "background" : data.SegTrain.NumClasses == 2 ? "object" : $"class {i}").ToArray();
+        return new RunCard
+        {
+            Hash = run.Hash,
+            Id = run.Id,
+            Source = "zoo",
+            Model = spec.Model.ZooModel.Name,
+            Options = (System.Text.Json.Nodes.JsonObject)System.Text.Json.Nodes.JsonNode.Parse(args.ToJson())!,
+            InChans = card.InChans,
+            InputSize = transforms.Size ?? data.Height,
+            Mean = transforms.Mean ?? [],
+            Std = transforms.Std ?? [],
+            Classes = classes,
+            Task = Canonical.taskName(spec.Task),
+            Classifier = card.Classifier,
+            Backbone = card.Backbone,
+            Method = spec.Method.Name,
+            Rank = spec.RankValue,
+            MethodConfig = (System.Text.Json.Nodes.JsonObject)System.Text.Json.Nodes.JsonNode.Parse(Lora.Dsl.JsonModule.write(Canonical.methodJson(spec.Method)))!,
+            Mergeable = tuned?.ActiveAdapter is not { } active || tuned.Configs[active].Method.NotMergeable is null,
+            Weights = tuned is null ? RunCard.ModelWeights : RunCard.AdapterWeights,
+            BaseRun = run.DependsOn,
+            BaseWeights = spec.Model is BaseModel.Weights w ? w.path : null,
+            Seed = spec.Seed,
+        };
+    }
+
+    static (nn.Module<Tensor, Tensor> Model, ModelArgs Args) BuildModel(Run spec, RunContext ctx, RunData data)
     {
         var zooModel = spec.Model.ZooModel;
         var args = ToCore.modelArgs(zooModel).With("num_classes", (long)data.OutputClasses);
@@ -92,15 +127,10 @@ public sealed class TrainingExecutor : IRunExecutor
                 throw new FileNotFoundException($"{spec.Id}: the base weights {weights} do not exist" +
                     (spec.Model.IsFromPretrain ? " (did its pretraining run finish?)" : ""), weights);
             // The classifier is new whenever the class count differs: keep the model's fresh one.
-            var head = Zoo.Classifier(model);
-            var shapes = model.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.shape);
-            var fileShapes = Safetensors.ReadHeader(weights).Entries.ToDictionary(e => e.Name, e => e.Shape);
-            bool Skip(string key) => key.StartsWith(head + ".", StringComparison.Ordinal)
-                && fileShapes.TryGetValue(key, out var f) && shapes.TryGetValue(key, out var m) && !f.SequenceEqual(m);
-            StateDict.Load(model, weights, strict: true, skip: Skip);
+            BaseWeights.Load(model, weights);
             ctx.Log($"base weights: {weights}");
         }
-        return model;
+        return (model, args);
     }
 
     /// The family names take only what the spec gives; named models keep their own input channels.
@@ -134,7 +164,7 @@ public sealed class TrainingExecutor : IRunExecutor
         else StateDict.Save(model, Path.Combine(dir, ModelFile));
     }
 
-    static RunResult ToRunResult(TrainResult r, ParameterSummary summary, TunedModel? tuned)
+    static RunResult ToRunResult(TrainResult r, ParameterSummary summary, TunedModel? tuned, RunCard card)
     {
         var metrics = new Dictionary<string, double> { ["loss"] = r.Final.Loss };
         if (r.Final.Top1 is double top1) metrics["accuracy"] = top1;
@@ -159,6 +189,7 @@ public sealed class TrainingExecutor : IRunExecutor
             TrainSeconds = r.TrainTime.TotalSeconds,
             PeakMemoryBytes = double.IsNaN(r.PeakMemoryMiB) ? null : (long)(r.PeakMemoryMiB * 1048576),
             Extra = extra,
+            Card = card,
         };
     }
 

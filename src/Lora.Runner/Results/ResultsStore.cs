@@ -32,6 +32,8 @@ public sealed class ResultsStore
     public string MetricsPath(string hash) => Path.Combine(ResultDir(hash), MetricsFile);
     public string FailedPath(string hash) => Path.Combine(ArtifactsDir(hash), FailedFile);
     public string LogPath(string hash) => Path.Combine(ArtifactsDir(hash), LogFile);
+    /// <summary>results/&lt;hash&gt;/model-card.json: what a run's consumers rebuild it from.</summary>
+    public string CardPath(string hash) => Path.Combine(ResultDir(hash), RunCard.FileName);
 
     public bool IsDone(string hash) => File.Exists(MetricsPath(hash));
 

@@ -1,0 +1,160 @@
+/// Runs that describe themselves: every run writes a model card, and the commands that consume a
+/// run (predict, forward, merge, export) need nothing but `--run HASH`.
+module Lora.Tests.RunCardTests
+
+open System
+open System.IO
+open System.Text.Json.Nodes
+open Expecto
+open Lora.Runner
+open Lora.Tests.Generators
+
+let private dispatch (args: string list) =
+    use out = new StringWriter()
+    use err = new StringWriter()
+    let code = Commands.Dispatch(Array.ofList args, (fun () -> TrainingExecutor() :> IRunExecutor), out, err)
+    code, out.ToString(), err.ToString()
+
+let private tinySpec = fixture "specs/tiny.yaml"
+
+/// The tiny plan (a pretraining, then LoRA, Adapter and head-only tunes) run once for these tests.
+let tinyResults =
+    lazy
+        (let root = Path.Combine(Path.GetTempPath(), "lora-cards-" + Guid.NewGuid().ToString("N"))
+         AppDomain.CurrentDomain.ProcessExit.Add(fun _ -> try Directory.Delete(root, true) with _ -> ())
+         let results = Path.Combine(root, "results")
+         let code, out, err = dispatch [ "run"; tinySpec; "--results"; results ]
+         if code <> 0 then failtestf "the tiny plan failed (%d):\n%s%s" code out err
+         results)
+
+/// The hash of the run named `id` in a results folder (from its card).
+let hashOf (results: string) (id: string) =
+    Directory.GetDirectories results
+    |> Array.find (fun d -> File.Exists(Path.Combine(d, RunCard.FileName)) && RunCard.Read(Path.Combine(d, RunCard.FileName)).Id = id)
+    |> Path.GetFileName
+
+/// Fashion-MNIST test images of classes 5-9 as grey PNG files.
+let private images (dir: TempDir) =
+    let set = Lora.Core.Data.FashionMnist.Load(null, false).SelectClasses(5, 6, 7, 8, 9)
+    [ for i in 0..3 ->
+        let path = dir.File(sprintf "img%d.png" i)
+        Lora.Core.Data.Png.Write(path, set.Image i, 1, 28, 28)
+        path ]
+
+let private predictJson (args: string list) =
+    let code, out, err = dispatch ([ "predict"; "--json"; "--top-k"; "5" ] @ args)
+    Expect.equal code 0 err
+    JsonNode.Parse(out).AsArray()
+
+let private scores (json: JsonArray) =
+    [ for img in json -> [ for p in img.["predictions"].AsArray() -> string p.["label"], float p.["score"] ] ]
+
+let tests =
+    testSequenced <| testList "RunCard" [
+        test "every run of the tiny plan writes a model card that says what it is" {
+            if not (Lora.Core.Data.FashionMnist.IsInstalled()) then skiptest "dataset-fashion-mnist is not installed"
+            let results = tinyResults.Force()
+            let card id = RunCard.Read(Path.Combine(results, hashOf results id, RunCard.FileName))
+            let lora = card "tiny/lora-r2"
+            Expect.equal lora.Model "vit" "model"
+            Expect.equal lora.InChans 1L "grey input"
+            Expect.equal lora.InputSize 28 "trained at 28 px"
+            Expect.sequenceEqual lora.Mean [ 0.5f ] "mean"
+            Expect.sequenceEqual lora.Std [ 0.5f ] "std"
+            Expect.sequenceEqual lora.Classes [ "Sandal"; "Shirt"; "Sneaker"; "Bag"; "Ankle boot" ] "class names of classes 5-9, in label order"
+            Expect.equal lora.Rank 2 "rank"
+            Expect.equal (string lora.MethodConfig.["kind"]) "lora" "method config"
+            Expect.equal (float lora.MethodConfig.["alpha"]) 4.0 "alpha resolved (2 x rank)"
+            Expect.equal lora.BaseRun (hashOf results "pretrain/tiny-vit") "starts from the pretraining run"
+            Expect.isTrue lora.Mergeable "LoRA merges"
+            Expect.isFalse (card "tiny/adapter-r2").Mergeable "a bottleneck Adapter does not"
+            Expect.equal (card "tiny/head").Weights RunCard.ModelWeights "head-only keeps the whole model"
+            Expect.equal (float ((card "pretrain/tiny-vit").Options.["num_classes"])) 5.0 "constructor arguments kept"
+        }
+
+        test "predict --run needs nothing else and equals predict with every flag spelt out; flags override the card" {
+            if not (Lora.Core.Data.FashionMnist.IsInstalled()) then skiptest "dataset-fashion-mnist is not installed"
+            let results = tinyResults.Force()
+            use dir = new TempDir()
+            let imgs = images dir
+            let lora = hashOf results "tiny/lora-r2"
+            let byRun = predictJson ([ "--run"; lora; "--results"; results ] @ imgs)
+            let card = RunCard.Read(Path.Combine(results, lora, RunCard.FileName))
+            let config = dir.File "config.json"
+            File.WriteAllText(config, card.Options.ToJsonString())
+            let labels = dir.File "labels.txt"
+            File.WriteAllLines(labels, card.Classes)
+            let artifacts = results + "-artifacts"
+            let explicitFlags =
+                predictJson ([ "--model"; "vit"; "--model-config"; config
+                               "--weights"; Path.Combine(artifacts, hashOf results "pretrain/tiny-vit", "model.safetensors")
+                               "--adapter"; Path.Combine(artifacts, lora, "adapter"); "--labels"; labels; "--mean"; "0.5"; "--std"; "0.5" ] @ imgs)
+            Expect.equal (scores byRun) (scores explicitFlags) "the same labels and scores"
+            Expect.equal (string byRun.[0].["predictions"].[0].["label"] |> fun l -> Array.contains l card.Classes) true "labels are the class names"
+            // the run's folder works as well as its hash; an explicit --mean overrides the card's
+            let byFolder = predictJson ([ "--run"; Path.Combine(results, lora) ] @ imgs)
+            Expect.equal (scores byFolder) (scores byRun) "a results/HASH folder names the run"
+            let unnormalised = predictJson ([ "--run"; lora; "--results"; results; "--mean"; "0"; "--std"; "1" ] @ imgs)
+            Expect.notEqual (scores unnormalised) (scores byRun) "--mean/--std override the card"
+        }
+
+        test "a bottleneck-Adapter run predicts and forwards (applied, not merged); merge and export refuse it with the reason" {
+            if not (Lora.Core.Data.FashionMnist.IsInstalled()) then skiptest "dataset-fashion-mnist is not installed"
+            let results = tinyResults.Force()
+            use dir = new TempDir()
+            let imgs = images dir
+            let adapter = hashOf results "tiny/adapter-r2"
+            let json = predictJson ([ "--run"; adapter; "--results"; results ] @ imgs)
+            Expect.equal json.Count imgs.Length "one prediction per image"
+            let input = dir.File "in.safetensors"
+            use x = TorchSharp.torch.rand(2L, 1L, 28L, 28L)
+            Lora.Core.IO.Safetensors.Save(input, [ Collections.Generic.KeyValuePair("input", x) ])
+            let code, _, err = dispatch [ "forward"; "--run"; adapter; "--results"; results; "--input"; input; "--out"; dir.File "out.safetensors" ]
+            Expect.equal code 0 err
+            let y = Lora.Core.IO.Safetensors.Load(dir.File "out.safetensors").["output"]
+            Expect.sequenceEqual y.shape [| 2L; 5L |] "five logits per input"
+            for cmd, out in [ "merge", "m.safetensors"; "export", "m.onnx" ] do
+                let code, _, err = dispatch [ cmd; "--run"; adapter; "--results"; results; "--out"; dir.File out ]
+                Expect.equal code 1 (sprintf "%s refuses" cmd)
+                Expect.stringContains err "not mergeable" (sprintf "%s says why" cmd)
+                Expect.isFalse (File.Exists(dir.File out)) (sprintf "%s wrote nothing" cmd)
+        }
+
+        test "merge --run and export --run of a LoRA run need nothing else; forward --run equals forward of the merged weights" {
+            if not (Lora.Core.Data.FashionMnist.IsInstalled()) then skiptest "dataset-fashion-mnist is not installed"
+            let results = tinyResults.Force()
+            use dir = new TempDir()
+            let lora = hashOf results "tiny/lora-r2"
+            let merged = dir.File "merged.safetensors"
+            let code, _, err = dispatch [ "merge"; "--run"; lora; "--results"; results; "--out"; merged ]
+            Expect.equal code 0 err
+            let code, _, err = dispatch [ "export"; "--run"; lora; "--results"; results; "--out"; dir.File "m.onnx" ]
+            Expect.equal code 0 err
+            let input = dir.File "in.safetensors"
+            use x = TorchSharp.torch.rand(3L, 1L, 28L, 28L)
+            Lora.Core.IO.Safetensors.Save(input, [ Collections.Generic.KeyValuePair("input", x) ])
+            let config = dir.File "config.json"
+            File.WriteAllText(config, RunCard.Read(Path.Combine(results, lora, RunCard.FileName)).Options.ToJsonString())
+            let code, _, err = dispatch [ "forward"; "--run"; lora; "--results"; results; "--input"; input; "--out"; dir.File "a.safetensors" ]
+            Expect.equal code 0 err
+            let code, _, err = dispatch [ "forward"; "--model"; "vit"; "--model-config"; config; "--weights"; merged; "--input"; input; "--out"; dir.File "b.safetensors" ]
+            Expect.equal code 0 err
+            let a = Lora.Core.IO.Safetensors.Load(dir.File "a.safetensors").["output"]
+            let b = Lora.Core.IO.Safetensors.Load(dir.File "b.safetensors").["output"]
+            Expect.isTrue (a.allclose(b, rtol = 1e-5, atol = 1e-6)) "the same outputs"
+        }
+
+        test "--run that names nothing, or a run without a card: one clear line" {
+            use dir = new TempDir()
+            let code, _, err = dispatch [ "predict"; "--run"; "abcdef"; "--results"; dir.Path; "x.png" ]
+            Expect.equal code 1 "exit 1"
+            Expect.stringContains err "no run 'abcdef'" "says which run"
+            Directory.CreateDirectory(dir.File "0123456789ab") |> ignore
+            let code, _, err = dispatch [ "merge"; "--run"; dir.File "0123456789ab"; "--out"; dir.File "m.safetensors" ]
+            Expect.equal code 1 "exit 1"
+            Expect.stringContains err RunCard.FileName "names the missing card"
+            let code, _, err = dispatch [ "forward"; "--input"; "x"; "--out"; "y" ]
+            Expect.equal code 2 err
+            Expect.stringContains err "--model" "says to give --model or --run"
+        }
+    ]
