@@ -29,6 +29,7 @@ module Cli =
         | Shard of shard: string
         | Force
         | Write_Tables of dir: string
+        | Verify
         interface IArgParserTemplate with
             member a.Usage =
                 match a with
@@ -39,6 +40,7 @@ module Cli =
                 | Only _ -> "run only runs whose id (experiment/name) or hash matches this pattern (* and ? wildcards)"
                 | Shard _ -> "I/N: run only the I-th of N interleaved shards of the pending runs (I from 0)"
                 | Force -> "run again even if a result exists"
+                | Verify -> "recompute every committed result (and its base runs) into a scratch folder and check each equals the committed one bit for bit (exit 1 on a difference); --write-tables then writes the recomputed results' tables"
 
     type TablesArgs =
         | Results of dir: string
@@ -276,7 +278,9 @@ type RunOptions =
       ShardCount: int
       Force: bool
       /// null = do not regenerate tables after the run
-      Tables: string }
+      Tables: string
+      /// recompute the committed results and compare them bit for bit
+      Verify: bool }
 type TablesOptions = { Results: string; Out: string }
 type SummaryOptions =
     { Model: string; Method: string; Rank: Nullable<int>; Alpha: Nullable<float>; Targets: string list; Train: string list
@@ -434,7 +438,7 @@ type CommandLine private () =
                     let i, n = match shard with Some(Ok s) -> s | _ -> 0, 1
                     ok (ParsedCommand(Command.Run { Specs = a.GetResult Cli.RunArgs.Spec; Results = a.GetResult(Cli.RunArgs.Results, defaultResults); Device = dev
                                                     Only = orNull (a.TryGetResult Cli.RunArgs.Only); ShardIndex = i; ShardCount = n; Force = a.Contains Cli.RunArgs.Force
-                                                    Tables = orNull (a.TryGetResult Cli.RunArgs.Write_Tables) }, line))
+                                                    Tables = orNull (a.TryGetResult Cli.RunArgs.Write_Tables); Verify = a.Contains Cli.RunArgs.Verify }, line))
             | Cli.Tables a ->
                 ok (ParsedCommand(Command.Tables { Results = a.GetResult(Cli.TablesArgs.Results, defaultResults); Out = a.GetResult(Cli.TablesArgs.Out, "paper-tables") }, line))
             | Cli.Summary a ->

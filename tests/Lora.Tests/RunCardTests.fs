@@ -49,6 +49,22 @@ let private predictJson (args: string list) =
 let private scores (json: JsonArray) =
     [ for img in json -> [ for p in img.["predictions"].AsArray() -> string p.["label"], float p.["score"] ] ]
 
+/// A copy of the tiny results as a fresh clone has them: metrics and cards, no artifacts.
+let private committedCopy (dir: TempDir) =
+    let src = tinyResults.Force()
+    let results = dir.File "results"
+    for d in Directory.GetDirectories src do
+        let target = Path.Combine(results, Path.GetFileName d)
+        Directory.CreateDirectory target |> ignore
+        for f in [ ResultsStore.MetricsFile; RunCard.FileName ] do File.Copy(Path.Combine(d, f), Path.Combine(target, f))
+    results
+
+/// Sets metrics.accuracy of one committed result (a result that no longer reproduces).
+let private tamper (metricsFile: string) (accuracy: float) =
+    let o = JsonNode.Parse(File.ReadAllText metricsFile).AsObject()
+    o.["metrics"].AsObject().["accuracy"] <- JsonValue.Create accuracy
+    File.WriteAllText(metricsFile, o.ToJsonString())
+
 let tests =
     testSequenced <| testList "RunCard" [
         test "every run of the tiny plan writes a model card that says what it is" {
@@ -156,5 +172,60 @@ let tests =
             let code, _, err = dispatch [ "forward"; "--input"; "x"; "--out"; "y" ]
             Expect.equal code 2 err
             Expect.stringContains err "--model" "says to give --model or --run"
+        }
+    
+        test "a fresh clone: plan says the pretraining's artifacts are missing; run recomputes them first and checks its metrics" {
+            if not (Lora.Core.Data.FashionMnist.IsInstalled()) then skiptest "dataset-fashion-mnist is not installed"
+            use dir = new TempDir()
+            let results = committedCopy dir
+            let pretrain = hashOf results "pretrain/tiny-vit"
+            let code, out, _ = dispatch [ "plan"; tinySpec; "--results"; results ]
+            Expect.equal code 0 out
+            let line = out.Split('\n') |> Array.find (fun l -> l.StartsWith pretrain)
+            Expect.stringContains line "done, artifacts missing" "the plan knows the weights are not there"
+            let committed = File.ReadAllText(Path.Combine(results, pretrain, ResultsStore.MetricsFile))
+            let code, out, err = dispatch [ "run"; tinySpec; "--results"; results; "--only"; "tiny/head"; "--force" ]
+            Expect.equal code 0 (out + err)
+            Expect.stringContains out ("recompute " + pretrain) "the pretraining is recomputed first"
+            Expect.stringContains out "equal the committed ones bit for bit" "and reproduces its committed metrics"
+            Expect.isTrue (File.Exists(Path.Combine(results + "-artifacts", pretrain, "model.safetensors"))) "its weights are back"
+            Expect.equal (File.ReadAllText(Path.Combine(results, pretrain, ResultsStore.MetricsFile))) committed "the committed metrics are kept"
+            let code, out, _ = dispatch [ "plan"; tinySpec; "--results"; results ]
+            Expect.isFalse (out.Contains "artifacts missing") "nothing missing now"
+        }
+
+        test "a recomputed base whose metrics differ from the committed ones is reported by run and metric; the committed result stays" {
+            if not (Lora.Core.Data.FashionMnist.IsInstalled()) then skiptest "dataset-fashion-mnist is not installed"
+            use dir = new TempDir()
+            let results = committedCopy dir
+            let pretrain = hashOf results "pretrain/tiny-vit"
+            let metrics = Path.Combine(results, pretrain, ResultsStore.MetricsFile)
+            tamper metrics 0.125
+            let tampered = File.ReadAllText metrics
+            let code, out, err = dispatch [ "run"; tinySpec; "--results"; results; "--only"; "tiny/lora-r2"; "--force" ]
+            Expect.equal code 0 (out + err)
+            Expect.stringContains out ("DIFFERENT " + pretrain + " pretrain/tiny-vit") "said loudly, with the run"
+            Expect.stringContains out "pretrain/tiny-vit: metrics.accuracy: committed 0.125, recomputed" "and the metric"
+            Expect.stringContains out "1 with different metrics" "counted in the summary"
+            Expect.equal (File.ReadAllText metrics) tampered "the committed metrics.json is kept"
+        }
+
+        test "run --verify recomputes every committed result, checks each bit for bit and writes the tables; a difference exits 1" {
+            if not (Lora.Core.Data.FashionMnist.IsInstalled()) then skiptest "dataset-fashion-mnist is not installed"
+            use dir = new TempDir()
+            let results = committedCopy dir
+            let tables = dir.File "tables"
+            let code, out, err = dispatch [ "run"; tinySpec; "--results"; results; "--verify"; "--write-tables"; tables ]
+            Expect.equal code 0 (out + err)
+            Expect.stringContains out "4 of 4 committed result(s) reproduced bit for bit, 0 differ" "all four reproduce"
+            Expect.isTrue (File.Exists(Path.Combine(tables, "tiny.md"))) "the tables are written"
+            let lora = hashOf results "tiny/lora-r2"
+            Expect.isTrue (File.Exists(Path.Combine(results + "-artifacts", lora, "adapter", "adapter_model.safetensors"))) "the weights are in the artifacts folder"
+            tamper (Path.Combine(results, lora, ResultsStore.MetricsFile)) 0.5
+            let code, out, _ = dispatch [ "run"; tinySpec; "--results"; results; "--verify" ]
+            Expect.equal code 1 "exit 1 on a difference"
+            Expect.stringContains out ("DIFFERENT " + lora + " tiny/lora-r2") "names the run"
+            Expect.stringContains out "tiny/lora-r2: metrics.accuracy: committed 0.5, recomputed" "and the metric"
+            Expect.stringContains out "3 of 4 committed result(s) reproduced" "the others still reproduce"
         }
     ]

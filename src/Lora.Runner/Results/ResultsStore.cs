@@ -24,6 +24,14 @@ public sealed class ResultsStore
         ArtifactsRoot = Path.Combine(parent, Path.GetFileName(Root.TrimEnd(Path.DirectorySeparatorChar)) + "-artifacts");
     }
 
+    /// <summary>Results in one folder, artifacts in another (`run --verify`: metrics to a scratch
+    /// folder, weights to the real artifacts folder).</summary>
+    public ResultsStore(string root, string artifactsRoot)
+    {
+        Root = Path.GetFullPath(root);
+        ArtifactsRoot = Path.GetFullPath(artifactsRoot);
+    }
+
     public string Root { get; }
     public string ArtifactsRoot { get; }
 
@@ -36,6 +44,14 @@ public sealed class ResultsStore
     public string CardPath(string hash) => Path.Combine(ResultDir(hash), RunCard.FileName);
 
     public bool IsDone(string hash) => File.Exists(MetricsPath(hash));
+
+    /// <summary>The metrics of a done run recomputed for its missing artifacts (beside them, not committed).</summary>
+    public string RecomputedMetricsPath(string hash) => Path.Combine(ArtifactsDir(hash), "recomputed-" + MetricsFile);
+
+    /// <summary>Whether the run's trained weights are there (the model file, or the adapter's).</summary>
+    public bool HasWeights(string hash) =>
+        File.Exists(Path.Combine(ArtifactsDir(hash), TrainingExecutor.ModelFile))
+        || File.Exists(Path.Combine(ArtifactsDir(hash), TrainingExecutor.AdapterFolder, Lora.Core.Tuning.AdapterCheckpoint.WeightsFile));
 
     public RunStatus StatusOf(string hash)
     {
