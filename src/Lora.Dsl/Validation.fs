@@ -108,6 +108,10 @@ module Validation =
               // (window_size 0 is SAM's global attention)
               | Int i when i <= 0 && ((k.EndsWith "_size" && k <> "window_size") || k = "depth" || k = "embed_dim" || k = "num_heads" || k = "in_chans" || k = "num_classes") ->
                   yield err (sprintf "%s.options.%s" at k) (sprintf "%s must be positive, got %d" k i)
+              // images are read as grey or RGB and converted between the two, nothing else
+              | Int i when k = "in_chans" && i <> 1 && i <> 3 ->
+                  yield err (sprintf "%s.options.%s" at k)
+                            (sprintf "in_chans %d: images are read as 1 (grey) or 3 (RGB) channels and converted only between those; use in_chans 1 or 3" i)
               | _ -> () ]
 
     let dataset (exists: string -> bool) (at: string) (task: Task) (d: DatasetView) =

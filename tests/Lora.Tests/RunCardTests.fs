@@ -65,6 +65,29 @@ let private tamper (metricsFile: string) (accuracy: float) =
     o.["metrics"].AsObject().["accuracy"] <- JsonValue.Create accuracy
     File.WriteAllText(metricsFile, o.ToJsonString())
 
+/// The tiny plan's pretraining (result, card and weights) in a fresh results folder: a base to tune.
+let private withTinyPretrain (dir: TempDir) =
+    let src = tinyResults.Force()
+    let results = dir.File "results"
+    let pretrain = hashOf src "pretrain/tiny-vit"
+    for from, to' in [ src, results; src + "-artifacts", results + "-artifacts" ] do
+        let d = Path.Combine(from, pretrain)
+        for f in Directory.GetFiles d do
+            Directory.CreateDirectory(Path.Combine(to', pretrain)) |> ignore
+            File.Copy(f, Path.Combine(to', pretrain, Path.GetFileName f))
+    results
+
+/// An ImageFolder tree of 56-pixel RGB PNGs made from Fashion-MNIST classes 5-9 (ten per class).
+let private rgbFolder (root: string) =
+    let set = Lora.Core.Data.FashionMnist.Load(null, false).SelectClasses(5, 6, 7, 8, 9)
+    let picked = [| for c in 0..4 do yield! (Array.indexed set.Labels |> Array.filter (fun (_, l) -> l = c) |> Array.take 10 |> Array.map fst) |]
+    let px =
+        [| for i in picked do
+            let big = Lora.Core.Data.ImageFile.ResizeBilinear(set.Image i, 1, 28, 28, 56, 56)
+            yield! big; yield! big; yield! big |]
+    let rgb = Lora.Core.Data.ImageDataset(px, picked |> Array.map (fun i -> set.Labels.[i]), 3, 56, 56, set.Classes)
+    Lora.Core.Data.ImageFolder.Write(rgb, root)
+
 let tests =
     testSequenced <| testList "RunCard" [
         test "every run of the tiny plan writes a model card that says what it is" {
@@ -227,5 +250,42 @@ let tests =
             Expect.stringContains out ("DIFFERENT " + lora + " tiny/lora-r2") "names the run"
             Expect.stringContains out "tiny/lora-r2: metrics.accuracy: committed 0.5, recomputed" "and the metric"
             Expect.stringContains out "3 of 4 committed result(s) reproduced" "the others still reproduce"
+        }
+    
+        test "inputs follow the model: RGB 56-pixel folder images tune the 1-channel 28-pixel pretrained ViT, and predict takes such images" {
+            if not (Lora.Core.Data.FashionMnist.IsInstalled()) then skiptest "dataset-fashion-mnist is not installed"
+            use dir = new TempDir()
+            let results = withTinyPretrain dir
+            let folder = dir.File "shoes"
+            rgbFolder folder
+            let spec = dir.File "folder.yaml"
+            let pretrainBlock = File.ReadAllText(tinySpec).Split("experiments:").[0]
+            let lines =
+                [ "experiments:"; "  - name: folder"; "    model: { pretrain: tiny-vit }"
+                  sprintf "    dataset: { source: image_folder, path: \"%s\", val_fraction: 0.2 }" folder
+                  "    methods: [lora]"; "    ranks: [2]"; "    epochs: 1"; "    batch: 8" ]
+            File.WriteAllText(spec, pretrainBlock + String.concat "\n" lines + "\n")
+            let code, out, err = dispatch [ "validate"; spec ]
+            Expect.equal code 0 (out + err)
+            let code, out, err = dispatch [ "run"; spec; "--results"; results ]
+            Expect.equal code 0 (out + err)
+            Expect.stringContains out "1 ran, 1 skipped" "the pretraining is reused, the tune runs"
+            Expect.stringContains out "28x28x1" "the folder is read as the model takes it"
+            Expect.stringContains out "input: the image folder is read as the model takes it: grey at 28 px" "and says so"
+            let hash = hashOf results "folder/lora-r2"
+            let card = RunCard.Read(Path.Combine(results, hash, RunCard.FileName))
+            Expect.equal (card.InChans, card.InputSize) (1L, 28) "the card says 1 channel at 28 px"
+            let image = Directory.GetFiles(Directory.GetDirectories(folder).[0]).[0]
+            let json = predictJson [ "--run"; hash; "--results"; results; image ]
+            Expect.equal json.Count 1 "an RGB 56-pixel image is predicted by the grey 28-pixel model"
+        }
+
+        test "transforms convert RGB to grey (channel mean) and grey to RGB" {
+            use x = TorchSharp.torch.rand(2L, 3L, 4L, 4L)
+            use g = Lora.Core.Data.Transforms(RgbToGrey = true).Apply(x, Random 0)
+            Expect.sequenceEqual g.shape [| 2L; 1L; 4L; 4L |] "one channel"
+            Expect.isTrue (g.allclose(x.mean([| 1L |], keepdim = true))) "the mean of the three"
+            use back = Lora.Core.Data.Transforms(GreyToRgb = true).Apply(g, Random 0)
+            Expect.sequenceEqual back.shape [| 2L; 3L; 4L; 4L |] "three channels again"
         }
     ]

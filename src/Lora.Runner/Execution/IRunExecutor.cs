@@ -35,6 +35,8 @@ public sealed class RunContext
     public required string ArtifactsDir { get; init; }
     /// <summary>The artifacts folder of the run this one depends on (its weights), or null.</summary>
     public string? BaseArtifactsDir { get; init; }
+    /// <summary>The model card of the run this one depends on (its input channels and size), or null.</summary>
+    public string? BaseCardPath { get; init; }
     /// <summary>"cpu" or "cuda": the spec's device unless --device overrode it.</summary>
     public required string Device { get; init; }
     /// <summary>Progress lines for the console and the run's log.</summary>

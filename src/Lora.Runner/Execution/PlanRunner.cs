@@ -114,6 +114,7 @@ public sealed class PlanRunner(ResultsStore store, IRunExecutor executor, TextWr
             ResultDir = resultDir,
             ArtifactsDir = artifacts,
             BaseArtifactsDir = run.DependsOn is { } d ? store.ArtifactsDir(d) : null,
+            BaseCardPath = run.DependsOn is { } b ? store.CardPath(b) : null,
             Device = device,
             Log = Log,
             LogFileOnly = logFile.WriteLine,

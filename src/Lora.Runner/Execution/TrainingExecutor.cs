@@ -27,12 +27,15 @@ public sealed class TrainingExecutor : IRunExecutor
     {
         var spec = run.Spec;
         var training = spec.Training;
-        var data = RunData.Load(spec.Dataset, spec.Task, OptionInt(training.ImageSize));
+        var input = ModelInput(spec, ctx);
+        var data = RunData.Load(spec.Dataset, spec.Task, OptionInt(training.ImageSize), input);
         ctx.Log($"data: {data.TrainCount} training items, {data.Height}x{data.Height}x{data.Channels}, {data.OutputClasses} output class(es)");
+        if (spec.Dataset.Source.IsImageFolder && (input.Size is not null || input.Channels is not null))
+            ctx.Log($"input: the image folder is read as the model takes it: {(input.Channels == 1 ? "grey" : "RGB")}{(input.Size is int sz && OptionInt(training.ImageSize) is null ? $" at {sz} px" : "")}");
 
         // Same seed, same initial weights and adapters: what makes a killed run resumable.
         torch.manual_seed(spec.Seed);
-        var (built, args) = BuildModel(spec, ctx, data);
+        var (built, args) = BuildModel(spec, ctx, data, input.Channels);
         using var model = built;
         var tuned = ToCore.apply(ToCore.ofRun(spec, model), model);
         var summary = ParameterSummary.Of(model);
@@ -50,7 +53,7 @@ public sealed class TrainingExecutor : IRunExecutor
             Precision = PrecisionOf(training.Precision),
             CheckpointDir = Path.Combine(ctx.ArtifactsDir, CheckpointFolder),
             CheckpointEverySteps = 10,
-            TrainTransforms = InputTransforms(model, data, OptionInt(training.ImageSize)),
+            TrainTransforms = InputTransforms(model, data, OptionInt(training.ImageSize), ctx.Log),
         };
         var card = CardOf(run, args, model, data, options.TrainTransforms, tuned);
         var trainer = new Trainer(model, options);
@@ -108,11 +111,33 @@ public sealed class TrainingExecutor : IRunExecutor
         };
     }
 
-    static (nn.Module<Tensor, Tensor> Model, ModelArgs Args) BuildModel(Run spec, RunContext ctx, RunData data)
+    /// The input size and channels the model fixes before any data is seen: a pretrained base's (its
+    /// card), else the model's own on the meta device where the spec or the name fixes them (a family
+    /// without in_chans takes the data's channels: null).
+    static (int? Size, int? Channels) ModelInput(Run spec, RunContext ctx)
+    {
+        if (ctx.BaseCardPath is { } path && File.Exists(path))
+        {
+            var b = RunCard.Read(path);
+            return (b.InputSize, (int)b.InChans);
+        }
+        var zoo = spec.Model.ZooModel;
+        var args = ToCore.modelArgs(zoo);
+        try
+        {
+            using var meta = Zoo.Create(zoo.Name, args, torch.META);
+            var card = Zoo.Card(meta);
+            return ((int?)card.InputSize, args.Has("in_chans") || !IsFamily(zoo.Name) ? (int)card.InChans : null);
+        }
+        catch (ArgumentException) { return (null, null); } // the real build says what is wrong
+    }
+
+    static (nn.Module<Tensor, Tensor> Model, ModelArgs Args) BuildModel(Run spec, RunContext ctx, RunData data, int? channels)
     {
         var zooModel = spec.Model.ZooModel;
         var args = ToCore.modelArgs(zooModel).With("num_classes", (long)data.OutputClasses);
-        if (!args.Has("in_chans") && data.Channels == 1 && IsFamily(zooModel.Name)) args = args.With("in_chans", 1L);
+        // a family takes the channels of its base (a pretraining run's card), else the data's
+        if (!args.Has("in_chans") && IsFamily(zooModel.Name) && (channels ?? data.Channels) == 1) args = args.With("in_chans", 1L);
         var model = Zoo.Create(zooModel.Name, args);
         string? weights = spec.Model switch
         {
@@ -138,14 +163,22 @@ public sealed class TrainingExecutor : IRunExecutor
 
     /// Grey → RGB when the model wants 3 channels; resize to the spec's image size, else to the
     /// model's fixed input size (ViT), else leave the data's size (convolutional models).
-    static Transforms InputTransforms(nn.Module model, RunData data, int? imageSize)
+    static Transforms InputTransforms(nn.Module model, RunData data, int? imageSize, Action<string> log)
     {
         var card = Zoo.Card(model);
         bool grey = data.Channels == 1 && card.InChans == 3;
-        int channels = grey ? 3 : data.Channels;
+        bool toGrey = data.Channels == 3 && card.InChans == 1;
+        if (!grey && !toGrey && data.Channels != card.InChans)
+            throw new InvalidDataException($"the model takes {card.InChans} input channels and the data has {data.Channels}: only grey <-> RGB converts; set the model's in_chans to 1 or 3");
+        int channels = (int)card.InChans;
+        int? size = imageSize is int wanted && wanted != data.Height ? wanted : card.InputSize is long s && s != data.Height ? (int)s : null;
+        if (grey) log("input: grey images repeated to 3 channels (the model takes RGB)");
+        if (toGrey) log("input: RGB images averaged to 1 channel (the model takes grey)");
+        if (size is int to) log($"input: resized {data.Height} -> {to} px ({(imageSize is null ? "the model's fixed input size" : "the spec's image_size")})");
         return new Transforms(
-            Size: imageSize is int wanted && wanted != data.Height ? wanted : card.InputSize is long s && s != data.Height ? (int)s : null,
+            Size: size,
             GreyToRgb: grey,
+            RgbToGrey: toGrey,
             Mean: card.Mean.Take(channels).Concat(Enumerable.Repeat(card.Mean[^1], Math.Max(0, channels - card.Mean.Count))).ToArray(),
             Std: card.Std.Take(channels).Concat(Enumerable.Repeat(card.Std[^1], Math.Max(0, channels - card.Std.Count))).ToArray());
     }
