@@ -72,9 +72,10 @@ module Canonical =
         let source =
             match d.Source with
             | FashionMnist p -> [ "source", JString "fashion_mnist"; "path", opt JString p ]
-            | Cifar p -> [ "source", JString "cifar"; "path", JString p ]
-            | ImageFolder p -> [ "source", JString "image_folder"; "path", JString p ]
-            | SegmentationPairs p -> [ "source", JString "segmentation_pairs"; "path", JString p ]
+            // a folder's content is part of its identity (the installed Fashion-MNIST's is fixed)
+            | Cifar p -> [ "source", JString "cifar"; "path", JString p; "content", JString(DataFingerprint.ofFolder p) ]
+            | ImageFolder p -> [ "source", JString "image_folder"; "path", JString p; "content", JString(DataFingerprint.ofFolder p) ]
+            | SegmentationPairs p -> [ "source", JString "segmentation_pairs"; "path", JString p; "content", JString(DataFingerprint.ofFolder p) ]
             | Composed c ->
                 [ "source", JString "composed_segmentation"; "path", opt JString c.Path
                   "canvas", JInt(int64 c.Canvas); "objects", JInt(int64 c.Objects) ]

@@ -118,7 +118,7 @@ module Validation =
         let needPath field p kind =
             [ if System.String.IsNullOrWhiteSpace p then yield err (at + "." + field) (sprintf "%s needs a path" kind)
               elif not (exists p) then
-                  yield err (at + "." + field) (sprintf "%s data set not found at '%s': check the path (relative paths start at the working directory)" kind p) ]
+                  yield err (at + "." + field) (sprintf "%s data set not found at '%s': check the path (relative paths start at the spec file's folder)" kind p) ]
         [ match d.Source with
           | FashionMnist p ->
               let path = defaultArg p DataDefaults.fashionMnist

@@ -288,4 +288,58 @@ let tests =
             use back = Lora.Core.Data.Transforms(GreyToRgb = true).Apply(g, Random 0)
             Expect.sequenceEqual back.shape [| 2L; 3L; 4L; 4L |] "three channels again"
         }
+    
+        test "hashes mean the same experiment: a relative and an absolute path to one folder agree; changed data gives a new hash" {
+            use dir = new TempDir()
+            let folder = dir.File "shoes"
+            for c in [ "a"; "b" ] do
+                Directory.CreateDirectory(Path.Combine(folder, c)) |> ignore
+                Lora.Core.Data.Png.Write(Path.Combine(folder, c, "0.png"), ReadOnlySpan<byte>(Array.create 16 (if c = "a" then 10uy else 200uy)), 1, 4, 4)
+            Directory.CreateDirectory(dir.File "specs") |> ignore
+            let spec (name: string) (path: string) =
+                let file = Path.Combine(dir.File "specs", name)
+                let data = sprintf "    dataset: { source: image_folder, path: \"%s\" }" path
+                File.WriteAllText(file, String.concat "\n" [ "experiments:"; "  - name: e"; "    model: { zoo: vit, options: { img_size: 8, patch_size: 4 } }"; data; "    methods: [head]"; "" ])
+                file
+            let hash file =
+                let code, out, err = dispatch [ "plan"; file; "--results"; dir.File "results"; "--json" ]
+                Expect.equal code 0 err
+                string (JsonNode.Parse(out).AsArray().[0].["hash"])
+            let relative = hash (spec "relative.yaml" "../shoes")
+            let absolute = hash (spec "absolute.yaml" folder)
+            let dotted = hash (spec "dotted.yaml" (Path.Combine(folder, "..", "shoes")))
+            Expect.equal relative absolute "../shoes from the spec's folder is the absolute path"
+            Expect.equal dotted absolute "and so is a path with .. in it"
+            Expect.equal (hash (spec "again.yaml" "../shoes")) relative "the same data, the same hash"
+            // a new process would see the added image; this one caches folder fingerprints, so compare in a child
+            Lora.Core.Data.Png.Write(Path.Combine(folder, "b", "1.png"), ReadOnlySpan<byte>(Array.create 16 99uy), 1, 4, 4)
+            let si = Diagnostics.ProcessStartInfo("dotnet", RedirectStandardOutput = true, UseShellExecute = false)
+            for a in [ Path.Combine(AppContext.BaseDirectory, "lora.dll"); "plan"; spec "relative.yaml" "../shoes"; "--results"; dir.File "results"; "--json" ] do si.ArgumentList.Add a
+            use p = Diagnostics.Process.Start si
+            let out = p.StandardOutput.ReadToEnd()
+            p.WaitForExit()
+            Expect.notEqual (string (JsonNode.Parse(out).AsArray().[0].["hash"])) relative "an added image gives a new run"
+        }
+
+        test "the installed Fashion-MNIST keeps its hashes: every committed quickstart result is found" {
+            let code, out, err = dispatch [ "plan"; Path.Combine(repoRoot, "experiments", "quickstart.yaml"); "--results"; Path.Combine(repoRoot, "results"); "--json" ]
+            Expect.equal code 0 err
+            for r in JsonNode.Parse(out).AsArray() do
+                Expect.equal (string r.["status"]) "done" (sprintf "%s is done" (string r.["name"]))
+        }
+
+        test "plan says which results were made at another commit" {
+            if not (Lora.Core.Data.FashionMnist.IsInstalled()) then skiptest "dataset-fashion-mnist is not installed"
+            use dir = new TempDir()
+            let results = committedCopy dir
+            let head = hashOf results "tiny/head"
+            let metrics = Path.Combine(results, head, ResultsStore.MetricsFile)
+            let o = JsonNode.Parse(File.ReadAllText metrics).AsObject()
+            o.["provenance"].AsObject().["commit"] <- JsonValue.Create "0123456789abcdef0123456789abcdef01234567"
+            File.WriteAllText(metrics, o.ToJsonString())
+            let code, out, _ = dispatch [ "plan"; tinySpec; "--results"; results ]
+            Expect.equal code 0 out
+            let line = out.Split('\n') |> Array.find (fun l -> l.StartsWith head)
+            if not (isNull (Provenance.GitCommit())) then Expect.stringContains line "done (made at commit 0123456)" "names the commit"
+        }
     ]

@@ -127,18 +127,26 @@ public static class Commands
                     run["status"] = "failed";
                     run["log"] = slurmLog;
                 }
-                if (node is JsonObject r && plan.Runs.First(p => p.Hash == (string)r["hash"]!) is var pr && plan.ArtifactsMissing(pr, store))
-                    r["artifacts"] = "missing";
+                if (node is JsonObject r && plan.Runs.First(p => p.Hash == (string)r["hash"]!) is var pr && pr.Status == RunStatus.Done)
+                {
+                    if (plan.ArtifactsMissing(pr, store)) r["artifacts"] = "missing";
+                    if (store.CommitOf(pr.Hash) is { } commit) r["commit"] = commit;
+                }
             }
             stdout.WriteLine(json.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
             return 0;
         }
+        // the code version is provenance, not identity: a result made at another commit says which
+        var head = Provenance.GitCommit();
+        string Done(PlannedRun r) =>
+            store.CommitOf(r.Hash) is { Length: >= 7 } c && head is not null && c != head ? $"done (made at commit {c[..7]})" : "done";
         var rows = plan.Runs.Select(r => new[]
         {
             r.Hash, r.Id, r.Run.DependsOn ?? "-",
             r.Status == RunStatus.Failed ? $"failed (log: {store.LogPath(r.Hash)})"
             : slurmFailed.TryGetValue(r.Hash, out var slurmLog) ? $"failed in Slurm (log: {slurmLog})"
-            : plan.ArtifactsMissing(r, store) ? "done, artifacts missing (lora run recomputes them)"
+            : plan.ArtifactsMissing(r, store) ? Done(r) + ", artifacts missing (lora run recomputes them)"
+            : r.Status == RunStatus.Done ? Done(r)
             : r.Status.ToString().ToLowerInvariant(),
         }).ToList();
         var header = new[] { "hash", "name", "dependsOn", "status" };

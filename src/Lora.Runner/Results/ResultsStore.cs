@@ -45,6 +45,13 @@ public sealed class ResultsStore
 
     public bool IsDone(string hash) => File.Exists(MetricsPath(hash));
 
+    /// <summary>The commit a done run's result was made at (its provenance), or null when unknown.</summary>
+    public string? CommitOf(string hash)
+    {
+        try { return JsonNode.Parse(File.ReadAllText(MetricsPath(hash)))?["provenance"]?["commit"]?.GetValue<string>(); }
+        catch (Exception e) when (e is IOException or JsonException or InvalidOperationException or UnauthorizedAccessException) { return null; }
+    }
+
     /// <summary>The metrics of a done run recomputed for its missing artifacts (beside them, not committed).</summary>
     public string RecomputedMetricsPath(string hash) => Path.Combine(ArtifactsDir(hash), "recomputed-" + MetricsFile);
 
