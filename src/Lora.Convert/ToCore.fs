@@ -112,6 +112,11 @@ let parseMethod (text: string) (rank: int option) : Result<Method, string list> 
         | [] -> Ok(Grid.resolveMethod rank m)
         | errors -> Error [ for e in errors -> sprintf "%s: %s" e.Field e.Message ]
 
+/// An ONNX file as a module; num_classes (always set for a run: the data set's class count) gives it a new head.
+let importOnnx (path: string) (args: ModelArgs) : Lora.Core.Onnx.OnnxModule =
+    let classes = if args.Has "num_classes" then Nullable(args.Long("num_classes", 0L)) else Nullable()
+    new Lora.Core.Onnx.OnnxModule(Lora.Core.Onnx.OnnxGraph.Read path, Lora.Core.Onnx.OnnxImportOptions(NumClasses = classes))
+
 /// Every problem the run's method would meet on its model, found on the meta device (no memory,
 /// no data): `lora validate` reports them before any run starts. The class count is the spec's
 /// class subset when it has one (only the classifier's shape depends on it).
@@ -120,6 +125,14 @@ let checkRun (run: Run) : string list =
     let classes = match run.Dataset.Classes with Some cs -> cs.Length | None -> 10
     let args = (modelArgs zoo).With("num_classes", int64 (max 1 classes))
     try
-        use model = Zoo.Create(zoo.Name, args, torch.META)
-        check (ofRun run model) model
-    with :? ArgumentException as e -> [ e.Message ]
+        match run.Model with
+        | Onnx _ ->
+            // an imported graph is built from its file (on the CPU: its weights are initializers)
+            use model = importOnnx zoo.Name args
+            check (ofRun run model) model
+        | _ ->
+            use model = Zoo.Create(zoo.Name, args, torch.META)
+            check (ofRun run model) model
+    with
+    | :? ArgumentException as e -> [ e.Message ]
+    | :? Lora.Core.Onnx.OnnxImportException as e -> [ e.Message ]

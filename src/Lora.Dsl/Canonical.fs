@@ -136,6 +136,8 @@ module Canonical =
             match r.Model with
             | Zoo z -> JObject(("kind", JString "zoo") :: zoo z)
             | Weights(z, p) -> JObject(("kind", JString "weights") :: ("weights", JString p) :: zoo z)
+            // hashed by content: the same graph anywhere is the same model
+            | Onnx z -> JObject [ "kind", JString "onnx"; "sha256", JString(FileFingerprint.sha256 z.Name); "options", JObject [ for KeyValue(k, v) in z.Options -> k, optionValue v ] ]
             | FromPretrain p -> JObject [ "kind", JString "pretrain"; "name", JString p.Name; "run", JString(hash (Grid.pretrainRun p)) ]
         JObject
             [ "kind", JString(match r.Kind with Pretraining -> "pretraining" | Tuning -> "tuning")

@@ -28,11 +28,24 @@ module SpecPaths =
         match m with
         | FromPretrain p -> FromPretrain(pretrain dir p)
         | Weights(z, path) -> Weights(z, resolve dir path)
+        | Onnx z -> Onnx { z with Name = resolve dir z.Name }
         | m -> m
 
     /// Every data path of the experiment resolved against the spec's folder.
     let experiment (dir: string) (e: Experiment) =
         { e with Datasets = List.map (dataset dir) e.Datasets; Models = List.map (model dir) e.Models }
+
+/// An ONNX model's identity is its file's content, not where it lies.
+module FileFingerprint =
+    let private cache = ConcurrentDictionary<string, string>()
+
+    /// SHA-256 of the file's bytes ("absent" when there is none); each file is read once per process.
+    let sha256 (path: string) =
+        cache.GetOrAdd(Path.GetFullPath path, fun full ->
+            if not (File.Exists full) then "absent"
+            else
+                use fs = File.OpenRead full
+                Convert.ToHexString(Security.Cryptography.SHA256.HashData(fs)).ToLowerInvariant())
 
 /// What a folder data set holds, for the run's hash: SHA-256 over every file under the folder
 /// (relative path, size and bytes, in ordinal order of the paths; names starting with '.' are not

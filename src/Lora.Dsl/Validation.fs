@@ -186,6 +186,10 @@ module Validation =
         match m with
         | Zoo z -> zooModel at z
         | FromPretrain p -> pretrain exists (at + ".pretrain") p
+        | Onnx z ->
+            [ if not (exists z.Name) then yield err (at + ".onnx") (sprintf "ONNX file not found at '%s' (relative paths start at the spec file's folder)" z.Name)
+              elif not (z.Name.EndsWith(".onnx", System.StringComparison.OrdinalIgnoreCase)) then
+                  yield err (at + ".onnx") (sprintf "an ONNX model must be a .onnx file, got '%s'" z.Name) ]
         | Weights(z, path) ->
             [ yield! zooModel at z
               if not (exists path) then

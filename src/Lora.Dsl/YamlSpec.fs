@@ -329,7 +329,15 @@ module YamlSpec =
             readStr r (path + ".zoo") n |> Option.map (fun z -> Zoo { Name = z; Options = Map.empty })
         | _ ->
             let fs =
-                fields r path n [ "zoo"; "options"; "weights"; "pretrain" ] (fun _ -> None)
+                fields r path n [ "zoo"; "options"; "weights"; "pretrain"; "onnx" ] (fun _ -> None)
+            match Map.tryFind "onnx" fs with
+            | Some on ->
+                if fs.ContainsKey "zoo" || fs.ContainsKey "weights" || fs.ContainsKey "pretrain" then
+                    r.Error(n, path, "a model is one of zoo: NAME, pretrain: STEP or onnx: FILE, not several")
+                r.Mark(path + ".onnx", on)
+                let z = zooModel r path fs on
+                Some(Onnx z)
+            | None ->
             match Map.tryFind "pretrain" fs, Map.tryFind "zoo" fs with
             | Some pn, zooNode ->
                 if zooNode.IsSome || fs.ContainsKey "weights" || fs.ContainsKey "options" then
@@ -354,7 +362,7 @@ module YamlSpec =
                 | Some w -> Some(Weights(z, w))
                 | None -> Some(Zoo z)
             | None, None ->
-                r.Error(n, path, "a model needs zoo: NAME (optionally with options and weights) or pretrain: STEP")
+                r.Error(n, path, "a model needs zoo: NAME (optionally with options and weights), pretrain: STEP or onnx: FILE")
                 None
 
     let private experimentKeys =
@@ -628,6 +636,12 @@ module YamlSpec =
                 | Weights(z, p) ->
                     sb.AppendLine("      - weights: " + q p) |> ignore
                     writeZoo sb "        " z
+                | Onnx z ->
+                    sb.AppendLine("      - onnx: " + q z.Name) |> ignore
+                    if not z.Options.IsEmpty then
+                        sb.AppendLine "        options:" |> ignore
+                        for KeyValue(k, v) in z.Options do
+                            sb.AppendLine(sprintf "          %s: %s" (q k) (writeOption v)) |> ignore
                 | FromPretrain p ->
                     sb.AppendLine "      - pretrain:" |> ignore
                     writePretrain sb "          " p

@@ -342,4 +342,50 @@ let tests =
             let line = out.Split('\n') |> Array.find (fun l -> l.StartsWith head)
             if not (isNull (Provenance.GitCommit())) then Expect.stringContains line "done (made at commit 0123456)" "names the commit"
         }
+    
+        test "an ONNX model in a spec: onnx: PATH (YAML) and onnx \"PATH\" (F#) relative to the spec, hashed by content, run by lora run" {
+            if not (Lora.Core.Data.FashionMnist.IsInstalled()) then skiptest "dataset-fashion-mnist is not installed"
+            use dir = new TempDir()
+            for sub in [ "models"; "specs"; "elsewhere" ] do Directory.CreateDirectory(dir.File sub) |> ignore
+            File.Copy(fixture "onnx/resnet_basic_op13.onnx", dir.File "models/net.onnx")
+            File.Copy(fixture "onnx/resnet_basic_op13.onnx", dir.File "elsewhere/copy.onnx")
+            let yaml (name: string) (path: string) =
+                let file = dir.File("specs/" + name)
+                let model = sprintf "    model: { onnx: \"%s\" }" path
+                File.WriteAllText(file, String.concat "\n" [ "experiments:"; "  - name: onnx"; model
+                                                             "    dataset: { source: fashion_mnist, classes: [0, 1], limit_train: 32, limit_val: 16 }"
+                                                             "    methods: [head, { lora: { targets: [conv1] } }]"; "    ranks: [2]"; "    epochs: 1"; "    batch: 16"; "    image_size: 32"; "" ])
+                file
+            let fsx = dir.File "specs/net.fsx"
+            File.WriteAllText(fsx, String.concat "\n" [ "let experiments ="
+                                                        "    [ experiment {"
+                                                        "          name \"onnx\""
+                                                        "          model (onnx \"../models/net.onnx\")"
+                                                        "          dataset (fashionMnist |> classes [ 0; 1 ] |> limit 32 16)"
+                                                        "          methods [ head; Lora { LoraOptions.Defaults with Targets = [ \"conv1\" ] } ]"
+                                                        "          ranks [ 2 ]"
+                                                        "          epochs 1"
+                                                        "          batch 16"
+                                                        "          imageSize 32"
+                                                        "      } ]"; "" ])
+            let hashes file =
+                let code, out, err = dispatch [ "plan"; file; "--results"; dir.File "results"; "--json" ]
+                Expect.equal code 0 (out + err)
+                [ for r in JsonNode.Parse(out).AsArray() -> string r.["name"], string r.["hash"] ]
+            let relative = yaml "net.yaml" "../models/net.onnx"
+            Expect.equal (hashes (yaml "moved.yaml" (dir.File "elsewhere/copy.onnx"))) (hashes relative) "the same graph elsewhere: the same runs"
+            Expect.equal (hashes fsx) (hashes relative) "the F# builder gives the same runs"
+            let code, out, err = dispatch [ "validate"; relative ]
+            Expect.equal code 0 (out + err)
+            let code, out, err = dispatch [ "run"; relative; "--results"; dir.File "results" ]
+            Expect.equal code 0 (out + err)
+            Expect.stringContains out "2 ran" "both runs trained"
+            let card = RunCard.Read(Path.Combine(dir.File "results", hashOf (dir.File "results") "onnx/lora-r2", RunCard.FileName))
+            Expect.equal card.Source "onnx" "the card says it is an imported graph"
+            Expect.equal card.Model (dir.File "models/net.onnx") "at its full path"
+            let code, _, err = dispatch [ "validate"; yaml "missing.yaml" "../models/none.onnx" ]
+            Expect.equal code 2 "a missing file is a validate error"
+            Expect.stringContains err "ONNX file not found at '../models/none.onnx'" "named as written"
+            Expect.stringContains err "missing.yaml:3:" "and located"
+        }
     ]

@@ -32,8 +32,7 @@ static class ModelSource
     /// An imported ONNX graph; num_classes (from --model-config or --classes) gives it a new head.
     public static Lora.Core.Onnx.OnnxModule ImportOnnx(string path, ModelArgs args, Device? device = null)
     {
-        var m = new Lora.Core.Onnx.OnnxModule(Lora.Core.Onnx.OnnxGraph.Read(path),
-            new Lora.Core.Onnx.OnnxImportOptions(NumClasses: args.Has("num_classes") ? args.Long("num_classes", 0) : null));
+        var m = Lora.Conversion.ToCore.importOnnx(path, args);
         if (device is not null) m.to(device);
         return m;
     }

@@ -89,7 +89,7 @@ public sealed class TrainingExecutor : IRunExecutor
         {
             Hash = run.Hash,
             Id = run.Id,
-            Source = "zoo",
+            Source = spec.Model.IsOnnx ? "onnx" : "zoo",
             Model = spec.Model.ZooModel.Name,
             Options = (System.Text.Json.Nodes.JsonObject)System.Text.Json.Nodes.JsonNode.Parse(args.ToJson())!,
             InChans = card.InChans,
@@ -125,7 +125,7 @@ public sealed class TrainingExecutor : IRunExecutor
         var args = ToCore.modelArgs(zoo);
         try
         {
-            using var meta = Zoo.Create(zoo.Name, args, torch.META);
+            using var meta = spec.Model.IsOnnx ? ToCore.importOnnx(zoo.Name, args) : Zoo.Create(zoo.Name, args, torch.META);
             var card = Zoo.Card(meta);
             return ((int?)card.InputSize, args.Has("in_chans") || !IsFamily(zoo.Name) ? (int)card.InChans : null);
         }
@@ -138,7 +138,7 @@ public sealed class TrainingExecutor : IRunExecutor
         var args = ToCore.modelArgs(zooModel).With("num_classes", (long)data.OutputClasses);
         // a family takes the channels of its base (a pretraining run's card), else the data's
         if (!args.Has("in_chans") && IsFamily(zooModel.Name) && (channels ?? data.Channels) == 1) args = args.With("in_chans", 1L);
-        var model = Zoo.Create(zooModel.Name, args);
+        nn.Module<Tensor, Tensor> model = spec.Model.IsOnnx ? ToCore.importOnnx(zooModel.Name, args) : Zoo.Create(zooModel.Name, args);
         string? weights = spec.Model switch
         {
             BaseModel.FromPretrain => Path.Combine(ctx.BaseArtifactsDir
