@@ -225,6 +225,31 @@ module Cli =
                 | Spec _ -> "the experiment spec (.yaml, .yml or .fsx)"
                 | Results _ -> "the results folder (default: results)"
 
+    type EvalArgs =
+        | [<CustomCommandLine("--run"); Mandatory>] From_Run of run: string
+        | Results of dir: string
+        | [<Mandatory>] Dataset of dataset: string
+        | Path of path: string
+        | Classes of classes: string list
+        | Limit of count: int
+        | Seed of seed: int
+        | Device of device: string
+        | Json
+        | Out of path: string
+        interface IArgParserTemplate with
+            member a.Usage =
+                match a with
+                | From_Run _ -> "the finished run to evaluate (its hash or results/HASH folder)"
+                | Results _ -> "the results folder a --run hash is looked up in (default: results)"
+                | Dataset _ -> "a source as a spec names it (fashion_mnist, cifar, image_folder, segmentation_pairs, composed_segmentation), or a YAML file holding a spec's dataset: entry"
+                | Path _ -> "the data set's folder (with a source name)"
+                | Classes _ -> "the class subset, in the run's label order (comma-separated)"
+                | Limit _ -> "evaluate at most this many images (a seeded sample)"
+                | Seed _ -> "the seed of the sample and split (default 0)"
+                | Device _ -> "cpu or cuda (default cpu)"
+                | Json -> "print the metrics as JSON"
+                | Out _ -> "also write the metrics as JSON to this file"
+
     type HelpArgs =
         | [<MainCommand>] Command of command: string
         interface IArgParserTemplate with
@@ -241,6 +266,7 @@ module Cli =
         | [<CliPrefix(CliPrefix.None)>] Predict of ParseResults<PredictArgs>
         | [<CliPrefix(CliPrefix.None)>] Forward of ParseResults<ForwardArgs>
         | [<CliPrefix(CliPrefix.None)>] Export of ParseResults<ExportArgs>
+        | [<CliPrefix(CliPrefix.None)>] Eval of ParseResults<EvalArgs>
         | [<CliPrefix(CliPrefix.None)>] Bench of ParseResults<BenchArgs>
         | [<CliPrefix(CliPrefix.None)>] Submit of ParseResults<SubmitArgs>
         | [<CliPrefix(CliPrefix.None)>] Status of ParseResults<StatusArgs>
@@ -258,6 +284,7 @@ module Cli =
                 | Predict _ -> "classify images: top-k labels with scores"
                 | Forward _ -> "the eval-mode forward of a tensor (parity checks against other frameworks)"
                 | Export _ -> "write the merged model as an ONNX file"
+                | Eval _ -> "evaluate a finished run on a data set: its metrics, printed or saved"
                 | Bench _ -> "time training steps of the methods on one model"
                 | Submit _ -> "submit the plan to Slurm: one job array per dependency level"
                 | Status _ -> "pending/running/done/failed per run (results folder and Slurm)"
@@ -308,6 +335,18 @@ type PredictOptions =
       /// --run HASH|DIR (null: none) and the results folder it is looked up in
       Run: string
       Results: string }
+type EvalOptions =
+    { Run: string; Results: string
+      /// a source name or a YAML file with a dataset: entry
+      Dataset: string
+      Path: string
+      Classes: int list
+      Limit: Nullable<int>
+      Seed: int
+      Device: string
+      Json: bool
+      /// null: print only
+      Out: string }
 type BenchOptions =
     { Model: string; Batch: Nullable<int>; Img: Nullable<int>; Classes: Nullable<int>; Rank: Nullable<int>; Methods: string list
       Device: string; Steps: Nullable<int>; Warmup: Nullable<int>; Json: bool
@@ -331,6 +370,7 @@ type Command =
     | Predict of PredictOptions
     | Forward of ForwardOptions
     | Export of ExportOptions
+    | Eval of EvalOptions
     | Bench of BenchOptions
     | Submit of SubmitOptions
     | Status of StatusOptions
@@ -348,6 +388,7 @@ type ICommandHandler<'T> =
     abstract Predict: PredictOptions -> 'T
     abstract Forward: ForwardOptions -> 'T
     abstract Export: ExportOptions -> 'T
+    abstract Eval: EvalOptions -> 'T
     abstract Bench: BenchOptions -> 'T
     abstract Submit: SubmitOptions -> 'T
     abstract Status: StatusOptions -> 'T
@@ -371,6 +412,7 @@ type ParsedCommand(command: Command, commandLine: string) =
         | Predict o -> handler.Predict o
         | Forward o -> handler.Forward o
         | Export o -> handler.Export o
+        | Eval o -> handler.Eval o
         | Bench o -> handler.Bench o
         | Submit o -> handler.Submit o
         | Status o -> handler.Status o
@@ -461,6 +503,18 @@ type CommandLine private () =
                                                    Weights = orNull (a.TryGetResult Cli.ExportArgs.Weights); Adapter = orNull (a.TryGetResult Cli.ExportArgs.Adapter)
                                                    Out = a.GetResult Cli.ExportArgs.Out
                                                    Run = orNull (a.TryGetResult Cli.ExportArgs.From_Run); Results = a.GetResult(Cli.ExportArgs.Results, defaultResults) }, line))
+            | Cli.Eval a ->
+                let classes =
+                    commaList (a.GetResult(Cli.EvalArgs.Classes, []))
+                    |> List.map (fun c -> match Int32.TryParse c with | true, v -> Ok v | _ -> Error(sprintf "--classes takes class indices (e.g. 5,6,7), got '%s'" c))
+                match device (a.TryGetResult Cli.EvalArgs.Device), classes |> List.tryPick (function Error m -> Some m | Ok _ -> None) with
+                | Error m, _ | _, Some m -> fail 2 (m + "\n" + parser.GetSubCommandParser(Cli.Eval).PrintUsage())
+                | Ok dev, None ->
+                    ok (ParsedCommand(Command.Eval { Run = a.GetResult Cli.EvalArgs.From_Run; Results = a.GetResult(Cli.EvalArgs.Results, defaultResults)
+                                                     Dataset = a.GetResult Cli.EvalArgs.Dataset; Path = orNull (a.TryGetResult Cli.EvalArgs.Path)
+                                                     Classes = classes |> List.choose (function Ok v -> Some v | Error _ -> None)
+                                                     Limit = nullable (a.TryGetResult Cli.EvalArgs.Limit); Seed = a.GetResult(Cli.EvalArgs.Seed, 0)
+                                                     Device = dev; Json = a.Contains Cli.EvalArgs.Json; Out = orNull (a.TryGetResult Cli.EvalArgs.Out) }, line))
             | Cli.Predict a ->
                 ok (ParsedCommand(Command.Predict { Images = a.GetResult(Cli.PredictArgs.Images, []); Model = orNull (a.TryGetResult Cli.PredictArgs.Model)
                                                     Run = orNull (a.TryGetResult Cli.PredictArgs.From_Run); Results = a.GetResult(Cli.PredictArgs.Results, defaultResults)

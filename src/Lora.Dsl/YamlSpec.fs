@@ -505,6 +505,23 @@ module YamlSpec =
         | None, [] -> Error [ "method: the method is empty" ]
         | _, errors -> Error [ for e in errors -> sprintf "%s: %s" e.Field e.Message ]
 
+    /// A data set in a spec's vocabulary (`source: fashion_mnist`, `classes: [5, 6]`, ...), as a
+    /// `dataset:` entry reads it: for `lora eval --dataset`. Errors are `file:line:col: field: message`.
+    let datasetView (file: string) (text: string) : Result<DatasetView, string list> =
+        let r = Reader(file)
+        let d =
+            try
+                let stream = YamlStream()
+                stream.Load(new StringReader(text))
+                if stream.Documents.Count = 0 then None else Some(dataset r "dataset" stream.Documents.[0].RootNode)
+            with :? YamlException as e ->
+                r.Errors.Add { File = file; Line = 1; Column = 1; Field = "dataset"; Message = sprintf "not valid YAML: %s" e.Message }
+                None
+        match d, List.ofSeq r.Errors with
+        | Some d, [] -> Ok d
+        | None, [] -> Error [ sprintf "%s: the data set is empty" file ]
+        | _, errors -> Error [ for e in errors -> e.ToString() ]
+
     /// Parse YAML text into experiments, structural errors (with line and column) and the marks of
     /// every value read. `file` only labels errors.
     let parse (file: string) (text: string) : Experiment list * SpecError list * Marks =

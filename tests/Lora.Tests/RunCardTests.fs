@@ -388,4 +388,34 @@ let tests =
             Expect.stringContains err "ONNX file not found at '../models/none.onnx'" "named as written"
             Expect.stringContains err "missing.yaml:3:" "and located"
         }
+    
+        test "eval --run on the run's own validation view reproduces its final metrics; --json/--out save them; a YAML dataset entry works too" {
+            if not (Lora.Core.Data.FashionMnist.IsInstalled()) then skiptest "dataset-fashion-mnist is not installed"
+            let results = tinyResults.Force()
+            use dir = new TempDir()
+            for id in [ "tiny/lora-r2"; "tiny/adapter-r2" ] do
+                let hash = hashOf results id
+                let committed = JsonNode.Parse(File.ReadAllText(Path.Combine(results, hash, ResultsStore.MetricsFile))).["metrics"]
+                let out = dir.File(hash + ".json")
+                let code, stdout, err = dispatch [ "eval"; "--run"; hash; "--results"; results; "--dataset"; "fashion-mnist"; "--classes"; "5,6,7,8,9"; "--limit"; "50"; "--json"; "--out"; out ]
+                Expect.equal code 0 err
+                let printed = JsonNode.Parse stdout
+                Expect.equal (printed.ToJsonString()) (JsonNode.Parse(File.ReadAllText out).ToJsonString()) "--out holds what --json prints"
+                Expect.equal (int printed.["count"]) 50 "50 images"
+                Expect.equal (float printed.["metrics"].["accuracy"]) (float committed.["accuracy"]) (id + ": the run's validation accuracy, exactly")
+                Expect.floatClose Accuracy.medium (float printed.["metrics"].["loss"]) (float committed.["loss"]) (id + ": and its loss")
+            let snippet = dir.File "data.yaml"
+            File.WriteAllText(snippet, "source: fashion_mnist\nclasses: [5, 6, 7, 8, 9]\nlimit_val: 50\n")
+            let lora = hashOf results "tiny/lora-r2"
+            let code, stdout, err = dispatch [ "eval"; "--run"; lora; "--results"; results; "--dataset"; snippet ]
+            Expect.equal code 0 err
+            Expect.stringContains stdout "accuracy" "prints the metrics"
+            Expect.stringContains stdout "50 images" "on the same view"
+            let code, _, err = dispatch [ "eval"; "--run"; lora; "--results"; results; "--dataset"; "fashon_mnist" ]
+            Expect.equal code 2 "a misspelt source is bad input"
+            Expect.stringContains err "did you mean fashion_mnist" "with a suggestion"
+            let code, _, err = dispatch [ "eval"; "--run"; lora; "--results"; results; "--dataset"; "fashion_mnist"; "--classes"; "5,6" ]
+            Expect.equal code 2 "a class count the head cannot take"
+            Expect.stringContains err "predicts 5 classes" "says so"
+        }
     ]

@@ -44,6 +44,7 @@ public static class Commands
         public int Predict(PredictOptions o) => Guarded("predict", () => PredictCommand.Run(o, stdout, stderr), stderr);
         public int Forward(ForwardOptions o) => Guarded("forward", () => ForwardCommand.Run(o, stdout), stderr);
         public int Export(ExportOptions o) => Guarded("export", () => ExportCommand.Run(o, stdout), stderr);
+        public int Eval(EvalOptions o) => Guarded("eval", () => EvalCommand.Run(o, stdout, stderr), stderr);
     }
 
     static int Print(TextWriter w, string line) { w.WriteLine(line); return 0; }

@@ -163,7 +163,7 @@ public sealed class TrainingExecutor : IRunExecutor
 
     /// Grey → RGB when the model wants 3 channels; resize to the spec's image size, else to the
     /// model's fixed input size (ViT), else leave the data's size (convolutional models).
-    static Transforms InputTransforms(nn.Module model, RunData data, int? imageSize, Action<string> log)
+    internal static Transforms InputTransforms(nn.Module model, RunData data, int? imageSize, Action<string> log)
     {
         var card = Zoo.Card(model);
         bool grey = data.Channels == 1 && card.InChans == 3;
