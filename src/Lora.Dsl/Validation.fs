@@ -98,7 +98,13 @@ module Validation =
               | Some first -> yield err here (sprintf "class %d is listed twice (also classes[%d]): list each class once" c first)
               | None -> () ]
 
+    /// What the core says of a zoo model's options without running it (an option the model does not
+    /// take, a shape it refuses), as (option key or "" for the model, message). Lora.Convert registers
+    /// it (ToCore.registerModelCheck; the DSL does not know the core); nothing is checked until then.
+    let mutable modelCheck : ZooModel -> (string * string) list = fun _ -> []
+
     let zooModel (at: string) (m: ZooModel) =
+      let own =
         [ if not (ZooNames.isKnown m.Name) then
               yield err (at + ".zoo")
                         (sprintf "unknown model '%s'%s; known models: %s" m.Name (ZooNames.didYouMean ZooNames.all m.Name)
@@ -113,6 +119,9 @@ module Validation =
                   yield err (sprintf "%s.options.%s" at k)
                             (sprintf "in_chans %d: images are read as 1 (grey) or 3 (RGB) channels and converted only between those; use in_chans 1 or 3" i)
               | _ -> () ]
+      // the model built from its options (on the meta device) once they pass the checks above
+      if not own.IsEmpty then own
+      else [ for k, message in modelCheck m -> err (if k = "" then at + ".zoo" else sprintf "%s.options.%s" at k) message ]
 
     let dataset (exists: string -> bool) (at: string) (task: Task) (d: DatasetView) =
         let needPath field p kind =

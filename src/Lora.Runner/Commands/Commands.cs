@@ -79,6 +79,8 @@ public static class Commands
         if (File.Exists(path) && !Directory.Exists(path))
             try { Lora.Core.IO.InputFile.Check(path, Lora.Core.IO.InputFile.MaxTextBytes, "spec"); }
             catch (InvalidDataException e) { stderr.WriteLine($"{path}: spec: {e.Message}"); return null; }
+        // what building each model would refuse is a spec error at its option's line
+        Lora.Conversion.ToCore.registerModelCheck();
         var check = Spec.check(path);
         foreach (var w in check.Warnings) stderr.WriteLine(w.ToWarningString());
         if (check.Result.IsOk) return check.Result.ResultValue;
