@@ -139,8 +139,9 @@ let modelProblems (z: ZooModel) : (string * string) list =
             [ defaultArg named "", message ]
         | unknown, _ -> unknown
 
-/// Lets the spec's validation ask the core about model options (every command that loads a spec).
-let registerModelCheck () = Validation.modelCheck <- modelProblems
+/// A spec checked as Spec.check does, with every zoo model also built from its options on the meta
+/// device (modelProblems): what every command that loads a spec uses.
+let checkSpec (path: string) : SpecCheck = Validation.withModelCheck modelProblems (fun () -> Spec.check path)
 
 /// An ONNX file as a module; num_classes (always set for a run: the data set's class count) gives it a new head.
 let importOnnx (path: string) (args: ModelArgs) : Lora.Core.Onnx.OnnxModule =

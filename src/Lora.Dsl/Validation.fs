@@ -98,10 +98,21 @@ module Validation =
               | Some first -> yield err here (sprintf "class %d is listed twice (also classes[%d]): list each class once" c first)
               | None -> () ]
 
-    /// What the core says of a zoo model's options without running it (an option the model does not
-    /// take, a shape it refuses), as (option key or "" for the model, message). Lora.Convert registers
-    /// it (ToCore.registerModelCheck; the DSL does not know the core); nothing is checked until then.
-    let mutable modelCheck : ZooModel -> (string * string) list = fun _ -> []
+    // What the core says of a zoo model's options without running it (an option the model does not
+    // take, a shape it refuses), as (option key or "" for the model, message). The DSL does not know
+    // the core: Lora.Convert supplies it for one check (ToCore.checkSpec), in that call's flow only.
+    let private modelCheckHook = System.Threading.AsyncLocal<ZooModel -> (string * string) list>()
+
+    let private modelCheck (m: ZooModel) =
+        match box modelCheckHook.Value with
+        | null -> []
+        | _ -> modelCheckHook.Value m
+
+    /// Runs `f` with `check` consulted for every zoo model validated meanwhile (in this flow).
+    let withModelCheck (check: ZooModel -> (string * string) list) (f: unit -> 'a) : 'a =
+        let previous = modelCheckHook.Value
+        modelCheckHook.Value <- check
+        try f () finally modelCheckHook.Value <- previous
 
     let zooModel (at: string) (m: ZooModel) =
       let own =

@@ -80,8 +80,7 @@ public static class Commands
             try { Lora.Core.IO.InputFile.Check(path, Lora.Core.IO.InputFile.MaxTextBytes, "spec"); }
             catch (InvalidDataException e) { stderr.WriteLine($"{path}: spec: {e.Message}"); return null; }
         // what building each model would refuse is a spec error at its option's line
-        Lora.Conversion.ToCore.registerModelCheck();
-        var check = Spec.check(path);
+        var check = Lora.Conversion.ToCore.checkSpec(path);
         foreach (var w in check.Warnings) stderr.WriteLine(w.ToWarningString());
         if (check.Result.IsOk) return check.Result.ResultValue;
         foreach (var e in check.Result.ErrorValue) stderr.WriteLine(e.ToString());
