@@ -29,6 +29,7 @@ module Cli =
         | Shard of shard: string
         | Force
         | Write_Tables of dir: string
+        | Verify
         interface IArgParserTemplate with
             member a.Usage =
                 match a with
@@ -39,6 +40,7 @@ module Cli =
                 | Only _ -> "run only runs whose id (experiment/name) or hash matches this pattern (* and ? wildcards)"
                 | Shard _ -> "I/N: run only the I-th of N interleaved shards of the pending runs (I from 0)"
                 | Force -> "run again even if a result exists"
+                | Verify -> "recompute every committed result (and its base runs) into a scratch folder and check each equals the committed one bit for bit (exit 1 on a difference); --write-tables then writes the recomputed results' tables"
 
     type TablesArgs =
         | Results of dir: string
@@ -77,10 +79,12 @@ module Cli =
                 | Model_Config _ -> "a JSON file of model options (img_size, patch_size, ...)"
 
     type MergeArgs =
-        | [<Mandatory>] Model of model: string
+        | Model of model: string
+        | [<CustomCommandLine("--run")>] From_Run of run: string
+        | Results of dir: string
         | Model_Config of path: string
-        | [<Mandatory>] Weights of path: string
-        | [<Mandatory>] Adapter of path: string
+        | Weights of path: string
+        | Adapter of path: string
         | [<Mandatory>] Out of path: string
         | Weight of weight: float
         | Combination of kind: string
@@ -89,6 +93,8 @@ module Cli =
         interface IArgParserTemplate with
             member a.Usage =
                 match a with
+                | From_Run _ -> "a finished run (its hash or results/HASH folder): model, weights and adapter from its model card"
+                | Results _ -> "the results folder a --run hash is looked up in (default: results)"
                 | Model _ -> "a zoo model name"
                 | Model_Config _ -> "a JSON file of model options"
                 | Weights _ -> "the base model's safetensors file"
@@ -100,7 +106,9 @@ module Cli =
                 | Svd_Clamp _ -> "svd: clamp both factors to ± this quantile of their entries (PEFT's svd_clamp)"
 
     type ForwardArgs =
-        | [<Mandatory>] Model of model: string
+        | Model of model: string
+        | [<CustomCommandLine("--run")>] From_Run of run: string
+        | Results of dir: string
         | Model_Config of path: string
         | Weights of path: string
         | Adapter of path: string
@@ -115,6 +123,8 @@ module Cli =
             member a.Usage =
                 match a with
                 | Model _ -> "a zoo model name or an .onnx file"
+                | From_Run _ -> "a finished run (its hash or results/HASH folder): model, weights and adapter from its model card"
+                | Results _ -> "the results folder a --run hash is looked up in (default: results)"
                 | Model_Config _ -> "a JSON file of model options (num_classes, ...)"
                 | Weights _ -> "the model's safetensors file"
                 | Adapter _ -> "an adapter folder to apply (repeat for several, combined with --weight)"
@@ -127,7 +137,9 @@ module Cli =
                 | Out _ -> "the safetensors file to write, with the tensor 'output' (fp32)"
 
     type ExportArgs =
-        | [<Mandatory>] Model of model: string
+        | Model of model: string
+        | [<CustomCommandLine("--run")>] From_Run of run: string
+        | Results of dir: string
         | Model_Config of path: string
         | Weights of path: string
         | Adapter of path: string
@@ -141,6 +153,8 @@ module Cli =
             member a.Usage =
                 match a with
                 | Model _ -> "an .onnx file, resnet18_mlnet, or a ViT, ConvNeXt or ResNet zoo model"
+                | From_Run _ -> "a finished run (its hash or results/HASH folder): model, weights and adapter from its model card"
+                | Results _ -> "the results folder a --run hash is looked up in (default: results)"
                 | Model_Config _ -> "a JSON file of model options (num_classes, ...)"
                 | Weights _ -> "the model's safetensors file"
                 | Adapter _ -> "an adapter folder, merged into the weights (repeat for several, combined with --weight)"
@@ -153,7 +167,9 @@ module Cli =
 
     type PredictArgs =
         | [<MainCommand>] Images of images: string list
-        | [<Mandatory>] Model of model: string
+        | Model of model: string
+        | [<CustomCommandLine("--run")>] From_Run of run: string
+        | Results of dir: string
         | Model_Config of path: string
         | Weights of path: string
         | Adapter of path: string
@@ -172,6 +188,8 @@ module Cli =
                 match a with
                 | Images _ -> "image files to classify"
                 | Model _ -> "a zoo model name"
+                | From_Run _ -> "a finished run (its hash or results/HASH folder): model, weights, adapter, input size, mean/std and labels from its model card"
+                | Results _ -> "the results folder a --run hash is looked up in (default: results)"
                 | Model_Config _ -> "a JSON file of model options"
                 | Weights _ -> "the model's safetensors file"
                 | Adapter _ -> "an adapter to apply (repeat for several, combined with --weight)"
@@ -182,8 +200,8 @@ module Cli =
                 | Disable_Adapter -> "load the adapters, then disable them: the base model's predictions (a check)"
                 | Labels _ -> "a text file with one label per line"
                 | Top_K _ -> "how many labels per image (default 5)"
-                | Mean _ -> "per-channel mean subtracted from pixels in [0, 1], comma-separated, or 'imagenet' (default: none)"
-                | Std _ -> "per-channel standard deviation to divide by, comma-separated, or 'imagenet' (default: none)"
+                | Mean _ -> "per-channel mean subtracted from pixels in [0, 1], comma-separated, or 'imagenet' (default: the run's card with --run, else none)"
+                | Std _ -> "per-channel standard deviation to divide by, comma-separated, or 'imagenet' (default: the run's card with --run, else none)"
                 | Json -> "print JSON instead of text"
 
     type CombineArgs =
@@ -268,6 +286,31 @@ module Cli =
                 | Spec _ -> "the experiment spec (.yaml, .yml or .fsx)"
                 | Results _ -> "the results folder (default: results)"
 
+    type EvalArgs =
+        | [<CustomCommandLine("--run"); Mandatory>] From_Run of run: string
+        | Results of dir: string
+        | [<Mandatory>] Dataset of dataset: string
+        | Path of path: string
+        | Classes of classes: string list
+        | Limit of count: int
+        | Seed of seed: int
+        | Device of device: string
+        | Json
+        | Out of path: string
+        interface IArgParserTemplate with
+            member a.Usage =
+                match a with
+                | From_Run _ -> "the finished run to evaluate (its hash or results/HASH folder)"
+                | Results _ -> "the results folder a --run hash is looked up in (default: results)"
+                | Dataset _ -> "a source as a spec names it (fashion_mnist, cifar, image_folder, segmentation_pairs, composed_segmentation), or a YAML file holding a spec's dataset: entry"
+                | Path _ -> "the data set's folder (with a source name)"
+                | Classes _ -> "the class subset, in the run's label order (comma-separated)"
+                | Limit _ -> "evaluate at most this many images (a seeded sample)"
+                | Seed _ -> "the seed of the sample and split (default 0)"
+                | Device _ -> "cpu or cuda (default cpu)"
+                | Json -> "print the metrics as JSON"
+                | Out _ -> "also write the metrics as JSON to this file"
+
     type HelpArgs =
         | [<MainCommand>] Command of command: string
         interface IArgParserTemplate with
@@ -285,6 +328,7 @@ module Cli =
         | [<CliPrefix(CliPrefix.None)>] Forward of ParseResults<ForwardArgs>
         | [<CliPrefix(CliPrefix.None)>] Export of ParseResults<ExportArgs>
         | [<CliPrefix(CliPrefix.None)>] Combine of ParseResults<CombineArgs>
+        | [<CliPrefix(CliPrefix.None)>] Eval of ParseResults<EvalArgs>
         | [<CliPrefix(CliPrefix.None)>] Bench of ParseResults<BenchArgs>
         | [<CliPrefix(CliPrefix.None)>] Submit of ParseResults<SubmitArgs>
         | [<CliPrefix(CliPrefix.None)>] Status of ParseResults<StatusArgs>
@@ -303,6 +347,7 @@ module Cli =
                 | Forward _ -> "the eval-mode forward of a tensor (parity checks against other frameworks)"
                 | Export _ -> "write the merged model as an ONNX file"
                 | Combine _ -> "combine several LoRA adapters with weights into one adapter folder (PEFT's add_weighted_adapter)"
+                | Eval _ -> "evaluate a finished run on a data set: its metrics, printed or saved"
                 | Bench _ -> "time training steps of the methods on one model"
                 | Submit _ -> "submit the plan to Slurm: one job array per dependency level"
                 | Status _ -> "pending/running/done/failed per run (results folder and Slurm)"
@@ -323,7 +368,9 @@ type RunOptions =
       ShardCount: int
       Force: bool
       /// null = do not regenerate tables after the run
-      Tables: string }
+      Tables: string
+      /// recompute the committed results and compare them bit for bit
+      Verify: bool }
 type TablesOptions =
     { Results: string
       Out: string
@@ -346,19 +393,46 @@ type AdapterChoice =
       Disabled: bool }
     /// Several adapters, or one with a weight other than 1: a weighted combination.
     member c.Combined = c.Paths.Length > 1 || c.Weights |> List.exists (fun w -> w <> 1.0)
-type MergeOptions = { Model: string; ModelConfig: string; Weights: string; Adapter: string; Out: string
-                      Adapters: AdapterChoice }
-type ForwardOptions = { Model: string; ModelConfig: string; Weights: string; Adapter: string; Input: string; Out: string
-                        Adapters: AdapterChoice }
-type ExportOptions = { Model: string; ModelConfig: string; Weights: string; Adapter: string; Out: string
-                       Adapters: AdapterChoice }
+type MergeOptions =
+    { Model: string; ModelConfig: string; Weights: string; Adapter: string; Out: string
+      Adapters: AdapterChoice
+      /// --run HASH|DIR (null: none) and the results folder it is looked up in
+      Run: string
+      Results: string }
+type ForwardOptions =
+    { Model: string; ModelConfig: string; Weights: string; Adapter: string; Input: string; Out: string
+      Adapters: AdapterChoice
+      /// --run HASH|DIR (null: none) and the results folder it is looked up in
+      Run: string
+      Results: string }
+type ExportOptions =
+    { Model: string; ModelConfig: string; Weights: string; Adapter: string; Out: string
+      Adapters: AdapterChoice
+      /// --run HASH|DIR (null: none) and the results folder it is looked up in
+      Run: string
+      Results: string }
 type CombineOptions = { Model: string; ModelConfig: string; Out: string; Adapters: AdapterChoice }
 type PredictOptions =
     { Images: string list; Model: string; ModelConfig: string; Weights: string; Adapter: string; Labels: string; TopK: int; Json: bool
       /// the --mean and --std texts as given (null: no normalisation)
       Mean: string
       Std: string
-      Adapters: AdapterChoice }
+      Adapters: AdapterChoice
+      /// --run HASH|DIR (null: none) and the results folder it is looked up in
+      Run: string
+      Results: string }
+type EvalOptions =
+    { Run: string; Results: string
+      /// a source name or a YAML file with a dataset: entry
+      Dataset: string
+      Path: string
+      Classes: int list
+      Limit: Nullable<int>
+      Seed: int
+      Device: string
+      Json: bool
+      /// null: print only
+      Out: string }
 type BenchOptions =
     { Model: string; Batch: Nullable<int>; Img: Nullable<int>; Classes: Nullable<int>; Rank: Nullable<int>; Methods: string list
       Device: string; Steps: Nullable<int>; Warmup: Nullable<int>; Json: bool
@@ -383,6 +457,7 @@ type Command =
     | Forward of ForwardOptions
     | Export of ExportOptions
     | Combine of CombineOptions
+    | Eval of EvalOptions
     | Bench of BenchOptions
     | Submit of SubmitOptions
     | Status of StatusOptions
@@ -401,6 +476,7 @@ type ICommandHandler<'T> =
     abstract Forward: ForwardOptions -> 'T
     abstract Export: ExportOptions -> 'T
     abstract Combine: CombineOptions -> 'T
+    abstract Eval: EvalOptions -> 'T
     abstract Bench: BenchOptions -> 'T
     abstract Submit: SubmitOptions -> 'T
     abstract Status: StatusOptions -> 'T
@@ -425,6 +501,7 @@ type ParsedCommand(command: Command, commandLine: string) =
         | Forward o -> handler.Forward o
         | Export o -> handler.Export o
         | Combine o -> handler.Combine o
+        | Eval o -> handler.Eval o
         | Bench o -> handler.Bench o
         | Submit o -> handler.Submit o
         | Status o -> handler.Status o
@@ -507,7 +584,7 @@ type CommandLine private () =
                     let i, n = match shard with Some(Ok s) -> s | _ -> 0, 1
                     ok (ParsedCommand(Command.Run { Specs = a.GetResult Cli.RunArgs.Spec; Results = a.GetResult(Cli.RunArgs.Results, defaultResults); Device = dev
                                                     Only = orNull (a.TryGetResult Cli.RunArgs.Only); ShardIndex = i; ShardCount = n; Force = a.Contains Cli.RunArgs.Force
-                                                    Tables = orNull (a.TryGetResult Cli.RunArgs.Write_Tables) }, line))
+                                                    Tables = orNull (a.TryGetResult Cli.RunArgs.Write_Tables); Verify = a.Contains Cli.RunArgs.Verify }, line))
             | Cli.Tables a ->
                 ok (ParsedCommand(Command.Tables { Results = a.GetResult(Cli.TablesArgs.Results, defaultResults); Out = a.GetResult(Cli.TablesArgs.Out, "paper-tables")
                                                    Specs = a.GetResults Cli.TablesArgs.Spec }, line))
@@ -522,9 +599,10 @@ type CommandLine private () =
                                                 a.TryGetResult Cli.MergeArgs.Svd_Rank, a.TryGetResult Cli.MergeArgs.Svd_Clamp, false) with
                 | Error m -> fail 2 m
                 | Ok adapters ->
-                ok (ParsedCommand(Command.Merge { Model = a.GetResult Cli.MergeArgs.Model; ModelConfig = orNull (a.TryGetResult Cli.MergeArgs.Model_Config)
-                                                  Weights = a.GetResult Cli.MergeArgs.Weights; Adapter = List.head adapters.Paths; Out = a.GetResult Cli.MergeArgs.Out
-                                                  Adapters = adapters }, line))
+                ok (ParsedCommand(Command.Merge { Model = orNull (a.TryGetResult Cli.MergeArgs.Model); ModelConfig = orNull (a.TryGetResult Cli.MergeArgs.Model_Config)
+                                                  Weights = orNull (a.TryGetResult Cli.MergeArgs.Weights); Adapter = orNull (List.tryHead adapters.Paths); Out = a.GetResult Cli.MergeArgs.Out
+                                                  Adapters = adapters
+                                                  Run = orNull (a.TryGetResult Cli.MergeArgs.From_Run); Results = a.GetResult(Cli.MergeArgs.Results, defaultResults) }, line))
             | Cli.Combine a ->
                 match CommandLine.AdapterChoice(a.GetResults Cli.CombineArgs.Adapter, a.GetResults Cli.CombineArgs.Weight, a.TryGetResult Cli.CombineArgs.Combination,
                                                 a.TryGetResult Cli.CombineArgs.Svd_Rank, a.TryGetResult Cli.CombineArgs.Svd_Clamp, false) with
@@ -537,23 +615,38 @@ type CommandLine private () =
                                                 a.TryGetResult Cli.ForwardArgs.Svd_Rank, a.TryGetResult Cli.ForwardArgs.Svd_Clamp, a.Contains Cli.ForwardArgs.Disable_Adapter) with
                 | Error m -> fail 2 m
                 | Ok adapters ->
-                ok (ParsedCommand(Command.Forward { Model = a.GetResult Cli.ForwardArgs.Model; ModelConfig = orNull (a.TryGetResult Cli.ForwardArgs.Model_Config)
+                ok (ParsedCommand(Command.Forward { Model = orNull (a.TryGetResult Cli.ForwardArgs.Model); ModelConfig = orNull (a.TryGetResult Cli.ForwardArgs.Model_Config)
                                                     Weights = orNull (a.TryGetResult Cli.ForwardArgs.Weights); Adapter = orNull (List.tryHead adapters.Paths)
-                                                    Input = a.GetResult Cli.ForwardArgs.Input; Out = a.GetResult Cli.ForwardArgs.Out; Adapters = adapters }, line))
+                                                    Input = a.GetResult Cli.ForwardArgs.Input; Out = a.GetResult Cli.ForwardArgs.Out; Adapters = adapters
+                                                    Run = orNull (a.TryGetResult Cli.ForwardArgs.From_Run); Results = a.GetResult(Cli.ForwardArgs.Results, defaultResults) }, line))
             | Cli.Export a ->
                 match CommandLine.AdapterChoice(a.GetResults Cli.ExportArgs.Adapter, a.GetResults Cli.ExportArgs.Weight, a.TryGetResult Cli.ExportArgs.Combination,
                                                 a.TryGetResult Cli.ExportArgs.Svd_Rank, a.TryGetResult Cli.ExportArgs.Svd_Clamp, a.Contains Cli.ExportArgs.Disable_Adapter) with
                 | Error m -> fail 2 m
                 | Ok adapters ->
-                ok (ParsedCommand(Command.Export { Model = a.GetResult Cli.ExportArgs.Model; ModelConfig = orNull (a.TryGetResult Cli.ExportArgs.Model_Config)
+                ok (ParsedCommand(Command.Export { Model = orNull (a.TryGetResult Cli.ExportArgs.Model); ModelConfig = orNull (a.TryGetResult Cli.ExportArgs.Model_Config)
                                                    Weights = orNull (a.TryGetResult Cli.ExportArgs.Weights); Adapter = orNull (List.tryHead adapters.Paths)
-                                                   Out = a.GetResult Cli.ExportArgs.Out; Adapters = adapters }, line))
+                                                   Out = a.GetResult Cli.ExportArgs.Out; Adapters = adapters
+                                                   Run = orNull (a.TryGetResult Cli.ExportArgs.From_Run); Results = a.GetResult(Cli.ExportArgs.Results, defaultResults) }, line))
+            | Cli.Eval a ->
+                let classes =
+                    commaList (a.GetResult(Cli.EvalArgs.Classes, []))
+                    |> List.map (fun c -> match Int32.TryParse c with | true, v -> Ok v | _ -> Error(sprintf "--classes takes class indices (e.g. 5,6,7), got '%s'" c))
+                match device (a.TryGetResult Cli.EvalArgs.Device), classes |> List.tryPick (function Error m -> Some m | Ok _ -> None) with
+                | Error m, _ | _, Some m -> fail 2 (m + "\n" + parser.GetSubCommandParser(Cli.Eval).PrintUsage())
+                | Ok dev, None ->
+                    ok (ParsedCommand(Command.Eval { Run = a.GetResult Cli.EvalArgs.From_Run; Results = a.GetResult(Cli.EvalArgs.Results, defaultResults)
+                                                     Dataset = a.GetResult Cli.EvalArgs.Dataset; Path = orNull (a.TryGetResult Cli.EvalArgs.Path)
+                                                     Classes = classes |> List.choose (function Ok v -> Some v | Error _ -> None)
+                                                     Limit = nullable (a.TryGetResult Cli.EvalArgs.Limit); Seed = a.GetResult(Cli.EvalArgs.Seed, 0)
+                                                     Device = dev; Json = a.Contains Cli.EvalArgs.Json; Out = orNull (a.TryGetResult Cli.EvalArgs.Out) }, line))
             | Cli.Predict a ->
                 match CommandLine.AdapterChoice(a.GetResults Cli.PredictArgs.Adapter, a.GetResults Cli.PredictArgs.Weight, a.TryGetResult Cli.PredictArgs.Combination,
                                                 a.TryGetResult Cli.PredictArgs.Svd_Rank, a.TryGetResult Cli.PredictArgs.Svd_Clamp, a.Contains Cli.PredictArgs.Disable_Adapter) with
                 | Error m -> fail 2 m
                 | Ok adapters ->
-                ok (ParsedCommand(Command.Predict { Images = a.GetResult(Cli.PredictArgs.Images, []); Model = a.GetResult Cli.PredictArgs.Model
+                ok (ParsedCommand(Command.Predict { Images = a.GetResult(Cli.PredictArgs.Images, []); Model = orNull (a.TryGetResult Cli.PredictArgs.Model)
+                                                    Run = orNull (a.TryGetResult Cli.PredictArgs.From_Run); Results = a.GetResult(Cli.PredictArgs.Results, defaultResults)
                                                     ModelConfig = orNull (a.TryGetResult Cli.PredictArgs.Model_Config); Weights = orNull (a.TryGetResult Cli.PredictArgs.Weights)
                                                     Adapter = orNull (List.tryHead adapters.Paths); Labels = orNull (a.TryGetResult Cli.PredictArgs.Labels)
                                                     TopK = a.GetResult(Cli.PredictArgs.Top_K, 5); Json = a.Contains Cli.PredictArgs.Json

@@ -135,6 +135,42 @@ let parseMethod (text: string) (rank: int option) : Result<Method, string list> 
         | [] -> Ok(Grid.resolveMethod rank m)
         | errors -> Error [ for e in errors -> sprintf "%s: %s" e.Field e.Message ]
 
+/// What building the zoo model from its options on the meta device says: each option it never asks
+/// for (a misspelling, or one of another family) and what its constructor refuses (num_heads not
+/// dividing embed_dim, ...), placed at the option the message names.
+let modelProblems (z: ZooModel) : (string * string) list =
+    if not (ZooNames.isKnown z.Name) then []
+    else
+        // the options a model asks for: those its defaults' build asks for, and those the given options' build does
+        let build (args: ModelArgs) =
+            try
+                use _model = Zoo.Create(z.Name, args, torch.META)
+                None
+            with :? ArgumentException as e -> Some e.Message
+        let defaults = ModelArgs.Empty
+        build defaults |> ignore
+        let args = modelArgs z
+        let refused = build args
+        let known = Seq.append defaults.Asked args.Asked |> Seq.distinct |> List.ofSeq |> List.sort
+        let unknown =
+            [ for k in z.Options.Keys do
+                if not (List.contains k known) then
+                    yield k, sprintf "%s takes no option '%s'%s; its options: %s" z.Name k (ZooNames.didYouMean known k) (String.Join(", ", known)) ]
+        match unknown, refused with
+        | [], Some message ->
+            let named = z.Options.Keys |> Seq.filter (fun k -> message.Contains k) |> Seq.sortBy (fun k -> message.LastIndexOf k) |> Seq.tryLast
+            [ defaultArg named "", message ]
+        | unknown, _ -> unknown
+
+/// A spec checked as Spec.check does, with every zoo model also built from its options on the meta
+/// device (modelProblems): what every command that loads a spec uses.
+let checkSpec (path: string) : SpecCheck = Validation.withModelCheck modelProblems (fun () -> Spec.check path)
+
+/// An ONNX file as a module; num_classes (always set for a run: the data set's class count) gives it a new head.
+let importOnnx (path: string) (args: ModelArgs) : Lora.Core.Onnx.OnnxModule =
+    let classes = if args.Has "num_classes" then Nullable(args.Long("num_classes", 0L)) else Nullable()
+    new Lora.Core.Onnx.OnnxModule(Lora.Core.Onnx.OnnxGraph.Read path, Lora.Core.Onnx.OnnxImportOptions(NumClasses = classes))
+
 /// Every problem the run's method would meet on its model, found on the meta device (no memory,
 /// no data): `lora validate` reports them before any run starts. The class count is the spec's
 /// class subset when it has one (only the classifier's shape depends on it).
@@ -143,6 +179,14 @@ let checkRun (run: Run) : string list =
     let classes = match run.Dataset.Classes with Some cs -> cs.Length | None -> 10
     let args = (modelArgs zoo).With("num_classes", int64 (max 1 classes))
     try
-        use model = Zoo.Create(zoo.Name, args, torch.META)
-        check (ofRun run model) model
-    with :? ArgumentException as e -> [ e.Message ]
+        match run.Model with
+        | Onnx _ ->
+            // an imported graph is built from its file (on the CPU: its weights are initializers)
+            use model = importOnnx zoo.Name args
+            check (ofRun run model) model
+        | _ ->
+            use model = Zoo.Create(zoo.Name, args, torch.META)
+            check (ofRun run model) model
+    with
+    | :? ArgumentException as e -> [ e.Message ]
+    | :? Lora.Core.Onnx.OnnxImportException as e -> [ e.Message ]

@@ -30,6 +30,12 @@ module Builders =
     let weights (name: string) (options: (string * OptionValue) list) (path: string) =
         Weights({ Name = name; Options = Map.ofList options }, path)
 
+    /// An ONNX graph imported as a module (path relative to the script's folder), hashed by its content.
+    let onnx (path: string) = Onnx { Name = path; Options = Map.empty }
+
+    /// An ONNX graph with options (num_classes for a new head is set from the data set).
+    let onnxWith (path: string) (options: (string * OptionValue) list) = Onnx { Name = path; Options = Map.ofList options }
+
     /// Tune from the model a pretrain step produces.
     let fromPretrain (p: Pretrain) = FromPretrain p
 

@@ -72,9 +72,10 @@ module Canonical =
         let source =
             match d.Source with
             | FashionMnist p -> [ "source", JString "fashion_mnist"; "path", opt JString p ]
-            | Cifar p -> [ "source", JString "cifar"; "path", JString p ]
-            | ImageFolder p -> [ "source", JString "image_folder"; "path", JString p ]
-            | SegmentationPairs p -> [ "source", JString "segmentation_pairs"; "path", JString p ]
+            // a folder's content is part of its identity (the installed Fashion-MNIST's is fixed)
+            | Cifar p -> [ "source", JString "cifar"; "path", JString p; "content", JString(DataFingerprint.ofFolder p) ]
+            | ImageFolder p -> [ "source", JString "image_folder"; "path", JString p; "content", JString(DataFingerprint.ofFolder p) ]
+            | SegmentationPairs p -> [ "source", JString "segmentation_pairs"; "path", JString p; "content", JString(DataFingerprint.ofFolder p) ]
             | Composed c ->
                 [ "source", JString "composed_segmentation"; "path", opt JString c.Path
                   "canvas", JInt(int64 c.Canvas); "objects", JInt(int64 c.Objects) ]
@@ -152,6 +153,8 @@ module Canonical =
             match r.Model with
             | Zoo z -> JObject(("kind", JString "zoo") :: zoo z)
             | Weights(z, p) -> JObject(("kind", JString "weights") :: ("weights", JString p) :: zoo z)
+            // hashed by content: the same graph anywhere is the same model
+            | Onnx z -> JObject [ "kind", JString "onnx"; "sha256", JString(FileFingerprint.sha256 z.Name); "options", JObject [ for KeyValue(k, v) in z.Options -> k, optionValue v ] ]
             | FromPretrain p -> JObject [ "kind", JString "pretrain"; "name", JString p.Name; "run", JString(hash (Grid.pretrainRun p)) ]
         JObject
             [ "kind", JString(match r.Kind with Pretraining -> "pretraining" | Tuning -> "tuning")

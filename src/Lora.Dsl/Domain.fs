@@ -272,11 +272,13 @@ type BaseModel =
     | FromPretrain of Pretrain
     /// a timm-format safetensors file for a zoo architecture
     | Weights of model: ZooModel * path: string
+    /// an ONNX graph imported as a module (Name is the .onnx file's path; options such as num_classes)
+    | Onnx of model: ZooModel
 
-    /// The zoo architecture underneath.
+    /// The zoo architecture underneath (an ONNX model's Name is its file's path).
     member b.ZooModel =
         match b with
-        | Zoo m | Weights(m, _) -> m
+        | Zoo m | Weights(m, _) | Onnx m -> m
         | FromPretrain p -> p.Model
 
 /// How a table cell sums up the runs that fall into it (usually one per seed).

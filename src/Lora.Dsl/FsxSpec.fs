@@ -95,7 +95,11 @@ module Spec =
     /// The experiments of a spec, or every problem in it (each with its location), and its warnings.
     let checkWith (exists: string -> bool) (path: string) : SpecCheck =
         let fileErr m = { Result = Error [ { File = path; Line = 0; Column = 0; Field = "spec"; Message = m } ]; Warnings = [] }
-        let outcome errs experiments = match errs with [] -> Ok experiments | errs -> Error errs
+        // relative paths start at the spec's folder: checked there, and resolved to full paths in
+        // the experiments (messages keep the paths as written)
+        let specDir = Path.GetDirectoryName(Path.GetFullPath path)
+        let exists p = exists (SpecPaths.resolve specDir p)
+        let outcome errs experiments = match errs with [] -> Ok(List.map (SpecPaths.experiment specDir) experiments) | errs -> Error errs
         if Directory.Exists path then fileErr "this is a folder, not a spec file: give the path of a .yaml or .fsx file"
         elif not (File.Exists path) then fileErr "spec file not found"
         elif FileInfo(path).Length > 16L * 1024L * 1024L then fileErr (sprintf "the spec is %d bytes, more than the 16 MiB allowed" (FileInfo(path).Length))

@@ -27,6 +27,7 @@ module Grid =
         | Zoo z -> z.Name
         | FromPretrain p -> p.Name
         | Weights(z, path) -> z.Name + "-" + System.IO.Path.GetFileNameWithoutExtension path
+        | Onnx z -> System.IO.Path.GetFileNameWithoutExtension z.Name
 
     /// AdaLoRA's initial rank when only the target r is given: ⌈1.5 r⌉ (PEFT's 12 at its default 8).
     let resolveInitRank (r: int) = (3 * r + 1) / 2

@@ -98,7 +98,24 @@ module Validation =
               | Some first -> yield err here (sprintf "class %d is listed twice (also classes[%d]): list each class once" c first)
               | None -> () ]
 
+    // What the core says of a zoo model's options without running it (an option the model does not
+    // take, a shape it refuses), as (option key or "" for the model, message). The DSL does not know
+    // the core: Lora.Convert supplies it for one check (ToCore.checkSpec), in that call's flow only.
+    let private modelCheckHook = System.Threading.AsyncLocal<ZooModel -> (string * string) list>()
+
+    let private modelCheck (m: ZooModel) =
+        match box modelCheckHook.Value with
+        | null -> []
+        | _ -> modelCheckHook.Value m
+
+    /// Runs `f` with `check` consulted for every zoo model validated meanwhile (in this flow).
+    let withModelCheck (check: ZooModel -> (string * string) list) (f: unit -> 'a) : 'a =
+        let previous = modelCheckHook.Value
+        modelCheckHook.Value <- check
+        try f () finally modelCheckHook.Value <- previous
+
     let zooModel (at: string) (m: ZooModel) =
+      let own =
         [ if not (ZooNames.isKnown m.Name) then
               yield err (at + ".zoo")
                         (sprintf "unknown model '%s'%s; known models: %s" m.Name (ZooNames.didYouMean ZooNames.all m.Name)
@@ -108,13 +125,20 @@ module Validation =
               // (window_size 0 is SAM's global attention)
               | Int i when i <= 0 && ((k.EndsWith "_size" && k <> "window_size") || k = "depth" || k = "embed_dim" || k = "num_heads" || k = "in_chans" || k = "num_classes") ->
                   yield err (sprintf "%s.options.%s" at k) (sprintf "%s must be positive, got %d" k i)
+              // images are read as grey or RGB and converted between the two, nothing else
+              | Int i when k = "in_chans" && i <> 1 && i <> 3 ->
+                  yield err (sprintf "%s.options.%s" at k)
+                            (sprintf "in_chans %d: images are read as 1 (grey) or 3 (RGB) channels and converted only between those; use in_chans 1 or 3" i)
               | _ -> () ]
+      // the model built from its options (on the meta device) once they pass the checks above
+      if not own.IsEmpty then own
+      else [ for k, message in modelCheck m -> err (if k = "" then at + ".zoo" else sprintf "%s.options.%s" at k) message ]
 
     let dataset (exists: string -> bool) (at: string) (task: Task) (d: DatasetView) =
         let needPath field p kind =
             [ if System.String.IsNullOrWhiteSpace p then yield err (at + "." + field) (sprintf "%s needs a path" kind)
               elif not (exists p) then
-                  yield err (at + "." + field) (sprintf "%s data set not found at '%s': check the path (relative paths start at the working directory)" kind p) ]
+                  yield err (at + "." + field) (sprintf "%s data set not found at '%s': check the path (relative paths start at the spec file's folder)" kind p) ]
         [ match d.Source with
           | FashionMnist p ->
               let path = defaultArg p DataDefaults.fashionMnist
@@ -182,6 +206,10 @@ module Validation =
         match m with
         | Zoo z -> zooModel at z
         | FromPretrain p -> pretrain exists (at + ".pretrain") p
+        | Onnx z ->
+            [ if not (exists z.Name) then yield err (at + ".onnx") (sprintf "ONNX file not found at '%s' (relative paths start at the spec file's folder)" z.Name)
+              elif not (z.Name.EndsWith(".onnx", System.StringComparison.OrdinalIgnoreCase)) then
+                  yield err (at + ".onnx") (sprintf "an ONNX model must be a .onnx file, got '%s'" z.Name) ]
         | Weights(z, path) ->
             [ yield! zooModel at z
               if not (exists path) then

@@ -399,7 +399,15 @@ module YamlSpec =
             readStr r (path + ".zoo") n |> Option.map (fun z -> Zoo { Name = z; Options = Map.empty })
         | _ ->
             let fs =
-                fields r path n [ "zoo"; "options"; "weights"; "pretrain" ] (fun _ -> None)
+                fields r path n [ "zoo"; "options"; "weights"; "pretrain"; "onnx" ] (fun _ -> None)
+            match Map.tryFind "onnx" fs with
+            | Some on ->
+                if fs.ContainsKey "zoo" || fs.ContainsKey "weights" || fs.ContainsKey "pretrain" then
+                    r.Error(n, path, "a model is one of zoo: NAME, pretrain: STEP or onnx: FILE, not several")
+                r.Mark(path + ".onnx", on)
+                let z = zooModel r path fs on
+                Some(Onnx z)
+            | None ->
             match Map.tryFind "pretrain" fs, Map.tryFind "zoo" fs with
             | Some pn, zooNode ->
                 if zooNode.IsSome || fs.ContainsKey "weights" || fs.ContainsKey "options" then
@@ -424,7 +432,7 @@ module YamlSpec =
                 | Some w -> Some(Weights(z, w))
                 | None -> Some(Zoo z)
             | None, None ->
-                r.Error(n, path, "a model needs zoo: NAME (optionally with options and weights) or pretrain: STEP")
+                r.Error(n, path, "a model needs zoo: NAME (optionally with options and weights), pretrain: STEP or onnx: FILE")
                 None
 
     /// A table axis: `method`, or `{ model: Baseline }` (the axis with its header).
@@ -621,6 +629,23 @@ module YamlSpec =
         | None, [] -> Error [ "method: the method is empty" ]
         | _, errors -> Error [ for e in errors -> sprintf "%s: %s" e.Field e.Message ]
 
+    /// A data set in a spec's vocabulary (`source: fashion_mnist`, `classes: [5, 6]`, ...), as a
+    /// `dataset:` entry reads it: for `lora eval --dataset`. Errors are `file:line:col: field: message`.
+    let datasetView (file: string) (text: string) : Result<DatasetView, string list> =
+        let r = Reader(file)
+        let d =
+            try
+                let stream = YamlStream()
+                stream.Load(new StringReader(text))
+                if stream.Documents.Count = 0 then None else Some(dataset r "dataset" stream.Documents.[0].RootNode)
+            with :? YamlException as e ->
+                r.Errors.Add { File = file; Line = 1; Column = 1; Field = "dataset"; Message = sprintf "not valid YAML: %s" e.Message }
+                None
+        match d, List.ofSeq r.Errors with
+        | Some d, [] -> Ok d
+        | None, [] -> Error [ sprintf "%s: the data set is empty" file ]
+        | _, errors -> Error [ for e in errors -> e.ToString() ]
+
     /// Parse YAML text into experiments, structural errors (with line and column) and the marks of
     /// every value read. `file` only labels errors.
     let parse (file: string) (text: string) : Experiment list * SpecError list * Marks =
@@ -808,6 +833,12 @@ module YamlSpec =
                 | Weights(z, p) ->
                     sb.AppendLine("      - weights: " + q p) |> ignore
                     writeZoo sb "        " z
+                | Onnx z ->
+                    sb.AppendLine("      - onnx: " + q z.Name) |> ignore
+                    if not z.Options.IsEmpty then
+                        sb.AppendLine "        options:" |> ignore
+                        for KeyValue(k, v) in z.Options do
+                            sb.AppendLine(sprintf "          %s: %s" (q k) (writeOption v)) |> ignore
                 | FromPretrain p ->
                     sb.AppendLine "      - pretrain:" |> ignore
                     writePretrain sb "          " p

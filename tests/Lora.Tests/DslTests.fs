@@ -463,12 +463,12 @@ let cliTests =
         test "run with every option" {
             let o = CommandLine.Parse [| "run"; "spec.yaml"; "--results"; "r"; "--device"; "cuda"; "--only"; "q/lora-*"; "--shard"; "1/4"; "--force"; "--write-tables"; "pt" |]
             Expect.equal o.ExitCode 0 "parsed"
-            Expect.equal o.Command.Command (Command.Run { Specs = [ "spec.yaml" ]; Results = "r"; Device = "cuda"; Only = "q/lora-*"; ShardIndex = 1; ShardCount = 4; Force = true; Tables = "pt" }) "options"
+            Expect.equal o.Command.Command (Command.Run { Specs = [ "spec.yaml" ]; Results = "r"; Device = "cuda"; Only = "q/lora-*"; ShardIndex = 1; ShardCount = 4; Force = true; Tables = "pt"; Verify = false }) "options"
             Expect.equal o.Command.CommandLine "lora run spec.yaml --results r --device cuda --only 'q/lora-*' --shard 1/4 --force --write-tables pt" "command line quoted back"
         }
         test "defaults" {
             let o = CommandLine.Parse [| "run"; "s.yaml" |]
-            Expect.equal o.Command.Command (Command.Run { Specs = [ "s.yaml" ]; Results = "results"; Device = null; Only = null; ShardIndex = 0; ShardCount = 1; Force = false; Tables = null }) "defaults"
+            Expect.equal o.Command.Command (Command.Run { Specs = [ "s.yaml" ]; Results = "results"; Device = null; Only = null; ShardIndex = 0; ShardCount = 1; Force = false; Tables = null; Verify = false }) "defaults"
             let t = CommandLine.Parse [| "tables" |]
             Expect.equal t.Command.Command (Command.Tables { Results = "results"; Out = "paper-tables"; Specs = [] }) "tables defaults"
         }

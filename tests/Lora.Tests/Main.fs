@@ -44,6 +44,7 @@ let all =
         MixedPrecisionTests.tests
         ConversionTests.tests
         OnnxTests.tests
+        RunCardTests.tests
     ]
 
 [<EntryPoint>]

@@ -46,7 +46,7 @@ let quickstartIn (dir: TempDir) =
     spec
 
 let runOpts spec results =
-    { Specs = [ spec ]; Results = results; Device = null; Only = null; ShardIndex = 0; ShardCount = 1; Force = false; Tables = null }
+    { Specs = [ spec ]; Results = results; Device = null; Only = null; ShardIndex = 0; ShardCount = 1; Force = false; Tables = null; Verify = false }
 
 let run (o: RunOptions) (ex: IRunExecutor) =
     use out = new StringWriter()

@@ -12,9 +12,10 @@ namespace Lora.Core.Data;
 /// <param name="GreyToRgb">repeat a single channel three times</param>
 /// <param name="Mean">per-channel mean to subtract (after the grey → RGB step)</param>
 /// <param name="Std">per-channel standard deviation to divide by</param>
+/// <param name="RgbToGrey">average three channels into one (RGB data for a 1-channel model)</param>
 public sealed record Transforms(
     int? Size = null, int CropPadding = 0, bool HorizontalFlip = false, bool GreyToRgb = false,
-    float[]? Mean = null, float[]? Std = null)
+    float[]? Mean = null, float[]? Std = null, bool RgbToGrey = false)
 {
     public static readonly Transforms None = new();
 
@@ -34,6 +35,7 @@ public sealed record Transforms(
         if (CropPadding > 0) x = RandomCrop(x, CropPadding, rng);
         if (HorizontalFlip) x = Flip(x, FlipMask((int)x.shape[0], rng));
         if (GreyToRgb && x.shape[1] == 1) x = x.expand(-1, 3, -1, -1).contiguous();
+        if (RgbToGrey && x.shape[1] == 3) x = x.mean([1], keepdim: true);
         if (Mean is not null || Std is not null) x = Normalize(x, Mean ?? [0f], Std ?? [1f]);
         return x;
     }

@@ -8,17 +8,37 @@ namespace Lora.Core.Models;
 public sealed class ModelArgs
 {
     private readonly Dictionary<string, object> values;
+    // the keys a model asked for (shared by copies): what it takes, so a key it never read is one it does not know
+    private readonly HashSet<string> asked;
 
-    private ModelArgs(Dictionary<string, object> values) => this.values = values;
+    private ModelArgs(Dictionary<string, object> values, HashSet<string>? asked = null)
+    {
+        this.values = values;
+        this.asked = asked ?? new HashSet<string>();
+    }
+
+    /// The keys asked for (with or without a value here) since these arguments were made: after a
+    /// model is built from them, its options (`validate` reports a given key outside them).
+    public IReadOnlyCollection<string> Asked => asked;
+
+    private string Ask(string key) { lock (asked) asked.Add(key); return key; }
 
     public static ModelArgs Empty { get; } = new(new Dictionary<string, object>());
 
     public IEnumerable<string> Keys => values.Keys;
 
-    public bool Has(string key) => values.ContainsKey(key);
+    public bool Has(string key) => values.ContainsKey(Ask(key));
 
     /// A copy with one argument set (numbers, bools, strings, or arrays of numbers).
-    public ModelArgs With(string key, object value) => new(new Dictionary<string, object>(values) { [key] = value });
+    public ModelArgs With(string key, object value) => new(new Dictionary<string, object>(values) { [key] = value }, asked);
+
+    /// A copy with every argument of <paramref name="over"/> set over these.
+    public ModelArgs With(ModelArgs over)
+    {
+        var d = new Dictionary<string, object>(values);
+        foreach (var kv in over.values) d[kv.Key] = kv.Value;
+        return new(d, asked);
+    }
 
     public static ModelArgs FromDictionary(IReadOnlyDictionary<string, object> values) => new(values.ToDictionary(kv => kv.Key, kv => kv.Value));
 
@@ -38,6 +58,9 @@ public sealed class ModelArgs
         }
     }
 
+    /// The arguments as a JSON object that <see cref="FromJson"/> reads back (a run's model card keeps them).
+    public string ToJson() => JsonSerializer.Serialize(values.OrderBy(kv => kv.Key, StringComparer.Ordinal).ToDictionary(kv => kv.Key, kv => kv.Value));
+
     public static ModelArgs FromFile(string path)
     {
         if (!File.Exists(path)) throw new FileNotFoundException($"Model config file '{path}' does not exist.", path);
@@ -56,22 +79,22 @@ public sealed class ModelArgs
 
     public long Long(string key, long fallback)
     {
-        if (!values.TryGetValue(key, out var v)) return fallback;
+        if (!values.TryGetValue(Ask(key), out var v)) return fallback;
         var d = ToDouble(key, v, "an integer");
         if (d != Math.Floor(d)) throw Bad(key, v, "an integer");
         return (long)d;
     }
 
     public double Double(string key, double fallback) =>
-        values.TryGetValue(key, out var v) ? ToDouble(key, v, "a number") : fallback;
+        values.TryGetValue(Ask(key), out var v) ? ToDouble(key, v, "a number") : fallback;
 
-    public bool Bool(string key, bool fallback) => !values.TryGetValue(key, out var v) ? fallback : v switch
+    public bool Bool(string key, bool fallback) => !values.TryGetValue(Ask(key), out var v) ? fallback : v switch
     {
         bool b => b,
         _ => throw Bad(key, v, "true or false"),
     };
 
-    public string String(string key, string fallback) => !values.TryGetValue(key, out var v) ? fallback : v switch
+    public string String(string key, string fallback) => !values.TryGetValue(Ask(key), out var v) ? fallback : v switch
     {
         string s => s,
         _ => throw Bad(key, v, "a string"),
@@ -79,7 +102,7 @@ public sealed class ModelArgs
 
     public long[] Longs(string key, long[] fallback)
     {
-        if (!values.TryGetValue(key, out var v)) return fallback;
+        if (!values.TryGetValue(Ask(key), out var v)) return fallback;
         return v switch
         {
             object[] xs => xs.Select(x => { var d = ToDouble(key, x, "a list of integers"); return (long)d; }).ToArray(),

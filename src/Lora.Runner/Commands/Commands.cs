@@ -45,6 +45,7 @@ public static class Commands
         public int Forward(ForwardOptions o) => Guarded("forward", () => ForwardCommand.Run(o, stdout), stderr);
         public int Export(ExportOptions o) => Guarded("export", () => ExportCommand.Run(o, stdout), stderr);
         public int Combine(CombineOptions o) => Guarded("combine", () => CombineCommand.Run(o, stdout), stderr);
+        public int Eval(EvalOptions o) => Guarded("eval", () => EvalCommand.Run(o, stdout, stderr), stderr);
     }
 
     static int Print(TextWriter w, string line) { w.WriteLine(line); return 0; }
@@ -79,7 +80,8 @@ public static class Commands
         if (File.Exists(path) && !Directory.Exists(path))
             try { Lora.Core.IO.InputFile.Check(path, Lora.Core.IO.InputFile.MaxTextBytes, "spec"); }
             catch (InvalidDataException e) { stderr.WriteLine($"{path}: spec: {e.Message}"); return null; }
-        var check = Spec.check(path);
+        // what building each model would refuse is a spec error at its option's line
+        var check = Lora.Conversion.ToCore.checkSpec(path);
         foreach (var w in check.Warnings) stderr.WriteLine(w.ToWarningString());
         if (check.Result.IsOk) return check.Result.ResultValue;
         foreach (var e in check.Result.ErrorValue) stderr.WriteLine(e.ToString());
@@ -122,19 +124,32 @@ public static class Commands
         {
             var json = plan.ToJson();
             foreach (var node in json)
+            {
                 if (node is JsonObject run && slurmFailed.TryGetValue((string)run["hash"]!, out var slurmLog))
                 {
                     run["status"] = "failed";
                     run["log"] = slurmLog;
                 }
+                if (node is JsonObject r && plan.Runs.First(p => p.Hash == (string)r["hash"]!) is var pr && pr.Status == RunState.Done)
+                {
+                    if (plan.ArtifactsMissing(pr, store)) r["artifacts"] = "missing";
+                    if (store.CommitOf(pr.Hash) is { } commit) r["commit"] = commit;
+                }
+            }
             stdout.WriteLine(json.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
             return 0;
         }
+        // the code version is provenance, not identity: a result made at another commit says which
+        var head = Provenance.GitCommit();
+        string Done(PlannedRun r) =>
+            store.CommitOf(r.Hash) is { Length: >= 7 } c && head is not null && c != head ? $"done (made at commit {c[..7]})" : "done";
         var rows = plan.Runs.Select(r => new[]
         {
             r.Hash, r.Id, r.Run.DependsOn ?? "-",
             r.Status == RunState.Failed ? $"failed (log: {store.LogPath(r.Hash)})"
             : slurmFailed.TryGetValue(r.Hash, out var slurmLog) ? $"failed in Slurm (log: {slurmLog})"
+            : plan.ArtifactsMissing(r, store) ? Done(r) + ", artifacts missing (lora run recomputes them)"
+            : r.Status == RunState.Done ? Done(r)
             : r.Status.ToString().ToLowerInvariant(),
         }).ToList();
         var header = new[] { "hash", "name", "dependsOn", "status" };
@@ -164,10 +179,51 @@ public static class Commands
         var forced = o.Force
             ? selected.Where(r => o.Only is null || Plan.Matches(o.Only, r)).Select(r => r.Hash).ToHashSet()
             : [];
-        var summary = new PlanRunner(store, executor, stdout).Execute(selected, o.Device, forced, commandLine, ct);
+        if (o.Verify) return Verify(o, experiments, selected, store, executor, commandLine, stdout, stderr, ct);
+        // a done run that --only names is recomputed when its artifacts are missing
+        var wanted = o.Only is null ? null : selected.Where(r => Plan.Matches(o.Only, r)).Select(r => r.Hash).ToHashSet();
+        var summary = new PlanRunner(store, executor, stdout).Execute(selected, o.Device, forced, commandLine, ct, wanted);
         // Tables come from whatever results exist, so they are worth regenerating after a partial run too.
         if (o.Tables is not null) WriteTables(store, o.Tables, experiments, stdout);
         return summary.Ok ? 0 : 1;
+    }
+
+    /// <summary>`lora run SPEC... --verify`: every committed result of the selection is recomputed (its
+    /// base runs too) with its metrics in a scratch folder and its weights in the artifacts folder,
+    /// then compared with the committed one bit for bit; any difference is reported by run and value
+    /// (exit 1). --write-tables writes the tables of the recomputed results.</summary>
+    static int Verify(RunOptions o, IEnumerable<Experiment> experiments, IReadOnlyList<PlannedRun> selected, ResultsStore store, IRunExecutor executor, string commandLine,
+        TextWriter stdout, TextWriter stderr, CancellationToken ct)
+    {
+        var committed = selected.Where(r => store.IsDone(r.Hash)).ToList();
+        if (committed.Count == 0)
+        {
+            stderr.WriteLine($"--verify: no run of {string.Join(" ", o.Specs)} has a committed result in {store.Root}: nothing to verify (lora run without --verify runs them)");
+            return 2;
+        }
+        var byHash = selected.ToDictionary(r => r.Hash);
+        var keep = new HashSet<string>();
+        void Add(PlannedRun r) { if (keep.Add(r.Hash) && r.Run.DependsOn is { } d && byHash.TryGetValue(d, out var dep)) Add(dep); }
+        foreach (var r in committed) Add(r);
+        var toRun = selected.Where(r => keep.Contains(r.Hash)).ToList();
+        var scratchRoot = Path.Combine(store.ArtifactsRoot, ".verify");
+        if (Directory.Exists(scratchRoot)) Directory.Delete(scratchRoot, recursive: true);
+        var scratch = new ResultsStore(Path.Combine(scratchRoot, "results"), store.ArtifactsRoot);
+        stdout.WriteLine($"verify: recomputing {toRun.Count} run(s) ({committed.Count} committed) into {scratch.Root}");
+        var summary = new PlanRunner(scratch, executor, stdout).Execute(toRun, o.Device, new HashSet<string>(), commandLine, ct);
+        int differing = 0, missing = 0;
+        foreach (var r in committed)
+        {
+            if (!scratch.IsDone(r.Hash)) { missing++; stdout.WriteLine($"NOT RECOMPUTED {r.Hash} {r.Id}: the recomputation failed (see above)"); continue; }
+            var differences = ResultComparison.Differences(ResultComparison.Read(store.MetricsPath(r.Hash)), ResultComparison.Read(scratch.MetricsPath(r.Hash)));
+            if (differences.Count == 0) { stdout.WriteLine($"verified  {r.Hash} {r.Id}: equal bit for bit"); continue; }
+            differing++;
+            stdout.WriteLine($"DIFFERENT {r.Hash} {r.Id}: {differences.Count} value(s) differ from the committed result:");
+            foreach (var d in differences) stdout.WriteLine($"  {r.Id}: {d}");
+        }
+        stdout.WriteLine($"verify: {committed.Count - differing - missing} of {committed.Count} committed result(s) reproduced bit for bit, {differing} differ, {missing} not recomputed");
+        if (o.Tables is not null) WriteTables(scratch, o.Tables, experiments, stdout);
+        return summary.Ok && differing == 0 && missing == 0 ? 0 : 1;
     }
 
     public static int TablesCommand(TablesOptions o, TextWriter stdout, TextWriter stderr)

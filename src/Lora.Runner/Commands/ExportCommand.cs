@@ -6,16 +6,23 @@ using static TorchSharp.torch;
 
 namespace Lora.Runner;
 
-/// `lora export --model M [--model-config J] [--weights W] [--adapter A] --out model.onnx`: the
+/// `lora export --model M [--model-config J] [--weights W] [--adapter A] --out model.onnx` (or
+/// `--run HASH|DIR` for a finished run's model): the
 /// merged model (as merge-and-unload gives it) as an ONNX file. Nothing is written unless the whole
 /// export succeeds (atomic write); the inputs are only read.
 public static class ExportCommand
 {
     public static int Run(ExportOptions o, TextWriter stdout)
     {
-        using var model = ModelSource.LoadMerged(o.Model, o.ModelConfig, o.Weights, o.Adapters, plain: true);
-        WriteOnnx(model, o.Model, o.Out);
-        stdout.WriteLine($"exported {o.Model}{(o.Adapter is null ? "" : o.Adapters.Disabled ? " (adapters disabled)" : $" with {ModelSource.Describe(o.Adapters)} merged")}: wrote {o.Out}");
+        if (ModelSource.OneOf(o.Model, o.Run) is { } which) throw new BadModelException(which);
+        var run = o.Run is null ? null : RunLocation.Resolve(o.Run, o.Results);
+        using var model = run is null
+            ? ModelSource.LoadMerged(o.Model, o.ModelConfig, o.Weights, o.Adapters, plain: true)
+            : RunModel.Load(run, new RunOverrides(o.ModelConfig, o.Weights, o.Adapters), mustMerge: true);
+        var name = o.Model ?? run!.Card.Model;
+        WriteOnnx(model, name, o.Out);
+        var adapters = o.Adapters.Paths.IsEmpty && run?.Card.Weights == RunCard.AdapterWeights ? "its adapter" : o.Adapters.Paths.IsEmpty ? null : ModelSource.Describe(o.Adapters);
+        stdout.WriteLine($"exported {(run is null ? o.Model : $"run {run.Card.Id}")}{(adapters is null ? "" : o.Adapters.Disabled ? " (adapters disabled)" : $" with {adapters} merged")}: wrote {o.Out}");
         return 0;
     }
 

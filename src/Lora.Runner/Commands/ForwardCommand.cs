@@ -7,14 +7,19 @@ using static TorchSharp.torch;
 
 namespace Lora.Runner;
 
-/// `lora forward --model M [--model-config J] [--weights W] [--adapter A] --input in.safetensors --out out.safetensors`:
+/// `lora forward --model M [--model-config J] [--weights W] [--adapter A] --input in.safetensors --out out.safetensors`
+/// (or `--run HASH|DIR` for a finished run's model, its adapter applied as the method allows):
 /// the eval-mode forward of the tensor `input`, written as the tensor `output` (fp32): how users
 /// check parity with another framework (the tests check imported graphs against ONNX Runtime).
 public static class ForwardCommand
 {
     public static int Run(ForwardOptions o, TextWriter stdout)
     {
-        using var model = ModelSource.LoadMerged(o.Model, o.ModelConfig, o.Weights, o.Adapters);
+        if (ModelSource.OneOf(o.Model, o.Run) is { } which) throw new BadModelException(which);
+        var run = o.Run is null ? null : RunLocation.Resolve(o.Run, o.Results);
+        using var model = run is null
+            ? ModelSource.LoadMerged(o.Model, o.ModelConfig, o.Weights, o.Adapters)
+            : RunModel.Load(run, new RunOverrides(o.ModelConfig, o.Weights, o.Adapters), mustMerge: false);
         var tensors = Safetensors.Load(o.Input);
         if (!tensors.TryGetValue("input", out var input))
             throw new InvalidDataException($"'{o.Input}' has no tensor named 'input' (it has {string.Join(", ", tensors.Keys.Take(5))})");
@@ -22,7 +27,7 @@ public static class ForwardCommand
         using var x = input.to(ScalarType.Float32);
         using var y = model.call(x).to(ScalarType.Float32);
         Safetensors.Save(o.Out, [new("output", y)]);
-        stdout.WriteLine($"forward of {o.Model} on input [{string.Join(", ", x.shape)}]: wrote {o.Out} (output [{string.Join(", ", y.shape)}])");
+        stdout.WriteLine($"forward of {o.Model ?? run!.Card.Id} on input [{string.Join(", ", x.shape)}]: wrote {o.Out} (output [{string.Join(", ", y.shape)}])");
         return 0;
     }
 }

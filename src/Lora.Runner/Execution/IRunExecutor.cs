@@ -35,6 +35,8 @@ public sealed class RunContext
     public required string ArtifactsDir { get; init; }
     /// <summary>The artifacts folder of the run this one depends on (its weights), or null.</summary>
     public string? BaseArtifactsDir { get; init; }
+    /// <summary>The model card of the run this one depends on (its input channels and size), or null.</summary>
+    public string? BaseCardPath { get; init; }
     /// <summary>"cpu" or "cuda": the spec's device unless --device overrode it.</summary>
     public required string Device { get; init; }
     /// <summary>Progress lines for the console and the run's log.</summary>
@@ -59,6 +61,8 @@ public sealed class RunResult
     public int? SelectedEpoch { get; init; }
     /// <summary>How <see cref="SelectedEpoch"/> was chosen, for people; null without selection.</summary>
     public string? Selection { get; init; }
+    /// <summary>The run's model card, written as model-card.json beside metrics.json (null: none).</summary>
+    public RunCard? Card { get; init; }
 }
 
 /// <summary>The seam between the runner and training: the lead implements this against Lora.Core.</summary>

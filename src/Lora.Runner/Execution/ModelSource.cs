@@ -32,8 +32,7 @@ static class ModelSource
     /// An imported ONNX graph; num_classes (from --model-config or --classes) gives it a new head.
     public static Lora.Core.Onnx.OnnxModule ImportOnnx(string path, ModelArgs args, Device? device = null)
     {
-        var m = new Lora.Core.Onnx.OnnxModule(Lora.Core.Onnx.OnnxGraph.Read(path),
-            new Lora.Core.Onnx.OnnxImportOptions(NumClasses: args.Has("num_classes") ? args.Long("num_classes", 0) : null));
+        var m = Lora.Conversion.ToCore.importOnnx(path, args);
         if (device is not null) m.to(device);
         return m;
     }
@@ -84,15 +83,20 @@ static class ModelSource
             : File.Exists(path) ? throw new InvalidDataException($"'{path}' is a file, not an adapter folder (expected a PEFT folder with {AdapterCheckpoint.ConfigFile} and {AdapterCheckpoint.WeightsFile})")
             : throw new DirectoryNotFoundException($"adapter folder '{path}' does not exist (expected a PEFT folder with {AdapterCheckpoint.ConfigFile} and {AdapterCheckpoint.WeightsFile})");
 
-    /// The model in eval mode: --weights loaded strictly, then --adapter merged in (merge-and-unload).
-    public static nn.Module<Tensor, Tensor> LoadMerged(string name, string? modelConfig, string? weights, string? adapter)
-    {
-        var model = Create(name, Args(modelConfig));
-        if (weights is not null) StateDict.Load(model, weights, strict: true);
-        if (adapter is not null) model = (nn.Module<Tensor, Tensor>)AdapterCheckpoint.Load(model, AdapterFolder(adapter)).MergeAndUnload();
-        model.eval();
-        return model;
-    }
+    /// "give --model or --run" when neither or both are given, else null.
+    public static string? OneOf(string? model, string? run) =>
+        model is null && run is null ? "give --model NAME (with its weights) or --run HASH (a finished run)"
+        : model is not null && run is not null ? "give --model or --run, not both (a run's card names its model)"
+        : null;
+
+    /// An adapter folder applied to the model: merged (merge-and-unload) when the method can merge;
+    /// otherwise kept as it is, or refused with the method's reason when <paramref name="mustMerge"/>.
+    public static nn.Module<Tensor, Tensor> ApplyAdapter(nn.Module<Tensor, Tensor> model, string adapter, bool mustMerge) =>
+        MergeAdapters(model, One(adapter), plain: mustMerge);
+
+    /// One adapter folder, weight 1: what a single --adapter (or a run's own adapter) is.
+    public static Lora.CommandLine.AdapterChoice One(string adapter, bool disabled = false) =>
+        new(Microsoft.FSharp.Collections.ListModule.OfSeq([adapter]), Microsoft.FSharp.Collections.FSharpList<double>.Empty, "cat", null, null, disabled);
 
     /// The name of the adapter a weighted combination of the command line's adapters gets.
     public const string CombinedName = "combined";
@@ -110,12 +114,15 @@ static class ModelSource
         return model;
     }
 
-    /// The model with the command line's adapters merged in (see <see cref="LoadMerged(string, string?, string?, Lora.CommandLine.AdapterChoice, bool)"/>).
+    /// The model with the command line's adapters merged in (see <see cref="LoadMerged"/>).
     public static nn.Module<Tensor, Tensor> MergeAdapters(nn.Module<Tensor, Tensor> model, Lora.CommandLine.AdapterChoice adapters, bool plain = false)
     {
         if (ApplyAdapters(model, adapters) is not { } tuned) return model;
         if (adapters.Disabled) return plain ? (nn.Module<Tensor, Tensor>)tuned.Unload() : model;
-        return (nn.Module<Tensor, Tensor>)tuned.MergeAndUnload();
+        // a method that cannot merge (a bottleneck Adapter) runs in place for forward and predict
+        // (the same outputs); plain layers (merge, export) refuse it with the method's reason
+        bool mergeable = tuned.ActiveAdapter is not { } a || tuned.Configs[a].Method.NotMergeable is null;
+        return mergeable || plain ? (nn.Module<Tensor, Tensor>)tuned.MergeAndUnload() : model;
     }
 
     /// The command line's adapters applied to the model (its weights already loaded): none → null;

@@ -9,15 +9,24 @@ namespace Lora.Runner;
 public sealed record RunSummary(int Ran, int Skipped, int Failed, int Blocked)
 {
     public bool Ok => Failed == 0 && Blocked == 0;
+    /// <summary>Done runs run again for their missing artifacts (their committed metrics kept).</summary>
+    public int Recomputed { get; init; }
+    /// <summary>Of those, the runs whose recomputed metrics differ from the committed ones.</summary>
+    public int Differing { get; init; }
 }
 
 /// <summary>Executes the selected runs of a plan in dependency order, one claim and one atomic result each.</summary>
 public sealed class PlanRunner(ResultsStore store, IRunExecutor executor, TextWriter log)
 {
     /// <param name="forced">hashes to run again even if done (--force applies to the runs --only matched, not to their bases)</param>
-    public RunSummary Execute(IReadOnlyList<PlannedRun> selected, string? deviceOverride, IReadOnlySet<string> forced, string commandLine, CancellationToken ct = default)
+    /// <param name="wanted">done runs whose artifacts are wanted (--only matched them): recomputed when missing</param>
+    public RunSummary Execute(IReadOnlyList<PlannedRun> selected, string? deviceOverride, IReadOnlySet<string> forced, string commandLine, CancellationToken ct = default,
+        IReadOnlySet<string>? wanted = null)
     {
-        int ran = 0, skipped = 0, failed = 0, blocked = 0;
+        int ran = 0, skipped = 0, failed = 0, blocked = 0, recomputed = 0, differing = 0;
+        // the base runs whose weights a run that will execute starts from
+        var needed = selected.Where(r => forced.Contains(r.Hash) || !store.IsDone(r.Hash))
+            .Select(r => r.Run.DependsOn).OfType<string>().ToHashSet();
         foreach (var p in selected)
         {
             ct.ThrowIfCancellationRequested();
@@ -25,6 +34,20 @@ public sealed class PlanRunner(ResultsStore store, IRunExecutor executor, TextWr
             var force = forced.Contains(run.Hash);
             if (!force && store.IsDone(run.Hash))
             {
+                if ((needed.Contains(run.Hash) || wanted?.Contains(run.Hash) == true) && !store.HasWeights(run.Hash))
+                {
+                    // committed results carry no weights: recompute them, and check the metrics come out the same
+                    using var recomputeClaim = store.TryClaim(run.Hash);
+                    if (recomputeClaim is not null && !store.HasWeights(run.Hash))
+                    {
+                        log.WriteLine($"recompute {run.Hash} {run.Id}: done, but its artifacts are missing ({store.ArtifactsDir(run.Hash)})");
+                        var ok = RunOne(run, deviceOverride, commandLine, ct, recompute: true);
+                        if (!ok) { failed++; continue; }
+                        recomputed++;
+                        if (!ReportComparison(run, store.MetricsPath(run.Hash), store.RecomputedMetricsPath(run.Hash))) differing++;
+                        continue;
+                    }
+                }
                 skipped++;
                 continue;
             }
@@ -51,11 +74,28 @@ public sealed class PlanRunner(ResultsStore store, IRunExecutor executor, TextWr
             }
             if (RunOne(run, deviceOverride, commandLine, ct)) ran++; else failed++;
         }
-        log.WriteLine($"{ran} ran, {skipped} skipped, {failed} failed, {blocked} blocked");
-        return new RunSummary(ran, skipped, failed, blocked);
+        log.WriteLine($"{ran} ran, {skipped} skipped, {failed} failed, {blocked} blocked" +
+            (recomputed > 0 ? $", {recomputed} recomputed for missing artifacts ({differing} with different metrics)" : ""));
+        return new RunSummary(ran, skipped, failed, blocked) { Recomputed = recomputed, Differing = differing };
     }
 
-    bool RunOne(ResolvedRun run, string? deviceOverride, string commandLine, CancellationToken ct)
+    /// Says loudly, by run and metric, where a recomputed result differs from the committed one;
+    /// true when they are equal bit for bit.
+    bool ReportComparison(ResolvedRun run, string committedPath, string recomputedPath)
+    {
+        var differences = ResultComparison.Differences(ResultComparison.Read(committedPath), ResultComparison.Read(recomputedPath));
+        if (differences.Count == 0)
+        {
+            log.WriteLine($"  reproduced: the recomputed metrics of {run.Id} equal the committed ones bit for bit");
+            return true;
+        }
+        log.WriteLine($"DIFFERENT {run.Hash} {run.Id}: the recomputed result differs from the committed one ({differences.Count} value(s); committed kept, recomputed in {recomputedPath}):");
+        foreach (var d in differences) log.WriteLine($"  {run.Id}: {d}");
+        return false;
+    }
+
+    /// <param name="recompute">a done run rerun for its artifacts: its metrics go beside them, the committed ones stay</param>
+    bool RunOne(ResolvedRun run, string? deviceOverride, string commandLine, CancellationToken ct, bool recompute = false)
     {
         var resultDir = store.ResultDir(run.Hash);
         var artifacts = SafePath.CreateDirectory(store.ArtifactsRoot, store.ArtifactsDir(run.Hash));
@@ -71,6 +111,7 @@ public sealed class PlanRunner(ResultsStore store, IRunExecutor executor, TextWr
             ResultDir = resultDir,
             ArtifactsDir = artifacts,
             BaseArtifactsDir = run.DependsOn is { } d ? store.ArtifactsDir(d) : null,
+            BaseCardPath = run.DependsOn is { } b ? store.CardPath(b) : null,
             Device = device,
             Log = Log,
             LogFileOnly = logFile.WriteLine,
@@ -82,7 +123,11 @@ public sealed class PlanRunner(ResultsStore store, IRunExecutor executor, TextWr
         {
             var result = executor.Execute(run, ctx, ct);
             RunResultCheck.RequireFinite(result);
-            store.Save(Record(run, result, clock.Elapsed.TotalSeconds, provenance));
+            var record = Record(run, result, clock.Elapsed.TotalSeconds, provenance);
+            // the card first: metrics.json is what marks the run done (a recomputation keeps a committed card)
+            if (result.Card is { } card && !(recompute && File.Exists(store.CardPath(run.Hash)))) RunCard.Write(store.CardPath(run.Hash), card);
+            if (recompute) AtomicFile.WriteAllText(store.RecomputedMetricsPath(run.Hash), RunRecordJson.Write(record));
+            else store.Save(record);
             return true;
         }
         catch (OperationCanceledException) { throw; }

@@ -20,7 +20,9 @@ public sealed record RunData(ImageDataset? Train, ImageDataset? Validation, Segm
     /// Fashion-MNIST is read once per process; every view of it is cut from these copies.
     static readonly Dictionary<(string?, bool), ImageDataset> fashionCache = new();
 
-    public static RunData Load(DatasetView view, Task task, int? imageSize)
+    /// <param name="imageSize">the spec's image_size (null: the model's own)</param>
+    /// <param name="model">the model's fixed input size and channels, where it has them: an image folder is read at them</param>
+    public static RunData Load(DatasetView view, Task task, int? imageSize, (int? Size, int? Channels) model = default)
     {
         RunData Classification(ImageDataset trainSet, ImageDataset valSet) =>
             new(Limit(trainSet, view.LimitTrain, view.Seed), Limit(valSet, view.LimitVal, view.Seed + 1), null, null);
@@ -45,7 +47,8 @@ public sealed record RunData(ImageDataset? Train, ImageDataset? Validation, Segm
             imageFolder: root =>
             {
                 NoSegmentation();
-                var all = View(ImageFolder.Load(root, imageSize ?? 224), view, $"image folder '{root}'");
+                // decoded straight to what the model takes (a 1-channel model reads grey images)
+                var all = View(ImageFolder.Load(root, imageSize ?? model.Size ?? 224, model.Channels == 1 ? 1 : 3), view, $"image folder '{root}'");
                 var (trainSet, valSet) = all.Split(view.ValFraction, view.Seed);
                 return Classification(trainSet, valSet);
             },

@@ -29,12 +29,16 @@ public sealed class TrainingExecutor : IRunExecutor
         var training = spec.Training;
         // on CPU, the run's memory is its peak above what the process held before it began
         var baseline = PeakMemory.ProcessResidentBytes();
-        var data = RunData.Load(spec.Dataset, spec.Task, OptionInt(training.ImageSize));
+        var input = ModelInput(spec, ctx);
+        var data = RunData.Load(spec.Dataset, spec.Task, OptionInt(training.ImageSize), input);
         ctx.Log($"data: {data.TrainCount} training items, {data.Height}x{data.Height}x{data.Channels}, {data.OutputClasses} output class(es)");
+        if (spec.Dataset.Source.IsImageFolder && (input.Size is not null || input.Channels is not null))
+            ctx.Log($"input: the image folder is read as the model takes it: {(input.Channels == 1 ? "grey" : "RGB")}{(input.Size is int sz && OptionInt(training.ImageSize) is null ? $" at {sz} px" : "")}");
 
         // Same seed, same initial weights and adapters: what makes a killed run resumable.
         torch.manual_seed(spec.Seed);
-        using var model = BuildModel(spec, ctx, data);
+        var (built, args) = BuildModel(spec, ctx, data, input.Channels);
+        using var model = built;
         var tuned = ToCore.apply(ToCore.ofRun(spec, model), model);
         var summary = ParameterSummary.Of(model);
         ctx.Log($"parameters: {summary.Total:N0} total, {summary.Trainable:N0} trainable");
@@ -51,9 +55,10 @@ public sealed class TrainingExecutor : IRunExecutor
             Precision = PrecisionOf(training.Precision),
             CheckpointDir = Path.Combine(ctx.ArtifactsDir, CheckpointFolder),
             CheckpointEverySteps = 10,
-            TrainTransforms = InputTransforms(model, data, OptionInt(training.ImageSize)),
+            TrainTransforms = InputTransforms(model, data, OptionInt(training.ImageSize), ctx.Log),
             EvalAtStart = true,
         };
+        var card = CardOf(run, args, model, data, options.TrainTransforms, tuned);
         var trainer = new Trainer(model, options);
         TrainResult Train(IProgress<TrainingProgress> progress) => data.IsSegmentation
             ? trainer.Resume(data.SegTrain!, data.SegValidation, progress, ct)
@@ -73,7 +78,7 @@ public sealed class TrainingExecutor : IRunExecutor
         SaveWeights(spec, model, tuned, ctx.ArtifactsDir);
         // The final weights are saved: the checkpoint is no longer needed to resume.
         Directory.Delete(options.CheckpointDir, recursive: true);
-        return AboveBaseline(ToRunResult(result, summary, tuned), baseline);
+        return AboveBaseline(ToRunResult(result, summary, tuned, card), baseline);
     }
 
     /// A CPU peak (the process's VmHWM) less the resident set before the run: the run's own share.
@@ -87,7 +92,7 @@ public sealed class TrainingExecutor : IRunExecutor
         {
             Metrics = r.Metrics, Curve = r.Curve, TotalParams = r.TotalParams, TrainableParams = r.TrainableParams,
             TrainSeconds = r.TrainSeconds, PeakMemoryBytes = Math.Max(0, peak - b), Extra = extra,
-            SelectedEpoch = r.SelectedEpoch, Selection = r.Selection,
+            SelectedEpoch = r.SelectedEpoch, Selection = r.Selection, Card = r.Card,
         };
     }
 
@@ -124,12 +129,67 @@ public sealed class TrainingExecutor : IRunExecutor
         return points.OrderBy(p => p.Step).ThenBy(p => p.ValMetric is null ? 0 : 1).ToList();
     }
 
-    static nn.Module<Tensor, Tensor> BuildModel(Run spec, RunContext ctx, RunData data)
+    /// The run's model card: what `predict`, `merge`, `forward`, `export` and `eval` rebuild it from.
+    static RunCard CardOf(ResolvedRun run, ModelArgs args, nn.Module model, RunData data, Transforms transforms, TunedModel? tuned)
+    {
+        var spec = run.Spec;
+        var card = Zoo.Card(model);
+        var classes = data.Train?.Classes.ToArray()
+            ?? Enumerable.Range(0, data.SegTrain!.NumClasses).Select(i => i == 0 ? "background" : data.SegTrain.NumClasses == 2 ? "object" : $"class {i}").ToArray();
+        return new RunCard
+        {
+            Hash = run.Hash,
+            Id = run.Id,
+            Source = spec.Model.IsOnnx ? "onnx" : "zoo",
+            Model = spec.Model.ZooModel.Name,
+            Options = (System.Text.Json.Nodes.JsonObject)System.Text.Json.Nodes.JsonNode.Parse(args.ToJson())!,
+            InChans = card.InChans,
+            InputSize = transforms.Size ?? data.Height,
+            Mean = transforms.Mean ?? [],
+            Std = transforms.Std ?? [],
+            Classes = classes,
+            Task = Canonical.taskName(spec.Task),
+            Classifier = card.Classifier,
+            Backbone = card.Backbone,
+            Method = spec.Method.Name,
+            Rank = spec.RankValue,
+            MethodConfig = (System.Text.Json.Nodes.JsonObject)System.Text.Json.Nodes.JsonNode.Parse(Lora.Dsl.JsonModule.write(Canonical.methodJson(spec.Method)))!,
+            Mergeable = tuned?.ActiveAdapter is not { } active || tuned.Configs[active].Method.NotMergeable is null,
+            Weights = tuned is null ? RunCard.ModelWeights : RunCard.AdapterWeights,
+            BaseRun = run.DependsOn,
+            BaseWeights = spec.Model is BaseModel.Weights w ? w.path : null,
+            Seed = spec.Seed,
+        };
+    }
+
+    /// The input size and channels the model fixes before any data is seen: a pretrained base's (its
+    /// card), else the model's own on the meta device where the spec or the name fixes them (a family
+    /// without in_chans takes the data's channels: null).
+    static (int? Size, int? Channels) ModelInput(Run spec, RunContext ctx)
+    {
+        if (ctx.BaseCardPath is { } path && File.Exists(path))
+        {
+            var b = RunCard.Read(path);
+            return (b.InputSize, (int)b.InChans);
+        }
+        var zoo = spec.Model.ZooModel;
+        var args = ToCore.modelArgs(zoo);
+        try
+        {
+            using var meta = spec.Model.IsOnnx ? ToCore.importOnnx(zoo.Name, args) : Zoo.Create(zoo.Name, args, torch.META);
+            var card = Zoo.Card(meta);
+            return ((int?)card.InputSize, args.Has("in_chans") || !IsFamily(zoo.Name) ? (int)card.InChans : null);
+        }
+        catch (ArgumentException) { return (null, null); } // the real build says what is wrong
+    }
+
+    static (nn.Module<Tensor, Tensor> Model, ModelArgs Args) BuildModel(Run spec, RunContext ctx, RunData data, int? channels)
     {
         var zooModel = spec.Model.ZooModel;
         var args = ToCore.modelArgs(zooModel).With("num_classes", (long)data.OutputClasses);
-        if (!args.Has("in_chans") && data.Channels == 1 && IsFamily(zooModel.Name)) args = args.With("in_chans", 1L);
-        var model = Zoo.Create(zooModel.Name, args);
+        // a family takes the channels of its base (a pretraining run's card), else the data's
+        if (!args.Has("in_chans") && IsFamily(zooModel.Name) && (channels ?? data.Channels) == 1) args = args.With("in_chans", 1L);
+        nn.Module<Tensor, Tensor> model = spec.Model.IsOnnx ? ToCore.importOnnx(zooModel.Name, args) : Zoo.Create(zooModel.Name, args);
         string? weights = spec.Model switch
         {
             BaseModel.FromPretrain => Path.Combine(ctx.BaseArtifactsDir
@@ -143,15 +203,10 @@ public sealed class TrainingExecutor : IRunExecutor
                 throw new FileNotFoundException($"{spec.Id}: the base weights {weights} do not exist" +
                     (spec.Model.IsFromPretrain ? " (did its pretraining run finish?)" : ""), weights);
             // The classifier is new whenever the class count differs: keep the model's fresh one.
-            var head = Zoo.Classifier(model);
-            var shapes = model.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.shape);
-            var fileShapes = Safetensors.ReadHeader(weights).Entries.ToDictionary(e => e.Name, e => e.Shape);
-            bool Skip(string key) => key.StartsWith(head + ".", StringComparison.Ordinal)
-                && fileShapes.TryGetValue(key, out var f) && shapes.TryGetValue(key, out var m) && !f.SequenceEqual(m);
-            StateDict.Load(model, weights, strict: true, skip: Skip);
+            BaseWeights.Load(model, weights);
             ctx.Log($"base weights: {weights}");
         }
-        return model;
+        return (model, args);
     }
 
     /// The family names take only what the spec gives; named models keep their own input channels.
@@ -159,14 +214,22 @@ public sealed class TrainingExecutor : IRunExecutor
 
     /// Grey → RGB when the model wants 3 channels; resize to the spec's image size, else to the
     /// model's fixed input size (ViT), else leave the data's size (convolutional models).
-    static Transforms InputTransforms(nn.Module model, RunData data, int? imageSize)
+    internal static Transforms InputTransforms(nn.Module model, RunData data, int? imageSize, Action<string> log)
     {
         var card = Zoo.Card(model);
         bool grey = data.Channels == 1 && card.InChans == 3;
-        int channels = grey ? 3 : data.Channels;
+        bool toGrey = data.Channels == 3 && card.InChans == 1;
+        if (!grey && !toGrey && data.Channels != card.InChans)
+            throw new InvalidDataException($"the model takes {card.InChans} input channels and the data has {data.Channels}: only grey <-> RGB converts; set the model's in_chans to 1 or 3");
+        int channels = (int)card.InChans;
+        int? size = imageSize is int wanted && wanted != data.Height ? wanted : card.InputSize is long s && s != data.Height ? (int)s : null;
+        if (grey) log("input: grey images repeated to 3 channels (the model takes RGB)");
+        if (toGrey) log("input: RGB images averaged to 1 channel (the model takes grey)");
+        if (size is int to) log($"input: resized {data.Height} -> {to} px ({(imageSize is null ? "the model's fixed input size" : "the spec's image_size")})");
         return new Transforms(
-            Size: imageSize is int wanted && wanted != data.Height ? wanted : card.InputSize is long s && s != data.Height ? (int)s : null,
+            Size: size,
             GreyToRgb: grey,
+            RgbToGrey: toGrey,
             Mean: card.Mean.Take(channels).Concat(Enumerable.Repeat(card.Mean[^1], Math.Max(0, channels - card.Mean.Count))).ToArray(),
             Std: card.Std.Take(channels).Concat(Enumerable.Repeat(card.Std[^1], Math.Max(0, channels - card.Std.Count))).ToArray());
     }
@@ -185,7 +248,7 @@ public sealed class TrainingExecutor : IRunExecutor
         else StateDict.Save(model, Path.Combine(dir, ModelFile));
     }
 
-    static RunResult ToRunResult(TrainResult r, ParameterSummary summary, TunedModel? tuned)
+    static RunResult ToRunResult(TrainResult r, ParameterSummary summary, TunedModel? tuned, RunCard card)
     {
         var metrics = new Dictionary<string, double> { ["loss"] = r.Final.Loss };
         if (r.Final.Top1 is double top1) metrics["accuracy"] = top1;
@@ -210,6 +273,7 @@ public sealed class TrainingExecutor : IRunExecutor
             TrainSeconds = r.TrainTime.TotalSeconds,
             PeakMemoryBytes = double.IsNaN(r.PeakMemoryMiB) ? null : (long)(r.PeakMemoryMiB * 1048576),
             Extra = extra,
+            Card = card,
         };
     }
 

@@ -41,6 +41,11 @@ public sealed class Plan
         return new Plan(planned);
     }
 
+    /// <summary>A done run that some run of the plan starts from, whose weights are not in the
+    /// artifacts folder (a fresh clone has the committed metrics only): `lora run` recomputes them.</summary>
+    public bool ArtifactsMissing(PlannedRun r, ResultsStore store) =>
+        r.Status == RunState.Done && Runs.Any(d => d.Run.DependsOn == r.Hash) && !store.HasWeights(r.Hash);
+
     /// <summary>--only: a glob (* and ?) over "experiment/name", or a hash prefix.</summary>
     public static bool Matches(string pattern, PlannedRun r)
     {

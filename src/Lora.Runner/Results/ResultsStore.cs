@@ -24,6 +24,14 @@ public sealed class ResultsStore
         ArtifactsRoot = Path.Combine(parent, Path.GetFileName(Root.TrimEnd(Path.DirectorySeparatorChar)) + "-artifacts");
     }
 
+    /// <summary>Results in one folder, artifacts in another (`run --verify`: metrics to a scratch
+    /// folder, weights to the real artifacts folder).</summary>
+    public ResultsStore(string root, string artifactsRoot)
+    {
+        Root = Path.GetFullPath(root);
+        ArtifactsRoot = Path.GetFullPath(artifactsRoot);
+    }
+
     public string Root { get; }
     public string ArtifactsRoot { get; }
 
@@ -32,8 +40,25 @@ public sealed class ResultsStore
     public string MetricsPath(string hash) => Path.Combine(ResultDir(hash), MetricsFile);
     public string FailedPath(string hash) => Path.Combine(ArtifactsDir(hash), FailedFile);
     public string LogPath(string hash) => Path.Combine(ArtifactsDir(hash), LogFile);
+    /// <summary>results/&lt;hash&gt;/model-card.json: what a run's consumers rebuild it from.</summary>
+    public string CardPath(string hash) => Path.Combine(ResultDir(hash), RunCard.FileName);
 
     public bool IsDone(string hash) => File.Exists(MetricsPath(hash));
+
+    /// <summary>The commit a done run's result was made at (its provenance), or null when unknown.</summary>
+    public string? CommitOf(string hash)
+    {
+        try { return (Load(hash)?.Provenance?["commit"] as System.Text.Json.Nodes.JsonValue)?.TryGetValue<string>(out var c) == true ? c : null; }
+        catch (Exception e) when (e is IOException or InvalidDataException or UnauthorizedAccessException) { return null; }
+    }
+
+    /// <summary>The metrics of a done run recomputed for its missing artifacts (beside them, not committed).</summary>
+    public string RecomputedMetricsPath(string hash) => Path.Combine(ArtifactsDir(hash), "recomputed-" + MetricsFile);
+
+    /// <summary>Whether the run's trained weights are there (the model file, or the adapter's).</summary>
+    public bool HasWeights(string hash) =>
+        File.Exists(Path.Combine(ArtifactsDir(hash), TrainingExecutor.ModelFile))
+        || File.Exists(Path.Combine(ArtifactsDir(hash), TrainingExecutor.AdapterFolder, Lora.Core.Tuning.AdapterCheckpoint.WeightsFile));
 
     public RunState StatusOf(string hash)
     {
