@@ -5,6 +5,15 @@ open Argu
 
 /// The `lora` command line (Argu): one union per subcommand, Usage on every case.
 module Cli =
+    /// Usage texts that several commands' options share (the adapter options, --run, --results).
+    module private Usage =
+        let weight = "the weight of the --adapter at the same position (one per adapter; default 1)"
+        let combination = "how several adapters combine: cat (default; exact Σ wᵢ·ΔWᵢ), linear or svd (PEFT's add_weighted_adapter)"
+        let svdRank = "the rank of an svd combination (default: the largest source rank)"
+        let svdClamp = "svd: clamp both factors to ± this quantile of their entries (PEFT's svd_clamp)"
+        let fromRun = "a finished run (its hash or results/HASH folder): model, weights and adapter from its model card"
+        let results = "the results folder a --run hash is looked up in (default: results)"
+
     type ValidateArgs =
         | [<MainCommand; ExactlyOnce>] Spec of spec: string
         interface IArgParserTemplate with
@@ -93,17 +102,17 @@ module Cli =
         interface IArgParserTemplate with
             member a.Usage =
                 match a with
-                | From_Run _ -> "a finished run (its hash or results/HASH folder): model, weights and adapter from its model card"
-                | Results _ -> "the results folder a --run hash is looked up in (default: results)"
+                | From_Run _ -> Usage.fromRun
+                | Results _ -> Usage.results
                 | Model _ -> "a zoo model name"
                 | Model_Config _ -> "a JSON file of model options"
                 | Weights _ -> "the base model's safetensors file"
                 | Adapter _ -> "the adapter folder or safetensors file (repeat for several, combined with --weight)"
                 | Out _ -> "the merged safetensors file to write"
-                | Weight _ -> "the weight of the --adapter at the same position (one per adapter; default 1)"
-                | Combination _ -> "how several adapters combine: cat (default; exact Σ wᵢ·ΔWᵢ), linear or svd (PEFT's add_weighted_adapter)"
-                | Svd_Rank _ -> "the rank of an svd combination (default: the largest source rank)"
-                | Svd_Clamp _ -> "svd: clamp both factors to ± this quantile of their entries (PEFT's svd_clamp)"
+                | Weight _ -> Usage.weight
+                | Combination _ -> Usage.combination
+                | Svd_Rank _ -> Usage.svdRank
+                | Svd_Clamp _ -> Usage.svdClamp
 
     type ForwardArgs =
         | Model of model: string
@@ -123,15 +132,15 @@ module Cli =
             member a.Usage =
                 match a with
                 | Model _ -> "a zoo model name or an .onnx file"
-                | From_Run _ -> "a finished run (its hash or results/HASH folder): model, weights and adapter from its model card"
-                | Results _ -> "the results folder a --run hash is looked up in (default: results)"
+                | From_Run _ -> Usage.fromRun
+                | Results _ -> Usage.results
                 | Model_Config _ -> "a JSON file of model options (num_classes, ...)"
                 | Weights _ -> "the model's safetensors file"
                 | Adapter _ -> "an adapter folder to apply (repeat for several, combined with --weight)"
-                | Weight _ -> "the weight of the --adapter at the same position (one per adapter; default 1)"
-                | Combination _ -> "how several adapters combine: cat (default; exact Σ wᵢ·ΔWᵢ), linear or svd (PEFT's add_weighted_adapter)"
-                | Svd_Rank _ -> "the rank of an svd combination (default: the largest source rank)"
-                | Svd_Clamp _ -> "svd: clamp both factors to ± this quantile of their entries (PEFT's svd_clamp)"
+                | Weight _ -> Usage.weight
+                | Combination _ -> Usage.combination
+                | Svd_Rank _ -> Usage.svdRank
+                | Svd_Clamp _ -> Usage.svdClamp
                 | Disable_Adapter -> "load the adapters, then disable them: the base model's output (a check)"
                 | Input _ -> "a safetensors file with the tensor 'input'"
                 | Out _ -> "the safetensors file to write, with the tensor 'output' (fp32)"
@@ -153,15 +162,15 @@ module Cli =
             member a.Usage =
                 match a with
                 | Model _ -> "an .onnx file, resnet18_mlnet, or a ViT, ConvNeXt or ResNet zoo model"
-                | From_Run _ -> "a finished run (its hash or results/HASH folder): model, weights and adapter from its model card"
-                | Results _ -> "the results folder a --run hash is looked up in (default: results)"
+                | From_Run _ -> Usage.fromRun
+                | Results _ -> Usage.results
                 | Model_Config _ -> "a JSON file of model options (num_classes, ...)"
                 | Weights _ -> "the model's safetensors file"
                 | Adapter _ -> "an adapter folder, merged into the weights (repeat for several, combined with --weight)"
-                | Weight _ -> "the weight of the --adapter at the same position (one per adapter; default 1)"
-                | Combination _ -> "how several adapters combine: cat (default; exact Σ wᵢ·ΔWᵢ), linear or svd (PEFT's add_weighted_adapter)"
-                | Svd_Rank _ -> "the rank of an svd combination (default: the largest source rank)"
-                | Svd_Clamp _ -> "svd: clamp both factors to ± this quantile of their entries (PEFT's svd_clamp)"
+                | Weight _ -> Usage.weight
+                | Combination _ -> Usage.combination
+                | Svd_Rank _ -> Usage.svdRank
+                | Svd_Clamp _ -> Usage.svdClamp
                 | Disable_Adapter -> "load the adapters, then disable them: export the base model (a check)"
                 | Out _ -> "the .onnx file to write"
 
@@ -189,14 +198,14 @@ module Cli =
                 | Images _ -> "image files to classify"
                 | Model _ -> "a zoo model name"
                 | From_Run _ -> "a finished run (its hash or results/HASH folder): model, weights, adapter, input size, mean/std and labels from its model card"
-                | Results _ -> "the results folder a --run hash is looked up in (default: results)"
+                | Results _ -> Usage.results
                 | Model_Config _ -> "a JSON file of model options"
                 | Weights _ -> "the model's safetensors file"
                 | Adapter _ -> "an adapter to apply (repeat for several, combined with --weight)"
-                | Weight _ -> "the weight of the --adapter at the same position (one per adapter; default 1)"
-                | Combination _ -> "how several adapters combine: cat (default; exact Σ wᵢ·ΔWᵢ), linear or svd (PEFT's add_weighted_adapter)"
-                | Svd_Rank _ -> "the rank of an svd combination (default: the largest source rank)"
-                | Svd_Clamp _ -> "svd: clamp both factors to ± this quantile of their entries (PEFT's svd_clamp)"
+                | Weight _ -> Usage.weight
+                | Combination _ -> Usage.combination
+                | Svd_Rank _ -> Usage.svdRank
+                | Svd_Clamp _ -> Usage.svdClamp
                 | Disable_Adapter -> "load the adapters, then disable them: the base model's predictions (a check)"
                 | Labels _ -> "a text file with one label per line"
                 | Top_K _ -> "how many labels per image (default 5)"
@@ -220,10 +229,10 @@ module Cli =
                 | Model_Config _ -> "a JSON file of model options"
                 | Adapter _ -> "an adapter folder (repeat: the adapters to combine)"
                 | Out _ -> "the adapter folder to write (adapter_config.json + adapter_model.safetensors, loadable by PEFT)"
-                | Weight _ -> "the weight of the --adapter at the same position (one per adapter; default 1)"
-                | Combination _ -> "how several adapters combine: cat (default; exact Σ wᵢ·ΔWᵢ), linear or svd (PEFT's add_weighted_adapter)"
-                | Svd_Rank _ -> "the rank of an svd combination (default: the largest source rank)"
-                | Svd_Clamp _ -> "svd: clamp both factors to ± this quantile of their entries (PEFT's svd_clamp)"
+                | Weight _ -> Usage.weight
+                | Combination _ -> Usage.combination
+                | Svd_Rank _ -> Usage.svdRank
+                | Svd_Clamp _ -> Usage.svdClamp
 
     type BenchArgs =
         | [<Mandatory>] Model of model: string
@@ -301,7 +310,7 @@ module Cli =
             member a.Usage =
                 match a with
                 | From_Run _ -> "the finished run to evaluate (its hash or results/HASH folder)"
-                | Results _ -> "the results folder a --run hash is looked up in (default: results)"
+                | Results _ -> Usage.results
                 | Dataset _ -> "a source as a spec names it (fashion_mnist, cifar, image_folder, segmentation_pairs, composed_segmentation), or a YAML file holding a spec's dataset: entry"
                 | Path _ -> "the data set's folder (with a source name)"
                 | Classes _ -> "the class subset, in the run's label order (comma-separated)"
