@@ -28,6 +28,7 @@ let all =
         DataTests.tests
         TrainingTests.tests
         DslTests.tests
+        GridAxesTests.tests
         RunnerTests.tests
         ParityTests.tests
         EndToEndTests.tests
