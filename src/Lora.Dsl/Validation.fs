@@ -319,7 +319,9 @@ module Validation =
               | _ -> ()
               if e.Task = Segmentation then
                   if runs |> List.exists (fun r -> r.Training.CropPadding > 0 || r.Training.RandomResizedCrop.IsSome) then
-                      yield err (at + ".random_resized_crop") "crop_padding and random_resized_crop apply to classification only (masks are not cropped); hflip works for both" ]
+                      yield err (at + ".random_resized_crop") "crop_padding and random_resized_crop apply to classification only (masks are not cropped); hflip works for both"
+                  if runs |> List.exists (fun r -> r.Training.LabelSmoothing > 0.0) then
+                      yield err (at + ".label_smoothing") "label_smoothing applies to classification only" ]
 
     /// Every problem of a suite of experiments (paths "experiments[i]...").
     let suite (exists: string -> bool) (es: Experiment list) =

@@ -153,7 +153,7 @@ let experiment (name: string) =
         let! seeds = Gen.subListOf [ 0; 1; 7 ] |> Gen.filter (List.isEmpty >> not)
         let! t = training
         // segmentation masks are not cropped (validation refuses it)
-        let t = if task = Segmentation then { t with CropPadding = 0; RandomResizedCrop = None } else t
+        let t = if task = Segmentation then { t with CropPadding = 0; RandomResizedCrop = None; LabelSmoothing = 0.0 } else t
         // some methods as variants (a name, settings of their own), some training settings as axes
         let! asVariant = Gen.listOfLength methods.Length (Gen.elements [ false; false; true ])
         let! variantLr = Gen.elements [ [ Setting.Lr 0.01 ]; [ Setting.Epochs 2; Setting.Lr 0.003 ]; [] ]

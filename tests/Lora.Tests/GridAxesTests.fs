@@ -114,6 +114,31 @@ let tests =
                 Expect.equal runs.Length (nLr * nWd * (1 + 2 * nAlpha)) "head + lora × ranks × alphas, each × lr × wd"
                 Expect.equal (runs |> List.map (fun r -> r.Name) |> List.distinct).Length runs.Length "unique names"
                 Expect.equal (runs |> List.map (fun r -> r.Training.Lr, r.Training.WeightDecay) |> List.distinct |> List.length) (nLr * nWd) "every cell"))
+        test "recipe keys parse into the run's training; defaults written out keep the hash" {
+            let runs =
+                runsOf "    methods: [head]\n    sched: step\n    decay_epochs: 2\n    decay_rate: 0.5\n    min_lr: 0.0001\n    clip_grad: none\n    gradient_accumulation_steps: 2\n    label_smoothing: 0.1\n    hflip: true\n    crop_padding: 4\n    random_resized_crop: 0.35\n    early_stopping_patience: 3\n    head: reuse\n"
+            let t = runs.Head.Training
+            Expect.equal (t.Schedule, t.MinLr, t.ClipGrad, t.GradAccum, t.LabelSmoothing) (Step(2, 0.5), 0.0001, None, 2, 0.1) "schedule, clipping, accumulation, smoothing"
+            Expect.equal (t.HFlip, t.CropPadding, t.RandomResizedCrop) (true, 4, Some 0.35) "augmentation"
+            Expect.equal (t.Patience, t.Select, t.Head) (Some 3, BestEpoch, ReuseHead) "early stopping selects the best epoch unless select says otherwise"
+            let explicitDefaults = "    methods: [head]\n    sched: cosine\n    clip_grad: 1.0\n    gradient_accumulation_steps: 1\n    label_smoothing: 0\n    hflip: false\n    select: last\n    head: fresh\n"
+            Expect.equal (hashes (parseOk (spec explicitDefaults))) (hashes (parseOk (spec "    methods: [head]\n"))) "explicit defaults, same hash"
+            let body = "    methods: [head]\n    sched: step\n    decay_epochs: 2\n    label_smoothing: [0, 0.1]\n    early_stopping_patience: 3\n"
+            Expect.equal (hashes (parseOk (YamlSpec.write (parseOk (spec body))))) (hashes (parseOk (spec body))) "written and read back"
+        }
+        test "recipe errors are located" {
+            let check body needle (words: string) =
+                let errs = errors body
+                match errs |> List.tryFind (fun e -> e.Message.Contains words) with
+                | Some e -> Expect.equal (e.Line, e.Column) (locate (spec body) needle 0) (sprintf "%s: located (%A)" words e)
+                | None -> failtestf "no error with '%s' in %A" words errs
+            check "    methods: [head]\n    sched: step\n" "step" "needs decay_epochs"
+            check "    methods: [head]\n    decay_rate: 0.5\n" "0.5" "applies to sched: step only"
+            check "    methods: [head]\n    label_smoothing: 1.5\n" "1.5" "label_smoothing must be in [0, 1)"
+            check "    methods: [head]\n    head: old\n" "old" "expected one of fresh, reuse"
+            check "    methods: [head]\n    random_resized_crop: 2\n" "2\n" "smallest area fraction"
+            check "    methods: [head]\n    early_stopping_patience: 0\n" "0\n" "at least 1 epoch"
+        }
         test "located errors: empty lists, a value twice, two runs with one name" {
             let at (body: string) (needle: string) = locate (spec body) needle 0
             let check body needle (words: string) =

@@ -27,6 +27,7 @@ let all =
         ZooExportTests.tests
         DataTests.tests
         TrainingTests.tests
+        RecipeTests.tests
         DslTests.tests
         GridAxesTests.tests
         RunnerTests.tests

@@ -49,7 +49,21 @@ public sealed class TrainingExecutor : IRunExecutor
             Precision = PrecisionOf(training.Precision),
             CheckpointDir = Path.Combine(ctx.ArtifactsDir, CheckpointFolder),
             CheckpointEverySteps = 10,
-            TrainTransforms = InputTransforms(model, data, OptionInt(training.ImageSize)),
+            TrainTransforms = InputTransforms(model, data, OptionInt(training.ImageSize)) with
+            {
+                HorizontalFlip = training.HFlip,
+                CropPadding = training.CropPadding,
+                RandomResizedCropScale = OptionDouble(training.RandomResizedCrop) ?? 0,
+            },
+            Schedule = ScheduleOf(training.Schedule),
+            DecayEpochs = training.Schedule is Schedule.Step step ? step.decayEpochs : 1,
+            DecayRate = training.Schedule is Schedule.Step step2 ? step2.decayRate : 0.1,
+            MinLearningRate = training.MinLr,
+            ClipGradNorm = OptionDouble(training.ClipGrad) ?? 0,
+            GradAccumulation = training.GradAccum,
+            LabelSmoothing = training.LabelSmoothing,
+            Patience = OptionInt(training.Patience),
+            SelectBest = training.Select.IsBestEpoch,
         };
         var trainer = new Trainer(model, options);
         TrainResult Train(IProgress<TrainingProgress> progress) => data.IsSegmentation
@@ -91,12 +105,14 @@ public sealed class TrainingExecutor : IRunExecutor
             if (!File.Exists(weights))
                 throw new FileNotFoundException($"{spec.Id}: the base weights {weights} do not exist" +
                     (spec.Model.IsFromPretrain ? " (did its pretraining run finish?)" : ""), weights);
-            // The classifier is new whenever the class count differs: keep the model's fresh one.
+            // A new task gets a fresh classifier (the default); `head: reuse` keeps the base's where
+            // its shape fits (the class count differs: the model's fresh one all the same).
             var head = Zoo.Classifier(model);
             var shapes = model.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.shape);
             var fileShapes = Safetensors.ReadHeader(weights).Entries.ToDictionary(e => e.Name, e => e.Shape);
+            bool reuse = spec.Kind.IsTuning && spec.Training.Head.IsReuseHead;
             bool Skip(string key) => key.StartsWith(head + ".", StringComparison.Ordinal)
-                && fileShapes.TryGetValue(key, out var f) && shapes.TryGetValue(key, out var m) && !f.SequenceEqual(m);
+                && (!reuse || fileShapes.TryGetValue(key, out var f) && shapes.TryGetValue(key, out var m) && !f.SequenceEqual(m));
             StateDict.Load(model, weights, strict: true, skip: Skip);
             ctx.Log($"base weights: {weights}");
         }
@@ -148,6 +164,9 @@ public sealed class TrainingExecutor : IRunExecutor
             ["precision"] = r.Precision.ToString(),
             ["peak_memory_source"] = r.PeakMemorySource,
         };
+        // which epoch the metrics are from (the last, or the best with select: best)
+        if (r.SelectedEpoch is int selected) extra["selected_epoch"] = selected.ToString(CultureInfo.InvariantCulture);
+        if (r.StoppedEarly) extra["stopped_early"] = "true";
         if (tuned?.Allocator() is not null && tuned.RankPattern() is { } pattern)
             extra["rank_pattern"] = string.Join(",", pattern.Select(kv => $"{kv.Key}={kv.Value.Count(b => b)}"));
         return new RunResult
@@ -163,6 +182,10 @@ public sealed class TrainingExecutor : IRunExecutor
     }
 
     static int? OptionInt(Microsoft.FSharp.Core.FSharpOption<int>? o) => o is null ? null : o.Value;
+    static double? OptionDouble(Microsoft.FSharp.Core.FSharpOption<double>? o) => o is null ? null : o.Value;
+
+    static LrSchedule ScheduleOf(Schedule s) =>
+        s.IsLinear ? LrSchedule.Linear : s.IsConstant ? LrSchedule.Constant : s.IsStep ? LrSchedule.Step : LrSchedule.Cosine;
 
     /// Epoch ends as log lines (the console and the run's log.txt).
     sealed class Progress(Action<string> log) : IProgress<TrainingProgress>
