@@ -92,6 +92,17 @@ let tests =
             Expect.equal (hashes (parseOk imagenetBefore))
                 [ "e7a1abf06e3d"; "8a731da2af0f"; "ef3d90ee1e87"; "4db3a13cb8d1"; "677de567417e"; "94057a459b0d" ] "hashes of results/"
         }
+        test "imagenet-resnet18.yaml and .fsx: the same records and hashes, each method with its learning rate" {
+            let load ext =
+                match Spec.loadWith (fun _ -> true) (System.IO.Path.Combine(repoRoot, "experiments", "imagenet-resnet18" + ext)) with
+                | Ok es -> es
+                | Error e -> failtestf "%A" e
+            let yaml, fsx = load ".yaml", load ".fsx"
+            Expect.equal fsx yaml "same records"
+            Expect.equal (hashes fsx) (hashes yaml) "same hashes"
+            Expect.equal (Spec.runs yaml |> List.map (fun r -> r.Name, r.Training.Lr))
+                [ "full", 0.001; "head", 0.003; "lora-r4", 0.003; "lora-r8", 0.003; "dora-r4", 0.003; "dora-r8", 0.003 ] "names and lrs"
+        }
         test "a tune of a base with a classifier says which head it starts from (the default changed to fresh)" {
             let e = experiment { name "t"; model (weights "vit" [] "w.safetensors"); dataset fashionMnist; methods [ head ] }
             let fresh = Grid.expand e |> List.head
