@@ -186,7 +186,8 @@ module YamlSpec =
                                     r.Mark(pi, c)
                                     yield! settingOf r pi key c |> Option.toList ]
                           | _ -> settingOf r p key n |> Option.toList
-                      let step = Step(defaultArg decayEpochs 0, defaultArg decayRate 0.1)
+                      // a missing decay_epochs is reported below, once
+                      let step = Step(defaultArg decayEpochs 1, defaultArg decayRate 0.1)
                       let values = values |> List.map (function Setting.Schedule(Step _) -> Setting.Schedule step | v -> v)
                       if not values.IsEmpty then yield values
                   | _ -> () ]
@@ -408,6 +409,9 @@ module YamlSpec =
                               for i, c in List.indexed items do r.Mark(sprintf "%s.%s[%d]" path k i, c)
                               yield k, items |> List.mapi (fun i c -> tagOf k i c, c)
                       | _ -> () ]
+            // an empty list is reported above: read as if absent
+            let options =
+                options |> Map.filter (fun k v -> match v with :? YamlSequenceNode as q when not (listKeys.Contains k) -> q.Children.Count > 0 | _ -> true)
             let rec combos axes =
                 match axes with
                 | [] -> [ [], options ]
