@@ -100,9 +100,9 @@ let tests =
             let yaml, fsx = load ".yaml", load ".fsx"
             Expect.equal fsx yaml "same records"
             Expect.equal (hashes fsx) (hashes yaml) "same hashes"
-            Expect.equal (Spec.runs yaml |> List.map (fun r -> r.Name, r.Training.Lr, r.Training.Warmup))
-                [ "full", 0.001, 0; "head", 0.003, 0; "lora-r4", 0.005, 16; "lora-r8", 0.005, 16; "dora-r4", 0.005, 16; "dora-r8", 0.005, 16 ]
-                "names, learning rates and warm-ups"
+            Expect.equal (Spec.runs yaml |> List.map (fun r -> r.Name, r.Training.Lr, r.Training.Warmup, r.Training.Epochs))
+                [ "full", 0.001, 0, 3; "head", 0.003, 0, 3; "lora-r4", 0.003, 16, 3; "lora-r8", 0.003, 16, 3; "dora-r4", 0.003, 16, 3; "dora-r8", 0.003, 16, 3 ]
+                "names, learning rates, warm-ups and epochs"
         }
         test "a tune of a base with a classifier says which head it starts from (the default changed to fresh)" {
             let e = experiment { name "t"; model (weights "vit" [] "w.safetensors"); dataset fashionMnist; methods [ head ] }
