@@ -54,6 +54,19 @@ module Builders =
     let valFraction (f: float) (d: DatasetView) = { d with ValFraction = f }
     let dataSeed (s: int) (d: DatasetView) = { d with Seed = s }
 
+    // method variants: lora |> named "lora-qkv" |> withLr 3e-3
+    /// A method under a name of its own in run names and tables.
+    let named (name: string) (m: Method) : Variant = { Name = Some name; Choices = [ [], m ]; Training = [] }
+    /// A method as a variant under its own name (to give it settings of its own).
+    let variant (m: Method) : Variant = { Name = None; Choices = [ [], m ]; Training = [] }
+    /// Training settings of this variant alone (each replaces the experiment's setting or list of that key).
+    let withSettings (settings: Setting list) (v: Variant) = { v with Training = v.Training @ [ for s in settings -> [ s ] ] }
+    /// A list of values of one training setting for this variant alone: a grid axis.
+    let withSweep (values: Setting list) (v: Variant) = { v with Training = v.Training @ [ values ] }
+    let withLr (lr: float) (v: Variant) = withSettings [ Setting.Lr lr ] v
+    let withEpochs (epochs: int) (v: Variant) = withSettings [ Setting.Epochs epochs ] v
+    let withWeightDecay (wd: float) (v: Variant) = withSettings [ Setting.WeightDecay wd ] v
+
     let private raiseIfInvalid errors value =
         match errors with
         | [] -> value
@@ -64,7 +77,7 @@ module Builders =
     type ExperimentBuilder() =
         member _.Yield(_: unit) : Experiment =
             { Name = ""; Models = []; Datasets = []; Task = Classification; Methods = []; Ranks = []; Seeds = [ 0 ]
-              Training = Training.Defaults; Tables = [] }
+              Training = Training.Defaults; Tables = []; Sweeps = []; Variants = [] }
 
         /// Checks everything that does not read the disk (paths are checked when a spec file is loaded).
         member _.Run(e: Experiment) =
@@ -110,6 +123,41 @@ module Builders =
         /// Tables of the results: `tables [ table "dice" [ rows [ "model"; "mode" ]; cells [ "dice"; "miou" ] ] ]`.
         [<CustomOperation("tables")>]
         member _.Tables(e: Experiment, value: TableDecl list) = { e with Tables = value }
+        /// Methods with a name, option lists or settings of their own (see named, withLr); their runs follow those of methods.
+        [<CustomOperation("variants")>]
+        member _.Variants(e: Experiment, value: Variant list) = { e with Variants = value }
+        /// A grid axis over one training setting: sweep [ Setting.Lr 1e-3; Setting.Lr 3e-3 ] (one per key).
+        [<CustomOperation("sweep")>]
+        member _.Sweep(e: Experiment, values: Setting list) = { e with Sweeps = e.Sweeps @ [ values ] }
+        /// Any training settings: settings [ Setting.LabelSmoothing 0.1; Setting.HFlip true ].
+        [<CustomOperation("settings")>]
+        member _.Settings(e: Experiment, values: Setting list) = { e with Training = List.fold Settings.apply e.Training values }
+        [<CustomOperation("schedule")>]
+        member _.Schedule(e: Experiment, value: Schedule) = { e with Training = { e.Training with Schedule = value } }
+        [<CustomOperation("minLr")>]
+        member _.MinLr(e: Experiment, value: float) = { e with Training = { e.Training with MinLr = value } }
+        /// The maximum gradient norm; None: no clipping.
+        [<CustomOperation("clipGrad")>]
+        member _.ClipGrad(e: Experiment, value: float option) = { e with Training = { e.Training with ClipGrad = value } }
+        [<CustomOperation("gradAccum")>]
+        member _.GradAccum(e: Experiment, value: int) = { e with Training = { e.Training with GradAccum = value } }
+        [<CustomOperation("labelSmoothing")>]
+        member _.LabelSmoothing(e: Experiment, value: float) = { e with Training = { e.Training with LabelSmoothing = value } }
+        [<CustomOperation("hflip")>]
+        member _.HFlip(e: Experiment, value: bool) = { e with Training = { e.Training with HFlip = value } }
+        [<CustomOperation("cropPadding")>]
+        member _.CropPadding(e: Experiment, value: int) = { e with Training = { e.Training with CropPadding = value } }
+        /// timm's RandomResizedCrop with this smallest area fraction (0.08 in timm).
+        [<CustomOperation("randomResizedCrop")>]
+        member _.RandomResizedCrop(e: Experiment, value: float) = { e with Training = { e.Training with RandomResizedCrop = Some value } }
+        /// Stop after this many epochs without a better validation metric, and report the best epoch.
+        [<CustomOperation("earlyStopping")>]
+        member _.EarlyStopping(e: Experiment, patience: int) = { e with Training = { e.Training with Patience = Some patience; Select = BestEpoch } }
+        [<CustomOperation("select")>]
+        member _.Select(e: Experiment, value: Selection) = { e with Training = { e.Training with Select = value } }
+        /// FreshHead (the default) or ReuseHead: the base model's classifier when its shape fits.
+        [<CustomOperation("headInit")>]
+        member _.HeadInit(e: Experiment, value: HeadInit) = { e with Training = { e.Training with Head = value } }
 
     /// `pretrain { name "..."; model (zoo "vit" [...]); dataset ...; epochs 2 }`: trains a zoo model
     /// from scratch; `fromPretrain` makes it the base of an experiment.
@@ -152,6 +200,9 @@ module Builders =
         member _.Precision(p: Pretrain, value: Precision) = { p with Training = { p.Training with Precision = value } }
         [<CustomOperation("imageSize")>]
         member _.ImageSize(p: Pretrain, value: int) = { p with Training = { p.Training with ImageSize = Some value } }
+        /// Any training settings: settings [ Setting.LabelSmoothing 0.1; Setting.HFlip true ].
+        [<CustomOperation("settings")>]
+        member _.Settings(p: Pretrain, values: Setting list) = { p with Training = List.fold Settings.apply p.Training values }
 
     /// One part of a table declaration: `table "dice" [ Table.rows [ "model" ]; Table.cells [ "dice" ]; Table.baseline "lora" ]`.
     type TablePart = TableDecl -> TableDecl

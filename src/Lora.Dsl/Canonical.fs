@@ -89,8 +89,27 @@ module Canonical =
                 "seed", JInt(int64 d.Seed) ]
         )
 
+    /// The recipe's fields that differ from their defaults (so a run that uses none keeps the hash
+    /// it had before they existed); the head is the run's business (see runJson).
+    let recipe (t: Training) =
+        let d = Training.Defaults
+        [ if t.Schedule <> d.Schedule then
+              yield "sched", JString(Settings.scheduleName t.Schedule)
+              match t.Schedule with
+              | Step(e, r) -> yield! [ "decay_epochs", JInt(int64 e); "decay_rate", JFloat r ]
+              | _ -> ()
+          if t.MinLr <> d.MinLr then yield "min_lr", JFloat t.MinLr
+          if t.ClipGrad <> d.ClipGrad then yield "clip_grad", opt JFloat t.ClipGrad
+          if t.GradAccum <> d.GradAccum then yield "gradient_accumulation_steps", JInt(int64 t.GradAccum)
+          if t.LabelSmoothing <> d.LabelSmoothing then yield "label_smoothing", JFloat t.LabelSmoothing
+          if t.HFlip <> d.HFlip then yield "hflip", JBool t.HFlip
+          if t.CropPadding <> d.CropPadding then yield "crop_padding", JInt(int64 t.CropPadding)
+          if t.RandomResizedCrop <> d.RandomResizedCrop then yield "random_resized_crop", opt JFloat t.RandomResizedCrop
+          if t.Patience <> d.Patience then yield "early_stopping_patience", opt (int64 >> JInt) t.Patience
+          if t.Select <> d.Select then yield "select", JString(Settings.selectionName t.Select) ]
+
     let training (t: Training) =
-        JObject
+        JObject(
             [ "epochs", JInt(int64 t.Epochs)
               "batch", JInt(int64 t.Batch)
               "lr", JFloat t.Lr
@@ -99,6 +118,12 @@ module Canonical =
               "device", JString(deviceName t.Device)
               "precision", JString(precisionName t.Precision)
               "image_size", opt (int64 >> JInt) t.ImageSize ]
+            @ recipe t)
+
+    /// Whether a run's head setting matters: a tune of a base that has a classifier of its own (an
+    /// imported ONNX graph always gets a new head).
+    let headApplies (r: Run) =
+        r.Kind = Tuning && (match r.Model with Weights _ | FromPretrain _ -> true | Zoo _ | Onnx _ -> false)
 
     let loraOptions (o: LoraOptions) =
         [ "alpha", opt JFloat o.Alpha
@@ -166,7 +191,11 @@ module Canonical =
               "method", methodJson r.Method
               "rank", opt (fun (k: Rank) -> JInt(int64 k.Value)) r.Rank
               "seed", JInt(int64 r.Seed)
-              "training", training r.Training ]
+              "training",
+              (match training r.Training with
+               // always written where it applies: the default changed (a fresh head), so these runs' hashes did too
+               | JObject fields when headApplies r -> JObject(fields @ [ "head", JString(Settings.headName r.Training.Head) ])
+               | j -> j) ]
 
     /// Canonical JSON text of the run's configuration.
     and json (r: Run) = Json.write (runJson r)

@@ -243,6 +243,30 @@ type DatasetView =
     static member Of(source) =
         { Source = source; Classes = None; ShotsPerClass = None; LimitTrain = None; LimitVal = None; ValFraction = 0.1; Seed = 0 }
 
+/// The learning-rate schedule after the warm-up (timm's `sched`).
+type Schedule =
+    /// half a cosine from lr to min_lr over the remaining steps
+    | Cosine
+    /// a straight line from lr to min_lr
+    | Linear
+    /// lr throughout
+    | Constant
+    /// lr × decay_rate every decay_epochs epochs
+    | Step of decayEpochs: int * decayRate: float
+
+/// Which epoch's weights and metrics a run reports.
+type Selection =
+    /// the last epoch trained (as before early stopping existed)
+    | LastEpoch
+    /// the epoch with the best validation metric (accuracy, DICE; the loss where there is none)
+    | BestEpoch
+
+/// The classifier of a tune whose base has one (weights, a pretrain step): a fresh one for the new
+/// task, or the base's own when its shape fits.
+type HeadInit =
+    | FreshHead
+    | ReuseHead
+
 /// Training settings shared by pretraining and tuning.
 type Training =
     { Epochs: int
@@ -253,10 +277,76 @@ type Training =
       Device: Device
       Precision: Precision
       /// input size; None = the model's own
-      ImageSize: int option }
+      ImageSize: int option
+      // The recipe (PEFT/timm names in the YAML). Canonical emits each only when it differs from its
+      // default, so runs that do not use it keep their hashes.
+      /// sched (cosine)
+      Schedule: Schedule
+      /// min_lr: where cosine and linear end (0)
+      MinLr: float
+      /// clip_grad: maximum global gradient norm; None = no clipping (1.0)
+      ClipGrad: float option
+      /// gradient_accumulation_steps: batches per optimiser step (1)
+      GradAccum: int
+      /// label_smoothing (0)
+      LabelSmoothing: float
+      /// hflip: flip training images left-right with probability 1/2 (false)
+      HFlip: bool
+      /// crop_padding: pad by this many pixels and crop back at a random offset (0: off)
+      CropPadding: int
+      /// random_resized_crop: the smallest area fraction of timm's RandomResizedCrop, ratio 3/4-4/3 (None: off)
+      RandomResizedCrop: float option
+      /// early_stopping_patience: stop after this many epochs without a better validation metric (None: off)
+      Patience: int option
+      /// select: which epoch a run reports (last; best with early stopping)
+      Select: Selection
+      /// head: fresh (default) or reuse the base model's classifier when its shape fits
+      Head: HeadInit }
 
     static member Defaults =
-        { Epochs = 1; Batch = 32; Lr = 1e-3; Warmup = 0; WeightDecay = 0.0; Device = Cpu; Precision = Fp32; ImageSize = None }
+        { Epochs = 1; Batch = 32; Lr = 1e-3; Warmup = 0; WeightDecay = 0.0; Device = Cpu; Precision = Fp32; ImageSize = None
+          Schedule = Cosine; MinLr = 0.0; ClipGrad = Some 1.0; GradAccum = 1; LabelSmoothing = 0.0; HFlip = false; CropPadding = 0
+          RandomResizedCrop = None; Patience = None; Select = LastEpoch; Head = FreshHead }
+
+/// One training setting (one key of the YAML with its value): what a grid axis over training options
+/// and a method's own overrides are made of. Apply sets it on a Training; Key and Label name it.
+[<RequireQualifiedAccess>]
+type Setting =
+    | Epochs of int
+    | Batch of int
+    | Lr of float
+    | Warmup of int
+    | WeightDecay of float
+    | Device of Device
+    | Precision of Precision
+    | ImageSize of int
+    | Schedule of Schedule
+    | MinLr of float
+    | ClipGrad of float option
+    | GradAccum of int
+    | LabelSmoothing of float
+    | HFlip of bool
+    | CropPadding of int
+    | RandomResizedCrop of float option
+    | Patience of int option
+    | Select of Selection
+    | Head of HeadInit
+
+/// A method declared with more than its options: a name of its own (lora-qkv), options given as
+/// lists (alpha: [8, 16], grid axes), or training settings of its own (a learning rate per method,
+/// as papers tune them). The grid expands its choices × ranks × training axes.
+type Variant =
+    { /// replaces the method's name in run names and tables (lora-qkv); None = the method's name
+      Name: string option
+      /// the method values this declaration stands for, each with the labels that tell it apart in
+      /// run names (["alpha16"]); one value with no labels when no option is a list
+      Choices: (string list * Method) list
+      /// training settings of this method alone, as axes (a one-value axis is an override); an axis
+      /// replaces the experiment's setting or axis of the same key
+      Training: Setting list list }
+
+    /// The method (of the first choice: every choice is the same kind).
+    member v.Method = v.Choices |> List.head |> snd
 
 /// A step that trains a zoo model from scratch, usable as the base of tunes.
 type Pretrain =
@@ -339,7 +429,12 @@ type Experiment =
       Seeds: int list
       Training: Training
       /// tables of its results (empty: the default layout for its task)
-      Tables: TableDecl list }
+      Tables: TableDecl list
+      /// training settings given as lists: each a grid axis (all values of one key)
+      Sweeps: Setting list list
+      /// methods declared with a name, option lists or settings of their own; their runs follow
+      /// those of Methods
+      Variants: Variant list }
 
 type RunKind =
     | Pretraining

@@ -64,40 +64,63 @@ module Grid =
           Seed = p.Seed
           Training = p.Training }
 
-    /// Number of runs the grid expands to: models × datasets × seeds × Σ(ranks or 1 per method).
+    /// The method declarations of an experiment as variants: the plain methods (no name, one choice,
+    /// no settings of their own), then the variants.
+    let entries (e: Experiment) : Variant list =
+        [ for m in e.Methods -> { Name = None; Choices = [ [], m ]; Training = [] } ] @ e.Variants
+
+    /// Training axes of one declaration: the experiment's, with the variant's replacing those of the
+    /// same key. Only the axes with several values name the runs.
+    let private axesOf (e: Experiment) (v: Variant) = Settings.merge e.Sweeps v.Training
+
+    /// Number of runs of one declaration per model, dataset and seed: choices × (ranks or 1) × training combinations.
+    let private cellsOf (e: Experiment) (v: Variant) =
+        let perChoice = v.Choices |> List.sumBy (fun (_, m) -> if m.UsesRank then e.Ranks.Length else 1)
+        perChoice * (axesOf e v |> List.fold (fun n a -> n * a.Length) 1)
+
+    /// Number of runs the grid expands to: models × datasets × seeds × Σ(ranks or 1 per method) ×
+    /// training combinations.
     let size (e: Experiment) =
-        let perMethod = e.Methods |> List.sumBy (fun m -> if m.UsesRank then e.Ranks.Length else 1)
+        let perMethod = entries e |> List.sumBy (cellsOf e)
         e.Models.Length * e.Datasets.Length * e.Seeds.Length * perMethod
 
     /// One run per grid cell, in declaration order (models, datasets, methods, ranks, seeds).
     /// Ranks that fail Rank.Create are skipped here; validation reports them.
+    /// Names: method (or variant name), rank, the labels of the method options and training settings
+    /// that vary, then model, dataset and seed where the experiment lists several.
     let expand (e: Experiment) : Run list =
         let many (xs: _ list) = xs.Length > 1
         [ for model in e.Models do
             for dataset in e.Datasets do
-                for methodDecl in e.Methods do
-                    let ranks =
-                        if methodDecl.UsesRank then
-                            e.Ranks |> List.choose (fun r -> match Rank.Create r with Ok k -> Some(Some k) | Error _ -> None)
-                        else [ None ]
-                    for rank in ranks do
-                        for seed in e.Seeds do
-                            let parts =
-                                [ yield methodDecl.Name
-                                  match rank with Some r -> yield sprintf "r%d" r.Value | None -> ()
-                                  if many e.Models then yield modelLabel model
-                                  if many e.Datasets then yield datasetLabel dataset
-                                  if many e.Seeds then yield sprintf "s%d" seed ]
-                            { Kind = Tuning
-                              Experiment = e.Name
-                              Name = String.concat "-" parts
-                              Model = model
-                              Dataset = dataset
-                              Task = e.Task
-                              Method = resolveMethod (rank |> Option.map (fun r -> r.Value)) methodDecl
-                              Rank = rank
-                              Seed = seed
-                              Training = e.Training } ]
+                for variant in entries e do
+                    let axes = axesOf e variant
+                    for tags, methodDecl in variant.Choices do
+                        let ranks =
+                            if methodDecl.UsesRank then
+                                e.Ranks |> List.choose (fun r -> match Rank.Create r with Ok k -> Some(Some k) | Error _ -> None)
+                            else [ None ]
+                        for rank in ranks do
+                            for settings in Settings.combinations axes do
+                                let varying = List.zip axes settings |> List.filter (fun (a, _) -> many a) |> List.map (snd >> Settings.label)
+                                for seed in e.Seeds do
+                                    let parts =
+                                        [ yield defaultArg variant.Name methodDecl.Name
+                                          match rank with Some r -> yield sprintf "r%d" r.Value | None -> ()
+                                          yield! tags
+                                          yield! varying
+                                          if many e.Models then yield modelLabel model
+                                          if many e.Datasets then yield datasetLabel dataset
+                                          if many e.Seeds then yield sprintf "s%d" seed ]
+                                    { Kind = Tuning
+                                      Experiment = e.Name
+                                      Name = String.concat "-" parts
+                                      Model = model
+                                      Dataset = dataset
+                                      Task = e.Task
+                                      Method = resolveMethod (rank |> Option.map (fun r -> r.Value)) methodDecl
+                                      Rank = rank
+                                      Seed = seed
+                                      Training = List.fold Settings.apply e.Training settings } ]
 
     /// The pretrain steps an experiment's models need (distinct, in order).
     let pretrains (e: Experiment) =

@@ -180,7 +180,7 @@ module Validation =
                   yield err (at + ".val_fraction") "val_fraction 0 leaves no validation images: this source is split into training and validation by it (e.g. 0.1)"
               | _ -> () ]
 
-    let training (at: string) (t: Training) =
+    let rec training (at: string) (t: Training) =
         [ if t.Epochs < 1 then yield err (at + "epochs") (sprintf "epochs must be at least 1, got %d" t.Epochs)
           if t.Batch < 1 then yield err (at + "batch") (sprintf "batch must be at least 1, got %d" t.Batch)
           if not (t.Lr > 0.0) then yield err (at + "lr") (sprintf "lr must be positive, got %g" t.Lr)
@@ -193,6 +193,29 @@ module Validation =
           match t.ImageSize with
           | Some s when s <= 0 -> yield err (at + "image_size") (sprintf "image_size must be positive, got %d" s)
           | Some s when s > Limits.maxImageSize -> yield err (at + "image_size") (sprintf "image_size %d is more than the %d allowed" s Limits.maxImageSize)
+          | _ -> ()
+          yield! recipe at t ]
+
+    /// The recipe's settings (schedule, clipping, accumulation, smoothing, augmentation, early stopping).
+    and private recipe (at: string) (t: Training) =
+        [ match t.Schedule with
+          | Step(e, _) when e < 1 -> yield err (at + "decay_epochs") (sprintf "decay_epochs must be at least 1, got %d" e)
+          | Step(_, r) when not (r > 0.0 && r <= 1.0) -> yield err (at + "decay_rate") (sprintf "decay_rate must be in (0, 1], got %g" r)
+          | _ -> ()
+          if not (t.MinLr >= 0.0 && t.MinLr <= t.Lr) then yield err (at + "min_lr") (sprintf "min_lr must be in [0, lr], got %g" t.MinLr)
+          match t.ClipGrad with
+          | Some c when not (c > 0.0) -> yield err (at + "clip_grad") (sprintf "clip_grad must be positive (or none for no clipping), got %g" c)
+          | _ -> ()
+          if t.GradAccum < 1 then yield err (at + "gradient_accumulation_steps") (sprintf "gradient_accumulation_steps must be at least 1, got %d" t.GradAccum)
+          if not (t.LabelSmoothing >= 0.0 && t.LabelSmoothing < 1.0) then
+              yield err (at + "label_smoothing") (sprintf "label_smoothing must be in [0, 1), got %g" t.LabelSmoothing)
+          if t.CropPadding < 0 then yield err (at + "crop_padding") (sprintf "crop_padding must not be negative, got %d" t.CropPadding)
+          match t.RandomResizedCrop with
+          | Some s when not (s > 0.0 && s <= 1.0) ->
+              yield err (at + "random_resized_crop") (sprintf "random_resized_crop is the smallest area fraction, in (0, 1] (timm: 0.08), got %g" s)
+          | _ -> ()
+          match t.Patience with
+          | Some p when p < 1 -> yield err (at + "early_stopping_patience") (sprintf "early_stopping_patience must be at least 1 epoch, got %d" p)
           | _ -> () ]
 
     let pretrain exists (at: string) (p: Pretrain) =
@@ -271,7 +294,11 @@ module Validation =
 
     /// Grid.size without overflow (a spec can multiply long lists).
     let private runCount (e: Experiment) =
-        let perMethod = e.Methods |> List.sumBy (fun m -> if m.UsesRank then int64 e.Ranks.Length else 1L)
+        let perMethod =
+            Grid.entries e
+            |> List.sumBy (fun v ->
+                let perChoice = v.Choices |> List.sumBy (fun (_, m) -> if m.UsesRank then int64 e.Ranks.Length else 1L)
+                Settings.merge e.Sweeps v.Training |> List.fold (fun n a -> n * int64 a.Length) perChoice)
         int64 e.Models.Length * int64 e.Datasets.Length * int64 e.Seeds.Length * perMethod
 
     /// Every problem of an experiment's table declarations (`at` is "experiments[0].tables").
@@ -306,6 +333,33 @@ module Validation =
           for n in ts |> List.map (fun t -> t.Name) |> List.countBy id |> List.filter (fun (_, c) -> c > 1) |> List.map fst do
               yield err at (sprintf "two tables are named '%s'" n) ]
 
+    /// Training axes (the experiment's lists, a variant's settings): not empty, one key per axis and
+    /// one axis per key, no value twice, each value valid. `at` ends with "." (the keys follow).
+    let settingAxes (at: string) (axes: Setting list list) =
+        [ for axis in axes do
+              match axis with
+              | [] -> yield err (at.TrimEnd '.') "a setting's list of values is empty: give at least one value"
+              | first :: _ ->
+                  let key = Settings.key first
+                  if axis |> List.exists (fun s -> Settings.key s <> key) then
+                      yield err (at + key) (sprintf "the values of one list must all be %s" key)
+                  if List.distinct axis <> axis then yield err (at + key) (sprintf "%s lists a value twice" key)
+                  for s in axis do
+                      let t = Settings.apply Training.Defaults s
+                      // the lr's bound applies to min_lr against its own run's lr, checked on the runs
+                      yield! training at { t with MinLr = min t.MinLr t.Lr }
+          for key, n in axes |> List.choose List.tryHead |> List.countBy Settings.key do
+              if n > 1 then yield err (at + key) (sprintf "%s is given twice" key) ]
+
+    /// A variant: a usable name, choices (each a valid method), valid settings of its own.
+    let variant (at: string) (ranks: int list) (v: Variant) =
+        [ match v.Name with
+          | Some n -> match nameProblem n with Some m -> yield err (at + ".name") m | None -> ()
+          | None -> ()
+          if List.isEmpty v.Choices then yield err at "a method variant needs at least one method"
+          for _, m in v.Choices do yield! method at ranks m
+          yield! settingAxes (at + ".") v.Training ]
+
     /// Every problem of one experiment; `at` is its path ("experiments[0]").
     let experiment (exists: string -> bool) (at: string) (e: Experiment) =
         [ if System.String.IsNullOrWhiteSpace e.Name then yield err (at + ".name") "an experiment needs a name"
@@ -314,8 +368,11 @@ module Validation =
           for i, m in List.indexed e.Models do yield! baseModel exists (sprintf "%s.models[%d]" at i) m
           if List.isEmpty e.Datasets then yield err (at + ".datasets") "no dataset: add a dataset"
           for i, d in List.indexed e.Datasets do yield! dataset exists (sprintf "%s.datasets[%d]" at i) e.Task d
-          if List.isEmpty e.Methods then yield err (at + ".methods") "no method: add e.g. methods [lora]"
+          if List.isEmpty e.Methods && List.isEmpty e.Variants then yield err (at + ".methods") "no method: add e.g. methods [lora]"
           for i, m in List.indexed e.Methods do yield! method (sprintf "%s.methods[%d]" at i) e.Ranks m
+          // variants follow the plain methods (the YAML reader marks their paths so)
+          for i, v in List.indexed e.Variants do yield! variant (sprintf "%s.methods[%d]" at (e.Methods.Length + i)) e.Ranks v
+          yield! settingAxes (at + ".") e.Sweeps
           for i, r in List.indexed e.Ranks do
               match Rank.Create r with
               | Error msg -> yield err (sprintf "%s.ranks[%d]" at i) msg
@@ -333,7 +390,18 @@ module Validation =
           else
               let names = Grid.expand e |> List.map (fun r -> r.Name)
               for n in names |> List.countBy id |> List.filter (fun (_, c) -> c > 1) |> List.map fst do
-                  yield err (at + ".methods") (sprintf "two runs would be named '%s': a method, model or dataset is listed twice" n) ]
+                  yield err (at + ".methods") (sprintf "two runs would be named '%s': a method, model or dataset is listed twice (give method variants their own name: ...)" n)
+              // min_lr against each run's own lr (a variant's lr with the experiment's min_lr)
+              let runs = Grid.expand e
+              match runs |> List.tryFind (fun r -> r.Training.MinLr > r.Training.Lr) with
+              | Some r when e.Training.MinLr <= e.Training.Lr ->
+                  yield err (at + ".min_lr") (sprintf "min_lr %g is above the lr %g of run '%s'" r.Training.MinLr r.Training.Lr r.Name)
+              | _ -> ()
+              if e.Task = Segmentation then
+                  if runs |> List.exists (fun r -> r.Training.CropPadding > 0 || r.Training.RandomResizedCrop.IsSome) then
+                      yield err (at + ".random_resized_crop") "crop_padding and random_resized_crop apply to classification only (masks are not cropped); hflip works for both"
+                  if runs |> List.exists (fun r -> r.Training.LabelSmoothing > 0.0) then
+                      yield err (at + ".label_smoothing") "label_smoothing applies to classification only" ]
 
     /// Every problem of a suite of experiments (paths "experiments[i]...").
     let suite (exists: string -> bool) (es: Experiment list) =

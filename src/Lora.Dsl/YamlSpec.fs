@@ -125,18 +125,94 @@ module YamlSpec =
     let private precisions = [ "fp32", Fp32; "bf16", Bf16; "fp16", Fp16 ]
     let private biases = [ "none", NoBias; "lora_only", LoraOnly; "all", AllBias ]
 
-    let private trainingKeys = [ "epochs"; "batch"; "lr"; "warmup"; "weight_decay"; "device"; "precision"; "image_size" ]
+    let private schedules = [ "cosine", Cosine; "linear", Linear; "constant", Constant; "step", Step(0, 0.1) ]
+    let private selections = [ "last", LastEpoch; "best", BestEpoch ]
+    let private heads = [ "fresh", FreshHead; "reuse", ReuseHead ]
 
+    /// The keys that each read as one Setting (a list of values: a grid axis).
+    let private settingKeys =
+        [ "epochs"; "batch"; "lr"; "warmup"; "weight_decay"; "device"; "precision"; "image_size"; "sched"; "min_lr"; "clip_grad"
+          "gradient_accumulation_steps"; "label_smoothing"; "hflip"; "crop_padding"; "random_resized_crop"; "early_stopping_patience"
+          "select"; "head" ]
+
+    let private trainingKeys = settingKeys @ [ "decay_epochs"; "decay_rate" ]
+
+    /// "none" (or false) for an option that can be off, else the value.
+    let private orNone (r: Reader) path (n: YamlNode) (read: Reader -> string -> YamlNode -> 'a option) : 'a option option =
+        match n with
+        | :? YamlScalarNode as s when s.Style = ScalarStyle.Plain && (s.Value = "none" || s.Value = "false") -> Some None
+        | _ -> read r path n |> Option.map Some
+
+    let private settingOf (r: Reader) path (key: string) (n: YamlNode) : Setting option =
+        match key with
+        | "epochs" -> readInt r path n |> Option.map Setting.Epochs
+        | "batch" -> readInt r path n |> Option.map Setting.Batch
+        | "lr" -> readFloat r path n |> Option.map Setting.Lr
+        | "warmup" -> readInt r path n |> Option.map Setting.Warmup
+        | "weight_decay" -> readFloat r path n |> Option.map Setting.WeightDecay
+        | "device" -> choice r path n devices |> Option.map Setting.Device
+        | "precision" -> choice r path n precisions |> Option.map Setting.Precision
+        | "image_size" -> readInt r path n |> Option.map Setting.ImageSize
+        | "sched" -> choice r path n schedules |> Option.map Setting.Schedule
+        | "min_lr" -> readFloat r path n |> Option.map Setting.MinLr
+        | "clip_grad" -> orNone r path n readFloat |> Option.map Setting.ClipGrad
+        | "gradient_accumulation_steps" -> readInt r path n |> Option.map Setting.GradAccum
+        | "label_smoothing" -> readFloat r path n |> Option.map Setting.LabelSmoothing
+        | "hflip" -> readBool r path n |> Option.map Setting.HFlip
+        | "crop_padding" -> readInt r path n |> Option.map Setting.CropPadding
+        | "random_resized_crop" -> orNone r path n readFloat |> Option.map Setting.RandomResizedCrop
+        | "early_stopping_patience" -> orNone r path n readInt |> Option.map Setting.Patience
+        | "select" -> choice r path n selections |> Option.map Setting.Select
+        | _ -> choice r path n heads |> Option.map Setting.Head
+
+    /// The training keys of a mapping as settings, one list per key given (a YAML list of values: a
+    /// grid axis; one value: a list of one). sched: step takes decay_epochs and decay_rate (0.1);
+    /// early_stopping_patience without select selects the best epoch.
+    let private settings (r: Reader) path (fs: Map<string, YamlNode>) : Setting list list =
+        let decayEpochs = opt fs path "decay_epochs" (readInt r)
+        let decayRate = opt fs path "decay_rate" (readFloat r)
+        let axes =
+            [ for key in settingKeys do
+                  match Map.tryFind key fs with
+                  | Some n when not (isNullNode n) ->
+                      let p = path + "." + key
+                      let values =
+                          match n with
+                          | :? YamlSequenceNode as sq ->
+                              if sq.Children.Count = 0 then
+                                  r.Error(n, p, sprintf "%s: [] is empty: give one value, or several for a grid axis" key)
+                              [ for i, c in Seq.indexed sq.Children do
+                                    let pi = sprintf "%s[%d]" p i
+                                    r.Mark(pi, c)
+                                    yield! settingOf r pi key c |> Option.toList ]
+                          | _ -> settingOf r p key n |> Option.toList
+                      // a missing decay_epochs is reported below, once
+                      let step = Step(defaultArg decayEpochs 1, defaultArg decayRate 0.1)
+                      let values = values |> List.map (function Setting.Schedule(Step _) -> Setting.Schedule step | v -> v)
+                      if not values.IsEmpty then yield values
+                  | _ -> () ]
+        let hasStep = axes |> List.concat |> List.exists (function Setting.Schedule(Step _) -> true | _ -> false)
+        if hasStep && decayEpochs.IsNone then
+            r.Error(fs.["sched"], path + ".sched", "sched: step needs decay_epochs (epochs between decays; decay_rate is 0.1 unless given)")
+        for key in [ "decay_epochs"; "decay_rate" ] do
+            match Map.tryFind key fs with
+            | Some n when not hasStep -> r.Error(n, path + "." + key, sprintf "%s applies to sched: step only" key)
+            | _ -> ()
+        if fs.ContainsKey "early_stopping_patience" && not (fs.ContainsKey "select") then axes @ [ [ Setting.Select BestEpoch ] ] else axes
+
+    /// The settings given as one value, applied to the defaults; the lists returned apart (grid axes).
+    let private trainingAndSweeps (r: Reader) path (fs: Map<string, YamlNode>) =
+        let axes = settings r path fs
+        let singles, lists = axes |> List.partition (fun a -> a.Length = 1)
+        List.fold Settings.apply Training.Defaults (List.concat singles), lists
+
+    /// A pretrain step's training: one value per key.
     let private training (r: Reader) path (fs: Map<string, YamlNode>) =
-        let d = Training.Defaults
-        { Epochs = opt fs path "epochs" (readInt r) |> Option.defaultValue d.Epochs
-          Batch = opt fs path "batch" (readInt r) |> Option.defaultValue d.Batch
-          Lr = opt fs path "lr" (readFloat r) |> Option.defaultValue d.Lr
-          Warmup = opt fs path "warmup" (readInt r) |> Option.defaultValue d.Warmup
-          WeightDecay = opt fs path "weight_decay" (readFloat r) |> Option.defaultValue d.WeightDecay
-          Device = opt fs path "device" (fun p n -> choice r p n devices) |> Option.defaultValue d.Device
-          Precision = opt fs path "precision" (fun p n -> choice r p n precisions) |> Option.defaultValue d.Precision
-          ImageSize = opt fs path "image_size" (readInt r) }
+        let t, lists = trainingAndSweeps r path fs
+        for axis in lists do
+            let key = Settings.key axis.Head
+            r.Error(fs.[key], path + "." + key, sprintf "a pretrain step takes one value of %s (lists are grid axes of experiments)" key)
+        t
 
     let private optionValue (r: Reader) path (n: YamlNode) =
         match n with
@@ -317,18 +393,25 @@ module YamlSpec =
           DecomposeBoth = opt fs path "decompose_both" (readBool r) |> Option.defaultValue d.DecomposeBoth
           DecomposeFactor = opt fs path "decompose_factor" (readInt r) |> Option.defaultValue d.DecomposeFactor }
 
-    let private methodDecl (r: Reader) path (n: YamlNode) =
-        let build name (opts: YamlNode option) =
-            let allowed = keysOf name
-            let fs =
-                match opts with
-                | Some o when not (isNullNode o) ->
-                    fields r path o allowed (fun k ->
-                        let owners = methodNames |> List.filter (fun m -> List.contains k (keysOf m))
-                        if List.isEmpty owners then None
-                        elif List.isEmpty allowed then Some(sprintf "%s takes no options ('%s' is an option of %s)" name k (String.concat ", " owners))
-                        else Some(sprintf "'%s' does not apply to %s (it is an option of %s)" k name (String.concat ", " owners)))
-                | _ -> Map.empty
+    /// Method options whose value is itself a list: a list of lists makes them a grid axis.
+    let private listKeys = set [ "targets"; "modules_to_save"; "feedforward" ]
+
+    /// How an option value shows in a run name: alpha16, bias-all, targets-qkv+proj (or targets2
+    /// where the names hold characters a run name cannot).
+    let private tagOf (key: string) (index: int) (n: YamlNode) =
+        let plain (v: string) = v <> "" && v |> Seq.forall (fun c -> Char.IsLetterOrDigit c || c = '_' || c = '.' || c = '-')
+        match n with
+        | :? YamlScalarNode as s when plain s.Value ->
+            if Char.IsDigit s.Value.[0] || s.Value.[0] = '.' || s.Value.[0] = '-' then key + s.Value else key + "-" + s.Value
+        | :? YamlSequenceNode as q ->
+            let items = q.Children |> Seq.map (function :? YamlScalarNode as s -> s.Value | _ -> "") |> List.ofSeq
+            if not items.IsEmpty && List.forall plain items then key + "-" + String.concat "+" items else sprintf "%s%d" key (index + 1)
+        | _ -> sprintf "%s%d" key (index + 1)
+
+    /// One entry of `methods:`: a plain method (Choice1Of2), or a variant (Choice2Of2) when it has a
+    /// name, an option given as a list (each value a choice, named by its tag) or training settings.
+    let private methodDecl (r: Reader) path (n: YamlNode) : Choice<Method, Variant> option =
+        let build name (fs: Map<string, YamlNode>) =
             let loraOpts () =
                 let d = LoraOptions.Defaults
                 { Alpha = opt fs path "alpha" (readFloat r)
@@ -373,17 +456,60 @@ module YamlSpec =
                           Scale = opt fs path "scale" (readFloat r) |> Option.defaultValue d.Scale
                           ModulesToSave = opt fs path "modules_to_save" (fun p n -> list r p n (readStr r)) |> Option.defaultValue d.ModulesToSave }
                 )
+        let declare name (opts: YamlNode option) =
+            let allowed = keysOf name
+            let fs =
+                match opts with
+                | Some o when not (isNullNode o) ->
+                    fields r path o (allowed @ [ "name" ] @ trainingKeys) (fun k ->
+                        let owners = methodNames |> List.filter (fun m -> List.contains k (keysOf m))
+                        if List.isEmpty owners then None
+                        elif List.isEmpty allowed then Some(sprintf "%s takes no options ('%s' is an option of %s)" name k (String.concat ", " owners))
+                        else Some(sprintf "'%s' does not apply to %s (it is an option of %s)" k name (String.concat ", " owners)))
+                | _ -> Map.empty
+            let options = fs |> Map.filter (fun k _ -> List.contains k allowed)
+            // an option given as a list of values (a list of lists for an option that is a list)
+            let axes =
+                [ for KeyValue(k, v) in options do
+                      match v with
+                      | :? YamlSequenceNode as q when not (listKeys.Contains k) || (q.Children.Count > 0 && q.Children |> Seq.forall (fun c -> c :? YamlSequenceNode)) ->
+                          if q.Children.Count = 0 then r.Error(v, path + "." + k, sprintf "%s: [] is empty: give one value, or several for a grid axis" k)
+                          else
+                              let items = List.ofSeq q.Children
+                              for i, c in List.indexed items do r.Mark(sprintf "%s.%s[%d]" path k i, c)
+                              yield k, items |> List.mapi (fun i c -> tagOf k i c, c)
+                      | _ -> () ]
+            // an empty list is reported above: read as if absent
+            let options =
+                options |> Map.filter (fun k v -> match v with :? YamlSequenceNode as q when not (listKeys.Contains k) -> q.Children.Count > 0 | _ -> true)
+            let rec combos axes =
+                match axes with
+                | [] -> [ [], options ]
+                | (k, values) :: rest -> [ for tag, node in values do for tags, o in combos rest -> tag :: tags, Map.add k node o ]
+            // one value is not an axis: it names no run
+            let many = axes |> List.filter (fun (_, vs) -> vs.Length > 1) |> List.map fst |> set
+            let choices =
+                combos axes
+                |> List.choose (fun (tags, o) ->
+                    let shown = List.zip (List.map fst axes) tags |> List.filter (fun (k, _) -> many.Contains k) |> List.map snd
+                    build name o |> Option.map (fun m -> shown, m))
+            let variantName = opt fs path "name" (readStr r)
+            let training = settings r path fs
+            match choices with
+            | [] -> None
+            | [ [], m ] when variantName.IsNone && training.IsEmpty -> Some(Choice1Of2 m)
+            | cs -> Some(Choice2Of2 { Name = variantName; Choices = cs; Training = training })
         let known (node: YamlNode) name =
             if List.contains name methodNames then true
             else
                 r.Error(node, path, sprintf "unknown method '%s'%s; expected one of %s" name (ZooNames.didYouMean methodNames name) (String.concat ", " methodNames))
                 false
         match n with
-        | :? YamlScalarNode as s -> if known n s.Value then build s.Value None else None
+        | :? YamlScalarNode as s -> if known n s.Value then declare s.Value None else None
         | :? YamlMappingNode as m when m.Children.Count = 1 ->
             let kv = Seq.head m.Children
             match kv.Key with
-            | :? YamlScalarNode as k -> if known kv.Key k.Value then build k.Value (Some kv.Value) else None
+            | :? YamlScalarNode as k -> if known kv.Key k.Value then declare k.Value (Some kv.Value) else None
             | _ -> r.Error(n, path, "a method is a name (lora) or a name with options (lora: { alpha: 16 })"); None
         | _ -> r.Error(n, path, sprintf "a method is a name (lora) or a name with options (lora: { alpha: 16 }), got %s" (kindOf n)); None
 
@@ -504,11 +630,33 @@ module YamlSpec =
             | None, Some mn -> r.Mark(path + "." + many, mn); list r (path + "." + many) mn item |> Option.defaultValue []
             | None, None -> r.Error(n, path + "." + many, sprintf "an experiment needs %s (or %s: a list)" single many); []
         let task = opt fs path "task" (fun p n -> choice r p n tasks) |> Option.defaultValue Classification
+        let training, sweeps = trainingAndSweeps r path fs
+        // the declarations with their index in the YAML; validation numbers them plain methods first,
+        // then the variants, so the marks of each move to that number
+        let declared =
+            match Map.tryFind "methods" fs with
+            | Some mn when not (isNullNode mn) ->
+                match mn with
+                | :? YamlSequenceNode as q ->
+                    [ for i, c in Seq.indexed q.Children do
+                          let p = sprintf "%s.methods[%d]" path i
+                          r.Mark(p, c)
+                          match methodDecl r p c with Some d -> yield i, d | None -> () ]
+                | _ -> r.Error(mn, path + ".methods", sprintf "expected a list, got %s" (kindOf mn)); []
+            | _ -> []
+        let order = (declared |> List.filter (fun (_, d) -> d.IsChoice1Of2)) @ (declared |> List.filter (fun (_, d) -> d.IsChoice2Of2))
+        let prefix i = sprintf "%s.methods[%d]" path i
+        let marked = r.Marks |> Seq.filter (fun kv -> kv.Key.StartsWith(path + ".methods[")) |> List.ofSeq
+        for kv in marked do r.Marks.Remove kv.Key |> ignore
+        for j, (i, _) in List.indexed order do
+            for KeyValue(k, v) in marked do
+                if k = prefix i || k.StartsWith(prefix i + ".") || k.StartsWith(prefix i + "[") then r.Marks.[prefix j + k.Substring((prefix i).Length)] <- v
         { Name = opt fs path "name" (readStr r) |> Option.defaultValue ""
           Models = oneOrMany "model" "models" (baseModel r named) "model"
           Datasets = oneOrMany "dataset" "datasets" (fun p n -> Some(dataset r p n)) "dataset"
           Task = task
-          Methods = opt fs path "methods" (fun p n -> list r p n (methodDecl r)) |> Option.defaultValue []
+          Methods = [ for d in declared do match d with _, Choice1Of2 m -> yield m | _ -> () ]
+          Variants = [ for d in declared do match d with _, Choice2Of2 v -> yield v | _ -> () ]
           Ranks = opt fs path "ranks" (fun p n -> list r p n (readInt r)) |> Option.defaultValue []
           Seeds =
             match opt fs path "seed" (readInt r), opt fs path "seeds" (fun p n -> list r p n (readInt r)) with
@@ -516,7 +664,8 @@ module YamlSpec =
             | None, Some ss -> ss
             | Some s, Some _ -> r.Error(fs.["seeds"], path + ".seeds", "give either seed or seeds, not both"); [ s ]
             | None, None -> [ 0 ]
-          Training = training r path fs
+          Training = training
+          Sweeps = sweeps
           Tables = opt fs path "tables" (fun p n -> list r p n (fun p n -> Some(tableDecl r p n))) |> Option.defaultValue [] }
 
     /// Nesting deeper than this is refused before building the node tree: YamlDotNet builds it
@@ -620,7 +769,14 @@ module YamlSpec =
             try
                 let stream = YamlStream()
                 stream.Load(new StringReader(text))
-                if stream.Documents.Count = 0 then None else methodDecl r "method" stream.Documents.[0].RootNode
+                if stream.Documents.Count = 0 then None
+                else
+                    match methodDecl r "method" stream.Documents.[0].RootNode with
+                    | Some(Choice1Of2 m) -> Some m
+                    | Some(Choice2Of2 _) ->
+                        r.Errors.Add { File = "method"; Line = 1; Column = 1; Field = "method"; Message = "a name, option lists or training settings do not apply here: give one method" }
+                        None
+                    | None -> None
             with :? YamlException as e ->
                 r.Errors.Add { File = "method"; Line = 1; Column = 1; Field = "method"; Message = sprintf "not valid YAML: %s" e.Message }
                 None
@@ -704,16 +860,56 @@ module YamlSpec =
         line ("val_fraction: " + f d.ValFraction)
         line (sprintf "seed: %d" d.Seed)
 
-    let private writeTraining (sb: StringBuilder) (ind: string) (t: Training) =
-        let line (s: string) = sb.AppendLine(ind + s) |> ignore
-        line (sprintf "epochs: %d" t.Epochs)
-        line (sprintf "batch: %d" t.Batch)
-        line ("lr: " + f t.Lr)
-        line (sprintf "warmup: %d" t.Warmup)
-        line ("weight_decay: " + f t.WeightDecay)
-        line ("device: " + Canonical.deviceName t.Device)
-        line ("precision: " + Canonical.precisionName t.Precision)
-        t.ImageSize |> Option.iter (fun s -> line (sprintf "image_size: %d" s))
+    /// A setting's value as YAML text.
+    let private settingText (s: Setting) =
+        let orNone g = function Some v -> g v | None -> "none"
+        match s with
+        | Setting.Epochs v | Setting.Batch v | Setting.Warmup v | Setting.ImageSize v | Setting.GradAccum v | Setting.CropPadding v -> string v
+        | Setting.Lr v | Setting.WeightDecay v | Setting.MinLr v | Setting.LabelSmoothing v -> f v
+        | Setting.Device d -> Canonical.deviceName d
+        | Setting.Precision p -> Canonical.precisionName p
+        | Setting.Schedule sc -> Settings.scheduleName sc
+        | Setting.ClipGrad c -> orNone f c
+        | Setting.HFlip b -> if b then "true" else "false"
+        | Setting.RandomResizedCrop c -> orNone f c
+        | Setting.Patience p -> orNone string p
+        | Setting.Select x -> Settings.selectionName x
+        | Setting.Head h -> Settings.headName h
+
+    /// Settings as YAML lines (an axis as a flow list), with decay_epochs and decay_rate for sched: step.
+    let private writeSettings (sb: StringBuilder) (ind: string) (axes: Setting list list) =
+        for axis in axes do
+            let values = axis |> List.map settingText
+            sb.AppendLine(sprintf "%s%s: %s" ind (Settings.key axis.Head) (if values.Length = 1 then values.Head else "[" + String.concat ", " values + "]")) |> ignore
+        match axes |> List.concat |> List.tryPick (function Setting.Schedule(Step(e, r)) -> Some(e, r) | _ -> None) with
+        | Some(e, r) -> sb.AppendLine(sprintf "%sdecay_epochs: %d" ind e).AppendLine(sprintf "%sdecay_rate: %s" ind (f r)) |> ignore
+        | None -> ()
+
+    /// The settings of a training that differ from the defaults (the first eight always), except the
+    /// keys written elsewhere (an experiment's axes).
+    let private trainingSettings (except: Set<string>) (t: Training) =
+        let d = Training.Defaults
+        [ Setting.Epochs t.Epochs; Setting.Batch t.Batch; Setting.Lr t.Lr; Setting.Warmup t.Warmup; Setting.WeightDecay t.WeightDecay
+          Setting.Device t.Device; Setting.Precision t.Precision ]
+        @ (t.ImageSize |> Option.map Setting.ImageSize |> Option.toList)
+        @ [ if t.Schedule <> d.Schedule then Setting.Schedule t.Schedule
+            if t.MinLr <> d.MinLr then Setting.MinLr t.MinLr
+            if t.ClipGrad <> d.ClipGrad then Setting.ClipGrad t.ClipGrad
+            if t.GradAccum <> d.GradAccum then Setting.GradAccum t.GradAccum
+            if t.LabelSmoothing <> d.LabelSmoothing then Setting.LabelSmoothing t.LabelSmoothing
+            if t.HFlip <> d.HFlip then Setting.HFlip t.HFlip
+            if t.CropPadding <> d.CropPadding then Setting.CropPadding t.CropPadding
+            if t.RandomResizedCrop <> d.RandomResizedCrop then Setting.RandomResizedCrop t.RandomResizedCrop
+            if t.Patience <> d.Patience then Setting.Patience t.Patience
+            // written always with a patience: without select, a patience selects the best epoch
+            if t.Select <> d.Select || t.Patience.IsSome then Setting.Select t.Select
+            if t.Head <> d.Head then Setting.Head t.Head ]
+        |> List.filter (fun s -> not (except.Contains(Settings.key s)))
+
+    let private writeTrainingExcept (sb: StringBuilder) (ind: string) (except: Set<string>) (t: Training) =
+        writeSettings sb ind [ for s in trainingSettings except t -> [ s ] ]
+
+    let private writeTraining (sb: StringBuilder) (ind: string) (t: Training) = writeTrainingExcept sb ind Set.empty t
 
     let private writePretrain (sb: StringBuilder) (ind: string) (p: Pretrain) =
         let line (s: string) = sb.AppendLine(ind + s) |> ignore
@@ -812,6 +1008,21 @@ module YamlSpec =
                 line ("order: " + flowStrs t.Order)
                 t.Baseline |> Option.iter (fun b -> line ("baseline: " + q b))
 
+    /// A variant: its method's options (of its one choice: option lists are not written back), its
+    /// name and its settings.
+    let private writeVariant (sb: StringBuilder) (ind: string) (v: Variant) =
+        match v.Choices with
+        | [ [], m ] ->
+            let head = StringBuilder()
+            writeMethod head ind m
+            let lines = head.ToString().TrimEnd().Split('\n') |> Array.map (fun l -> l.TrimEnd '\r')
+            // "- full" becomes "- full:" with the variant's fields under it
+            sb.AppendLine(if lines.[0].EndsWith ":" then lines.[0] else lines.[0] + ":") |> ignore
+            for l in lines.[1..] do sb.AppendLine l |> ignore
+            v.Name |> Option.iter (fun n -> sb.AppendLine(ind + "    name: " + q n) |> ignore)
+            writeSettings sb (ind + "    ") v.Training
+        | _ -> invalidArg "v" "YamlSpec.write writes variants of one choice (option lists are not written back)"
+
     /// YAML text for experiments, every field explicit (pretrain steps inline); `parse` reads it back
     /// into equal records.
     let write (experiments: Experiment list) =
@@ -848,8 +1059,10 @@ module YamlSpec =
                 writeDataset sb "        " d
             line "methods:"
             for m in e.Methods do writeMethod sb "      " m
+            for v in e.Variants do writeVariant sb "      " v
             line ("ranks: " + flowInts e.Ranks)
             line ("seeds: " + flowInts e.Seeds)
-            writeTraining sb "    " e.Training
+            writeTrainingExcept sb "    " (e.Sweeps |> List.choose List.tryHead |> List.map Settings.key |> set) e.Training
+            writeSettings sb "    " e.Sweeps
             writeTables sb e.Tables
         sb.ToString()

@@ -52,6 +52,22 @@ let dataset (task: Task) =
         return { Source = source; Classes = classes; ShotsPerClass = shots; LimitTrain = lt; LimitVal = lv; ValFraction = vf; Seed = seed }
     }
 
+/// Some of the recipe's settings, each valid (min_lr stays 0: it is bounded by each run's lr).
+let recipeSettings =
+    let one =
+        Gen.oneof
+            [ Gen.elements [ Linear; Constant; Step(2, 0.5) ] |> Gen.map Setting.Schedule
+              Gen.elements [ None; Some 0.5; Some 5.0 ] |> Gen.map Setting.ClipGrad
+              Gen.choose (2, 4) |> Gen.map Setting.GradAccum
+              fraction |> Gen.map Setting.LabelSmoothing
+              Gen.constant (Setting.HFlip true)
+              Gen.choose (1, 4) |> Gen.map Setting.CropPadding
+              Gen.elements [ 0.08; 0.5 ] |> Gen.map (Some >> Setting.RandomResizedCrop)
+              Gen.choose (1, 3) |> Gen.map (Some >> Setting.Patience)
+              Gen.constant (Setting.Select BestEpoch)
+              Gen.constant (Setting.Head ReuseHead) ]
+    Gen.listOf one |> Gen.map (List.truncate 4)
+
 let training =
     gen {
         let! e = Gen.choose (1, 5)
@@ -62,7 +78,8 @@ let training =
         let! d = Gen.elements [ Cpu; Cuda ]
         let! p = Gen.elements [ Fp32; Bf16 ] // fp16 is refused by validation
         let! s = Gen.choose (8, 64)
-        return { Epochs = e; Batch = b; Lr = lr; Warmup = w; WeightDecay = wd; Device = d; Precision = p; ImageSize = Some s }
+        let! recipe = recipeSettings
+        return List.fold Settings.apply { Training.Defaults with Epochs = e; Batch = b; Lr = lr; Warmup = w; WeightDecay = wd; Device = d; Precision = p; ImageSize = Some s } recipe
     }
 
 let pretrainStep (name: string) =
@@ -207,7 +224,26 @@ let experiment (name: string) =
         let! t = training
         let! nTables = Gen.choose (0, 2)
         let! tables = [ for i in 1 .. nTables -> tableDecl (sprintf "t%d" i) ] |> Gen.sequenceToList
-        return { Name = name; Models = models; Datasets = datasets; Task = task; Methods = methods; Ranks = ranks; Seeds = seeds; Training = t; Tables = tables }
+        // segmentation masks are not cropped (validation refuses it)
+        let t = if task = Segmentation then { t with CropPadding = 0; RandomResizedCrop = None; LabelSmoothing = 0.0 } else t
+        // some methods as variants (a name, settings of their own), some training settings as axes
+        let! asVariant = Gen.listOfLength methods.Length (Gen.elements [ false; false; true ])
+        let! variantLr = Gen.elements [ [ Setting.Lr 0.01 ]; [ Setting.Epochs 2; Setting.Lr 0.003 ]; [] ]
+        let plain = List.zip methods asVariant |> List.filter (snd >> not) |> List.map fst
+        let variants =
+            List.zip methods asVariant
+            |> List.filter snd
+            |> List.mapi (fun i (m, _) -> { Name = Some(sprintf "%s-v%d" m.Name i); Choices = [ [], m ]; Training = [ for s in variantLr -> [ s ] ] })
+        let! sweeps =
+            Gen.elements
+                [ []
+                  [ [ Setting.Lr 0.001; Setting.Lr 0.003 ] ]
+                  [ [ Setting.WeightDecay 0.0; Setting.WeightDecay 0.05 ]; [ Setting.LabelSmoothing 0.0; Setting.LabelSmoothing 0.1 ] ] ]
+        // a swept key keeps its default in Training (the YAML has one value or a list per key)
+        let t = sweeps |> List.fold (fun t axis -> Settings.current Training.Defaults axis.Head |> Option.fold Settings.apply t) t
+        let methods, variants = if plain.IsEmpty && variants.IsEmpty then methods, [] else plain, variants
+        return { Name = name; Models = models; Datasets = datasets; Task = task; Methods = methods; Ranks = ranks; Seeds = seeds; Training = t
+                 Sweeps = sweeps; Variants = variants; Tables = tables }
     }
     // two identical models or datasets would give two runs one name: validation rejects that
     |> Gen.filter (fun e -> List.distinct (List.map Grid.modelLabel e.Models) = List.map Grid.modelLabel e.Models

@@ -28,7 +28,10 @@ let rebuild (e: Experiment) =
         precision e.Training.Precision
         imageSize e.Training.ImageSize.Value
         tables e.Tables
+        settings (Settings.ofTraining e.Training)
+        variants e.Variants
     }
+    |> fun built -> { built with Sweeps = e.Sweeps }
 
 let parseOk (text: string) =
     let es, errs, _ = YamlSpec.parse "gen.yaml" text
@@ -94,8 +97,11 @@ let propertyTests =
 
         testProp "grid size is the product of its axes" (Prop.forAll DslGenerators.experimentArb (fun e ->
             let runs = Grid.expand e
-            let rankCells = e.Methods |> List.sumBy (fun m -> if m.UsesRank then e.Ranks.Length else 1)
-            Expect.equal runs.Length (e.Models.Length * e.Datasets.Length * e.Seeds.Length * rankCells) "runs = models × datasets × seeds × Σ method ranks"
+            let cells (v: Variant) =
+                let axes = Settings.merge e.Sweeps v.Training |> List.fold (fun n a -> n * a.Length) 1
+                axes * (v.Choices |> List.sumBy (fun (_, m) -> if m.UsesRank then e.Ranks.Length else 1))
+            let rankCells = Grid.entries e |> List.sumBy cells
+            Expect.equal runs.Length (e.Models.Length * e.Datasets.Length * e.Seeds.Length * rankCells) "runs = models × datasets × seeds × Σ method ranks × training axes"
             Expect.equal (runs |> List.map (fun r -> r.Name) |> List.distinct).Length runs.Length "run names are unique"
             Expect.isTrue (runs |> List.forall (fun r -> r.Method.UsesRank = r.Rank.IsSome)) "full/head (and ratio adapters) carry no rank"))
 

@@ -29,7 +29,9 @@ let all =
         ZooExportTests.tests
         DataTests.tests
         TrainingTests.tests
+        RecipeTests.tests
         DslTests.tests
+        GridAxesTests.tests
         RunnerTests.tests
         ResultsTests.tests
         ParityTests.tests

@@ -11,6 +11,9 @@ public enum Precision { Float32, BFloat16 }
 
 /// Options of one training run. Defaults follow common fine-tuning practice (AdamW, weight decay
 /// 0.05 on matrices only, cosine schedule, clip at norm 1).
+/// The learning rate after the warm-up: timm's `sched` (cosine, linear, constant, step).
+public enum LrSchedule { Cosine, Linear, Constant, Step }
+
 public sealed record TrainOptions
 {
     public int Epochs { get; init; } = 1;
@@ -49,6 +52,22 @@ public sealed record TrainOptions
     public bool DropLast { get; init; }
     /// Batches prepared ahead on the loader's worker thread (0: build them inline).
     public int Prefetch { get; init; } = 2;
+    /// The schedule after the warm-up; cosine and linear end at <see cref="MinLearningRate"/>.
+    public LrSchedule Schedule { get; init; } = LrSchedule.Cosine;
+    /// Step schedule: multiply the learning rate by <see cref="DecayRate"/> every this many epochs.
+    public int DecayEpochs { get; init; } = 1;
+    public double DecayRate { get; init; } = 0.1;
+    /// Batches whose gradients add up before one optimiser step (each batch's loss weighted by its
+    /// share of the group's items, so the step equals one on the group as a single batch).
+    public int GradAccumulation { get; init; } = 1;
+    /// Classification: the target's probability mass spread evenly over all classes (PyTorch's
+    /// cross_entropy label_smoothing); validation losses stay unsmoothed.
+    public double LabelSmoothing { get; init; }
+    /// Stop after this many evaluated epochs without a better validation metric (null: never).
+    public int? Patience { get; init; }
+    /// Report, and leave in the model, the epoch with the best validation metric (accuracy, DICE, or
+    /// the lowest loss) instead of the last.
+    public bool SelectBest { get; init; }
     /// Read the loss back to the host every N steps (each read waits for the GPU to finish the step);
     /// 0 chooses: every step on CPU, every 8 steps on CUDA. With N > 1 a non-finite loss is reported
     /// (with its step) up to N − 1 steps late, always before a checkpoint is written.
@@ -65,6 +84,12 @@ public sealed record TrainOptions
         if (WeightDecay < 0) errors.Add($"WeightDecay must not be negative (got {WeightDecay})");
         if (ClipGradNorm < 0) errors.Add($"ClipGradNorm must not be negative (got {ClipGradNorm})");
         if (LossReadEvery < 0) errors.Add($"LossReadEvery must not be negative (got {LossReadEvery})");
+        if (DecayEpochs < 1) errors.Add($"DecayEpochs must be at least 1 (got {DecayEpochs})");
+        if (!(DecayRate > 0 && DecayRate <= 1)) errors.Add($"DecayRate must be in (0, 1] (got {DecayRate})");
+        if (GradAccumulation < 1) errors.Add($"GradAccumulation must be at least 1 (got {GradAccumulation})");
+        if (!(LabelSmoothing >= 0 && LabelSmoothing < 1)) errors.Add($"LabelSmoothing must be in [0, 1) (got {LabelSmoothing})");
+        if (Patience is int p && p < 1) errors.Add($"Patience must be at least 1 (got {p})");
+        if ((Patience is not null || SelectBest) && !EvalEveryEpoch) errors.Add("early stopping and best-epoch selection need EvalEveryEpoch");
         if (CheckpointEverySteps < 0) errors.Add($"CheckpointEverySteps must not be negative (got {CheckpointEverySteps})");
         if (errors.Count > 0) throw new ArgumentException("invalid training options: " + string.Join("; ", errors) + ".");
     }

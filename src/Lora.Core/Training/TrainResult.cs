@@ -13,7 +13,9 @@ public sealed record StepLoss(long Step, int Epoch, double Loss, double Learning
 /// One epoch's summary: mean training loss and, when evaluated, the validation metrics.
 public sealed record EpochMetrics(int Epoch, long Step, double TrainLoss, EvalMetrics? Validation);
 
-/// Everything a run reports.
+/// Everything a run reports. <see cref="Final"/> is the selected epoch's validation (the last one's,
+/// or with <see cref="TrainOptions.SelectBest"/> the best one's: <see cref="SelectedEpoch"/>, 1-based;
+/// null when the last epoch is reported).
 public sealed record TrainResult(
     EvalMetrics Final,
     IReadOnlyList<StepLoss> LossCurve,
@@ -26,7 +28,9 @@ public sealed record TrainResult(
     Precision Precision,
     string Device,
     long TrainableParameters,
-    long? ResumedFromStep)
+    long? ResumedFromStep,
+    int? SelectedEpoch = null,
+    bool StoppedEarly = false)
 {
     /// The validation metrics before the first step (<see cref="TrainOptions.EvalAtStart"/>), or null.
     public EvalMetrics? InitialValidation { get; init; }

@@ -53,14 +53,27 @@ public sealed class Trainer
     public TrainResult Resume(SegmentationDataset train, SegmentationDataset? validation = null, IProgress<TrainingProgress>? progress = null, CancellationToken cancel = default) =>
         Run(new SegmentationTask(train, validation), true, progress, cancel);
 
-    /// The learning rate of the 0-based step: linear warm-up, then cosine decay to the minimum.
+    /// The learning rate of the 0-based (optimiser) step: linear warm-up, then the schedule: cosine
+    /// or linear decay to the minimum, constant, or step decay by DecayRate every DecayEpochs epochs
+    /// (counted from step 0, as timm's step scheduler).
     public static double LearningRateAt(TrainOptions o, long step, long totalSteps)
     {
         if (step < o.WarmupSteps) return o.LearningRate * (step + 1) / o.WarmupSteps;
         long decay = Math.Max(1, totalSteps - o.WarmupSteps);
         double progress = Math.Min(1.0, (double)(step - o.WarmupSteps) / decay);
-        return o.MinLearningRate + 0.5 * (o.LearningRate - o.MinLearningRate) * (1 + Math.Cos(Math.PI * progress));
+        switch (o.Schedule)
+        {
+            case LrSchedule.Linear: return o.LearningRate + (o.MinLearningRate - o.LearningRate) * progress;
+            case LrSchedule.Constant: return o.LearningRate;
+            case LrSchedule.Step:
+                long perEpoch = Math.Max(1, totalSteps / o.Epochs);
+                return o.LearningRate * Math.Pow(o.DecayRate, step / (perEpoch * o.DecayEpochs));
+            default: return o.MinLearningRate + 0.5 * (o.LearningRate - o.MinLearningRate) * (1 + Math.Cos(Math.PI * progress));
+        }
     }
+
+    /// Higher is better: accuracy, DICE, or the negated loss.
+    static double Score(EvalMetrics m) => m.Top1 ?? m.Dice ?? -m.Loss;
 
     TrainResult Run(ITask task, bool resume, IProgress<TrainingProgress>? progress, CancellationToken cancel)
     {
@@ -77,7 +90,9 @@ public sealed class Trainer
         var optimizer = training.Optimizer;
         var loader = task.Loader(o, device, train: true);
         var evalLoader = task.Loader(o, device, train: false);
-        int perEpoch = loader.BatchesPerEpoch;
+        // steps are optimiser steps: `accum` batches each (the last group of an epoch may be shorter)
+        int accum = o.GradAccumulation, batches = loader.BatchesPerEpoch;
+        int perEpoch = (batches + accum - 1) / accum;
         long total = (long)perEpoch * o.Epochs;
 
         var hooks = training.Hooks;
@@ -87,9 +102,11 @@ public sealed class Trainer
         long? resumedFrom = null;
         var ckpt = CheckpointPath;
         string? lastGood = null;
+        // the best epoch's weights (trainable parameters and buffers), when the best epoch is reported
+        var best = new Dictionary<string, Tensor>();
         if (resume && ckpt is not null && File.Exists(ckpt))
         {
-            st = Load(ckpt, st, trainable, optimizer, hooks);
+            st = Load(ckpt, st, trainable, optimizer, hooks, best);
             resumedFrom = st.Step;
             lastGood = ckpt;
         }
@@ -118,20 +135,30 @@ public sealed class Trainer
         }
         if (o.EvalAtStart && st.Step == 0 && task.HasValidation)
             st.InitialValidation ??= task.Evaluate(model, evalLoader, inputType, o);
+        // the weighted losses of an accumulation group's earlier batches (and their task losses)
+        Tensor? groupLoss = null, groupTask = null;
+        static Tensor Accumulate(Tensor? sum, Tensor loss)
+        {
+            var next = sum is null ? loss.detach().clone() : sum.Plus(loss.detach());
+            sum?.Dispose();
+            return next.DetachFromDisposeScope();
+        }
         model.train();
         try
         {
-        for (int epoch = (int)(st.Step / perEpoch); epoch < o.Epochs; epoch++)
+        for (int epoch = (int)(st.Step / perEpoch); epoch < o.Epochs && !st.StoppedEarly; epoch++)
         {
-            int start = (int)(st.Step - (long)epoch * perEpoch);
+            int start = (int)(st.Step - (long)epoch * perEpoch) * accum;
             foreach (var batch in loader.Epoch(epoch, start))
                 using (batch)
                 {
                     cancel.ThrowIfCancellationRequested();
                     clock.Start();
+                    int micro = batch.Index % accum;
+                    bool stepNow = micro == accum - 1 || batch.Index == batches - 1;
                     using (var scope = NewDisposeScope())
                     {
-                        long stepSeed = Seeded.Mix(o.Seed, st.Step, 0xd0);
+                        long stepSeed = micro == 0 ? Seeded.Mix(o.Seed, st.Step, 0xd0) : Seeded.Mix(o.Seed, st.Step, micro, 0xd0);
                         using (torch.random.manual_seed(stepSeed)) { }
                         if (device.type == DeviceType.CUDA) torch.cuda.manual_seed_all(stepSeed);
                         double lr = LearningRateAt(o, st.Step, total);
@@ -139,35 +166,63 @@ public sealed class Trainer
                         var loss = training.WithExtraLoss(taskLoss);
                         // a regulariser was added (AdaLoRA): the task loss is kept apart for the curves
                         var regularized = !ReferenceEquals(loss, taskLoss);
-                        if (readEvery == 1)
+                        if (accum > 1)
                         {
-                            // read before the update: a diverged step changes nothing
-                            double value = loss.item<float>();
-                            if (!double.IsFinite(value))
-                                throw new TrainingDivergedException(st.Step + 1, epoch, value, lastGood);
-                            double? taskValue = regularized ? taskLoss.item<float>() : null;
-                            training.BackwardAndStep(loss, lr);
-                            st.Step++;
-                            st.LossCurve.Add(new StepLoss(st.Step, epoch + 1, value, lr, taskValue));
+                            // this batch's share of the group's items: the group's loss is their mean
+                            int groupStart = (batch.Index / accum) * accum * o.BatchSize;
+                            int groupItems = Math.Min(loader.Count, groupStart + accum * o.BatchSize) - groupStart;
+                            using Scalar share = (double)batch.Size / groupItems;
+                            loss = loss.mul(share);
+                            if (regularized) taskLoss = taskLoss.mul(share);
+                        }
+                        if (!stepNow)
+                        {
+                            groupLoss = Accumulate(groupLoss, loss);
+                            if (regularized) groupTask = Accumulate(groupTask, taskLoss);
+                            loss.backward();
                         }
                         else
                         {
-                            pending.Add((st.Step + 1, epoch, lr, loss.detach().DetachFromDisposeScope(),
-                                regularized ? taskLoss.detach().DetachFromDisposeScope() : null));
-                            training.BackwardAndStep(loss, lr);
-                            st.Step++;
+                            var whole = groupLoss is null ? loss : groupLoss.Plus(loss.detach());
+                            var wholeTask = !regularized ? null : groupTask is null ? taskLoss : groupTask.Plus(taskLoss.detach());
+                            if (readEvery == 1)
+                            {
+                                // read before the update: a diverged step changes nothing
+                                double value = whole.item<float>();
+                                if (!double.IsFinite(value))
+                                    throw new TrainingDivergedException(st.Step + 1, epoch, value, lastGood);
+                                double? taskValue = wholeTask?.item<float>();
+                                loss.backward();
+                                training.ClipAndStep(lr);
+                                st.Step++;
+                                st.LossCurve.Add(new StepLoss(st.Step, epoch + 1, value, lr, taskValue));
+                            }
+                            else
+                            {
+                                pending.Add((st.Step + 1, epoch, lr, whole.detach().DetachFromDisposeScope(), wholeTask?.detach().DetachFromDisposeScope()));
+                                loss.backward();
+                                training.ClipAndStep(lr);
+                                st.Step++;
+                            }
+                            groupLoss?.Dispose();
+                            groupLoss = null;
+                            groupTask?.Dispose();
+                            groupTask = null;
                         }
                     }
-                    // Outside the step's dispose scope: a hook may keep tensors across steps by moving
-                    // them to "the outer scope", which must not be this step's.
-                    training.AfterStep(st.Step);
-                    if (pending.Count >= readEvery) ReadLosses();
+                    if (stepNow)
+                    {
+                        // Outside the step's dispose scope: a hook may keep tensors across steps by moving
+                        // them to "the outer scope", which must not be this step's.
+                        training.AfterStep(st.Step);
+                        if (pending.Count >= readEvery) ReadLosses();
+                    }
                     clock.Stop();
                     st.Images += batch.Size;
-                    if (ckpt is not null && o.CheckpointEverySteps > 0 && st.Step % o.CheckpointEverySteps == 0 && st.Step % perEpoch != 0)
+                    if (stepNow && ckpt is not null && o.CheckpointEverySteps > 0 && st.Step % o.CheckpointEverySteps == 0 && st.Step % perEpoch != 0)
                     {
                         ReadLosses();
-                        lastGood = Save(ckpt, st, clock, trainable, optimizer, hooks);
+                        lastGood = Save(ckpt, st, clock, trainable, optimizer, hooks, best);
                     }
                     progress?.Report(Progress(st, clock, epoch, total, null));
                 }
@@ -179,24 +234,64 @@ public sealed class Trainer
                 val = task.Evaluate(model, evalLoader, inputType, o);
             var em = new EpochMetrics(epoch + 1, st.Step, trainLoss, val);
             st.Epochs.Add(em);
-            if (ckpt is not null) lastGood = Save(ckpt, st, clock, trainable, optimizer, hooks);
+            if (val is not null && (o.SelectBest || o.Patience is not null))
+            {
+                if (st.BestEpoch == 0 || Score(val) > st.BestScore)
+                {
+                    st.BestEpoch = epoch + 1;
+                    st.BestScore = Score(val);
+                    if (o.SelectBest) Snapshot(best, trainable, optimizer);
+                }
+                else if (o.Patience is int patience && epoch + 1 - st.BestEpoch >= patience) st.StoppedEarly = true;
+            }
+            if (ckpt is not null) lastGood = Save(ckpt, st, clock, trainable, optimizer, hooks, best);
             progress?.Report(Progress(st, clock, epoch, total, em));
         }
         }
         finally
         {
-            foreach (var p in pending) p.Loss.Dispose();
+            foreach (var p in pending) { p.Loss.Dispose(); p.Task?.Dispose(); }
+            groupLoss?.Dispose();
+            groupTask?.Dispose();
         }
 
-        var final = st.Epochs.Count > 0 && st.Epochs[^1].Validation is EvalMetrics v ? v
+        int? selected = o.SelectBest && st.BestEpoch > 0 ? st.BestEpoch : null;
+        var final = selected is int sel ? st.Epochs[sel - 1].Validation!
+            : st.Epochs.Count > 0 && st.Epochs[^1].Validation is EvalMetrics v ? v
             : task.Evaluate(model, task.HasValidation ? evalLoader : task.Loader(o, device, train: false, trainSet: true), inputType, o);
         // bf16 runs trained low-precision copies; the model keeps the float32 masters (what is saved)
         MixedPrecision.RestoreFloat32(model, optimizer);
+        if (selected is not null) Restore(best);
+        foreach (var t in best.Values) t.Dispose();
         double seconds = st.TrainSeconds + clock.Elapsed.TotalSeconds;
         return new TrainResult(
             final, st.LossCurve.ToArray(), st.Epochs.ToArray(), st.Step, TimeSpan.FromSeconds(seconds),
             seconds > 0 ? st.Images / seconds : 0, memory.PeakMiB, memory.Source, o.Precision, device.ToString(),
-            trainableCount, resumedFrom) { InitialValidation = st.InitialValidation };
+            trainableCount, resumedFrom, selected, st.StoppedEarly) { InitialValidation = st.InitialValidation };
+    }
+
+    /// Copies of the trainable parameters (the float32 masters of a bf16 run) and the buffers
+    /// (batch-norm statistics), replacing the previous copies.
+    void Snapshot(Dictionary<string, Tensor> best, (string name, Parameter parameter)[] trainable, FlatAdamW optimizer)
+    {
+        foreach (var t in best.Values) t.Dispose();
+        best.Clear();
+        var masters = optimizer.MasterWeights().ToDictionary(m => m.Name, m => m.Value);
+        using var _ = no_grad();
+        foreach (var (name, p) in trainable)
+            best["param." + name] = (masters.TryGetValue(name, out var m) ? m : (Tensor)p).detach().clone().DetachFromDisposeScope();
+        foreach (var (name, b) in model.named_buffers())
+            best["buffer." + name] = b.detach().clone().DetachFromDisposeScope();
+    }
+
+    /// Puts the snapshot back into the model.
+    void Restore(Dictionary<string, Tensor> best)
+    {
+        using var _ = no_grad();
+        foreach (var (name, p) in model.named_parameters())
+            if (best.TryGetValue("param." + name, out var t)) p.copy_(t);
+        foreach (var (name, b) in model.named_buffers())
+            if (best.TryGetValue("buffer." + name, out var t)) b.copy_(t);
     }
 
     static TrainingProgress Progress(RunState st, Stopwatch clock, int epoch, long total, EpochMetrics? end)
@@ -222,23 +317,30 @@ public sealed class Trainer
         public List<StepLoss> LossCurve { get; set; } = [];
         public List<EpochMetrics> Epochs { get; set; } = [];
         public EvalMetrics? InitialValidation { get; set; }
+        /// 1-based; 0 until an epoch is scored (early stopping, best-epoch selection)
+        public int BestEpoch { get; set; }
+        public double BestScore { get; set; }
+        public bool StoppedEarly { get; set; }
     }
 
     static readonly JsonSerializerOptions json = new() { NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals };
 
-    string Save(string path, RunState st, Stopwatch clock, (string name, Parameter parameter)[] trainable, FlatAdamW optimizer, IReadOnlyList<IStepHook> hooks)
+    string Save(string path, RunState st, Stopwatch clock, (string name, Parameter parameter)[] trainable, FlatAdamW optimizer, IReadOnlyList<IStepHook> hooks,
+                Dictionary<string, Tensor> best)
     {
         var meta = new RunState
         {
             Step = st.Step, TotalSteps = st.TotalSteps, StepsPerEpoch = st.StepsPerEpoch, Seed = st.Seed, BatchSize = st.BatchSize,
             TrainSeconds = st.TrainSeconds + clock.Elapsed.TotalSeconds, Images = st.Images, LossCurve = st.LossCurve, Epochs = st.Epochs,
             InitialValidation = st.InitialValidation,
+            BestEpoch = st.BestEpoch, BestScore = st.BestScore, StoppedEarly = st.StoppedEarly,
         };
         using var scope = NewDisposeScope(); // what hooks create for StateTensors()
         var tensors = new List<(string, Tensor)>();
         tensors.AddRange(trainable.Select(p => ("param." + p.name, (Tensor)p.parameter)));
         tensors.AddRange(model.named_buffers().Select(b => ("buffer." + b.name, b.buffer)));
         tensors.AddRange(optimizer.State().Select(s => ("optim." + s.Name, s.Value)));
+        tensors.AddRange(best.Select(kv => ("best." + kv.Key, kv.Value)));
         for (int i = 0; i < hooks.Count; i++)
             if (hooks[i] is IStatefulStepHook sh)
                 tensors.AddRange(sh.StateTensors().Select(s => ($"hook{i}.{s.Name}", s.Value)));
@@ -246,7 +348,8 @@ public sealed class Trainer
         return path;
     }
 
-    RunState Load(string path, RunState expected, (string name, Parameter parameter)[] trainable, FlatAdamW optimizer, IReadOnlyList<IStepHook> hooks)
+    RunState Load(string path, RunState expected, (string name, Parameter parameter)[] trainable, FlatAdamW optimizer, IReadOnlyList<IStepHook> hooks,
+                  Dictionary<string, Tensor> best)
     {
         var (metaJson, tensors) = CheckpointFile.Read(path);
         try
@@ -271,6 +374,8 @@ public sealed class Trainer
                 if (tensors.TryGetValue("buffer." + name, out var t) && t.shape.SequenceEqual(b.shape)) b.copy_(t);
             var optim = tensors.Where(kv => kv.Key.StartsWith("optim.")).ToDictionary(kv => kv.Key["optim.".Length..], kv => kv.Value);
             optimizer.Load(st.Step, optim);
+            foreach (var (key, t) in tensors.Where(kv => kv.Key.StartsWith("best.")))
+                best[key["best.".Length..]] = t.clone().DetachFromDisposeScope();
             for (int i = 0; i < hooks.Count; i++)
                 if (hooks[i] is IStatefulStepHook sh)
                 {
@@ -312,7 +417,7 @@ public sealed class Trainer
                 : new DataLoader(trainSet || validation is null ? train : validation, EvalBatch(o), shuffle: false, 0, EvalTransforms(o), device, false, o.Prefetch);
 
         public Tensor Loss(nn.Module<Tensor, Tensor> model, Batch batch, ScalarType? inputType, TrainOptions o) =>
-            F.cross_entropy(Evaluator.ClassifierForward(model, batch, inputType), batch.Targets);
+            Losses.CrossEntropy(Evaluator.ClassifierForward(model, batch, inputType), batch.Targets, o.LabelSmoothing);
 
         public EvalMetrics Evaluate(nn.Module<Tensor, Tensor> model, DataLoader loader, ScalarType? inputType, TrainOptions o) =>
             Evaluator.Classification(model, loader, inputType);

@@ -45,6 +45,12 @@ public sealed class TrainingStep : IDisposable
     public void BackwardAndStep(Tensor loss, double lr)
     {
         loss.backward();
+        ClipAndStep(lr);
+    }
+
+    /// Clip the gradients gathered so far (one batch, or several accumulated) and take the AdamW step.
+    public void ClipAndStep(double lr)
+    {
         if (clipGradNorm > 0) Optimizer.ClipGradNorm(clipGradNorm).Dispose();
         Optimizer.Step(lr);
     }

@@ -55,17 +55,18 @@ public static class RunModel
     }
 }
 
-/// Base weights into a fresh model: strict, except a classifier whose shape differs (a new task's
-/// head keeps its fresh initialisation). The one rule for training and for rebuilding a run.
+/// Base weights into a fresh model: strict, except the classifier, which keeps its fresh
+/// initialisation unless <c>reuseHead</c> and its shape fits (a new task's head of another class
+/// count is always fresh). The one rule for training and for rebuilding a run.
 public static class BaseWeights
 {
-    public static void Load(nn.Module model, string weights)
+    public static void Load(nn.Module model, string weights, bool reuseHead = true)
     {
         var head = Zoo.Classifier(model);
         var shapes = model.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.shape);
         var fileShapes = Safetensors.ReadHeader(weights).Entries.ToDictionary(e => e.Name, e => e.Shape);
         bool Skip(string key) => key.StartsWith(head + ".", StringComparison.Ordinal)
-            && fileShapes.TryGetValue(key, out var f) && shapes.TryGetValue(key, out var m) && !f.SequenceEqual(m);
+            && (!reuseHead || fileShapes.TryGetValue(key, out var f) && shapes.TryGetValue(key, out var m) && !f.SequenceEqual(m));
         StateDict.Load(model, weights, strict: true, skip: Skip);
     }
 }

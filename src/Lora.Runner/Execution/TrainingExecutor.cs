@@ -55,7 +55,21 @@ public sealed class TrainingExecutor : IRunExecutor
             Precision = PrecisionOf(training.Precision),
             CheckpointDir = Path.Combine(ctx.ArtifactsDir, CheckpointFolder),
             CheckpointEverySteps = 10,
-            TrainTransforms = InputTransforms(model, data, OptionInt(training.ImageSize), ctx.Log),
+            TrainTransforms = InputTransforms(model, data, OptionInt(training.ImageSize), ctx.Log) with
+            {
+                HorizontalFlip = training.HFlip,
+                CropPadding = training.CropPadding,
+                RandomResizedCropScale = OptionDouble(training.RandomResizedCrop) ?? 0,
+            },
+            Schedule = ScheduleOf(training.Schedule),
+            DecayEpochs = training.Schedule is Schedule.Step step ? step.decayEpochs : 1,
+            DecayRate = training.Schedule is Schedule.Step step2 ? step2.decayRate : 0.1,
+            MinLearningRate = training.MinLr,
+            ClipGradNorm = OptionDouble(training.ClipGrad) ?? 0,
+            GradAccumulation = training.GradAccum,
+            LabelSmoothing = training.LabelSmoothing,
+            Patience = OptionInt(training.Patience),
+            SelectBest = training.Select.IsBestEpoch,
             EvalAtStart = true,
         };
         var card = CardOf(run, args, model, data, options.TrainTransforms, tuned);
@@ -202,8 +216,9 @@ public sealed class TrainingExecutor : IRunExecutor
             if (!File.Exists(weights))
                 throw new FileNotFoundException($"{spec.Id}: the base weights {weights} do not exist" +
                     (spec.Model.IsFromPretrain ? " (did its pretraining run finish?)" : ""), weights);
-            // The classifier is new whenever the class count differs: keep the model's fresh one.
-            BaseWeights.Load(model, weights);
+            // A new task gets a fresh classifier (the default); `head: reuse` keeps the base's where
+            // its shape fits (the class count differs: the model's fresh one all the same).
+            BaseWeights.Load(model, weights, reuseHead: spec.Kind.IsTuning && spec.Training.Head.IsReuseHead);
             ctx.Log($"base weights: {weights}");
         }
         return (model, args);
@@ -262,6 +277,9 @@ public sealed class TrainingExecutor : IRunExecutor
             ["precision"] = r.Precision.ToString(),
             ["peak_memory_source"] = r.PeakMemorySource,
         };
+        // which epoch the metrics are from (the last, or the best with select: best)
+        if (r.SelectedEpoch is int selected) extra["selected_epoch"] = selected.ToString(CultureInfo.InvariantCulture);
+        if (r.StoppedEarly) extra["stopped_early"] = "true";
         if (tuned?.Allocator() is not null && tuned.RankPattern() is { } pattern)
             extra["rank_pattern"] = string.Join(",", pattern.Select(kv => $"{kv.Key}={kv.Value.Count(b => b)}"));
         return new RunResult
@@ -278,6 +296,10 @@ public sealed class TrainingExecutor : IRunExecutor
     }
 
     static int? OptionInt(Microsoft.FSharp.Core.FSharpOption<int>? o) => o is null ? null : o.Value;
+    static double? OptionDouble(Microsoft.FSharp.Core.FSharpOption<double>? o) => o is null ? null : o.Value;
+
+    static LrSchedule ScheduleOf(Schedule s) =>
+        s.IsLinear ? LrSchedule.Linear : s.IsConstant ? LrSchedule.Constant : s.IsStep ? LrSchedule.Step : LrSchedule.Cosine;
 
     /// Epoch ends as log lines (the console and the run's log.txt).
     sealed class Progress(Action<string> log) : IProgress<TrainingProgress>
