@@ -242,6 +242,11 @@ let tests =
             Expect.equal code 0 (out + err)
             Expect.stringContains out "4 of 4 committed result(s) reproduced bit for bit, 0 differ" "all four reproduce"
             Expect.isTrue (File.Exists(Path.Combine(tables, "tiny.md"))) "the tables are written"
+            // of the committed results (byte-identical to `lora tables` on them), not the recomputed ones
+            let fromCommitted = dir.File "committed-tables"
+            let code, _, err = dispatch [ "tables"; "--results"; results; "--out"; fromCommitted ]
+            Expect.equal code 0 err
+            Expect.equal (File.ReadAllText(Path.Combine(tables, "tiny.md"))) (File.ReadAllText(Path.Combine(fromCommitted, "tiny.md"))) "the committed results' table"
             let lora = hashOf results "tiny/lora-r2"
             Expect.isTrue (File.Exists(Path.Combine(results + "-artifacts", lora, "adapter", "adapter_model.safetensors"))) "the weights are in the artifacts folder"
             tamper (Path.Combine(results, lora, ResultsStore.MetricsFile)) 0.5
