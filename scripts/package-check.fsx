@@ -26,6 +26,7 @@ let experiments =
                     AdaLora(LoraOptions.Defaults, { AdaLoraOptions.Defaults with TInit = 10; TFinal = 20; DeltaT = 2 })
                     adapter ]
           ranks [ 4; 8 ]
+          seeds [ 0; 1; 2 ]
           epochs 3
           batch 64
           lr 3e-3

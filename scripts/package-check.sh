@@ -76,24 +76,24 @@ if dotnet tool install lora --tool-path "$tools" --add-source "$feed" > "$work/t
     lora=$tools/lora
     if "$lora" --help > "$work/help.log" 2>&1 && grep -q "USAGE: lora" "$work/help.log"; then echo "package: lora --help works"
     else cat "$work/help.log"; fail "lora --help"; fi
-    # the main job, as the README runs it, limited to LoRA rank 4 and its pretrain step
+    # the main job, as the README runs it, limited to LoRA rank 4 seed 0 and its pretrain step
     cp -r experiments "$work/experiments"
-    if (cd "$work" && "$lora" run experiments/quickstart.yaml --results results --only 'quickstart/lora-r4' > run.log 2>&1) \
+    if (cd "$work" && "$lora" run experiments/quickstart.yaml --results results --only 'quickstart/lora-r4-s0' > run.log 2>&1) \
        && ls "$work"/results/*/metrics.json > /dev/null 2>&1 && [ "$(ls "$work"/results/*/metrics.json | wc -l)" = 2 ]; then
-        echo "package: the tool ran the main job's quickstart/lora-r4 and its pretrain step"
+        echo "package: the tool ran the main job's quickstart/lora-r4-s0 and its pretrain step"
     else tail -n 30 "$work/run.log"; fail "lora run of the main job"; fi
 else cat "$work/tool.log"; fail "dotnet tool install lora"; fi
 
 step "4/4 an F# script with #r \"nuget: Lora.Dsl\" declares the main job"
 cp scripts/package-check.fsx "$work/check.fsx"
-if (cd "$work" && dotnet fsi --quiet check.fsx) > "$work/fsx.log" 2>&1 && grep -q "^experiments: 1, runs: 10" "$work/fsx.log"; then
+if (cd "$work" && dotnet fsi --quiet check.fsx) > "$work/fsx.log" 2>&1 && grep -q "^experiments: 1, runs: 30" "$work/fsx.log"; then
     # each run's hash is the one the committed results of experiments/quickstart.yaml carry
     same=0
     while read -r id hash; do
         grep -qF "\"id\": \"$id\"" "results/$hash/metrics.json" 2> /dev/null && same=$((same + 1))
     done < <(grep -E '^quickstart/' "$work/fsx.log")
-    if [ "$same" = 10 ]; then echo "package: the F# script declared the main job's 10 runs, with the hashes of results/"
-    else cat "$work/fsx.log"; fail "the F# script's runs: $same of 10 have the committed results' hashes"; fi
+    if [ "$same" = 30 ]; then echo "package: the F# script declared the main job's 30 tunes, with the hashes of results/"
+    else cat "$work/fsx.log"; fail "the F# script's runs: $same of 30 have the committed results' hashes"; fi
 else cat "$work/fsx.log"; fail "the F# script with #r \"nuget: Lora.Dsl\""; fi
 # the repository's experiment scripts as an editor sees them: their #r preamble (skipped by
 # `lora run`) references the built Lora.Dsl, and they type-check and evaluate without the runner

@@ -233,6 +233,19 @@ let tests =
             Expect.equal (File.ReadAllText metrics) tampered "the committed metrics.json is kept"
         }
 
+        test "select: best records the selected epoch in the run's record (selected_epoch and selection)" {
+            if not (Lora.Core.Data.FashionMnist.IsInstalled()) then skiptest "dataset-fashion-mnist is not installed"
+            use dir = new TempDir()
+            let spec = dir.File "best.yaml"
+            File.WriteAllText(spec, File.ReadAllText(tinySpec).Replace("methods: [lora, adapter, head]", "methods: [head]\n    select: best\n    early_stopping_patience: 1").Replace("    epochs: 2\n    batch: 16\n    lr: 0.003\n", "    epochs: 3\n    batch: 16\n    lr: 0.003\n"))
+            let results = dir.File "results"
+            let code, out, err = dispatch [ "run"; spec; "--results"; results ]
+            Expect.equal code 0 (out + err)
+            let record = RunRecordJson.ReadFile(Path.Combine(results, hashOf results "tiny/head", ResultsStore.MetricsFile))
+            Expect.isSome (Option.ofNullable record.SelectedEpoch) "the selected epoch is recorded"
+            Expect.stringStarts record.Selection "best validation accuracy" "and how it was chosen"
+        }
+
         test "run --verify recomputes every committed result, checks each bit for bit and writes the tables; a difference exits 1" {
             if not (Lora.Core.Data.FashionMnist.IsInstalled()) then skiptest "dataset-fashion-mnist is not installed"
             use dir = new TempDir()

@@ -277,9 +277,6 @@ public sealed class TrainingExecutor : IRunExecutor
             ["precision"] = r.Precision.ToString(),
             ["peak_memory_source"] = r.PeakMemorySource,
         };
-        // which epoch the metrics are from (the last, or the best with select: best)
-        if (r.SelectedEpoch is int selected) extra["selected_epoch"] = selected.ToString(CultureInfo.InvariantCulture);
-        if (r.StoppedEarly) extra["stopped_early"] = "true";
         if (tuned?.Allocator() is not null && tuned.RankPattern() is { } pattern)
             extra["rank_pattern"] = string.Join(",", pattern.Select(kv => $"{kv.Key}={kv.Value.Count(b => b)}"));
         return new RunResult
@@ -292,6 +289,10 @@ public sealed class TrainingExecutor : IRunExecutor
             PeakMemoryBytes = double.IsNaN(r.PeakMemoryMiB) ? null : (long)(r.PeakMemoryMiB * 1048576),
             Extra = extra,
             Card = card,
+            // which epoch the metrics are from (with select: best; null: the last)
+            SelectedEpoch = r.SelectedEpoch,
+            Selection = r.SelectedEpoch is null ? null
+                : $"best validation {(r.Final.Top1 is not null ? "accuracy" : r.Final.Dice is not null ? "DICE" : "loss")}{(r.StoppedEarly ? ", stopped early" : "")}",
         };
     }
 
