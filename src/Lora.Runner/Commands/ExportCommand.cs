@@ -14,11 +14,8 @@ public static class ExportCommand
 {
     public static int Run(ExportOptions o, TextWriter stdout)
     {
-        if (ModelSource.OneOf(o.Model, o.Run) is { } which) throw new BadModelException(which);
-        var run = o.Run is null ? null : RunLocation.Resolve(o.Run, o.Results);
-        using var model = run is null
-            ? ModelSource.LoadMerged(o.Model, o.ModelConfig, o.Weights, o.Adapters, plain: true)
-            : RunModel.Load(run, new RunOverrides(o.ModelConfig, o.Weights, o.Adapters), mustMerge: true);
+        var (model, run) = RunModel.FromCommandLine(o.Model, o.Run, o.Results, o.ModelConfig, o.Weights, o.Adapters, mustMerge: true);
+        using var _model = model;
         var name = o.Model ?? run!.Card.Model;
         WriteOnnx(model, name, o.Out);
         var adapters = o.Adapters.Paths.IsEmpty && run?.Card.Weights == RunCard.AdapterWeights ? "its adapter" : o.Adapters.Paths.IsEmpty ? null : ModelSource.Describe(o.Adapters);

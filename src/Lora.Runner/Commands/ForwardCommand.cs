@@ -15,11 +15,8 @@ public static class ForwardCommand
 {
     public static int Run(ForwardOptions o, TextWriter stdout)
     {
-        if (ModelSource.OneOf(o.Model, o.Run) is { } which) throw new BadModelException(which);
-        var run = o.Run is null ? null : RunLocation.Resolve(o.Run, o.Results);
-        using var model = run is null
-            ? ModelSource.LoadMerged(o.Model, o.ModelConfig, o.Weights, o.Adapters)
-            : RunModel.Load(run, new RunOverrides(o.ModelConfig, o.Weights, o.Adapters), mustMerge: false);
+        var (model, run) = RunModel.FromCommandLine(o.Model, o.Run, o.Results, o.ModelConfig, o.Weights, o.Adapters, mustMerge: false);
+        using var _model = model;
         var tensors = Safetensors.Load(o.Input);
         if (!tensors.TryGetValue("input", out var input))
             throw new InvalidDataException($"'{o.Input}' has no tensor named 'input' (it has {string.Join(", ", tensors.Keys.Take(5))})");

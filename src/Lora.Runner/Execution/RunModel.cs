@@ -44,6 +44,17 @@ public static class RunModel
         return model;
     }
 
+    /// <summary>The model of a model command: a finished run's (<c>--run</c>, rebuilt from its card, the
+    /// flags overriding it) or the one the flags name (<c>--model</c>); exactly one of the two.</summary>
+    public static (nn.Module<Tensor, Tensor> Model, RunLocation? Run) FromCommandLine(
+        string? model, string? run, string results, string? modelConfig, string? weights, Lora.CommandLine.AdapterChoice adapters, bool mustMerge)
+    {
+        if (ModelSource.OneOf(model, run) is { } which) throw new BadModelException(which);
+        if (run is null) return (ModelSource.LoadMerged(model!, modelConfig, weights, adapters, plain: mustMerge), null);
+        var at = RunLocation.Resolve(run, results);
+        return (Load(at, new RunOverrides(modelConfig, weights, adapters), mustMerge), at);
+    }
+
     /// The base run's weights, in the same store's artifacts.
     static string BaseOf(RunLocation run, string baseHash)
     {
