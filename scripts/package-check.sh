@@ -85,7 +85,8 @@ if dotnet tool install lora --tool-path "$tools" --add-source "$feed" > "$work/t
 else cat "$work/tool.log"; fail "dotnet tool install lora"; fi
 
 step "4/4 an F# script with #r \"nuget: Lora.Dsl\" declares the main job"
-cp scripts/package-check.fsx "$work/check.fsx"
+# the repository's own quickstart.fsx, its editor preamble replaced by the package reference
+{ printf '#r "nuget: Lora.Dsl"\nopen Lora.Dsl\n'; sed '/^#if !LORA_RUNNER/,/^#endif/d' experiments/quickstart.fsx; cat scripts/package-check.fsx; } > "$work/check.fsx"
 if (cd "$work" && dotnet fsi --quiet check.fsx) > "$work/fsx.log" 2>&1 && grep -q "^experiments: 1, runs: 30" "$work/fsx.log"; then
     # each run's hash is the one the committed results of experiments/quickstart.yaml carry
     same=0
