@@ -27,7 +27,8 @@ public sealed class TrainingExecutor : IRunExecutor
     {
         var spec = run.Spec;
         var training = spec.Training;
-        // on CPU, the run's memory is its peak above what the process held before it began
+        // on CPU, the run's memory is its peak above what the process held (live) before it began
+        PeakMemory.ReleaseFreedMemory();
         var baseline = PeakMemory.ProcessResidentBytes();
         var input = ModelInput(spec, ctx);
         var data = RunData.Load(spec.Dataset, spec.Task, OptionInt(training.ImageSize), input);
