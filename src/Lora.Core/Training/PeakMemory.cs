@@ -88,10 +88,10 @@ public sealed class PeakMemory : IDisposable
         GC.Collect();
         GC.WaitForPendingFinalizers();
         try { malloc_trim(0); }
-        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException) { }
+        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException or BadImageFormatException) { }
     }
 
-    [DllImport("libc", EntryPoint = "malloc_trim")] static extern int malloc_trim(nuint pad);
+    [DllImport("libc.so.6", EntryPoint = "malloc_trim")] static extern int malloc_trim(nuint pad);
 
     /// Writing 5 to /proc/self/clear_refs resets VmHWM to the current RSS (Linux ≥ 4.0).
     static void ResetProcessPeak()
