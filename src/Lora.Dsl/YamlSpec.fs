@@ -802,6 +802,28 @@ module YamlSpec =
         | None, [] -> Error [ sprintf "%s: the data set is empty" file ]
         | _, errors -> Error [ for e in errors -> e.ToString() ]
 
+    /// An experiment's declared tables as `lora run` keeps them beside its results (`tables: [...]`,
+    /// the spec's table vocabulary), so that `lora tables` without the spec lays them out as declared.
+    /// Errors are `file:line:col: field: message`.
+    let tables (file: string) (text: string) : Result<TableDecl list, string list> =
+        let r = Reader(file)
+        let ts =
+            try
+                let stream = YamlStream()
+                stream.Load(new StringReader(text))
+                if stream.Documents.Count = 0 then []
+                else
+                    let fs = fields r "" stream.Documents.[0].RootNode [ "tables" ] (fun _ -> None)
+                    match Map.tryFind "tables" fs with
+                    | Some n when not (isNullNode n) -> list r "tables" n (fun p n -> Some(tableDecl r p n)) |> Option.defaultValue []
+                    | _ -> []
+            with :? YamlException as e ->
+                r.Errors.Add { File = file; Line = int e.Start.Line; Column = int e.Start.Column; Field = "tables"; Message = sprintf "not valid YAML: %s" e.Message }
+                []
+        match List.ofSeq r.Errors with
+        | [] -> Ok ts
+        | errors -> Error [ for e in errors -> e.ToString() ]
+
     /// Parse YAML text into experiments, structural errors (with line and column) and the marks of
     /// every value read. `file` only labels errors.
     let parse (file: string) (text: string) : Experiment list * SpecError list * Marks =
@@ -1022,6 +1044,12 @@ module YamlSpec =
             v.Name |> Option.iter (fun n -> sb.AppendLine(ind + "    name: " + q n) |> ignore)
             writeSettings sb (ind + "    ") v.Training
         | _ -> invalidArg "v" "YamlSpec.write writes variants of one choice (option lists are not written back)"
+
+    /// YAML text of declared tables (`tables: [...]`), as `tables` reads it back into equal records.
+    let writeTableDecls (ts: TableDecl list) =
+        let sb = StringBuilder()
+        writeTables sb ts
+        sb.ToString()
 
     /// YAML text for experiments, every field explicit (pretrain steps inline); `parse` reads it back
     /// into equal records.

@@ -4,6 +4,8 @@ module Lora.Tests.ResultsTests
 open System
 open System.IO
 open Expecto
+open FsCheck
+open FsCheck.FSharp
 open Lora.Runner
 open Lora.Dsl
 open Lora.Tests.Generators
@@ -154,6 +156,32 @@ let declaredTests =
             Expect.stringContains text "Accuracy, mean over seeds\n\n| Method | — | 4 |\n| --- | ---: | ---: |\n" "caption and header"
             Expect.stringContains text "| full | 0.600 | — |\n| lora | — | 0.700 |\n| Average | — | — |\n" "cells (a column with one value has no best)"
         }
+        test "lora run keeps the declared tables beside the results: lora tables without the spec lays them out so; a spec without tables removes them" {
+            use dir = new TempDir()
+            let results = dir.File "results"
+            let data = Directory.CreateDirectory(dir.File "fmnist").FullName
+            let specOf tables =
+                let spec = specWithTables dir tables
+                File.WriteAllText(spec, File.ReadAllText(spec).Replace("{ source: fashion_mnist }", sprintf "{ source: fashion_mnist, path: \"%s\" }" data))
+                spec
+            let runSpec spec =
+                use out = new StringWriter()
+                use err = new StringWriter()
+                let code = Commands.RunCommand(RunnerTests.runOpts spec results, RunnerTests.FakeExecutor(), "lora run test", out, err)
+                Expect.equal code 0 (err.ToString())
+            let header () =
+                let code, _, err = runLora [ "tables"; "--results"; results; "--out"; dir.File "t" ]
+                Expect.equal code 0 err
+                (tableLines dir "e.md").[0]
+            runSpec (specOf "    tables:\n      - name: main\n        rows: [mode]\n        cells: [accuracy]\n")
+            Expect.isTrue (File.Exists(Path.Combine(results, "tables", "e.yaml"))) "kept beside the results"
+            Expect.equal (header ()) "| mode | accuracy |" "the declared layout, without the spec"
+            runSpec (specOf "")
+            Expect.isFalse (File.Exists(Path.Combine(results, "tables", "e.yaml"))) "the spec in hand declares none"
+            Expect.equal (header ()) "| method | rank | trainable params | accuracy | train time | peak memory |" "the default layout again"
+        }
+        testProperty "kept tables read back into equal records" (Prop.forAll (Arb.fromGen (DslGenerators.tableDecl "t")) (fun t ->
+            YamlSpec.tables "kept.yaml" (YamlSpec.writeTableDecls [ t; { t with Name = "t2" } ]) = Ok [ t; { t with Name = "t2" } ]))
         test "the F# builder gives the same declaration as YAML" {
             use dir = new TempDir()
             let spec =

@@ -179,6 +179,7 @@ public static class Commands
         var forced = o.Force
             ? selected.Where(r => o.Only is null || Plan.Matches(o.Only, r)).Select(r => r.Hash).ToHashSet()
             : [];
+        DeclaredTables.Save(store, experiments);
         if (o.Verify) return Verify(o, experiments, selected, store, executor, commandLine, stdout, stderr, ct);
         // a done run that --only names is recomputed when its artifacts are missing
         var wanted = o.Only is null ? null : selected.Where(r => Plan.Matches(o.Only, r)).Select(r => r.Hash).ToHashSet();
@@ -236,12 +237,15 @@ public static class Commands
         return 0;
     }
 
-    /// Tables from whatever results exist; an experiment among <paramref name="experiments"/> that declares
-    /// tables gets those instead of its default layout.
+    /// Tables from whatever results exist; an experiment among <paramref name="experiments"/> gets the
+    /// tables it declares (or the default layout), any other the tables its last `lora run` kept.
     static void WriteTables(ResultsStore store, string outDir, IEnumerable<Experiment> experiments, TextWriter stdout)
     {
-        var declared = experiments.Where(e => !e.Tables.IsEmpty)
-            .GroupBy(e => e.Name).ToDictionary(g => g.Key, g => (IReadOnlyList<TableDecl>)g.First().Tables.ToList());
+        var given = experiments.GroupBy(e => e.Name).ToDictionary(g => g.Key, g => g.First());
+        var declared = DeclaredTables.Load(store, store.LoadAll().Select(r => r.Labels.Experiment).Where(n => !given.ContainsKey(n)))
+            .ToDictionary(kv => kv.Key, kv => kv.Value);
+        foreach (var (name, e) in given)
+            if (!e.Tables.IsEmpty) declared[name] = e.Tables.ToList();
         var files = Tables.Generate(store, outDir, declared);
         foreach (var f in files) stdout.WriteLine(Path.GetRelativePath(Directory.GetCurrentDirectory(), f));
         if (files.Count == 0) stdout.WriteLine($"no results in {Path.GetRelativePath(Directory.GetCurrentDirectory(), store.Root)}: nothing to tabulate");

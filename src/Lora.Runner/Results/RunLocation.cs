@@ -21,7 +21,8 @@ public sealed record RunLocation(ResultsStore Store, string Hash, RunCard Card)
         }
         var s = new ResultsStore(results);
         var matches = Directory.Exists(s.Root)
-            ? Directory.GetDirectories(s.Root).Select(Path.GetFileName).Where(h => h!.StartsWith(run, StringComparison.OrdinalIgnoreCase)).ToList()
+            ? Directory.GetDirectories(s.Root).Where(d => File.Exists(Path.Combine(d, RunCard.FileName))).Select(Path.GetFileName)
+                .Where(h => h!.StartsWith(run, StringComparison.OrdinalIgnoreCase)).ToList()
             : [];
         if (matches.Count == 0)
             throw new DirectoryNotFoundException(Directory.Exists(run)
