@@ -45,7 +45,7 @@ public sealed class LoraLinear : LoraLayer<Linear>
     public override Tensor DeltaWeight(string adapter)
     {
         using var scope = torch.NewDisposeScope(); // also keeps the temporary product alive (GC)
-        if (options[adapter].FusedParts is { } parts) return FusedQkv.Delta(A(adapter).weight!, B(adapter).weight!, parts, Scaling(adapter));
+        if (options[adapter].FusedParts is { } parts) return FusedQkv.Delta(A(adapter).weight!, B(adapter).weight!, parts, Scaling(adapter)).MoveToOuterDisposeScope();
         using var scaling = Scaling(adapter).ToScalar();
         return B(adapter).weight!.matmul(A(adapter).weight!).mul(scaling).MoveToOuterDisposeScope();
     }
