@@ -439,7 +439,12 @@ module YamlSpec =
                   ModulesToSave = opt fs path "modules_to_save" (fun p n -> list r p n (readStr r)) |> Option.defaultValue d.ModulesToSave
                   Init = opt fs path "init" (loraInit r) |> Option.defaultValue d.Init
                   LoraPlusRatio = opt fs path "loraplus_lr_ratio" (readFloat r)
-                  FusedQkv = opt fs path "fused_qkv" (fun p n -> list r p n (readStr r)) |> Option.defaultValue d.FusedQkv }
+                  FusedQkv =
+                      opt fs path "fused_qkv" (fun p n ->
+                          match list r p n (readStr r) with
+                          | Some [] -> r.Error(n, p, "fused_qkv: [] names no part: give the parts to adapt (e.g. [q, v]), or leave it out for plain LoRA"); None
+                          | parts -> parts)
+                      |> Option.defaultValue d.FusedQkv }
             match name with
             | "full" -> Some Full
             | "head" -> Some Head

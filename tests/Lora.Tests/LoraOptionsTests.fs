@@ -318,6 +318,7 @@ let private specTests =
               "pissa_niter without K", "[{lora: {init: pissa_niter_x}}]", "experiments[0].methods[0].init", "pissa_niter_x", "pissa_niter_K needs a whole number"
               "loraplus ratio negative", "[{lora: {loraplus_lr_ratio: -1}}]", "experiments[0].methods[0].loraplus_lr_ratio", "-1", "loraplus_lr_ratio must be a positive number"
               "fused part unknown", "[{lora: {fused_qkv: [q, x]}}]", "experiments[0].methods[0].fused_qkv", "[q, x]", "fused_qkv part 'x' is not one of q, k, v"
+              "fused no part", "[{lora: {fused_qkv: []}}]", "experiments[0].methods[0].fused_qkv", "[]", "fused_qkv: [] names no part"
               "fused part twice", "[{lora: {fused_qkv: [q, q]}}]", "experiments[0].methods[0].fused_qkv", "[q, q]", "fused_qkv names a part twice"
               "fused DoRA", "[{dora: {fused_qkv: [q, v]}}]", "experiments[0].methods[0].fused_qkv", "[q, v]", "has no DoRA form"
               "fused PiSSA", "[{lora: {init: pissa, fused_qkv: [q, v]}}]", "experiments[0].methods[0].init", "pissa,", "not defined with fused_qkv"
