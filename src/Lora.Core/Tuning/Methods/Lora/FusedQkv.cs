@@ -16,35 +16,23 @@ public static class FusedQkv
     /// enable_lora from part names ("q", "v" → [true, false, true]).
     public static bool[] Parts(IReadOnlyCollection<string> names) => PartNames.Select(names.Contains).ToArray();
 
-    /// ΔW (out × in): each enabled part's B_i·A_i·s, zero rows for the others.
-    public static Tensor Delta(Tensor a, Tensor b, bool[] parts, double scaling)
+    /// The stored B as the out × k·r matrix it acts as: B_i in part i's rows and A_i's columns, zero
+    /// elsewhere; then ΔW = B_full·A·s and the output is plain LoRA's h·B_fullᵀ·s with h = x·Aᵀ (one
+    /// matmul each; loralib's grouped conv1d computes the same).
+    public static Tensor FullB(Tensor b, bool[] parts, long rank)
     {
         using var scope = torch.NewDisposeScope();
         int k = parts.Count(p => p);
-        long r = a.shape[0] / k, inF = a.shape[1], part = b.shape[0] / k;
-        var blocks = b.reshape(k, part, r).bmm(a.reshape(k, r, inF));   // (k, out/P, in)
-        using var s = scaling.ToScalar();
-        return Place(blocks.unbind(0), parts, blocks.new_zeros(part, inF), 0).mul(s).MoveToOuterDisposeScope();
-    }
-
-    /// The adapter's output (…, out) for h = x·Aᵀ (…, k·r): part i's h_i·B_iᵀ·s, zero for the others.
-    public static Tensor Output(Tensor h, Tensor b, bool[] parts, double scaling)
-    {
-        using var scope = torch.NewDisposeScope();
-        int k = parts.Count(p => p);
-        long r = h.shape[^1] / k, part = b.shape[0] / k;
-        var hs = h.split(r, -1);
-        var bs = b.split(part, 0);
-        var outs = Enumerable.Range(0, k).Select(i => hs[i].matmul(bs[i].t())).ToArray();
-        var lead = h.shape[..^1].Append(part).ToArray();
-        using var s = scaling.ToScalar();
-        return Place(outs, parts, h.new_zeros(lead), -1).mul(s).MoveToOuterDisposeScope();
-    }
-
-    /// The enabled parts' blocks in their places along <paramref name="axis"/>, zero blocks between.
-    static Tensor Place(IReadOnlyList<Tensor> enabled, bool[] parts, Tensor zero, long axis)
-    {
+        long part = b.shape[0] / k;
+        var blocks = b.split(part, 0);
+        var zero = b.new_zeros(part, rank);
         var j = 0;
-        return torch.cat(parts.Select(p => p ? enabled[j++] : zero).ToList(), axis);
+        var rows = parts.Select(p =>
+        {
+            if (!p) return b.new_zeros(part, k * rank);
+            var i = j++;
+            return torch.cat(Enumerable.Range(0, k).Select(c => c == i ? blocks[i] : zero).ToList(), 1);
+        }).ToList();
+        return torch.cat(rows, 0).MoveToOuterDisposeScope();
     }
 }

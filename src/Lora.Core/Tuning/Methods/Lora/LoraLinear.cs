@@ -45,8 +45,9 @@ public sealed class LoraLinear : LoraLayer<Linear>
     public override Tensor DeltaWeight(string adapter)
     {
         using var scope = torch.NewDisposeScope(); // also keeps the temporary product alive (GC)
-        if (options[adapter].FusedParts is { } parts) return FusedQkv.Delta(A(adapter).weight!, B(adapter).weight!, parts, Scaling(adapter)).MoveToOuterDisposeScope();
         using var scaling = Scaling(adapter).ToScalar();
+        if (options[adapter].FusedParts is { } parts)
+            return FusedQkv.FullB(B(adapter).weight!, parts, options[adapter].Rank).matmul(A(adapter).weight!).mul(scaling).MoveToOuterDisposeScope();
         return B(adapter).weight!.matmul(A(adapter).weight!).mul(scaling).MoveToOuterDisposeScope();
     }
 
@@ -68,7 +69,7 @@ public sealed class LoraLinear : LoraLayer<Linear>
         var xd = Dropout(x, o.Dropout);
         var h = nn.functional.linear(xd, In(A(adapter).weight!, xd));
         if (o.FusedParts is { } parts)
-            return AddInResultDtype(result, FusedQkv.Output(h, In(B(adapter).weight!, xd), parts, o.Scaling)).MoveToOuterDisposeScope();
+            return AddLowRank(result, h, In(FusedQkv.FullB(B(adapter).weight!, parts, o.Rank), xd), o.Scaling).MoveToOuterDisposeScope();
         return o.Variant.AddOutput(this, result, x, xd, h, adapter).MoveToOuterDisposeScope();
     }
 
