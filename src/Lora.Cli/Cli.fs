@@ -73,6 +73,8 @@ module Cli =
         | Init_Rank of rank: int
         | Classes of count: int
         | Model_Config of path: string
+        | Init of init: string
+        | Fused_Qkv of parts: string list
         interface IArgParserTemplate with
             member a.Usage =
                 match a with
@@ -86,6 +88,8 @@ module Cli =
                 | Init_Rank _ -> "AdaLoRA's initial rank"
                 | Classes _ -> "number of classes of the head"
                 | Model_Config _ -> "a JSON file of model options (img_size, patch_size, ...)"
+                | Init _ -> "LoRA's init: default, gaussian, pissa, pissa_niter_K or olora (lora, dora)"
+                | Fused_Qkv _ -> "q/v-only LoRA on fused qkv Linears: the parts adapted, e.g. q,v (lora)"
 
     type MergeArgs =
         | Model of model: string
@@ -387,7 +391,9 @@ type TablesOptions =
       Specs: string list }
 type SummaryOptions =
     { Model: string; Method: string; Rank: Nullable<int>; Alpha: Nullable<float>; Targets: string list; Train: string list
-      Bias: string; InitRank: Nullable<int>; Classes: Nullable<int>; ModelConfig: string }
+      Bias: string; InitRank: Nullable<int>; Classes: Nullable<int>; ModelConfig: string
+      /// LoRA's init (null: the default) and fused q/v parts (empty: plain LoRA)
+      Init: string; FusedQkv: string list }
 /// The adapters of a model command: one or several --adapter, their --weight, how they combine.
 type AdapterChoice =
     { /// every --adapter in order (empty: none)
@@ -602,7 +608,8 @@ type CommandLine private () =
                                                     Rank = nullable (a.TryGetResult Cli.SummaryArgs.Rank); Alpha = nullable (a.TryGetResult Cli.SummaryArgs.Alpha)
                                                     Targets = commaList (a.GetResult(Cli.SummaryArgs.Targets, [])); Train = commaList (a.GetResult(Cli.SummaryArgs.Train, []))
                                                     Bias = a.GetResult(Cli.SummaryArgs.Bias, "none"); InitRank = nullable (a.TryGetResult Cli.SummaryArgs.Init_Rank)
-                                                    Classes = nullable (a.TryGetResult Cli.SummaryArgs.Classes); ModelConfig = orNull (a.TryGetResult Cli.SummaryArgs.Model_Config) }, line))
+                                                    Classes = nullable (a.TryGetResult Cli.SummaryArgs.Classes); ModelConfig = orNull (a.TryGetResult Cli.SummaryArgs.Model_Config)
+                                                    Init = orNull (a.TryGetResult Cli.SummaryArgs.Init); FusedQkv = commaList (a.GetResult(Cli.SummaryArgs.Fused_Qkv, [])) }, line))
             | Cli.Merge a ->
                 match CommandLine.AdapterChoice(a.GetResults Cli.MergeArgs.Adapter, a.GetResults Cli.MergeArgs.Weight, a.TryGetResult Cli.MergeArgs.Combination,
                                                 a.TryGetResult Cli.MergeArgs.Svd_Rank, a.TryGetResult Cli.MergeArgs.Svd_Clamp, false) with

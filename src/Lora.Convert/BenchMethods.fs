@@ -12,6 +12,11 @@ let presets =
       "lora", "lora: { targets: [qkv], modules_to_save: [head] }"
       "lora-all", "lora: { targets: [qkv, proj, fc1, fc2], modules_to_save: [head] }"
       "dora", "dora: { targets: [qkv], modules_to_save: [head] }"
+      // LoRA's options (same parameters as lora; lora-qv: 2/3 of B, twice A)
+      "lora-pissa", "lora: { targets: [qkv], init: pissa, modules_to_save: [head] }"
+      "lora-olora", "lora: { targets: [qkv], init: olora, modules_to_save: [head] }"
+      "loraplus", "lora: { targets: [qkv], loraplus_lr_ratio: 16, modules_to_save: [head] }"
+      "lora-qv", "lora: { targets: [qkv], fused_qkv: [q, v], modules_to_save: [head] }"
       // PEFT's AdaLoraConfig(init_r=⌈1.5 r⌉, target_r=r, tinit=10, tfinal=10); lora_alpha 8 is PEFT's default
       "adalora", "adalora: { targets: [qkv], alpha: 8, tinit: 10, tfinal: 10, modules_to_save: [head] }"
       // bottleneck width = rank, as `lora run` does when an adapter has no ratio

@@ -1,6 +1,6 @@
 /// `lora summary`'s method flags as a spec's method: --method names it in the spec vocabulary, and
-/// --targets, --alpha, --bias, --init-rank and --train are written into its options (targets,
-/// alpha, bias, init_rank, modules_to_save), so a summary and a run of the same method agree.
+/// --targets, --alpha, --bias, --init-rank, --init, --fused-qkv and --train are written into its options (targets,
+/// alpha, bias, init_rank, init, fused_qkv, modules_to_save), so a summary and a run of the same method agree.
 module Lora.Conversion.SummaryMethod
 
 open System
@@ -21,6 +21,8 @@ let text (o: SummaryOptions) =
           if o.Alpha.HasValue then yield "alpha: " + o.Alpha.Value.ToString("R", Globalization.CultureInfo.InvariantCulture)
           if o.Bias <> "none" then yield "bias: " + quote o.Bias
           if o.InitRank.HasValue then yield sprintf "init_rank: %d" o.InitRank.Value
+          if not (isNull o.Init) then yield "init: " + quote o.Init
+          if not o.FusedQkv.IsEmpty then yield "fused_qkv: " + list o.FusedQkv
           // what trains beside the adapters: --train, none by default (tfimm's counts have no head);
           // `head` takes its modules as they are (below)
           if name <> "head" && (name <> "full" || not o.Train.IsEmpty) then yield "modules_to_save: " + list o.Train

@@ -32,9 +32,17 @@ let private bias b =
 let private saved (classifier: Lazy<string>) (names: string list) : string[] =
     names |> List.map (fun n -> if n = "head" then classifier.Value else n) |> Array.ofList
 
+let private loraInit (i: Lora.Dsl.LoraInit) =
+    match i with
+    | PissaInit _ -> Lora.Core.Tuning.LoraInit.Pissa
+    | OloraInit -> Lora.Core.Tuning.LoraInit.Olora
+    | DefaultInit | GaussianInit -> Lora.Core.Tuning.LoraInit.Kaiming
+
 let private lora (classifier: Lazy<string>) (rank: int) (o: Lora.Dsl.LoraOptions) (variant: LoraVariant) =
     LoraConfig(Targets = Array.ofList o.Targets, Rank = rank, Alpha = defaultArg o.Alpha (2.0 * float rank), Dropout = o.Dropout,
-               UseRsLora = o.RsLora, Bias = bias o.Bias, ModulesToSave = saved classifier o.ModulesToSave, Variant = variant)
+               UseRsLora = o.RsLora, Bias = bias o.Bias, ModulesToSave = saved classifier o.ModulesToSave, Variant = variant,
+               InitGaussian = (o.Init = GaussianInit), Init = loraInit o.Init, PissaNiter = (match o.Init with PissaInit k -> Option.toNullable k | _ -> Nullable()),
+               LoraPlusLrRatio = Option.toNullable o.LoraPlusRatio, FusedQkv = Array.ofList o.FusedQkv)
 
 /// A method at a rank (None for the methods without one) on a model whose classifier is
 /// `classifier` (asked for only when the method names `head`). The rank-dependent defaults are

@@ -23,6 +23,19 @@ module Builders =
     let vptShallow = Vpt VptOptions.Defaults
     let vptDeep = Vpt { VptOptions.Defaults with VptDeep = true }
 
+    // LoRA options as modifiers of lora/dora: lora |> loraInit OloraInit |> loraPlus 16.0, lora |> fusedQkv [ "q"; "v" ]
+    let private mapLora (f: LoraOptions -> LoraOptions) (m: Method) =
+        match m with
+        | Lora o -> Lora(f o)
+        | Dora o -> Dora(f o)
+        | _ -> invalidArg "m" (sprintf "%s has no LoRA options (init, LoRA+, fused_qkv are lora's and dora's)" m.Name)
+    /// init_lora_weights: GaussianInit, PissaInit None, PissaInit(Some 4) (pissa_niter_4), OloraInit.
+    let loraInit (i: LoraInit) (m: Method) = mapLora (fun o -> { o with Init = i }) m
+    /// LoRA+: lora_B trains at ratio × lr.
+    let loraPlus (ratio: float) (m: Method) = mapLora (fun o -> { o with LoraPlusRatio = Some ratio }) m
+    /// q/v-only LoRA on fused qkv Linears: the parts (q, k, v) adapted.
+    let fusedQkv (parts: string list) (m: Method) = mapLora (fun o -> { o with FusedQkv = parts }) m
+
     /// A zoo model with options: zoo "vit" [ "img_size", Int 28; "patch_size", Int 4 ].
     let zoo (name: string) (options: (string * OptionValue) list) = Zoo { Name = name; Options = Map.ofList options }
 

@@ -132,6 +132,10 @@ module Canonical =
           "rslora", JBool o.RsLora
           "bias", JString(biasName o.Bias)
           "modules_to_save", strs o.ModulesToSave ]
+        // written only when set: runs without them keep their hashes
+        @ [ if o.Init <> DefaultInit then yield "init", JString o.Init.Name
+            match o.LoraPlusRatio with Some q -> yield "loraplus_lr_ratio", JFloat q | None -> ()
+            if not o.FusedQkv.IsEmpty then yield "fused_qkv", strs o.FusedQkv ]
 
     let methodJson (m: Method) =
         JObject(

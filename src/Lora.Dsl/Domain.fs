@@ -101,6 +101,26 @@ type VptOptions =
 
     static member Defaults = { VptDeep = false; VptModulesToSave = [ "head" ] }
 
+/// How LoRA's factors start (PEFT's init_lora_weights).
+type LoraInit =
+    /// true: A Kaiming-uniform, B zero
+    | DefaultInit
+    /// "gaussian": A from N(0, 1/r), B zero
+    | GaussianInit
+    /// "pissa" (Some k: "pissa_niter_k", a randomised SVD): the top-r singular directions, base residualised
+    | PissaInit of niter: int option
+    /// "olora": the QR decomposition's leading r columns/rows, base residualised
+    | OloraInit
+
+    /// The YAML `init` value (PEFT's init_lora_weights name; PEFT writes `true` for the default).
+    member i.Name =
+        match i with
+        | DefaultInit -> "default"
+        | GaussianInit -> "gaussian"
+        | PissaInit None -> "pissa"
+        | PissaInit(Some k) -> sprintf "pissa_niter_%d" k
+        | OloraInit -> "olora"
+
 /// Options shared by LoRA, DoRA and AdaLoRA (PEFT LoraConfig names in comments).
 type LoraOptions =
     { /// lora_alpha; None = 2 × rank (filled in when the grid expands)
@@ -114,10 +134,17 @@ type LoraOptions =
       /// bias
       Bias: Bias
       /// modules_to_save: trained in full beside the adapters (the new head)
-      ModulesToSave: string list }
+      ModulesToSave: string list
+      /// init_lora_weights (YAML `init`; lora and dora only)
+      Init: LoraInit
+      /// LoRA+: lora_B (and every trained vector) at this ratio × lr (YAML `loraplus_lr_ratio`); None = off
+      LoraPlusRatio: float option
+      /// q/v-only LoRA on fused qkv Linears (YAML `fused_qkv: [q, v]`, loralib's enable_lora); [] = plain LoRA
+      FusedQkv: string list }
 
     static member Defaults =
-        { Alpha = None; Dropout = 0.0; Targets = [ "qkv" ]; RsLora = false; Bias = NoBias; ModulesToSave = [ "head" ] }
+        { Alpha = None; Dropout = 0.0; Targets = [ "qkv" ]; RsLora = false; Bias = NoBias; ModulesToSave = [ "head" ]
+          Init = DefaultInit; LoraPlusRatio = None; FusedQkv = [] }
 
 /// AdaLoRA's schedule (PEFT AdaLoraConfig); the grid's rank is target_r.
 type AdaLoraOptions =

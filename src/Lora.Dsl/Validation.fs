@@ -243,12 +243,25 @@ module Validation =
     let loraOptions (at: string) (o: LoraOptions) =
         [ match o.Alpha with Some a when not (a > 0.0) -> yield err (at + ".alpha") (sprintf "alpha must be positive, got %g" a) | _ -> ()
           if not (o.Dropout >= 0.0 && o.Dropout < 1.0) then yield err (at + ".dropout") (sprintf "dropout must be in [0, 1), got %g" o.Dropout)
-          if List.isEmpty o.Targets then yield err (at + ".targets") "targets is empty: name at least one module (e.g. qkv)" ]
+          if List.isEmpty o.Targets then yield err (at + ".targets") "targets is empty: name at least one module (e.g. qkv)"
+          match o.LoraPlusRatio with
+          | Some q when not (q > 0.0 && not (System.Double.IsInfinity q)) -> yield err (at + ".loraplus_lr_ratio") (sprintf "loraplus_lr_ratio must be a positive number (LoRA+ trains lora_B at ratio × lr; the paper uses 16), got %g" q)
+          | _ -> ()
+          for p in o.FusedQkv do
+              if not (List.contains p [ "q"; "k"; "v" ]) then yield err (at + ".fused_qkv") (sprintf "fused_qkv part '%s' is not one of q, k, v (the thirds of a fused qkv Linear's out features)" p)
+          if List.length (List.distinct o.FusedQkv) <> List.length o.FusedQkv then yield err (at + ".fused_qkv") (sprintf "fused_qkv names a part twice: [%s]" (String.concat ", " o.FusedQkv))
+          match o.Init with
+          | PissaInit _ | OloraInit when not o.FusedQkv.IsEmpty ->
+              yield err (at + ".init") (sprintf "init %s is not defined with fused_qkv (q/v-only LoRA): use default or gaussian" o.Init.Name)
+          | _ -> () ]
 
     let method (at: string) (ranks: int list) (m: Method) =
         [ match m with
           | Full | Head -> ()
-          | Lora o | Dora o -> yield! loraOptions at o
+          | Lora o -> yield! loraOptions at o
+          | Dora o ->
+              yield! loraOptions at o
+              if not o.FusedQkv.IsEmpty then yield err (at + ".fused_qkv") "fused_qkv (q/v-only LoRA) has no DoRA form: DoRA's magnitude is per out feature of the whole layer; use lora"
           | AdaLora(o, a) ->
               yield! loraOptions at o
               match a.InitRank with

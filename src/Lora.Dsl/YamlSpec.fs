@@ -125,6 +125,21 @@ module YamlSpec =
     let private precisions = [ "fp32", Fp32; "bf16", Bf16; "fp16", Fp16 ]
     let private biases = [ "none", NoBias; "lora_only", LoraOnly; "all", AllBias ]
 
+    /// `init:` of lora/dora: default, gaussian, pissa, pissa_niter_K, olora (PEFT's init_lora_weights).
+    let private loraInit (r: Reader) path (n: YamlNode) =
+        let names = [ "default"; "gaussian"; "pissa"; "pissa_niter_K"; "olora" ]
+        match readStr r path n with
+        | Some "default" -> Some DefaultInit
+        | Some "gaussian" -> Some GaussianInit
+        | Some "pissa" -> Some(PissaInit None)
+        | Some "olora" -> Some OloraInit
+        | Some s when s.StartsWith "pissa_niter_" ->
+            match Int32.TryParse(s.Substring "pissa_niter_".Length) with
+            | true, k when k >= 1 -> Some(PissaInit(Some k))
+            | _ -> r.Error(n, path, sprintf "init '%s': pissa_niter_K needs a whole number of subspace iterations K ≥ 1 (e.g. pissa_niter_4)" s); None
+        | Some s -> r.Error(n, path, sprintf "unknown init '%s'%s; expected one of %s" s (ZooNames.didYouMean names s) (String.concat ", " names)); None
+        | None -> None
+
     let private schedules = [ "cosine", Cosine; "linear", Linear; "constant", Constant; "step", Step(0, 0.1) ]
     let private selections = [ "last", LastEpoch; "best", BestEpoch ]
     let private heads = [ "fresh", FreshHead; "reuse", ReuseHead ]
@@ -321,6 +336,8 @@ module YamlSpec =
           Training = training r path fs }
 
     let private loraKeys = [ "alpha"; "dropout"; "targets"; "rslora"; "bias"; "modules_to_save" ]
+    /// lora and dora only (AdaLoRA's own init and optimiser schedule differ)
+    let private loraOnlyKeys = [ "init"; "loraplus_lr_ratio"; "fused_qkv" ]
     let private adaloraKeys = [ "init_rank"; "tinit"; "tfinal"; "delta_t"; "beta1"; "beta2"; "orth_reg" ]
     let private adapterKeys = [ "ratio"; "scale"; "modules_to_save" ]
     let private layerKeys = [ "targets"; "modules_to_save" ]
@@ -334,7 +351,7 @@ module YamlSpec =
 
     let private keysOf name =
         match name with
-        | "lora" | "dora" -> loraKeys
+        | "lora" | "dora" -> loraKeys @ loraOnlyKeys
         | "adalora" -> loraKeys @ adaloraKeys
         | "adapter" -> adapterKeys
         | "bitfit" | "ln_tuning" | "ssf" -> layerKeys
@@ -394,7 +411,7 @@ module YamlSpec =
           DecomposeFactor = opt fs path "decompose_factor" (readInt r) |> Option.defaultValue d.DecomposeFactor }
 
     /// Method options whose value is itself a list: a list of lists makes them a grid axis.
-    let private listKeys = set [ "targets"; "modules_to_save"; "feedforward" ]
+    let private listKeys = set [ "targets"; "modules_to_save"; "feedforward"; "fused_qkv" ]
 
     /// How an option value shows in a run name: alpha16, bias-all, targets-qkv+proj (or targets2
     /// where the names hold characters a run name cannot).
@@ -419,7 +436,15 @@ module YamlSpec =
                   Targets = opt fs path "targets" (fun p n -> list r p n (readStr r)) |> Option.defaultValue d.Targets
                   RsLora = opt fs path "rslora" (readBool r) |> Option.defaultValue d.RsLora
                   Bias = opt fs path "bias" (fun p n -> choice r p n biases) |> Option.defaultValue d.Bias
-                  ModulesToSave = opt fs path "modules_to_save" (fun p n -> list r p n (readStr r)) |> Option.defaultValue d.ModulesToSave }
+                  ModulesToSave = opt fs path "modules_to_save" (fun p n -> list r p n (readStr r)) |> Option.defaultValue d.ModulesToSave
+                  Init = opt fs path "init" (loraInit r) |> Option.defaultValue d.Init
+                  LoraPlusRatio = opt fs path "loraplus_lr_ratio" (readFloat r)
+                  FusedQkv =
+                      opt fs path "fused_qkv" (fun p n ->
+                          match list r p n (readStr r) with
+                          | Some [] -> r.Error(n, p, "fused_qkv: [] names no part: give the parts to adapt (e.g. [q, v]), or leave it out for plain LoRA"); None
+                          | parts -> parts)
+                      |> Option.defaultValue d.FusedQkv }
             match name with
             | "full" -> Some Full
             | "head" -> Some Head
@@ -953,6 +978,9 @@ module YamlSpec =
             line ("    rslora: " + (if o.RsLora then "true" else "false"))
             line ("    bias: " + Canonical.biasName o.Bias)
             line ("    modules_to_save: " + flowStrs o.ModulesToSave)
+            if o.Init <> DefaultInit then line ("    init: " + o.Init.Name)
+            o.LoraPlusRatio |> Option.iter (fun q -> line ("    loraplus_lr_ratio: " + f q))
+            if not o.FusedQkv.IsEmpty then line ("    fused_qkv: " + flowStrs o.FusedQkv)
         match m with
         | Full -> line "- full"
         | Head -> line "- head"

@@ -28,7 +28,7 @@ let private model () = Zoo.Create("vit", (ToCore.modelArgs { Name = "vit"; Optio
 
 let private summaryOptions (meth: string) (rank: int option) (train: string list) : SummaryOptions =
     { Model = "vit"; Method = meth; Rank = Option.toNullable rank; Alpha = System.Nullable(); Targets = []; Train = train
-      Bias = "none"; InitRank = System.Nullable(); Classes = System.Nullable(); ModelConfig = null }
+      Bias = "none"; InitRank = System.Nullable(); Classes = System.Nullable(); ModelConfig = null; Init = null; FusedQkv = [] }
 
 let private configOf (m: CoreMethod) =
     match m with

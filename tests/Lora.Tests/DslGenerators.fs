@@ -100,15 +100,25 @@ let loraOptions =
         let! rs = Gen.elements [ true; false ]
         let! bias = Gen.elements [ NoBias; LoraOnly; AllBias ]
         let! save = Gen.elements [ [ "head" ]; []; [ "head"; "norm" ] ]
-        return { Alpha = alpha; Dropout = dropout; Targets = targets; RsLora = rs; Bias = bias; ModulesToSave = save }
+        return { Alpha = alpha; Dropout = dropout; Targets = targets; RsLora = rs; Bias = bias; ModulesToSave = save
+                 Init = DefaultInit; LoraPlusRatio = None; FusedQkv = [] }
+    }
+
+/// lora's and dora's options: the shared ones and their own (init, LoRA+); fused_qkv has its own tests.
+let loraOwnOptions =
+    gen {
+        let! o = loraOptions
+        let! init = Gen.elements [ DefaultInit; DefaultInit; GaussianInit; PissaInit None; PissaInit(Some 2); OloraInit ]
+        let! plus = Gen.optionOf (Gen.elements [ 2.0; 16.0 ])
+        return { o with Init = init; LoraPlusRatio = plus }
     }
 
 let methodOf (maxRank: int) (kind: string) =
     match kind with
     | "full" -> Gen.constant Full
     | "head" -> Gen.constant Head
-    | "lora" -> loraOptions |> Gen.map Lora
-    | "dora" -> loraOptions |> Gen.map Dora
+    | "lora" -> loraOwnOptions |> Gen.map Lora
+    | "dora" -> loraOwnOptions |> Gen.map Dora
     | "adalora" ->
         gen {
             let! o = loraOptions

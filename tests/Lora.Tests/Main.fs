@@ -47,6 +47,7 @@ let all =
         ConversionTests.tests
         OnnxTests.tests
         RunCardTests.tests
+        LoraOptionsTests.tests
     ]
 
 [<EntryPoint>]

@@ -28,6 +28,8 @@ public sealed class FlatAdamW : IDisposable
         /// float32 master weights of a low-precision group; null when Data is already float32/float64
         public Tensor? Master;
         public long DecayNumel;
+        /// this group's learning rate over the step's (LoRA+ trains lora_B at a ratio of it)
+        public double LrScale = 1;
     }
 
     readonly (string Name, Parameter P, Group G, long Offset)[] parameters;
@@ -40,14 +42,15 @@ public sealed class FlatAdamW : IDisposable
     /// parameters from, by name (what <see cref="MixedPrecision.Apply"/> returns; copied). A
     /// low-precision parameter without one starts from its own (rounded) value.
     public FlatAdamW(IEnumerable<(string Name, Parameter P)> parameters, double weightDecay, double beta1 = 0.9, double beta2 = 0.999, double eps = 1e-8,
-                     IReadOnlyDictionary<string, Tensor>? masters = null)
+                     IReadOnlyDictionary<string, Tensor>? masters = null, IReadOnlyDictionary<string, double>? lrScales = null)
     {
         this.weightDecay = weightDecay; this.beta1 = beta1; this.beta2 = beta2; this.eps = eps;
         var list = parameters.ToArray();
         var placed = new List<(string, Parameter, Group, long)>();
         var gs = new List<Group>();
         using var _ = no_grad();
-        foreach (var bucket in list.GroupBy(p => (p.P.device.ToString(), p.P.dtype)))
+        double ScaleOf(string name) => lrScales is not null && lrScales.TryGetValue(name, out var f) ? f : 1;
+        foreach (var bucket in list.GroupBy(p => (p.P.device.ToString(), p.P.dtype, ScaleOf(p.Name))))
         {
             // decayed (matrices) first, then vectors; stable within each part
             var ordered = bucket.Where(p => p.P.dim() >= 2).Concat(bucket.Where(p => p.P.dim() < 2)).ToArray();
@@ -61,6 +64,7 @@ public sealed class FlatAdamW : IDisposable
                 M = zeros(total, dtype: stateType, device: first.device).DetachFromDisposeScope(),
                 V = zeros(total, dtype: stateType, device: first.device).DetachFromDisposeScope(),
                 DecayNumel = ordered.Where(p => p.P.dim() >= 2).Sum(p => p.P.numel()),
+                LrScale = bucket.Key.Item3,
             };
             long offset = 0;
             foreach (var (name, p) in ordered)
@@ -103,11 +107,12 @@ public sealed class FlatAdamW : IDisposable
         StepCount++;
         double bc1 = 1 - Math.Pow(beta1, StepCount), bc2 = 1 - Math.Pow(beta2, StepCount);
         using var _ = no_grad();
-        using Scalar decay = 1 - lr * weightDecay, b1 = beta1, b1c = 1 - beta1, b2 = beta2, b2c = 1 - beta2,
-            invSqrtBc2 = 1 / Math.Sqrt(bc2), epsilon = eps, stepSize = -lr / bc1;
+        using Scalar b1 = beta1, b1c = 1 - beta1, b2 = beta2, b2c = 1 - beta2, invSqrtBc2 = 1 / Math.Sqrt(bc2), epsilon = eps;
         foreach (var g in groups)
         {
             using var scope = NewDisposeScope();
+            // torch.optim.AdamW per parameter group: decay and step both with the group's learning rate
+            using Scalar decay = 1 - lr * g.LrScale * weightDecay, stepSize = -lr * g.LrScale / bc1;
             var weights = g.Master ?? g.Data;
             var grad = g.Master is null ? g.Grad : g.Grad.to(ScalarType.Float32);
             if (weightDecay != 0 && g.DecayNumel > 0) weights.narrow(0, 0, g.DecayNumel).mul_(decay);

@@ -25,7 +25,7 @@ public sealed class TrainingStep : IDisposable
         Trainable = model.named_parameters().Where(p => p.parameter.requires_grad).ToArray();
         if (Trainable.Length == 0)
             throw new InvalidOperationException("the model has no trainable parameters (none has requires_grad = true); nothing to train.");
-        Optimizer = new FlatAdamW(Trainable.Select(p => (p.name, p.parameter)), weightDecay, beta1, beta2, eps, masters);
+        Optimizer = new FlatAdamW(Trainable.Select(p => (p.name, p.parameter)), weightDecay, beta1, beta2, eps, masters, LoraPlus.LearningRateScales(model, Trainable));
         Hooks = StepHooks.Of(model);
         this.clipGradNorm = clipGradNorm;
     }

@@ -116,6 +116,10 @@ public abstract class TuningMethod
     /// the saved tensors were sliced to, if any.
     public abstract JsonObject WriteConfig(TuningConfig config, IReadOnlyDictionary<string, bool[]>? rankPattern, string adapter);
 
+    /// Whether adapter_config.json files of this peft_type are this method's (its own, and any other
+    /// form it saves under a type of its own).
+    public virtual bool Reads(string peftType) => peftType == PeftType;
+
     /// The fields every adapter_config.json starts with.
     protected JsonObject Header() => new()
     {
@@ -176,5 +180,5 @@ public static class TuningMethods
          BitFitMethod.Instance, LnTuningMethod.Instance, Ia3Method.Instance, SsfMethod.Instance, LoHaMethod.Instance, LoKrMethod.Instance, VeraMethod.Instance, AdaptFormerMethod.Instance, VptMethod.Instance];
 
     /// The method saved under a peft_type, or null.
-    public static TuningMethod? ByPeftType(string peftType) => Registered.FirstOrDefault(m => m.PeftType == peftType);
+    public static TuningMethod? ByPeftType(string peftType) => Registered.FirstOrDefault(m => m.Reads(peftType));
 }

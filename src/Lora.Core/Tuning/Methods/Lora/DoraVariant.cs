@@ -44,6 +44,13 @@ sealed class DoraVariant : LoraVariant
         return (m / layer.WeightNorm(weight, adapter)).view(-1, 1, 1, 1) * weight.Plus(delta);
     }
 
+    // PEFT defines DoRA for Linear and ConvNd only; LoraConvTranspose2d refuses a DoRA adapter before these are reached
+    internal override Tensor MergedWeight(LoraConvTranspose2d layer, Tensor weight, string adapter) =>
+        throw new NotSupportedException("DoRA is not defined on a ConvTranspose2d");
+
+    internal override Tensor AddOutput(LoraConvTranspose2d layer, Tensor result, Tensor x, Tensor xd, Tensor lora, string adapter) =>
+        throw new NotSupportedException("DoRA is not defined on a ConvTranspose2d");
+
     internal override Tensor AddOutput(LoraLinear layer, Tensor result, Tensor x, Tensor xd, Tensor h, string adapter)
     {
         var lora = nn.functional.linear(h, TunerLayer.In(layer.B(adapter).weight!, xd));

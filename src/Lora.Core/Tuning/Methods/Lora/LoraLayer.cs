@@ -51,12 +51,18 @@ public abstract class LoraLayer<TFactor> : TunerLayer, ILoraLayer where TFactor 
             if (o.InitGaussian) nn.init.normal_(WeightOf(a), 0, 1.0 / o.Rank);
             else nn.init.kaiming_uniform_(WeightOf(a), a: Math.Sqrt(5));
             nn.init.zeros_(WeightOf(b));
+            if (o.Initialisation is LoraInit.Pissa or LoraInit.Olora) InitFromWeight(o, WeightOf(a), WeightOf(b));
         }
         lora_A.AddModule(adapter, a);
         lora_B.AddModule(adapter, b);
         options[adapter] = o;
         o.Variant.Init(this, adapter);
     }
+
+    /// PiSSA / OLoRA: A and B from the base weight, which becomes the residual (PEFT does these for
+    /// Linear layers only; <see cref="LoraLinear"/> overrides this).
+    protected virtual void InitFromWeight(LoraOptions o, Parameter a, Parameter b) =>
+        throw new ArgumentException($"{o.Initialisation} initialisation applies to Linear layers only (as PEFT's), not to a {base_layer.GetType().Name}");
 
     public override IEnumerable<Parameter> AdapterParameters(string adapter) => PeftTensors(adapter, null).Select(t => (Parameter)t.Value);
 

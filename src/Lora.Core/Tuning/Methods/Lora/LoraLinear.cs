@@ -21,8 +21,22 @@ public sealed class LoraLinear : LoraLayer<Linear>
     {
         RejectExisting(adapter);
         if (o.Rank <= 0) throw new ArgumentException($"LoRA rank must be positive, got {o.Rank}");
-        CheckRankFits(o.Rank, InFeatures, OutFeatures, "Linear");
         var w = BaseWeight;
+        if (o.FusedParts is { } parts)
+        {
+            // loralib's MergedLinear: k·r rows of A, k·out/P rows of B (see FusedQkv)
+            int k = parts.Count(p => p);
+            if (k == 0 || OutFeatures % parts.Length != 0)
+                throw new ArgumentException($"a fused q/v LoRA needs at least one part and out_features ({OutFeatures}) divisible by {parts.Length}");
+            if (o.Variant != LoraVariant.Plain) throw new ArgumentException($"{o.Variant.Name} has no fused q/v form; use plain LoRA");
+            var part = OutFeatures / parts.Length;
+            CheckRankFits(o.Rank, InFeatures, part, "Linear part");
+            Register(adapter, o,
+                     nn.Linear(InFeatures, k * o.Rank, hasBias: false, device: w.device, dtype: w.dtype),
+                     nn.Linear(o.Rank, k * part, hasBias: false, device: w.device, dtype: w.dtype));
+            return;
+        }
+        CheckRankFits(o.Rank, InFeatures, OutFeatures, "Linear");
         Register(adapter, o,
                  nn.Linear(InFeatures, o.Rank, hasBias: false, device: w.device, dtype: w.dtype),
                  nn.Linear(o.Rank, OutFeatures, hasBias: false, device: w.device, dtype: w.dtype));
@@ -32,6 +46,8 @@ public sealed class LoraLinear : LoraLayer<Linear>
     {
         using var scope = torch.NewDisposeScope(); // also keeps the temporary product alive (GC)
         using var scaling = Scaling(adapter).ToScalar();
+        if (options[adapter].FusedParts is { } parts)
+            return FusedQkv.FullB(B(adapter).weight!, parts, options[adapter].Rank).matmul(A(adapter).weight!).mul(scaling).MoveToOuterDisposeScope();
         return B(adapter).weight!.matmul(A(adapter).weight!).mul(scaling).MoveToOuterDisposeScope();
     }
 
@@ -52,8 +68,14 @@ public sealed class LoraLinear : LoraLayer<Linear>
         var o = options[adapter];
         var xd = Dropout(x, o.Dropout);
         var h = nn.functional.linear(xd, In(A(adapter).weight!, xd));
+        if (o.FusedParts is { } parts)
+            return AddLowRank(result, h, In(FusedQkv.FullB(B(adapter).weight!, parts, o.Rank), xd), o.Scaling).MoveToOuterDisposeScope();
         return o.Variant.AddOutput(this, result, x, xd, h, adapter).MoveToOuterDisposeScope();
     }
+
+    public override string? CannotCombine => options.Values.Any(o => o.FusedParts is not null) ? "a fused q/v adapter" : null;
+
+    protected override void InitFromWeight(LoraOptions o, Parameter a, Parameter b) => ResidualInit.Apply(o, BaseWeight, a, b);
 
     /// A and B when the adapter's variant lets them follow the base's precision (plain LoRA).
     public override IEnumerable<nn.Module> ReducedPrecisionModules() =>

@@ -36,17 +36,29 @@ public sealed class LoraMethod : TuningMethod
     {
         var c = (LoraConfig)config;
         var r = c.RankFor(path);
+        if (c.FusedQkv.Count > 0 && m is not Linear) return $"'{path}' is a {m.GetType().Name}: q/v-only LoRA (fused_qkv) applies to a fused qkv Linear only; narrow the pattern";
+        if (c.Init is LoraInit.Pissa or LoraInit.Olora && m is not Linear) return $"'{path}' is a {m.GetType().Name}: {c.InitName} initialisation applies to Linear layers only (as PEFT's); narrow the pattern or use the default init";
         switch (m)
         {
+            case Linear l when c.FusedQkv.Count > 0:
+                if (l.out_features % FusedQkv.PartNames.Count != 0) return $"'{path}' has out_features = {l.out_features}, not divisible into q, k, v thirds: fused_qkv needs a fused qkv Linear";
+                var third = l.out_features / FusedQkv.PartNames.Count;
+                return r > Math.Min(l.in_features, third) ? $"rank {r} for '{path}' exceeds min(in_features, out_features/3) = {Math.Min(l.in_features, third)} of a fused qkv Linear({l.in_features}, {l.out_features})" : null;
             case Linear l:
                 return LinearRankCheck(path, l, r);
+            case ConvTranspose2d ct:
+                if (c.Variant != LoraVariant.Plain) return $"'{path}' is a ConvTranspose2d: {c.MethodName} is not defined on transposed convolutions (plain LoRA is)";
+                if (ct.groups != 1) return $"'{path}' is a grouped ConvTranspose2d (groups = {ct.groups}), which LoRA does not support";
+                var w = ct.weight!;
+                var maxt = Math.Min(w.shape[0] * w.shape[2] * w.shape[3], w.shape[1]);
+                return r > maxt ? $"rank {r} for '{path}' exceeds min(in_channels·kh·kw, out_channels) = {maxt} of the ConvTranspose2d" : null;
             case Conv2d conv:
                 var maxc = Math.Min(conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1] / conv.groups, conv.out_channels);
                 if (conv.transposed) return $"'{path}' is a transposed convolution, which LoRA does not support";
                 if (r % conv.groups != 0) return $"rank {r} for '{path}' must be a multiple of the Conv2d's groups ({conv.groups})";
                 return r > Math.Max(maxc, conv.groups) ? $"rank {r} for '{path}' exceeds min(in_channels·kh·kw/groups, out_channels) = {maxc}" : null;
             default:
-                return $"'{path}' is a {m.GetType().Name}, which {c.MethodName} cannot tune (supported: Linear and Conv2d); narrow the pattern";
+                return $"'{path}' is a {m.GetType().Name}, which {c.MethodName} cannot tune (supported: Linear, Conv2d and ConvTranspose2d); narrow the pattern";
         }
     }
 
@@ -61,13 +73,18 @@ public sealed class LoraMethod : TuningMethod
     {
         Linear l => new LoraLinear(l),
         Conv2d c => new LoraConv2d(c),
+        ConvTranspose2d t => new LoraConvTranspose2d(t),
         _ => base.CreateLayer(module, path),
     };
 
     protected override void AddAdapter(TunerLayer layer, string adapter, TuningConfig config, string path)
     {
         var c = (LoraConfig)config;
-        var o = new LoraOptions(c.RankFor(path), c.AlphaFor(path), c.Dropout, c.UseRsLora, c.InitGaussian) { Variant = c.Variant };
+        var o = new LoraOptions(c.RankFor(path), c.AlphaFor(path), c.Dropout, c.UseRsLora, c.InitGaussian)
+        {
+            Variant = c.Variant, Init = c.Init, PissaNiter = c.PissaNiter, LoraPlusLrRatio = c.LoraPlusLrRatio,
+            FusedParts = c.FusedQkv.Count > 0 ? FusedQkv.Parts(c.FusedQkv) : null,
+        };
         ((ILoraLayer)layer).AddAdapter(adapter, o);
     }
 
@@ -86,10 +103,32 @@ public sealed class LoraMethod : TuningMethod
             AlphaPattern = json.Pattern("alpha_pattern", AdapterConfigReader.AsNumber),
             RankPattern = json.Pattern("rank_pattern", AdapterConfigReader.AsRank),
             UseDora = json.Bool("use_dora"),
+            Init = InitOf(json).Init,
+            PissaNiter = InitOf(json).Niter,
+            FusedQkv = json.StrList("fused_qkv"),
         }, null);
 
     internal static bool InitGaussian(AdapterConfigReader json) =>
         json["init_lora_weights"] is JsonValue init && init.TryGetValue<string>(out var how) && how == "gaussian";
+
+    /// init_lora_weights "pissa", "pissa_niter_K", "olora" (true, false and "gaussian" are Kaiming here:
+    /// the saved tensors replace the factors anyway, only a residualising init changes the base).
+    internal static (LoraInit Init, int? Niter) InitOf(AdapterConfigReader json)
+    {
+        if (json["init_lora_weights"] is not JsonValue v || !v.TryGetValue<string>(out var how)) return (LoraInit.Kaiming, null);
+        if (how == "pissa") return (LoraInit.Pissa, null);
+        if (how == "olora") return (LoraInit.Olora, null);
+        if (how.StartsWith("pissa_niter_", StringComparison.Ordinal))
+            return int.TryParse(how["pissa_niter_".Length..], out var k) ? (LoraInit.Pissa, k) : throw new InvalidDataException($"init_lora_weights '{how}': pissa_niter_K needs a whole number K");
+        if (how == "gaussian") return (LoraInit.Kaiming, null);
+        throw new InvalidDataException($"init_lora_weights '{how}' is not supported (true, false, gaussian, pissa, pissa_niter_K, olora are)");
+    }
+
+    /// The peft_type of a q/v-only (fused qkv) adapter: this project's own, as PEFT cannot load it
+    /// (its lora_B holds k·out/3 rows, PEFT's lora.Linear expects out).
+    public const string FusedPeftType = "LORA_FUSED_QKV";
+
+    public override bool Reads(string peftType) => peftType == PeftType || peftType == FusedPeftType;
 
     public override JsonObject WriteConfig(TuningConfig config, IReadOnlyDictionary<string, bool[]>? rankPattern, string adapter)
     {
@@ -112,7 +151,12 @@ public sealed class LoraMethod : TuningMethod
         o["fan_in_fan_out"] = false;
         o["use_rslora"] = c.UseRsLora;
         o["use_dora"] = c.UseDora;
-        o["init_lora_weights"] = c.InitGaussian ? JsonValue.Create("gaussian") : JsonValue.Create(true);
+        o["init_lora_weights"] = c.InitName is { } init ? JsonValue.Create(init) : JsonValue.Create(true);
+        if (c.FusedQkv.Count > 0)
+        {
+            o["peft_type"] = FusedPeftType;
+            o["fused_qkv"] = ListJson(c.FusedQkv);
+        }
         o["alpha_pattern"] = new JsonObject(c.AlphaPattern.Select(kv => KeyValuePair.Create(kv.Key, (JsonNode?)JsonValue.Create(kv.Value))));
         return o;
     }

@@ -28,12 +28,16 @@ public abstract class LoraVariant
 
     internal abstract Tensor MergedWeight(LoraLinear layer, Tensor weight, string adapter);
     internal abstract Tensor MergedWeight(LoraConv2d layer, Tensor weight, string adapter);
+    internal abstract Tensor MergedWeight(LoraConvTranspose2d layer, Tensor weight, string adapter);
 
     /// result + the adapter's output, given the dropped-out input xd and h = A(xd).
     internal abstract Tensor AddOutput(LoraLinear layer, Tensor result, Tensor x, Tensor xd, Tensor h, string adapter);
 
     /// result + the adapter's output, given the dropped-out input xd and lora = B(A(xd))·scaling.
     internal abstract Tensor AddOutput(LoraConv2d layer, Tensor result, Tensor x, Tensor xd, Tensor lora, string adapter);
+
+    /// result + the adapter's output, given lora = B(A(xd))·scaling.
+    internal abstract Tensor AddOutput(LoraConvTranspose2d layer, Tensor result, Tensor x, Tensor xd, Tensor lora, string adapter);
 }
 
 /// Plain LoRA: W + ΔW, output + B(A(x))·scaling.
@@ -44,10 +48,14 @@ sealed class PlainLora : LoraVariant
 
     internal override Tensor MergedWeight(LoraLinear layer, Tensor weight, string adapter) => weight.Plus(layer.DeltaWeight(adapter));
     internal override Tensor MergedWeight(LoraConv2d layer, Tensor weight, string adapter) => weight.Plus(layer.DeltaWeight(adapter));
+    internal override Tensor MergedWeight(LoraConvTranspose2d layer, Tensor weight, string adapter) => weight.Plus(layer.DeltaWeight(adapter));
 
     internal override Tensor AddOutput(LoraLinear layer, Tensor result, Tensor x, Tensor xd, Tensor h, string adapter) =>
         TunerLayer.AddLowRank(result, h, TunerLayer.In(layer.B(adapter).weight!, xd), layer.Scaling(adapter));
 
     internal override Tensor AddOutput(LoraConv2d layer, Tensor result, Tensor x, Tensor xd, Tensor lora, string adapter) =>
+        TunerLayer.AddInResultDtype(result, lora);
+
+    internal override Tensor AddOutput(LoraConvTranspose2d layer, Tensor result, Tensor x, Tensor xd, Tensor lora, string adapter) =>
         TunerLayer.AddInResultDtype(result, lora);
 }
