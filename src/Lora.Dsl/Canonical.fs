@@ -165,7 +165,8 @@ module Canonical =
                       "d_initial", JFloat o.DInitial
                       "projection_prng_key", JInt(int64 o.ProjectionPrngKey) ]
                 | AdaptFormer o -> [ "scale", JFloat o.AdaptFormerScale; "modules_to_save", strs o.AdaptFormerModulesToSave ]
-                | Vpt o -> [ "deep", JBool o.VptDeep; "modules_to_save", strs o.VptModulesToSave ])
+                | Vpt o -> [ "deep", JBool o.VptDeep; "modules_to_save", strs o.VptModulesToSave ]
+                | Convpass o -> [ "scale", JFloat o.ConvpassScale; "modules_to_save", strs o.ConvpassModulesToSave ])
         )
 
     let hashOf (text: string) =

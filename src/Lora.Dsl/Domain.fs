@@ -101,6 +101,14 @@ type VptOptions =
 
     static member Defaults = { VptDeep = false; VptModulesToSave = [ "head" ] }
 
+/// Convpass; the grid's rank is the bottleneck width.
+type ConvpassOptions =
+    { /// s, the scale of both bypasses
+      ConvpassScale: float
+      ConvpassModulesToSave: string list }
+
+    static member Defaults = { ConvpassScale = 1.0; ConvpassModulesToSave = [ "head" ] }
+
 /// Options shared by LoRA, DoRA and AdaLoRA (PEFT LoraConfig names in comments).
 type LoraOptions =
     { /// lora_alpha; None = 2 × rank (filled in when the grid expands)
@@ -170,6 +178,8 @@ type Method =
     | AdaptFormer of AdaptFormerOptions
     /// VPT shallow or deep: learned prompt tokens in the ViT encoder (Jia et al.)
     | Vpt of VptOptions
+    /// Convpass: 3×3-conv bypasses beside each ViT block's attention and MLP (Jie & Deng)
+    | Convpass of ConvpassOptions
 
     /// Lower-case name used in tables, run names and YAML (full, head, lora, dora, adalora, adapter).
     member m.Name =
@@ -190,6 +200,7 @@ type Method =
         | AdaptFormer _ -> "adaptformer"
         // shallow and deep runs of one grid need distinct names
         | Vpt o -> if o.VptDeep then "vpt_deep" else "vpt"
+        | Convpass _ -> "convpass"
 
     /// Whether the grid's ranks multiply this method.
     member m.UsesRank =

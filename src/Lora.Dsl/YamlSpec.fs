@@ -329,8 +329,9 @@ module YamlSpec =
     let private lokrKeys = lohaKeys @ [ "decompose_both"; "decompose_factor" ]
     let private vptKeys = [ "deep"; "modules_to_save" ]
     let private adaptformerKeys = [ "scale"; "modules_to_save" ]
+    let private convpassKeys = [ "scale"; "modules_to_save" ]
     let private veraKeys = [ "targets"; "modules_to_save"; "d_initial"; "projection_prng_key" ]
-    let private methodNames = [ "full"; "head"; "lora"; "dora"; "adalora"; "adapter"; "bitfit"; "ln_tuning"; "ia3"; "ssf"; "loha"; "lokr"; "vera"; "adaptformer"; "vpt" ]
+    let private methodNames = [ "full"; "head"; "lora"; "dora"; "adalora"; "adapter"; "bitfit"; "ln_tuning"; "ia3"; "ssf"; "loha"; "lokr"; "vera"; "adaptformer"; "vpt"; "convpass" ]
 
     let private keysOf name =
         match name with
@@ -344,6 +345,7 @@ module YamlSpec =
         | "vera" -> veraKeys
         | "adaptformer" -> adaptformerKeys
         | "vpt" -> vptKeys
+        | "convpass" -> convpassKeys
         | _ -> []
 
     let private strList (r: Reader) fs path key = opt fs path key (fun p n -> list r p n (readStr r))
@@ -382,6 +384,12 @@ module YamlSpec =
         let d = VptOptions.Defaults
         { VptDeep = opt fs path "deep" (readBool r) |> Option.defaultValue d.VptDeep
           VptModulesToSave = strList r fs path "modules_to_save" |> Option.defaultValue d.VptModulesToSave }
+
+    /// convpass: { scale, modules_to_save } (the grid's rank is the bottleneck width).
+    let private convpassOptions (r: Reader) path (fs: Map<string, YamlNode>) : ConvpassOptions =
+        let d = ConvpassOptions.Defaults
+        { ConvpassScale = opt fs path "scale" (readFloat r) |> Option.defaultValue d.ConvpassScale
+          ConvpassModulesToSave = strList r fs path "modules_to_save" |> Option.defaultValue d.ConvpassModulesToSave }
 
     /// loha, lokr: { alpha, targets, modules_to_save, effective_conv2d[, decompose_both, decompose_factor] }.
     let private lycorisOptions (r: Reader) path (fs: Map<string, YamlNode>) : LycorisOptions =
@@ -448,6 +456,7 @@ module YamlSpec =
             | "vera" -> Some(Vera(veraOptions r path fs))
             | "adaptformer" -> Some(AdaptFormer(adaptformerOptions r path fs))
             | "vpt" -> Some(Vpt(vptOptions r path fs))
+            | "convpass" -> Some(Convpass(convpassOptions r path fs))
             | _ ->
                 let d = AdapterOptions.Defaults
                 Some(
@@ -983,6 +992,10 @@ module YamlSpec =
             line "- vpt:"
             line ("    deep: " + (if o.VptDeep then "true" else "false"))
             line ("    modules_to_save: " + flowStrs o.VptModulesToSave)
+        | Convpass o ->
+            line "- convpass:"
+            line ("    scale: " + f o.ConvpassScale)
+            line ("    modules_to_save: " + flowStrs o.ConvpassModulesToSave)
 
     let private writeTables (sb: StringBuilder) (ts: TableDecl list) =
         let axis (a: TableAxis) = match a.Header with Some h -> sprintf "{ %s: %s }" (q a.Axis) (q h) | None -> q a.Axis

@@ -95,8 +95,9 @@ public sealed class SamEncoderAttention : nn.Module<Tensor, Tensor>
 }
 
 /// segment-anything's image-encoder Block (BHWC): norm1, (windowed) attention, residual; norm2, mlp
-/// (lin1/lin2), residual; with optional bottleneck adapters (IAdapterHost).
-public sealed class SamEncoderBlock : nn.Module<Tensor, Tensor>, IAdapterHost
+/// (lin1/lin2), residual; with optional bottleneck adapters (IAdapterHost) and Convpass bypasses
+/// on the whole BHWC grid beside the (windowed) attention and the MLP (IBypassHost).
+public sealed class SamEncoderBlock : nn.Module<Tensor, Tensor>, IAdapterHost, IBypassHost
 {
     private nn.Module<Tensor, Tensor> norm1;
     private SamEncoderAttention attn;
@@ -108,6 +109,10 @@ public sealed class SamEncoderBlock : nn.Module<Tensor, Tensor>, IAdapterHost
     // native op still reads it.
     private Scalar mlpScale = 1.0.ToScalar();
     private readonly long windowSize;
+    private ConvpassModule? convpass_attn;
+    private ConvpassModule? convpass_mlp;
+    private Scalar bypassScale = 1.0.ToScalar();
+    private readonly long dim;
 
     public SamEncoderBlock(long dim, long numHeads, double mlpRatio, bool qkvBias, bool useRelPos, long windowSize, long gridSize, Device? device = null) : base(nameof(SamEncoderBlock))
     {
@@ -116,6 +121,7 @@ public sealed class SamEncoderBlock : nn.Module<Tensor, Tensor>, IAdapterHost
         norm2 = nn.LayerNorm(dim, 1e-6, device: device);
         mlp = new MLPBlock(dim, (long)(dim * mlpRatio), relu: false, device);
         this.windowSize = windowSize;
+        this.dim = dim;
         RegisterComponents();
     }
 
@@ -127,11 +133,22 @@ public sealed class SamEncoderBlock : nn.Module<Tensor, Tensor>, IAdapterHost
         this.mlpScale = mlpScale.ToScalar();
     }
 
+    public long BypassDim => dim;
+
+    public void SetBypasses(ConvpassModule? attn, ConvpassModule? mlp, double scale)
+    {
+        convpass_attn = (ConvpassModule?)AdapterSlot.Set(this, "convpass_attn", convpass_attn, attn);
+        convpass_mlp = (ConvpassModule?)AdapterSlot.Set(this, "convpass_mlp", convpass_mlp, mlp);
+        bypassScale.Dispose();
+        bypassScale = scale.ToScalar();
+    }
+
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
         long b = x.shape[0], h = x.shape[1], w = x.shape[2], c = x.shape[3], ws = windowSize;
-        var y = norm1.forward(x);
+        var n1 = norm1.forward(x);
+        var y = n1;
         if (ws > 0)
         {
             long padB = (ws - h % ws) % ws, padR = (ws - w % ws) % ws, ph = h + padB, pw = w + padR;
@@ -143,9 +160,11 @@ public sealed class SamEncoderBlock : nn.Module<Tensor, Tensor>, IAdapterHost
         }
         else y = attn.forward(y);
         x = x.Plus(y);
+        if (convpass_attn is not null) x = x.Plus(convpass_attn.forward(n1) * bypassScale);
         if (adapter_attn is not null) x = x.Plus(adapter_attn.forward(x));
         var n = norm2.forward(x);
         x = x.Plus(mlp.forward(n));
+        if (convpass_mlp is not null) x = x.Plus(convpass_mlp.forward(n) * bypassScale);
         if (adapter_mlp is not null) x = x.Plus(adapter_mlp.forward(n) * mlpScale);
         return x.MoveToOuterDisposeScope();
     }
