@@ -23,6 +23,8 @@ module Builders =
     let vptShallow = Vpt VptOptions.Defaults
     let vptDeep = Vpt { VptOptions.Defaults with VptDeep = true }
     let convpass = Convpass ConvpassOptions.Defaults
+    let factTT = Fact FactOptions.Defaults
+    let factTK = Fact { FactOptions.Defaults with FactVariant = FactTK }
 
     /// A zoo model with options: zoo "vit" [ "img_size", Int 28; "patch_size", Int 4 ].
     let zoo (name: string) (options: (string * OptionValue) list) = Zoo { Name = name; Options = Map.ofList options }

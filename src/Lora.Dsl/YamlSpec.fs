@@ -330,8 +330,9 @@ module YamlSpec =
     let private vptKeys = [ "deep"; "modules_to_save" ]
     let private adaptformerKeys = [ "scale"; "modules_to_save" ]
     let private convpassKeys = [ "scale"; "modules_to_save" ]
+    let private factKeys = [ "variant"; "scale"; "targets"; "modules_to_save" ]
     let private veraKeys = [ "targets"; "modules_to_save"; "d_initial"; "projection_prng_key" ]
-    let private methodNames = [ "full"; "head"; "lora"; "dora"; "adalora"; "adapter"; "bitfit"; "ln_tuning"; "ia3"; "ssf"; "loha"; "lokr"; "vera"; "adaptformer"; "vpt"; "convpass" ]
+    let private methodNames = [ "full"; "head"; "lora"; "dora"; "adalora"; "adapter"; "bitfit"; "ln_tuning"; "ia3"; "ssf"; "loha"; "lokr"; "vera"; "adaptformer"; "vpt"; "convpass"; "fact" ]
 
     let private keysOf name =
         match name with
@@ -346,6 +347,7 @@ module YamlSpec =
         | "adaptformer" -> adaptformerKeys
         | "vpt" -> vptKeys
         | "convpass" -> convpassKeys
+        | "fact" -> factKeys
         | _ -> []
 
     let private strList (r: Reader) fs path key = opt fs path key (fun p n -> list r p n (readStr r))
@@ -390,6 +392,14 @@ module YamlSpec =
         let d = ConvpassOptions.Defaults
         { ConvpassScale = opt fs path "scale" (readFloat r) |> Option.defaultValue d.ConvpassScale
           ConvpassModulesToSave = strList r fs path "modules_to_save" |> Option.defaultValue d.ConvpassModulesToSave }
+
+    /// fact: { variant: tt|tk, scale, targets, modules_to_save } (the grid's rank is the factors' rank).
+    let private factOptions (r: Reader) path (fs: Map<string, YamlNode>) : FactOptions =
+        let d = FactOptions.Defaults
+        { FactVariant = opt fs path "variant" (fun p n -> choice r p n [ "tt", FactTT; "tk", FactTK ]) |> Option.defaultValue d.FactVariant
+          FactScale = opt fs path "scale" (readFloat r) |> Option.defaultValue d.FactScale
+          FactTargets = strList r fs path "targets" |> Option.defaultValue d.FactTargets
+          FactModulesToSave = strList r fs path "modules_to_save" |> Option.defaultValue d.FactModulesToSave }
 
     /// loha, lokr: { alpha, targets, modules_to_save, effective_conv2d[, decompose_both, decompose_factor] }.
     let private lycorisOptions (r: Reader) path (fs: Map<string, YamlNode>) : LycorisOptions =
@@ -457,6 +467,7 @@ module YamlSpec =
             | "adaptformer" -> Some(AdaptFormer(adaptformerOptions r path fs))
             | "vpt" -> Some(Vpt(vptOptions r path fs))
             | "convpass" -> Some(Convpass(convpassOptions r path fs))
+            | "fact" -> Some(Fact(factOptions r path fs))
             | _ ->
                 let d = AdapterOptions.Defaults
                 Some(
@@ -996,6 +1007,12 @@ module YamlSpec =
             line "- convpass:"
             line ("    scale: " + f o.ConvpassScale)
             line ("    modules_to_save: " + flowStrs o.ConvpassModulesToSave)
+        | Fact o ->
+            line "- fact:"
+            line ("    variant: " + (if o.FactVariant = FactTK then "tk" else "tt"))
+            line ("    scale: " + f o.FactScale)
+            line ("    targets: " + flowStrs o.FactTargets)
+            line ("    modules_to_save: " + flowStrs o.FactModulesToSave)
 
     let private writeTables (sb: StringBuilder) (ts: TableDecl list) =
         let axis (a: TableAxis) = match a.Header with Some h -> sprintf "{ %s: %s }" (q a.Axis) (q h) | None -> q a.Axis
