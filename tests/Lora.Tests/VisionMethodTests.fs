@@ -245,4 +245,66 @@ let private specTests =
         }
     ]
 
-let tests = testList "VisionMethods" [ convpassTests; factTests; specTests ]
+
+let private vptTests =
+    testList "VPT on SAM" [
+        test "SAM's ViT encoder takes shallow and deep prompts: they change the masks, count tokens·dim (× depth), round-trip, refuse to merge" {
+            for deep in [ false; true ] do
+                let a, b = twinOf sam
+                use x = torch.randn(1L, 3L, 32L, 32L)
+                use y0 = (use _ = torch.no_grad () in fwd a x)
+                let ta = Tuner.Apply(a, VptConfig(Tokens = 3, Deep = deep))
+                use ya = fwd a x
+                Expect.sequenceEqual ya.shape y0.shape "same mask shape (the prompts are dropped before the neck)"
+                Expect.isGreaterThan (relErr ya y0) 1e-7 "prompts take part in the windowed and the global attention"
+                Expect.equal (ta.Summary().Trainable) ((if deep then 2L else 1L) * 3L * 16L) "layers × tokens × dim"
+                use dir = new TempDir()
+                AdapterCheckpoint.Save(ta, dir.Path)
+                Expect.contains (AdapterCheckpoint.StateDict(ta).Keys |> Set.ofSeq) "base_model.model.image_encoder.prompt.prompt_embeddings" "key"
+                AdapterCheckpoint.Load(b, dir.Path) |> ignore
+                use yb = fwd b x
+                close "loaded" torch.float32 yb ya
+                Expect.throwsT<System.InvalidOperationException> (fun () -> ta.Merge()) "VPT cannot merge"
+                ta.DisableAdapters()
+                use yOff = (use _ = torch.no_grad () in fwd a x)
+                Expect.isTrue (same yOff y0) "disabled: the base model exactly"
+        }
+        test "a windowed block whose one window is the grid is the global block, prompts included; with several windows each window's grid output is its own global attention" {
+            let block ws grid = new SamEncoderBlock(8L, 2L, 2.0, true, true, ws, grid)
+            let copy (src: torch.nn.Module) (dst: torch.nn.Module) =
+                let sd = src.state_dict ()
+                use _ = torch.no_grad ()
+                for KeyValue(k, v) in dst.state_dict () do v.copy_(sd.[k]) |> ignore
+            let one = block 4L 4L
+            randomise (one.parameters ()) 2
+            let glob = block 0L 4L
+            copy one glob
+            one.eval (); glob.eval ()
+            use x = torch.randn(2L, 4L, 4L, 8L)
+            use p = torch.randn(2L, 3L, 8L)
+            let struct (y1, p1) = one.ForwardPrompted(x, p)
+            let struct (y2, p2) = glob.ForwardPrompted(x, p)
+            close "grid" torch.float32 y1 y2
+            close "prompts (the mean over one window)" torch.float32 p1 p2
+            // 2×2 windows of side 2: each window's grid output = a global block on that window alone
+            let win = block 2L 4L
+            randomise (win.parameters ()) 3
+            let crop = block 0L 2L
+            copy win crop
+            win.eval (); crop.eval ()
+            let struct (yw, _) = win.ForwardPrompted(x, p)
+            for i in [ 0L; 2L ] do
+                for j in [ 0L; 2L ] do
+                    use xs = x.narrow(1L, i, 2L).narrow(2L, j, 2L).contiguous()
+                    let struct (yc, _) = crop.ForwardPrompted(xs, p)
+                    close $"window ({i}, {j})" torch.float32 (yw.narrow(1L, i, 2L).narrow(2L, j, 2L)) yc
+        }
+        test "VPT on TinyViT is refused, naming what fits" {
+            let tv = Zoo.Create("tiny_vit", ModelArgs.FromJson """{"num_classes": 3, "embed_dims": [8, 16, 16, 16], "depths": [1, 1, 1, 1], "num_heads": [1, 2, 2, 2], "window_sizes": [4, 4, 4, 2]}""", torch.CPU)
+            let e = Tuner.Match(tv, VptConfig()).Errors |> String.concat "; "
+            Expect.stringContains e "sam_vit" "names the encoders it fits"
+            Expect.stringContains e "patch-merging" "says why TinyViT does not"
+        }
+    ]
+
+let tests = testList "VisionMethods" [ convpassTests; factTests; vptTests; specTests ]

@@ -41,10 +41,14 @@ public sealed class FactMethod : TuningMethod
             .Select(m => (m.Path, L: Unwrap(ModuleTree.Get(model, m.Path)) as Linear)).Where(x => x.L is not null).ToList();
         if (linears.Count == 0 || errors.Count > 0) return;
         var d = WidthOf(linears.Select(x => x.L!));
-        foreach (var (path, l) in linears)
-            if (Math.Min(l!.in_features, l.out_features) != d || Math.Max(l.in_features, l.out_features) % d != 0)
-                errors.Add($"FacT shares U and V across layers of one width: '{path}' is Linear({l.in_features}, {l.out_features}), not made of {d}×{d} slices " +
-                           "(it fits the ViT family, and SAM's ViT encoder with targets [qkv, proj, lin1, lin2]; not TinyViT, whose stages differ in width: use lora there)");
+        var misfits = linears.Where(x => Math.Min(x.L!.in_features, x.L.out_features) != d || Math.Max(x.L.in_features, x.L.out_features) % d != 0).ToList();
+        if (misfits.Count > 0)
+        {
+            var (path, l) = misfits[0];
+            errors.Add($"FacT shares U and V across layers of one width: '{path}' is Linear({l!.in_features}, {l.out_features}), not made of {d}×{d} slices" +
+                       (misfits.Count > 1 ? $" (and {misfits.Count - 1} more targets)" : "") +
+                       @"; it fits the ViT family, and SAM's ViT encoder with targets [qkv, attn.proj, re:image_encoder\.blocks\.\d+\.mlp\.lin[12]]; not TinyViT, whose stages differ in width: use lora there");
+        }
         if (modules.Any(m => m.Path == SharedName)) errors.Add($"the model already has a child named '{SharedName}' (FacT's shared factors)");
     }
 
