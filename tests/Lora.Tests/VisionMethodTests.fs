@@ -66,23 +66,22 @@ let private factDelta (l: FactLayer) (f: FactFactors) (cfg: FactConfig) (offset:
 
 let private convpassTests =
     testList "Convpass" [
-        test "the bypass is the reference code's formula (class token as a 1×1 image; BHWC grids as SAM's)" {
-            let m = new ConvpassModule(6L, 3L, 0.0)
-            randomise (m.parameters ()) 5
+        testProp "the bypass is the reference code's formula (class token, and prompts, as 1×1 images; BHWC grids as SAM's)" (fun (seed: int) (a: byte) (b: byte) (c: byte) (f64: bool) ->
+            let dt = if f64 then torch.float64 else torch.float32
+            let dim, width, side, lead = int64 (int a % 6 + 2), int64 (int b % 4 + 1), int64 (int c % 3 + 1), int64 (int a % 3)
+            let m = new ConvpassModule(dim, width, 0.0, dt)
+            randomise (m.parameters ()) seed
             m.eval ()
-            for lead in [ 1L; 3L ] do
-                use x = torch.randn(2L, lead + 9L, 6L)
-                use y = m.ForwardTokens(x, 3L, 3L)
-                use yr = convpassRef m x lead 3L
-                close $"tokens, {lead} outside the grid" torch.float32 y yr
-            use g = torch.randn(2L, 3L, 3L, 6L)
-            use yg = m.forward g
-            use gr = torch.nn.functional.linear(
-                        quickGelu (torch.nn.functional.conv2d(
-                                       quickGelu(torch.nn.functional.linear(g, m.adapter_down.weight, m.adapter_down.bias)).permute(0L, 3L, 1L, 2L),
-                                       m.adapter_conv.weight, m.adapter_conv.bias, padding = [| 1L; 1L |]).permute(0L, 2L, 3L, 1L)),
-                        m.adapter_up.weight, m.adapter_up.bias)
-            close "grid" torch.float32 yg gr
+            use g = new torch.Generator(uint64 (abs seed))
+            use x = torch.randn([| 2L; lead + side * side; dim |], dtype = dt, generator = g)
+            use y = m.ForwardTokens(x, side, side)
+            use yr = convpassRef m x lead side
+            close $"tokens, {lead} outside the {side}×{side} grid" dt y yr
+            use grid = torch.randn([| 2L; side; side; dim |], dtype = dt, generator = g)
+            use yg = m.forward grid
+            use gr = convpassRef m (grid.reshape(2L, side * side, dim)) 0L side
+            close "BHWC grid" dt (yg.reshape(2L, side * side, dim)) gr)
+        test "the paper's initialisation: the conv is the identity at its centre tap, up is zero" {
             let fresh = new ConvpassModule(6L, 3L)
             let centre = fresh.adapter_conv.weight.index(torch.TensorIndex.Colon, torch.TensorIndex.Colon, torch.TensorIndex.Single 1L, torch.TensorIndex.Single 1L)
             Expect.isTrue (same centre (torch.eye 3L)) "the paper's conv init: identity at the centre tap"
