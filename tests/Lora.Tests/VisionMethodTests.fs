@@ -121,10 +121,23 @@ let private convpassTests =
                 use yOff = fwd a x
                 Expect.isTrue (same yOff y0) "disabled: the base model exactly"
             }
-        test "Convpass on TinyViT is refused, naming what fits" {
-            let tv = Zoo.Create("tiny_vit", ModelArgs.FromJson """{"num_classes": 3, "embed_dims": [8, 16, 16, 16], "depths": [1, 1, 1, 1], "num_heads": [1, 2, 2, 2], "window_sizes": [4, 4, 4, 2]}""", torch.CPU)
-            let e = Tuner.Match(tv, ConvpassConfig()).Errors |> String.concat "; "
-            Expect.stringContains e "vit, sam_vit" "names the families it fits"
+        test "Convpass on TinyViT: a bypass per attention block, sized to its stage; fresh is the base; counts are the formula" {
+            let make () = Zoo.Create("tiny_vit", ModelArgs.FromJson """{"num_classes": 3, "embed_dims": [8, 16, 16, 32], "depths": [1, 1, 1, 1], "num_heads": [1, 2, 2, 2], "window_sizes": [4, 4, 4, 2]}""", torch.CPU)
+            let a, _ = twinOf make
+            use x = torch.randn(2L, 3L, 64L, 64L)
+            use y0 = (use _ = torch.no_grad () in fwd a x)
+            let t = Tuner.Apply(a, ConvpassConfig(Width = 2))
+            a.eval ()
+            use yFresh = (use _ = torch.no_grad () in fwd a x)
+            Expect.isTrue (same yFresh y0) "a fresh Convpass changes nothing"
+            randomise (t.Attached("default").Parameters()) 2
+            use ya = fwd a x
+            Expect.isGreaterThan (relErr ya y0) 1e-6 "trained bypasses change the output"
+            // the attention stages 1-3 (widths 16, 16, 32; stage 0 is MBConv), one block each
+            let per c = 2L * (2L * c * 2L + 9L * 4L + 2L * 2L + c)
+            Expect.equal (t.Summary().Trainable) (per 16L + per 16L + per 32L) "2·(2Cd + 9d² + 2d + C) per block, C per stage"
+            let resnet = Zoo.Create("resnet18", ModelArgs.Empty, torch.CPU)
+            Expect.stringContains (Tuner.Match(resnet, ConvpassConfig()).Errors |> String.concat "; ") "tiny_vit, sam_vit" "names the families it fits"
         }
     ]
 

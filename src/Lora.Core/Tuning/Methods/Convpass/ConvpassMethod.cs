@@ -5,10 +5,9 @@ using static TorchSharp.torch;
 
 namespace Lora.Core.Tuning;
 
-/// Convpass beside the attention and the MLP of every <see cref="IBypassHost"/> block (the zoo's
-/// ViT and SAM's ViT image encoder). TinyViT's blocks (tiny_vit, MobileSAM's encoder) are not hosts:
-/// their attention normalises inside itself and a depthwise conv sits between attention and MLP, so
-/// the paper's "beside norm1 → attn" has no single place there.
+/// Convpass beside the attention and the MLP of every <see cref="IBypassHost"/> block: the zoo's
+/// ViT, SAM's ViT image encoder, and TinyViT's attention blocks (tiny_vit, MobileSAM's encoder; its
+/// convolutional first stage has no attention and is left alone), each bypass sized to its block.
 public sealed class ConvpassMethod : TuningMethod
 {
     public static readonly ConvpassMethod Instance = new();
@@ -30,7 +29,7 @@ public sealed class ConvpassMethod : TuningMethod
             if (m is ConvpassModule) errors.Add($"'{path}' already holds a Convpass bypass");
         }
         if (!matches.Any(x => x.Role == "adapter_host"))
-            errors.Add($"Convpass found no transformer block implementing IBypassHost in this {model.GetType().Name} (it fits the ViT family and SAM's ViT encoder: vit, sam_vit; not TinyViT blocks; use adaptformer, adapter, lora, bitfit or ssf elsewhere)");
+            errors.Add($"Convpass found no transformer block implementing IBypassHost in this {model.GetType().Name} (it fits the ViT, TinyViT and SAM encoder families: vit, tiny_vit, sam_vit, sam_tiny_vit, mobile_sam; use lora, bitfit or ssf elsewhere)");
     }
 
     public override void Inject(nn.Module model, string adapter, TuningConfig config, MatchReport report) { }
