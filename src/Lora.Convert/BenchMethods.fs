@@ -35,7 +35,12 @@ let presets =
       "adaptformer", "adaptformer: { modules_to_save: [head] }"
       // prompt tokens = rank
       "vpt", "vpt: { modules_to_save: [head] }"
-      "vpt-deep", "vpt: { deep: true, modules_to_save: [head] }" ]
+      "vpt-deep", "vpt: { deep: true, modules_to_save: [head] }"
+      // bottleneck width = rank
+      "convpass", "convpass: { modules_to_save: [head] }"
+      // factor rank = rank; the paper's qkv, proj, fc1, fc2
+      "fact", "fact: { modules_to_save: [head] }"
+      "fact-tk", "fact: { variant: tk, modules_to_save: [head] }" ]
 
 /// The preset names, in the order they are usually listed.
 let names = presets |> List.map fst

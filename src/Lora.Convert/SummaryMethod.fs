@@ -15,9 +15,15 @@ let private list (xs: string list) = "[" + String.Join(", ", xs |> List.map quot
 
 /// The method as YAML text, e.g. `"lora": { targets: ["fc1", "fc2"], modules_to_save: [] }`.
 let text (o: SummaryOptions) =
-    let name = o.Method.ToLowerInvariant()
+    // run names of variants (fact_tk, vpt_deep) name the method with its variant option
+    let name, variant =
+        match o.Method.ToLowerInvariant() with
+        | "fact_tk" | "fact-tk" -> "fact", [ "variant: tk" ]
+        | "vpt_deep" | "vpt-deep" -> "vpt", [ "deep: true" ]
+        | n -> n, []
     let fields =
-        [ if not o.Targets.IsEmpty then yield "targets: " + list o.Targets
+        [ yield! variant
+          if not o.Targets.IsEmpty then yield "targets: " + list o.Targets
           if o.Alpha.HasValue then yield "alpha: " + o.Alpha.Value.ToString("R", Globalization.CultureInfo.InvariantCulture)
           if o.Bias <> "none" then yield "bias: " + quote o.Bias
           if o.InitRank.HasValue then yield sprintf "init_rank: %d" o.InitRank.Value
@@ -38,7 +44,7 @@ let toCore (o: SummaryOptions) (model: torch.nn.Module) : Result<CoreMethod, str
     | Error e -> Error(String.Join("; ", e))
     | Ok m ->
         // LoRA's ranks default to PEFT's r = 8
-        let rank = match m with Lora _ | Dora _ | AdaLora _ | LoHa _ | LoKr _ when given.IsNone -> Some 8 | Vera _ when given.IsNone -> Some 256 | AdaptFormer _ when given.IsNone -> Some 64 | Vpt _ when given.IsNone -> Some 10 | _ -> given
+        let rank = match m with Lora _ | Dora _ | AdaLora _ | LoHa _ | LoKr _ when given.IsNone -> Some 8 | Vera _ when given.IsNone -> Some 256 | AdaptFormer _ when given.IsNone -> Some 64 | Vpt _ when given.IsNone -> Some 10 | Convpass _ | Fact _ when given.IsNone -> Some 8 | _ -> given
         match ToCore.parseMethod (text o) (if m.UsesRank then rank else None) with
         | Error e -> Error(String.Join("; ", e))
         | Ok m ->

@@ -87,6 +87,11 @@ let methodOf (classifier: Lazy<string>) (rank: int option) (m: Method) : CoreMet
     | Vpt o -> CoreMethod.Tune(VptConfig(Tokens = r, Deep = o.VptDeep, ModulesToSave = saved classifier o.VptModulesToSave))
     | AdaptFormer o ->
         CoreMethod.Tune(AdaptFormerConfig(Width = r, Scale = o.AdaptFormerScale, ModulesToSave = saved classifier o.AdaptFormerModulesToSave))
+    | Convpass o -> CoreMethod.Tune(ConvpassConfig(Width = r, Scale = o.ConvpassScale, ModulesToSave = saved classifier o.ConvpassModulesToSave))
+    | Fact o ->
+        CoreMethod.Tune(
+            FactConfig(Targets = Array.ofList o.FactTargets, Rank = r, Scale = o.FactScale,
+                       Variant = (if o.FactVariant = FactTK then FactVariant.Tk else FactVariant.Tt), ModulesToSave = saved classifier o.FactModulesToSave))
     | Vera o ->
         CoreMethod.Tune(
             VeraConfig(Targets = Array.ofList o.VeraTargets, Rank = r, ModulesToSave = saved classifier o.VeraModulesToSave,

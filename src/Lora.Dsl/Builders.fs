@@ -22,6 +22,9 @@ module Builders =
     let adaptformer = AdaptFormer AdaptFormerOptions.Defaults
     let vptShallow = Vpt VptOptions.Defaults
     let vptDeep = Vpt { VptOptions.Defaults with VptDeep = true }
+    let convpass = Convpass ConvpassOptions.Defaults
+    let factTT = Fact FactOptions.Defaults
+    let factTK = Fact { FactOptions.Defaults with FactVariant = FactTK }
 
     // LoRA options as modifiers of lora/dora: lora |> loraInit OloraInit |> loraPlus 16.0, lora |> fusedQkv [ "q"; "v" ]
     let private mapLora (f: LoraOptions -> LoraOptions) (m: Method) =

@@ -169,7 +169,13 @@ module Canonical =
                       "d_initial", JFloat o.DInitial
                       "projection_prng_key", JInt(int64 o.ProjectionPrngKey) ]
                 | AdaptFormer o -> [ "scale", JFloat o.AdaptFormerScale; "modules_to_save", strs o.AdaptFormerModulesToSave ]
-                | Vpt o -> [ "deep", JBool o.VptDeep; "modules_to_save", strs o.VptModulesToSave ])
+                | Vpt o -> [ "deep", JBool o.VptDeep; "modules_to_save", strs o.VptModulesToSave ]
+                | Convpass o -> [ "scale", JFloat o.ConvpassScale; "modules_to_save", strs o.ConvpassModulesToSave ]
+                | Fact o ->
+                    [ "variant", JString(if o.FactVariant = FactTK then "tk" else "tt")
+                      "scale", JFloat o.FactScale
+                      "targets", strs o.FactTargets
+                      "modules_to_save", strs o.FactModulesToSave ])
         )
 
     let hashOf (text: string) =

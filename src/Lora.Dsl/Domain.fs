@@ -120,6 +120,28 @@ type LoraInit =
         | PissaInit None -> "pissa"
         | PissaInit(Some k) -> sprintf "pissa_niter_%d" k
         | OloraInit -> "olora"
+/// Convpass; the grid's rank is the bottleneck width.
+type ConvpassOptions =
+    { /// s, the scale of both bypasses
+      ConvpassScale: float
+      ConvpassModulesToSave: string list }
+
+    static member Defaults = { ConvpassScale = 1.0; ConvpassModulesToSave = [ "head" ] }
+
+/// FacT's factorisation: tensor-train or Tucker.
+type FactVariant =
+    | FactTT
+    | FactTK
+
+/// FacT; the grid's rank is the factors' rank.
+type FactOptions =
+    { FactVariant: FactVariant
+      /// s, the scale of every ΔW
+      FactScale: float
+      FactTargets: string list
+      FactModulesToSave: string list }
+
+    static member Defaults = { FactVariant = FactTT; FactScale = 1.0; FactTargets = [ "qkv"; "attn.proj"; "fc1"; "fc2" ]; FactModulesToSave = [ "head" ] }
 
 /// Options shared by LoRA, DoRA and AdaLoRA (PEFT LoraConfig names in comments).
 type LoraOptions =
@@ -197,6 +219,10 @@ type Method =
     | AdaptFormer of AdaptFormerOptions
     /// VPT shallow or deep: learned prompt tokens in the ViT encoder (Jia et al.)
     | Vpt of VptOptions
+    /// Convpass: 3×3-conv bypasses beside each ViT block's attention and MLP (Jie & Deng)
+    | Convpass of ConvpassOptions
+    /// FacT-TT or FacT-TK: ΔW slices from factors shared across blocks (Jie & Deng)
+    | Fact of FactOptions
 
     /// Lower-case name used in tables, run names and YAML (full, head, lora, dora, adalora, adapter).
     member m.Name =
@@ -217,6 +243,9 @@ type Method =
         | AdaptFormer _ -> "adaptformer"
         // shallow and deep runs of one grid need distinct names
         | Vpt o -> if o.VptDeep then "vpt_deep" else "vpt"
+        | Convpass _ -> "convpass"
+        // TT and TK runs of one grid need distinct names
+        | Fact o -> if o.FactVariant = FactTK then "fact_tk" else "fact"
 
     /// Whether the grid's ranks multiply this method.
     member m.UsesRank =

@@ -294,6 +294,11 @@ module Validation =
                   if r > 1024 then yield err at (sprintf "VPT takes at most 1024 prompt tokens (the rank), got %d" r)
           | AdaptFormer o ->
               if not (o.AdaptFormerScale > 0.0) then yield err (at + ".scale") (sprintf "scale must be positive, got %g" o.AdaptFormerScale)
+          | Convpass o ->
+              if not (o.ConvpassScale > 0.0) then yield err (at + ".scale") (sprintf "scale must be positive, got %g" o.ConvpassScale)
+          | Fact o ->
+              if not (o.FactScale > 0.0) then yield err (at + ".scale") (sprintf "scale must be positive, got %g" o.FactScale)
+              if List.isEmpty o.FactTargets then yield err (at + ".targets") "targets is empty: name the Linears to tune (the paper's qkv, proj, fc1, fc2)"
           | Vera o ->
               if List.isEmpty o.VeraTargets then yield err (at + ".targets") "targets is empty: name at least one module (e.g. qkv)"
               if o.ProjectionPrngKey < 0 then yield err (at + ".projection_prng_key") (sprintf "projection_prng_key must not be negative, got %d" o.ProjectionPrngKey)

@@ -346,8 +346,10 @@ module YamlSpec =
     let private lokrKeys = lohaKeys @ [ "decompose_both"; "decompose_factor" ]
     let private vptKeys = [ "deep"; "modules_to_save" ]
     let private adaptformerKeys = [ "scale"; "modules_to_save" ]
+    let private convpassKeys = [ "scale"; "modules_to_save" ]
+    let private factKeys = [ "variant"; "scale"; "targets"; "modules_to_save" ]
     let private veraKeys = [ "targets"; "modules_to_save"; "d_initial"; "projection_prng_key" ]
-    let private methodNames = [ "full"; "head"; "lora"; "dora"; "adalora"; "adapter"; "bitfit"; "ln_tuning"; "ia3"; "ssf"; "loha"; "lokr"; "vera"; "adaptformer"; "vpt" ]
+    let private methodNames = [ "full"; "head"; "lora"; "dora"; "adalora"; "adapter"; "bitfit"; "ln_tuning"; "ia3"; "ssf"; "loha"; "lokr"; "vera"; "adaptformer"; "vpt"; "convpass"; "fact" ]
 
     let private keysOf name =
         match name with
@@ -361,6 +363,8 @@ module YamlSpec =
         | "vera" -> veraKeys
         | "adaptformer" -> adaptformerKeys
         | "vpt" -> vptKeys
+        | "convpass" -> convpassKeys
+        | "fact" -> factKeys
         | _ -> []
 
     let private strList (r: Reader) fs path key = opt fs path key (fun p n -> list r p n (readStr r))
@@ -399,6 +403,20 @@ module YamlSpec =
         let d = VptOptions.Defaults
         { VptDeep = opt fs path "deep" (readBool r) |> Option.defaultValue d.VptDeep
           VptModulesToSave = strList r fs path "modules_to_save" |> Option.defaultValue d.VptModulesToSave }
+
+    /// convpass: { scale, modules_to_save } (the grid's rank is the bottleneck width).
+    let private convpassOptions (r: Reader) path (fs: Map<string, YamlNode>) : ConvpassOptions =
+        let d = ConvpassOptions.Defaults
+        { ConvpassScale = opt fs path "scale" (readFloat r) |> Option.defaultValue d.ConvpassScale
+          ConvpassModulesToSave = strList r fs path "modules_to_save" |> Option.defaultValue d.ConvpassModulesToSave }
+
+    /// fact: { variant: tt|tk, scale, targets, modules_to_save } (the grid's rank is the factors' rank).
+    let private factOptions (r: Reader) path (fs: Map<string, YamlNode>) : FactOptions =
+        let d = FactOptions.Defaults
+        { FactVariant = opt fs path "variant" (fun p n -> choice r p n [ "tt", FactTT; "tk", FactTK ]) |> Option.defaultValue d.FactVariant
+          FactScale = opt fs path "scale" (readFloat r) |> Option.defaultValue d.FactScale
+          FactTargets = strList r fs path "targets" |> Option.defaultValue d.FactTargets
+          FactModulesToSave = strList r fs path "modules_to_save" |> Option.defaultValue d.FactModulesToSave }
 
     /// loha, lokr: { alpha, targets, modules_to_save, effective_conv2d[, decompose_both, decompose_factor] }.
     let private lycorisOptions (r: Reader) path (fs: Map<string, YamlNode>) : LycorisOptions =
@@ -473,6 +491,8 @@ module YamlSpec =
             | "vera" -> Some(Vera(veraOptions r path fs))
             | "adaptformer" -> Some(AdaptFormer(adaptformerOptions r path fs))
             | "vpt" -> Some(Vpt(vptOptions r path fs))
+            | "convpass" -> Some(Convpass(convpassOptions r path fs))
+            | "fact" -> Some(Fact(factOptions r path fs))
             | _ ->
                 let d = AdapterOptions.Defaults
                 Some(
@@ -1033,6 +1053,16 @@ module YamlSpec =
             line "- vpt:"
             line ("    deep: " + (if o.VptDeep then "true" else "false"))
             line ("    modules_to_save: " + flowStrs o.VptModulesToSave)
+        | Convpass o ->
+            line "- convpass:"
+            line ("    scale: " + f o.ConvpassScale)
+            line ("    modules_to_save: " + flowStrs o.ConvpassModulesToSave)
+        | Fact o ->
+            line "- fact:"
+            line ("    variant: " + (if o.FactVariant = FactTK then "tk" else "tt"))
+            line ("    scale: " + f o.FactScale)
+            line ("    targets: " + flowStrs o.FactTargets)
+            line ("    modules_to_save: " + flowStrs o.FactModulesToSave)
 
     let private writeTables (sb: StringBuilder) (ts: TableDecl list) =
         let axis (a: TableAxis) = match a.Header with Some h -> sprintf "{ %s: %s }" (q a.Axis) (q h) | None -> q a.Axis

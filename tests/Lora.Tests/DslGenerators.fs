@@ -169,6 +169,20 @@ let methodOf (maxRank: int) (kind: string) =
             let! save = Gen.elements [ [ "head" ]; [] ]
             return AdaptFormer { AdaptFormerScale = s; AdaptFormerModulesToSave = save }
         }
+    | "convpass" ->
+        gen {
+            let! s = nice
+            let! save = Gen.elements [ [ "head" ]; [] ]
+            return Convpass { ConvpassScale = s; ConvpassModulesToSave = save }
+        }
+    | "fact" ->
+        gen {
+            let! v = Gen.elements [ FactTT; FactTK ]
+            let! s = nice
+            let! targets = Gen.elements [ [ "qkv" ]; [ "qkv"; "proj"; "fc1"; "fc2" ] ]
+            let! save = Gen.elements [ [ "head" ]; [] ]
+            return Fact { FactVariant = v; FactScale = s; FactTargets = targets; FactModulesToSave = save }
+        }
     | "vera" ->
         gen {
             let! targets = Gen.elements [ [ "qkv" ]; [ "qkv"; "fc1" ] ]
@@ -214,7 +228,7 @@ let experiment (name: string) =
     gen {
         let! task = Gen.elements [ Classification; Segmentation ]
         let! ranks = Gen.subListOf [ 1; 2; 4; 8; 16 ] |> Gen.filter (List.isEmpty >> not) |> Gen.bind Gen.shuffle |> Gen.map List.ofArray
-        let! kinds = Gen.subListOf [ "full"; "head"; "lora"; "dora"; "adalora"; "adapter"; "bitfit"; "ln_tuning"; "ia3"; "ssf"; "loha"; "lokr"; "vera"; "adaptformer"; "vpt" ] |> Gen.filter (List.isEmpty >> not)
+        let! kinds = Gen.subListOf [ "full"; "head"; "lora"; "dora"; "adalora"; "adapter"; "bitfit"; "ln_tuning"; "ia3"; "ssf"; "loha"; "lokr"; "vera"; "adaptformer"; "vpt"; "convpass"; "fact" ] |> Gen.filter (List.isEmpty >> not)
         let! methods = kinds |> List.map (methodOf (List.max ranks)) |> Gen.sequenceToList
         let! nModels = Gen.choose (1, 2)
         let! models =

@@ -42,7 +42,7 @@ let private required check = function None -> false | Some v -> check v
 /// PeftType names PEFT's PeftConfig.from_pretrained can load (the ones relevant here) and this
 /// project's own.
 let peftTypes = set [ "LORA"; "ADALORA"; "IA3"; "LOHA"; "LOKR"; "LN_TUNING"; "VERA" ]
-let ownTypes = set [ "BOTTLENECK_ADAPTER"; "BITFIT"; "SSF"; "ADAPTFORMER"; "VPT" ]
+let ownTypes = set [ "BOTTLENECK_ADAPTER"; "BITFIT"; "SSF"; "ADAPTFORMER"; "VPT"; "CONVPASS"; "FACT" ]
 /// PEFT's LoHaConfig and LoKrConfig (src/peft/tuners/{loha,lokr}/config.py, lycoris_utils.LycorisConfig)
 let private lycoris = [ "LOHA"; "LOKR" ]
 /// the PEFT types beside LoRA's: their PeftConfig fields and required target_modules
@@ -130,6 +130,10 @@ let rules : Rule list =
       rule [ "ADAPTFORMER" ] "ffn_adapter_scalar" "a number > 0" (fun v _ -> required (fun v -> isNum v && num v > 0.0) v)
       rule [ "VPT" ] "num_tokens" "an int > 0" (fun v _ -> required (fun v -> isInt v && num v > 0.0) v)
       rule [ "VPT" ] "vpt_type" "shallow or deep" (fun v _ -> required (fun v -> isStr v && List.contains (str v) [ "shallow"; "deep" ]) v)
+      rule [ "CONVPASS" ] "dim" "an int > 0" (fun v _ -> required (fun v -> isInt v && num v > 0.0) v)
+      rule [ "CONVPASS" ] "s" "a number > 0" (fun v _ -> required (fun v -> isNum v && num v > 0.0) v)
+      rule [ "FACT" ] "r" "an int > 0" (fun v _ -> required (fun v -> isInt v && num v > 0.0) v)
+      rule [ "FACT" ] "fact_type" "tt or tk" (fun v _ -> required (fun v -> isStr v && List.contains (str v) [ "tt"; "tk" ]) v)
       rule [ "BITFIT"; "SSF" ] "target_modules" "the list of tuned modules" (fun v _ -> required (fun v -> isList isName v && v.AsArray().Count > 0) v)
       rule [ "SSF" ] "init_std" "a number >= 0" (fun v _ -> required (fun v -> isNum v && num v >= 0.0) v)
       rule [ "BOTTLENECK_ADAPTER" ] "adapter_ratio" "a number > 0" (fun v _ -> required (fun v -> isNum v && num v > 0.0) v)

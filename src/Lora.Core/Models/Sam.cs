@@ -80,23 +80,42 @@ public sealed class SamEncoderAttention : nn.Module<Tensor, Tensor>
         long b = x.shape[0], h = x.shape[1], w = x.shape[2], c = x.shape[3], hd = c / numHeads;
         var t = qkv.forward(x).reshape(b, h * w, 3, numHeads, hd).permute(2, 0, 3, 1, 4);
         var parts = t.unbind(0); // each [B, heads, HW, hd]
-        Tensor? bias = null;
-        if (rel_pos_h is not null && rel_pos_w is not null)
-        {
-            // decomposed rel-pos (unscaled q against per-axis tables), added to the scaled logits
-            var rq = parts[0].reshape(b * numHeads, h, w, hd);
-            var relH = einsum("bhwc,hkc->bhwk", rq, RelPos(h, rel_pos_h).to(rq.dtype));
-            var relW = einsum("bhwc,wkc->bhwk", rq, RelPos(w, rel_pos_w).to(rq.dtype));
-            bias = relH.unsqueeze(-1).Plus(relW.unsqueeze(-2)).reshape(b, numHeads, h * w, h * w);
-        }
+        var bias = RelBias(parts[0], b, h, w, hd);
         var o = nn.functional.scaled_dot_product_attention(parts[0], parts[1], parts[2], bias);
         return proj.forward(o.transpose(1, 2).reshape(b, h, w, c)).MoveToOuterDisposeScope();
+    }
+
+    /// Decomposed rel-pos (unscaled q of the h×w grid tokens against per-axis tables), added to the
+    /// scaled logits: [B, heads, hw, hw]; null without rel-pos.
+    private Tensor? RelBias(Tensor q, long b, long h, long w, long hd)
+    {
+        if (rel_pos_h is null || rel_pos_w is null) return null;
+        var rq = q.reshape(b * numHeads, h, w, hd);
+        var relH = einsum("bhwc,hkc->bhwk", rq, RelPos(h, rel_pos_h).to(rq.dtype));
+        var relW = einsum("bhwc,wkc->bhwk", rq, RelPos(w, rel_pos_w).to(rq.dtype));
+        return relH.unsqueeze(-1).Plus(relW.unsqueeze(-2)).reshape(b, numHeads, h * w, h * w);
+    }
+
+    /// VPT: the grid x [B, h, w, C] and prompt tokens p [B, n, C] attend over each other; the
+    /// relative-position bias is between grid tokens only (prompts have no position: zero bias).
+    public (Tensor X, Tensor P) ForwardPrompted(Tensor x, Tensor p)
+    {
+        using var scope = NewDisposeScope();
+        long b = x.shape[0], h = x.shape[1], w = x.shape[2], c = x.shape[3], hd = c / numHeads, l = h * w, n = p.shape[1];
+        var t = qkv.forward(cat(new[] { x.reshape(b, l, c), p }, 1)).reshape(b, l + n, 3, numHeads, hd).permute(2, 0, 3, 1, 4);
+        var parts = t.unbind(0);
+        var bias = RelBias(parts[0].narrow(2, 0, l), b, h, w, hd);
+        if (bias is not null) bias = nn.functional.pad(bias, new long[] { 0, n, 0, n });
+        var o = nn.functional.scaled_dot_product_attention(parts[0], parts[1], parts[2], bias);
+        var y = proj.forward(o.transpose(1, 2).reshape(b, l + n, c));
+        return (y.narrow(1, 0, l).reshape(b, h, w, c).MoveToOuterDisposeScope(), y.narrow(1, l, n).MoveToOuterDisposeScope());
     }
 }
 
 /// segment-anything's image-encoder Block (BHWC): norm1, (windowed) attention, residual; norm2, mlp
-/// (lin1/lin2), residual; with optional bottleneck adapters (IAdapterHost).
-public sealed class SamEncoderBlock : nn.Module<Tensor, Tensor>, IAdapterHost
+/// (lin1/lin2), residual; with optional bottleneck adapters (IAdapterHost) and Convpass bypasses
+/// on the whole BHWC grid beside the (windowed) attention and the MLP (IBypassHost).
+public sealed class SamEncoderBlock : nn.Module<Tensor, Tensor>, IAdapterHost, IBypassHost
 {
     private nn.Module<Tensor, Tensor> norm1;
     private SamEncoderAttention attn;
@@ -108,6 +127,10 @@ public sealed class SamEncoderBlock : nn.Module<Tensor, Tensor>, IAdapterHost
     // native op still reads it.
     private Scalar mlpScale = 1.0.ToScalar();
     private readonly long windowSize;
+    private ConvpassModule? convpass_attn;
+    private ConvpassModule? convpass_mlp;
+    private Scalar bypassScale = 1.0.ToScalar();
+    private readonly long dim;
 
     public SamEncoderBlock(long dim, long numHeads, double mlpRatio, bool qkvBias, bool useRelPos, long windowSize, long gridSize, Device? device = null) : base(nameof(SamEncoderBlock))
     {
@@ -116,6 +139,7 @@ public sealed class SamEncoderBlock : nn.Module<Tensor, Tensor>, IAdapterHost
         norm2 = nn.LayerNorm(dim, 1e-6, device: device);
         mlp = new MLPBlock(dim, (long)(dim * mlpRatio), relu: false, device);
         this.windowSize = windowSize;
+        this.dim = dim;
         RegisterComponents();
     }
 
@@ -127,27 +151,71 @@ public sealed class SamEncoderBlock : nn.Module<Tensor, Tensor>, IAdapterHost
         this.mlpScale = mlpScale.ToScalar();
     }
 
+    public long BypassDim => dim;
+
+    public void SetBypasses(ConvpassModule? attn, ConvpassModule? mlp, double scale)
+    {
+        convpass_attn = (ConvpassModule?)AdapterSlot.Set(this, "convpass_attn", convpass_attn, attn);
+        convpass_mlp = (ConvpassModule?)AdapterSlot.Set(this, "convpass_mlp", convpass_mlp, mlp);
+        bypassScale.Dispose();
+        bypassScale = scale.ToScalar();
+    }
+
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
+        return Run(x, null).X.MoveToOuterDisposeScope();
+    }
+
+    /// The block with VPT prompt tokens p [B, n, C] beside the grid: they attend with the grid (in a
+    /// windowed block with every window, VPT's practice for windowed attention, their outputs then
+    /// averaged over the windows) and go through the same norms and MLP; adapters and bypasses act
+    /// on the grid only.
+    public (Tensor X, Tensor P) ForwardPrompted(Tensor x, Tensor p)
+    {
+        using var scope = NewDisposeScope();
+        var (y, q) = Run(x, p);
+        return (y.MoveToOuterDisposeScope(), q!.MoveToOuterDisposeScope());
+    }
+
+    private (Tensor X, Tensor? P) Run(Tensor x, Tensor? p)
+    {
         long b = x.shape[0], h = x.shape[1], w = x.shape[2], c = x.shape[3], ws = windowSize;
-        var y = norm1.forward(x);
+        var n1 = norm1.forward(x);
+        var y = n1;
+        var np = p is null ? null : norm1.forward(p);
+        Tensor? pa = null;
         if (ws > 0)
         {
             long padB = (ws - h % ws) % ws, padR = (ws - w % ws) % ws, ph = h + padB, pw = w + padR;
             if (padB > 0 || padR > 0) y = nn.functional.pad(y, new long[] { 0, 0, 0, padR, 0, padB });
             y = y.view(b, ph / ws, ws, pw / ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, ws, ws, c);
-            y = attn.forward(y);
+            if (np is null) y = attn.forward(y);
+            else
+            {
+                long windows = y.shape[0] / b, tokens = np.shape[1];
+                var (yw, pWin) = attn.ForwardPrompted(y, np.unsqueeze(1).expand(b, windows, tokens, c).reshape(b * windows, tokens, c));
+                y = yw;
+                pa = pWin.view(b, windows, tokens, c).mean(new long[] { 1 });
+            }
             y = y.view(b, ph / ws, pw / ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(b, ph, pw, c);
             if (padB > 0 || padR > 0) y = y.index(TensorIndex.Colon, TensorIndex.Slice(0, h), TensorIndex.Slice(0, w)).contiguous();
         }
-        else y = attn.forward(y);
+        else if (np is null) y = attn.forward(y);
+        else (y, pa) = attn.ForwardPrompted(y, np);
+        if (p is not null)
+        {
+            p = p.Plus(pa!);
+            p = p.Plus(mlp.forward(norm2.forward(p)));
+        }
         x = x.Plus(y);
+        if (convpass_attn is not null) x = x.Plus(convpass_attn.forward(n1) * bypassScale);
         if (adapter_attn is not null) x = x.Plus(adapter_attn.forward(x));
         var n = norm2.forward(x);
         x = x.Plus(mlp.forward(n));
+        if (convpass_mlp is not null) x = x.Plus(convpass_mlp.forward(n) * bypassScale);
         if (adapter_mlp is not null) x = x.Plus(adapter_mlp.forward(n) * mlpScale);
-        return x.MoveToOuterDisposeScope();
+        return (x, p);
     }
 }
 
@@ -162,13 +230,17 @@ internal static class SamNeck
 }
 
 /// segment-anything's ImageEncoderViT: patch_embed, absolute pos_embed [1, H/p, W/p, C], blocks
-/// (windowed except global_attn_indexes), neck. Output [B, out_chans, H/p, W/p].
-public sealed class ImageEncoderViT : nn.Module<Tensor, Tensor>
+/// (windowed except global_attn_indexes), neck. Output [B, out_chans, H/p, W/p]. Takes VPT prompts
+/// (IPromptHost) beside the token grid, dropped before the neck.
+public sealed class ImageEncoderViT : nn.Module<Tensor, Tensor>, IPromptHost
 {
     private PatchEmbed patch_embed;
     private Parameter pos_embed;
     private ModuleList<SamEncoderBlock> blocks;
     private nn.Module<Tensor, Tensor> neck;
+    // VPT's prompt tokens, registered as "prompt" while set
+    private VisualPrompts? prompt;
+    private readonly (long, int, long) promptShape;
 
     public ImageEncoderViT(SamConfig c, Device? device = null) : base(nameof(ImageEncoderViT))
     {
@@ -181,8 +253,18 @@ public sealed class ImageEncoderViT : nn.Module<Tensor, Tensor>
         for (var i = 0; i < c.depth; i++)
             blocks.Add(new SamEncoderBlock(c.embed_dim, c.num_heads, c.mlp_ratio, c.qkv_bias, c.use_rel_pos, global.Contains(i) ? 0 : c.window_size, g, device));
         neck = SamNeck.Create(c.embed_dim, c.out_chans, device);
+        promptShape = (c.embed_dim, (int)c.depth, c.patch_size * c.patch_size);
         RegisterComponents();
         Init.TruncNormal(pos_embed, 0.02, device);
+    }
+
+    public (long Dim, int Depth, long PatchArea) PromptShape => promptShape;
+
+    public void SetPrompts(VisualPrompts? prompts)
+    {
+        if (prompt is not null) register_module("prompt", null!);
+        if (prompts is not null) register_module("prompt", prompts);
+        prompt = prompts;
     }
 
     public override Tensor forward(Tensor x)
@@ -191,7 +273,20 @@ public sealed class ImageEncoderViT : nn.Module<Tensor, Tensor>
         var t = patch_embed.forward(x); // [B, N, C]
         long b = t.shape[0], g = pos_embed.shape[1];
         var y = t.view(b, g, g, -1).Plus(pos_embed.to(t.dtype)); // float32 under bf16 training (non-leaf)
-        foreach (var blk in blocks) y = blk.forward(y);
+        if (prompt is null)
+            foreach (var blk in blocks) y = blk.forward(y);
+        else
+        {
+            // VPT: prompts beside the grid (no position embedding, as the paper's); deep VPT replaces them before each later block
+            var p = prompt.At(0, b, y.dtype);
+            var i = 0;
+            foreach (var blk in blocks)
+            {
+                if (i > 0 && prompt.Deep) p = prompt.At(i, b, y.dtype);
+                (y, p) = blk.ForwardPrompted(y, p);
+                i++;
+            }
+        }
         return neck.forward(y.permute(0, 3, 1, 2)).MoveToOuterDisposeScope();
     }
 }

@@ -192,6 +192,9 @@ public sealed class TinyVitAttention : nn.Module<Tensor, Tensor>
         Init.Linear(proj, device);
     }
 
+    /// The attention's own input norm (Convpass's bypass beside the attention takes its output).
+    internal Tensor Norm(Tensor x) => norm.forward(x);
+
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
@@ -210,8 +213,10 @@ public sealed class TinyVitAttention : nn.Module<Tensor, Tensor>
 
 /// timm's TinyVitBlock (BHWC in and out): windowed attention with residual, depthwise local conv,
 /// NormMlp with residual; optional bottleneck adapters (IAdapterHost; the MLP adapter sees the
-/// NormMlp's normalised input, like norm2's output in a ViT block).
-public sealed class TinyVitBlock : nn.Module<Tensor, Tensor>, IAdapterHost
+/// NormMlp's normalised input, like norm2's output in a ViT block); optional Convpass bypasses
+/// (IBypassHost) on the BHWC grid beside the attention (fed its own norm's output, as Convpass's
+/// Swin variant feeds norm1's) and beside the NormMlp (fed its normalised input).
+public sealed class TinyVitBlock : nn.Module<Tensor, Tensor>, IAdapterHost, IBypassHost
 {
     private TinyVitAttention attn;
     private NormMlp mlp;
@@ -222,6 +227,10 @@ public sealed class TinyVitBlock : nn.Module<Tensor, Tensor>, IAdapterHost
     // native op still reads it.
     private Scalar mlpScale = 1.0.ToScalar();
     private readonly long windowSize;
+    private ConvpassModule? convpass_attn;
+    private ConvpassModule? convpass_mlp;
+    private Scalar bypassScale = 1.0.ToScalar();
+    private readonly long dim;
 
     public TinyVitBlock(long dim, long numHeads, long windowSize, double mlpRatio, long localConvSize, Device? device = null, bool mobileSamNames = false) : base(nameof(TinyVitBlock))
     {
@@ -230,7 +239,18 @@ public sealed class TinyVitBlock : nn.Module<Tensor, Tensor>, IAdapterHost
         attn = new TinyVitAttention(dim, dim / numHeads, numHeads, 1, windowSize, device);
         mlp = new NormMlp(dim, (long)(dim * mlpRatio), device);
         local_conv = new ConvNorm(dim, dim, localConvSize, 1, localConvSize / 2, groups: dim, device: device, mobileSamNames: mobileSamNames);
+        this.dim = dim;
         RegisterComponents();
+    }
+
+    public long BypassDim => dim;
+
+    public void SetBypasses(ConvpassModule? attn, ConvpassModule? mlp, double scale)
+    {
+        convpass_attn = (ConvpassModule?)AdapterSlot.Set(this, "convpass_attn", convpass_attn, attn);
+        convpass_mlp = (ConvpassModule?)AdapterSlot.Set(this, "convpass_mlp", convpass_mlp, mlp);
+        bypassScale.Dispose();
+        bypassScale = scale.ToScalar();
     }
 
     public void SetAdapters(nn.Module<Tensor, Tensor>? attnAdapter, nn.Module<Tensor, Tensor>? mlpAdapter, double mlpScale)
@@ -260,11 +280,14 @@ public sealed class TinyVitBlock : nn.Module<Tensor, Tensor>, IAdapterHost
                 y = y.index(TensorIndex.Colon, TensorIndex.Slice(0, h), TensorIndex.Slice(0, w)).contiguous();
             a = y;
         }
+        var bypass = convpass_attn is null ? null : convpass_attn.forward(attn.Norm(x)) * bypassScale;
         x = x.Plus(a);
+        if (bypass is not null) x = x.Plus(bypass);
         if (adapter_attn is not null) x = x.Plus(adapter_attn.forward(x));
         var t = local_conv.forward(x.permute(0, 3, 1, 2)).reshape(b, c, l).transpose(1, 2);
         var n = mlp.Norm(t);
         var o = t.Plus(mlp.ForwardNormed(n));
+        if (convpass_mlp is not null) o = o.Plus(convpass_mlp.forward(n.view(b, h, w, c)).view(b, l, c) * bypassScale);
         if (adapter_mlp is not null) o = o.Plus(adapter_mlp.forward(n) * mlpScale);
         return o.view(b, h, w, c).MoveToOuterDisposeScope();
     }

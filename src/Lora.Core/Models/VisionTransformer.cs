@@ -60,8 +60,9 @@ public sealed class Attention : nn.Module<Tensor, Tensor>
     }
 }
 
-/// timm's pre-norm transformer Block, with optional bottleneck adapters (IAdapterHost).
-public sealed class Block : nn.Module<Tensor, Tensor>, IAdapterHost
+/// timm's pre-norm transformer Block, with optional bottleneck adapters (IAdapterHost) and
+/// Convpass bypasses (IBypassHost).
+public sealed class Block : nn.Module<Tensor, Tensor>, IAdapterHost, IBypassHost
 {
     private nn.Module<Tensor, Tensor> norm1;
     private Attention attn;
@@ -72,6 +73,14 @@ public sealed class Block : nn.Module<Tensor, Tensor>, IAdapterHost
     // Held as a Scalar: a temporary one (from `t * 0.5`) may be finalized by the GC while the
     // native op still reads it.
     private Scalar mlpScale = 1.0.ToScalar();
+    private ConvpassModule? convpass_attn;
+    private ConvpassModule? convpass_mlp;
+    private Scalar bypassScale = 1.0.ToScalar();
+    private readonly long dim;
+
+    /// The patch grid's side (the last side² tokens of the sequence), set by the VisionTransformer;
+    /// 0: inferred from a [cls, patches] sequence.
+    internal long GridSide { get; set; }
 
     public Block(long dim, long numHeads, double mlpRatio, bool qkvBias, double eps = 1e-6, Device? device = null) : base(nameof(Block))
     {
@@ -79,10 +88,27 @@ public sealed class Block : nn.Module<Tensor, Tensor>, IAdapterHost
         attn = new Attention(dim, numHeads, qkvBias, device);
         norm2 = nn.LayerNorm(dim, eps, device: device);
         mlp = new Mlp(dim, (long)(dim * mlpRatio), dim, device);
+        this.dim = dim;
         RegisterComponents();
     }
 
     internal void InitTimm(Device? device) { attn.InitTimm(device); mlp.InitTimm(device); }
+
+    public long BypassDim => dim;
+
+    public void SetBypasses(ConvpassModule? attn, ConvpassModule? mlp, double scale)
+    {
+        convpass_attn = (ConvpassModule?)AdapterSlot.Set(this, "convpass_attn", convpass_attn, attn);
+        convpass_mlp = (ConvpassModule?)AdapterSlot.Set(this, "convpass_mlp", convpass_mlp, mlp);
+        bypassScale.Dispose();
+        bypassScale = scale.ToScalar();
+    }
+
+    Tensor Bypass(ConvpassModule bypass, Tensor n)
+    {
+        var side = GridSide > 0 ? GridSide : (long)Math.Round(Math.Sqrt(n.shape[1] - 1));
+        return bypass.ForwardTokens(n, side, side) * bypassScale;
+    }
 
     public void SetAdapters(nn.Module<Tensor, Tensor>? attnAdapter, nn.Module<Tensor, Tensor>? mlpAdapter, double mlpScale)
     {
@@ -95,10 +121,13 @@ public sealed class Block : nn.Module<Tensor, Tensor>, IAdapterHost
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
-        x = x.Plus(attn.forward(norm1.forward(x)));
+        var n1 = norm1.forward(x);
+        x = x.Plus(attn.forward(n1));
+        if (convpass_attn is not null) x = x.Plus(Bypass(convpass_attn, n1));
         if (adapter_attn is not null) x = x.Plus(adapter_attn.forward(x));
         var n = norm2.forward(x);
         x = x.Plus(mlp.forward(n));
+        if (convpass_mlp is not null) x = x.Plus(Bypass(convpass_mlp, n));
         if (adapter_mlp is not null) x = x.Plus(adapter_mlp.forward(n) * mlpScale);
         return x.MoveToOuterDisposeScope();
     }
@@ -136,7 +165,7 @@ public sealed class VisionTransformer : nn.Module<Tensor, Tensor>, IHasModelCard
         pos_embed = nn.Parameter(zeros(1, config.NumPatches + 1, config.embed_dim, device: device));
         blocks = new ModuleList<Block>();
         for (var i = 0; i < config.depth; i++)
-            blocks.Add(new Block(config.embed_dim, config.num_heads, config.mlp_ratio, config.qkv_bias, 1e-6, device));
+            blocks.Add(new Block(config.embed_dim, config.num_heads, config.mlp_ratio, config.qkv_bias, 1e-6, device) { GridSide = config.img_size / config.patch_size });
         norm = nn.LayerNorm(config.embed_dim, 1e-6, device: device);
         head = config.num_classes > 0 ? nn.Linear(config.embed_dim, config.num_classes, device: device) : nn.Identity();
         RegisterComponents();

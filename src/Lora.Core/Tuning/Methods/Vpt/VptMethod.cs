@@ -5,7 +5,7 @@ using static TorchSharp.torch;
 
 namespace Lora.Core.Tuning;
 
-/// VPT shallow and deep on every <see cref="IPromptHost"/> (the zoo's ViT).
+/// VPT shallow and deep on every <see cref="IPromptHost"/> (the zoo's ViT, SAM's ViT image encoder).
 public sealed class VptMethod : TuningMethod
 {
     public static readonly VptMethod Instance = new();
@@ -27,7 +27,7 @@ public sealed class VptMethod : TuningMethod
         foreach (var (path, m) in modules.Prepend(("", model)).DistinctBy(x => x.Item1))
             if (m is IPromptHost) matches.Add(new(path, "adapter_host", m.GetType().Name, ""));
         if (matches.Count == 0)
-            errors.Add($"VPT found no encoder implementing IPromptHost in this {model.GetType().Name} (it fits the ViT family; use lora, bitfit or ssf elsewhere)");
+            errors.Add($"VPT found no encoder implementing IPromptHost in this {model.GetType().Name} (it fits the ViT family and SAM's ViT image encoder: vit, sam_vit; not TinyViT (tiny_vit, mobile_sam), whose convolutional first stage, patch-merging downsampling and depthwise conv after each attention leave prompt tokens no place; use adaptformer, lora, bitfit or ssf there)");
     }
 
     public override void Inject(nn.Module model, string adapter, TuningConfig config, MatchReport report) { }
