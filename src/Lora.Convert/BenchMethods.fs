@@ -30,7 +30,9 @@ let presets =
       "adaptformer", "adaptformer: { modules_to_save: [head] }"
       // prompt tokens = rank
       "vpt", "vpt: { modules_to_save: [head] }"
-      "vpt-deep", "vpt: { deep: true, modules_to_save: [head] }" ]
+      "vpt-deep", "vpt: { deep: true, modules_to_save: [head] }"
+      // oft_block_size = rank
+      "oft", "oft: { targets: [qkv], modules_to_save: [head] }" ]
 
 /// The preset names, in the order they are usually listed.
 let names = presets |> List.map fst

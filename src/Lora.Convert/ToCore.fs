@@ -79,6 +79,12 @@ let methodOf (classifier: Lazy<string>) (rank: int option) (m: Method) : CoreMet
     | Vpt o -> CoreMethod.Tune(VptConfig(Tokens = r, Deep = o.VptDeep, ModulesToSave = saved classifier o.VptModulesToSave))
     | AdaptFormer o ->
         CoreMethod.Tune(AdaptFormerConfig(Width = r, Scale = o.AdaptFormerScale, ModulesToSave = saved classifier o.AdaptFormerModulesToSave))
+    // the grid's rank is oft_block_size unless blocks (PEFT's r) is given
+    | Oft o ->
+        CoreMethod.Tune(
+            OftConfig(Targets = Array.ofList o.OftTargets, Rank = defaultArg o.Blocks 0, BlockSize = (if o.Blocks.IsSome then 0 else r),
+                      Coft = o.Coft, Eps = o.Eps, BlockShare = o.BlockShare, ModuleDropout = o.OftModuleDropout,
+                      UseCayleyNeumann = o.CayleyNeumann, ModulesToSave = saved classifier o.OftModulesToSave))
     | Vera o ->
         CoreMethod.Tune(
             VeraConfig(Targets = Array.ofList o.VeraTargets, Rank = r, ModulesToSave = saved classifier o.VeraModulesToSave,

@@ -22,6 +22,7 @@ module Builders =
     let adaptformer = AdaptFormer AdaptFormerOptions.Defaults
     let vptShallow = Vpt VptOptions.Defaults
     let vptDeep = Vpt { VptOptions.Defaults with VptDeep = true }
+    let oft = Oft OftOptions.Defaults
 
     /// A zoo model with options: zoo "vit" [ "img_size", Int 28; "patch_size", Int 4 ].
     let zoo (name: string) (options: (string * OptionValue) list) = Zoo { Name = name; Options = Map.ofList options }

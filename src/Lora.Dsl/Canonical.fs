@@ -165,7 +165,16 @@ module Canonical =
                       "d_initial", JFloat o.DInitial
                       "projection_prng_key", JInt(int64 o.ProjectionPrngKey) ]
                 | AdaptFormer o -> [ "scale", JFloat o.AdaptFormerScale; "modules_to_save", strs o.AdaptFormerModulesToSave ]
-                | Vpt o -> [ "deep", JBool o.VptDeep; "modules_to_save", strs o.VptModulesToSave ])
+                | Vpt o -> [ "deep", JBool o.VptDeep; "modules_to_save", strs o.VptModulesToSave ]
+                | Oft o ->
+                    [ "targets", strs o.OftTargets
+                      "modules_to_save", strs o.OftModulesToSave
+                      "blocks", opt (int64 >> JInt) o.Blocks
+                      "coft", JBool o.Coft
+                      "eps", JFloat o.Eps
+                      "block_share", JBool o.BlockShare
+                      "module_dropout", JFloat o.OftModuleDropout
+                      "cayley_neumann", JBool o.CayleyNeumann ])
         )
 
     let hashOf (text: string) =

@@ -85,6 +85,26 @@ type VeraOptions =
 
     static member Defaults = { VeraTargets = [ "qkv" ]; VeraModulesToSave = [ "head" ]; DInitial = 0.1; ProjectionPrngKey = 0 }
 
+/// OFT (PEFT OFTConfig); the grid's rank is oft_block_size, unless Blocks (PEFT's r) is set.
+type OftOptions =
+    { OftTargets: string list
+      OftModulesToSave: string list
+      /// r: the number of blocks per layer; Some = the rank axis does not apply
+      Blocks: int option
+      /// coft: the constrained variant, with its radius eps
+      Coft: bool
+      Eps: float
+      /// block_share: one block shared by all blocks of a layer
+      BlockShare: bool
+      /// module_dropout: the fraction of blocks set to the identity in training
+      OftModuleDropout: float
+      /// use_cayley_neumann: PEFT's Neumann series (default) or the exact Cayley transform
+      CayleyNeumann: bool }
+
+    static member Defaults =
+        { OftTargets = [ "qkv" ]; OftModulesToSave = [ "head" ]; Blocks = None; Coft = false; Eps = 6e-5; BlockShare = false
+          OftModuleDropout = 0.0; CayleyNeumann = true }
+
 /// AdaptFormer; the grid's rank is the bottleneck width.
 type AdaptFormerOptions =
     { /// s, the scale of the MLP-parallel bottleneck
@@ -170,6 +190,8 @@ type Method =
     | AdaptFormer of AdaptFormerOptions
     /// VPT shallow or deep: learned prompt tokens in the ViT encoder (Jia et al.)
     | Vpt of VptOptions
+    /// OFT: a block-diagonal orthogonal rotation of each target's input side
+    | Oft of OftOptions
 
     /// Lower-case name used in tables, run names and YAML (full, head, lora, dora, adalora, adapter).
     member m.Name =
@@ -190,12 +212,14 @@ type Method =
         | AdaptFormer _ -> "adaptformer"
         // shallow and deep runs of one grid need distinct names
         | Vpt o -> if o.VptDeep then "vpt_deep" else "vpt"
+        | Oft _ -> "oft"
 
     /// Whether the grid's ranks multiply this method.
     member m.UsesRank =
         match m with
         | Full | Head -> false
         | Adapter a -> a.Ratio.IsNone
+        | Oft o -> o.Blocks.IsNone
         | BitFit _ | LnTuning _ | Ia3 _ | Ssf _ -> false
         | _ -> true
 

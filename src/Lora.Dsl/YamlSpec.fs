@@ -330,7 +330,8 @@ module YamlSpec =
     let private vptKeys = [ "deep"; "modules_to_save" ]
     let private adaptformerKeys = [ "scale"; "modules_to_save" ]
     let private veraKeys = [ "targets"; "modules_to_save"; "d_initial"; "projection_prng_key" ]
-    let private methodNames = [ "full"; "head"; "lora"; "dora"; "adalora"; "adapter"; "bitfit"; "ln_tuning"; "ia3"; "ssf"; "loha"; "lokr"; "vera"; "adaptformer"; "vpt" ]
+    let private oftKeys = [ "targets"; "modules_to_save"; "blocks"; "coft"; "eps"; "block_share"; "module_dropout"; "cayley_neumann" ]
+    let private methodNames = [ "full"; "head"; "lora"; "dora"; "adalora"; "adapter"; "bitfit"; "ln_tuning"; "ia3"; "ssf"; "loha"; "lokr"; "vera"; "adaptformer"; "vpt"; "oft" ]
 
     let private keysOf name =
         match name with
@@ -344,6 +345,7 @@ module YamlSpec =
         | "vera" -> veraKeys
         | "adaptformer" -> adaptformerKeys
         | "vpt" -> vptKeys
+        | "oft" -> oftKeys
         | _ -> []
 
     let private strList (r: Reader) fs path key = opt fs path key (fun p n -> list r p n (readStr r))
@@ -382,6 +384,18 @@ module YamlSpec =
         let d = VptOptions.Defaults
         { VptDeep = opt fs path "deep" (readBool r) |> Option.defaultValue d.VptDeep
           VptModulesToSave = strList r fs path "modules_to_save" |> Option.defaultValue d.VptModulesToSave }
+
+    /// oft: { targets, modules_to_save, blocks, coft, eps, block_share, module_dropout, cayley_neumann }.
+    let private oftOptions (r: Reader) path (fs: Map<string, YamlNode>) : OftOptions =
+        let d = OftOptions.Defaults
+        { OftTargets = strList r fs path "targets" |> Option.defaultValue d.OftTargets
+          OftModulesToSave = strList r fs path "modules_to_save" |> Option.defaultValue d.OftModulesToSave
+          Blocks = opt fs path "blocks" (readInt r)
+          Coft = opt fs path "coft" (readBool r) |> Option.defaultValue d.Coft
+          Eps = opt fs path "eps" (readFloat r) |> Option.defaultValue d.Eps
+          BlockShare = opt fs path "block_share" (readBool r) |> Option.defaultValue d.BlockShare
+          OftModuleDropout = opt fs path "module_dropout" (readFloat r) |> Option.defaultValue d.OftModuleDropout
+          CayleyNeumann = opt fs path "cayley_neumann" (readBool r) |> Option.defaultValue d.CayleyNeumann }
 
     /// loha, lokr: { alpha, targets, modules_to_save, effective_conv2d[, decompose_both, decompose_factor] }.
     let private lycorisOptions (r: Reader) path (fs: Map<string, YamlNode>) : LycorisOptions =
@@ -448,6 +462,7 @@ module YamlSpec =
             | "vera" -> Some(Vera(veraOptions r path fs))
             | "adaptformer" -> Some(AdaptFormer(adaptformerOptions r path fs))
             | "vpt" -> Some(Vpt(vptOptions r path fs))
+            | "oft" -> Some(Oft(oftOptions r path fs))
             | _ ->
                 let d = AdapterOptions.Defaults
                 Some(
@@ -983,6 +998,17 @@ module YamlSpec =
             line "- vpt:"
             line ("    deep: " + (if o.VptDeep then "true" else "false"))
             line ("    modules_to_save: " + flowStrs o.VptModulesToSave)
+        | Oft o ->
+            let b x = if x then "true" else "false"
+            line "- oft:"
+            line ("    targets: " + flowStrs o.OftTargets)
+            line ("    modules_to_save: " + flowStrs o.OftModulesToSave)
+            o.Blocks |> Option.iter (fun n -> line (sprintf "    blocks: %d" n))
+            line ("    coft: " + b o.Coft)
+            line ("    eps: " + f o.Eps)
+            line ("    block_share: " + b o.BlockShare)
+            line ("    module_dropout: " + f o.OftModuleDropout)
+            line ("    cayley_neumann: " + b o.CayleyNeumann)
 
     let private writeTables (sb: StringBuilder) (ts: TableDecl list) =
         let axis (a: TableAxis) = match a.Header with Some h -> sprintf "{ %s: %s }" (q a.Axis) (q h) | None -> q a.Axis

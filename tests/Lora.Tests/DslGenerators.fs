@@ -167,6 +167,20 @@ let methodOf (maxRank: int) (kind: string) =
             let! key = Gen.choose (0, 1000)
             return Vera { VeraTargets = targets; VeraModulesToSave = save; DInitial = d; ProjectionPrngKey = key }
         }
+    | "oft" ->
+        gen {
+            let! targets = Gen.elements [ [ "qkv" ]; [ "qkv"; "fc1" ] ]
+            let! save = Gen.elements [ [ "head" ]; [] ]
+            // the grid's ranks may hold 1, which is no block size: blocks (PEFT's r) always given here
+            let! blocks = Gen.choose (1, 8)
+            let! coft = Gen.elements [ true; false ]
+            let! eps = nice
+            let! share = Gen.elements [ true; false ]
+            let! dropout = Gen.elements [ 0.0; 0.25 ]
+            let! neumann = Gen.elements [ true; false ]
+            return Oft { OftTargets = targets; OftModulesToSave = save; Blocks = Some blocks; Coft = coft; Eps = eps; BlockShare = share
+                         OftModuleDropout = dropout; CayleyNeumann = neumann }
+        }
     | _ ->
         gen {
             let! ratio = Gen.optionOf (Gen.choose (1, 3988) |> Gen.map (fun i -> float i / 997.0)) // (0, 4]: Limits.maxAdapterRatio
@@ -204,7 +218,7 @@ let experiment (name: string) =
     gen {
         let! task = Gen.elements [ Classification; Segmentation ]
         let! ranks = Gen.subListOf [ 1; 2; 4; 8; 16 ] |> Gen.filter (List.isEmpty >> not) |> Gen.bind Gen.shuffle |> Gen.map List.ofArray
-        let! kinds = Gen.subListOf [ "full"; "head"; "lora"; "dora"; "adalora"; "adapter"; "bitfit"; "ln_tuning"; "ia3"; "ssf"; "loha"; "lokr"; "vera"; "adaptformer"; "vpt" ] |> Gen.filter (List.isEmpty >> not)
+        let! kinds = Gen.subListOf [ "full"; "head"; "lora"; "dora"; "adalora"; "adapter"; "bitfit"; "ln_tuning"; "ia3"; "ssf"; "loha"; "lokr"; "vera"; "adaptformer"; "vpt"; "oft" ] |> Gen.filter (List.isEmpty >> not)
         let! methods = kinds |> List.map (methodOf (List.max ranks)) |> Gen.sequenceToList
         let! nModels = Gen.choose (1, 2)
         let! models =

@@ -22,6 +22,7 @@ let all =
         TuningCheckpointTests.tests
         WeightedAdapterTests.tests
         MethodZooTests.tests
+        OftTests.tests
         PeftConfigTests.tests
         ZooTests.tests
         ZooTests.dslKnowsTheZoo

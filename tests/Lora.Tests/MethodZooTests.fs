@@ -16,20 +16,20 @@ open Lora.Tests.TuningModels
 let private dtypeOf (b: bool) = if b then torch.float64 else torch.float32
 let private tol (dt: torch.ScalarType) = if dt = torch.float64 then 1e-9 else 2e-4
 
-let private relErr (a: torch.Tensor) (b: torch.Tensor) =
+let relErr (a: torch.Tensor) (b: torch.Tensor) =
     use d = (a - b).abs().max()
     use m = b.abs().max()
     d.ToDouble() / (1.0 + m.ToDouble())
 
-let private close name dt (a: torch.Tensor) (b: torch.Tensor) =
+let close name dt (a: torch.Tensor) (b: torch.Tensor) =
     Expect.sequenceEqual a.shape b.shape (name + ": shape")
     let e = relErr a b
     Expect.isLessThan e (tol dt) (sprintf "%s: relative error %g" name e)
 
-let private same (a: torch.Tensor) (b: torch.Tensor) =
+let same (a: torch.Tensor) (b: torch.Tensor) =
     a.shape = b.shape && (use d = (a - b).abs().max() in d.ToDouble() = 0.0)
 
-let private randomise (ps: Parameter seq) (seed: int) =
+let randomise (ps: Parameter seq) (seed: int) =
     use g = new torch.Generator(uint64 (abs seed))
     use _ = torch.no_grad ()
     for p in ps do
@@ -41,7 +41,7 @@ let private baseTensors (l: TunerLayer) =
     l.base_layer.named_parameters() |> Seq.map (fun struct (n, p) -> n, p.detach().clone()) |> List.ofSeq
 
 /// A fresh adapter is the base; merged = unmerged; unmerge restores the weight and bias bit for bit.
-let private contract (l: TunerLayer) (x: torch.Tensor) (yBase: torch.Tensor) (exact: bool) dt (reference: unit -> torch.Tensor) seed =
+let contract (l: TunerLayer) (x: torch.Tensor) (yBase: torch.Tensor) (exact: bool) dt (reference: unit -> torch.Tensor) seed =
     l.SetActiveAdapters [ "default" ]
     l.eval ()
     use y0 = l.forward x
@@ -65,7 +65,7 @@ let private contract (l: TunerLayer) (x: torch.Tensor) (yBase: torch.Tensor) (ex
 
 let private sizes (a: int) (b: int) = int64 (abs a % 7 + 2), int64 (abs b % 7 + 2)
 
-let private linear seed a b f64 =
+let linear seed a b f64 =
     let dt = dtypeOf f64
     let i, o = sizes a b
     let lin = torch.nn.Linear(i, o, dtype = dt)
@@ -73,7 +73,7 @@ let private linear seed a b f64 =
     use g = new torch.Generator(uint64 (abs seed))
     lin, torch.randn([| 3L; 2L; i |], dtype = dt, generator = g), dt
 
-let private conv seed (a: byte) (b: byte) (k: byte) f64 =
+let conv seed (a: byte) (b: byte) (k: byte) f64 =
     let dt = dtypeOf f64
     let i, o = sizes (int a) (int b)
     let k = int64 (int k % 3 + 1)
@@ -247,7 +247,7 @@ let private layerTests =
     ]
 
 /// A zoo model-shaped ViT with every method, its checkpoint in PEFT's keys, and summaries.
-let private twin () =
+let twin () =
     let a = vitTiny ()
     let b = vitTiny ()
     use _ = torch.no_grad ()

@@ -41,12 +41,12 @@ let private required check = function None -> false | Some v -> check v
 
 /// PeftType names PEFT's PeftConfig.from_pretrained can load (the ones relevant here) and this
 /// project's own.
-let peftTypes = set [ "LORA"; "ADALORA"; "IA3"; "LOHA"; "LOKR"; "LN_TUNING"; "VERA" ]
+let peftTypes = set [ "LORA"; "ADALORA"; "IA3"; "LOHA"; "LOKR"; "LN_TUNING"; "VERA"; "OFT" ]
 let ownTypes = set [ "BOTTLENECK_ADAPTER"; "BITFIT"; "SSF"; "ADAPTFORMER"; "VPT" ]
 /// PEFT's LoHaConfig and LoKrConfig (src/peft/tuners/{loha,lokr}/config.py, lycoris_utils.LycorisConfig)
 let private lycoris = [ "LOHA"; "LOKR" ]
 /// the PEFT types beside LoRA's: their PeftConfig fields and required target_modules
-let private others = [ "IA3"; "LOHA"; "LOKR"; "LN_TUNING"; "VERA" ]
+let private others = [ "IA3"; "LOHA"; "LOKR"; "LN_TUNING"; "VERA"; "OFT" ]
 let private strSet (n: JsonNode) = n.AsArray() |> Seq.map str |> Set.ofSeq
 
 let rules : Rule list =
@@ -126,6 +126,27 @@ let rules : Rule list =
       rule [ "VERA" ] "d_initial" "a number" (fun v _ -> optional isNum v)
       rule [ "VERA" ] "bias" "none, all or vera_only" (fun v _ -> optional (fun v -> isStr v && List.contains (str v) [ "none"; "all"; "vera_only" ]) v)
       rule [ "VERA" ] "init_weights" "a bool" (fun v _ -> optional isBool v)
+      // PEFT's OFTConfig (src/peft/tuners/oft/config.py): __post_init__ and check_kwargs
+      rule [ "OFT" ] "r" "an int >= 0" (fun v _ -> optional (fun v -> isInt v && num v >= 0.0) v)
+      rule [ "OFT" ] "oft_block_size" "an int >= 0, present (check_kwargs: else a pre-0.14 adapter)" (fun v _ -> required (fun v -> isInt v && num v >= 0.0) v)
+      rule [ "OFT" ] "oft_block_size" "exactly one of r and oft_block_size non-zero" (fun _ c ->
+          let nz f = match field c f with Some v when isNum v -> num v <> 0.0 | _ -> false
+          nz "r" <> nz "oft_block_size")
+      rule [ "OFT" ] "module_dropout" "a number" (fun v _ -> optional isNum v)
+      rule [ "OFT" ] "fan_in_fan_out" "a bool" (fun v _ -> optional isBool v)
+      rule [ "OFT" ] "bias" "none, all or oft_only" (fun v _ -> optional (fun v -> isStr v && List.contains (str v) [ "none"; "all"; "oft_only" ]) v)
+      rule [ "OFT" ] "init_weights" "a bool" (fun v _ -> optional isBool v)
+      rule [ "OFT" ] "coft" "a bool" (fun v _ -> optional isBool v)
+      rule [ "OFT" ] "eps" "a number" (fun v _ -> optional isNum v)
+      rule [ "OFT" ] "block_share" "a bool" (fun v _ -> optional isBool v)
+      rule [ "OFT" ] "use_cayley_neumann" "a bool" (fun v _ -> optional isBool v)
+      rule [ "OFT" ] "num_cayley_neumann_terms" "an int" (fun v _ -> optional isInt v)
+      rule [ "OFT" ] "peft_version" "≥ 0.18 with use_cayley_neumann (else PEFT warns the series changed)" (fun v c ->
+          match field c "use_cayley_neumann" with
+          | Some u when isBool u && u.GetValue<bool>() ->
+              v |> Option.exists (fun v -> isStr v && System.Version.Parse((str v).Split('@').[0]) >= System.Version(0, 18, 0))
+          | _ -> true)
+      rule [ "OFT" ] "layers_pattern" "given only with layers_to_transform" (fun v c -> v.IsNone || (field c "layers_to_transform").IsSome)
       rule [ "ADAPTFORMER" ] "ffn_num" "an int > 0" (fun v _ -> required (fun v -> isInt v && num v > 0.0) v)
       rule [ "ADAPTFORMER" ] "ffn_adapter_scalar" "a number > 0" (fun v _ -> required (fun v -> isNum v && num v > 0.0) v)
       rule [ "VPT" ] "num_tokens" "an int > 0" (fun v _ -> required (fun v -> isInt v && num v > 0.0) v)
@@ -172,7 +193,9 @@ let private configs : (string * TuningConfig * (TunedModel -> unit)) list =
       "LoHa, effective conv2d", LoHaConfig(Targets = [| "patch_embed.proj" |], Rank = 2, UseEffectiveConv2d = true), ignore
       "LoKr", LoKrConfig(Targets = [| "qkv"; "fc1" |], Rank = 2, DecomposeBoth = true), ignore
       "AdaptFormer", AdaptFormerConfig(Width = 4, ModulesToSave = [| "head" |]), ignore
-      "VeRA", VeraConfig(Targets = [| "qkv"; "fc1" |], Rank = 4, ModulesToSave = [| "head" |]), ignore ]
+      "VeRA", VeraConfig(Targets = [| "qkv"; "fc1" |], Rank = 4, ModulesToSave = [| "head" |]), ignore
+      "OFT", OftConfig(Targets = [| "qkv"; "patch_embed.proj" |], BlockSize = 4, ModulesToSave = [| "head" |]), ignore
+      "OFT, r, COFT, shared, exact Cayley", OftConfig(Targets = [| "fc1" |], Rank = 2, BlockSize = 0, Coft = true, BlockShare = true, UseCayleyNeumann = false), ignore ]
 
 let tests =
     testList "PeftConfig" [
