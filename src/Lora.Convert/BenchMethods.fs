@@ -32,7 +32,11 @@ let presets =
       "vpt", "vpt: { modules_to_save: [head] }"
       "vpt-deep", "vpt: { deep: true, modules_to_save: [head] }"
       // oft_block_size = rank
-      "oft", "oft: { targets: [qkv], modules_to_save: [head] }" ]
+      "oft", "oft: { targets: [qkv], modules_to_save: [head] }"
+      // boft_block_size = rank
+      "boft", "boft: { targets: [qkv], modules_to_save: [head] }"
+      // r reflections = rank
+      "hra", "hra: { targets: [qkv], modules_to_save: [head] }" ]
 
 /// The preset names, in the order they are usually listed.
 let names = presets |> List.map fst

@@ -23,6 +23,8 @@ module Builders =
     let vptShallow = Vpt VptOptions.Defaults
     let vptDeep = Vpt { VptOptions.Defaults with VptDeep = true }
     let oft = Oft OftOptions.Defaults
+    let boft = Boft BoftOptions.Defaults
+    let hra = Hra HraOptions.Defaults
 
     /// A zoo model with options: zoo "vit" [ "img_size", Int 28; "patch_size", Int 4 ].
     let zoo (name: string) (options: (string * OptionValue) list) = Zoo { Name = name; Options = Map.ofList options }

@@ -105,6 +105,28 @@ type OftOptions =
         { OftTargets = [ "qkv" ]; OftModulesToSave = [ "head" ]; Blocks = None; Coft = false; Eps = 6e-5; BlockShare = false
           OftModuleDropout = 0.0; CayleyNeumann = true }
 
+/// BOFT (PEFT BOFTConfig); the grid's rank is boft_block_size, unless Blocks (boft_block_num) is set.
+type BoftOptions =
+    { BoftTargets: string list
+      BoftModulesToSave: string list
+      /// boft_block_num; Some = the rank axis does not apply
+      BoftBlocks: int option
+      /// boft_n_butterfly_factor (1: one block-diagonal rotation, as OFT)
+      Butterfly: int
+      /// boft_dropout: the fraction of one factor's blocks set to the identity in training
+      BoftDropout: float }
+
+    static member Defaults = { BoftTargets = [ "qkv" ]; BoftModulesToSave = [ "head" ]; BoftBlocks = None; Butterfly = 1; BoftDropout = 0.0 }
+
+/// HRA (PEFT HRAConfig); the grid's rank is r, the number of Householder reflections.
+type HraOptions =
+    { HraTargets: string list
+      HraModulesToSave: string list
+      /// apply_GS: Gram-Schmidt orthonormalised reflections
+      ApplyGs: bool }
+
+    static member Defaults = { HraTargets = [ "qkv" ]; HraModulesToSave = [ "head" ]; ApplyGs = false }
+
 /// AdaptFormer; the grid's rank is the bottleneck width.
 type AdaptFormerOptions =
     { /// s, the scale of the MLP-parallel bottleneck
@@ -192,6 +214,10 @@ type Method =
     | Vpt of VptOptions
     /// OFT: a block-diagonal orthogonal rotation of each target's input side
     | Oft of OftOptions
+    /// BOFT: butterfly-factored orthogonal rotations and an output scale
+    | Boft of BoftOptions
+    /// HRA: a chain of Householder reflections of each target's input side
+    | Hra of HraOptions
 
     /// Lower-case name used in tables, run names and YAML (full, head, lora, dora, adalora, adapter).
     member m.Name =
@@ -213,6 +239,8 @@ type Method =
         // shallow and deep runs of one grid need distinct names
         | Vpt o -> if o.VptDeep then "vpt_deep" else "vpt"
         | Oft _ -> "oft"
+        | Boft _ -> "boft"
+        | Hra _ -> "hra"
 
     /// Whether the grid's ranks multiply this method.
     member m.UsesRank =
@@ -220,6 +248,7 @@ type Method =
         | Full | Head -> false
         | Adapter a -> a.Ratio.IsNone
         | Oft o -> o.Blocks.IsNone
+        | Boft o -> o.BoftBlocks.IsNone
         | BitFit _ | LnTuning _ | Ia3 _ | Ssf _ -> false
         | _ -> true
 

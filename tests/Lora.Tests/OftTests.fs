@@ -177,25 +177,147 @@ let private layerTests =
         }
     ]
 
+/// vitTiny: dim 16 (qkv 16 → 48), patch conv 3 → 16 with 4×4 kernels (48 features).
+let private roundTrips : (string * TuningConfig * (string * int64[]) list) list =
+    [ "OFT, COFT", OftConfig(Targets = [| "qkv"; "patch_embed.proj" |], BlockSize = 4, Coft = true, Eps = 0.5, ModulesToSave = [| "head" |]),
+      [ "blocks.0.attn.qkv.oft_R.weight", [| 4L; 6L |]; "patch_embed.proj.oft_R.weight", [| 12L; 6L |] ]
+      "BOFT, 2 butterfly factors", BoftConfig(Targets = [| "qkv"; "patch_embed.proj" |], BlockSize = 4, ButterflyFactor = 2),
+      [ "blocks.0.attn.qkv.boft_R", [| 2L; 4L; 4L; 4L |]; "blocks.1.attn.qkv.boft_s", [| 48L; 1L |]
+        "patch_embed.proj.boft_R", [| 2L; 12L; 4L; 4L |]; "patch_embed.proj.boft_s", [| 1L; 16L |] ]
+      "HRA, Gram-Schmidt", HraConfig(Targets = [| "qkv"; "patch_embed.proj" |], Rank = 4, ApplyGs = true, InitWeights = false),
+      [ "blocks.0.attn.qkv.hra_u", [| 16L; 4L |]; "patch_embed.proj.hra_u", [| 48L; 4L |] ]
+      "HRA", HraConfig(Targets = [| "fc1" |], Rank = 2), [ "blocks.1.mlp.fc1.hra_u", [| 16L; 2L |] ] ]
+
+/// PEFT's BOFT matrix M = M_last ⋯ M₀, Mᵢ = Pᵢ·block_diag(Cayley(0.5(Aᵢ − Aᵢᵀ)))·Pᵢᵀ, P[i, perm[i]] = 1.
+let private boftMatrix (l: BoftLayer) =
+    let a = (l.R "default").detach()
+    let f, d, b = a.shape.[0], a.shape.[1], int a.shape.[2]
+    let n = int (d * int64 b)
+    let factors =
+        [ for i in 0L .. f - 1L ->
+              let blocks = [| for j in 0L .. d - 1L ->
+                                let x = a.[i, j]
+                                let s = 0.5 * (x - x.t())
+                                let eye = torch.eye(int64 b, dtype = a.dtype)
+                                (eye - s).matmul(torch.linalg.inv(eye + s)) |]
+              let perm = BoftLayer.ButterflyPerm(n, int (d >>> int i), b / 2, int f - 1)
+              let p = torch.zeros([| int64 n; int64 n |], dtype = a.dtype)
+              perm |> Array.iteri (fun r c -> p.[int64 r, c] <- torch.tensor(1.0, dtype = a.dtype))
+              p.matmul(torch.block_diag blocks).matmul(p.t()) ]
+    factors |> List.fold (fun (m: torch.Tensor) fi -> fi.matmul m) (torch.eye(int64 n, dtype = a.dtype))
+
+/// PEFT's HRA matrix: I·(I − 2u₀u₀ᵀ)⋯ (unit columns), or I − 2QQᵀ of its Gram-Schmidt loop.
+let private hraMatrix (u: torch.Tensor) (gs: bool) =
+    let n, r = u.shape.[0], u.shape.[1]
+    let eye = torch.eye(n, dtype = u.dtype)
+    if gs then
+        let mutable cols = [ u.select(1L, 0L).view(-1L, 1L) / u.select(1L, 0L).norm() ]
+        for i in 1L .. r - 1L do
+            let mutable v = u.select(1L, i).view(-1L, 1L)
+            for q in cols do v <- v - q.t().matmul(v) * q
+            cols <- cols @ [ v / v.norm() ]
+        let q = torch.cat(Array.ofList cols, 1L)
+        eye - 2.0 * q.matmul(q.t())
+    else
+        let unit = u / u.norm(0, keepdim = true)
+        Seq.fold (fun (w: torch.Tensor) i -> let ui = unit.select(1L, i).view(-1L, 1L) in w - 2.0 * w.matmul(ui).matmul(ui.t())) eye (seq { 0L .. r - 1L })
+
+let private zooLayerTests =
+    testList "BOFT and HRA layers" [
+        testProp "BOFT Linear: y = (base(x·M) − b) ⊙ s + b as PEFT; fresh = base; merge = unmerged; unmerge exact" (fun (seed: int) (f64: bool) (bs: bool) (factor: byte) (c: bool) (o: byte) ->
+            let dt = if f64 then torch.float64 else torch.float32
+            let b = if bs then 4 else 2
+            let factors = int factor % 3 + 1
+            let n = int64 (b * (1 <<< (factors - 1)) * (if c then 2 else 1))
+            let lin = torch.nn.Linear(n, int64 (int o % 5 + 1), dtype = dt)
+            randomise (lin.parameters ()) (seed + 1)
+            use g = new torch.Generator(uint64 (abs seed))
+            let x = torch.randn([| 3L; 2L; n |], dtype = dt, generator = g)
+            use yBase = lin.forward x
+            let l = new BoftLayer(lin)
+            l.AddAdapter("default", BoftConfig(Targets = [| "x" |], BlockSize = b, ButterflyFactor = factors))
+            contract l x yBase true dt (fun () ->
+                let m = boftMatrix l
+                let s = (l.S "default").detach().squeeze(-1L)
+                (lin.forward (x.matmul m) - lin.bias) * s + lin.bias) seed)
+
+        testProp "BOFT Conv2d: W' = (M·W.view(out, in·k²)ᵀ)ᵀ ⊙ sᵀ as PEFT's merge; fresh = base; merge = unmerged" (fun (seed: int) (f64: bool) (factor: bool) (k: byte) (stride: bool) ->
+            let dt = if f64 then torch.float64 else torch.float32
+            let k = int64 (int k % 3 + 1)
+            let factors = if factor then 2 else 1
+            let cv = torch.nn.Conv2d(4L, 3L, k, stride = (if stride then 2L else 1L), padding = 1L, dtype = dt)
+            randomise (cv.parameters ()) (seed + 1)
+            use g = new torch.Generator(uint64 (abs seed))
+            let x = torch.randn([| 2L; 4L; 5L; 5L |], dtype = dt, generator = g)
+            use yBase = cv.forward x
+            let l = new BoftLayer(cv)
+            l.AddAdapter("default", BoftConfig(Targets = [| "x" |], BlockSize = 2, ButterflyFactor = factors))
+            contract l x yBase true dt (fun () ->
+                let m = boftMatrix l
+                let w = cv.weight.detach()
+                let w' = (m.matmul(w.view(w.shape.[0], -1L).t()).t() * (l.S "default").detach().t()).reshape(w.shape)
+                torch.nn.functional.conv2d(x, w', cv.bias, cv.stride, cv.padding, cv.dilation, cv.groups)) seed)
+
+        test "PEFT's block_butterfly_perm: the second factor interleaves half-blocks" {
+            Expect.sequenceEqual (BoftLayer.ButterflyPerm(8, 2, 1, 1)) [| 0L; 2L; 1L; 3L; 4L; 6L; 5L; 7L |] "n 8, 2 blocks, r 1"
+            Expect.sequenceEqual (BoftLayer.ButterflyPerm(8, 1, 2, 2)) [| 0L; 1L; 4L; 5L; 2L; 3L; 6L; 7L |] "n 8, 1 block, r 2"
+            Expect.sequenceEqual (BoftLayer.ButterflyPerm(6, 3, 1, 0)) [| 0L .. 5L |] "one factor: the identity"
+        }
+
+        testProp "HRA Linear and Conv2d: W' = W·H, H = ∏(I − 2uuᵀ) as PEFT; the symmetric start is the base; merge = unmerged" (fun (seed: int) (a: byte) (b: byte) (k: byte) (f64: bool) (isConv: bool) (half: byte) ->
+            let m, x, dt, w0 =
+                if isConv then let c, x, dt = conv seed a b k f64 in (c :> torch.nn.Module<torch.Tensor, torch.Tensor>), x, dt, c.weight
+                else let c, x, dt = linear seed (int a) (int b) f64 in (c :> torch.nn.Module<torch.Tensor, torch.Tensor>), x, dt, c.weight
+            use yBase = m.forward x
+            let l = new HraLayer(m)
+            let n = l.Features
+            let r = 2 * (int half % int (max 1L (n / 2L)) + 1)
+            let r = if int64 r > n then 2 else r
+            if int64 r <= n then
+                l.AddAdapter("default", HraConfig(Targets = [| "x" |], Rank = r))
+                contract l x yBase false dt (fun () ->
+                    let h = hraMatrix ((l.U "default").detach()) false
+                    let w = w0.detach()
+                    let w' = w.view(w.shape.[0], -1L).matmul(h).reshape(w.shape)
+                    match m with
+                    | :? Conv2d as c -> torch.nn.functional.conv2d(x, w', c.bias, c.stride, c.padding, c.dilation, c.groups)
+                    | _ -> torch.nn.functional.linear(x, w', (m :?> Linear).bias)) seed)
+
+        test "HRA with Gram-Schmidt: W' = W·(I − 2QQᵀ) as PEFT's loop; merged = unmerged" {
+            let lin = torch.nn.Linear(6L, 3L, dtype = torch.float64)
+            let l = new HraLayer(lin)
+            l.AddAdapter("default", HraConfig(Targets = [| "x" |], Rank = 3, ApplyGs = true, InitWeights = false))
+            l.SetActiveAdapters [ "default" ]
+            use x = torch.randn([| 4L; 6L |], dtype = torch.float64)
+            use y = l.forward x
+            let h = hraMatrix ((l.U "default").detach()) true
+            use yr = torch.nn.functional.linear(x, lin.weight.detach().matmul(h), lin.bias)
+            close "Gram-Schmidt reflection" torch.float64 y yr
+            close "H orthogonal" torch.float64 (h.matmul(h.t())) (torch.eye(6L, dtype = torch.float64))
+            l.Merge()
+            use ym = l.forward x
+            close "merged" torch.float64 ym y
+        }
+    ]
+
 let private modelTests =
     testList "models" [
-        test "save → load in PEFT's keys and config gives the same outputs; merged = unmerged; unload restores the base" {
+        for name, config, keys in roundTrips do
+          test $"{name}: save → load in PEFT's keys and config gives the same outputs; merged = unmerged; unload restores the base" {
             let a, b = twin ()
-            let config = OftConfig(Targets = [| "qkv"; "patch_embed.proj" |], BlockSize = 4, Coft = true, Eps = 0.5, ModulesToSave = [| "head" |])
-            let ta = Tuner.Apply(a, config)
             use x = torch.randn(2L, 3L, 8L, 8L)
             use y0 = a.forward x
+            let ta = Tuner.Apply(a, config)
             for struct (_, l) in ta.Layers do randomise (l.AdapterParameters "default") 7
             use ya = a.forward x
             Expect.isGreaterThan (relErr ya y0) 1e-6 "trained adapters change the output"
             use dir = new TempDir()
             AdapterCheckpoint.Save(ta, dir.Path)
-            let keys = AdapterCheckpoint.StateDict(ta)
-            Expect.sequenceEqual keys.["base_model.model.blocks.0.attn.qkv.oft_R.weight"].shape [| 4L; 6L |] "qkv: 16 in = 4 blocks of 4, 6 each"
-            Expect.sequenceEqual keys.["base_model.model.patch_embed.proj.oft_R.weight"].shape [| 12L; 6L |] "patch conv: 3·4·4 = 48 = 12 blocks of 4"
+            let saved = AdapterCheckpoint.StateDict(ta)
+            for k, shape in keys do Expect.sequenceEqual saved.["base_model.model." + k].shape shape $"{k}: PEFT's key and shape"
             let json = JsonNode.Parse(File.ReadAllText(Path.Combine(dir.Path, AdapterCheckpoint.ConfigFile))).AsObject()
-            Expect.equal (PeftConfigTests.violations json) [] "PEFT's OFTConfig rules hold"
-            Expect.equal (json.["peft_type"].GetValue<string>(), json.["oft_block_size"].GetValue<int>(), json.["r"].GetValue<int>()) ("OFT", 4, 0) "fields"
+            Expect.equal (PeftConfigTests.violations json) [] "PEFT's config rules hold"
+            Expect.equal (json.["peft_type"].GetValue<string>()) config.Method.PeftType "peft_type"
             let tb = AdapterCheckpoint.Load(b, dir.Path)
             use yb = b.forward x
             close "loaded" torch.float32 yb ya
@@ -207,7 +329,7 @@ let private modelTests =
             let plain = ta.Unload() :?> torch.nn.Module<torch.Tensor, torch.Tensor>
             use yu = plain.forward x
             Expect.isTrue (same yu y0) "unloading restores the base model exactly"
-        }
+          }
         test "a PEFT adapter_config.json as PEFT writes it loads; one without oft_block_size (before 0.14) is refused" {
             use dir = new TempDir()
             let write (text: string) = File.WriteAllText(Path.Combine(dir.Path, AdapterCheckpoint.ConfigFile), text)
@@ -226,6 +348,12 @@ let private modelTests =
             Expect.equal (count (OftConfig(Targets = [| "qkv" |], Rank = 2, BlockSize = 0))) (2L * 2L * 28L) "r = 2: blocks of 8"
             Expect.equal (count (OftConfig(Targets = [| "qkv" |], BlockSize = 4, BlockShare = true))) (2L * 6L) "one shared block"
             Expect.equal (count (OftConfig(Targets = [| "patch_embed.proj" |]))) (2L * 276L) "48 features, block 32 → 24"
+            // BOFT: factors · blocks · b² + out
+            Expect.equal (count (BoftConfig(Targets = [| "qkv" |], BlockSize = 4))) (2L * (4L * 16L + 48L)) "BOFT, one factor"
+            Expect.equal (count (BoftConfig(Targets = [| "qkv" |], BlockSize = 4, ButterflyFactor = 2))) (2L * (2L * 4L * 16L + 48L)) "BOFT, two factors"
+            Expect.equal (count (BoftConfig(Targets = [| "qkv" |], BlockSize = 0, BlockNum = 2))) (2L * (2L * 64L + 48L)) "BOFT, 2 blocks of 8"
+            // HRA: features · r
+            Expect.equal (count (HraConfig(Targets = [| "qkv" |], Rank = 8))) (2L * 16L * 8L) "HRA"
         }
         test "targets OFT cannot rotate are errors that say why" {
             let m = torch.nn.Sequential([| ("dw", torch.nn.Conv2d(4L, 4L, 3L, groups = 4L) :> torch.nn.Module<torch.Tensor, torch.Tensor>)
@@ -238,6 +366,11 @@ let private modelTests =
             Expect.stringContains (err "dil") "dilated" "dilation"
             Expect.stringContains (err "norm") "supported: Linear and Conv2d" "a norm"
             Expect.throwsT<System.ArgumentException> (fun () -> OftConfig(Targets = [| "qkv" |], Rank = 4).Validate()) "r and oft_block_size both set"
+            Expect.stringContains (Tuner.Match(m, BoftConfig(Targets = [| "dw" |])).Errors |> String.concat "; ") "grouped" "BOFT: depthwise conv"
+            let vit = vitTiny ()
+            Expect.stringContains (Tuner.Match(vit, BoftConfig(Targets = [| "qkv" |], BlockSize = 3)).Errors |> String.concat "; ") "not divisible by boft_block_size 3" "PEFT's divisibility rule"
+            Expect.stringContains (Tuner.Match(vit, BoftConfig(Targets = [| "qkv" |], BlockSize = 4, ButterflyFactor = 4)).Errors |> String.concat "; ") "2^(boft_n_butterfly_factor" "16 features: 4 · 2³ does not divide"
+            Expect.stringContains (Tuner.Match(vit, HraConfig(Targets = [| "qkv" |], Rank = 17)).Errors |> String.concat "; ") "larger than its 16 input features" "HRA r > features"
         }
     ]
 
@@ -262,6 +395,23 @@ let private specTests =
             | Error e -> Expect.stringContains (String.concat "; " e) "option of" "alpha is not OFT's"
             | Ok _ -> failtest "alpha is not an OFT option"
         }
+        test "boft and hra parse from YAML: boft's rank is boft_block_size (blocks: boft_block_num), hra's is r" {
+            let cfg text rank =
+                match Lora.Conversion.ToCore.parseMethod text rank with
+                | Ok m -> (match Lora.Conversion.ToCore.methodOf (lazy "head") (if m.UsesRank then rank else None) m with
+                           | Lora.Conversion.CoreMethod.Tune c -> c
+                           | _ -> failtest "a tuning config")
+                | Error e -> failtestf "%s: %A" text e
+            let b = cfg "boft: { butterfly: 2, dropout: 0.1 }" (Some 4) :?> BoftConfig
+            Expect.equal (b.BlockSize, b.BlockNum, b.ButterflyFactor, b.Dropout) (4, 0, 2, 0.1) "boft"
+            let b = cfg "boft: { blocks: 8 }" None :?> BoftConfig
+            Expect.equal (b.BlockSize, b.BlockNum) (0, 8) "boft blocks"
+            let h = cfg "hra: { apply_gs: true, targets: [fc1] }" (Some 6) :?> HraConfig
+            Expect.equal (h.Rank, h.ApplyGs, List.ofSeq h.Targets) (6, true, [ "fc1" ]) "hra"
+            match Lora.Conversion.ToCore.parseMethod "boft: { butterfly: 0 }" (Some 4) with
+            | Error e -> Expect.stringContains (String.concat "; " e) "butterfly" "located"
+            | Ok _ -> failtest "butterfly 0 must fail"
+        }
         test "validate: OFT on a ResNet needs its conv targets, and then fits" {
             let run (m: Lora.Dsl.Method) zoo =
                 let e: Lora.Dsl.Experiment =
@@ -271,6 +421,10 @@ let private specTests =
             Expect.stringContains (run Lora.Dsl.Builders.oft "resnet18") "matches no module" "qkv on a ResNet"
             Expect.equal (run (Lora.Dsl.Oft { Lora.Dsl.OftOptions.Defaults with OftTargets = [ "conv1"; "conv2" ] }) "resnet18") "" "its convs fit"
             Expect.equal (run Lora.Dsl.Builders.oft "vit_tiny_patch16_224") "" "the ViT's qkv fits"
+            Expect.equal (run Lora.Dsl.Builders.boft "vit_tiny_patch16_224") "" "BOFT fits the ViT's qkv"
+            Expect.equal (run Lora.Dsl.Builders.hra "vit_tiny_patch16_224") "" "HRA fits the ViT's qkv"
+            Expect.stringContains (run (Lora.Dsl.Boft { Lora.Dsl.BoftOptions.Defaults with BoftTargets = [ "conv1"; "conv2" ] }) "resnet18") "not divisible" "BOFT block 4 on the 7×7 stem (147 features)"
+            Expect.equal (run (Lora.Dsl.Boft { Lora.Dsl.BoftOptions.Defaults with BoftTargets = [ "layer1.0.conv1" ] }) "resnet18") "" "a 3×3 conv of 64 channels fits"
         }
         test "OFT runs hash apart from the others; a LoRA run's canonical form has none of OFT's fields" {
             let runOf m : Lora.Dsl.Run =
@@ -285,4 +439,4 @@ let private specTests =
         }
     ]
 
-let tests = testList "Oft" [ layerTests; modelTests; specTests ]
+let tests = testList "Oft" [ layerTests; zooLayerTests; modelTests; specTests ]

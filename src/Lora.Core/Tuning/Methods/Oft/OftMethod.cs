@@ -15,19 +15,8 @@ public sealed class OftMethod : TuningMethod
     public override string Name => "OFT";
     public override string PeftType => "OFT";
 
-    protected override string? CheckTarget(string path, nn.Module module, TuningConfig config) => module switch
-    {
-        Linear => null,
-        Conv2d c when c.transposed => $"'{path}' is a transposed convolution, which OFT does not support",
-        // PEFT views the weight as (out, in_channels·k·k) with k = kernel_size[0]
-        Conv2d c when c.groups != 1 => $"'{path}' is a grouped Conv2d (groups={c.groups}), which OFT cannot rotate (PEFT's layout needs groups = 1)",
-        Conv2d c when c.kernel_size[0] != c.kernel_size[1] => $"'{path}' has a {c.kernel_size[0]}×{c.kernel_size[1]} kernel: OFT supports square kernels only (as PEFT)",
-        Conv2d c when c.dilation![0] != 1 || c.dilation[1] != 1 => $"'{path}' is dilated, which OFT does not support (as PEFT)",
-        Conv2d c when c.padding_mode != PaddingModes.Zeros => $"'{path}' pads with {c.padding_mode}: OFT supports zero-padded convolutions only",
-        Conv2d c when LycorisLayer.ExplicitPadding(c) is null => $"'{path}' pads 'same' unevenly, which OFT does not support",
-        Conv2d => null,
-        _ => $"'{path}' is a {module.GetType().Name}, which OFT cannot tune (supported: Linear and Conv2d); narrow the pattern",
-    };
+    protected override string? CheckTarget(string path, nn.Module module, TuningConfig config) =>
+        WeightTransformLayer.CheckTarget(path, module, Name);
 
     protected override TunerLayer CreateLayer(nn.Module module, string path) => new OftLayer((nn.Module<Tensor, Tensor>)module);
 
