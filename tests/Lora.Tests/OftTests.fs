@@ -300,6 +300,60 @@ let private zooLayerTests =
         }
     ]
 
+/// tests/fixtures/orthogonal.io.safetensors: PEFT 0.20's formulas transcribed into PyTorch
+/// (make_orthogonal_fixtures.py, torch 1.13, float64), for one Linear 8 → 3 and one 2×2 Conv2d.
+let private fixtureTests =
+    testList "against PyTorch" [
+        test "OFT, BOFT and HRA outputs equal PEFT's formulas computed by PyTorch (float64)" {
+            let t = Lora.Core.IO.Safetensors.Load(fixture "orthogonal.io.safetensors")
+            let linear () =
+                let l = torch.nn.Linear(8L, 3L, dtype = torch.float64)
+                do
+                    use _ = torch.no_grad ()
+                    l.weight.copy_(t.["weight"]) |> ignore
+                    l.bias.copy_(t.["bias"]) |> ignore
+                l
+            let set (p: Parameter) (key: string) =
+                use _ = torch.no_grad ()
+                p.copy_(t.[key]) |> ignore
+            let check name (l: TunerLayer) (key: string) =
+                l.SetActiveAdapters [ "default" ]
+                use y = l.forward t.["input"]
+                Expect.isLessThan (relErr y t.[key]) 1e-12 $"{name} vs PyTorch"
+            let oft (c: OftConfig) q key =
+                let l = new OftLayer(linear ())
+                l.AddAdapter("default", c)
+                set (l.Rotation "default").weight q
+                check key l key
+                l
+            oft (OftConfig(Targets = [| "x" |], BlockSize = 4)) "oft_R" "oft_neumann" |> ignore
+            oft (OftConfig(Targets = [| "x" |], BlockSize = 4, UseCayleyNeumann = false)) "oft_R" "oft_exact" |> ignore
+            oft (OftConfig(Targets = [| "x" |], BlockSize = 4, UseCayleyNeumann = false, BlockShare = true)) "oft_R_shared" "oft_shared_exact" |> ignore
+            let coft = oft (OftConfig(Targets = [| "x" |], BlockSize = 4, Coft = true, Eps = 1e-2)) "oft_R_coft" "oft_coft"
+            Expect.isLessThan (relErr (coft.Rotation "default").weight t.["oft_R_coft_projected"]) 1e-12 "COFT's projection written into the weight"
+            let conv = torch.nn.Conv2d(2L, 3L, 2L, dtype = torch.float64)
+            do
+                use _ = torch.no_grad ()
+                conv.weight.copy_(t.["conv_weight"]) |> ignore
+            let lc = new OftLayer(conv)
+            lc.AddAdapter("default", OftConfig(Targets = [| "x" |], BlockSize = 4))
+            set (lc.Rotation "default").weight "oft_R"
+            lc.SetActiveAdapters [ "default" ]
+            lc.Merge()
+            Expect.isLessThan (relErr conv.weight t.["oft_conv_merged"]) 1e-12 "OFT's Conv2d merge vs PEFT's"
+            let bl = new BoftLayer(linear ())
+            bl.AddAdapter("default", BoftConfig(Targets = [| "x" |], BlockSize = 2, ButterflyFactor = 3))
+            set (bl.R "default") "boft_R"
+            set (bl.S "default") "boft_s"
+            check "BOFT, 3 butterfly factors" bl "boft"
+            for gs, r, u, key in [ false, 4, "hra_u", "hra"; true, 3, "hra_u_gs", "hra_gs" ] do
+                let h = new HraLayer(linear ())
+                h.AddAdapter("default", HraConfig(Targets = [| "x" |], Rank = r, ApplyGs = gs))
+                set (h.U "default") u
+                check key h key
+        }
+    ]
+
 let private modelTests =
     testList "models" [
         for name, config, keys in roundTrips do
@@ -439,4 +493,4 @@ let private specTests =
         }
     ]
 
-let tests = testList "Oft" [ layerTests; zooLayerTests; modelTests; specTests ]
+let tests = testList "Oft" [ layerTests; zooLayerTests; fixtureTests; modelTests; specTests ]
