@@ -79,7 +79,7 @@ module Cli =
             member a.Usage =
                 match a with
                 | Model _ -> "a zoo model name"
-                | Method _ -> "full, head, lora, dora, adalora, adapter, bitfit, ln_tuning, ia3, ssf, loha, lokr, vera, adaptformer, vpt, vpt_deep, convpass, fact or fact_tk (default lora)"
+                | Method _ -> "full, head, lora, dora, adalora, adapter, bitfit, ln_tuning, ia3, ssf, loha, lokr, vera, adaptformer, vpt, vpt_deep, convpass, fact, fact_tk, oft, boft or hra (default lora)"
                 | Rank _ -> "the rank (or adapter bottleneck width)"
                 | Alpha _ -> "lora_alpha (default 2 × rank)"
                 | Targets _ -> "target modules (names, dotted suffixes or regular expressions)"

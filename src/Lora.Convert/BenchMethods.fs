@@ -40,7 +40,13 @@ let presets =
       "convpass", "convpass: { modules_to_save: [head] }"
       // factor rank = rank; the paper's qkv, proj, fc1, fc2
       "fact", "fact: { modules_to_save: [head] }"
-      "fact-tk", "fact: { variant: tk, modules_to_save: [head] }" ]
+      "fact-tk", "fact: { variant: tk, modules_to_save: [head] }"
+      // oft_block_size = rank
+      "oft", "oft: { targets: [qkv], modules_to_save: [head] }"
+      // boft_block_size = rank
+      "boft", "boft: { targets: [qkv], modules_to_save: [head] }"
+      // r reflections = rank
+      "hra", "hra: { targets: [qkv], modules_to_save: [head] }" ]
 
 /// The preset names, in the order they are usually listed.
 let names = presets |> List.map fst

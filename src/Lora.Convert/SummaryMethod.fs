@@ -44,7 +44,7 @@ let toCore (o: SummaryOptions) (model: torch.nn.Module) : Result<CoreMethod, str
     | Error e -> Error(String.Join("; ", e))
     | Ok m ->
         // LoRA's ranks default to PEFT's r = 8
-        let rank = match m with Lora _ | Dora _ | AdaLora _ | LoHa _ | LoKr _ when given.IsNone -> Some 8 | Vera _ when given.IsNone -> Some 256 | AdaptFormer _ when given.IsNone -> Some 64 | Vpt _ when given.IsNone -> Some 10 | Convpass _ | Fact _ when given.IsNone -> Some 8 | _ -> given
+        let rank = match m with Lora _ | Dora _ | AdaLora _ | LoHa _ | LoKr _ when given.IsNone -> Some 8 | Vera _ when given.IsNone -> Some 256 | Oft _ when given.IsNone -> Some 32 | Boft _ when given.IsNone -> Some 4 | Hra _ when given.IsNone -> Some 8 | AdaptFormer _ when given.IsNone -> Some 64 | Vpt _ when given.IsNone -> Some 10 | Convpass _ | Fact _ when given.IsNone -> Some 8 | _ -> given
         match ToCore.parseMethod (text o) (if m.UsesRank then rank else None) with
         | Error e -> Error(String.Join("; ", e))
         | Ok m ->

@@ -92,6 +92,18 @@ let methodOf (classifier: Lazy<string>) (rank: int option) (m: Method) : CoreMet
         CoreMethod.Tune(
             FactConfig(Targets = Array.ofList o.FactTargets, Rank = r, Scale = o.FactScale,
                        Variant = (if o.FactVariant = FactTK then FactVariant.Tk else FactVariant.Tt), ModulesToSave = saved classifier o.FactModulesToSave))
+    // the grid's rank is oft_block_size unless blocks (PEFT's r) is given
+    | Oft o ->
+        CoreMethod.Tune(
+            OftConfig(Targets = Array.ofList o.OftTargets, Rank = defaultArg o.Blocks 0, BlockSize = (if o.Blocks.IsSome then 0 else r),
+                      Coft = o.Coft, Eps = o.Eps, BlockShare = o.BlockShare, ModuleDropout = o.OftModuleDropout,
+                      UseCayleyNeumann = o.CayleyNeumann, ModulesToSave = saved classifier o.OftModulesToSave))
+    // the grid's rank is boft_block_size unless blocks (boft_block_num) is given
+    | Boft o ->
+        CoreMethod.Tune(
+            BoftConfig(Targets = Array.ofList o.BoftTargets, BlockNum = defaultArg o.BoftBlocks 0, BlockSize = (if o.BoftBlocks.IsSome then 0 else r),
+                       ButterflyFactor = o.Butterfly, Dropout = o.BoftDropout, ModulesToSave = saved classifier o.BoftModulesToSave))
+    | Hra o -> CoreMethod.Tune(HraConfig(Targets = Array.ofList o.HraTargets, Rank = r, ApplyGs = o.ApplyGs, ModulesToSave = saved classifier o.HraModulesToSave))
     | Vera o ->
         CoreMethod.Tune(
             VeraConfig(Targets = Array.ofList o.VeraTargets, Rank = r, ModulesToSave = saved classifier o.VeraModulesToSave,

@@ -38,6 +38,9 @@ module Builders =
     let loraPlus (ratio: float) (m: Method) = mapLora (fun o -> { o with LoraPlusRatio = Some ratio }) m
     /// q/v-only LoRA on fused qkv Linears: the parts (q, k, v) adapted.
     let fusedQkv (parts: string list) (m: Method) = mapLora (fun o -> { o with FusedQkv = parts }) m
+    let oft = Oft OftOptions.Defaults
+    let boft = Boft BoftOptions.Defaults
+    let hra = Hra HraOptions.Defaults
 
     /// A zoo model with options: zoo "vit" [ "img_size", Int 28; "patch_size", Int 4 ].
     let zoo (name: string) (options: (string * OptionValue) list) = Zoo { Name = name; Options = Map.ofList options }

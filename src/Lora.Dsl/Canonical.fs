@@ -176,6 +176,22 @@ module Canonical =
                       "scale", JFloat o.FactScale
                       "targets", strs o.FactTargets
                       "modules_to_save", strs o.FactModulesToSave ])
+                | Oft o ->
+                    [ "targets", strs o.OftTargets
+                      "modules_to_save", strs o.OftModulesToSave
+                      "blocks", opt (int64 >> JInt) o.Blocks
+                      "coft", JBool o.Coft
+                      "eps", JFloat o.Eps
+                      "block_share", JBool o.BlockShare
+                      "module_dropout", JFloat o.OftModuleDropout
+                      "cayley_neumann", JBool o.CayleyNeumann ]
+                | Boft o ->
+                    [ "targets", strs o.BoftTargets
+                      "modules_to_save", strs o.BoftModulesToSave
+                      "blocks", opt (int64 >> JInt) o.BoftBlocks
+                      "butterfly", JInt(int64 o.Butterfly)
+                      "dropout", JFloat o.BoftDropout ]
+                | Hra o -> [ "targets", strs o.HraTargets; "modules_to_save", strs o.HraModulesToSave; "apply_gs", JBool o.ApplyGs ])
         )
 
     let hashOf (text: string) =

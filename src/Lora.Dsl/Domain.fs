@@ -85,6 +85,48 @@ type VeraOptions =
 
     static member Defaults = { VeraTargets = [ "qkv" ]; VeraModulesToSave = [ "head" ]; DInitial = 0.1; ProjectionPrngKey = 0 }
 
+/// OFT (PEFT OFTConfig); the grid's rank is oft_block_size, unless Blocks (PEFT's r) is set.
+type OftOptions =
+    { OftTargets: string list
+      OftModulesToSave: string list
+      /// r: the number of blocks per layer; Some = the rank axis does not apply
+      Blocks: int option
+      /// coft: the constrained variant, with its radius eps
+      Coft: bool
+      Eps: float
+      /// block_share: one block shared by all blocks of a layer
+      BlockShare: bool
+      /// module_dropout: the fraction of blocks set to the identity in training
+      OftModuleDropout: float
+      /// use_cayley_neumann: PEFT's Neumann series (default) or the exact Cayley transform
+      CayleyNeumann: bool }
+
+    static member Defaults =
+        { OftTargets = [ "qkv" ]; OftModulesToSave = [ "head" ]; Blocks = None; Coft = false; Eps = 6e-5; BlockShare = false
+          OftModuleDropout = 0.0; CayleyNeumann = true }
+
+/// BOFT (PEFT BOFTConfig); the grid's rank is boft_block_size, unless Blocks (boft_block_num) is set.
+type BoftOptions =
+    { BoftTargets: string list
+      BoftModulesToSave: string list
+      /// boft_block_num; Some = the rank axis does not apply
+      BoftBlocks: int option
+      /// boft_n_butterfly_factor (1: one block-diagonal rotation, as OFT)
+      Butterfly: int
+      /// boft_dropout: the fraction of one factor's blocks set to the identity in training
+      BoftDropout: float }
+
+    static member Defaults = { BoftTargets = [ "qkv" ]; BoftModulesToSave = [ "head" ]; BoftBlocks = None; Butterfly = 1; BoftDropout = 0.0 }
+
+/// HRA (PEFT HRAConfig); the grid's rank is r, the number of Householder reflections.
+type HraOptions =
+    { HraTargets: string list
+      HraModulesToSave: string list
+      /// apply_GS: Gram-Schmidt orthonormalised reflections
+      ApplyGs: bool }
+
+    static member Defaults = { HraTargets = [ "qkv" ]; HraModulesToSave = [ "head" ]; ApplyGs = false }
+
 /// AdaptFormer; the grid's rank is the bottleneck width.
 type AdaptFormerOptions =
     { /// s, the scale of the MLP-parallel bottleneck
@@ -223,6 +265,12 @@ type Method =
     | Convpass of ConvpassOptions
     /// FacT-TT or FacT-TK: ΔW slices from factors shared across blocks (Jie & Deng)
     | Fact of FactOptions
+    /// OFT: a block-diagonal orthogonal rotation of each target's input side
+    | Oft of OftOptions
+    /// BOFT: butterfly-factored orthogonal rotations and an output scale
+    | Boft of BoftOptions
+    /// HRA: a chain of Householder reflections of each target's input side
+    | Hra of HraOptions
 
     /// Lower-case name used in tables, run names and YAML (full, head, lora, dora, adalora, adapter).
     member m.Name =
@@ -246,12 +294,17 @@ type Method =
         | Convpass _ -> "convpass"
         // TT and TK runs of one grid need distinct names
         | Fact o -> if o.FactVariant = FactTK then "fact_tk" else "fact"
+        | Oft _ -> "oft"
+        | Boft _ -> "boft"
+        | Hra _ -> "hra"
 
     /// Whether the grid's ranks multiply this method.
     member m.UsesRank =
         match m with
         | Full | Head -> false
         | Adapter a -> a.Ratio.IsNone
+        | Oft o -> o.Blocks.IsNone
+        | Boft o -> o.BoftBlocks.IsNone
         | BitFit _ | LnTuning _ | Ia3 _ | Ssf _ -> false
         | _ -> true
 

@@ -302,6 +302,22 @@ module Validation =
           | Vera o ->
               if List.isEmpty o.VeraTargets then yield err (at + ".targets") "targets is empty: name at least one module (e.g. qkv)"
               if o.ProjectionPrngKey < 0 then yield err (at + ".projection_prng_key") (sprintf "projection_prng_key must not be negative, got %d" o.ProjectionPrngKey)
+          | Oft o ->
+              if List.isEmpty o.OftTargets then yield err (at + ".targets") "targets is empty: name at least one module (e.g. qkv)"
+              match o.Blocks with Some n when n < 1 -> yield err (at + ".blocks") (sprintf "blocks must be positive, got %d" n) | _ -> ()
+              for r in ranks do
+                  if o.Blocks.IsNone && r < 2 then yield err at (sprintf "OFT's rank is its block size (oft_block_size), at least 2; got %d" r)
+              if o.Coft && not (o.Eps > 0.0) then yield err (at + ".eps") (sprintf "eps must be positive, got %g" o.Eps)
+              if not (o.OftModuleDropout >= 0.0 && o.OftModuleDropout < 1.0) then
+                  yield err (at + ".module_dropout") (sprintf "module_dropout must be in [0, 1), got %g" o.OftModuleDropout)
+          | Boft o ->
+              if List.isEmpty o.BoftTargets then yield err (at + ".targets") "targets is empty: name at least one module (e.g. qkv)"
+              match o.BoftBlocks with Some n when n < 1 -> yield err (at + ".blocks") (sprintf "blocks must be positive, got %d" n) | _ -> ()
+              if o.Butterfly < 1 then yield err (at + ".butterfly") (sprintf "butterfly must be at least 1, got %d" o.Butterfly)
+              if not (o.BoftDropout >= 0.0 && o.BoftDropout < 1.0) then
+                  yield err (at + ".dropout") (sprintf "dropout must be in [0, 1), got %g" o.BoftDropout)
+          | Hra o ->
+              if List.isEmpty o.HraTargets then yield err (at + ".targets") "targets is empty: name at least one module (e.g. qkv)"
           | LoHa o | LoKr o ->
               match o.LycorisAlpha with Some a when not (a > 0.0) -> yield err (at + ".alpha") (sprintf "alpha must be positive, got %g" a) | _ -> ()
               if List.isEmpty o.LycorisTargets then yield err (at + ".targets") "targets is empty: name at least one module (e.g. qkv)"

@@ -349,7 +349,10 @@ module YamlSpec =
     let private convpassKeys = [ "scale"; "modules_to_save" ]
     let private factKeys = [ "variant"; "scale"; "targets"; "modules_to_save" ]
     let private veraKeys = [ "targets"; "modules_to_save"; "d_initial"; "projection_prng_key" ]
-    let private methodNames = [ "full"; "head"; "lora"; "dora"; "adalora"; "adapter"; "bitfit"; "ln_tuning"; "ia3"; "ssf"; "loha"; "lokr"; "vera"; "adaptformer"; "vpt"; "convpass"; "fact" ]
+    let private boftKeys = [ "targets"; "modules_to_save"; "blocks"; "butterfly"; "dropout" ]
+    let private hraKeys = [ "targets"; "modules_to_save"; "apply_gs" ]
+    let private oftKeys = [ "targets"; "modules_to_save"; "blocks"; "coft"; "eps"; "block_share"; "module_dropout"; "cayley_neumann" ]
+    let private methodNames = [ "full"; "head"; "lora"; "dora"; "adalora"; "adapter"; "bitfit"; "ln_tuning"; "ia3"; "ssf"; "loha"; "lokr"; "vera"; "adaptformer"; "vpt"; "convpass"; "fact"; "oft"; "boft"; "hra" ]
 
     let private keysOf name =
         match name with
@@ -365,6 +368,9 @@ module YamlSpec =
         | "vpt" -> vptKeys
         | "convpass" -> convpassKeys
         | "fact" -> factKeys
+        | "oft" -> oftKeys
+        | "boft" -> boftKeys
+        | "hra" -> hraKeys
         | _ -> []
 
     let private strList (r: Reader) fs path key = opt fs path key (fun p n -> list r p n (readStr r))
@@ -417,6 +423,33 @@ module YamlSpec =
           FactScale = opt fs path "scale" (readFloat r) |> Option.defaultValue d.FactScale
           FactTargets = strList r fs path "targets" |> Option.defaultValue d.FactTargets
           FactModulesToSave = strList r fs path "modules_to_save" |> Option.defaultValue d.FactModulesToSave }
+    /// oft: { targets, modules_to_save, blocks, coft, eps, block_share, module_dropout, cayley_neumann }.
+    let private oftOptions (r: Reader) path (fs: Map<string, YamlNode>) : OftOptions =
+        let d = OftOptions.Defaults
+        { OftTargets = strList r fs path "targets" |> Option.defaultValue d.OftTargets
+          OftModulesToSave = strList r fs path "modules_to_save" |> Option.defaultValue d.OftModulesToSave
+          Blocks = opt fs path "blocks" (readInt r)
+          Coft = opt fs path "coft" (readBool r) |> Option.defaultValue d.Coft
+          Eps = opt fs path "eps" (readFloat r) |> Option.defaultValue d.Eps
+          BlockShare = opt fs path "block_share" (readBool r) |> Option.defaultValue d.BlockShare
+          OftModuleDropout = opt fs path "module_dropout" (readFloat r) |> Option.defaultValue d.OftModuleDropout
+          CayleyNeumann = opt fs path "cayley_neumann" (readBool r) |> Option.defaultValue d.CayleyNeumann }
+
+    /// boft: { targets, modules_to_save, blocks, butterfly, dropout }.
+    let private boftOptions (r: Reader) path (fs: Map<string, YamlNode>) : BoftOptions =
+        let d = BoftOptions.Defaults
+        { BoftTargets = strList r fs path "targets" |> Option.defaultValue d.BoftTargets
+          BoftModulesToSave = strList r fs path "modules_to_save" |> Option.defaultValue d.BoftModulesToSave
+          BoftBlocks = opt fs path "blocks" (readInt r)
+          Butterfly = opt fs path "butterfly" (readInt r) |> Option.defaultValue d.Butterfly
+          BoftDropout = opt fs path "dropout" (readFloat r) |> Option.defaultValue d.BoftDropout }
+
+    /// hra: { targets, modules_to_save, apply_gs }.
+    let private hraOptions (r: Reader) path (fs: Map<string, YamlNode>) : HraOptions =
+        let d = HraOptions.Defaults
+        { HraTargets = strList r fs path "targets" |> Option.defaultValue d.HraTargets
+          HraModulesToSave = strList r fs path "modules_to_save" |> Option.defaultValue d.HraModulesToSave
+          ApplyGs = opt fs path "apply_gs" (readBool r) |> Option.defaultValue d.ApplyGs }
 
     /// loha, lokr: { alpha, targets, modules_to_save, effective_conv2d[, decompose_both, decompose_factor] }.
     let private lycorisOptions (r: Reader) path (fs: Map<string, YamlNode>) : LycorisOptions =
@@ -493,6 +526,9 @@ module YamlSpec =
             | "vpt" -> Some(Vpt(vptOptions r path fs))
             | "convpass" -> Some(Convpass(convpassOptions r path fs))
             | "fact" -> Some(Fact(factOptions r path fs))
+            | "oft" -> Some(Oft(oftOptions r path fs))
+            | "boft" -> Some(Boft(boftOptions r path fs))
+            | "hra" -> Some(Hra(hraOptions r path fs))
             | _ ->
                 let d = AdapterOptions.Defaults
                 Some(
@@ -1063,6 +1099,29 @@ module YamlSpec =
             line ("    scale: " + f o.FactScale)
             line ("    targets: " + flowStrs o.FactTargets)
             line ("    modules_to_save: " + flowStrs o.FactModulesToSave)
+        | Oft o ->
+            let b x = if x then "true" else "false"
+            line "- oft:"
+            line ("    targets: " + flowStrs o.OftTargets)
+            line ("    modules_to_save: " + flowStrs o.OftModulesToSave)
+            o.Blocks |> Option.iter (fun n -> line (sprintf "    blocks: %d" n))
+            line ("    coft: " + b o.Coft)
+            line ("    eps: " + f o.Eps)
+            line ("    block_share: " + b o.BlockShare)
+            line ("    module_dropout: " + f o.OftModuleDropout)
+            line ("    cayley_neumann: " + b o.CayleyNeumann)
+        | Boft o ->
+            line "- boft:"
+            line ("    targets: " + flowStrs o.BoftTargets)
+            line ("    modules_to_save: " + flowStrs o.BoftModulesToSave)
+            o.BoftBlocks |> Option.iter (fun n -> line (sprintf "    blocks: %d" n))
+            line (sprintf "    butterfly: %d" o.Butterfly)
+            line ("    dropout: " + f o.BoftDropout)
+        | Hra o ->
+            line "- hra:"
+            line ("    targets: " + flowStrs o.HraTargets)
+            line ("    modules_to_save: " + flowStrs o.HraModulesToSave)
+            line ("    apply_gs: " + (if o.ApplyGs then "true" else "false"))
 
     let private writeTables (sb: StringBuilder) (ts: TableDecl list) =
         let axis (a: TableAxis) = match a.Header with Some h -> sprintf "{ %s: %s }" (q a.Axis) (q h) | None -> q a.Axis

@@ -135,9 +135,9 @@ let tests =
             }
             test "bench: bad methods, models and sizes are named; --device cuda without CUDA is one line" {
                 use dir = new TempDir()
-                let code, _, err = runLora (benchArgs dir [ "--methods"; "lora,boft"; "--batch"; "0" ])
+                let code, _, err = runLora (benchArgs dir [ "--methods"; "lora,mora"; "--batch"; "0" ])
                 Expect.equal code 2 "bad input"
-                Expect.stringContains err "unknown method(s) boft" "the method"
+                Expect.stringContains err "unknown method(s) mora" "the method"
                 Expect.stringContains err "--batch must be at least 1" "the size"
                 let code, _, err = runLora [ "bench"; "--model"; "vit_bace_patch16_224" ]
                 Expect.equal code 2 "unknown model"

@@ -191,6 +191,36 @@ let methodOf (maxRank: int) (kind: string) =
             let! key = Gen.choose (0, 1000)
             return Vera { VeraTargets = targets; VeraModulesToSave = save; DInitial = d; ProjectionPrngKey = key }
         }
+    | "oft" ->
+        gen {
+            let! targets = Gen.elements [ [ "qkv" ]; [ "qkv"; "fc1" ] ]
+            let! save = Gen.elements [ [ "head" ]; [] ]
+            // the grid's ranks may hold 1, which is no block size: blocks (PEFT's r) always given here
+            let! blocks = Gen.choose (1, 8)
+            let! coft = Gen.elements [ true; false ]
+            let! eps = nice
+            let! share = Gen.elements [ true; false ]
+            let! dropout = Gen.elements [ 0.0; 0.25 ]
+            let! neumann = Gen.elements [ true; false ]
+            return Oft { OftTargets = targets; OftModulesToSave = save; Blocks = Some blocks; Coft = coft; Eps = eps; BlockShare = share
+                         OftModuleDropout = dropout; CayleyNeumann = neumann }
+        }
+    | "boft" ->
+        gen {
+            let! targets = Gen.elements [ [ "qkv" ]; [ "qkv"; "fc1" ] ]
+            let! save = Gen.elements [ [ "head" ]; [] ]
+            let! blocks = Gen.optionOf (Gen.choose (1, 8))
+            let! butterfly = Gen.choose (1, 3)
+            let! dropout = Gen.elements [ 0.0; 0.25 ]
+            return Boft { BoftTargets = targets; BoftModulesToSave = save; BoftBlocks = blocks; Butterfly = butterfly; BoftDropout = dropout }
+        }
+    | "hra" ->
+        gen {
+            let! targets = Gen.elements [ [ "qkv" ]; [ "qkv"; "fc1" ] ]
+            let! save = Gen.elements [ [ "head" ]; [] ]
+            let! gs = Gen.elements [ true; false ]
+            return Hra { HraTargets = targets; HraModulesToSave = save; ApplyGs = gs }
+        }
     | _ ->
         gen {
             let! ratio = Gen.optionOf (Gen.choose (1, 3988) |> Gen.map (fun i -> float i / 997.0)) // (0, 4]: Limits.maxAdapterRatio
@@ -228,7 +258,7 @@ let experiment (name: string) =
     gen {
         let! task = Gen.elements [ Classification; Segmentation ]
         let! ranks = Gen.subListOf [ 1; 2; 4; 8; 16 ] |> Gen.filter (List.isEmpty >> not) |> Gen.bind Gen.shuffle |> Gen.map List.ofArray
-        let! kinds = Gen.subListOf [ "full"; "head"; "lora"; "dora"; "adalora"; "adapter"; "bitfit"; "ln_tuning"; "ia3"; "ssf"; "loha"; "lokr"; "vera"; "adaptformer"; "vpt"; "convpass"; "fact" ] |> Gen.filter (List.isEmpty >> not)
+        let! kinds = Gen.subListOf [ "full"; "head"; "lora"; "dora"; "adalora"; "adapter"; "bitfit"; "ln_tuning"; "ia3"; "ssf"; "loha"; "lokr"; "vera"; "adaptformer"; "vpt"; "convpass"; "fact"; "oft"; "boft"; "hra" ] |> Gen.filter (List.isEmpty >> not)
         let! methods = kinds |> List.map (methodOf (List.max ranks)) |> Gen.sequenceToList
         let! nModels = Gen.choose (1, 2)
         let! models =

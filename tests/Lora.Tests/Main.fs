@@ -23,6 +23,7 @@ let all =
         WeightedAdapterTests.tests
         MethodZooTests.tests
         VisionMethodTests.tests
+        OftTests.tests
         PeftConfigTests.tests
         ZooTests.tests
         ZooTests.dslKnowsTheZoo

@@ -65,7 +65,7 @@ let contract (l: TunerLayer) (x: torch.Tensor) (yBase: torch.Tensor) (exact: boo
 
 let private sizes (a: int) (b: int) = int64 (abs a % 7 + 2), int64 (abs b % 7 + 2)
 
-let private linear seed a b f64 =
+let linear seed a b f64 =
     let dt = dtypeOf f64
     let i, o = sizes a b
     let lin = torch.nn.Linear(i, o, dtype = dt)
@@ -73,7 +73,7 @@ let private linear seed a b f64 =
     use g = new torch.Generator(uint64 (abs seed))
     lin, torch.randn([| 3L; 2L; i |], dtype = dt, generator = g), dt
 
-let private conv seed (a: byte) (b: byte) (k: byte) f64 =
+let conv seed (a: byte) (b: byte) (k: byte) f64 =
     let dt = dtypeOf f64
     let i, o = sizes (int a) (int b)
     let k = int64 (int k % 3 + 1)
@@ -247,7 +247,7 @@ let private layerTests =
     ]
 
 /// A zoo model-shaped ViT with every method, its checkpoint in PEFT's keys, and summaries.
-let private twin () =
+let twin () =
     let a = vitTiny ()
     let b = vitTiny ()
     use _ = torch.no_grad ()

@@ -41,12 +41,12 @@ let private required check = function None -> false | Some v -> check v
 
 /// PeftType names PEFT's PeftConfig.from_pretrained can load (the ones relevant here) and this
 /// project's own.
-let peftTypes = set [ "LORA"; "ADALORA"; "IA3"; "LOHA"; "LOKR"; "LN_TUNING"; "VERA" ]
+let peftTypes = set [ "LORA"; "ADALORA"; "IA3"; "LOHA"; "LOKR"; "LN_TUNING"; "VERA"; "OFT"; "BOFT"; "HRA" ]
 let ownTypes = set [ "BOTTLENECK_ADAPTER"; "BITFIT"; "SSF"; "ADAPTFORMER"; "VPT"; "CONVPASS"; "FACT" ]
 /// PEFT's LoHaConfig and LoKrConfig (src/peft/tuners/{loha,lokr}/config.py, lycoris_utils.LycorisConfig)
 let private lycoris = [ "LOHA"; "LOKR" ]
 /// the PEFT types beside LoRA's: their PeftConfig fields and required target_modules
-let private others = [ "IA3"; "LOHA"; "LOKR"; "LN_TUNING"; "VERA" ]
+let private others = [ "IA3"; "LOHA"; "LOKR"; "LN_TUNING"; "VERA"; "OFT"; "BOFT"; "HRA" ]
 let private strSet (n: JsonNode) = n.AsArray() |> Seq.map str |> Set.ofSeq
 
 let rules : Rule list =
@@ -126,6 +126,43 @@ let rules : Rule list =
       rule [ "VERA" ] "d_initial" "a number" (fun v _ -> optional isNum v)
       rule [ "VERA" ] "bias" "none, all or vera_only" (fun v _ -> optional (fun v -> isStr v && List.contains (str v) [ "none"; "all"; "vera_only" ]) v)
       rule [ "VERA" ] "init_weights" "a bool" (fun v _ -> optional isBool v)
+      // PEFT's OFTConfig (src/peft/tuners/oft/config.py): __post_init__ and check_kwargs
+      rule [ "OFT" ] "r" "an int >= 0" (fun v _ -> optional (fun v -> isInt v && num v >= 0.0) v)
+      rule [ "OFT" ] "oft_block_size" "an int >= 0, present (check_kwargs: else a pre-0.14 adapter)" (fun v _ -> required (fun v -> isInt v && num v >= 0.0) v)
+      rule [ "OFT" ] "oft_block_size" "exactly one of r and oft_block_size non-zero" (fun _ c ->
+          let nz f = match field c f with Some v when isNum v -> num v <> 0.0 | _ -> false
+          nz "r" <> nz "oft_block_size")
+      rule [ "OFT" ] "module_dropout" "a number" (fun v _ -> optional isNum v)
+      rule [ "OFT" ] "fan_in_fan_out" "a bool" (fun v _ -> optional isBool v)
+      rule [ "OFT" ] "bias" "none, all or oft_only" (fun v _ -> optional (fun v -> isStr v && List.contains (str v) [ "none"; "all"; "oft_only" ]) v)
+      rule [ "OFT" ] "init_weights" "a bool" (fun v _ -> optional isBool v)
+      rule [ "OFT" ] "coft" "a bool" (fun v _ -> optional isBool v)
+      rule [ "OFT" ] "eps" "a number" (fun v _ -> optional isNum v)
+      rule [ "OFT" ] "block_share" "a bool" (fun v _ -> optional isBool v)
+      rule [ "OFT" ] "use_cayley_neumann" "a bool" (fun v _ -> optional isBool v)
+      rule [ "OFT" ] "num_cayley_neumann_terms" "an int" (fun v _ -> optional isInt v)
+      rule [ "OFT" ] "peft_version" "≥ 0.18 with use_cayley_neumann (else PEFT warns the series changed)" (fun v c ->
+          match field c "use_cayley_neumann" with
+          | Some u when isBool u && u.GetValue<bool>() ->
+              v |> Option.exists (fun v -> isStr v && System.Version.Parse((str v).Split('@').[0]) >= System.Version(0, 18, 0))
+          | _ -> true)
+      rule [ "OFT" ] "layers_pattern" "given only with layers_to_transform" (fun v c -> v.IsNone || (field c "layers_to_transform").IsSome)
+      // PEFT's BOFTConfig and HRAConfig (src/peft/tuners/{boft,hra}/config.py)
+      rule [ "BOFT" ] "boft_block_size" "an int >= 0" (fun v _ -> optional (fun v -> isInt v && num v >= 0.0) v)
+      rule [ "BOFT" ] "boft_block_num" "an int >= 0" (fun v _ -> optional (fun v -> isInt v && num v >= 0.0) v)
+      rule [ "BOFT" ] "boft_block_size" "exactly one of boft_block_size (default 4) and boft_block_num non-zero" (fun _ c ->
+          let value f d = match field c f with Some v when isNum v -> num v | _ -> d
+          (value "boft_block_size" 4.0 <> 0.0) <> (value "boft_block_num" 0.0 <> 0.0))
+      rule [ "BOFT" ] "boft_n_butterfly_factor" "an int >= 1" (fun v _ -> optional (fun v -> isInt v && num v >= 1.0) v)
+      rule [ "BOFT" ] "boft_dropout" "a number" (fun v _ -> optional isNum v)
+      rule [ "BOFT" ] "bias" "none, all or boft_only" (fun v _ -> optional (fun v -> isStr v && List.contains (str v) [ "none"; "all"; "boft_only" ]) v)
+      rule [ "BOFT" ] "fan_in_fan_out" "a bool" (fun v _ -> optional isBool v)
+      rule [ "BOFT"; "HRA" ] "init_weights" "a bool" (fun v _ -> optional isBool v)
+      rule [ "BOFT"; "HRA" ] "layers_pattern" "given only with layers_to_transform" (fun v c -> v.IsNone || (field c "layers_to_transform").IsSome)
+      rule [ "HRA" ] "r" "an int > 0 (update_layer)" (fun v _ -> optional (fun v -> isInt v && num v > 0.0) v)
+      rule [ "HRA" ] "apply_GS" "a bool" (fun v _ -> optional isBool v)
+      rule [ "HRA" ] "bias" "none, all or hra_only" (fun v _ -> optional (fun v -> isStr v && List.contains (str v) [ "none"; "all"; "hra_only" ]) v)
+      rule [ "HRA" ] "layers_to_transform" "null when target_modules is a str" (fun v c -> v.IsNone || not (field c "target_modules" |> Option.exists isStr))
       rule [ "ADAPTFORMER" ] "ffn_num" "an int > 0" (fun v _ -> required (fun v -> isInt v && num v > 0.0) v)
       rule [ "ADAPTFORMER" ] "ffn_adapter_scalar" "a number > 0" (fun v _ -> required (fun v -> isNum v && num v > 0.0) v)
       rule [ "VPT" ] "num_tokens" "an int > 0" (fun v _ -> required (fun v -> isInt v && num v > 0.0) v)
@@ -176,7 +213,12 @@ let private configs : (string * TuningConfig * (TunedModel -> unit)) list =
       "LoHa, effective conv2d", LoHaConfig(Targets = [| "patch_embed.proj" |], Rank = 2, UseEffectiveConv2d = true), ignore
       "LoKr", LoKrConfig(Targets = [| "qkv"; "fc1" |], Rank = 2, DecomposeBoth = true), ignore
       "AdaptFormer", AdaptFormerConfig(Width = 4, ModulesToSave = [| "head" |]), ignore
-      "VeRA", VeraConfig(Targets = [| "qkv"; "fc1" |], Rank = 4, ModulesToSave = [| "head" |]), ignore ]
+      "VeRA", VeraConfig(Targets = [| "qkv"; "fc1" |], Rank = 4, ModulesToSave = [| "head" |]), ignore
+      "OFT", OftConfig(Targets = [| "qkv"; "patch_embed.proj" |], BlockSize = 4, ModulesToSave = [| "head" |]), ignore
+      "OFT, r, COFT, shared, exact Cayley", OftConfig(Targets = [| "fc1" |], Rank = 2, BlockSize = 0, Coft = true, BlockShare = true, UseCayleyNeumann = false), ignore
+      "BOFT", BoftConfig(Targets = [| "qkv" |], BlockSize = 4, ButterflyFactor = 2, ModulesToSave = [| "head" |]), ignore
+      "BOFT, block count", BoftConfig(Targets = [| "fc1" |], BlockSize = 0, BlockNum = 4), ignore
+      "HRA", HraConfig(Targets = [| "qkv"; "fc1" |], Rank = 4, ApplyGs = true), ignore ]
 
 let tests =
     testList "PeftConfig" [

@@ -178,7 +178,7 @@ public static class TuningMethods
     public static readonly IReadOnlyList<TuningMethod> Registered =
         [LoraMethod.Instance, AdaLoraMethod.Instance, BottleneckAdapterMethod.Instance,
          BitFitMethod.Instance, LnTuningMethod.Instance, Ia3Method.Instance, SsfMethod.Instance, LoHaMethod.Instance, LoKrMethod.Instance, VeraMethod.Instance, AdaptFormerMethod.Instance, VptMethod.Instance,
-         ConvpassMethod.Instance, FactMethod.Instance];
+         ConvpassMethod.Instance, FactMethod.Instance, OftMethod.Instance, BoftMethod.Instance, HraMethod.Instance];
 
     /// The method saved under a peft_type, or null.
     public static TuningMethod? ByPeftType(string peftType) => Registered.FirstOrDefault(m => m.Reads(peftType));

@@ -13,13 +13,13 @@ public static class TableAxes
 {
     public const string Missing = "—";
     static readonly CultureInfo Inv = CultureInfo.InvariantCulture;
-    static readonly string[] MethodOrder = ["full", "head", "lora", "dora", "adalora", "adapter", "bitfit", "ln_tuning", "ia3", "ssf", "loha", "lokr", "vera", "adaptformer", "vpt", "vpt_deep", "convpass", "fact", "fact_tk"];
+    static readonly string[] MethodOrder = ["full", "head", "lora", "dora", "adalora", "adapter", "bitfit", "ln_tuning", "ia3", "ssf", "loha", "lokr", "vera", "adaptformer", "vpt", "vpt_deep", "convpass", "fact", "fact_tk", "oft", "boft", "hra"];
 
     public static int MethodIndex(string m) { var i = Array.IndexOf(MethodOrder, m); return i < 0 ? MethodOrder.Length : i; }
 
     public static string DisplayMethod(string m) => m switch
     {
-        "lora" => "LoRA", "dora" => "DoRA", "adalora" => "AdaLoRA", "adapter" => "Adapter", "bitfit" => "BitFit", "ln_tuning" => "LN tuning", "ia3" => "(IA)³", "ssf" => "SSF", "loha" => "LoHa", "lokr" => "LoKr", "vera" => "VeRA", "adaptformer" => "AdaptFormer", "vpt" => "VPT-shallow", "vpt_deep" => "VPT-deep", "convpass" => "Convpass", "fact" => "FacT-TT", "fact_tk" => "FacT-TK", "full" => "Full", "head" => "Head", _ => m,
+        "lora" => "LoRA", "dora" => "DoRA", "adalora" => "AdaLoRA", "adapter" => "Adapter", "bitfit" => "BitFit", "ln_tuning" => "LN tuning", "ia3" => "(IA)³", "ssf" => "SSF", "loha" => "LoHa", "lokr" => "LoKr", "vera" => "VeRA", "adaptformer" => "AdaptFormer", "vpt" => "VPT-shallow", "vpt_deep" => "VPT-deep", "convpass" => "Convpass", "fact" => "FacT-TT", "fact_tk" => "FacT-TK", "oft" => "OFT", "boft" => "BOFT", "hra" => "HRA", "full" => "Full", "head" => "Head", _ => m,
     };
 
     // Every name read back is printable (a results folder may come from anyone's clone).
