@@ -175,7 +175,7 @@ module Canonical =
                     [ "variant", JString(if o.FactVariant = FactTK then "tk" else "tt")
                       "scale", JFloat o.FactScale
                       "targets", strs o.FactTargets
-                      "modules_to_save", strs o.FactModulesToSave ])
+                      "modules_to_save", strs o.FactModulesToSave ]
                 | Oft o ->
                     [ "targets", strs o.OftTargets
                       "modules_to_save", strs o.OftModulesToSave
