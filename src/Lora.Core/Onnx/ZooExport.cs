@@ -29,6 +29,8 @@ public static class ZooExport
             {
                 // the non-mergeable ViT methods export with their own ops (in the block / token stream)
                 BottleneckAdapter or AdaptFormerModule or VisualPrompts or GELU when model is VisionTransformer => null,
+                // left in place beside those methods (merge-and-unload refuses them): its active copy is written
+                ModulesToSaveWrapper { ActiveAdapter: not null, AdaptersDisabled: false } => null,
                 IAdapterModule a => $"a {a.Group} adapter, which cannot be merged into the weights: ONNX export takes merged models, or a ViT's bottleneck adapters, AdaptFormer and VPT prompts",
                 TunerLayer t => $"a {t.GetType().Name} (a tuning layer): merge it into the weights first (merge-and-unload), then export",
                 ModulesToSaveWrapper => "a modules-to-save wrapper: merge-and-unload the tuned model first, then export",
@@ -126,6 +128,7 @@ public static class ZooExport
             Identity => x,
             Sequential s => s.named_children().Aggregate(x, (h, c) => Emit(Join(path, c.name), c.module, h)),
             Mlp => Sub(m, path, "fc2", Gelu(path, Sub(m, path, "fc1", x))),
+            ModulesToSaveWrapper w => Emit(path, w.Copy(w.ActiveAdapter!), x),
             BottleneckAdapter => Sub(m, path, "fc2", Gelu(path, Sub(m, path, "fc1", x))),
             AdaptFormerModule => Sub(m, path, "up_proj", g.Node("Relu", path, new[] { Sub(m, path, "down_proj", x) })),
             VisionTransformer v => Vit(path, v, x),
