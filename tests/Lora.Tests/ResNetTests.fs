@@ -95,6 +95,16 @@ let tests =
                 Expect.isLessThanOrEqual err 1e-4 $"merged vs unmerged: {err}"
                 Expect.sequenceEqual (keysAndShapes plain) before "timm's keys again"
             }
+        test "lora summary resnet18 --method adalora --targets conv1 conv2 counts PEFT's Σ init_r·(in·k² + out + 1)" {
+            let code, out, err = Generators.runLora [ "summary"; "resnet18"; "--method"; "adalora"; "--targets"; "conv1"; "conv2" ]
+            Expect.equal code 0 err
+            use m = Zoo.Create("resnet18", ModelArgs.Empty, torch.META)
+            let convs = [ for struct (n, c) in m.named_modules() do match c with :? Modules.Conv2d as c when n.EndsWith "conv1" || n.EndsWith "conv2" -> yield c | _ -> () ]
+            // init_r = ⌈1.5 · 8⌉ = 12 (the summary's rank 8 is the target rank)
+            let want = convs |> List.sumBy (fun c -> 12L * (c.in_channels * c.kernel_size.[0] * c.kernel_size.[1] + c.out_channels + 1L))
+            Expect.equal want 415_152L "by hand: the stem 12·212 + the blocks' 16 convs"
+            Expect.stringContains out (sprintf "Trainable params: %s" (want.ToString("#,0", System.Globalization.CultureInfo.InvariantCulture))) "the summary's count"
+        }
         // AdaLoRA on Conv2d (PEFT 0.20's SVDConv2d); this test pinned the refusal before it existed
         test "AdaLoRA tunes ResNet convolutions: r·(in·k² + out + 1) per conv, a fresh adapter changes nothing, merge is exact" {
             use m = Zoo.Create("resnet", """{"layers": [1, 1, 1, 1], "channels": [8, 8, 8, 8], "num_classes": 3}""")
