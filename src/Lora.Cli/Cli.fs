@@ -253,6 +253,7 @@ module Cli =
         | Json
         | Isolate
         | In_Process
+        | Targets of modules: string list
         interface IArgParserTemplate with
             member a.Usage =
                 match a with
@@ -261,7 +262,7 @@ module Cli =
                 | Img _ -> "image size"
                 | Classes _ -> "number of classes"
                 | Rank _ -> "rank of the tuned methods"
-                | Methods _ -> "methods to compare: full lora lora-all dora adalora adapter (space- or comma-separated)"
+                | Methods _ -> "methods to compare (space- or comma-separated): full lora lora-all dora adalora adapter bitfit ln_tuning ssf ia3 loha lokr vera adaptformer vpt vpt-deep"
                 | Device _ -> "cpu or cuda"
                 | Steps _ -> "timed training steps"
                 | Warmup _ -> "untimed steps first"
@@ -270,6 +271,7 @@ module Cli =
                 | Json -> "print JSON instead of a table"
                 | Isolate -> "run each method in a fresh process (the default on cuda: one method's cached GPU memory does not count in the next's peak)"
                 | In_Process -> "run every method in this process (the default on cpu)"
+                | Targets _ -> "the modules every layer-targeting preset tunes (default: the model family's: a ViT's qkv, a ConvNeXt's fc1 fc2, a ResNet's conv1 conv2)"
 
     type SubmitArgs =
         | [<MainCommand; ExactlyOnce>] Spec of spec: string
@@ -455,7 +457,9 @@ type BenchOptions =
       Precision: string
       ModelConfig: string
       /// true: a process per method; false: all in this one; null: a process per method on CUDA only
-      Isolate: Nullable<bool> }
+      Isolate: Nullable<bool>
+      /// --targets: the modules of every layer-targeting preset ([]: the model family's)
+      Targets: string list }
 type SubmitOptions =
     { Spec: string; Results: string; Partition: string; GpusPerTask: Nullable<int>; Time: string; MaxParallel: Nullable<int>; DryRun: bool }
 type StatusOptions = { Spec: string; Results: string }
@@ -688,7 +692,7 @@ type CommandLine private () =
                                                       Device = dev; Steps = nullable (a.TryGetResult Cli.BenchArgs.Steps)
                                                       Warmup = nullable (a.TryGetResult Cli.BenchArgs.Warmup); Json = a.Contains Cli.BenchArgs.Json
                                                       Precision = precision; ModelConfig = orNull (a.TryGetResult Cli.BenchArgs.Model_Config)
-                                                      Isolate = isolate }, line))
+                                                      Isolate = isolate; Targets = commaList (a.GetResult(Cli.BenchArgs.Targets, [])) }, line))
             | Cli.Submit a ->
                 ok (ParsedCommand(Command.Submit { Spec = a.GetResult Cli.SubmitArgs.Spec; Results = a.GetResult(Cli.SubmitArgs.Results, defaultResults)
                                                    Partition = orNull (a.TryGetResult Cli.SubmitArgs.Partition); GpusPerTask = nullable (a.TryGetResult Cli.SubmitArgs.Gpus_Per_Task)

@@ -96,13 +96,37 @@ let tests =
                 let cfg = dir.File "convnext.json"
                 File.WriteAllText(cfg, """{"depths": [1, 1], "dims": [8, 16]}""")
                 let code, out, _ = runLora [ "bench"; "--model"; "convnext"; "--model-config"; cfg; "--batch"; "2"; "--img"; "32"; "--classes"; "3"
-                                             "--rank"; "2"; "--steps"; "1"; "--warmup"; "0"; "--methods"; "lora,full"; "--json" ]
+                                             "--rank"; "2"; "--steps"; "1"; "--warmup"; "0"; "--methods"; "vpt,full"; "--json" ]
                 Expect.equal code 1 "a method failed"
                 let lines = out.Split('\n', StringSplitOptions.RemoveEmptyEntries) |> Array.map (fun l -> JsonNode.Parse(l).AsObject())
-                Expect.equal (lines |> Array.map (fun j -> string j["method"]) |> List.ofArray) [ "lora"; "full" ] "a line for each"
-                Expect.isTrue (lines[0].ContainsKey "error") "lora: ConvNeXt has no qkv, the line says so"
+                Expect.equal (lines |> Array.map (fun j -> string j["method"]) |> List.ofArray) [ "vpt"; "full" ] "a line for each"
+                // (lora was the failing method here until bench took each family's targets)
+                Expect.isTrue (lines[0].ContainsKey "error") "vpt: ConvNeXt has no prompt host, the line says so"
                 Expect.isFalse (lines[1].ContainsKey "error") "full still ran"
                 Expect.isGreaterThan (lines[1].["train_img_s"].GetValue<float>()) 0.0 "with its figures"
+            }
+            test "bench on a ConvNeXt and a ResNet: the layer-targeting presets take the family's targets, or --targets" {
+                use dir = new TempDir()
+                let bench model (cfgJson: string) (methods: string list) extra =
+                    let cfg = dir.File (model + ".json")
+                    File.WriteAllText(cfg, cfgJson)
+                    let code, out, err = runLora ([ "bench"; "--model"; model; "--model-config"; cfg; "--batch"; "2"; "--img"; "32"; "--classes"; "3"
+                                                    "--rank"; "2"; "--steps"; "1"; "--warmup"; "0"; "--methods"; String.Join(",", methods); "--json" ] @ extra)
+                    Expect.equal code 0 $"{model}: every method ran (stderr: {err}; out: {out})"
+                    out.Split('\n', StringSplitOptions.RemoveEmptyEntries) |> Array.map (fun l -> JsonNode.Parse(l).AsObject())
+                let convnext = """{"depths": [1, 1], "dims": [8, 16]}"""
+                let resnet = """{"layers": [1, 1, 1, 1], "channels": [8, 8, 8, 8]}"""
+                let layered = [ "lora"; "lora-all"; "dora"; "adalora"; "ia3"; "loha"; "lokr" ]
+                for j in bench "convnext" convnext (layered @ [ "vera"; "bitfit"; "ssf"; "ln_tuning" ]) [] do
+                    Expect.isFalse (j.ContainsKey "error") $"convnext {j}"
+                for j in bench "resnet" resnet (layered @ [ "bitfit"; "ssf" ]) [] do
+                    Expect.isFalse (j.ContainsKey "error") $"resnet {j}"
+                // --targets: only the stem's and blocks' conv1 → LoRA r·(in·k² + out) over the 5 conv1s
+                let lines = bench "resnet" resnet [ "lora" ] [ "--targets"; "conv1" ]
+                use m = Zoo.Create("resnet", ModelArgs.FromJson(resnet).With("num_classes", 3L))
+                let convs = [ for struct (n, c) in m.named_modules() do match c with :? Modules.Conv2d as c when n.EndsWith "conv1" -> yield c | _ -> () ]
+                let lora = convs |> List.sumBy (fun c -> 2L * (c.in_channels * c.kernel_size.[0] * c.kernel_size.[1] + c.out_channels))
+                Expect.equal (lines[0].["trainable"].GetValue<int64>()) (lora + 8L * 3L + 3L) "conv1 LoRA + the head's copy (8·3 + 3)"
             }
             test "bench --isolate: each method in its own process, the same lines; the table reads them back" {
                 use dir = new TempDir()
@@ -150,6 +174,40 @@ let tests =
                     Expect.stringContains err "CUDA is not available" "says why"
             }
         ]
+        test "every bench preset on every zoo family's smallest model: it fits, or fails saying what would fit (meta device, no run)" {
+            // the presets that apply only to some families, and the family's message says so
+            let doesNotFit =
+                set [ for f in [ "convnext"; "resnet"; "unet" ] do
+                        for m in [ "adapter"; "adaptformer"; "vpt"; "vpt-deep" ] -> f, m
+                      for f in [ "tiny_vit"; "sam_vit"; "sam_tiny_vit" ] do
+                        for m in [ "vpt"; "vpt-deep" ] -> f, m
+                      for f in [ "resnet"; "unet" ] do
+                        for m in [ "ln_tuning"; "vera" ] -> f, m ]
+            let smallest =
+                [ "vit", "vit_tiny_patch16_224"; "tiny_vit", "tiny_vit_5m_224"; "convnext", "convnext_tiny"; "resnet", "resnet18"
+                  "sam_vit", "sam_vit_b"; "sam_tiny_vit", "mobile_sam"; "unet", "unet" ]
+            for family, name in smallest do
+                use model = Zoo.Create(name, ModelArgs.Empty, torch.META)
+                Expect.equal (FamilyTargets.For(model).Family) family $"{name}'s family"
+                for m in BenchMethods.names do
+                    let problems = BenchMethods.check m 4 [] model
+                    if doesNotFit.Contains(family, m) then
+                        let said = String.Join("; ", problems)
+                        Expect.isNonEmpty problems $"{m} on {name} is refused"
+                        Expect.isTrue (said.Contains "use " || said.Contains " fits " || said.Contains "cannot tune" || said.Contains "for BatchNorm") $"{m} on {name} says what would fit: {said}"
+                    else Expect.equal problems [] $"{m} on {name} fits"
+        }
+        test "a target that matches nothing is told the family's targets the method accepts" {
+            use resnet = Zoo.Create("resnet18", ModelArgs.Empty, torch.META)
+            let said = String.Join("; ", ToCore.check (CoreMethod.Tune(Ia3Config(Targets = [| "qkv" |], FeedforwardModules = [||]))) resnet)
+            Expect.stringContains said "target pattern 'qkv' matches no module of this ResNet; on the resnet family (IA)³ fits targets [conv1, conv2]" "the advice"
+            use convnext = Zoo.Create("convnext_tiny", ModelArgs.Empty, torch.META)
+            let said = String.Join("; ", ToCore.check (CoreMethod.Tune(LoraConfig(Targets = [| "qkv" |], Rank = 4))) convnext)
+            Expect.stringContains said "on the convnext family LoRA fits targets [fc1, fc2]" "ConvNeXt's"
+            let said = String.Join("; ", ToCore.check (CoreMethod.Tune(VeraConfig(Targets = [| "qkv" |], Rank = 4))) resnet)
+            Expect.stringContains said "none of the resnet family's usual targets (conv1, conv2) fit VeRA" "VeRA is Linear-only"
+            Expect.equal (BenchMethods.targetsOf [ "fc2"; "fc1" ] convnext).FeedForward [ "fc2" ] "--targets keep the family's feed-forward layers among them"
+        }
         testPropertyWithConfig { config with maxTest = 25 } "FlatAdamW equals the per-parameter AdamW (1e-6), its state too" <| fun (seed: int) ->
                 let shapes = shapesOf seed
                 let a, b = makeParams shapes seed

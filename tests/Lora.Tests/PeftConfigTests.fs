@@ -204,6 +204,12 @@ let private configs : (string * TuningConfig * (TunedModel -> unit)) list =
       "AdaLoRA, after the training loop set its steps",
       AdaLoraConfig(Targets = [| "qkv" |], InitRank = 4, TargetRank = 2, TInit = 3, TFinal = 2),
       (fun (t: TunedModel) -> (StepHooks.Of(t.Model) |> Seq.exactlyOne).Begin 40L)
+      "AdaLoRA on a Conv2d and Linear layers, trained to a rank pattern",
+      AdaLoraConfig(Targets = [| "patch_embed.proj"; "qkv" |], InitRank = 4, TargetRank = 2, TotalStep = 3L),
+      (fun (t: TunedModel) ->
+          let hook = StepHooks.Of(t.Model) |> Seq.exactlyOne
+          for p in t.TrainableParameters() do p.grad <- TorchSharp.torch.randn_like(p)
+          for s in 1L .. 3L do hook.AfterOptimizerStep s)
       "Adapter", BottleneckAdapterConfig(ModulesToSave = [| "head" |]), ignore
       "BitFit", BitFitConfig(ModulesToSave = [| "head" |]), ignore
       "LN tuning", LnTuningConfig(), ignore

@@ -95,9 +95,37 @@ let tests =
                 Expect.isLessThanOrEqual err 1e-4 $"merged vs unmerged: {err}"
                 Expect.sequenceEqual (keysAndShapes plain) before "timm's keys again"
             }
-        test "AdaLoRA rejects the convolutions with a clear error (it supports Linear only)" {
+        test "lora summary resnet18 --method adalora --targets conv1 conv2 counts PEFT's Σ init_r·(in·k² + out + 1)" {
+            let code, out, err = Generators.runLora [ "summary"; "resnet18"; "--method"; "adalora"; "--targets"; "conv1"; "conv2" ]
+            Expect.equal code 0 err
+            use m = Zoo.Create("resnet18", ModelArgs.Empty, torch.META)
+            let convs = [ for struct (n, c) in m.named_modules() do match c with :? Modules.Conv2d as c when n.EndsWith "conv1" || n.EndsWith "conv2" -> yield c | _ -> () ]
+            // init_r = ⌈1.5 · 8⌉ = 12 (the summary's rank 8 is the target rank)
+            let want = convs |> List.sumBy (fun c -> 12L * (c.in_channels * c.kernel_size.[0] * c.kernel_size.[1] + c.out_channels + 1L))
+            Expect.equal want 415_152L "by hand: the stem 12·212 + the blocks' 16 convs"
+            Expect.stringContains out (sprintf "Trainable params: %s" (want.ToString("#,0", System.Globalization.CultureInfo.InvariantCulture))) "the summary's count"
+        }
+        // AdaLoRA on Conv2d (PEFT 0.20's SVDConv2d); this test pinned the refusal before it existed
+        test "AdaLoRA tunes ResNet convolutions: r·(in·k² + out + 1) per conv, a fresh adapter changes nothing, merge is exact" {
             use m = Zoo.Create("resnet", """{"layers": [1, 1, 1, 1], "channels": [8, 8, 8, 8], "num_classes": 3}""")
-            let r = Tuner.Match(m, AdaLoraConfig(Targets = [| "conv2" |]))
-            Expect.isNonEmpty r.Errors "AdaLoRA on Conv2d is reported"
+            m.eval()
+            use _g = torch.no_grad()
+            use x = torch.randn(2L, 3L, 32L, 32L)
+            use before = m.call x
+            // conv1 too (the stem's and each block's): timm zero-initialises the BatchNorm after conv2
+            let convs = [ for struct (n, c) in m.named_modules() do match c with :? Modules.Conv2d as c when n.EndsWith "conv1" || n.EndsWith "conv2" -> yield c | _ -> () ]
+            let t = Tuner.Apply(m, AdaLoraConfig(Targets = [| "conv1"; "conv2" |], InitRank = 4, TargetRank = 2))
+            let want = convs |> List.sumBy (fun c -> 4L * (c.in_channels * c.kernel_size.[0] * c.kernel_size.[1] + c.out_channels + 1L))
+            Expect.equal (t.TrainableParameters() |> Seq.sumBy (fun p -> p.numel())) want "trainable = Σ r·(in·k² + out + 1)"
+            use y0 = m.call x
+            Expect.isLessThanOrEqual (ZooTests.maxAbs y0 before) 0.0 "E = 0: a fresh adapter changes nothing"
+            for struct (n, p) in m.named_parameters() do
+                if n.Contains "lora_" then p.normal_(0.0, 0.1) |> ignore
+            use y1 = m.call x
+            Expect.isGreaterThan (ZooTests.maxAbs y1 before) 1e-4 "the adapter changes the output"
+            let plain = t.MergeAndUnload()
+            use y2 = (plain :?> torch.nn.Module<torch.Tensor, torch.Tensor>).call x
+            let err = ZooTests.maxAbs y1 y2
+            Expect.isLessThanOrEqual err 1e-4 $"merged vs unmerged: {err}"
         }
     ]

@@ -90,6 +90,15 @@ let tests =
             Expect.stringContains json "\"peft_type\": \"ADALORA\"" "type"
             Expect.stringContains json "blocks.0.attn.qkv.lora_E.default" "rank pattern key as PEFT"
         }
+        test "AdaLoRA on a Conv2d (the patch embedding) saves A as r × in·k², sliced to the kept ranks, and loads to the same outputs" {
+            let keys, json =
+                roundTrip (AdaLoraConfig(Targets = [| "patch_embed.proj"; "qkv" |], InitRank = 4, TargetRank = 2, TotalStep = 3L)) (fun t ->
+                    let hook = StepHooks.Of(t.Model) |> Seq.exactlyOne
+                    for p in t.TrainableParameters() do p.grad <- torch.randn_like(p)
+                    for s in 1L .. 3L do hook.AfterOptimizerStep s)
+            Expect.contains keys "base_model.model.patch_embed.proj.lora_A" "conv lora_A (PEFT's key: no .weight)"
+            Expect.stringContains json "patch_embed.proj.lora_E.default" "the conv's rank pattern"
+        }
         test "AdaLoRA saved tensors have the kept ranks" {
             let a = vitTiny ()
             let t = Tuner.Apply(a, AdaLoraConfig(Targets = [| "qkv" |], InitRank = 4, TargetRank = 2, TotalStep = 2L))

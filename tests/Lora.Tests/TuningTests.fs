@@ -116,6 +116,47 @@ let private layerTests =
             use y = l.forward x
             close "masked" dt y ref)
 
+        testProp "AdaLoRA Conv2d: fresh is the base, forward = float64 conv2d with W + B(A∘E)·α/(r+1e-5), merged = unmerged, masked triplets drop out" (fun (seed: int) (a: byte) (b: byte) (c: byte) (f64: bool) ->
+            let dt = dtypeOf f64
+            let inC, outC = int64 (a % 4uy + 1uy), int64 (b % 4uy + 1uy)
+            let k = int64 (c % 3uy + 1uy)
+            let stride, pad, dil = int64 (a / 4uy % 2uy + 1uy), int64 (b / 4uy % 3uy), int64 (c / 3uy % 2uy + 1uy)
+            let r = int (a / 8uy) % int (min (inC * k * k) outC) + 1
+            let alpha = float (c / 6uy % 16uy + 1uy)
+            let conv = torch.nn.Conv2d(inC, outC, k, stride, pad, dil, PaddingModes.Zeros, 1L, true, torch.CPU, dt)
+            randomise (conv.parameters()) (seed + 1)
+            use gen = new torch.Generator(uint64 (abs seed))
+            let x = torch.randn([| 2L; inC; 7L; 6L |], dtype = dt, generator = gen)
+            use yBase = conv.forward x
+            let l = new AdaLoraConv2d(conv)
+            l.AddAdapter("default", r, alpha, 0.0)
+            l.SetActiveAdapters [ "default" ]
+            l.eval ()
+            use y0 = l.forward x
+            Expect.isTrue (same y0 yBase) "E = 0 at init: the base output exactly"
+            randomise (l.AdapterParameters "default") seed
+            Expect.sequenceEqual (l.A "default").shape [| int64 r; inC * k * k |] "A: r × in·k² (PEFT's SVDConv2d)"
+            Expect.sequenceEqual (l.B "default").shape [| outC; int64 r |] "B: out × r"
+            // the float64 reference, from the formula
+            let d (t: torch.Tensor) = t.detach().to_type(torch.float64)
+            let reference () =
+                use delta = (d (l.B "default")).matmul(d (l.A "default") * d (l.E "default")) * (alpha / (float r + 1e-5))
+                use w = d conv.weight + delta.reshape(conv.weight.shape)
+                torch.nn.functional.conv2d(d x, w, d conv.bias, [| stride; stride |], [| pad; pad |], [| dil; dil |])
+            use want = reference ()
+            use y = l.forward x
+            close "forward vs float64 reference" dt (d y) want
+            use dw = l.DeltaWeight "default"
+            Expect.sequenceEqual dw.shape conv.weight.shape "ΔW has W's shape"
+            mergeContract l x dt
+            // zero every other E entry: the output is the reference with those triplets gone
+            use _ = torch.no_grad ()
+            use mask = torch.tensor([| for i in 0 .. r - 1 -> i % 2 = 1 |])
+            l.E("default").masked_fill_(mask.view(-1L, 1L), 0.0) |> ignore
+            use want2 = reference ()
+            use y2 = l.forward x
+            close "masked vs float64 reference" dt (d y2) want2)
+
         testProp "LoRA/DoRA Conv2d: merged = unmerged over stride, padding, dilation, groups, padding mode" (fun (seed: int) (a: byte) (b: byte) (c: byte) (f64: bool) (dora: bool) ->
             let dt = dtypeOf f64
             let g = int64 (a % 3uy + 1uy)
@@ -402,7 +443,8 @@ let private injectionTests =
             Expect.stringContains (err (LoraConfig(Targets = [| "nope" |]))) "'nope' matches no module" "no match"
             Expect.stringContains (err (LoraConfig(Targets = [| "qkv" |], Rank = 20))) "rank 20 for 'blocks.0.attn.qkv' exceeds" "rank too large"
             Expect.stringContains (err (LoraConfig(Targets = [| "norm1" |]))) "'blocks.0.norm1' is a LayerNorm" "unsupported type"
-            Expect.stringContains (err (AdaLoraConfig(Targets = [| "proj" |]))) "patch_embed.proj' is a Conv2d, which AdaLoRA cannot tune" "AdaLoRA on conv"
+            // (AdaLoRA tunes Conv2d layers since PEFT 0.20's SVDConv2d; a norm it still cannot)
+            Expect.stringContains (err (AdaLoraConfig(Targets = [| "norm1" |]))) "'blocks.0.norm1' is a LayerNorm, which AdaLoRA cannot tune" "AdaLoRA on a norm"
             Expect.stringContains (err (LoraConfig(Targets = [| "qkv" |], RankPattern = readOnlyDict [ "fc9", 2 ]))) "'fc9'" "rank pattern matching nothing"
             Expect.isFalse (keys m |> List.exists (fun k -> k.Contains "lora")) "nothing changed"
         }
@@ -639,6 +681,51 @@ let private adaloraTests =
             for k in [ "a"; "b" ] do Expect.sequenceEqual p1.[k] p0.[k] $"{k}: same rank pattern"
             for a, b in List.zip e0 e1 do Expect.isTrue (a.eq(b).all().item<bool>()) "same masked E"
             Expect.equal (p1.Values |> Seq.sumBy (Array.filter id >> Array.length)) 2 "budget target_r · layers"
+        }
+        test "one budget over Linear and Conv2d layers: the allocator masks both kinds, the regulariser covers both" {
+            let mk (l: AdaLoraLayer) seed =
+                l.AddAdapter("default", 3, 8.0, 0.0)
+                randomise (l.AdapterParameters "default") seed
+                l
+            let lin = mk (new AdaLoraLinear(torch.nn.Linear(4L, 5L, dtype = torch.float64))) 1
+            let conv = mk (new AdaLoraConv2d(torch.nn.Conv2d(2L, 3L, 3L, dtype = torch.float64))) 2
+            let conv1 = mk (new AdaLoraConv2d(torch.nn.Conv2d(3L, 4L, 1L, dtype = torch.float64))) 3
+            let layers = [| struct ("lin", lin); struct ("conv", conv); struct ("conv1", conv1) |]
+            let cfg = AdaLoraConfig(InitRank = 3, TargetRank = 1, TotalStep = 6L, TFinal = 1, OrthRegWeight = 0.5)
+            let alloc = RankAllocator(layers, "default", cfg)
+            Expect.equal alloc.InitialBudget 9 "3 layers × init_r 3"
+            // the regulariser: the mean over all six factors of ‖AAᵀ − I‖_F / ‖BᵀB − I‖_F
+            let fro (m: torch.Tensor) = use i = torch.eye(m.shape.[0], dtype = m.dtype) in use n = (m - i).norm() in n.ToDouble()
+            let want =
+                0.5 / 6.0 * (layers |> Array.sumBy (fun struct (_, l) ->
+                    let a, b = (l.A "default").detach(), (l.B "default").detach()
+                    fro (a.matmul(a.t())) + fro (b.t().matmul(b))))
+            use reg = alloc.ExtraLoss()
+            Expect.floatClose Accuracy.high (reg.ToDouble()) want "orthogonal regulariser over both kinds"
+            for step in 1L .. 6L do
+                for struct (_, l) in layers do
+                    for p in l.AdapterParameters "default" do
+                        use g = new torch.Generator(uint64 (step * 7L + p.numel ()))
+                        p.grad <- torch.randn(p.shape, dtype = p.dtype, generator = g)
+                alloc.AfterOptimizerStep step
+            let pattern = alloc.RankPattern
+            Expect.equal (pattern.Keys |> Set.ofSeq) (set [ "lin"; "conv"; "conv1" ]) "every layer has a pattern"
+            Expect.equal (pattern.Values |> Seq.sumBy (Array.filter id >> Array.length)) 3 "budget target_r · layers, shared across kinds"
+            for struct (path, l) in layers do
+                let e = (l.E "default").detach().view(-1L).data<float>().ToArray()
+                pattern.[path] |> Array.iteri (fun i kept -> if not kept then Expect.equal e.[i] 0.0 $"{path}: masked E[{i}] is zero")
+        }
+        test "AdaLoRA refuses grouped, transposed and reflect-padded convolutions, naming the layer" {
+            let conv (mode: PaddingModes) groups = torch.nn.Conv2d(4L, 4L, 3L, 1L, 1L, 1L, mode, groups, true, torch.CPU, torch.float32) :> torch.nn.Module<torch.Tensor, torch.Tensor>
+            let m = torch.nn.Sequential(
+                        struct ("dw", conv PaddingModes.Zeros 4L),
+                        struct ("refl", conv PaddingModes.Reflect 1L),
+                        struct ("up", torch.nn.ConvTranspose2d(4L, 4L, 2L, stride = 2L) :> torch.nn.Module<torch.Tensor, torch.Tensor>))
+            let r = Tuner.Match(m, AdaLoraConfig(Targets = [| "dw"; "refl"; "up" |], InitRank = 2, TargetRank = 1))
+            let all = String.Join("\n", r.Errors)
+            Expect.stringContains all "'dw' is a grouped convolution (groups=4)" "grouped named"
+            Expect.stringContains all "'refl' pads with Reflect" "padding mode named"
+            Expect.stringContains all "'up'" "transposed named"
         }
         test "a few training steps mask E down to the target budget and give a rank pattern" {
             torch.manual_seed 11L |> ignore

@@ -116,7 +116,11 @@ public sealed class Block : nn.Module<Tensor, Tensor>, IAdapterHost, IBypassHost
         adapter_mlp = AdapterSlot.Set(this, "adapter_mlp", adapter_mlp, mlpAdapter);
         this.mlpScale.Dispose();
         this.mlpScale = mlpScale.ToScalar();
+        MlpAdapterScale = mlpScale;
     }
+
+    /// The scale of the MLP-side adapter's output (ONNX export writes it as a constant).
+    public double MlpAdapterScale { get; private set; } = 1.0;
 
     public override Tensor forward(Tensor x)
     {
@@ -176,6 +180,9 @@ public sealed class VisionTransformer : nn.Module<Tensor, Tensor>, IHasModelCard
     }
 
     public IReadOnlyList<Block> Blocks => blocks.ToList();
+
+    /// VPT's prompt tokens while set (ONNX export writes them into the token stream).
+    public VisualPrompts? Prompts => prompt;
 
     public (long Dim, int Depth, long PatchArea) PromptShape => (Config.embed_dim, (int)Config.depth, Config.patch_size * Config.patch_size);
 

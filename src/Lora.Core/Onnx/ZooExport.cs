@@ -27,8 +27,11 @@ public static class ZooExport
         {
             var what = m switch
             {
-                BottleneckAdapter => "a bottleneck adapter, which adds layers that cannot be merged into the weights: ONNX export takes merged models only (LoRA, DoRA, AdaLoRA after merge-and-unload)",
-                IAdapterModule a => $"a {a.Group} adapter, which cannot be merged into the weights: ONNX export takes merged models only",
+                // the non-mergeable ViT methods export with their own ops (in the block / token stream)
+                BottleneckAdapter or AdaptFormerModule or VisualPrompts or GELU when model is VisionTransformer => null,
+                // left in place beside those methods (merge-and-unload refuses them): its active copy is written
+                ModulesToSaveWrapper { ActiveAdapter: not null, AdaptersDisabled: false } => null,
+                IAdapterModule a => $"a {a.Group} adapter, which cannot be merged into the weights: ONNX export takes merged models, or a ViT's bottleneck adapters, AdaptFormer and VPT prompts",
                 TunerLayer t => $"a {t.GetType().Name} (a tuning layer): merge it into the weights first (merge-and-unload), then export",
                 ModulesToSaveWrapper => "a modules-to-save wrapper: merge-and-unload the tuned model first, then export",
                 Conv2d or Linear or LayerNorm or LayerNorm2d or BatchNorm2d or Identity or Sequential or ModuleList<ConvNeXtStage> or ModuleList<ConvNeXtBlock> or ModuleList<Block>
@@ -36,8 +39,6 @@ public static class ZooExport
                 _ => $"a {m.GetType().Name}, a module ONNX export does not know",
             };
             if (what is not null) return $"'{path}' is {what}";
-            if (m is Block && m.named_children().Any(c => c.name.StartsWith("adapter_", StringComparison.Ordinal)))
-                return $"'{path}' carries bottleneck adapters, which cannot be merged into the weights: ONNX export takes merged models only";
         }
         return null;
     }
@@ -127,6 +128,9 @@ public static class ZooExport
             Identity => x,
             Sequential s => s.named_children().Aggregate(x, (h, c) => Emit(Join(path, c.name), c.module, h)),
             Mlp => Sub(m, path, "fc2", Gelu(path, Sub(m, path, "fc1", x))),
+            ModulesToSaveWrapper w => Emit(path, w.Copy(w.ActiveAdapter!), x),
+            BottleneckAdapter => Sub(m, path, "fc2", Gelu(path, Sub(m, path, "fc1", x))),
+            AdaptFormerModule => Sub(m, path, "up_proj", g.Node("Relu", path, new[] { Sub(m, path, "down_proj", x) })),
             VisionTransformer v => Vit(path, v, x),
             PatchEmbed => Tokens(path, Sub(m, path, "proj", x)),
             Block => VitBlock(path, m, x),
@@ -196,16 +200,52 @@ public static class ZooExport
             t = g.Node("Concat", path, new[] { cls, t }, ("axis", 1L));
             t = g.Node("Add", path, new[] { t, g.Weight(Join(path, "pos_embed"), Param(v, "pos_embed", path)) });
             var blocks = (ModuleList<Block>)Child(v, "blocks", path);
-            for (var i = 0; i < blocks.Count; i++) t = Emit(Join(path, $"blocks.{i}"), blocks[i], t);
+            if (v.Prompts is { } p) t = PromptedBlocks(path, p, blocks, batch, t);
+            else for (var i = 0; i < blocks.Count; i++) t = Emit(Join(path, $"blocks.{i}"), blocks[i], t);
             t = Sub(v, path, "norm", t);
             var first = g.Node("Gather", path, new[] { t, g.LongScalar("index0", 0) }, ("axis", 1L));
             return Sub(v, path, "head", first);
         }
 
+        /// VPT as VisionTransformer.ForwardFeatures: [cls, P₀, patches], deep prompts replacing the
+        /// prompt positions before each later block, the prompt outputs dropped after the last.
+        string PromptedBlocks(string path, VisualPrompts p, ModuleList<Block> blocks, string batch, string t)
+        {
+            var prompts = Join(path, "prompt");
+            long n = p.Tokens, dim = p.prompt_embeddings.shape[2];
+            var shape = g.Node("Concat", prompts, new[] { batch, g.Longs($"shape_prompts_{n}_{dim}", n, dim) }, ("axis", 0L));
+            string Prompt(int i)
+            {
+                using var pi = p.prompt_embeddings[i].unsqueeze(0).detach();
+                return g.Node("Expand", prompts, new[] { g.Weight($"{prompts}.prompt_embeddings.{i}", pi), shape });
+            }
+            string Tokens(string x, long from, long to) =>
+                g.Node("Slice", prompts, new[] { x, g.Longs($"start_{from}", from), g.Longs($"end_{to}", to), g.Longs("axis_1", 1) });
+            const long End = long.MaxValue;
+            string Cls(string x) => Tokens(x, 0, 1);
+            t = g.Node("Concat", prompts, new[] { Cls(t), Prompt(0), Tokens(t, 1, End) }, ("axis", 1L));
+            for (var i = 0; i < blocks.Count; i++)
+            {
+                if (i > 0 && p.Deep) t = g.Node("Concat", prompts, new[] { Cls(t), Prompt(i), Tokens(t, 1 + n, End) }, ("axis", 1L));
+                t = Emit(Join(path, $"blocks.{i}"), blocks[i], t);
+            }
+            return g.Node("Concat", prompts, new[] { Cls(t), Tokens(t, 1 + n, End) }, ("axis", 1L));
+        }
+
+        /// timm's block, with the bottleneck adapters / AdaptFormer of Block.forward when present:
+        /// x += adapter_attn(x) after attention, x += s · adapter_mlp(norm2(x)) beside the MLP.
         string VitBlock(string path, nn.Module b, string x)
         {
+            var children = b.named_children().ToDictionary(c => c.name, c => c.module);
             x = g.Node("Add", path, new[] { x, Sub(b, path, "attn", Sub(b, path, "norm1", x)) });
-            return g.Node("Add", path, new[] { x, Sub(b, path, "mlp", Sub(b, path, "norm2", x)) });
+            if (children.ContainsKey("adapter_attn")) x = g.Node("Add", path, new[] { x, Sub(b, path, "adapter_attn", x) });
+            var n = Sub(b, path, "norm2", x);
+            x = g.Node("Add", path, new[] { x, Sub(b, path, "mlp", n) });
+            if (!children.ContainsKey("adapter_mlp")) return x;
+            var scale = (float)((Block)b).MlpAdapterScale;
+            var a = Sub(b, path, "adapter_mlp", n);
+            if (scale != 1f) a = g.Node("Mul", path, new[] { a, g.Constant($"adapter_scale_{scale}", scale) });
+            return g.Node("Add", path, new[] { x, a });
         }
 
         /// qkv → [3, B, heads, N, d] → softmax(q·kᵀ/√d)·v → [B, N, C] → proj (scaled_dot_product_attention).

@@ -41,7 +41,7 @@ public abstract class TuningMethod
         foreach (var pattern in config.Targets)
         {
             var hit = modules.Where(m => ModulePattern.Matches(pattern, m.Path)).ToList();
-            if (hit.Count == 0) { errors.Add($"target pattern '{pattern}' matches no module of this {model.GetType().Name}"); continue; }
+            if (hit.Count == 0) { errors.Add($"target pattern '{pattern}' matches no module of this {model.GetType().Name}{WouldFit(model, modules, config)}"); continue; }
             foreach (var (path, m) in hit)
             {
                 if (matches.Any(x => x.Path == path)) continue;
@@ -54,6 +54,19 @@ public abstract class TuningMethod
                     errors.Add($"'{path}' already carries a {existing.Method} layer; a {NameOf(config)} adapter cannot be added beside it");
             }
         }
+    }
+
+    /// What a target that matched nothing is told: those of the model family's usual targets
+    /// (<see cref="Lora.Core.Models.FamilyTargets"/>, what `lora bench` tunes) that this method accepts here.
+    string WouldFit(nn.Module model, IReadOnlyList<(string Path, nn.Module Module)> modules, TuningConfig config)
+    {
+        if (Lora.Core.Models.FamilyTargets.For(model) is not { } family) return "";
+        var fit = family.LowRank.Concat(family.All).Distinct()
+            .Where(n => modules.Any(m => ModulePattern.Matches(n, m.Path) && CheckTarget(m.Path, m.Module is TunerLayer tl ? tl.base_layer : m.Module, config) is null))
+            .ToList();
+        return fit.Count > 0
+            ? $"; on the {family.Family} family {NameOf(config)} fits targets [{string.Join(", ", fit)}]"
+            : $"; none of the {family.Family} family's usual targets ({string.Join(", ", family.All)}) fit {NameOf(config)}";
     }
 
     /// The target patterns, or with none every module <see cref="CheckTarget"/> accepts outside the

@@ -53,7 +53,7 @@ public static class BenchCommand
         bool isolate = (o.Isolate ?? device != "cpu") && methods.Count > 1;
         foreach (var m in methods)
         {
-            var (json, result) = isolate ? FromChild(BenchProcess.Run(o, m, stderr)) : InProcess(m, setup, stderr);
+            var (json, result) = isolate ? FromChild(BenchProcess.Run(o, m, stderr)) : InProcess(m, setup, o.Targets, stderr);
             if (result is null)
             {
                 failed++;
@@ -69,11 +69,11 @@ public static class BenchCommand
 
     static (JsonObject Json, BenchResult? Result) FromChild(JsonObject j) => (j, j.ContainsKey("error") ? null : FromJson(j));
 
-    static (JsonObject Json, BenchResult? Result) InProcess(string method, BenchSetup setup, TextWriter stderr)
+    static (JsonObject Json, BenchResult? Result) InProcess(string method, BenchSetup setup, Microsoft.FSharp.Collections.FSharpList<string> targets, TextWriter stderr)
     {
         try
         {
-            var r = Benchmark.Run(method, BenchMethods.apply(method, setup.Rank), setup);
+            var r = Benchmark.Run(method, BenchMethods.apply(method, setup.Rank, targets), setup);
             return (Json(r), r);
         }
         catch (Exception e) when (e is ArgumentException or InvalidOperationException or NotSupportedException or ExternalException)

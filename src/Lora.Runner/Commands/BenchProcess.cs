@@ -44,6 +44,7 @@ static class BenchProcess
         if (o.Device is not null) { yield return "--device"; yield return o.Device; }
         if (o.Precision is not null) { yield return "--precision"; yield return o.Precision; }
         if (o.ModelConfig is not null) { yield return "--model-config"; yield return Path.GetFullPath(o.ModelConfig); }
+        if (!o.Targets.IsEmpty) { yield return "--targets"; foreach (var t in o.Targets) yield return t; }
         yield return "--methods"; yield return method;
         yield return "--json";
         yield return "--in-process";

@@ -14,7 +14,9 @@ public static class ExportCommand
 {
     public static int Run(ExportOptions o, TextWriter stdout)
     {
-        var (model, run) = RunModel.FromCommandLine(o.Model, o.Run, o.Results, o.ModelConfig, o.Weights, o.Adapters, mustMerge: true);
+        // mergeable adapters are merged; a ViT's bottleneck adapters, AdaptFormer and VPT stay in
+        // place and ZooExport writes their ops (disabled adapters are unloaded)
+        var (model, run) = RunModel.FromCommandLine(o.Model, o.Run, o.Results, o.ModelConfig, o.Weights, o.Adapters, mustMerge: o.Adapters.Disabled);
         using var _model = model;
         var name = o.Model ?? run!.Card.Model;
         WriteOnnx(model, name, o.Out);

@@ -5,8 +5,9 @@ using static TorchSharp.torch;
 
 namespace Lora.Core.Tuning;
 
-/// AdaLoRA on Linear layers, as PEFT's AdaLoraModel: SVD-form adapters whose ranks a
-/// <see cref="RankAllocator"/> (the step hook) prunes to a global budget.
+/// AdaLoRA on Linear and Conv2d layers, as PEFT's AdaLoraModel (Conv2d since PEFT 0.20): SVD-form
+/// adapters whose ranks a <see cref="RankAllocator"/> (the step hook) prunes to one global budget
+/// over every tuned layer, whatever its kind.
 public sealed class AdaLoraMethod : TuningMethod
 {
     public static readonly AdaLoraMethod Instance = new();
@@ -27,23 +28,39 @@ public sealed class AdaLoraMethod : TuningMethod
     protected override string? CheckTarget(string path, nn.Module m, TuningConfig config) => m switch
     {
         Linear l => LoraMethod.LinearRankCheck(path, l, ((AdaLoraConfig)config).InitRank),
-        _ => $"'{path}' is a {m.GetType().Name}, which AdaLoRA cannot tune (supported: Linear); narrow the pattern",
+        Conv2d c when c.transposed => $"'{path}' is a transposed convolution, which AdaLoRA does not support",
+        Conv2d c when c.groups != 1 => $"'{path}' is a grouped convolution (groups={c.groups}), which AdaLoRA does not support (PEFT's SVDConv2d reshapes ΔW to the kernel, which fails for groups > 1)",
+        Conv2d c when c.padding_mode != PaddingModes.Zeros => $"'{path}' pads with {c.padding_mode}: AdaLoRA supports zero-padded convolutions only (as PEFT's F.conv2d)",
+        Conv2d c when LycorisLayer.ExplicitPadding(c) is null => $"'{path}' pads 'same' unevenly (an even dilated kernel), which AdaLoRA does not support",
+        Conv2d c => ConvRankCheck(path, c, ((AdaLoraConfig)config).InitRank),
+        _ => $"'{path}' is a {m.GetType().Name}, which AdaLoRA cannot tune (supported: Linear and Conv2d); narrow the pattern",
     };
 
-    protected override TunerLayer CreateLayer(nn.Module module, string path) =>
-        module is Linear l ? new AdaLoraLinear(l) : base.CreateLayer(module, path);
+    /// As for a Linear: an init_r above min(in_channels·kh·kw, out_channels) adds nothing but parameters.
+    static string? ConvRankCheck(string path, Conv2d c, int r)
+    {
+        var max = Math.Min(c.in_channels * c.kernel_size[0] * c.kernel_size[1], c.out_channels);
+        return r > max ? $"rank {r} for '{path}' exceeds min(in_channels·kh·kw, out_channels) = {max} of this Conv2d" : null;
+    }
+
+    protected override TunerLayer CreateLayer(nn.Module module, string path) => module switch
+    {
+        Linear l => new AdaLoraLinear(l),
+        Conv2d c => new AdaLoraConv2d(c),
+        _ => base.CreateLayer(module, path),
+    };
 
     protected override void AddAdapter(TunerLayer layer, string adapter, TuningConfig config, string path)
     {
         var c = (AdaLoraConfig)config;
-        ((AdaLoraLinear)layer).AddAdapter(adapter, c.InitRank, c.AlphaFor(path), c.Dropout);
+        ((AdaLoraLayer)layer).AddAdapter(adapter, c.InitRank, c.AlphaFor(path), c.Dropout);
     }
 
     public override AttachedAdapter Attach(TunedModel model, string adapter, TuningConfig config, MatchReport report) =>
         new AdaLoraAttachment(new RankAllocator(Layers(model, adapter), adapter, (AdaLoraConfig)config));
 
-    static List<(string Path, AdaLoraLinear Layer)> Layers(TunedModel model, string adapter) =>
-        model.Layers.Where(l => l.Layer is AdaLoraLinear a && a.AdapterNames.Contains(adapter)).Select(l => (l.Path, (AdaLoraLinear)l.Layer)).ToList();
+    static List<(string Path, AdaLoraLayer Layer)> Layers(TunedModel model, string adapter) =>
+        model.Layers.Where(l => l.Layer is AdaLoraLayer a && a.AdapterNames.Contains(adapter)).Select(l => (l.Path, (AdaLoraLayer)l.Layer)).ToList();
 
     /// The allocator while training; a loaded rank pattern replaces it (a loaded adapter is for use,
     /// not for further allocation).
@@ -75,10 +92,7 @@ public sealed class AdaLoraMethod : TuningMethod
                 if (!pattern.TryGetValue(path, out var keep)) continue;
                 if (keep.Length != a.A(adapter).shape[0])
                     throw new InvalidDataException($"rank_pattern for '{path}' has {keep.Length} entries but init_r is {a.A(adapter).shape[0]}");
-                var r = keep.Count(k => k);
-                var w = a.BaseWeight;
-                a.SetTriplets(adapter, torch.zeros(r, a.Base.in_features, dtype: w.dtype, device: w.device),
-                    torch.zeros(r, 1, dtype: w.dtype, device: w.device), torch.zeros(a.Base.out_features, r, dtype: w.dtype, device: w.device));
+                a.Resize(adapter, keep.Count(k => k));
             }
             loaded = pattern;
             allocator = null;

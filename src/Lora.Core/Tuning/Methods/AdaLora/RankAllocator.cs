@@ -11,7 +11,7 @@ namespace Lora.Core.Tuning;
 /// between TInit and TotalStep − TFinal; each DeltaT steps the lowest-scoring E entries are zeroed.
 public sealed class RankAllocator : IStatefulStepHook
 {
-    readonly IReadOnlyList<(string Path, AdaLoraLinear Layer)> layers;
+    readonly IReadOnlyList<(string Path, AdaLoraLayer Layer)> layers;
     readonly string adapter;
     readonly AdaLoraConfig config;
     // The importance EMAs of every A, E and B of every layer, in Layout() order, as one flat tensor
@@ -31,7 +31,7 @@ public sealed class RankAllocator : IStatefulStepHook
     readonly Scalar beta1, beta2, oneMinusBeta1, oneMinusBeta2;
     static readonly Scalar Zero = 0.0.ToScalar();
 
-    public RankAllocator(IReadOnlyList<(string Path, AdaLoraLinear Layer)> layers, string adapter, AdaLoraConfig config)
+    public RankAllocator(IReadOnlyList<(string Path, AdaLoraLayer Layer)> layers, string adapter, AdaLoraConfig config)
     {
         this.layers = layers;
         this.adapter = adapter;
@@ -90,7 +90,7 @@ public sealed class RankAllocator : IStatefulStepHook
         {
             var g = new ShapeGroup(shape.ToList(), shape.Key.Item1, shape.Key.Item2, shape.Key.Item3, offset);
             groups.Add(g);
-            foreach (var (suffix, get) in new (string, Func<AdaLoraLinear, Tensor>)[] { (".lora_A", l => l.A(adapter)), (".lora_E", l => l.E(adapter)), (".lora_B", l => l.B(adapter)) })
+            foreach (var (suffix, get) in new (string, Func<AdaLoraLayer, Tensor>)[] { (".lora_A", l => l.A(adapter)), (".lora_E", l => l.E(adapter)), (".lora_B", l => l.B(adapter)) })
                 foreach (var i in g.Layers)
                 {
                     var p = get(layers[i].Layer);
@@ -168,7 +168,7 @@ public sealed class RankAllocator : IStatefulStepHook
     }
 
     /// The triplet scores of one layer: E score + mean A-row score + mean B-column score (r entries).
-    public Tensor TripletScores(AdaLoraLinear l)
+    public Tensor TripletScores(AdaLoraLayer l)
     {
         var i = layers.Select(x => x.Layer).ToList().IndexOf(l);
         if (i < 0) throw new ArgumentException("the layer is not one of this allocator's");

@@ -26,7 +26,7 @@ public sealed class BottleneckAdapterMethod : TuningMethod
         foreach (var (path, m) in modules)
             if (m is IAdapterHost) matches.Add(new(path, "adapter_host", m.GetType().Name, ""));
         if (matches.Count == 0)
-            errors.Add($"the Adapter method found no block implementing IAdapterHost in this {model.GetType().Name}");
+            errors.Add($"the Adapter method found no block implementing IAdapterHost in this {model.GetType().Name} (it fits ViT, TinyViT and SAM encoders; use lora, bitfit or ssf elsewhere)");
     }
 
     /// The adapters are made after the modules to save are wrapped (the order of random draws).
