@@ -14,6 +14,8 @@ type SpecError =
         match e.File, e.Line with
         | "", 0 -> ""
         | f, 0 -> f + ": "
+        // F# specs: the line of the builder operation (no column)
+        | f, l when e.Column = 0 -> sprintf "%s:%d: " f l
         | f, l -> sprintf "%s:%d:%d: " f l e.Column
 
     override e.ToString() = sprintf "%s%s: %s" e.Where e.Field e.Message
@@ -415,3 +417,42 @@ module Validation =
           let pres = es |> List.collect Grid.pretrains |> List.distinct
           for n in pres |> List.countBy (fun p -> p.Name) |> List.filter (fun (_, c) -> c > 1) |> List.map fst do
               yield err "experiments" (sprintf "two different pretrain steps are named '%s'" n) ]
+
+    // What the core says of a run without running it (Lora.Convert's ToCore.checkRunAt, on the meta
+    // device): (the part it concerns, "model" or "method", message). Supplied by `lora validate`
+    // for its call's flow only, as the model check above.
+    let private runCheckHook = System.Threading.AsyncLocal<Run -> (string * string) list>()
+
+    /// Runs `f` with `check` consulted for every run of the specs loaded meanwhile (in this flow).
+    let withRunCheck (check: Run -> (string * string) list) (f: unit -> 'a) : 'a =
+        let previous = runCheckHook.Value
+        runCheckHook.Value <- check
+        try f () finally runCheckHook.Value <- previous
+
+    /// Every problem the core would meet in the experiments' runs (none without a run check), at
+    /// the run's model or method entry ("experiments[0].methods[2]"), each run once.
+    let runs (es: Experiment list) : SpecError list =
+        match box runCheckHook.Value with
+        | null -> []
+        | _ ->
+            let check = runCheckHook.Value
+            // what the core's checks read of a run: runs that differ only in seed or settings are checked once
+            let seen = System.Collections.Generic.HashSet<_>(HashIdentity.Structural)
+            let fresh (r: Run) = seen.Add((r.Model, r.Dataset.Classes, r.Method, r.Rank))
+            [ for i, e in List.indexed es do
+                  for mi, m in List.indexed e.Models do
+                      match m with
+                      | FromPretrain p when fresh (Grid.pretrainRun p) ->
+                          let r = Grid.pretrainRun p
+                          for _, message in check r do
+                              yield err (sprintf "experiments[%d].models[%d].pretrain" i mi) (sprintf "%s: %s" r.Id message)
+                      | _ -> ()
+                  for r, mi, ei in Grid.expandWithOrigins e do
+                      if fresh r then
+                          for part, message in check r do
+                              let at =
+                                  match part with
+                                  | "model" when mi >= 0 -> sprintf "experiments[%d].models[%d]" i mi
+                                  | _ when ei >= 0 -> sprintf "experiments[%d].methods[%d]" i ei
+                                  | _ -> sprintf "experiments[%d]" i
+                              yield err at (sprintf "%s: %s" r.Id message) ]

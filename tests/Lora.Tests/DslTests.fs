@@ -440,7 +440,7 @@ let specTests =
             let bad = dir.File "bad.fsx"
             File.WriteAllText(bad, "let experiments =\n    [ experiment { name \"t\"; model (zoo \"vit\" []); dataset fashionMnist; methods [ lora ]; ranks [ 0 ] } ]\n")
             match Spec.loadWith (fun _ -> true) bad with
-            | Error [ e ] -> Expect.equal (e.Field, e.Message) ("t.ranks[0]", "rank must be a positive integer, got 0") "builder error"
+            | Error [ e ] -> Expect.equal (e.Field, e.Line, e.Message) ("experiments[0].ranks[0]", 2, "rank must be a positive integer, got 0") "builder error, at its line"
             | other -> failtestf "expected the builder's error, got %A" other
             File.WriteAllText(bad, "let experimentz = []\n")
             match Spec.loadWith (fun _ -> true) bad with

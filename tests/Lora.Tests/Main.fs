@@ -47,6 +47,7 @@ let all =
         ConversionTests.tests
         OnnxTests.tests
         RunCardTests.tests
+        LocatedErrorTests.tests
     ]
 
 [<EntryPoint>]

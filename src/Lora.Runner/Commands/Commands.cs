@@ -74,17 +74,22 @@ public static class Commands
 
     /// <summary>Loads and checks a spec; prints every warning ("FILE:LINE:COL: warning: ...") and every
     /// problem on its own line to <paramref name="stderr"/>. Warnings do not stop the command.</summary>
-    public static FSharpList<Experiment>? LoadSpec(string path, TextWriter stderr)
+    public static FSharpList<Experiment>? LoadSpec(string path, TextWriter stderr) => LoadSpec(path, stderr, checkRuns: false);
+
+    /// <summary><see cref="LoadSpec(string, TextWriter)"/>; with <paramref name="checkRuns"/>, each run's method is also
+    /// applied to its model on the meta device, and what the core would refuse is an error at its method's or model's line.</summary>
+    public static FSharpList<Experiment>? LoadSpec(string path, TextWriter stderr, bool checkRuns)
     {
         // a FIFO, /dev/zero or a huge file is refused before the spec reader opens it
         if (File.Exists(path) && !Directory.Exists(path))
             try { Lora.Core.IO.InputFile.Check(path, Lora.Core.IO.InputFile.MaxTextBytes, "spec"); }
             catch (InvalidDataException e) { stderr.WriteLine($"{path}: spec: {e.Message}"); return null; }
         // what building each model would refuse is a spec error at its option's line
-        var check = Lora.Conversion.ToCore.checkSpec(path);
+        var check = checkRuns ? Lora.Conversion.ToCore.validateSpec(path) : Lora.Conversion.ToCore.checkSpec(path);
         foreach (var w in check.Warnings) stderr.WriteLine(w.ToWarningString());
         if (check.Result.IsOk) return check.Result.ResultValue;
-        foreach (var e in check.Result.ErrorValue) stderr.WriteLine(e.ToString());
+        // the core's messages may span lines (key listings): one line per problem
+        foreach (var e in check.Result.ErrorValue) stderr.WriteLine(checkRuns ? ModelSource.OneLine(e.ToString()) : e.ToString());
         return null;
     }
 
@@ -98,15 +103,11 @@ public static class Commands
     public static int Validate(string spec, TextWriter stdout, TextWriter stderr)
     {
         NoteScript(spec, "validating it", stderr);
-        var experiments = LoadSpec(spec, stderr);
+        // the method applied to each run's model on the meta device: what the core would refuse
+        // when the run starts is reported now, at its method's (or model's) line
+        var experiments = LoadSpec(spec, stderr, checkRuns: true);
         if (experiments is null) return 2;
         var all = Spec.runs(experiments).ToList();
-        // the method applied to each run's model on the meta device: what the core would refuse
-        // when the run starts is reported now, as the spec's own errors are
-        var problems = all.DistinctBy(r => new ResolvedRun(r).Hash)
-            .SelectMany(r => Lora.Conversion.ToCore.checkRun(r).Select(e => $"{spec}: {r.Id}: {ModelSource.OneLine(e)}")).ToList();
-        foreach (var p in problems) stderr.WriteLine(p);
-        if (problems.Count > 0) return 2;
         var runs = all.Select(r => new ResolvedRun(r)).Select(r => r.Hash).Distinct().Count();
         stdout.WriteLine($"{spec}: ok ({experiments.Length} experiment(s), {runs} run(s))");
         return 0;
