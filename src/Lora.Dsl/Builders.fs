@@ -87,10 +87,18 @@ module Builders =
 
     /// `experiment { name "..."; model ...; dataset ...; methods [...]; ranks [...]; epochs 3 }`.
     /// Yield gives the defaults; every operation returns { state with ... }; Run validates.
+    /// A combination of the adapters of runs of the experiment, by run name and weight (cat):
+    /// combination "lora-mix" [ "lora-r4", 0.5; "lora-r8", 0.5 ] |> combinedBy CombinationType.Svd.
+    let combination (name: string) (adapters: (string * float) list) : AdapterCombination =
+        { Name = name; Adapters = adapters; Type = CombinationType.Cat; SvdRank = None }
+    let combinedBy (t: CombinationType) (c: AdapterCombination) = { c with Type = t }
+    /// svd's rank (the largest rank combined when not given).
+    let svdRank (k: int) (c: AdapterCombination) = { c with SvdRank = Some k }
+
     type ExperimentBuilder() =
         member _.Yield(_: unit) : Experiment =
             { Name = ""; Models = []; Datasets = []; Task = Classification; Methods = []; Ranks = []; Seeds = [ 0 ]
-              Training = Training.Defaults; Tables = []; Sweeps = []; Variants = [] }
+              Training = Training.Defaults; Tables = []; Sweeps = []; Variants = []; Combinations = [] }
 
         /// Checks everything that does not read the disk (paths are checked when a spec file is loaded).
         member _.Run(e: Experiment, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
@@ -167,6 +175,10 @@ module Builders =
         [<CustomOperation("variants")>]
         member _.Variants(e: Experiment, value: Variant list, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
             { e with Variants = value } |> marked e ["variants"] file line
+        /// Adapters of this experiment's runs combined by weight: combine [ combination "mix" [ "lora-r4", 0.5; "lora-r8", 0.5 ] ].
+        [<CustomOperation("combine")>]
+        member _.Combine(e: Experiment, value: AdapterCombination list, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { e with Combinations = value } |> marked e [ "combine" ] file line
         /// A grid axis over one training setting: sweep [ Setting.Lr 1e-3; Setting.Lr 3e-3 ] (one per key).
         [<CustomOperation("sweep")>]
         member _.Sweep(e: Experiment, values: Setting list, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =

@@ -175,4 +175,4 @@ module Spec =
     /// Every run of the experiments: the pretrain steps first (once each), then each grid.
     let runs (experiments: Experiment list) : Run list =
         let pretrains = experiments |> List.collect Grid.pretrains |> List.distinct |> List.map Grid.pretrainRun
-        pretrains @ (experiments |> List.collect Grid.expand)
+        pretrains @ (experiments |> List.collect (fun e -> Grid.expand e @ Grid.combinations e))

@@ -138,6 +138,18 @@ module Grid =
         if origins.Length <> runs.Length then [ for r in runs -> r, -1, -1 ]
         else List.map2 (fun r (mi, ei) -> r, mi, ei) runs origins
 
+    /// The runs of an experiment's combinations: each names runs of `expand e`, and runs on the
+    /// model, data and settings of the first (a combination naming a run that does not exist is
+    /// left out here; validation reports it).
+    let combinations (e: Experiment) : Run list =
+        let runs = expand e
+        [ for c in e.Combinations do
+              let sources = c.Adapters |> List.choose (fun (name, _) -> runs |> List.tryFind (fun r -> r.Name = name))
+              match sources with
+              | first :: _ when sources.Length = c.Adapters.Length ->
+                  yield { first with Kind = Combining { Combination = c; Sources = sources }; Name = c.Name; Rank = None }
+              | _ -> () ]
+
     /// The pretrain steps an experiment's models need (distinct, in order).
     let pretrains (e: Experiment) =
         e.Models |> List.choose (function FromPretrain p -> Some p | _ -> None) |> List.distinct

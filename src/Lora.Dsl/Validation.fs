@@ -362,6 +362,46 @@ module Validation =
           for _, m in v.Choices do yield! method at ranks m
           yield! settingAxes (at + ".") v.Training ]
 
+    /// Every problem of an experiment's combinations (`at` is "experiments[0].combine") among its
+    /// runs: each adapter a plain LoRA run of the experiment, all on one model and data set.
+    let combinations (at: string) (runs: Run list) (cs: AdapterCombination list) =
+        let names = runs |> List.map (fun r -> r.Name)
+        [ for i, c in List.indexed cs do
+              let here = sprintf "%s[%d]" at i
+              match nameProblem c.Name with
+              | Some m -> yield err (here + ".name") m
+              | None when List.contains c.Name names -> yield err (here + ".name") (sprintf "'%s' is already the name of a run: give the combination its own" c.Name)
+              | None -> ()
+              if List.isEmpty c.Adapters then yield err (here + ".adapters") "a combination needs adapters: [{ run: lora-r4, weight: 0.5 }, ...]"
+              let sources =
+                  [ for j, (name, w) in List.indexed c.Adapters do
+                        let p = sprintf "%s.adapters[%d]" here j
+                        if not (System.Double.IsFinite w) then yield None, err (p + ".weight") (sprintf "weight must be a finite number, got %g" w)
+                        match runs |> List.tryFind (fun r -> r.Name = name) with
+                        | None ->
+                            yield None, err (p + ".run") (sprintf "no run '%s' in this experiment%s; its runs: %s" name (ZooNames.didYouMean names name) (String.concat ", " (List.truncate 12 names)))
+                        | Some r ->
+                            match r.Method with
+                            | Lora o when o.Bias <> NoBias ->
+                                yield None, err (p + ".run") (sprintf "'%s' trains biases (bias is not none): combined adapters would overwrite each other's biases" name)
+                            | Lora _ -> yield Some r, err p ""
+                            | m -> yield None, err (p + ".run") (sprintf "'%s' is a %s run: only plain LoRA adapters combine (PEFT's add_weighted_adapter)" name m.Name) ]
+              for _, e in sources do if e.Message <> "" then yield e
+              let found = sources |> List.choose fst
+              match found with
+              | first :: rest ->
+                  if rest |> List.exists (fun r -> r.Model <> first.Model || r.Dataset <> first.Dataset) then
+                      yield err (here + ".adapters") "the adapters combined must come from runs on one model and one data set"
+                  if c.Type = CombinationType.Linear && (found |> List.distinctBy (fun r -> r.Rank)).Length > 1 then
+                      yield err (here + ".combination") "linear combines adapters of one rank: use cat or svd for different ranks"
+              | [] -> ()
+              match c.SvdRank with
+              | Some k when c.Type <> CombinationType.Svd -> yield err (here + ".svd_rank") (sprintf "svd_rank %d applies to combination svd only" k)
+              | Some k when k < 1 -> yield err (here + ".svd_rank") (sprintf "svd_rank must be positive, got %d" k)
+              | _ -> ()
+          for n in cs |> List.map (fun c -> c.Name) |> List.countBy id |> List.filter (fun (_, k) -> k > 1) |> List.map fst do
+              yield err at (sprintf "two combinations are named '%s'" n) ]
+
     /// Every problem of one experiment; `at` is its path ("experiments[0]").
     let experiment (exists: string -> bool) (at: string) (e: Experiment) =
         [ if System.String.IsNullOrWhiteSpace e.Name then yield err (at + ".name") "an experiment needs a name"
@@ -390,6 +430,7 @@ module Validation =
           if size > int64 Limits.maxRuns then
               yield err at (sprintf "the grid expands to %d runs (models × datasets × methods and ranks × seeds), more than the %d allowed: split it" size Limits.maxRuns)
           else
+              yield! combinations (at + ".combine") (Grid.expand e) e.Combinations
               let names = Grid.expand e |> List.map (fun r -> r.Name)
               for n in names |> List.countBy id |> List.filter (fun (_, c) -> c > 1) |> List.map fst do
                   yield err (at + ".methods") (sprintf "two runs would be named '%s': a method, model or dataset is listed twice (give method variants their own name: ...)" n)

@@ -48,6 +48,7 @@ let all =
         OnnxTests.tests
         RunCardTests.tests
         LocatedErrorTests.tests
+        CombinationSpecTests.tests
     ]
 
 [<EntryPoint>]

@@ -146,7 +146,7 @@ public static class Commands
             store.CommitOf(r.Hash) is { Length: >= 7 } c && head is not null && c != head ? $"done (made at commit {c[..7]})" : "done";
         var rows = plan.Runs.Select(r => new[]
         {
-            r.Hash, r.Id, r.Run.DependsOn ?? "-",
+            r.Hash, r.Id, r.Run.Needs.Any() ? string.Join(",", r.Run.Needs) : "-",
             r.Status == RunState.Failed ? $"failed (log: {store.LogPath(r.Hash)})"
             : slurmFailed.TryGetValue(r.Hash, out var slurmLog) ? $"failed in Slurm (log: {slurmLog})"
             : plan.ArtifactsMissing(r, store) ? Done(r) + ", artifacts missing (lora run recomputes them)"
@@ -204,7 +204,7 @@ public static class Commands
         }
         var byHash = selected.ToDictionary(r => r.Hash);
         var keep = new HashSet<string>();
-        void Add(PlannedRun r) { if (keep.Add(r.Hash) && r.Run.DependsOn is { } d && byHash.TryGetValue(d, out var dep)) Add(dep); }
+        void Add(PlannedRun r) { if (keep.Add(r.Hash)) foreach (var d in r.Run.Needs) if (byHash.TryGetValue(d, out var dep)) Add(dep); }
         foreach (var r in committed) Add(r);
         var toRun = selected.Where(r => keep.Contains(r.Hash)).ToList();
         var scratchRoot = Path.Combine(store.ArtifactsRoot, ".verify");
