@@ -1081,4 +1081,11 @@ module YamlSpec =
             writeTrainingExcept sb "    " (e.Sweeps |> List.choose List.tryHead |> List.map Settings.key |> set) e.Training
             writeSettings sb "    " e.Sweeps
             writeTables sb e.Tables
+            if not e.Combinations.IsEmpty then
+                line "combine:"
+                for c in e.Combinations do
+                    let kind = match c.Type with CombinationType.Cat -> "cat" | CombinationType.Linear -> "linear" | CombinationType.Svd -> "svd"
+                    let adapters = [ for n, w in c.Adapters -> sprintf "{ run: %s, weight: %s }" (q n) (f w) ] |> String.concat ", "
+                    line (sprintf "  - { name: %s, adapters: [%s], combination: %s%s }" (q c.Name) adapters kind
+                              (match c.SvdRank with Some k -> sprintf ", svd_rank: %d" k | None -> ""))
         sb.ToString()

@@ -58,6 +58,7 @@ let tests =
                           "                    combination \"lora-svd\" [ \"lora-r2\", 1.0; \"lora-r4\", 0.3 ] |> combinedBy CombinationType.Svd |> svdRank 2 ]"
                           "      } ]" ])
             Expect.equal fsx yaml "same records"
+            Expect.equal (load (write dir "back.yaml" [ YamlSpec.write yaml ])) yaml "written as YAML and read back"
             Expect.equal (hashes fsx) (hashes yaml) "same hashes"
             Expect.equal (hashes yaml |> List.take 2) (hashes plain) "the combined runs' hashes do not change with a combination beside them"
             let runs = Spec.runs yaml |> List.map ResolvedRun
