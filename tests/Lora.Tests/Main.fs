@@ -49,6 +49,7 @@ let all =
         RunCardTests.tests
         LocatedErrorTests.tests
         CombinationSpecTests.tests
+        AdaptersCommandTests.tests
     ]
 
 [<EntryPoint>]

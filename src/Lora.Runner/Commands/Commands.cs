@@ -46,6 +46,7 @@ public static class Commands
         public int Export(ExportOptions o) => Guarded("export", () => ExportCommand.Run(o, stdout), stderr);
         public int Combine(CombineOptions o) => Guarded("combine", () => CombineCommand.Run(o, stdout), stderr);
         public int Eval(EvalOptions o) => Guarded("eval", () => EvalCommand.Run(o, stdout, stderr), stderr);
+        public int Adapters(AdaptersOptions o) => Guarded("adapters", () => AdaptersCommand.Run(o, stdout), stderr);
     }
 
     static int Print(TextWriter w, string line) { w.WriteLine(line); return 0; }
