@@ -172,7 +172,8 @@ module Spec =
 
     let load path = loadWith Validation.pathExists path
 
-    /// Every run of the experiments: the pretrain steps first (once each), then each grid.
+    /// Every run of the experiments: the pretrain steps first (once each), then each grid, then its
+    /// combinations (after the runs they combine).
     let runs (experiments: Experiment list) : Run list =
         let pretrains = experiments |> List.collect Grid.pretrains |> List.distinct |> List.map Grid.pretrainRun
         pretrains @ (experiments |> List.collect (fun e -> Grid.expand e @ Grid.combinations e))
