@@ -54,46 +54,30 @@ let tests =
             | other -> failtestf "expected one error, got %A" other
         }
         test "F#: a pretrain step's error is at its own line, a variant's at the variants line, a non-zoo pretrain model at its model line" {
-            let errs =
-                errorsOf everything "steps.fsx"
-                    [ "let base' ="                                                   // 1
-                      "    pretrain {"                                                // 2
-                      "        name \"p\""                                            // 3
-                      "        model (" + vit + ")"                                   // 4
-                      "        dataset fashionMnist"                                  // 5
-                      "        epochs 0"                                              // 6
-                      "    }"                                                         // 7
-                      "let other = pretrain { name \"q\"; model (fromPretrain base'); dataset fashionMnist }" // 8
-                      "let experiments ="                                             // 9
-                      "    [ experiment {"                                            // 10
-                      "          name \"e\""                                          // 11
-                      "          model (fromPretrain base')"                          // 12
-                      "          dataset fashionMnist"                                // 13
-                      "          methods [ head ]"                                    // 14
-                      "          variants [ lora |> named \"fast\" |> withEpochs 0 ]" // 15
-                      "          ranks [ 4 ]"                                         // 16
-                      "      } ]" ]
+            // a step with epochs 0 (line 6), then `extra` lines, then an experiment on it with a variant of epochs 0
+            let script (extra: string list) =
+                [ "let base' ="                                                   // 1
+                  "    pretrain {"                                                // 2
+                  "        name \"p\""                                            // 3
+                  "        model (" + vit + ")"                                   // 4
+                  "        dataset fashionMnist"                                  // 5
+                  "        epochs 0"                                              // 6
+                  "    }" ]                                                       // 7
+                @ extra
+                @ [ "let experiments ="                                           // 8
+                    "    [ experiment {"                                          // 9
+                    "          name \"e\""                                        // 10
+                    "          model (fromPretrain base')"                        // 11
+                    "          dataset fashionMnist"                              // 12
+                    "          methods [ head ]"                                  // 13
+                    "          variants [ lora |> named \"fast\" |> withEpochs 0 ]" // 14
+                    "          ranks [ 4 ]"                                       // 15
+                    "      } ]" ]
+            let errs = errorsOf everything "steps.fsx" (script [ "let other = pretrain { name \"q\"; model (fromPretrain base'); dataset fashionMnist }" ])
             Expect.equal errs
                 [ "steps.fsx", 8, "pretrain.model", "a pretrain step trains a zoo model from scratch; 'p' is not a zoo model" ]
-                "what only an operation sees: at its line"
-            let errs =
-                errorsOf everything "steps.fsx"
-                    [ "let base' ="                                                   // 1
-                      "    pretrain {"                                                // 2
-                      "        name \"p\""                                            // 3
-                      "        model (" + vit + ")"                                   // 4
-                      "        dataset fashionMnist"                                  // 5
-                      "        epochs 0"                                              // 6
-                      "    }"                                                         // 7
-                      "let experiments ="                                             // 8
-                      "    [ experiment {"                                            // 9
-                      "          name \"e\""                                          // 10
-                      "          model (fromPretrain base')"                          // 11
-                      "          dataset fashionMnist"                                // 12
-                      "          methods [ head ]"                                    // 13
-                      "          variants [ lora |> named \"fast\" |> withEpochs 0 ]" // 14
-                      "          ranks [ 4 ]"                                         // 15
-                      "      } ]" ]
+                "what only an operation sees: at its line (8)"
+            let errs = errorsOf everything "steps.fsx" (script [])
             Expect.equal (errs |> List.map (fun (_, l, f, _) -> l, f))
                 [ 6, "experiments[0].models[0].pretrain.epochs"; 14, "experiments[0].methods[1].epochs" ]
                 "the step's epochs line, the variants line"
@@ -138,12 +122,15 @@ let tests =
                       "      - head"                                                  // 6
                       "      - lora: { targets: [nosuch] }"                           // 7
                       "    ranks: [4]" ]
-            match yaml with
-            | [ _, line, field, message ] ->
-                Expect.equal (line, field) (7, "experiments[0].methods[1]") "at the lora entry"
-                Expect.stringContains message "e/lora-r4: " "names the run"
-                Expect.stringContains message "matches no module" "the core's message"
-            | other -> failtestf "expected one error, got %A" other
+            // one error, at line 7's method entry, named by its run, with the core's words
+            let atLine7 (core: string) errs =
+                match errs with
+                | [ _, line, field, message ] ->
+                    Expect.equal (line, field) (7, "experiments[0].methods[1]") "at the method's line"
+                    Expect.stringContains message "e/lora-r4: " "names the run"
+                    Expect.stringContains message core "the core's message"
+                | other -> failtestf "expected one error, got %A" other
+            atLine7 "matches no module" yaml
             let fsx =
                 errorsOf Lora.Conversion.ToCore.validateSpec "core.fsx"
                     [ "let experiments ="                                             // 1
@@ -154,11 +141,7 @@ let tests =
                       "          ranks [ 4 ]"                                         // 6
                       "          methods [ head; Lora { LoraOptions.Defaults with ModulesToSave = [ \"nothing_here\" ] } ]" // 7
                       "      } ]" ]
-            match fsx with
-            | [ _, line, field, message ] ->
-                Expect.equal (line, field) (7, "experiments[0].methods[1]") "at the methods line"
-                Expect.stringContains message "e/lora-r4: " "names the run"
-            | other -> failtestf "expected one error, got %A" other
+            atLine7 "nothing_here" fsx
             Expect.isEmpty (errorsOf Lora.Conversion.ToCore.validateSpec "ok.yaml" [ "experiments:"; "  - name: e"; "    model: { zoo: vit, options: { img_size: 28, patch_size: 4, in_chans: 1, embed_dim: 32, depth: 1, num_heads: 2 } }"; "    dataset: { source: fashion_mnist }"; "    methods: [lora]"; "    ranks: [4]" ])
                 "a run the core accepts"
         }
