@@ -141,6 +141,12 @@ let tests =
             let adapter = Path.Combine(store.ArtifactsDir half.Hash, "adapter")
             Expect.isTrue (File.Exists(Path.Combine(adapter, "adapter_config.json")) && File.Exists(Path.Combine(adapter, "adapter_model.safetensors"))) "a PEFT adapter folder"
             Expect.stringContains (File.ReadAllText(Path.Combine(adapter, "adapter_config.json"))) "\"r\": 2" "svd_rank 2"
+            let code, json, _ = runLora [ "plan"; spec; "--results"; results; "--json" ]
+            let plan = System.Text.Json.Nodes.JsonNode.Parse(json).AsArray()
+            let node = plan |> Seq.find (fun n -> string n.["name"] = "mix/half")
+            Expect.equal (code, string node.["level"], string node.["status"]) (0, "1", "done") "plan: after the runs it combines, done"
+            Expect.equal (node.["sources"].AsArray() |> Seq.map string |> List.ofSeq)
+                [ for n in [ "lora-r2"; "lora-r4" ] -> (runs |> List.find (fun r -> r.Spec.Name = n)).Hash ] "plan --json names them"
             let table = File.ReadAllText(Path.Combine(dir.File "tables", "mix.md"))
             Expect.stringContains table "| only-r2 |" "the combination has a row in the table"
             Expect.stringContains table "| half |" "both do"

@@ -84,5 +84,7 @@ public sealed class Plan
             ["level"] = r.Level,
             ["method"] = r.Run.Spec.Method.Name,
             ["rank"] = r.Run.Spec.RankValue,
-        }).ToArray());
+            // a combination's runs (absent for the others, whose JSON stays as it was)
+            ["sources"] = r.Run.Sources.Count > 0 ? new JsonArray(r.Run.Sources.Select(h => (JsonNode)JsonValue.Create(h)!).ToArray()) : null,
+        }).Select(o => { if (o is JsonObject j && j["sources"] is null) j.Remove("sources"); return o; }).ToArray());
 }
