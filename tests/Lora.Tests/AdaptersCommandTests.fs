@@ -68,6 +68,14 @@ let tests =
             let code, _, err = runLora [ "adapters"; "rename"; root; "look"; "../x" ]
             Expect.equal code 1 "a path is no name"
             Expect.stringContains err "not a usable adapter name" "says so"
+            // an adapter is chosen by its folder: one without a root adapter says which to give
+            let code, _, _ = runLora [ "adapters"; "delete"; root; "default" ]
+            Expect.equal code 0 "no default left"
+            let config = dir.File "vit.json"
+            File.WriteAllText(config, "{\"img_size\": 28, \"patch_size\": 7, \"in_chans\": 1, \"embed_dim\": 32, \"depth\": 1, \"num_heads\": 2}")
+            let code, _, err = runLora [ "combine"; "--model"; "vit"; "--model-config"; config; "--adapter"; root; "--adapter"; root; "--out"; dir.File "out" ]
+            Expect.equal code 1 "refused"
+            Expect.stringContains err "has no default adapter at its root but 2 in subfolders (base, look): give --adapter" "names the subfolders"
             let code, _, err = runLora [ "adapters"; "move"; root ]
             Expect.equal code 2 "an unknown action"
             Expect.stringContains err "unknown action 'move'" "says so"
