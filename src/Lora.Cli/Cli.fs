@@ -238,6 +238,13 @@ module Cli =
                 | Svd_Rank _ -> Usage.svdRank
                 | Svd_Clamp _ -> Usage.svdClamp
 
+    type AdaptersArgs =
+        | [<MainCommand; Mandatory>] Arguments of args: string list
+        interface IArgParserTemplate with
+            member a.Usage =
+                match a with
+                | Arguments _ -> "list DIR | delete DIR NAME | rename DIR NAME NEW: the adapters of a PEFT folder (default at its root, the others in subfolders)"
+
     type BenchArgs =
         | [<Mandatory>] Model of model: string
         | Batch of size: int
@@ -344,6 +351,7 @@ module Cli =
         | [<CliPrefix(CliPrefix.None)>] Export of ParseResults<ExportArgs>
         | [<CliPrefix(CliPrefix.None)>] Combine of ParseResults<CombineArgs>
         | [<CliPrefix(CliPrefix.None)>] Eval of ParseResults<EvalArgs>
+        | [<CliPrefix(CliPrefix.None)>] Adapters of ParseResults<AdaptersArgs>
         | [<CliPrefix(CliPrefix.None)>] Bench of ParseResults<BenchArgs>
         | [<CliPrefix(CliPrefix.None)>] Submit of ParseResults<SubmitArgs>
         | [<CliPrefix(CliPrefix.None)>] Status of ParseResults<StatusArgs>
@@ -363,6 +371,7 @@ module Cli =
                 | Export _ -> "write the merged model as an ONNX file"
                 | Combine _ -> "combine several LoRA adapters with weights into one adapter folder (PEFT's add_weighted_adapter)"
                 | Eval _ -> "evaluate a finished run on a data set: its metrics, printed or saved"
+                | Adapters _ -> "list, delete or rename the adapters of a multi-adapter PEFT folder"
                 | Bench _ -> "time training steps of the methods on one model"
                 | Submit _ -> "submit the plan to Slurm: one job array per dependency level"
                 | Status _ -> "pending/running/done/failed per run (results folder and Slurm)"
@@ -450,6 +459,15 @@ type EvalOptions =
       Json: bool
       /// null: print only
       Out: string }
+/// `lora adapters ACTION DIR [NAME [NEW]]`.
+type AdaptersOptions =
+    { /// "list", "delete" or "rename"
+      Action: string
+      Dir: string
+      /// the adapter (delete, rename; "default" is the folder's root), else null
+      Name: string
+      /// rename's new name, else null
+      NewName: string }
 type BenchOptions =
     { Model: string; Batch: Nullable<int>; Img: Nullable<int>; Classes: Nullable<int>; Rank: Nullable<int>; Methods: string list
       Device: string; Steps: Nullable<int>; Warmup: Nullable<int>; Json: bool
@@ -477,6 +495,7 @@ type Command =
     | Export of ExportOptions
     | Combine of CombineOptions
     | Eval of EvalOptions
+    | Adapters of AdaptersOptions
     | Bench of BenchOptions
     | Submit of SubmitOptions
     | Status of StatusOptions
@@ -496,6 +515,7 @@ type ICommandHandler<'T> =
     abstract Export: ExportOptions -> 'T
     abstract Combine: CombineOptions -> 'T
     abstract Eval: EvalOptions -> 'T
+    abstract Adapters: AdaptersOptions -> 'T
     abstract Bench: BenchOptions -> 'T
     abstract Submit: SubmitOptions -> 'T
     abstract Status: StatusOptions -> 'T
@@ -521,6 +541,7 @@ type ParsedCommand(command: Command, commandLine: string) =
         | Export o -> handler.Export o
         | Combine o -> handler.Combine o
         | Eval o -> handler.Eval o
+        | Adapters o -> handler.Adapters o
         | Bench o -> handler.Bench o
         | Submit o -> handler.Submit o
         | Status o -> handler.Status o
@@ -698,6 +719,14 @@ type CommandLine private () =
                                                    Partition = orNull (a.TryGetResult Cli.SubmitArgs.Partition); GpusPerTask = nullable (a.TryGetResult Cli.SubmitArgs.Gpus_Per_Task)
                                                    Time = orNull (a.TryGetResult Cli.SubmitArgs.Time); MaxParallel = nullable (a.TryGetResult Cli.SubmitArgs.Max_Parallel)
                                                    DryRun = a.Contains Cli.SubmitArgs.Dry_Run }, line))
+            | Cli.Adapters a ->
+                let usage = "lora adapters list DIR | delete DIR NAME | rename DIR NAME NEW"
+                match a.GetResult Cli.AdaptersArgs.Arguments with
+                | [ "list"; dir ] -> ok (ParsedCommand(Command.Adapters { Action = "list"; Dir = dir; Name = null; NewName = null }, line))
+                | [ "delete"; dir; name ] -> ok (ParsedCommand(Command.Adapters { Action = "delete"; Dir = dir; Name = name; NewName = null }, line))
+                | [ "rename"; dir; name; newName ] -> ok (ParsedCommand(Command.Adapters { Action = "rename"; Dir = dir; Name = name; NewName = newName }, line))
+                | action :: _ when not (List.contains action [ "list"; "delete"; "rename" ]) -> fail 2 (sprintf "unknown action '%s': %s" action usage)
+                | _ -> fail 2 (sprintf "wrong arguments: %s" usage)
             | Cli.Status a ->
                 ok (ParsedCommand(Command.Status { Spec = a.GetResult Cli.StatusArgs.Spec; Results = a.GetResult(Cli.StatusArgs.Results, defaultResults) }, line))
             | Cli.Version -> ok (ParsedCommand(Command.Version, line))

@@ -199,19 +199,31 @@ let importOnnx (path: string) (args: ModelArgs) : Lora.Core.Onnx.OnnxModule =
 /// Every problem the run's method would meet on its model, found on the meta device (no memory,
 /// no data): `lora validate` reports them before any run starts. The class count is the spec's
 /// class subset when it has one (only the classifier's shape depends on it).
-let checkRun (run: Run) : string list =
+/// Each problem with the part of the run it concerns: "model" (building it) or "method" (applying
+/// the method), so that `validate` places it at that entry of the spec.
+let checkRunAt (run: Run) : (string * string) list =
     let zoo = run.Model.ZooModel
     let classes = match run.Dataset.Classes with Some cs -> cs.Length | None -> 10
     let args = (modelArgs zoo).With("num_classes", int64 (max 1 classes))
-    try
-        match run.Model with
-        | Onnx _ ->
+    let built =
+        try
+            match run.Model with
             // an imported graph is built from its file (on the CPU: its weights are initializers)
-            use model = importOnnx zoo.Name args
-            check (ofRun run model) model
-        | _ ->
-            use model = Zoo.Create(zoo.Name, args, torch.META)
-            check (ofRun run model) model
-    with
-    | :? ArgumentException as e -> [ e.Message ]
-    | :? Lora.Core.Onnx.OnnxImportException as e -> [ e.Message ]
+            | Onnx _ -> Ok(importOnnx zoo.Name args :> torch.nn.Module)
+            | _ -> Ok(Zoo.Create(zoo.Name, args, torch.META))
+        with
+        | :? ArgumentException as e -> Error e.Message
+        | :? Lora.Core.Onnx.OnnxImportException as e -> Error e.Message
+    match built with
+    | Error message -> [ "model", message ]
+    | Ok model ->
+        use model = model
+        try [ for message in check (ofRun run model) model -> "method", message ]
+        with :? ArgumentException as e -> [ "method", e.Message ]
+
+let checkRun (run: Run) : string list = checkRunAt run |> List.map snd
+
+/// checkSpec with every run also checked as the core would check it when it starts (checkRunAt),
+/// each problem at its method or model entry: `lora validate`.
+let validateSpec (path: string) : SpecCheck =
+    Validation.withRunCheck checkRunAt (fun () -> checkSpec path)

@@ -1,6 +1,7 @@
 namespace Lora.Dsl
 
 open System
+open System.Runtime.CompilerServices
 
 /// The F# vocabulary of a spec: `experiment { ... }`, `pretrain { ... }` and the values they take.
 [<AutoOpen>]
@@ -91,92 +92,157 @@ module Builders =
         | [] -> value
         | errs -> raise (SpecException errs)
 
+    // each operation's line, for errors (positions stay beside the value: SourceMarks)
+    let private marked (from: obj) (fields: string list) (file: string option) (line: int option) value =
+        SourceMarks.mark from fields (defaultArg file "") (defaultArg line 0) value
+
+    /// A builder's checks: deferred inside the runner (which checks every value at once), else its
+    /// errors at the lines of the operations that caused them.
+    let private validated (locate: string -> SourceMark option) (prefix: string) errors value =
+        if SourceMarks.deferred () then value
+        else
+            let place (e: SpecError) = SourceMarks.place (SourceMarks.below prefix e.Field |> Option.bind locate) e
+            raiseIfInvalid (List.map place errors) value
+
+    /// A combination of the adapters of runs of the experiment, by run name and weight (cat):
+    /// combination "lora-mix" [ "lora-r4", 0.5; "lora-r8", 0.5 ] |> combinedBy CombinationType.Svd.
+    let combination (name: string) (adapters: (string * float) list) : AdapterCombination =
+        { Name = name; Adapters = adapters; Type = CombinationType.Cat; SvdRank = None }
+    let combinedBy (t: CombinationType) (c: AdapterCombination) = { c with Type = t }
+    /// svd's rank (the largest rank combined when not given).
+    let svdRank (k: int) (c: AdapterCombination) = { c with SvdRank = Some k }
+
     /// `experiment { name "..."; model ...; dataset ...; methods [...]; ranks [...]; epochs 3 }`.
     /// Yield gives the defaults; every operation returns { state with ... }; Run validates.
     type ExperimentBuilder() =
         member _.Yield(_: unit) : Experiment =
             { Name = ""; Models = []; Datasets = []; Task = Classification; Methods = []; Ranks = []; Seeds = [ 0 ]
-              Training = Training.Defaults; Tables = []; Sweeps = []; Variants = [] }
+              Training = Training.Defaults; Tables = []; Sweeps = []; Variants = []; Combinations = [] }
 
         /// Checks everything that does not read the disk (paths are checked when a spec file is loaded).
-        member _.Run(e: Experiment) =
+        member _.Run(e: Experiment, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            // the variants' errors are at methods[Methods.Length + i], as in YAML
+            let variants = [ for i in 0 .. e.Variants.Length - 1 -> sprintf "methods[%d]" (e.Methods.Length + i) ]
+            let own = SourceMarks.get e
+            let e = e |> marked e [ "" ] file line
+            let e =
+                match own.TryFind "variants" with
+                | Some v -> e |> SourceMarks.mark e variants v.File v.Line
+                | None -> e
             let at = if String.IsNullOrWhiteSpace e.Name then "experiment" else e.Name
-            raiseIfInvalid (Validation.experiment (fun _ -> true) at e) e
+            validated (SourceMarks.inExperiment e) at (Validation.experiment (fun _ -> true) at e) e
 
         [<CustomOperation("name")>]
-        member _.Name(e: Experiment, value: string) = { e with Name = value }
+        member _.Name(e: Experiment, value: string, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { e with Name = value } |> marked e [ "name" ] file line
         [<CustomOperation("model")>]
-        member _.Model(e: Experiment, value: BaseModel) = { e with Models = [ value ] }
+        member _.Model(e: Experiment, value: BaseModel, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { e with Models = [ value ] } |> marked e [ "models" ] file line
         [<CustomOperation("models")>]
-        member _.Models(e: Experiment, value: BaseModel list) = { e with Models = value }
+        member _.Models(e: Experiment, value: BaseModel list, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { e with Models = value } |> marked e [ "models" ] file line
         [<CustomOperation("dataset")>]
-        member _.Dataset(e: Experiment, value: DatasetView) = { e with Datasets = [ value ] }
+        member _.Dataset(e: Experiment, value: DatasetView, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { e with Datasets = [ value ] } |> marked e [ "datasets" ] file line
         [<CustomOperation("datasets")>]
-        member _.Datasets(e: Experiment, value: DatasetView list) = { e with Datasets = value }
+        member _.Datasets(e: Experiment, value: DatasetView list, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { e with Datasets = value } |> marked e [ "datasets" ] file line
         [<CustomOperation("task")>]
-        member _.Task(e: Experiment, value: Task) = { e with Task = value }
+        member _.Task(e: Experiment, value: Task, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { e with Task = value } |> marked e [ "task" ] file line
         [<CustomOperation("methods")>]
-        member _.Methods(e: Experiment, value: Method list) = { e with Methods = value }
+        member _.Methods(e: Experiment, value: Method list, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { e with Methods = value } |> marked e [ "methods" ] file line
         [<CustomOperation("ranks")>]
-        member _.Ranks(e: Experiment, value: int list) = { e with Ranks = value }
+        member _.Ranks(e: Experiment, value: int list, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { e with Ranks = value } |> marked e [ "ranks" ] file line
         [<CustomOperation("seeds")>]
-        member _.Seeds(e: Experiment, value: int list) = { e with Seeds = value }
+        member _.Seeds(e: Experiment, value: int list, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { e with Seeds = value } |> marked e [ "seeds" ] file line
         [<CustomOperation("seed")>]
-        member _.Seed(e: Experiment, value: int) = { e with Seeds = [ value ] }
+        member _.Seed(e: Experiment, value: int, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { e with Seeds = [ value ] } |> marked e [ "seeds" ] file line
         [<CustomOperation("epochs")>]
-        member _.Epochs(e: Experiment, value: int) = { e with Training = { e.Training with Epochs = value } }
+        member _.Epochs(e: Experiment, value: int, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { e with Training = { e.Training with Epochs = value } } |> marked e [ "epochs" ] file line
         [<CustomOperation("batch")>]
-        member _.Batch(e: Experiment, value: int) = { e with Training = { e.Training with Batch = value } }
+        member _.Batch(e: Experiment, value: int, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { e with Training = { e.Training with Batch = value } } |> marked e [ "batch" ] file line
         [<CustomOperation("lr")>]
-        member _.Lr(e: Experiment, value: float) = { e with Training = { e.Training with Lr = value } }
+        member _.Lr(e: Experiment, value: float, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { e with Training = { e.Training with Lr = value } } |> marked e [ "lr" ] file line
         [<CustomOperation("warmup")>]
-        member _.Warmup(e: Experiment, value: int) = { e with Training = { e.Training with Warmup = value } }
+        member _.Warmup(e: Experiment, value: int, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { e with Training = { e.Training with Warmup = value } } |> marked e [ "warmup" ] file line
         [<CustomOperation("weightDecay")>]
-        member _.WeightDecay(e: Experiment, value: float) = { e with Training = { e.Training with WeightDecay = value } }
+        member _.WeightDecay(e: Experiment, value: float, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { e with Training = { e.Training with WeightDecay = value } } |> marked e [ "weight_decay" ] file line
         [<CustomOperation("device")>]
-        member _.Device(e: Experiment, value: Device) = { e with Training = { e.Training with Device = value } }
+        member _.Device(e: Experiment, value: Device, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { e with Training = { e.Training with Device = value } } |> marked e [ "device" ] file line
         [<CustomOperation("precision")>]
-        member _.Precision(e: Experiment, value: Precision) = { e with Training = { e.Training with Precision = value } }
+        member _.Precision(e: Experiment, value: Precision, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { e with Training = { e.Training with Precision = value } } |> marked e [ "precision" ] file line
         [<CustomOperation("imageSize")>]
-        member _.ImageSize(e: Experiment, value: int) = { e with Training = { e.Training with ImageSize = Some value } }
+        member _.ImageSize(e: Experiment, value: int, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { e with Training = { e.Training with ImageSize = Some value } } |> marked e [ "image_size" ] file line
         /// Tables of the results: `tables [ table "dice" [ rows [ "model"; "mode" ]; cells [ "dice"; "miou" ] ] ]`.
         [<CustomOperation("tables")>]
-        member _.Tables(e: Experiment, value: TableDecl list) = { e with Tables = value }
+        member _.Tables(e: Experiment, value: TableDecl list, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { e with Tables = value } |> marked e [ "tables" ] file line
         /// Methods with a name, option lists or settings of their own (see named, withLr); their runs follow those of methods.
         [<CustomOperation("variants")>]
-        member _.Variants(e: Experiment, value: Variant list) = { e with Variants = value }
+        member _.Variants(e: Experiment, value: Variant list, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { e with Variants = value } |> marked e [ "variants" ] file line
+        /// Adapters of this experiment's runs combined by weight: combine [ combination "mix" [ "lora-r4", 0.5; "lora-r8", 0.5 ] ].
+        [<CustomOperation("combine")>]
+        member _.Combine(e: Experiment, value: AdapterCombination list, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { e with Combinations = value } |> marked e [ "combine" ] file line
         /// A grid axis over one training setting: sweep [ Setting.Lr 1e-3; Setting.Lr 3e-3 ] (one per key).
         [<CustomOperation("sweep")>]
-        member _.Sweep(e: Experiment, values: Setting list) = { e with Sweeps = e.Sweeps @ [ values ] }
+        member _.Sweep(e: Experiment, values: Setting list, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { e with Sweeps = e.Sweeps @ [ values ] } |> marked e (List.map Settings.key values) file line
         /// Any training settings: settings [ Setting.LabelSmoothing 0.1; Setting.HFlip true ].
         [<CustomOperation("settings")>]
-        member _.Settings(e: Experiment, values: Setting list) = { e with Training = List.fold Settings.apply e.Training values }
+        member _.Settings(e: Experiment, values: Setting list, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { e with Training = List.fold Settings.apply e.Training values } |> marked e (List.map Settings.key values) file line
         [<CustomOperation("schedule")>]
-        member _.Schedule(e: Experiment, value: Schedule) = { e with Training = { e.Training with Schedule = value } }
+        member _.Schedule(e: Experiment, value: Schedule, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { e with Training = { e.Training with Schedule = value } } |> marked e [ "sched"; "decay_epochs"; "decay_rate" ] file line
         [<CustomOperation("minLr")>]
-        member _.MinLr(e: Experiment, value: float) = { e with Training = { e.Training with MinLr = value } }
+        member _.MinLr(e: Experiment, value: float, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { e with Training = { e.Training with MinLr = value } } |> marked e [ "min_lr" ] file line
         /// The maximum gradient norm; None: no clipping.
         [<CustomOperation("clipGrad")>]
-        member _.ClipGrad(e: Experiment, value: float option) = { e with Training = { e.Training with ClipGrad = value } }
+        member _.ClipGrad(e: Experiment, value: float option, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { e with Training = { e.Training with ClipGrad = value } } |> marked e [ "clip_grad" ] file line
         [<CustomOperation("gradAccum")>]
-        member _.GradAccum(e: Experiment, value: int) = { e with Training = { e.Training with GradAccum = value } }
+        member _.GradAccum(e: Experiment, value: int, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { e with Training = { e.Training with GradAccum = value } } |> marked e [ "gradient_accumulation_steps" ] file line
         [<CustomOperation("labelSmoothing")>]
-        member _.LabelSmoothing(e: Experiment, value: float) = { e with Training = { e.Training with LabelSmoothing = value } }
+        member _.LabelSmoothing(e: Experiment, value: float, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { e with Training = { e.Training with LabelSmoothing = value } } |> marked e [ "label_smoothing" ] file line
         [<CustomOperation("hflip")>]
-        member _.HFlip(e: Experiment, value: bool) = { e with Training = { e.Training with HFlip = value } }
+        member _.HFlip(e: Experiment, value: bool, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { e with Training = { e.Training with HFlip = value } } |> marked e [ "hflip" ] file line
         [<CustomOperation("cropPadding")>]
-        member _.CropPadding(e: Experiment, value: int) = { e with Training = { e.Training with CropPadding = value } }
+        member _.CropPadding(e: Experiment, value: int, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { e with Training = { e.Training with CropPadding = value } } |> marked e [ "crop_padding" ] file line
         /// timm's RandomResizedCrop with this smallest area fraction (0.08 in timm).
         [<CustomOperation("randomResizedCrop")>]
-        member _.RandomResizedCrop(e: Experiment, value: float) = { e with Training = { e.Training with RandomResizedCrop = Some value } }
+        member _.RandomResizedCrop(e: Experiment, value: float, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { e with Training = { e.Training with RandomResizedCrop = Some value } } |> marked e [ "random_resized_crop" ] file line
         /// Stop after this many epochs without a better validation metric, and report the best epoch.
         [<CustomOperation("earlyStopping")>]
-        member _.EarlyStopping(e: Experiment, patience: int) = { e with Training = { e.Training with Patience = Some patience; Select = BestEpoch } }
+        member _.EarlyStopping(e: Experiment, patience: int, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { e with Training = { e.Training with Patience = Some patience; Select = BestEpoch } } |> marked e [ "early_stopping_patience"; "select" ] file line
         [<CustomOperation("select")>]
-        member _.Select(e: Experiment, value: Selection) = { e with Training = { e.Training with Select = value } }
+        member _.Select(e: Experiment, value: Selection, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { e with Training = { e.Training with Select = value } } |> marked e [ "select" ] file line
         /// FreshHead (the default) or ReuseHead: the base model's classifier when its shape fits.
         [<CustomOperation("headInit")>]
-        member _.HeadInit(e: Experiment, value: HeadInit) = { e with Training = { e.Training with Head = value } }
+        member _.HeadInit(e: Experiment, value: HeadInit, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { e with Training = { e.Training with Head = value } } |> marked e [ "head" ] file line
 
     /// `pretrain { name "..."; model (zoo "vit" [...]); dataset ...; epochs 2 }`: trains a zoo model
     /// from scratch; `fromPretrain` makes it the base of an experiment.
@@ -185,43 +251,61 @@ module Builders =
             { Name = ""; Model = { Name = ""; Options = Map.empty }; Dataset = fashionMnist; Task = Classification; Seed = 0
               Training = Training.Defaults }
 
-        member _.Run(p: Pretrain) =
+        member _.Run(p: Pretrain, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            let p = p |> marked p [ "" ] file line
             let at = if String.IsNullOrWhiteSpace p.Name then "pretrain" else p.Name
-            raiseIfInvalid (Validation.pretrain (fun _ -> true) at p) p
+            validated (SourceMarks.nearest (SourceMarks.get p)) at (Validation.pretrain (fun _ -> true) at p) p
 
         [<CustomOperation("name")>]
-        member _.Name(p: Pretrain, value: string) = { p with Name = value }
+        member _.Name(p: Pretrain, value: string, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { p with Name = value } |> marked p [ "name" ] file line
         /// A zoo model (pretraining starts from random weights, so weights files and other pretrains do not apply).
         [<CustomOperation("model")>]
-        member _.Model(p: Pretrain, value: BaseModel) =
+        member _.Model(p: Pretrain, value: BaseModel, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
             match value with
-            | Zoo z -> { p with Model = z }
-            | other -> invalidArg "model" (sprintf "a pretrain step trains a zoo model from scratch; '%s' is not a zoo model" (Grid.modelLabel other))
+            | Zoo z -> { p with Model = z } |> marked p [ "model" ] file line
+            | other ->
+                SourceMarks.report
+                    { File = defaultArg file ""; Line = defaultArg line 0; Column = 0; Field = "pretrain.model"
+                      Message = sprintf "a pretrain step trains a zoo model from scratch; '%s' is not a zoo model" (Grid.modelLabel other) }
+                p
         [<CustomOperation("dataset")>]
-        member _.Dataset(p: Pretrain, value: DatasetView) = { p with Dataset = value }
+        member _.Dataset(p: Pretrain, value: DatasetView, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { p with Dataset = value } |> marked p [ "dataset" ] file line
         [<CustomOperation("task")>]
-        member _.Task(p: Pretrain, value: Task) = { p with Task = value }
+        member _.Task(p: Pretrain, value: Task, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { p with Task = value } |> marked p [ "task" ] file line
         [<CustomOperation("seed")>]
-        member _.Seed(p: Pretrain, value: int) = { p with Seed = value }
+        member _.Seed(p: Pretrain, value: int, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { p with Seed = value } |> marked p [ "seed" ] file line
         [<CustomOperation("epochs")>]
-        member _.Epochs(p: Pretrain, value: int) = { p with Training = { p.Training with Epochs = value } }
+        member _.Epochs(p: Pretrain, value: int, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { p with Training = { p.Training with Epochs = value } } |> marked p [ "epochs" ] file line
         [<CustomOperation("batch")>]
-        member _.Batch(p: Pretrain, value: int) = { p with Training = { p.Training with Batch = value } }
+        member _.Batch(p: Pretrain, value: int, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { p with Training = { p.Training with Batch = value } } |> marked p [ "batch" ] file line
         [<CustomOperation("lr")>]
-        member _.Lr(p: Pretrain, value: float) = { p with Training = { p.Training with Lr = value } }
+        member _.Lr(p: Pretrain, value: float, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { p with Training = { p.Training with Lr = value } } |> marked p [ "lr" ] file line
         [<CustomOperation("warmup")>]
-        member _.Warmup(p: Pretrain, value: int) = { p with Training = { p.Training with Warmup = value } }
+        member _.Warmup(p: Pretrain, value: int, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { p with Training = { p.Training with Warmup = value } } |> marked p [ "warmup" ] file line
         [<CustomOperation("weightDecay")>]
-        member _.WeightDecay(p: Pretrain, value: float) = { p with Training = { p.Training with WeightDecay = value } }
+        member _.WeightDecay(p: Pretrain, value: float, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { p with Training = { p.Training with WeightDecay = value } } |> marked p [ "weight_decay" ] file line
         [<CustomOperation("device")>]
-        member _.Device(p: Pretrain, value: Device) = { p with Training = { p.Training with Device = value } }
+        member _.Device(p: Pretrain, value: Device, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { p with Training = { p.Training with Device = value } } |> marked p [ "device" ] file line
         [<CustomOperation("precision")>]
-        member _.Precision(p: Pretrain, value: Precision) = { p with Training = { p.Training with Precision = value } }
+        member _.Precision(p: Pretrain, value: Precision, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { p with Training = { p.Training with Precision = value } } |> marked p [ "precision" ] file line
         [<CustomOperation("imageSize")>]
-        member _.ImageSize(p: Pretrain, value: int) = { p with Training = { p.Training with ImageSize = Some value } }
+        member _.ImageSize(p: Pretrain, value: int, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { p with Training = { p.Training with ImageSize = Some value } } |> marked p [ "image_size" ] file line
         /// Any training settings: settings [ Setting.LabelSmoothing 0.1; Setting.HFlip true ].
         [<CustomOperation("settings")>]
-        member _.Settings(p: Pretrain, values: Setting list) = { p with Training = List.fold Settings.apply p.Training values }
+        member _.Settings(p: Pretrain, values: Setting list, [<CallerFilePath>] ?file: string, [<CallerLineNumber>] ?line: int) =
+            { p with Training = List.fold Settings.apply p.Training values } |> marked p (List.map Settings.key values) file line
 
     /// One part of a table declaration: `table "dice" [ Table.rows [ "model" ]; Table.cells [ "dice" ]; Table.baseline "lora" ]`.
     type TablePart = TableDecl -> TableDecl

@@ -200,6 +200,31 @@ module Canonical =
 
     /// The run's configuration as a JSON tree (a pretrain base appears as its run's hash).
     let rec runJson (r: Run) =
+        match r.Kind with
+        | Combining c -> combinedJson c r
+        | Pretraining | Tuning -> trainedJson r
+
+    /// A combination: the runs it combines by hash (their changes change it), weights, type, and
+    /// the data it is evaluated on.
+    and private combinedJson (c: CombinedAdapters) (r: Run) =
+        let kind =
+            match c.Combination.Type with
+            | CombinationType.Cat -> "cat"
+            | CombinationType.Linear -> "linear"
+            | CombinationType.Svd -> "svd"
+        JObject
+            [ "kind", JString "combining"
+              "experiment", JString r.Experiment
+              "name", JString r.Name
+              "combination",
+              JObject
+                  [ "type", JString kind
+                    "svd_rank", opt (fun (k: int) -> JInt(int64 k)) c.Combination.SvdRank
+                    "adapters", JArray [ for (_, w), s in List.zip c.Combination.Adapters c.Sources -> JObject [ "run", JString(hash s); "weight", JFloat w ] ] ]
+              "dataset", dataset r.Dataset
+              "task", JString(taskName r.Task) ]
+
+    and private trainedJson (r: Run) =
         let model =
             match r.Model with
             | Zoo z -> JObject(("kind", JString "zoo") :: zoo z)
@@ -208,7 +233,7 @@ module Canonical =
             | Onnx z -> JObject [ "kind", JString "onnx"; "sha256", JString(FileFingerprint.sha256 z.Name); "options", JObject [ for KeyValue(k, v) in z.Options -> k, optionValue v ] ]
             | FromPretrain p -> JObject [ "kind", JString "pretrain"; "name", JString p.Name; "run", JString(hash (Grid.pretrainRun p)) ]
         JObject
-            [ "kind", JString(match r.Kind with Pretraining -> "pretraining" | Tuning -> "tuning")
+            [ "kind", JString(match r.Kind with Pretraining -> "pretraining" | Tuning -> "tuning" | Combining _ -> "combining")
               "experiment", JString r.Experiment
               "name", JString r.Name
               "model", model
@@ -230,7 +255,16 @@ module Canonical =
     and hash (r: Run) = hashOf (json r)
 
     /// The hash of the run this run depends on (the pretrain step of its base model), or null.
-    let dependsOn (r: Run) : string =
-        match r.Model with
-        | FromPretrain p -> hash (Grid.pretrainRun p)
+    let rec dependsOn (r: Run) : string =
+        match r.Kind, r.Model with
+        // a combination loads the adapters into its sources' base
+        | Combining c, _ -> dependsOn c.Sources.Head
+        | _, FromPretrain p -> hash (Grid.pretrainRun p)
         | _ -> null
+
+    /// The hashes of the runs whose adapters a combination combines (none for other runs).
+    let sources (r: Run) : string list =
+        match r.Kind with
+        | Combining c -> c.Sources |> List.map hash
+        | _ -> []
+

@@ -527,6 +527,27 @@ type TableDecl =
     static member Of(name) =
         { Name = name; Caption = None; Rows = []; Columns = []; Cells = []; Filters = []; Order = []; Baseline = None }
 
+/// How weighted adapters combine (PEFT's add_weighted_adapter combination_type).
+[<RequireQualifiedAccess>]
+type CombinationType =
+    /// rank Σ rᵢ, ΔW = Σ wᵢ·ΔWᵢ exactly
+    | Cat
+    /// equal ranks, factors summed with weights √(wᵢ·sᵢ)
+    | Linear
+    /// the truncated SVD of Σ wᵢ·sᵢ·ΔWᵢ
+    | Svd
+
+/// A weighted combination of LoRA adapters that other runs of the experiment train (PEFT's
+/// add_weighted_adapter): a run of its own that trains nothing, evaluated on the experiment's
+/// validation data.
+type AdapterCombination =
+    { Name: string
+      /// (the name of a run of the experiment, its weight)
+      Adapters: (string * float) list
+      Type: CombinationType
+      /// svd's rank; None = the largest rank combined
+      SvdRank: int option }
+
 /// An experiment as declared: every list is a grid axis.
 type Experiment =
     { Name: string
@@ -543,14 +564,21 @@ type Experiment =
       Sweeps: Setting list list
       /// methods declared with a name, option lists or settings of their own; their runs follow
       /// those of Methods
-      Variants: Variant list }
+      Variants: Variant list
+      /// adapters of its runs combined by weight, each a run after those it combines
+      Combinations: AdapterCombination list }
 
 type RunKind =
     | Pretraining
     | Tuning
+    /// adapters of other runs combined (nothing trains)
+    | Combining of CombinedAdapters
+
+/// A combination with the runs it combines (in the order of its adapters).
+and CombinedAdapters = { Combination: AdapterCombination; Sources: Run list }
 
 /// One run of a grid, with every default filled in: what gets hashed and executed.
-type Run =
+and Run =
     { Kind: RunKind
       Experiment: string
       /// readable, unique within its experiment: "lora-r4", "full", "lora-r4-s1", "pretrain"

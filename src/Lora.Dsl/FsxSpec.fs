@@ -38,6 +38,16 @@ module FsxSpec =
                               elif prop.PropertyType = typeof<Pretrain list> then
                                   for p in (prop.GetValue null :?> Pretrain list) do yield prop.Name, p ]
 
+    /// An error of Validation.suite (at "experiments[i]...") placed at the line of the builder
+    /// operation that caused it (SourceMarks).
+    let locate (experiments: Experiment list) (e: SpecError) =
+        let m = Text.RegularExpressions.Regex.Match(e.Field, @"^experiments\[(\d+)\]")
+        if not m.Success then e
+        else
+            match List.tryItem (int m.Groups.[1].Value) experiments with
+            | Some x -> SourceMarks.place (SourceMarks.below m.Value e.Field |> Option.bind (SourceMarks.inExperiment x)) e
+            | None -> e
+
     /// Evaluate the script at `path` and return its `experiments` and the pretrain steps it binds
     /// (binding name, step), or the compiler's and the builders' errors (with line and column where
     /// the compiler gives them).
@@ -63,9 +73,15 @@ module FsxSpec =
             | _ when List.isEmpty fromDiags -> Error [ err path "the script failed" ]
             | _ -> Error fromDiags
         session.EvalInteractionNonThrowing "open Lora.Dsl" |> ignore
-        match session.EvalScriptNonThrowing full with
+        // the builders defer their checks to Spec.checkWith (every error at once); what only an
+        // operation sees comes back here
+        let evaluated, seen = SourceMarks.collecting (fun () -> session.EvalScriptNonThrowing full)
+        let seen = seen |> List.map (fun e -> { e with File = if e.File = "" || e.File = full then path else e.File })
+        let fail ex diags = match fail ex diags with Error errs -> Error(seen @ errs) | ok -> ok
+        match evaluated with
         | Choice2Of2 ex, diags -> fail (Some ex) diags
         | Choice1Of2 (), diags when diags |> Array.exists (fun d -> d.Severity = FSharp.Compiler.Diagnostics.FSharpDiagnosticSeverity.Error) -> fail None diags
+        | Choice1Of2 (), _ when not seen.IsEmpty -> Error seen
         | Choice1Of2 (), _ ->
             // a script's bindings live in a module named after its file (quickstart.fsx -> Quickstart)
             let name = Path.GetFileNameWithoutExtension full
@@ -124,7 +140,10 @@ module Spec =
                         |> List.filter (covered >> not)
                         |> List.map (YamlSpec.locate path spec.Marks)
                     let warnings = [ for d in unusedSteps -> YamlSpec.locate path spec.Marks (unused d.Path "" d.Step) ]
-                    { Result = outcome (structural @ checks |> List.sortBy (fun e -> e.Line, e.Column)) spec.Experiments; Warnings = warnings }
+                    // what the core would refuse in a run (with a run check: `lora validate`), once the spec itself is valid
+                    let errs = structural @ checks
+                    let errs = if errs.IsEmpty then Validation.runs (List.map (SpecPaths.experiment specDir) spec.Experiments) |> List.map (YamlSpec.locate path spec.Marks) else errs
+                    { Result = outcome (errs |> List.sortBy (fun e -> e.Line, e.Column)) spec.Experiments; Warnings = warnings }
             | ".fsx" ->
                 match FsxSpec.evaluateAll path with
                 | Error errs -> { Result = Error errs; Warnings = [] }
@@ -134,9 +153,15 @@ module Spec =
                     // the same path as the pretrain builder's own check
                     let at (p: Pretrain) = if String.IsNullOrWhiteSpace p.Name then "pretrain" else p.Name
                     let errs =
-                        [ yield! Validation.suite exists experiments
-                          for _, p in unusedSteps do yield! Validation.pretrain exists (at p) p ]
-                    { Result = outcome (errs |> List.map (fun e -> { e with File = path })) experiments
+                        [ yield! Validation.suite exists experiments |> List.map (FsxSpec.locate experiments)
+                          for _, p in unusedSteps do
+                              yield! Validation.pretrain exists (at p) p
+                                     |> List.map (fun e -> SourceMarks.place (SourceMarks.below (at p) e.Field |> Option.bind (SourceMarks.nearest (SourceMarks.get p))) e) ]
+                    let errs = if errs.IsEmpty then Validation.runs (List.map (SpecPaths.experiment specDir) experiments) |> List.map (FsxSpec.locate experiments) else errs
+                    // the script's own path as given (a #load-ed file's full path stays)
+                    let full = Path.GetFullPath path
+                    let file (e: SpecError) = { e with File = if e.File = "" || e.File = full then path else e.File }
+                    { Result = outcome (errs |> List.map file |> List.sortBy (fun e -> e.File <> path, e.File, e.Line)) experiments
                       Warnings = [ for binding, p in unusedSteps -> { unused (at p) binding p with File = path } ] }
             | ext -> fileErr (sprintf "unknown spec type '%s': use .yaml, .yml or .fsx" ext)
 
@@ -147,7 +172,8 @@ module Spec =
 
     let load path = loadWith Validation.pathExists path
 
-    /// Every run of the experiments: the pretrain steps first (once each), then each grid.
+    /// Every run of the experiments: the pretrain steps first (once each), then each grid, then its
+    /// combinations (after the runs they combine).
     let runs (experiments: Experiment list) : Run list =
         let pretrains = experiments |> List.collect Grid.pretrains |> List.distinct |> List.map Grid.pretrainRun
-        pretrains @ (experiments |> List.collect Grid.expand)
+        pretrains @ (experiments |> List.collect (fun e -> Grid.expand e @ Grid.combinations e))

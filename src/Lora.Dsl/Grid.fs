@@ -122,6 +122,34 @@ module Grid =
                                       Seed = seed
                                       Training = List.fold Settings.apply e.Training settings } ]
 
+    /// Each run of `expand` with the declarations it comes from: (run, model index, method entry
+    /// index in `entries`), so that a run's problem can be placed at its model or method.
+    let expandWithOrigins (e: Experiment) : (Run * int * int) list =
+        let ranks = e.Ranks |> List.filter (fun r -> match Rank.Create r with Ok _ -> true | Error _ -> false)
+        let origins =
+            [ for mi in 0 .. e.Models.Length - 1 do
+                for _ in e.Datasets do
+                    for ei, v in List.indexed (entries e) do
+                        let perChoice = v.Choices |> List.sumBy (fun (_, m) -> if m.UsesRank then ranks.Length else 1)
+                        let n = perChoice * (axesOf e v |> List.fold (fun n a -> n * a.Length) 1) * e.Seeds.Length
+                        for _ in 1 .. n -> mi, ei ]
+        let runs = expand e
+        // the counts mirror expand's loops; should they ever differ, no origin beats a wrong one
+        if origins.Length <> runs.Length then [ for r in runs -> r, -1, -1 ]
+        else List.map2 (fun r (mi, ei) -> r, mi, ei) runs origins
+
+    /// The runs of an experiment's combinations: each names runs of `expand e`, and runs on the
+    /// model, data and settings of the first (a combination naming a run that does not exist is
+    /// left out here; validation reports it).
+    let combinations (e: Experiment) : Run list =
+        let runs = expand e
+        [ for c in e.Combinations do
+              let sources = c.Adapters |> List.choose (fun (name, _) -> runs |> List.tryFind (fun r -> r.Name = name))
+              match sources with
+              | first :: _ when sources.Length = c.Adapters.Length ->
+                  yield { first with Kind = Combining { Combination = c; Sources = sources }; Name = c.Name; Rank = None }
+              | _ -> () ]
+
     /// The pretrain steps an experiment's models need (distinct, in order).
     let pretrains (e: Experiment) =
         e.Models |> List.choose (function FromPretrain p -> Some p | _ -> None) |> List.distinct

@@ -14,6 +14,8 @@ type SpecError =
         match e.File, e.Line with
         | "", 0 -> ""
         | f, 0 -> f + ": "
+        // F# specs: the line of the builder operation (no column)
+        | f, l when e.Column = 0 -> sprintf "%s:%d: " f l
         | f, l -> sprintf "%s:%d:%d: " f l e.Column
 
     override e.ToString() = sprintf "%s%s: %s" e.Where e.Field e.Message
@@ -394,6 +396,46 @@ module Validation =
           for _, m in v.Choices do yield! method at ranks m
           yield! settingAxes (at + ".") v.Training ]
 
+    /// Every problem of an experiment's combinations (`at` is "experiments[0].combine") among its
+    /// runs: each adapter a plain LoRA run of the experiment, all on one model and data set.
+    let combinations (at: string) (runs: Run list) (cs: AdapterCombination list) =
+        let names = runs |> List.map (fun r -> r.Name)
+        [ for i, c in List.indexed cs do
+              let here = sprintf "%s[%d]" at i
+              match nameProblem c.Name with
+              | Some m -> yield err (here + ".name") m
+              | None when List.contains c.Name names -> yield err (here + ".name") (sprintf "'%s' is already the name of a run: give the combination its own" c.Name)
+              | None -> ()
+              if List.isEmpty c.Adapters then yield err (here + ".adapters") "a combination needs adapters: [{ run: lora-r4, weight: 0.5 }, ...]"
+              let sources =
+                  [ for j, (name, w) in List.indexed c.Adapters do
+                        let p = sprintf "%s.adapters[%d]" here j
+                        if not (System.Double.IsFinite w) then yield None, err (p + ".weight") (sprintf "weight must be a finite number, got %g" w)
+                        match runs |> List.tryFind (fun r -> r.Name = name) with
+                        | None ->
+                            yield None, err (p + ".run") (sprintf "no run '%s' in this experiment%s; its runs: %s" name (ZooNames.didYouMean names name) (String.concat ", " (List.truncate 12 names)))
+                        | Some r ->
+                            match r.Method with
+                            | Lora o when o.Bias <> NoBias ->
+                                yield None, err (p + ".run") (sprintf "'%s' trains biases (bias is not none): combined adapters would overwrite each other's biases" name)
+                            | Lora _ -> yield Some r, err p ""
+                            | m -> yield None, err (p + ".run") (sprintf "'%s' is a %s run: only plain LoRA adapters combine (PEFT's add_weighted_adapter)" name m.Name) ]
+              for _, e in sources do if e.Message <> "" then yield e
+              let found = sources |> List.choose fst
+              match found with
+              | first :: rest ->
+                  if rest |> List.exists (fun r -> r.Model <> first.Model || r.Dataset <> first.Dataset) then
+                      yield err (here + ".adapters") "the adapters combined must come from runs on one model and one data set"
+                  if c.Type = CombinationType.Linear && (found |> List.distinctBy (fun r -> r.Rank)).Length > 1 then
+                      yield err (here + ".combination") "linear combines adapters of one rank: use cat or svd for different ranks"
+              | [] -> ()
+              match c.SvdRank with
+              | Some k when c.Type <> CombinationType.Svd -> yield err (here + ".svd_rank") (sprintf "svd_rank %d applies to combination svd only" k)
+              | Some k when k < 1 -> yield err (here + ".svd_rank") (sprintf "svd_rank must be positive, got %d" k)
+              | _ -> ()
+          for n in cs |> List.map (fun c -> c.Name) |> List.countBy id |> List.filter (fun (_, k) -> k > 1) |> List.map fst do
+              yield err at (sprintf "two combinations are named '%s'" n) ]
+
     /// Every problem of one experiment; `at` is its path ("experiments[0]").
     let experiment (exists: string -> bool) (at: string) (e: Experiment) =
         [ if System.String.IsNullOrWhiteSpace e.Name then yield err (at + ".name") "an experiment needs a name"
@@ -422,6 +464,7 @@ module Validation =
           if size > int64 Limits.maxRuns then
               yield err at (sprintf "the grid expands to %d runs (models × datasets × methods and ranks × seeds), more than the %d allowed: split it" size Limits.maxRuns)
           else
+              yield! combinations (at + ".combine") (Grid.expand e) e.Combinations
               let names = Grid.expand e |> List.map (fun r -> r.Name)
               for n in names |> List.countBy id |> List.filter (fun (_, c) -> c > 1) |> List.map fst do
                   yield err (at + ".methods") (sprintf "two runs would be named '%s': a method, model or dataset is listed twice (give method variants their own name: ...)" n)
@@ -449,3 +492,42 @@ module Validation =
           let pres = es |> List.collect Grid.pretrains |> List.distinct
           for n in pres |> List.countBy (fun p -> p.Name) |> List.filter (fun (_, c) -> c > 1) |> List.map fst do
               yield err "experiments" (sprintf "two different pretrain steps are named '%s'" n) ]
+
+    // What the core says of a run without running it (Lora.Convert's ToCore.checkRunAt, on the meta
+    // device): (the part it concerns, "model" or "method", message). Supplied by `lora validate`
+    // for its call's flow only, as the model check above.
+    let private runCheckHook = System.Threading.AsyncLocal<Run -> (string * string) list>()
+
+    /// Runs `f` with `check` consulted for every run of the specs loaded meanwhile (in this flow).
+    let withRunCheck (check: Run -> (string * string) list) (f: unit -> 'a) : 'a =
+        let previous = runCheckHook.Value
+        runCheckHook.Value <- check
+        try f () finally runCheckHook.Value <- previous
+
+    /// Every problem the core would meet in the experiments' runs (none without a run check), at
+    /// the run's model or method entry ("experiments[0].methods[2]"), each run once.
+    let runs (es: Experiment list) : SpecError list =
+        match box runCheckHook.Value with
+        | null -> []
+        | _ ->
+            let check = runCheckHook.Value
+            // what the core's checks read of a run: runs that differ only in seed or settings are checked once
+            let seen = System.Collections.Generic.HashSet<_>(HashIdentity.Structural)
+            let fresh (r: Run) = seen.Add((r.Model, r.Dataset.Classes, r.Method, r.Rank))
+            [ for i, e in List.indexed es do
+                  for mi, m in List.indexed e.Models do
+                      match m with
+                      | FromPretrain p when fresh (Grid.pretrainRun p) ->
+                          let r = Grid.pretrainRun p
+                          for _, message in check r do
+                              yield err (sprintf "experiments[%d].models[%d].pretrain" i mi) (sprintf "%s: %s" r.Id message)
+                      | _ -> ()
+                  for r, mi, ei in Grid.expandWithOrigins e do
+                      if fresh r then
+                          for part, message in check r do
+                              let at =
+                                  match part with
+                                  | "model" when mi >= 0 -> sprintf "experiments[%d].models[%d]" i mi
+                                  | _ when ei >= 0 -> sprintf "experiments[%d].methods[%d]" i ei
+                                  | _ -> sprintf "experiments[%d]" i
+                              yield err at (sprintf "%s: %s" r.Id message) ]

@@ -696,7 +696,22 @@ module YamlSpec =
           Baseline = opt fs path "baseline" (readStr r) }
 
     let private experimentKeys =
-        [ "name"; "model"; "models"; "dataset"; "datasets"; "task"; "methods"; "ranks"; "seed"; "seeds"; "tables" ] @ trainingKeys
+        [ "name"; "model"; "models"; "dataset"; "datasets"; "task"; "methods"; "ranks"; "seed"; "seeds"; "tables"; "combine" ] @ trainingKeys
+
+    /// `{ name: mix, adapters: [{ run: lora-r4, weight: 0.5 }, ...], combination: cat|linear|svd, svd_rank: 4 }`.
+    let private combinationOf (r: Reader) path (n: YamlNode) =
+        let fs = fields r path n [ "name"; "adapters"; "combination"; "svd_rank" ] (fun _ -> None)
+        let adapter p (a: YamlNode) =
+            let afs = fields r p a [ "run"; "weight" ] (fun _ -> None)
+            match opt afs p "run" (readStr r) with
+            | Some run -> Some(run, opt afs p "weight" (readFloat r) |> Option.defaultValue 1.0)
+            | None -> (if not (afs.ContainsKey "run") then r.Error(a, p + ".run", "an adapter names a run: { run: lora-r4, weight: 0.5 }")); None
+        { Name = opt fs path "name" (readStr r) |> Option.defaultValue ""
+          Adapters = opt fs path "adapters" (fun p n -> list r p n adapter) |> Option.defaultValue []
+          Type =
+            opt fs path "combination" (fun p n -> choice r p n [ "cat", CombinationType.Cat; "linear", CombinationType.Linear; "svd", CombinationType.Svd ])
+            |> Option.defaultValue CombinationType.Cat
+          SvdRank = opt fs path "svd_rank" (readInt r) }
 
     let private experimentOf (r: Reader) named path (n: YamlNode) =
         let fs = fields r path n experimentKeys (fun _ -> None)
@@ -747,7 +762,8 @@ module YamlSpec =
             | None, None -> [ 0 ]
           Training = training
           Sweeps = sweeps
-          Tables = opt fs path "tables" (fun p n -> list r p n (fun p n -> Some(tableDecl r p n))) |> Option.defaultValue [] }
+          Tables = opt fs path "tables" (fun p n -> list r p n (fun p n -> Some(tableDecl r p n))) |> Option.defaultValue []
+          Combinations = opt fs path "combine" (fun p n -> list r p n (fun p n -> Some(combinationOf r p n))) |> Option.defaultValue [] }
 
     /// Nesting deeper than this is refused before building the node tree: YamlDotNet builds it
     /// recursively, and a file of 50,000 '[' would overflow the stack (an uncatchable crash).
@@ -1210,4 +1226,11 @@ module YamlSpec =
             writeTrainingExcept sb "    " (e.Sweeps |> List.choose List.tryHead |> List.map Settings.key |> set) e.Training
             writeSettings sb "    " e.Sweeps
             writeTables sb e.Tables
+            if not e.Combinations.IsEmpty then
+                line "combine:"
+                for c in e.Combinations do
+                    let kind = match c.Type with CombinationType.Cat -> "cat" | CombinationType.Linear -> "linear" | CombinationType.Svd -> "svd"
+                    let adapters = [ for n, w in c.Adapters -> sprintf "{ run: %s, weight: %s }" (q n) (f w) ] |> String.concat ", "
+                    line (sprintf "  - { name: %s, adapters: [%s], combination: %s%s }" (q c.Name) adapters kind
+                              (match c.SvdRank with Some k -> sprintf ", svd_rank: %d" k | None -> ""))
         sb.ToString()

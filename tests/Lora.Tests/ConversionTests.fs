@@ -21,7 +21,7 @@ let private vitOptions =
 let private runOf (m: Method) (rank: int) =
     let e =
         { Name = "e"; Models = [ BaseModel.Zoo { Name = "vit"; Options = vitOptions } ]; Datasets = [ DatasetView.Of(FashionMnist None) ]
-          Task = Classification; Methods = [ m ]; Ranks = [ rank ]; Seeds = [ 0 ]; Training = Training.Defaults; Tables = []; Sweeps = []; Variants = [] }
+          Task = Classification; Methods = [ m ]; Ranks = [ rank ]; Seeds = [ 0 ]; Training = Training.Defaults; Tables = []; Sweeps = []; Variants = []; Combinations = [] }
     Grid.expand e |> List.exactlyOne
 
 let private model () = Zoo.Create("vit", (ToCore.modelArgs { Name = "vit"; Options = vitOptions }).With("num_classes", 5L), torch.META)

@@ -297,7 +297,7 @@ let experiment (name: string) =
         let t = sweeps |> List.fold (fun t axis -> Settings.current Training.Defaults axis.Head |> Option.fold Settings.apply t) t
         let methods, variants = if plain.IsEmpty && variants.IsEmpty then methods, [] else plain, variants
         return { Name = name; Models = models; Datasets = datasets; Task = task; Methods = methods; Ranks = ranks; Seeds = seeds; Training = t
-                 Sweeps = sweeps; Variants = variants; Tables = tables }
+                 Sweeps = sweeps; Variants = variants; Tables = tables; Combinations = [] }
     }
     // two identical models or datasets would give two runs one name: validation rejects that
     |> Gen.filter (fun e -> List.distinct (List.map Grid.modelLabel e.Models) = List.map Grid.modelLabel e.Models

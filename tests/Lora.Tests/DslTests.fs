@@ -170,7 +170,11 @@ let unitTests =
             Expect.equal (errs |> List.map (fun e -> e.Field, e.Message)) [ "t.ranks[0]", "rank must be a positive integer, got 0" ] "error"
         }
         test "pretrain rejects a non-zoo model" {
-            Expect.throwsT<ArgumentException> (fun () -> pretrain { name "p"; model (weights "vit" [] "w.safetensors") } |> ignore) "weights"
+            // a located spec error (the model operation's line), as every builder error
+            let line = int __LINE__ + 1
+            match (try pretrain { name "p"; model (weights "vit" [] "w.safetensors") } |> ignore; [] with SpecException errs -> errs) with
+            | [ e ] -> Expect.equal (e.Line, e.Field) (line, "pretrain.model") "weights, at its line"
+            | other -> failtestf "expected one error, got %A" other
         }
         test "zoo name suggestions" {
             Expect.equal (ZooNames.suggest ZooNames.all "vit_tiny_patch16") [ "vit_tiny_patch16_224" ] "typo"
@@ -440,7 +444,7 @@ let specTests =
             let bad = dir.File "bad.fsx"
             File.WriteAllText(bad, "let experiments =\n    [ experiment { name \"t\"; model (zoo \"vit\" []); dataset fashionMnist; methods [ lora ]; ranks [ 0 ] } ]\n")
             match Spec.loadWith (fun _ -> true) bad with
-            | Error [ e ] -> Expect.equal (e.Field, e.Message) ("t.ranks[0]", "rank must be a positive integer, got 0") "builder error"
+            | Error [ e ] -> Expect.equal (e.Field, e.Line, e.Message) ("experiments[0].ranks[0]", 2, "rank must be a positive integer, got 0") "builder error, at its line"
             | other -> failtestf "expected the builder's error, got %A" other
             File.WriteAllText(bad, "let experimentz = []\n")
             match Spec.loadWith (fun _ -> true) bad with

@@ -50,6 +50,9 @@ let all =
         OnnxTests.tests
         RunCardTests.tests
         LoraOptionsTests.tests
+        LocatedErrorTests.tests
+        CombinationSpecTests.tests
+        AdaptersCommandTests.tests
     ]
 
 [<EntryPoint>]

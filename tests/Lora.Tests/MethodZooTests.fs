@@ -432,7 +432,7 @@ let private specTests =
             let run (m: Lora.Dsl.Method) zoo =
                 let e: Lora.Dsl.Experiment =
                     { Name = "x"; Models = [ Lora.Dsl.Zoo { Name = zoo; Options = Map.empty } ]; Datasets = [ Lora.Dsl.Builders.fashionMnist ]
-                      Task = Lora.Dsl.Classification; Methods = [ m ]; Ranks = [ 2 ]; Seeds = [ 0 ]; Training = Lora.Dsl.Training.Defaults; Tables = []; Sweeps = []; Variants = [] }
+                      Task = Lora.Dsl.Classification; Methods = [ m ]; Ranks = [ 2 ]; Seeds = [ 0 ]; Training = Lora.Dsl.Training.Defaults; Tables = []; Sweeps = []; Variants = []; Combinations = [] }
                 Lora.Dsl.Grid.expand e |> List.head |> Lora.Conversion.ToCore.checkRun |> String.concat "; "
             Expect.stringContains (run Lora.Dsl.Builders.lnTuning "resnet18") "bitfit or ssf" "LN tuning on a ResNet"
             Expect.equal (run Lora.Dsl.Builders.bitfit "resnet18") "" "BitFit fits a ResNet"

@@ -46,6 +46,7 @@ public static class Commands
         public int Export(ExportOptions o) => Guarded("export", () => ExportCommand.Run(o, stdout), stderr);
         public int Combine(CombineOptions o) => Guarded("combine", () => CombineCommand.Run(o, stdout), stderr);
         public int Eval(EvalOptions o) => Guarded("eval", () => EvalCommand.Run(o, stdout, stderr), stderr);
+        public int Adapters(AdaptersOptions o) => Guarded("adapters", () => AdaptersCommand.Run(o, stdout), stderr);
     }
 
     static int Print(TextWriter w, string line) { w.WriteLine(line); return 0; }
@@ -74,17 +75,22 @@ public static class Commands
 
     /// <summary>Loads and checks a spec; prints every warning ("FILE:LINE:COL: warning: ...") and every
     /// problem on its own line to <paramref name="stderr"/>. Warnings do not stop the command.</summary>
-    public static FSharpList<Experiment>? LoadSpec(string path, TextWriter stderr)
+    public static FSharpList<Experiment>? LoadSpec(string path, TextWriter stderr) => LoadSpec(path, stderr, checkRuns: false);
+
+    /// <summary><see cref="LoadSpec(string, TextWriter)"/>; with <paramref name="checkRuns"/>, each run's method is also
+    /// applied to its model on the meta device, and what the core would refuse is an error at its method's or model's line.</summary>
+    public static FSharpList<Experiment>? LoadSpec(string path, TextWriter stderr, bool checkRuns)
     {
         // a FIFO, /dev/zero or a huge file is refused before the spec reader opens it
         if (File.Exists(path) && !Directory.Exists(path))
             try { Lora.Core.IO.InputFile.Check(path, Lora.Core.IO.InputFile.MaxTextBytes, "spec"); }
             catch (InvalidDataException e) { stderr.WriteLine($"{path}: spec: {e.Message}"); return null; }
         // what building each model would refuse is a spec error at its option's line
-        var check = Lora.Conversion.ToCore.checkSpec(path);
+        var check = checkRuns ? Lora.Conversion.ToCore.validateSpec(path) : Lora.Conversion.ToCore.checkSpec(path);
         foreach (var w in check.Warnings) stderr.WriteLine(w.ToWarningString());
         if (check.Result.IsOk) return check.Result.ResultValue;
-        foreach (var e in check.Result.ErrorValue) stderr.WriteLine(e.ToString());
+        // the core's messages may span lines (key listings): one line per problem
+        foreach (var e in check.Result.ErrorValue) stderr.WriteLine(checkRuns ? ModelSource.OneLine(e.ToString()) : e.ToString());
         return null;
     }
 
@@ -98,15 +104,11 @@ public static class Commands
     public static int Validate(string spec, TextWriter stdout, TextWriter stderr)
     {
         NoteScript(spec, "validating it", stderr);
-        var experiments = LoadSpec(spec, stderr);
+        // the method applied to each run's model on the meta device: what the core would refuse
+        // when the run starts is reported now, at its method's (or model's) line
+        var experiments = LoadSpec(spec, stderr, checkRuns: true);
         if (experiments is null) return 2;
         var all = Spec.runs(experiments).ToList();
-        // the method applied to each run's model on the meta device: what the core would refuse
-        // when the run starts is reported now, as the spec's own errors are
-        var problems = all.DistinctBy(r => new ResolvedRun(r).Hash)
-            .SelectMany(r => Lora.Conversion.ToCore.checkRun(r).Select(e => $"{spec}: {r.Id}: {ModelSource.OneLine(e)}")).ToList();
-        foreach (var p in problems) stderr.WriteLine(p);
-        if (problems.Count > 0) return 2;
         var runs = all.Select(r => new ResolvedRun(r)).Select(r => r.Hash).Distinct().Count();
         stdout.WriteLine($"{spec}: ok ({experiments.Length} experiment(s), {runs} run(s))");
         return 0;
@@ -145,7 +147,7 @@ public static class Commands
             store.CommitOf(r.Hash) is { Length: >= 7 } c && head is not null && c != head ? $"done (made at commit {c[..7]})" : "done";
         var rows = plan.Runs.Select(r => new[]
         {
-            r.Hash, r.Id, r.Run.DependsOn ?? "-",
+            r.Hash, r.Id, r.Run.Needs.Any() ? string.Join(",", r.Run.Needs) : "-",
             r.Status == RunState.Failed ? $"failed (log: {store.LogPath(r.Hash)})"
             : slurmFailed.TryGetValue(r.Hash, out var slurmLog) ? $"failed in Slurm (log: {slurmLog})"
             : plan.ArtifactsMissing(r, store) ? Done(r) + ", artifacts missing (lora run recomputes them)"
@@ -204,7 +206,7 @@ public static class Commands
         }
         var byHash = selected.ToDictionary(r => r.Hash);
         var keep = new HashSet<string>();
-        void Add(PlannedRun r) { if (keep.Add(r.Hash) && r.Run.DependsOn is { } d && byHash.TryGetValue(d, out var dep)) Add(dep); }
+        void Add(PlannedRun r) { if (keep.Add(r.Hash)) foreach (var d in r.Run.Needs) if (byHash.TryGetValue(d, out var dep)) Add(dep); }
         foreach (var r in committed) Add(r);
         var toRun = selected.Where(r => keep.Contains(r.Hash)).ToList();
         var scratchRoot = Path.Combine(store.ArtifactsRoot, ".verify");

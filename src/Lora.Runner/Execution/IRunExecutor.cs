@@ -11,6 +11,7 @@ public sealed class ResolvedRun
         ConfigJson = Canonical.json(spec);
         Hash = Canonical.hashOf(ConfigJson);
         DependsOn = Canonical.dependsOn(spec);
+        Sources = Canonical.sources(spec).ToList();
     }
 
     /// <summary>The run as the DSL describes it (method, model, dataset, training settings), defaults filled in.</summary>
@@ -21,6 +22,10 @@ public sealed class ResolvedRun
     public string Hash { get; }
     /// <summary>Hash of the pretrain run whose weights this run starts from, or null.</summary>
     public string? DependsOn { get; }
+    /// <summary>Hashes of the runs whose adapters this run combines (a combination), else empty.</summary>
+    public IReadOnlyList<string> Sources { get; }
+    /// <summary>Every run this one needs done first: its base and the runs it combines.</summary>
+    public IEnumerable<string> Needs => (DependsOn is { } d ? [d] : Array.Empty<string>()).Concat(Sources);
     /// <summary>"experiment/name".</summary>
     public string Id => Spec.Id;
     public override string ToString() => $"{Hash} {Id}";
@@ -37,6 +42,8 @@ public sealed class RunContext
     public string? BaseArtifactsDir { get; init; }
     /// <summary>The model card of the run this one depends on (its input channels and size), or null.</summary>
     public string? BaseCardPath { get; init; }
+    /// <summary>A combination's source runs' artifacts folders (their adapters), in its order; else empty.</summary>
+    public IReadOnlyList<string> SourceArtifactsDirs { get; init; } = [];
     /// <summary>"cpu" or "cuda": the spec's device unless --device overrode it.</summary>
     public required string Device { get; init; }
     /// <summary>Progress lines for the console and the run's log.</summary>

@@ -79,9 +79,15 @@ static class ModelSource
     public static string AdapterFolder(string path) =>
         File.Exists(path) && Path.GetFileName(path) is AdapterCheckpoint.WeightsFile or AdapterCheckpoint.ConfigFile
             ? Path.GetDirectoryName(Path.GetFullPath(path))!
-            : Directory.Exists(path) ? path
+            : Directory.Exists(path) ? InMultiAdapterFolder(path)
             : File.Exists(path) ? throw new InvalidDataException($"'{path}' is a file, not an adapter folder (expected a PEFT folder with {AdapterCheckpoint.ConfigFile} and {AdapterCheckpoint.WeightsFile})")
             : throw new DirectoryNotFoundException($"adapter folder '{path}' does not exist (expected a PEFT folder with {AdapterCheckpoint.ConfigFile} and {AdapterCheckpoint.WeightsFile})");
+
+    /// A folder without an adapter at its root but with some in subfolders (PEFT's layout of several):
+    /// which to give (see `lora adapters`).
+    static string InMultiAdapterFolder(string path) =>
+        File.Exists(Path.Combine(path, AdapterCheckpoint.ConfigFile)) || AdaptersCommand.Find(path) is not { Count: > 0 } found ? path
+        : throw new InvalidDataException($"'{path}' has no default adapter at its root but {found.Count} in subfolders ({string.Join(", ", found.Select(f => f.Name))}): give --adapter {Path.Combine(path, found[0].Name)} (lora adapters list {path})");
 
     /// "give --model or --run" when neither or both are given, else null.
     public static string? OneOf(string? model, string? run) =>

@@ -26,7 +26,7 @@ public sealed class PlanRunner(ResultsStore store, IRunExecutor executor, TextWr
         int ran = 0, skipped = 0, failed = 0, blocked = 0, recomputed = 0, differing = 0;
         // the base runs whose weights a run that will execute starts from
         var needed = selected.Where(r => forced.Contains(r.Hash) || !store.IsDone(r.Hash))
-            .Select(r => r.Run.DependsOn).OfType<string>().ToHashSet();
+            .SelectMany(r => r.Run.Needs).ToHashSet();
         foreach (var p in selected)
         {
             ct.ThrowIfCancellationRequested();
@@ -51,9 +51,9 @@ public sealed class PlanRunner(ResultsStore store, IRunExecutor executor, TextWr
                 skipped++;
                 continue;
             }
-            if (run.DependsOn is { } dep && !store.IsDone(dep))
+            if (run.Needs.FirstOrDefault(n => !store.IsDone(n)) is { } dep)
             {
-                log.WriteLine($"blocked  {run.Hash} {run.Id}: its base run {dep} has no result yet");
+                log.WriteLine($"blocked  {run.Hash} {run.Id}: its {(dep == run.DependsOn ? "base" : "combined")} run {dep} has no result yet");
                 blocked++;
                 continue;
             }
@@ -112,6 +112,7 @@ public sealed class PlanRunner(ResultsStore store, IRunExecutor executor, TextWr
             ArtifactsDir = artifacts,
             BaseArtifactsDir = run.DependsOn is { } d ? store.ArtifactsDir(d) : null,
             BaseCardPath = run.DependsOn is { } b ? store.CardPath(b) : null,
+            SourceArtifactsDirs = run.Sources.Select(store.ArtifactsDir).ToList(),
             Device = device,
             Log = Log,
             LogFileOnly = logFile.WriteLine,
@@ -152,10 +153,11 @@ public sealed class PlanRunner(ResultsStore store, IRunExecutor executor, TextWr
             Id = run.Id,
             Labels = new RunLabels
             {
+                // a combination is a tune in tables (a row of its own: its name is its method's)
                 Kind = s.Kind.IsPretraining ? "pretraining" : "tuning",
                 Experiment = s.Experiment,
                 Name = s.Name,
-                Method = s.Method.Name,
+                Method = s.Kind is RunKind.Combining ? s.Name : s.Method.Name,
                 Rank = s.RankValue,
                 Model = Grid.modelLabel(s.Model),
                 Zoo = s.Model.ZooModel.Name,

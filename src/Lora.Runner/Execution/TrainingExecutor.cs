@@ -25,6 +25,8 @@ public sealed class TrainingExecutor : IRunExecutor
 
     public RunResult Execute(ResolvedRun run, RunContext ctx, CancellationToken ct)
     {
+        // nothing trains: the sources' adapters are combined and evaluated
+        if (run.Spec.Kind is RunKind.Combining) return CombinationExecutor.Execute(run, ctx);
         var spec = run.Spec;
         var training = spec.Training;
         // on CPU, the run's memory is its peak above what the process held (live) before it began
@@ -145,7 +147,7 @@ public sealed class TrainingExecutor : IRunExecutor
     }
 
     /// The run's model card: what `predict`, `merge`, `forward`, `export` and `eval` rebuild it from.
-    static RunCard CardOf(ResolvedRun run, ModelArgs args, nn.Module model, RunData data, Transforms transforms, TunedModel? tuned)
+    internal static RunCard CardOf(ResolvedRun run, ModelArgs args, nn.Module model, RunData data, Transforms transforms, TunedModel? tuned)
     {
         var spec = run.Spec;
         var card = Zoo.Card(model);
@@ -180,7 +182,7 @@ public sealed class TrainingExecutor : IRunExecutor
     /// The input size and channels the model fixes before any data is seen: a pretrained base's (its
     /// card), else the model's own on the meta device where the spec or the name fixes them (a family
     /// without in_chans takes the data's channels: null).
-    static (int? Size, int? Channels) ModelInput(Run spec, RunContext ctx)
+    internal static (int? Size, int? Channels) ModelInput(Run spec, RunContext ctx)
     {
         if (ctx.BaseCardPath is { } path && File.Exists(path))
         {
@@ -198,7 +200,7 @@ public sealed class TrainingExecutor : IRunExecutor
         catch (ArgumentException) { return (null, null); } // the real build says what is wrong
     }
 
-    static (nn.Module<Tensor, Tensor> Model, ModelArgs Args) BuildModel(Run spec, RunContext ctx, RunData data, int? channels)
+    internal static (nn.Module<Tensor, Tensor> Model, ModelArgs Args) BuildModel(Run spec, RunContext ctx, RunData data, int? channels)
     {
         var zooModel = spec.Model.ZooModel;
         var args = ToCore.modelArgs(zooModel).With("num_classes", (long)data.OutputClasses);
@@ -297,7 +299,7 @@ public sealed class TrainingExecutor : IRunExecutor
         };
     }
 
-    static int? OptionInt(Microsoft.FSharp.Core.FSharpOption<int>? o) => o is null ? null : o.Value;
+    internal static int? OptionInt(Microsoft.FSharp.Core.FSharpOption<int>? o) => o is null ? null : o.Value;
     static double? OptionDouble(Microsoft.FSharp.Core.FSharpOption<double>? o) => o is null ? null : o.Value;
 
     static LrSchedule ScheduleOf(Schedule s) =>

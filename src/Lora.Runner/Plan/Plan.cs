@@ -32,7 +32,7 @@ public sealed class Plan
         foreach (var r in runs)
             if (byHash.TryAdd(r.Hash, r)) order.Add(r);
 
-        var levels = DependencyLevels.Of(order, r => r.Hash, r => r.DependsOn is { } d ? [d] : [], r => $"'{r.Id}' ({r.Hash})");
+        var levels = DependencyLevels.Of(order, r => r.Hash, r => r.Needs.ToList(), r => $"'{r.Id}' ({r.Hash})");
         var planned = order
             .Select((r, i) => (r, i, level: levels[i]))
             .OrderBy(x => x.level).ThenBy(x => x.i)
@@ -44,7 +44,7 @@ public sealed class Plan
     /// <summary>A done run that some run of the plan starts from, whose weights are not in the
     /// artifacts folder (a fresh clone has the committed metrics only): `lora run` recomputes them.</summary>
     public bool ArtifactsMissing(PlannedRun r, ResultsStore store) =>
-        r.Status == RunState.Done && Runs.Any(d => d.Run.DependsOn == r.Hash) && !store.HasWeights(r.Hash);
+        r.Status == RunState.Done && Runs.Any(d => d.Run.Needs.Contains(r.Hash)) && !store.HasWeights(r.Hash);
 
     /// <summary>--only: a glob (* and ?) over "experiment/name", or a hash prefix.</summary>
     public static bool Matches(string pattern, PlannedRun r)
@@ -66,7 +66,8 @@ public sealed class Plan
         void Add(PlannedRun r)
         {
             if (!chosen.Add(r.Hash)) return;
-            if (r.Run.DependsOn is { } d && byHash.TryGetValue(d, out var dep)) Add(dep);
+            foreach (var d in r.Run.Needs)
+                if (byHash.TryGetValue(d, out var dep)) Add(dep);
         }
         foreach (var r in Runs)
             if (only is null || Matches(only, r)) Add(r);
@@ -83,5 +84,7 @@ public sealed class Plan
             ["level"] = r.Level,
             ["method"] = r.Run.Spec.Method.Name,
             ["rank"] = r.Run.Spec.RankValue,
-        }).ToArray());
+            // a combination's runs (absent for the others, whose JSON stays as it was)
+            ["sources"] = r.Run.Sources.Count > 0 ? new JsonArray(r.Run.Sources.Select(h => (JsonNode)JsonValue.Create(h)!).ToArray()) : null,
+        }).Select(o => { if (o is JsonObject j && j["sources"] is null) j.Remove("sources"); return o; }).ToArray());
 }

@@ -13,7 +13,7 @@ public static class PlanToSlurm
     {
         var hashes = plan.Runs.Select(r => r.Hash).ToHashSet(StringComparer.Ordinal);
         return plan.Runs
-            .Select(r => new SlurmRun(r.Hash, r.Id, r.Run.DependsOn is { } d && hashes.Contains(d) ? [d] : []))
+            .Select(r => new SlurmRun(r.Hash, r.Id, r.Run.Needs.Where(hashes.Contains).ToList()))
             .ToList();
     }
 
