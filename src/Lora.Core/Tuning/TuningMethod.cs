@@ -58,7 +58,8 @@ public abstract class TuningMethod
 
     /// What a target that matched nothing is told: those of the model family's usual targets
     /// (<see cref="Lora.Core.Models.FamilyTargets"/>, what `lora bench` tunes) that this method accepts here.
-    string WouldFit(nn.Module model, IReadOnlyList<(string Path, nn.Module Module)> modules, TuningConfig config)
+    /// A method whose fit is a whole-model property (not one layer's) says it itself.
+    protected virtual string WouldFit(nn.Module model, IReadOnlyList<(string Path, nn.Module Module)> modules, TuningConfig config)
     {
         if (Lora.Core.Models.FamilyTargets.For(model) is not { } family) return "";
         var fit = family.LowRank.Concat(family.All).Distinct()

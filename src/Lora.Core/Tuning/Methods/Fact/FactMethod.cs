@@ -24,6 +24,12 @@ public sealed class FactMethod : TuningMethod
 
     public override string NameOf(TuningConfig config) => ((FactConfig)config).Variant == FactVariant.Tt ? "FacT-TT" : "FacT-TK";
 
+    const string WhereItFits =
+        @"it fits the ViT family, and SAM's ViT encoder with targets [qkv, attn.proj, re:image_encoder\.blocks\.\d+\.mlp\.lin[12]]; not TinyViT, whose stages differ in width, nor ConvNeXt, ResNet or UNet: use lora there";
+
+    // a layer of the right kind is not enough: every target must be made of slices of one width
+    protected override string WouldFit(nn.Module model, IReadOnlyList<(string Path, nn.Module Module)> modules, TuningConfig config) => "; " + WhereItFits;
+
     protected override string? CheckTarget(string path, nn.Module module, TuningConfig config) => module switch
     {
         Linear => null,
@@ -46,8 +52,7 @@ public sealed class FactMethod : TuningMethod
         {
             var (path, l) = misfits[0];
             errors.Add($"FacT shares U and V across layers of one width: '{path}' is Linear({l!.in_features}, {l.out_features}), not made of {d}×{d} slices" +
-                       (misfits.Count > 1 ? $" (and {misfits.Count - 1} more targets)" : "") +
-                       @"; it fits the ViT family, and SAM's ViT encoder with targets [qkv, attn.proj, re:image_encoder\.blocks\.\d+\.mlp\.lin[12]]; not TinyViT, whose stages differ in width: use lora there");
+                       (misfits.Count > 1 ? $" (and {misfits.Count - 1} more targets)" : "") + "; " + WhereItFits);
         }
         if (modules.Any(m => m.Path == SharedName)) errors.Add($"the model already has a child named '{SharedName}' (FacT's shared factors)");
     }
