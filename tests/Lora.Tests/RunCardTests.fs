@@ -163,6 +163,38 @@ let tests =
             Expect.isLessThanOrEqual (ZooExportTests.relErr y onnx) 1e-4 "ONNX Runtime equals forward --run (adapters and the trained head)"
         }
 
+        test "a Convpass run exports with its bypasses as graph ops (ONNX Runtime = forward --run); merge refuses it" {
+            if not (Lora.Core.Data.FashionMnist.IsInstalled()) then skiptest "dataset-fashion-mnist is not installed"
+            use dir = new TempDir()
+            let results = withTinyPretrain dir
+            let spec = dir.File "convpass.yaml"
+            let pretrainBlock = File.ReadAllText(tinySpec).Split("experiments:").[0]
+            let lines =
+                [ "experiments:"; "  - name: cp"; "    model: { pretrain: tiny-vit }"
+                  "    dataset: { source: fashion_mnist, classes: [5, 6, 7, 8, 9], limit_train: 160, limit_val: 50 }"
+                  "    methods: [convpass]"; "    ranks: [2]"; "    epochs: 1"; "    batch: 16"; "    lr: 0.003" ]
+            File.WriteAllText(spec, pretrainBlock + String.concat "\n" lines + "\n")
+            let code, out, err = dispatch [ "run"; spec; "--results"; results ]
+            Expect.equal code 0 (out + err)
+            let run = hashOf results "cp/convpass-r2"
+            Expect.isFalse (RunCard.Read(Path.Combine(results, run, RunCard.FileName))).Mergeable "Convpass does not merge"
+            let input = dir.File "in.safetensors"
+            use x = TorchSharp.torch.rand(3L, 1L, 28L, 28L)
+            Lora.Core.IO.Safetensors.Save(input, [ Collections.Generic.KeyValuePair("input", x) ])
+            let code, _, err = dispatch [ "forward"; "--run"; run; "--results"; results; "--input"; input; "--out"; dir.File "out.safetensors" ]
+            Expect.equal code 0 err
+            let y = Lora.Core.IO.Safetensors.Load(dir.File "out.safetensors").["output"]
+            let code, _, err = dispatch [ "merge"; "--run"; run; "--results"; results; "--out"; dir.File "m.safetensors" ]
+            Expect.equal code 1 "merge refuses"
+            Expect.stringContains err "not mergeable" "merge says why"
+            // (export refused Convpass until its bypasses' ops went into the graph)
+            let code, out, err = dispatch [ "export"; "--run"; run; "--results"; results; "--out"; dir.File "m.onnx" ]
+            Expect.equal code 0 err
+            Expect.stringContains out "wrote" "says what it wrote"
+            use onnx = ZooExportTests.ortRun (dir.File "m.onnx") x
+            Expect.isLessThanOrEqual (ZooExportTests.relErr y onnx) 1e-4 "ONNX Runtime equals forward --run (bypasses and the trained head)"
+        }
+
         test "merge --run and export --run of a LoRA run need nothing else; forward --run equals forward of the merged weights" {
             if not (Lora.Core.Data.FashionMnist.IsInstalled()) then skiptest "dataset-fashion-mnist is not installed"
             let results = tinyResults.Force()

@@ -128,7 +128,8 @@ let tests =
         for name, config in [ "bottleneck adapter", BottleneckAdapterConfig(Width = 6) :> TuningConfig
                               "AdaptFormer", AdaptFormerConfig(Width = 6)
                               "VPT shallow", VptConfig(Tokens = 3)
-                              "VPT deep", VptConfig(Tokens = 3, Deep = true) ] do
+                              "VPT deep", VptConfig(Tokens = 3, Deep = true)
+                              "Convpass (s 0.5)", ConvpassConfig(Width = 6, Scale = 0.5) ] do
             test $"{name} (not mergeable): its ops go into the graph, ONNX Runtime equals the tuned forward" {
                 use m = Zoo.Create("vit", """{"img_size": 28, "patch_size": 4, "in_chans": 1, "embed_dim": 32, "depth": 2, "num_heads": 4, "num_classes": 5}""")
                 let t = Tuner.Apply(m, config)
@@ -143,6 +144,65 @@ let tests =
                 let err = exportAndCompare m x
                 Expect.isLessThanOrEqual err tol $"relative error {err}"
             }
+        test "Convpass (random weights, s 2, a trained head): the bypass changes the output and ONNX Runtime equals the tuned forward at batch 1 and 3" {
+            use m = Zoo.Create("vit", """{"img_size": 28, "patch_size": 4, "in_chans": 1, "embed_dim": 32, "depth": 2, "num_heads": 4, "num_classes": 5}""")
+            use x = torch.randn(3L, 1L, 28L, 28L)
+            use y0 = eval m x
+            let t = Tuner.Apply(m, ConvpassConfig(Width = 4, Scale = 2.0, ModulesToSave = [| "head" |]))
+            // random non-zero up projections and convs (a fresh bypass adds nothing, which would hide a wrong export)
+            use g = new torch.Generator(11UL)
+            do
+                use _g = torch.no_grad()
+                for p in t.TrainableParameters() do
+                    use r = torch.randn(p.shape, generator = g)
+                    p.copy_(r * 0.2f) |> ignore
+            use y = eval m x
+            let changed = relErr y0 y
+            Expect.isGreaterThan changed 1e-2 $"the bypasses matter (relative change {changed})"
+            use dir = new Generators.TempDir()
+            let path = dir.File "convpass.onnx"
+            ZooExport.Export(m, [| 1L; 1L; 28L; 28L |], path)
+            use got = ortRun path x
+            let err = relErr y got
+            Expect.isLessThanOrEqual err tol $"relative error {err} at batch 3 (exported at batch 1)"
+            let model = Onnx.ModelProto.Parser.ParseFrom(File.ReadAllBytes path)
+            let names = set [ for i in model.Graph.Initializer -> i.Name ]
+            Expect.contains names "blocks.1.convpass_mlp.adapter_conv.weight" "the bypass weights under their checkpoint keys"
+            Expect.isTrue (model.Graph.Node |> Seq.exists (fun n -> n.OpType = "Sigmoid")) "QuickGELU's Sigmoid"
+        }
+        for variant in [ FactVariant.Tt; FactVariant.Tk ] do
+            test $"FacT-{variant} (mergeable): after merge-and-unload ONNX Runtime equals the tuned forward" {
+                use m = Zoo.Create("vit", """{"img_size": 28, "patch_size": 4, "in_chans": 1, "embed_dim": 32, "depth": 2, "num_heads": 4, "num_classes": 5}""")
+                let t = Tuner.Apply(m, FactConfig(Rank = 3, Variant = variant, Scale = 0.7))
+                // random factors (V starts at zero, which would hide a merge that did nothing)
+                use g = new torch.Generator(5UL)
+                do
+                    use _g = torch.no_grad()
+                    for p in t.TrainableParameters() do
+                        use r = torch.randn(p.shape, generator = g)
+                        p.copy_(r * 0.2f) |> ignore
+                use x = torch.randn(2L, 1L, 28L, 28L)
+                use tuned = eval m x
+                Expect.isFalse (ZooExport.CanExport m) "unmerged FacT is refused"
+                let plain = t.MergeAndUnload() :?> M
+                let err = exportAndCompare plain x
+                use merged = eval plain x
+                Expect.isLessThanOrEqual (relErr tuned merged) tol "merged = tuned"
+                Expect.isLessThanOrEqual err tol $"relative error {err}"
+            }
+        test "Convpass on SAM's and TinyViT's encoders: the refusal says Convpass exports on the ViT family only" {
+            let sam = Zoo.Create("sam_vit", ModelArgs.FromJson """{"img_size": 32, "patch_size": 8, "embed_dim": 16, "depth": 2, "num_heads": 2, "window_size": 2, "global_attn_indexes": [1], "out_chans": 16, "decoder_num_heads": 2, "decoder_mlp_dim": 32, "iou_head_hidden_dim": 16}""", torch.CPU)
+            let tiny = Zoo.Create("tiny_vit", ModelArgs.FromJson """{"num_classes": 3, "embed_dims": [8, 16, 16, 32], "depths": [1, 1, 1, 1], "num_heads": [1, 2, 2, 2], "window_sizes": [4, 4, 4, 2]}""", torch.CPU)
+            use dir = new Generators.TempDir()
+            for m, kind in [ sam, "Sam"; tiny, "TinyVit" ] do
+                Tuner.Apply(m, ConvpassConfig(Width = 2)) |> ignore
+                let why = ZooExport.Problem m
+                Expect.stringContains why kind "names the model type"
+                Expect.stringContains why "Convpass bypasses export on the ViT family only" "says Convpass is not exported there"
+                Expect.throwsT<NotSupportedException> (fun () -> ZooExport.Export(m, [| 1L; 3L; 32L; 32L |], dir.File "m.onnx")) "Export refuses it"
+                Expect.isFalse (File.Exists(dir.File "m.onnx")) "no file"
+                m.Dispose()
+        }
         test "initializers carry timm's state-dict keys" {
             use m = loaded "resnet" "resnet_basic_narrow"
             use dir = new Generators.TempDir()

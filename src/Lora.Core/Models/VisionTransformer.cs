@@ -102,7 +102,11 @@ public sealed class Block : nn.Module<Tensor, Tensor>, IAdapterHost, IBypassHost
         convpass_mlp = (ConvpassModule?)AdapterSlot.Set(this, "convpass_mlp", convpass_mlp, mlp);
         bypassScale.Dispose();
         bypassScale = scale.ToScalar();
+        BypassScale = scale;
     }
+
+    /// s, the Convpass bypasses' scale (ONNX export writes it as a constant).
+    public double BypassScale { get; private set; } = 1.0;
 
     Tensor Bypass(ConvpassModule bypass, Tensor n)
     {

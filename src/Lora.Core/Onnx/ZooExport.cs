@@ -11,8 +11,9 @@ namespace Lora.Core.Onnx;
 /// Writes a plain (merged) zoo model of the ViT, ConvNeXt or ResNet family as an ONNX file (opset
 /// 17): its weights as initializers under their timm state-dict keys, nodes emitted per module type
 /// following each family's eval forward. Input `input` [N, C, H, W] (N symbolic), output `output`.
-/// Tuned models are exported after merge-and-unload; a layer that cannot be merged (bottleneck
-/// adapters) or a module this exporter does not know is an error naming the module, and nothing is written.
+/// Tuned models are exported after merge-and-unload, except a ViT's non-mergeable methods (bottleneck
+/// adapters, AdaptFormer, VPT, Convpass), whose ops are written; any other layer that cannot be
+/// merged or a module this exporter does not know is an error naming the module, and nothing is written.
 public static class ZooExport
 {
     /// Whether <see cref="Export"/> takes this model (see <see cref="Problem"/> for why not).
@@ -22,16 +23,21 @@ public static class ZooExport
     public static string? Problem(nn.Module model)
     {
         if (model is not (VisionTransformer or ConvNeXt or ResNet))
-            return $"ONNX export of zoo models covers the ViT, ConvNeXt and ResNet families; this is a {model.GetType().Name}";
+        {
+            // Convpass tunes SAM's and TinyViT's encoders too: say that only the ViT's bypasses export
+            var convpass = ModuleTree.Descendants(model).Any(d => d.Module is ConvpassModule)
+                ? " (Convpass bypasses export on the ViT family only; SAM and TinyViT models are not exported, with Convpass or without)" : "";
+            return $"ONNX export of zoo models covers the ViT, ConvNeXt and ResNet families; this is a {model.GetType().Name}{convpass}";
+        }
         foreach (var (path, m) in ModuleTree.Descendants(model))
         {
             var what = m switch
             {
                 // the non-mergeable ViT methods export with their own ops (in the block / token stream)
-                BottleneckAdapter or AdaptFormerModule or VisualPrompts or GELU when model is VisionTransformer => null,
+                BottleneckAdapter or AdaptFormerModule or VisualPrompts or ConvpassModule or GELU when model is VisionTransformer => null,
                 // left in place beside those methods (merge-and-unload refuses them): its active copy is written
                 ModulesToSaveWrapper { ActiveAdapter: not null, AdaptersDisabled: false } => null,
-                IAdapterModule a => $"a {a.Group} adapter, which cannot be merged into the weights: ONNX export takes merged models, or a ViT's bottleneck adapters, AdaptFormer and VPT prompts",
+                IAdapterModule a => $"a {a.Group} adapter, which cannot be merged into the weights: ONNX export takes merged models, or a ViT's bottleneck adapters, AdaptFormer, VPT prompts and Convpass bypasses",
                 TunerLayer t => $"a {t.GetType().Name} (a tuning layer): merge it into the weights first (merge-and-unload), then export",
                 ModulesToSaveWrapper => "a modules-to-save wrapper: merge-and-unload the tuned model first, then export",
                 Conv2d or Linear or LayerNorm or LayerNorm2d or BatchNorm2d or Identity or Sequential or ModuleList<ConvNeXtStage> or ModuleList<ConvNeXtBlock> or ModuleList<Block>
@@ -232,21 +238,55 @@ public static class ZooExport
             return g.Node("Concat", prompts, new[] { Cls(t), Tokens(t, 1 + n, End) }, ("axis", 1L));
         }
 
-        /// timm's block, with the bottleneck adapters / AdaptFormer of Block.forward when present:
-        /// x += adapter_attn(x) after attention, x += s · adapter_mlp(norm2(x)) beside the MLP.
+        /// timm's block, with the bottleneck adapters / AdaptFormer / Convpass of Block.forward when
+        /// present, in its order: x += s·convpass_attn(norm1(x)) beside the attention, x += adapter_attn(x)
+        /// after it; x += s·convpass_mlp(norm2(x)) and x += s · adapter_mlp(norm2(x)) beside the MLP.
         string VitBlock(string path, nn.Module b, string x)
         {
             var children = b.named_children().ToDictionary(c => c.name, c => c.module);
-            x = g.Node("Add", path, new[] { x, Sub(b, path, "attn", Sub(b, path, "norm1", x)) });
+            var n1 = Sub(b, path, "norm1", x);
+            x = g.Node("Add", path, new[] { x, Sub(b, path, "attn", n1) });
+            if (children.ContainsKey("convpass_attn")) x = g.Node("Add", path, new[] { x, Bypass(path, (Block)b, "convpass_attn", n1) });
             if (children.ContainsKey("adapter_attn")) x = g.Node("Add", path, new[] { x, Sub(b, path, "adapter_attn", x) });
             var n = Sub(b, path, "norm2", x);
             x = g.Node("Add", path, new[] { x, Sub(b, path, "mlp", n) });
+            if (children.ContainsKey("convpass_mlp")) x = g.Node("Add", path, new[] { x, Bypass(path, (Block)b, "convpass_mlp", n) });
             if (!children.ContainsKey("adapter_mlp")) return x;
             var scale = (float)((Block)b).MlpAdapterScale;
             var a = Sub(b, path, "adapter_mlp", n);
             if (scale != 1f) a = g.Node("Mul", path, new[] { a, g.Constant($"adapter_scale_{scale}", scale) });
             return g.Node("Add", path, new[] { x, a });
         }
+
+        /// s · Convpass(x) as Block's bypass computes it (ConvpassModule.ForwardTokens in eval, dropout
+        /// the identity): down → QuickGELU; the last side² tokens as a [B, r, side, side] grid through
+        /// the 3×3 conv, each leading token (class token, VPT prompts) through the same conv as a 1×1
+        /// image; QuickGELU → up, `Mul` by s.
+        string Bypass(string blockPath, Block b, string name, string x)
+        {
+            var path = Join(blockPath, name);
+            var m = (ConvpassModule)Child(b, name, blockPath);
+            long side = b.GridSide, hw = side * side, r = m.adapter_down.out_features;
+            if (side <= 0) throw new NotSupportedException($"Cannot export to ONNX: '{blockPath}' does not know its patch grid (a Block outside a VisionTransformer).");
+            var d = QuickGelu(path, Sub(m, path, "adapter_down", x));
+            string Tokens(long from, long to) =>
+                g.Node("Slice", path, new[] { d, g.Longs($"start_{from}", from), g.Longs($"end_{to}", to), g.Longs("axis_1", 1) });
+            // the patch grid, row-major: [B, hw, r] → [B, r, side, side] → conv → [B, hw, r]
+            var grid = g.Node("Transpose", path, new[] { g.Node("Reshape", path, new[] { Tokens(-hw, long.MaxValue), g.Longs($"shape_grid_{side}_{r}", 0, side, side, r) }) }, ("perm", new long[] { 0, 3, 1, 2 }));
+            var patches = g.Node("Reshape", path, new[] { ToChannelsLast(path, Sub(m, path, "adapter_conv", grid)), g.Longs($"shape_grid_tokens_{hw}_{r}", 0, hw, r) });
+            // the leading tokens, each a [r, 1, 1] image (only the kernel's centre tap reaches it), back to [B, lead, r]
+            var lead = Tokens(0, -hw);
+            var images = g.Node("Reshape", path, new[] { lead, g.Longs($"shape_single_{r}", -1, r, 1, 1) });
+            var single = g.Node("Reshape", path, new[] { Sub(m, path, "adapter_conv", images), g.Node("Shape", path, new[] { lead }) });
+            var h = g.Node("Concat", path, new[] { single, patches }, ("axis", 1L));
+            var y = Sub(m, path, "adapter_up", QuickGelu(path, h));
+            var s = (float)b.BypassScale;
+            return s == 1f ? y : g.Node("Mul", path, new[] { y, g.Constant($"bypass_scale_{s}", s) });
+        }
+
+        /// CLIP's QuickGELU (Convpass's activation): x · σ(1.702 x).
+        string QuickGelu(string path, string x) =>
+            g.Node("Mul", path, new[] { x, g.Node("Sigmoid", path, new[] { g.Node("Mul", path, new[] { x, g.Constant("quick_gelu", 1.702f) }) }) });
 
         /// qkv → [3, B, heads, N, d] → softmax(q·kᵀ/√d)·v → [B, N, C] → proj (scaled_dot_product_attention).
         string SelfAttention(string path, Attention a, string x)

@@ -14,7 +14,7 @@ public static class ExportCommand
 {
     public static int Run(ExportOptions o, TextWriter stdout)
     {
-        // mergeable adapters are merged; a ViT's bottleneck adapters, AdaptFormer and VPT stay in
+        // mergeable adapters are merged; a ViT's bottleneck adapters, AdaptFormer, VPT and Convpass stay in
         // place and ZooExport writes their ops (disabled adapters are unloaded)
         var (model, run) = RunModel.FromCommandLine(o.Model, o.Run, o.Results, o.ModelConfig, o.Weights, o.Adapters, mustMerge: o.Adapters.Disabled);
         using var _model = model;
