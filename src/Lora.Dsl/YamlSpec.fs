@@ -1182,7 +1182,8 @@ module YamlSpec =
     let writeTableDecls (ts: TableDecl list) =
         let sb = StringBuilder()
         writeTables sb ts
-        sb.ToString()
+        // written as an experiment's field; a file of its own starts at the margin
+        sb.ToString().Split('\n') |> Array.map (fun l -> if l.StartsWith "    " then l.Substring 4 else l) |> String.concat "\n"
 
     /// YAML text for experiments, every field explicit (pretrain steps inline); `parse` reads it back
     /// into equal records.

@@ -87,6 +87,14 @@ let private conv2dWith (c: Conv2d) (x: torch.Tensor) (w: torch.Tensor) =
 
 let private slot (s: AdapterSlots) = s.Parameter "default" :> torch.Tensor
 
+/// What `lora validate` says of method `m` at `rank` on zoo model `zoo` ("" when it fits): the core's
+/// run check on the meta device, as for a spec's run.
+let checkOn (m: Lora.Dsl.Method) (zoo: string) (rank: int) =
+    let e: Lora.Dsl.Experiment =
+        { Name = "x"; Models = [ Lora.Dsl.Zoo { Name = zoo; Options = Map.empty } ]; Datasets = [ Lora.Dsl.Builders.fashionMnist ]
+          Task = Lora.Dsl.Classification; Methods = [ m ]; Ranks = [ rank ]; Seeds = [ 0 ]; Training = Lora.Dsl.Training.Defaults; Tables = []; Sweeps = []; Variants = []; Combinations = [] }
+    Lora.Dsl.Grid.expand e |> List.head |> Lora.Conversion.ToCore.checkRun |> String.concat "; "
+
 let private layerTests =
     testList "layers" [
         testProp "BitFit on Linear, Conv2d, LayerNorm: y = base(x) + Δb; merges into the bias" (fun (seed: int) (a: byte) (b: byte) (k: byte) (f64: bool) (kind: byte) ->
@@ -429,11 +437,7 @@ let private specTests =
             | Ok _ -> failtest "feed-forward outside the targets must fail"
         }
         test "validate: a method on a zoo model it does not fit says what would fit" {
-            let run (m: Lora.Dsl.Method) zoo =
-                let e: Lora.Dsl.Experiment =
-                    { Name = "x"; Models = [ Lora.Dsl.Zoo { Name = zoo; Options = Map.empty } ]; Datasets = [ Lora.Dsl.Builders.fashionMnist ]
-                      Task = Lora.Dsl.Classification; Methods = [ m ]; Ranks = [ 2 ]; Seeds = [ 0 ]; Training = Lora.Dsl.Training.Defaults; Tables = []; Sweeps = []; Variants = []; Combinations = [] }
-                Lora.Dsl.Grid.expand e |> List.head |> Lora.Conversion.ToCore.checkRun |> String.concat "; "
+            let run m zoo = checkOn m zoo 2
             Expect.stringContains (run Lora.Dsl.Builders.lnTuning "resnet18") "bitfit or ssf" "LN tuning on a ResNet"
             Expect.equal (run Lora.Dsl.Builders.bitfit "resnet18") "" "BitFit fits a ResNet"
             Expect.equal (run Lora.Dsl.Builders.ssf "convnext_tiny") "" "SSF fits a ConvNeXt"

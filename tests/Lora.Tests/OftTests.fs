@@ -467,11 +467,7 @@ let private specTests =
             | Ok _ -> failtest "butterfly 0 must fail"
         }
         test "validate: OFT on a ResNet needs its conv targets, and then fits" {
-            let run (m: Lora.Dsl.Method) zoo =
-                let e: Lora.Dsl.Experiment =
-                    { Name = "x"; Models = [ Lora.Dsl.Zoo { Name = zoo; Options = Map.empty } ]; Datasets = [ Lora.Dsl.Builders.fashionMnist ]
-                      Task = Lora.Dsl.Classification; Methods = [ m ]; Ranks = [ 4 ]; Seeds = [ 0 ]; Training = Lora.Dsl.Training.Defaults; Tables = []; Sweeps = []; Variants = []; Combinations = [] }
-                Lora.Dsl.Grid.expand e |> List.head |> Lora.Conversion.ToCore.checkRun |> String.concat "; "
+            let run m zoo = MethodZooTests.checkOn m zoo 4
             Expect.stringContains (run Lora.Dsl.Builders.oft "resnet18") "matches no module" "qkv on a ResNet"
             Expect.equal (run (Lora.Dsl.Oft { Lora.Dsl.OftOptions.Defaults with OftTargets = [ "conv1"; "conv2" ] }) "resnet18") "" "its convs fit"
             Expect.equal (run Lora.Dsl.Builders.oft "vit_tiny_patch16_224") "" "the ViT's qkv fits"

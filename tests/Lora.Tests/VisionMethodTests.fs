@@ -236,11 +236,7 @@ let private specTests =
             | Ok _ -> failtest "an unknown variant must fail"
         }
         test "validate: convpass and fact on a zoo model they do not fit say what would fit" {
-            let run (m: Lora.Dsl.Method) zoo =
-                let e: Lora.Dsl.Experiment =
-                    { Name = "x"; Models = [ Lora.Dsl.Zoo { Name = zoo; Options = Map.empty } ]; Datasets = [ Lora.Dsl.Builders.fashionMnist ]
-                      Task = Lora.Dsl.Classification; Methods = [ m ]; Ranks = [ 2 ]; Seeds = [ 0 ]; Training = Lora.Dsl.Training.Defaults; Tables = []; Sweeps = []; Variants = []; Combinations = [] }
-                Lora.Dsl.Grid.expand e |> List.head |> Lora.Conversion.ToCore.checkRun |> String.concat "; "
+            let run m zoo = MethodZooTests.checkOn m zoo 2
             Expect.stringContains (run Lora.Dsl.Builders.convpass "resnet18") "IBypassHost" "Convpass on a ResNet"
             Expect.equal (run Lora.Dsl.Builders.convpass "vit_tiny_patch16_224") "" "Convpass fits a ViT"
             Expect.equal (run Lora.Dsl.Builders.factTK "vit_tiny_patch16_224") "" "FacT fits a ViT"
