@@ -1,6 +1,7 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Lora.CommandLine;
+using Lora.Core.IO;
 using Lora.Dsl;
 using Microsoft.FSharp.Collections;
 
@@ -243,11 +244,11 @@ public static class Commands
     /// tables it declares (or the default layout), any other the tables its last `lora run` kept.
     static void WriteTables(ResultsStore store, string outDir, IEnumerable<Experiment> experiments, TextWriter stdout)
     {
-        var given = experiments.GroupBy(e => e.Name).ToDictionary(g => g.Key, g => g.First());
-        var declared = DeclaredTables.Load(store, store.LoadAll().Select(r => r.Labels.Experiment).Where(n => !given.ContainsKey(n)))
-            .ToDictionary(kv => kv.Key, kv => kv.Value);
-        foreach (var (name, e) in given)
-            if (!e.Tables.IsEmpty) declared[name] = e.Tables.ToList();
+        // the specs in hand decide for their experiments (declaring none means the default layout)
+        var declared = DeclaredTables.Load(store);
+        foreach (var e in experiments.GroupBy(e => SafeName.ForFile(e.Name)).Select(g => g.First()))
+            if (e.Tables.IsEmpty) declared.Remove(SafeName.ForFile(e.Name));
+            else declared[SafeName.ForFile(e.Name)] = e.Tables.ToList();
         var files = Tables.Generate(store, outDir, declared);
         foreach (var f in files) stdout.WriteLine(Path.GetRelativePath(Directory.GetCurrentDirectory(), f));
         if (files.Count == 0) stdout.WriteLine($"no results in {Path.GetRelativePath(Directory.GetCurrentDirectory(), store.Root)}: nothing to tabulate");

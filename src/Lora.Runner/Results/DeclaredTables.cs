@@ -31,19 +31,18 @@ public static class DeclaredTables
         }
     }
 
-    /// <summary>The kept tables by experiment name (the file names are the experiments' file-safe
-    /// names, so each record's experiment is matched through the same mapping); a kept file that does
-    /// not read is an error naming it.</summary>
-    public static IReadOnlyDictionary<string, IReadOnlyList<TableDecl>> Load(ResultsStore store, IEnumerable<string> experimentNames)
+    /// <summary>Every kept declaration, by the experiment's file-safe name (the file's name, which is
+    /// how tables are named too); a kept file that does not read is an error naming it.</summary>
+    public static Dictionary<string, IReadOnlyList<TableDecl>> Load(ResultsStore store)
     {
         var found = new Dictionary<string, IReadOnlyList<TableDecl>>();
-        foreach (var name in experimentNames.Distinct())
+        var folder = Path.Combine(store.Root, Folder);
+        if (!Directory.Exists(folder)) return found;
+        foreach (var file in Directory.GetFiles(folder, "*.yaml").OrderBy(f => f, StringComparer.Ordinal))
         {
-            var file = FileOf(store, name);
-            if (!File.Exists(file)) continue;
             var read = YamlSpec.tables(file, File.ReadAllText(file));
             if (read.IsError) throw new InvalidDataException(string.Join(Environment.NewLine, read.ErrorValue));
-            found[name] = read.ResultValue.ToList();
+            found[Path.GetFileNameWithoutExtension(file)] = read.ResultValue.ToList();
         }
         return found;
     }

@@ -44,7 +44,8 @@ public static class Tables
             [Cell("total", "total"), Cell("trainable", "trainable"), Cell("frozen", "non-trainable")], ["model", "method", "rank"]);
 
     /// <summary>Writes every table and curve under <paramref name="outDir"/>; returns the files written or checked.
-    /// <paramref name="declared"/>: the tables an experiment declares, by experiment name (others get the default).</summary>
+    /// <paramref name="declared"/>: the tables an experiment declares, by its file-safe name (`SafeName.ForFile`, as its
+    /// table file is named; others get the default).</summary>
     public static IReadOnlyList<string> Generate(ResultsStore store, string outDir, IReadOnlyDictionary<string, IReadOnlyList<TableDecl>>? declared = null)
     {
         var records = store.LoadAll();
@@ -60,7 +61,7 @@ public static class Tables
             var isSeg = runs.All(r => r.Labels.Task == "segmentation");
             var sb = new StringBuilder();
             sb.Append("# ").Append(exp).Append("\n\n");
-            var tables = declared is not null && declared.TryGetValue(group.First().Labels.Experiment, out var d) && d.Count > 0
+            var tables = declared is not null && declared.TryGetValue(exp, out var d) && d.Count > 0
                 ? d : [DefaultTable(runs)];
             for (var i = 0; i < tables.Count; i++)
             {
