@@ -358,31 +358,11 @@ let private modelTests =
     testList "models" [
         for name, config, keys in roundTrips do
           test $"{name}: save → load in PEFT's keys and config gives the same outputs; merged = unmerged; unload restores the base" {
-            let a, b = twin ()
-            use x = torch.randn(2L, 3L, 8L, 8L)
-            use y0 = a.forward x
-            let ta = Tuner.Apply(a, config)
-            for struct (_, l) in ta.Layers do randomise (l.AdapterParameters "default") 7
-            use ya = a.forward x
-            Expect.isGreaterThan (relErr ya y0) 1e-6 "trained adapters change the output"
-            use dir = new TempDir()
-            AdapterCheckpoint.Save(ta, dir.Path)
-            let saved = AdapterCheckpoint.StateDict(ta)
-            for k, shape in keys do Expect.sequenceEqual saved.["base_model.model." + k].shape shape $"{k}: PEFT's key and shape"
-            let json = JsonNode.Parse(File.ReadAllText(Path.Combine(dir.Path, AdapterCheckpoint.ConfigFile))).AsObject()
-            Expect.equal (PeftConfigTests.violations json) [] "PEFT's config rules hold"
-            Expect.equal (json.["peft_type"].GetValue<string>()) config.Method.PeftType "peft_type"
-            let tb = AdapterCheckpoint.Load(b, dir.Path)
-            use yb = b.forward x
-            close "loaded" torch.float32 yb ya
-            Expect.equal (tb.Summary().Trainable) (ta.Summary().Trainable) "same trainable count"
-            ta.Merge()
-            use ym = a.forward x
-            close "merged model" torch.float32 ym ya
-            ta.Unmerge()
-            let plain = ta.Unload() :?> torch.nn.Module<torch.Tensor, torch.Tensor>
-            use yu = plain.forward x
-            Expect.isTrue (same yu y0) "unloading restores the base model exactly"
+            MethodZooTests.roundTrip config (fun saved dir ->
+                for k, shape in keys do Expect.sequenceEqual saved.["base_model.model." + k].shape shape $"{k}: PEFT's key and shape"
+                let json = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, AdapterCheckpoint.ConfigFile))).AsObject()
+                Expect.equal (PeftConfigTests.violations json) [] "PEFT's config rules hold"
+                Expect.equal (json.["peft_type"].GetValue<string>()) config.Method.PeftType "peft_type")
           }
         test "a PEFT adapter_config.json as PEFT writes it loads; one without oft_block_size (before 0.14) is refused" {
             use dir = new TempDir()

@@ -101,6 +101,10 @@ let runTests =
             Expect.equal (m.["config"].["method"].["alpha"].GetValue<float>()) 8.0 "resolved alpha"
             Expect.equal (string m.["provenance"].["command"]) "lora run test" "command line"
             Expect.isNotNull m.["provenance"].["packages"].["TorchSharp"] "package versions"
+            let numerics = m.["provenance"].["numerics"]
+            Expect.equal (numerics.["intra_op_threads"].GetValue<int>()) (TorchSharp.torch.get_num_threads()) "the intra-op thread count"
+            Expect.isNotEmpty (string numerics.["cpu"]) "the processor"
+            Expect.isNotEmpty (string numerics.["onednn_max_cpu_isa"]) "oneDNN's cap"
             Expect.equal (m.["curve"].AsArray().Count) 3 "curve"
             Expect.equal (m.["params"].["trainable"].GetValue<int64>()) 1400L "params"
             // the committed folder holds small text only; binaries sit beside it

@@ -11,9 +11,10 @@ namespace Lora.Core.Training;
 /// or NaN on an AVX-512 machine; that cause was native object lifetimes, not oneDNN (tensors and
 /// implicit Scalars finalised by the garbage collector mid-call, see HeldScalars): with every
 /// native object held, fp32 conv gradients equal fp64's at the default ISA, also under forced
-/// collections (GcStressTests). The cap stays for bit-reproducibility: uncapped, one CI run of
-/// the kill/resume test (2026-12-01) gave a resumed run whose validation loss differed from the
-/// uninterrupted run's in the 7th digit, which never happened in the capped runs before it.
+/// collections (GcStressTests). The cap stays so that committed results reproduce: it selects
+/// the kernels they were computed with (uncapped, the tiny test plan's final loss moves in the 8th
+/// digit). It was once also thought to cure a rare last-bit difference between two processes; that
+/// difference has since recurred with the cap (docs/reliability.md, "Float noise between processes").
 /// It costs 11-27 % of a ConvNeXt-T CPU training step (measured for issue 17). oneDNN reads the variable
 /// from the C environment once, at its first use, so it is set natively (.NET's
 /// Environment.SetEnvironmentVariable does not reach it on Linux) before any convolution runs.

@@ -4,7 +4,8 @@ using System.Text.Json.Nodes;
 
 namespace Lora.Runner;
 
-/// <summary>Where a result came from: commit, package versions, device, command line.</summary>
+/// <summary>Where a result came from: commit, package versions, device, command line, and what
+/// decides the last bits of CPU numbers (processor, intra-op threads, oneDNN's instruction-set cap).</summary>
 public static class Provenance
 {
     public static string? GitCommit()
@@ -40,6 +41,29 @@ public static class Provenance
         ["device"] = device,
         ["command"] = commandLine,
         ["os"] = System.Runtime.InteropServices.RuntimeInformation.OSDescription,
+        ["numerics"] = Numerics(),
         ["started"] = DateTime.UtcNow.ToString("yyyy-MM-ddTHH:mm:ssZ"),
     };
+
+    /// Two runs agree bit for bit only on the same kernels: the same processor model, thread count
+    /// and oneDNN cap (see NativeWorkarounds); recorded so that a difference can be told apart.
+    public static JsonObject Numerics() => new()
+    {
+        ["cpu"] = CpuModel(),
+        ["intra_op_threads"] = TorchSharp.torch.get_num_threads(),
+        ["onednn_max_cpu_isa"] = Environment.GetEnvironmentVariable("ONEDNN_MAX_CPU_ISA") ?? Lora.Core.Training.NativeWorkarounds.Isa,
+    };
+
+    static string CpuModel()
+    {
+        try
+        {
+            if (File.Exists("/proc/cpuinfo"))
+                foreach (var line in File.ReadLines("/proc/cpuinfo"))
+                    if (line.StartsWith("model name", StringComparison.Ordinal) && line.IndexOf(':') is var i and > 0)
+                        return line[(i + 1)..].Trim();
+        }
+        catch (IOException) { }
+        return System.Runtime.InteropServices.RuntimeInformation.ProcessArchitecture.ToString();
+    }
 }
