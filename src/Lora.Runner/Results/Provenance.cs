@@ -5,7 +5,7 @@ using System.Text.Json.Nodes;
 namespace Lora.Runner;
 
 /// <summary>Where a result came from: commit, package versions, device, command line, and what
-/// decides the last bits of CPU numbers (processor, intra-op threads, oneDNN's instruction-set cap).</summary>
+/// decides the last bits of CPU numbers (processor and its instruction set, intra-op threads).</summary>
 public static class Provenance
 {
     public static string? GitCommit()
@@ -45,25 +45,40 @@ public static class Provenance
         ["started"] = DateTime.UtcNow.ToString("yyyy-MM-ddTHH:mm:ssZ"),
     };
 
-    /// Two runs agree bit for bit only on the same kernels: the same processor model, thread count
-    /// and oneDNN cap (see NativeWorkarounds); recorded so that a difference can be told apart.
-    public static JsonObject Numerics() => new()
+    /// Two runs agree bit for bit only on the same kernels, which libtorch's oneDNN and MKL pick by
+    /// the processor's widest vector instructions and split by the thread count: recorded so that a
+    /// difference can be told apart. onednn_max_cpu_isa is a cap the user set (null: none).
+    public static JsonObject Numerics()
     {
-        ["cpu"] = CpuModel(),
-        ["intra_op_threads"] = TorchSharp.torch.get_num_threads(),
-        ["onednn_max_cpu_isa"] = Environment.GetEnvironmentVariable("ONEDNN_MAX_CPU_ISA") ?? Lora.Core.Training.NativeWorkarounds.Isa,
-    };
+        var (model, flags) = Cpu();
+        return new()
+        {
+            ["cpu"] = model,
+            ["cpu_isa"] = flags.Contains("avx512f") ? "avx512" : flags.Contains("avx2") ? "avx2" : flags.Contains("sse4_1") ? "sse4.1" : null,
+            ["intra_op_threads"] = TorchSharp.torch.get_num_threads(),
+            ["onednn_max_cpu_isa"] = Environment.GetEnvironmentVariable("ONEDNN_MAX_CPU_ISA"),
+        };
+    }
 
-    static string CpuModel()
+    /// The processor's model name and feature flags (/proc/cpuinfo; elsewhere the architecture, no flags).
+    static (string Model, HashSet<string> Flags) Cpu()
     {
+        string? model = null;
+        var flags = new HashSet<string>(StringComparer.Ordinal);
         try
         {
             if (File.Exists("/proc/cpuinfo"))
                 foreach (var line in File.ReadLines("/proc/cpuinfo"))
-                    if (line.StartsWith("model name", StringComparison.Ordinal) && line.IndexOf(':') is var i and > 0)
-                        return line[(i + 1)..].Trim();
+                {
+                    var colon = line.IndexOf(':');
+                    if (colon < 0) continue;
+                    var key = line[..colon].Trim();
+                    if (key == "model name") model ??= line[(colon + 1)..].Trim();
+                    else if (key == "flags" && flags.Count == 0) flags.UnionWith(line[(colon + 1)..].Split(' ', StringSplitOptions.RemoveEmptyEntries));
+                    if (model is not null && flags.Count > 0) break;
+                }
         }
         catch (IOException) { }
-        return System.Runtime.InteropServices.RuntimeInformation.ProcessArchitecture.ToString();
+        return (model ?? System.Runtime.InteropServices.RuntimeInformation.ProcessArchitecture.ToString(), flags);
     }
 }
