@@ -95,6 +95,12 @@ let checkOn (m: Lora.Dsl.Method) (zoo: string) (rank: int) =
           Task = Lora.Dsl.Classification; Methods = [ m ]; Ranks = [ rank ]; Seeds = [ 0 ]; Training = Lora.Dsl.Training.Defaults; Tables = []; Sweeps = []; Variants = []; Combinations = [] }
     Lora.Dsl.Grid.expand e |> List.head |> Lora.Conversion.ToCore.checkRun |> String.concat "; "
 
+/// A tuning run of method m on the zoo ViT: what a run's hash and canonical form are taken of.
+let tuningRun (m: Lora.Dsl.Method) : Lora.Dsl.Run =
+    { Kind = Lora.Dsl.Tuning; Experiment = "x"; Name = "n"; Model = Lora.Dsl.Zoo { Name = "vit"; Options = Map.empty }
+      Dataset = Lora.Dsl.Builders.fashionMnist; Task = Lora.Dsl.Classification; Method = m; Rank = None; Seed = 0
+      Training = Lora.Dsl.Training.Defaults }
+
 let private layerTests =
     testList "layers" [
         testProp "BitFit on Linear, Conv2d, LayerNorm: y = base(x) + Δb; merges into the bias" (fun (seed: int) (a: byte) (b: byte) (k: byte) (f64: bool) (kind: byte) ->
@@ -451,14 +457,10 @@ let private specTests =
             Expect.stringContains (run Lora.Dsl.Builders.ia3 "resnet18") "matches no module" "(IA)³'s ViT targets on a ResNet"
         }
         test "the new methods' runs hash apart, and a LoRA run's canonical form has none of their fields" {
-            let runOf m : Lora.Dsl.Run =
-                { Kind = Lora.Dsl.Tuning; Experiment = "x"; Name = "n"; Model = Lora.Dsl.Zoo { Name = "vit"; Options = Map.empty }
-                  Dataset = Lora.Dsl.Builders.fashionMnist; Task = Lora.Dsl.Classification; Method = m; Rank = None; Seed = 0
-                  Training = Lora.Dsl.Training.Defaults }
             let methods = (let b = Lora.Dsl.Builders.bitfit in [ b; Lora.Dsl.Builders.lnTuning; Lora.Dsl.Builders.ia3; Lora.Dsl.Builders.ssf; Lora.Dsl.Builders.loha; Lora.Dsl.Builders.lokr; Lora.Dsl.Builders.lora ])
-            let hashes = methods |> List.map (runOf >> Lora.Dsl.Canonical.hash)
+            let hashes = methods |> List.map (tuningRun >> Lora.Dsl.Canonical.hash)
             Expect.equal (List.distinct hashes).Length methods.Length "distinct hashes"
-            let loraJson = Lora.Dsl.Canonical.json (runOf Lora.Dsl.Builders.lora)
+            let loraJson = Lora.Dsl.Canonical.json (tuningRun Lora.Dsl.Builders.lora)
             for f in [ "feedforward"; "effective_conv2d"; "decompose" ] do Expect.isFalse (loraJson.Contains f) $"no {f} in LoRA's form"
         }
     ]

@@ -457,14 +457,10 @@ let private specTests =
             Expect.equal (run (Lora.Dsl.Boft { Lora.Dsl.BoftOptions.Defaults with BoftTargets = [ "layer1.0.conv1" ] }) "resnet18") "" "a 3×3 conv of 64 channels fits"
         }
         test "OFT runs hash apart from the others; a LoRA run's canonical form has none of OFT's fields" {
-            let runOf m : Lora.Dsl.Run =
-                { Kind = Lora.Dsl.Tuning; Experiment = "x"; Name = "n"; Model = Lora.Dsl.Zoo { Name = "vit"; Options = Map.empty }
-                  Dataset = Lora.Dsl.Builders.fashionMnist; Task = Lora.Dsl.Classification; Method = m; Rank = None; Seed = 0
-                  Training = Lora.Dsl.Training.Defaults }
-            let h = Lora.Dsl.Canonical.hash (runOf Lora.Dsl.Builders.oft)
-            Expect.notEqual h (Lora.Dsl.Canonical.hash (runOf (Lora.Dsl.Oft { Lora.Dsl.OftOptions.Defaults with Coft = true }))) "coft hashes apart"
-            Expect.notEqual h (Lora.Dsl.Canonical.hash (runOf Lora.Dsl.Builders.lora)) "apart from LoRA"
-            let loraJson = Lora.Dsl.Canonical.json (runOf Lora.Dsl.Builders.lora)
+            let h = Lora.Dsl.Canonical.hash (MethodZooTests.tuningRun Lora.Dsl.Builders.oft)
+            Expect.notEqual h (Lora.Dsl.Canonical.hash (MethodZooTests.tuningRun (Lora.Dsl.Oft { Lora.Dsl.OftOptions.Defaults with Coft = true }))) "coft hashes apart"
+            Expect.notEqual h (Lora.Dsl.Canonical.hash (MethodZooTests.tuningRun Lora.Dsl.Builders.lora)) "apart from LoRA"
+            let loraJson = Lora.Dsl.Canonical.json (MethodZooTests.tuningRun Lora.Dsl.Builders.lora)
             for f in [ "coft"; "block_share"; "cayley" ] do Expect.isFalse (loraJson.Contains f) $"no {f} in LoRA's form"
         }
     ]

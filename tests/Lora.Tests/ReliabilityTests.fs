@@ -193,7 +193,8 @@ let private runToEnd (args: string list) =
 let private runLines (output: string) =
     output.Split('\n') |> Array.filter (fun l -> l.StartsWith "run ") |> Array.map (fun l -> l.Split(' ', StringSplitOptions.RemoveEmptyEntries).[1])
 
-/// The fields of metrics.json that a rerun must reproduce exactly (not timings, memory, provenance, speed).
+/// The fields of metrics.json that a rerun must reproduce (not timings, memory, provenance, speed): bit
+/// for bit, or within float noise (floatNoise below).
 let private reproducible (metricsFile: string) =
     let o = JsonNode.Parse(File.ReadAllText metricsFile).AsObject()
     let extra = o.["extra"].DeepClone().AsObject()

@@ -243,13 +243,9 @@ let private specTests =
             Expect.stringContains (run Lora.Dsl.Builders.factTT "convnext_tiny") "matches no module" "FacT's ViT targets on a ConvNeXt"
         }
         test "a LoRA run's canonical form has none of the new fields; convpass and fact runs hash apart" {
-            let runOf m : Lora.Dsl.Run =
-                { Kind = Lora.Dsl.Tuning; Experiment = "x"; Name = "n"; Model = Lora.Dsl.Zoo { Name = "vit"; Options = Map.empty }
-                  Dataset = Lora.Dsl.Builders.fashionMnist; Task = Lora.Dsl.Classification; Method = m; Rank = None; Seed = 0
-                  Training = Lora.Dsl.Training.Defaults }
             let ms = [ Lora.Dsl.Builders.convpass; Lora.Dsl.Builders.factTT; Lora.Dsl.Builders.factTK; Lora.Dsl.Builders.adaptformer ]
-            Expect.equal (ms |> List.map (runOf >> Lora.Dsl.Canonical.hash) |> List.distinct).Length ms.Length "distinct hashes"
-            Expect.isFalse ((Lora.Dsl.Canonical.json (runOf Lora.Dsl.Builders.lora)).Contains "variant") "no variant in LoRA's form"
+            Expect.equal (ms |> List.map (MethodZooTests.tuningRun >> Lora.Dsl.Canonical.hash) |> List.distinct).Length ms.Length "distinct hashes"
+            Expect.isFalse ((Lora.Dsl.Canonical.json (MethodZooTests.tuningRun Lora.Dsl.Builders.lora)).Contains "variant") "no variant in LoRA's form"
         }
     ]
 
